@@ -1,0 +1,43 @@
+# simkv — the two commands of the quick start are `make run` and `make test`.
+# Both create the virtualenv (.venv) on first use and install everything they need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+LMCACHE_VERSION := 0.5.6
+
+SCENARIO ?= scenarios/default.yaml
+TRACE    ?= traces/small.parquet
+OUT      ?= runs/default
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# LMCache's cache simulator is the parity reference; its module needs only sortedcontainers.
+	$(BIN)/python -m pip install -q --no-deps 'lmcache==$(LMCACHE_VERSION)'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: simulate the default scenario on the bundled trace and print the summary.
+run: $(STAMP)
+	$(BIN)/simkv run $(SCENARIO) --trace $(TRACE) -o $(OUT)
+
+## The test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check simkv tests bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check simkv tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_import.py
+	$(BIN)/python bench/bench_sim.py
+
+clean:
+	rm -rf $(VENV) runs

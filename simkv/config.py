@@ -1,0 +1,179 @@
+"""Typed configuration: nested dataclasses built from plain dicts, with key-naming errors.
+
+One mechanism serves every configuration in simkv (the scenario, the generator's
+parameters): :func:`from_dict` builds a dataclass from a mapping, checking every key and
+coercing every value to the field's annotated type; :func:`apply_overrides` applies
+``key.sub=value`` strings as given to ``--set`` on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from simkv.errors import ScenarioError
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce ``value`` to annotation ``tp`` or raise a :class:`ScenarioError` naming ``key``."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ScenarioError as exc:
+                errors.append(str(exc))
+        raise ScenarioError(errors[0] if len(errors) == 1 else
+                            f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ScenarioError(f"{key}: {value!r} is not one of {list(get_args(tp))}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ScenarioError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ScenarioError(f"{key}: expected a mapping, got {value!r}")
+        ktp, vtp = get_args(tp) or (str, Any)
+        return {_coerce(k, ktp, f"{key}.{k}"): _coerce(v, vtp, f"{key}.{k}")
+                for k, v in value.items()}
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, list | tuple):
+            raise ScenarioError(f"{key}: expected a list, got {value!r}")
+        (etp, *_) = get_args(tp) or (Any,)
+        out = [_coerce(v, etp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ScenarioError(f"{key}: {value!r} is not a boolean")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ScenarioError(f"{key}: {value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else int(value)
+            except ValueError:
+                pass
+        raise ScenarioError(f"{key}: {value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ScenarioError(f"{key}: {value!r} is not a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ScenarioError(f"{key}: {value!r} is not a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ScenarioError(f"{key}: {value!r} is not a string")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for k in data:
+        if k not in names:
+            full = f"{prefix}.{k}" if prefix else str(k)
+            raise ScenarioError(f"{full}: unknown key (expected one of {sorted(names)})")
+    kwargs = {}
+    for k, v in data.items():
+        full = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _coerce(v, hints[k], full)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise ScenarioError(f"{prefix or cls.__name__}: {exc}") from None
+    check = getattr(obj, "check", None)
+    if callable(check):
+        check(prefix)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain dicts/lists, ready for YAML or JSON."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``'a.b=3'`` → ``('a.b', 3)``; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ScenarioError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ScenarioError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``key='a.b'``, creating mappings on the way."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ScenarioError(f"{'.'.join(parts[: i + 1])}: is not a mapping, cannot set {key}")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to a plain (nested) dict, in order; returns ``data``."""
+    for item in overrides:
+        key, value = parse_assignment(item) if isinstance(item, str) else item
+        set_path(data, key, value)
+    return data

@@ -1,0 +1,306 @@
+"""The trace format: one Parquet file per trace, one row per request, sorted by arrival.
+
+This module is the single place the schema is written down (DESIGN.md, "Traces"). Every
+importer builds its table through :func:`build_table`, every reader goes through
+:func:`read_trace`, and both end in :func:`validate_table`, so a trace that loads is a trace
+that obeys the contract:
+
+* ``arrival_s`` finite, >= 0 and non-decreasing;
+* ``request_id`` non-empty and unique;
+* ``input_tokens`` and ``output_tokens`` >= 0;
+* ``len(block_hashes) == input_tokens // block_size`` (the tail is never cached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from simkv.errors import TraceError
+
+SCHEMA_VERSION = 1
+
+REQUIRED_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("arrival_s", pa.float64(), nullable=False),
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("session_id", pa.string(), nullable=False),
+    pa.field("prompt_class", pa.string(), nullable=False),
+    pa.field("input_tokens", pa.int32(), nullable=False),
+    pa.field("output_tokens", pa.int32(), nullable=False),
+    pa.field("block_hashes", pa.list_(pa.field("item", pa.uint64(), nullable=False)), nullable=False),
+)
+
+OPTIONAL_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("model", pa.string()),
+    pa.field("cost_per_mtok", pa.float64()),
+    pa.field("reuse_prob", pa.float64()),
+    pa.field("temperature", pa.float64()),
+    pa.field("tool_name", pa.string()),
+    pa.field("parent_request_id", pa.string()),
+    pa.field("prompt_key", pa.string()),
+)
+
+REQUIRED_NAMES = tuple(f.name for f in REQUIRED_FIELDS)
+OPTIONAL_NAMES = tuple(f.name for f in OPTIONAL_FIELDS)
+_FIELDS = {f.name: f for f in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)}
+
+META_BLOCK_SIZE = b"block_size"
+META_SOURCE = b"source"
+META_SCHEMA_VERSION = b"schema_version"
+
+
+def trace_schema(optional: tuple[str, ...] = (), metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
+    """The Arrow schema of a trace with the given optional columns (in canonical order)."""
+    extra = [f for f in OPTIONAL_FIELDS if f.name in optional]
+    return pa.schema([*REQUIRED_FIELDS, *extra], metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A validated trace: the Arrow table plus its file metadata.
+
+    Array views (``arrival_s``, ``input_tokens``, ...) and the dense block ids are computed
+    once and cached, so the simulator, the stats and the curves share one decoding.
+    """
+
+    table: pa.Table
+    block_size: int
+    source: str = "unknown"
+    path: Path | None = field(default=None, compare=False)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        """A required or optional column as a NumPy array (strings as an object array)."""
+        col = self.table.column(name)
+        if pa.types.is_string(col.type):
+            return np.asarray(col.to_pylist(), dtype=object)
+        return col.to_numpy()
+
+    @cached_property
+    def arrival_s(self) -> np.ndarray:
+        return self.table.column("arrival_s").to_numpy()
+
+    @cached_property
+    def input_tokens(self) -> np.ndarray:
+        return self.table.column("input_tokens").to_numpy().astype(np.int64)
+
+    @cached_property
+    def output_tokens(self) -> np.ndarray:
+        return self.table.column("output_tokens").to_numpy().astype(np.int64)
+
+    @cached_property
+    def _blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        col = self.table.column("block_hashes").combine_chunks()
+        offsets = col.offsets.to_numpy().astype(np.int64)
+        values = col.values.to_numpy()
+        # A sliced list array's offsets need not start at 0.
+        values = values[offsets[0] : offsets[-1]]
+        return offsets - offsets[0], values
+
+    @property
+    def block_offsets(self) -> np.ndarray:
+        """``block_hashes`` of request ``i`` are ``block_hashes_flat[offsets[i]:offsets[i+1]]``."""
+        return self._blocks[0]
+
+    @property
+    def block_hashes_flat(self) -> np.ndarray:
+        """All block hashes, request after request, as uint64."""
+        return self._blocks[1]
+
+    @cached_property
+    def block_ids_flat(self) -> np.ndarray:
+        """Block hashes mapped to dense int64 ids 0..n_unique-1, in order of first appearance."""
+        codes, _ = pd.factorize(self.block_hashes_flat)
+        return codes.astype(np.int64)
+
+    @cached_property
+    def n_unique_blocks(self) -> int:
+        return int(self.block_ids_flat.max()) + 1 if len(self.block_ids_flat) else 0
+
+    def metadata(self) -> dict[bytes, bytes]:
+        return {
+            META_BLOCK_SIZE: str(self.block_size).encode(),
+            META_SOURCE: self.source.encode(),
+            META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(),
+        }
+
+
+def build_table(
+    columns: dict[str, Any],
+    *,
+    block_size: int,
+    source: str,
+    path: str | Path | None = None,
+) -> Trace:
+    """Build and validate a trace from plain columns (lists or arrays), in the canonical schema.
+
+    ``columns`` must hold every required column; optional columns are kept when present.
+    Unknown columns are an error rather than being dropped silently.
+    """
+    unknown = sorted(set(columns) - set(_FIELDS))
+    if unknown:
+        raise TraceError(path, f"unknown column(s) {unknown}", field=unknown[0])
+    missing = [n for n in REQUIRED_NAMES if n not in columns]
+    if missing:
+        raise TraceError(path, "required column is missing", field=missing[0])
+    optional = tuple(n for n in OPTIONAL_NAMES if n in columns)
+    schema = trace_schema(optional, _metadata(block_size, source))
+    arrays = []
+    for f in schema:
+        try:
+            arrays.append(pa.array(columns[f.name], type=f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+            raise TraceError(path, f"cannot convert to {f.type}: {exc}", field=f.name) from None
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return validate_table(table, block_size=block_size, source=source, path=path)
+
+
+def _metadata(block_size: int, source: str) -> dict[bytes, bytes]:
+    return {
+        META_BLOCK_SIZE: str(block_size).encode(),
+        META_SOURCE: source.encode(),
+        META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(),
+    }
+
+
+def _first(mask: np.ndarray) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if len(idx) else None
+
+
+def _conform(table: pa.Table, path: str | Path | None) -> pa.Table:
+    """Cast every known column to its canonical type (losslessly) and order the columns."""
+    names = table.column_names
+    unknown = [n for n in names if n not in _FIELDS]
+    if unknown:
+        raise TraceError(path, f"unknown column(s) {unknown}", field=unknown[0])
+    for n in REQUIRED_NAMES:
+        if n not in names:
+            raise TraceError(path, "required column is missing", field=n)
+    optional = tuple(n for n in OPTIONAL_NAMES if n in names)
+    arrays = []
+    for f in trace_schema(optional):
+        col = table.column(f.name)
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise TraceError(
+                    path, f"has type {col.type}, expected {f.type}: {exc}", field=f.name
+                ) from None
+        if not f.nullable and col.null_count:
+            row = _first(col.is_null().to_numpy(zero_copy_only=False))
+            raise TraceError(path, "is null", row=row, field=f.name)
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=trace_schema(optional))
+
+
+def validate_table(
+    table: pa.Table,
+    *,
+    block_size: int,
+    source: str = "unknown",
+    path: str | Path | None = None,
+) -> Trace:
+    """Check a table against the trace contract; return it as a :class:`Trace` or raise.
+
+    Raises :class:`TraceError` naming the first offending row and field.
+    """
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise TraceError(path, f"block_size must be a positive integer, got {block_size!r}",
+                         field="block_size")
+    table = _conform(table, path)
+
+    arrival = table.column("arrival_s").to_numpy()
+    bad = _first(~np.isfinite(arrival) | (arrival < 0))
+    if bad is not None:
+        raise TraceError(path, f"arrival_s must be finite and >= 0, got {arrival[bad]}",
+                         row=bad, field="arrival_s")
+    if len(arrival) > 1:
+        bad = _first(np.diff(arrival) < 0)
+        if bad is not None:
+            raise TraceError(
+                path,
+                f"arrival_s decreases ({arrival[bad]} then {arrival[bad + 1]}); traces are sorted by arrival",
+                row=bad + 1, field="arrival_s",
+            )
+
+    ids = table.column("request_id")
+    empty = _first(pc.equal(pc.utf8_length(ids), 0).to_numpy(zero_copy_only=False))
+    if empty is not None:
+        raise TraceError(path, "request_id is empty", row=empty, field="request_id")
+    dup = pd.Series(ids.to_numpy(zero_copy_only=False)).duplicated()
+    bad = _first(dup.to_numpy())
+    if bad is not None:
+        raise TraceError(path, f"request_id {ids[bad].as_py()!r} is not unique", row=bad,
+                         field="request_id")
+
+    for name in ("input_tokens", "output_tokens"):
+        values = table.column(name).to_numpy()
+        bad = _first(values < 0)
+        if bad is not None:
+            raise TraceError(path, f"{name} must be >= 0, got {values[bad]}", row=bad, field=name)
+
+    n_blocks = pc.list_value_length(table.column("block_hashes")).to_numpy(zero_copy_only=False)
+    input_tokens = table.column("input_tokens").to_numpy().astype(np.int64)
+    expected = input_tokens // block_size
+    bad = _first(n_blocks != expected)
+    if bad is not None:
+        raise TraceError(
+            path,
+            f"has {n_blocks[bad]} hashes but input_tokens={input_tokens[bad]} "
+            f"// block_size={block_size} requires {expected[bad]}",
+            row=bad, field="block_hashes",
+        )
+    return Trace(table=table.replace_schema_metadata(_metadata(block_size, source)),
+                 block_size=block_size, source=source,
+                 path=Path(path) if path is not None else None)
+
+
+def read_trace(path: str | Path) -> Trace:
+    """Read and validate a Parquet trace."""
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path)
+        table = pf.read()
+    except FileNotFoundError:
+        raise TraceError(path, "no such file") from None
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise TraceError(path, f"cannot read as Parquet: {exc}") from None
+    meta = table.schema.metadata or {}
+    raw = meta.get(META_BLOCK_SIZE)
+    if raw is None:
+        raise TraceError(path, "file metadata lacks 'block_size'", field="block_size")
+    try:
+        block_size = int(raw)
+    except ValueError:
+        raise TraceError(path, f"file metadata 'block_size' is not an integer: {raw!r}",
+                         field="block_size") from None
+    version = meta.get(META_SCHEMA_VERSION, b"1")
+    if not version.isdigit() or int(version) > SCHEMA_VERSION:
+        raise TraceError(path, f"schema_version {version.decode(errors='replace')!r} is not "
+                         f"supported (this simkv reads up to {SCHEMA_VERSION})",
+                         field="schema_version")
+    source = meta.get(META_SOURCE, b"unknown").decode(errors="replace")
+    return validate_table(table, block_size=block_size, source=source, path=path)
+
+
+def write_trace(trace: Trace, path: str | Path) -> Path:
+    """Write a trace as Parquet, atomically (temp file + rename). Same trace → same bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table = trace.table.replace_schema_metadata(trace.metadata())
+    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 17)
+    tmp.replace(path)
+    return path
