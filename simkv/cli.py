@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -103,6 +105,57 @@ def trace_validate(
         trace = read_trace(path)
         console.print(f"[green]ok[/] {path}: {len(trace):,} requests, block_size "
                       f"{trace.block_size}, source {trace.source}")
+
+
+@app.command("run")
+def run_cmd(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML.")],
+    trace: Annotated[Path | None, typer.Option("--trace", "-t", help="Parquet trace (default: "
+                                               "the scenario's 'trace').")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory.")] = None,
+    overrides: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of "
+                                          "the table.")] = False,
+) -> None:
+    """Simulate a trace under a scenario; write per-request rows, timeline and summary.json."""
+    import time
+
+    from simkv.api import run
+    from simkv.report.console import summary_table
+
+    t0 = time.perf_counter()
+    with progress_bar("simulating") as advance:
+        result = run(scenario, trace, overrides=overrides or [], progress=advance)
+    wall = time.perf_counter() - t0
+    if out is not None:
+        result.write(out)
+    if as_json:
+        console.print_json(json.dumps(result.summary))
+        return
+    console.print(summary_table(result.summary))
+    n = result.summary["requests"]
+    console.print(f"{n:,} requests in {wall:.2f} s ({n / max(wall, 1e-9):,.0f} requests/s, "
+                  f"engine {result.summary['engine']})"
+                  + (f"; results in [bold]{out}[/]" if out else ""))
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``. The total is set on first use."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed:,}"),
+                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        pending = [0]
+
+        def advance(n: int) -> None:
+            pending[0] += n
+            if pending[0] >= 2048:
+                bar.advance(task, pending[0])
+                pending[0] = 0
+
+        yield advance
 
 
 def main() -> None:

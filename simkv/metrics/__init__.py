@@ -1,0 +1,19 @@
+"""Metrics, exactly as DESIGN.md defines them: per-request rows, a timeline, a summary.
+
+* token hit rate = Σ hit-prefix tokens / Σ input tokens (tail tokens are misses); also per
+  tier (tokens served from that tier) and per prompt class;
+* block hit ratio = Σ hit blocks / Σ full blocks; request full-hit ratio = share of
+  requests with at least one block whose every block hit; any-hit ratio = share with >= 1;
+* evictions and TTL expirations per tier (counts, per second of simulated time, per request);
+* storage per tier: time-weighted mean bytes, peak bytes, GB-hours (exact integrals);
+* cost saved = GPU time avoided × GPU $/s − archive storage $ − archive request $ −
+  transfer $, where GPU time avoided = Σ (prefill(n, 0) − load − prefill(n − h, h)) over
+  requests (the GPU is busy while it loads, so a slow load can cost more than it saves);
+* TTFT p50/p90/p99 with the cache and for the same trace, queue included, without it.
+"""
+
+from simkv.metrics.requests import request_frame
+from simkv.metrics.summary import summarize
+from simkv.metrics.timeline import timeline_frame
+
+__all__ = ["request_frame", "summarize", "timeline_frame"]

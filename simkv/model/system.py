@@ -1,0 +1,364 @@
+"""The tiered KV cache of one inference engine: GPU prefix cache, LMCache disk, S3 archive.
+
+:class:`TieredCache` holds the tiers and answers the two questions a request asks:
+
+* :meth:`TieredCache.begin` (when the request gets the GPU): walk the prompt's blocks in
+  order; each is found in the fastest tier holding it (GPU, then disk, then archive) and the
+  first block found nowhere ends the reusable prefix (prefix semantics). With
+  ``load_policy: if_faster`` the prefix is cut at the ``k`` that minimises
+  ``load(blocks[:k]) + prefill(n - k·B, k·B)`` (ties keep the longer prefix).
+* :meth:`TieredCache.finish` (when its prefill is done): every block of the prompt that is
+  not already in the GPU tier is stored there (computed or hydrated), in prompt order;
+  blocks reach disk by the write policy; all of them become candidates for the archive
+  worker's next pass.
+
+The archive worker's pass is :meth:`TieredCache.archive_pass` and :meth:`archive_commit`.
+No SimPy here: the request process (``simkv.model.engine``) supplies the times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from simkv.model.tiers import Tier
+from simkv.policies.eviction import EVICTION_POLICIES, NextUse
+from simkv.policies.ttl import ClassReuse, TTLContext, TTLHeuristic, make_heuristic
+from simkv.scenario import GB, Scenario
+from simkv.traces.schema import Trace
+
+GPU, DISK, ARCHIVE = 0, 1, 2
+TIER_NAMES = ("gpu", "disk", "archive")
+SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
+
+
+@dataclass(slots=True)
+class Plan:
+    """What :meth:`TieredCache.begin` decided for one request."""
+
+    blocks: list[int]
+    sources: list[int]  # tier of each used prefix block
+    prefix_blocks: int  # blocks found in some tier before any cut
+    load_s: float
+    prefill_s: float
+    tier_blocks: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+
+class TieredCache:
+    """The cache side of the simulated system (see the module docstring)."""
+
+    def __init__(self, scenario: Scenario, trace: Trace) -> None:
+        self.scenario = sc = scenario
+        self.trace = trace
+        self.block_size = B = trace.block_size
+        self.block_bytes = B * sc.model.bytes_per_token
+        self.hw = sc.hardware
+        self.zero_time = sc.hardware.zero_service_time
+        self.if_faster = sc.load_policy == "if_faster"
+
+        n_unique = trace.n_unique_blocks
+        needs_oracle = any(t.eviction in ("belady", "opt") for t in
+                           (sc.tiers.gpu, sc.tiers.disk, sc.tiers.archive))
+        next_use = NextUse(trace.block_ids_flat) if needs_oracle else None
+
+        def policy(name: str, key: str):
+            return EVICTION_POLICIES.get(name, key=key)(next_use)
+
+        t = sc.tiers
+        sliding = sc.ttl.mode == "sliding"
+        self.gpu = Tier("gpu", policy(t.gpu.eviction, "tiers.gpu.eviction"),
+                        t.gpu.blocks(self.block_bytes), self.block_bytes, sliding)
+        self.disk = (Tier("disk", policy(t.disk.eviction, "tiers.disk.eviction"),
+                          t.disk.blocks(self.block_bytes), self.block_bytes, sliding)
+                     if t.disk.enabled else None)
+        self.archive_bytes = int(self.block_bytes / t.archive.compression_ratio)
+        self.archive = (Tier("archive", policy(t.archive.eviction, "tiers.archive.eviction"),
+                             t.archive.blocks(self.archive_bytes), self.archive_bytes, sliding)
+                        if t.archive.enabled else None)
+        self.tiers: list[Tier | None] = [self.gpu, self.disk, self.archive]
+        self.write_through = t.disk.write_policy == "write_through"
+
+        # Load-time constants per tier: (latency once per request, seconds per block).
+        self._disk_lat = t.disk.latency_s
+        self._disk_per_block = self.block_bytes / (t.disk.read_gbps * GB)
+        self._disk_write_per_block = self.block_bytes / (t.disk.write_gbps * GB)
+        a = t.archive
+        self._arch_lat = a.request_latency_s
+        self._arch_per_block = (self.archive_bytes / (a.download_gbps * GB)
+                                + self.block_bytes / (a.decompress_gbps * GB))
+        self._arch_compress_per_block = self.block_bytes / (a.compress_gbps * GB)
+        self._arch_upload_per_block = self.archive_bytes / (a.upload_gbps * GB)
+        self.disk_free_at = 0.0
+
+        # TTL machinery.
+        self.ttl: TTLHeuristic | None = (make_heuristic(sc.ttl.heuristic, sc.ttl.params)
+                                         if sc.ttl.heuristic != "none" else None)
+        self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
+        self.sliding = sc.ttl.mode == "sliding"
+        self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
+        self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
+        self.refs = [0] * n_unique  # requests that referenced each block so far
+        self.first_class = [""] * n_unique
+        self.reuse = ClassReuse()
+        self.pending: dict[int, tuple[int, int]] = {}  # block -> (request, position) since last pass
+
+        # Counters.
+        self.archive_gets = 0
+        self.archive_puts = 0
+        self.archive_refreshes = 0
+        self.archive_bytes_fetched = 0
+        self.archive_skipped = 0  # candidates gone from every tier before the worker came
+        self.hydrations = 0
+        self.offloads = 0
+        self.disk_writes = 0
+
+    @cached_property
+    def ids(self) -> list[int]:
+        """Dense block ids of the whole trace (plain ints: the hot loop indexes them)."""
+        return self.trace.block_ids_flat.tolist()
+
+    @cached_property
+    def offsets(self) -> list[int]:
+        return self.trace.block_offsets.tolist()
+
+    @cached_property
+    def input_tokens(self) -> list[int]:
+        return self.trace.input_tokens.tolist()
+
+    @cached_property
+    def classes(self) -> list[str]:
+        return self.trace.table.column("prompt_class").to_pylist()
+
+    # -- TTL ------------------------------------------------------------------------------
+
+    def _ttl(self, block: int, r: int, position: int, now: float, stored_bytes: int,
+             cost_per_byte_s: float) -> tuple[float, float]:
+        assert self.ttl is not None
+        hw = self.hw
+        B = self.block_size
+        value_s = 0.0 if self.zero_time else (
+            hw.prefill_per_token_s * B + hw.prefill_attn_s * B * B * (2 * position + 1))
+        ctx = TTLContext(
+            now=now, block=block, position=position, prompt_class=self.classes[r],
+            input_tokens=self.input_tokens[r], access_count=max(self.refs[block] - 1, 0),
+            block_tokens=B, block_bytes=self.block_bytes, stored_bytes=stored_bytes,
+            value_s=value_s, gpu_cost_per_s=self.gpu_cost_per_s,
+            storage_cost_per_byte_s=cost_per_byte_s, reuse=self.reuse,
+        )
+        return self.ttl(ctx)
+
+    def _local_deadline(self, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
+        """Deadline and priority for a GPU/disk insert (a TTL only when scope is ``all``)."""
+        if not self.ttl_all_tiers:
+            return None, float(self.refs[block])
+        ttl, prio = self._ttl(block, r, position, now, self.block_bytes, 0.0)
+        return now + ttl, prio
+
+    # -- requests -------------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        for tier in self.tiers:
+            if tier is not None:
+                tier.expire(now)
+
+    def begin(self, r: int, now: float) -> Plan:
+        """Look up request ``r`` at ``now`` and decide what to load and what to compute."""
+        self.expire(now)
+        lo, hi = self.offsets[r], self.offsets[r + 1]
+        blocks = self.ids[lo:hi]
+        gpu, disk, archive = self.gpu, self.disk, self.archive
+        gpu_m = gpu.members
+        disk_m = disk.members if disk is not None else ()
+        disk_ready = disk.ready if disk is not None else {}
+        arch_m = archive.members if archive is not None else ()
+        sources: list[int] = []
+        for b in blocks:
+            if b in gpu_m:
+                sources.append(GPU)
+            elif b in disk_m and (not disk_ready or disk_ready.get(b, 0.0) <= now):
+                sources.append(DISK)
+            elif b in arch_m:
+                sources.append(ARCHIVE)
+            else:
+                break
+        found = len(sources)
+        n_tokens = self.input_tokens[r]
+        B = self.block_size
+        if self.zero_time:
+            k, load_s, prefill_s = found, 0.0, 0.0
+        elif self.if_faster:
+            k, load_s, prefill_s = self._best_cut(sources, n_tokens)
+        else:
+            k = found
+            load_s = self._load_s(sources)
+            prefill_s = self.hw.prefill_s(n_tokens - k * B, k * B)
+        del sources[k:]
+        plan = Plan(blocks, sources, found, load_s, prefill_s)
+        counts = plan.tier_blocks
+        for i, src in enumerate(sources):
+            counts[src] += 1
+            b = blocks[i]
+            if src == GPU:
+                gpu.hit(b, lo + i)
+            elif src == DISK:
+                disk.hit(b, lo + i)  # type: ignore[union-attr]
+            else:
+                archive.hit(b, lo + i)  # type: ignore[union-attr]
+        if counts[ARCHIVE]:
+            self.archive_gets += counts[ARCHIVE]
+            self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
+        if self.sliding and self.ttl_all_tiers:
+            for i, src in enumerate(sources):
+                if src != ARCHIVE:
+                    tier = gpu if src == GPU else disk
+                    deadline, _ = self._local_deadline(blocks[i], r, i, now)
+                    tier.set_deadline(blocks[i], deadline)  # type: ignore[union-attr,arg-type]
+        return plan
+
+    def _load_s(self, sources: list[int]) -> float:
+        """Time to bring the prefix blocks from their tiers to the GPU."""
+        n_disk = sources.count(DISK)
+        n_arch = sources.count(ARCHIVE)
+        t = 0.0
+        if n_disk:
+            t += self._disk_lat + n_disk * self._disk_per_block
+        if n_arch:
+            t += self._arch_lat + n_arch * self._arch_per_block
+        return t
+
+    def _best_cut(self, sources: list[int], n_tokens: int) -> tuple[int, float, float]:
+        """``argmin_k load(sources[:k]) + prefill(n - k·B, k·B)``, the longest ``k`` on ties."""
+        B = self.block_size
+        hw = self.hw
+        best_k, best_load, best_prefill = 0, 0.0, hw.prefill_s(n_tokens, 0)
+        best = best_prefill
+        load = 0.0
+        seen_disk = seen_arch = False
+        for k, src in enumerate(sources, start=1):
+            if src == DISK:
+                load += self._disk_per_block + (0.0 if seen_disk else self._disk_lat)
+                seen_disk = True
+            elif src == ARCHIVE:
+                load += self._arch_per_block + (0.0 if seen_arch else self._arch_lat)
+                seen_arch = True
+            prefill = hw.prefill_s(n_tokens - k * B, k * B)
+            if load + prefill <= best:
+                best, best_k, best_load, best_prefill = load + prefill, k, load, prefill
+        return best_k, best_load, best_prefill
+
+    def finish(self, r: int, plan: Plan, now: float) -> None:
+        """Store request ``r``'s blocks at ``now`` (end of its prefill)."""
+        self.expire(now)
+        lo = self.offsets[r]
+        gpu, disk = self.gpu, self.disk
+        blocks, sources = plan.blocks, plan.sources
+        k = len(sources)
+        offload = disk is not None and not self.write_through
+        write = disk is not None and self.write_through
+        ttl_local = self.ttl_all_tiers
+        refs = self.refs
+        gpu_m = gpu.members
+        insert = gpu.insert
+        for i, b in enumerate(blocks):
+            if i < k:
+                src = sources[i]
+                if src == GPU and b in gpu_m:
+                    continue
+            else:
+                src = -1
+            ref = lo + i
+            if ttl_local:
+                deadline, prio = self._local_deadline(b, r, i, now)
+            else:
+                deadline, prio = None, float(refs[b])
+            evicted = insert(b, now, ref, prio, deadline)
+            if src == ARCHIVE:
+                self.hydrations += 1
+            if offload and evicted:
+                for v in evicted:
+                    self._write_disk(v, r, i, now, ref)
+                    self.offloads += 1
+            elif write and src != DISK:
+                self._write_disk(b, r, i, now, ref)
+        # Access history (after the lookup, so a request never counts itself).
+        reuse = self.reuse
+        cls = self.classes[r]
+        pending = self.pending
+        for i, b in enumerate(blocks):
+            n = refs[b]
+            if n == 0:
+                reuse.first_reference(cls)
+                self.first_class[b] = cls
+            elif n == 1:
+                reuse.second_reference(self.first_class[b])
+            refs[b] = n + 1
+            pending[b] = (r, i)
+
+    def _write_disk(self, block: int, r: int, position: int, now: float, ref: int) -> None:
+        disk = self.disk
+        assert disk is not None
+        if block in disk.members:
+            disk.policy.hit(block, ref)
+            return
+        if self.zero_time:
+            ready = now
+        else:
+            start = max(now, self.disk_free_at)
+            ready = self.disk_free_at = start + self._disk_write_per_block
+        deadline, prio = self._local_deadline(block, r, position, now)
+        disk.insert(block, now, ref, prio, deadline, ready)
+        self.disk_writes += 1
+
+    # -- the archive worker -----------------------------------------------------------------
+
+    def archive_pass(self, now: float) -> tuple[list[tuple[int, int, float, float]], float]:
+        """One pass of the archive worker at ``now``.
+
+        Candidates are the blocks referenced since the last pass. Live archive objects get a
+        new deadline when TTLs slide (one metadata request each); other candidates still
+        held by the GPU or disk tier are compressed and uploaded. Returns the uploads
+        ``(block, ttl, priority)`` and the worker's busy time; the caller commits them with
+        :meth:`archive_commit` once that time has passed.
+        """
+        archive = self.archive
+        assert archive is not None
+        archive.expire(now)
+        uploads: list[tuple[int, int, float, float]] = []
+        cost = self.archive_cost_per_byte_s
+        offsets = self.offsets
+        for b, (r, i) in self.pending.items():
+            if b in archive:
+                if self.sliding:
+                    ttl, _ = self._ttl(b, r, i, now, self.archive_bytes, cost)
+                    archive.set_deadline(b, now + ttl)
+                    archive.hit(b, offsets[r] + i)
+                    self.archive_refreshes += 1
+                continue
+            if b in self.gpu or (self.disk is not None and b in self.disk):
+                ttl, prio = self._ttl(b, r, i, now, self.archive_bytes, cost)
+                uploads.append((b, offsets[r] + i, ttl, prio))
+            else:
+                self.archive_skipped += 1
+        self.pending = {}
+        busy = 0.0 if self.zero_time else len(uploads) * (
+            self._arch_compress_per_block + self._arch_upload_per_block)
+        return uploads, busy
+
+    def archive_commit(self, uploads: list[tuple[int, int, float, float]], now: float) -> None:
+        """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later."""
+        archive = self.archive
+        assert archive is not None
+        archive.expire(now)
+        for b, ref, ttl, prio in uploads:
+            archive.insert(b, now, ref, prio, now + ttl)
+            self.archive_puts += 1
+
+    def close(self, now: float) -> None:
+        """End of the simulation: apply due expiries and close the storage integrals."""
+        self.expire(now)
+        for tier in self.tiers:
+            if tier is not None:
+                tier.meter.close(now)
+
+    def occupancy(self) -> tuple[int, int, int]:
+        return tuple(t.meter.bytes if t is not None else 0 for t in self.tiers)  # type: ignore[return-value]

@@ -1,0 +1,157 @@
+"""Tiers as data structures: resident blocks, capacity, TTL deadlines, exact byte accounting.
+
+Tier state changes are plain data-structure operations, not SimPy events: the request
+process and the archive worker call them with the current simulated time. Expiry is lazy
+(:meth:`Tier.expire` runs before every lookup and insert) but exact: an entry leaves the
+storage integral at its deadline, not when it is noticed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from simkv.policies.eviction import EvictionPolicy
+
+
+@dataclass(slots=True)
+class StorageMeter:
+    """Bytes held over time as a step function: current, peak and the exact integral.
+
+    ``byte_seconds = Σ bytes(t) · dt``; changes must come in non-decreasing time order.
+    """
+
+    bytes: int = 0
+    peak: int = 0
+    t: float = 0.0
+    byte_seconds: float = 0.0
+
+    def change(self, t: float, delta: int) -> None:
+        self.byte_seconds += self.bytes * (t - self.t)
+        self.t = t
+        self.bytes += delta
+        if self.bytes > self.peak:
+            self.peak = self.bytes
+
+    def close(self, t: float) -> None:
+        """Extend the integral to ``t`` (the end of the simulation)."""
+        self.change(t, 0)
+
+
+class Tier:
+    """One cache tier: a resident set ordered by an eviction policy, with optional
+    per-block TTL deadlines and per-block ready times (asynchronous writes)."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: EvictionPolicy,
+        capacity_blocks: int | None,
+        stored_bytes_per_block: int,
+        sliding: bool = False,
+    ) -> None:
+        self.name = name
+        self.sliding = sliding
+        self.policy = policy
+        self.members = policy.members
+        self.capacity = capacity_blocks
+        self.stored_bytes = stored_bytes_per_block
+        self.size = 0
+        self.meter = StorageMeter()
+        self.deadline: dict[int, float] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self.ready: dict[int, float] = {}
+        self.insertions = 0
+        self.evictions = 0
+        self.expirations = 0
+
+    def __contains__(self, block: int) -> bool:
+        return block in self.members
+
+    def __len__(self) -> int:
+        return self.size
+
+    def available(self, block: int, now: float) -> bool:
+        """Resident, not expired (callers ran :meth:`expire`), and fully written by ``now``."""
+        if block not in self.members:
+            return False
+        ready = self.ready.get(block)
+        return ready is None or ready <= now
+
+    def expire(self, now: float) -> None:
+        """Remove every entry whose deadline is ``<= now``, at its deadline."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            t, block = heapq.heappop(heap)
+            if self.deadline.get(block) == t:
+                del self.deadline[block]
+                self.policy.drop(block)
+                self.ready.pop(block, None)
+                self.size -= 1
+                self.meter.change(t, -self.stored_bytes)
+                self.expirations += 1
+
+    def set_deadline(self, block: int, deadline: float) -> None:
+        self.deadline[block] = deadline
+        heapq.heappush(self._deadlines, (deadline, block))
+        if len(self._deadlines) > 4 * len(self.deadline) + 1024:
+            self._deadlines = [(t, b) for b, t in self.deadline.items()]
+            heapq.heapify(self._deadlines)
+
+    def hit(self, block: int, ref: int) -> None:
+        self.policy.hit(block, ref)
+
+    def insert(
+        self,
+        block: int,
+        now: float,
+        ref: int,
+        priority: float = 0.0,
+        deadline: float | None = None,
+        ready: float | None = None,
+    ) -> list[int]:
+        """Make ``block`` resident at ``now``, evicting as needed; returns the evicted blocks.
+
+        A block already resident is refreshed: a hit, and a new deadline if TTLs slide
+        (a fixed deadline stands). A tier of
+        capacity 0 stores nothing. Evictions and the admission happen at the same instant,
+        so the storage meter records only their net change.
+        """
+        policy = self.policy
+        if block in self.members:
+            policy.hit(block, ref)
+            if deadline is not None and self.sliding:
+                self.set_deadline(block, deadline)
+            return []
+        cap = self.capacity
+        evicted: list[int] = []
+        if cap is not None:
+            if cap <= 0:
+                return evicted
+            while self.size >= cap:
+                victim = policy.evict()
+                if self.deadline:
+                    self.deadline.pop(victim, None)
+                if self.ready:
+                    self.ready.pop(victim, None)
+                self.size -= 1
+                evicted.append(victim)
+            self.evictions += len(evicted)
+        policy.admit(block, ref, priority)
+        self.size += 1
+        self.insertions += 1
+        if len(evicted) != 1:
+            self.meter.change(now, (1 - len(evicted)) * self.stored_bytes)
+        if deadline is not None:
+            self.set_deadline(block, deadline)
+        if ready is not None and ready > now:
+            self.ready[block] = ready
+        return evicted
+
+    def remove(self, block: int, now: float) -> None:
+        """Take a resident block out (a move to another tier), at ``now``."""
+        self.policy.drop(block)
+        self.deadline.pop(block, None)
+        self.ready.pop(block, None)
+        self.size -= 1
+        self.meter.change(now, -self.stored_bytes)

@@ -1,0 +1,207 @@
+"""Eviction policies: which resident block a full tier gives up next.
+
+Every policy implements the same small interface (as in libCacheSim): ``admit`` a block,
+note a ``hit``, ``drop`` a block the tier removed for another reason (expiry, a move), and
+name the ``victim``. Policies hold the tier's resident set, so a tier asks its policy
+``block in policy``. ``ref`` is a logical clock: the position of the current block access
+in the trace (non-decreasing); the offline oracle uses it to look up the next use.
+"""
+
+from __future__ import annotations
+
+import heapq
+from abc import ABC, abstractmethod
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Container
+
+import numpy as np
+
+from simkv.policies.registry import Registry
+
+
+class NextUse:
+    """Offline knowledge for the oracle: when is ``block`` referenced next after ``ref``?
+
+    Built once from the trace's flat block ids (position ``j`` = the ``j``-th block access).
+    """
+
+    NEVER = 1 << 62
+
+    def __init__(self, block_ids_flat: np.ndarray) -> None:
+        order = np.argsort(block_ids_flat, kind="stable")
+        ids_sorted = block_ids_flat[order]
+        n_ids = int(ids_sorted[-1]) + 1 if len(ids_sorted) else 0
+        self._starts = np.searchsorted(ids_sorted, np.arange(n_ids + 1)).tolist()
+        self._positions = order.tolist()
+
+    def next_after(self, block: int, ref: int) -> int:
+        lo, hi = self._starts[block], self._starts[block + 1]
+        i = bisect_right(self._positions, ref, lo, hi)
+        return self._positions[i] if i < hi else self.NEVER
+
+
+class EvictionPolicy(ABC):
+    """The resident set of one tier, ordered for eviction."""
+
+    name: str = ""
+
+    @abstractmethod
+    def admit(self, block: int, ref: int, priority: float = 0.0) -> None:
+        """``block`` became resident (it is not resident yet)."""
+
+    @abstractmethod
+    def hit(self, block: int, ref: int) -> None:
+        """``block`` (resident) was accessed."""
+
+    @abstractmethod
+    def drop(self, block: int) -> None:
+        """``block`` (resident) left the tier for a reason other than eviction by this policy."""
+
+    @abstractmethod
+    def victim(self) -> int:
+        """The block to evict next (still resident)."""
+
+    def evict(self) -> int:
+        """Remove and return the victim."""
+        block = self.victim()
+        self.drop(block)
+        return block
+
+    #: The resident set as a container (``block in members``), for the tiers' hot path.
+    members: Container[int]
+
+    @abstractmethod
+    def __contains__(self, block: int) -> bool: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+
+EVICTION_POLICIES: Registry[Callable[..., EvictionPolicy]] = Registry("eviction policy")
+
+
+@EVICTION_POLICIES.register("lru")
+class LRU(EvictionPolicy):
+    """Least recently used: evict the block whose last access is oldest."""
+
+    name = "lru"
+
+    def __init__(self, next_use: NextUse | None = None) -> None:
+        self.order: OrderedDict[int, None] = OrderedDict()
+        self.members = self.order
+
+    def admit(self, block: int, ref: int, priority: float = 0.0) -> None:
+        self.order[block] = None
+
+    def hit(self, block: int, ref: int) -> None:
+        self.order.move_to_end(block)
+
+    def drop(self, block: int) -> None:
+        del self.order[block]
+
+    def victim(self) -> int:
+        return next(iter(self.order))
+
+    def evict(self) -> int:
+        return self.order.popitem(last=False)[0]
+
+    def __contains__(self, block: int) -> bool:
+        return block in self.order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+@EVICTION_POLICIES.register("fifo")
+class FIFO(LRU):
+    """First in, first out: evict the block admitted earliest; hits do not reorder."""
+
+    name = "fifo"
+
+    def hit(self, block: int, ref: int) -> None:
+        pass
+
+
+class _HeapPolicy(EvictionPolicy):
+    """Evict the block with the smallest key; a lazy heap skips stale entries."""
+
+    def __init__(self, next_use: NextUse | None = None) -> None:
+        self.key: dict[int, tuple[float, int]] = {}
+        self.heap: list[tuple[float, int, int]] = []
+        self.members = self.key
+
+    def _set(self, block: int, key: tuple[float, int]) -> None:
+        self.key[block] = key
+        heapq.heappush(self.heap, (key[0], key[1], block))
+        if len(self.heap) > 4 * len(self.key) + 64:
+            self.heap = [(k[0], k[1], b) for b, k in self.key.items()]
+            heapq.heapify(self.heap)
+
+    def drop(self, block: int) -> None:
+        del self.key[block]
+
+    def victim(self) -> int:
+        heap, key = self.heap, self.key
+        while True:
+            k0, k1, block = heap[0]
+            if key.get(block) == (k0, k1):
+                return block
+            heapq.heappop(heap)
+
+    def __contains__(self, block: int) -> bool:
+        return block in self.key
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+
+@EVICTION_POLICIES.register("lfu")
+class LFU(_HeapPolicy):
+    """Least frequently used: evict the block with the fewest accesses since admission;
+    ties go to the least recently used."""
+
+    name = "lfu"
+
+    def admit(self, block: int, ref: int, priority: float = 0.0) -> None:
+        self._set(block, (1.0, ref))
+
+    def hit(self, block: int, ref: int) -> None:
+        self._set(block, (self.key[block][0] + 1.0, ref))
+
+
+@EVICTION_POLICIES.register("priority")
+class Priority(_HeapPolicy):
+    """Evict the block with the lowest priority score (given by the TTL heuristic);
+    ties go to the least recently used."""
+
+    name = "priority"
+
+    def admit(self, block: int, ref: int, priority: float = 0.0) -> None:
+        self._set(block, (float(priority), ref))
+
+    def hit(self, block: int, ref: int) -> None:
+        self._set(block, (self.key[block][0], ref))
+
+
+@EVICTION_POLICIES.register("belady")
+class Belady(_HeapPolicy):
+    """Offline optimum (Belady's MIN): evict the block whose next reference is farthest in
+    the future. Needs the whole trace, so it is an upper bound, not a deployable policy."""
+
+    name = "belady"
+
+    def __init__(self, next_use: NextUse | None = None) -> None:
+        super().__init__()
+        if next_use is None:
+            raise ValueError("belady needs the trace's next-use table")
+        self.next_use = next_use
+
+    def admit(self, block: int, ref: int, priority: float = 0.0) -> None:
+        self._set(block, (-float(self.next_use.next_after(block, ref)), ref))
+
+    def hit(self, block: int, ref: int) -> None:
+        self._set(block, (-float(self.next_use.next_after(block, ref)), ref))
+
+
+EVICTION_POLICIES.add("opt", Belady)

@@ -1,0 +1,248 @@
+"""TTL heuristics: (request, block, metadata, access history) → TTL seconds [, priority].
+
+A heuristic is one function ``fn(ctx: TTLContext, params) -> float | tuple[float, float]``
+registered by name with its typed parameter dataclass. It returns the TTL in seconds and,
+optionally, a priority score (higher = keep longer) used by the ``priority`` eviction policy.
+The simulator's tiers and archive worker and the real engine's archive worker call the
+same functions, so a policy chosen in simulation is the policy deployed.
+
+Add one::
+
+    from dataclasses import dataclass
+    from simkv.policies.ttl import TTL_HEURISTICS, TTLContext
+
+    @dataclass(frozen=True)
+    class MyParams:
+        ttl: float = 600.0
+
+    @TTL_HEURISTICS.register("mine")      # or name it in a scenario as "mymodule:my_ttl"
+    def my_ttl(ctx: TTLContext, p: MyParams) -> float:
+        return p.ttl * (2.0 if ctx.prompt_class == "system" else 1.0)
+    my_ttl.params = MyParams
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from simkv.config import from_dict
+from simkv.errors import ScenarioError
+from simkv.policies.registry import Registry
+
+TTLResult = float | tuple[float, float]
+
+
+@dataclass(slots=True)
+class ClassReuse:
+    """Online per-class reuse statistics, learned from the trace prefix seen so far.
+
+    ``p(class) = (reused + 1) / (seen + 2)``: the Laplace-smoothed fraction of blocks first
+    referenced by a request of that class that were referenced again later.
+    """
+
+    seen: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, int] = field(default_factory=dict)
+
+    def first_reference(self, prompt_class: str) -> None:
+        self.seen[prompt_class] = self.seen.get(prompt_class, 0) + 1
+
+    def second_reference(self, first_class: str) -> None:
+        self.reused[first_class] = self.reused.get(first_class, 0) + 1
+
+    def probability(self, prompt_class: str) -> float:
+        return (self.reused.get(prompt_class, 0) + 1) / (self.seen.get(prompt_class, 0) + 2)
+
+
+@dataclass(slots=True)
+class TTLContext:
+    """What a heuristic may look at when a block is stored, archived or refreshed.
+
+    ``value_s`` is the GPU time one reuse of this block saves (prefill of ``block_size``
+    tokens from the hardware profile); ``gpu_cost_per_s`` and ``storage_cost_per_byte_s``
+    price it against keeping ``stored_bytes`` in the tier the TTL is for.
+    """
+
+    now: float
+    block: int
+    position: int
+    prompt_class: str
+    input_tokens: int
+    access_count: int
+    block_tokens: int
+    block_bytes: int
+    stored_bytes: int
+    value_s: float
+    gpu_cost_per_s: float
+    storage_cost_per_byte_s: float
+    reuse: ClassReuse
+
+
+@dataclass(frozen=True, slots=True)
+class TTLHeuristic:
+    """A heuristic bound to its validated parameters."""
+
+    name: str
+    fn: Callable[[TTLContext, Any], TTLResult]
+    params: Any
+
+    def __call__(self, ctx: TTLContext) -> tuple[float, float]:
+        out = self.fn(ctx, self.params)
+        ttl, prio = (out if isinstance(out, tuple) else (out, 0.0))
+        if not ttl >= 0:  # also catches NaN
+            raise ScenarioError(f"ttl.heuristic {self.name!r} returned a negative or NaN TTL: {ttl}")
+        return float(ttl), float(prio)
+
+
+TTL_HEURISTICS: Registry[Callable[..., TTLResult]] = Registry("TTL heuristic")
+
+
+def make_heuristic(name: str, params: dict[str, Any]) -> TTLHeuristic:
+    """Resolve ``name`` and validate ``params`` against the heuristic's parameter dataclass."""
+    fn = TTL_HEURISTICS.get(name, key="ttl.heuristic")
+    params_cls = getattr(fn, "params", None)
+    bound = from_dict(params_cls, params, prefix="ttl.params") if params_cls else dict(params)
+    return TTLHeuristic(name, fn, bound)
+
+
+def clamp(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
+def _check_range(prefix: str, min_ttl: float, max_ttl: float) -> None:
+    if not 0 <= min_ttl <= max_ttl:
+        raise ScenarioError(f"{prefix}.min_ttl/max_ttl: need 0 <= min_ttl <= max_ttl, "
+                            f"got {min_ttl} and {max_ttl}")
+
+
+@dataclass(frozen=True)
+class StaticParams:
+    ttl: float = 3600.0
+
+    def check(self, prefix: str) -> None:
+        if self.ttl < 0:
+            raise ScenarioError(f"{prefix}.ttl: must be >= 0, got {self.ttl}")
+
+
+@TTL_HEURISTICS.register("static")
+def static(ctx: TTLContext, p: StaticParams) -> float:
+    """``ttl`` for every block."""
+    return p.ttl
+
+
+static.params = StaticParams  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class PerClassParams:
+    default_ttl: float = 3600.0
+    class_ttl: dict[str, float] = field(default_factory=dict)
+
+
+@TTL_HEURISTICS.register("per_class")
+def per_class(ctx: TTLContext, p: PerClassParams) -> float:
+    """``class_ttl[prompt_class]``, else ``default_ttl``."""
+    return p.class_ttl.get(ctx.prompt_class, p.default_ttl)
+
+
+per_class.params = PerClassParams  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class SizeAwareParams:
+    base_ttl: float = 3600.0
+    ref_tokens: float = 4096.0
+    exponent: float = 1.0
+    min_ttl: float = 60.0
+    max_ttl: float = 86400.0
+
+    def check(self, prefix: str) -> None:
+        _check_range(prefix, self.min_ttl, self.max_ttl)
+
+
+@TTL_HEURISTICS.register("size_aware")
+def size_aware(ctx: TTLContext, p: SizeAwareParams) -> tuple[float, float]:
+    """``clamp(base_ttl * (input_tokens / ref_tokens) ** exponent, min_ttl, max_ttl)``:
+    blocks of long prompts are worth more (a miss recomputes more), so they live longer.
+    Priority = ``input_tokens``."""
+    ttl = p.base_ttl * (max(ctx.input_tokens, 1) / p.ref_tokens) ** p.exponent
+    return clamp(ttl, p.min_ttl, p.max_ttl), float(ctx.input_tokens)
+
+
+size_aware.params = SizeAwareParams  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class AdaptiveParams:
+    base_ttl: float = 600.0
+    alpha: float = 1.0
+    min_ttl: float = 60.0
+    max_ttl: float = 86400.0
+
+    def check(self, prefix: str) -> None:
+        _check_range(prefix, self.min_ttl, self.max_ttl)
+        if self.base_ttl < 0 or self.alpha < 0:
+            raise ScenarioError(f"{prefix}: base_ttl and alpha must be >= 0, "
+                                f"got {self.base_ttl} and {self.alpha}")
+
+
+@TTL_HEURISTICS.register("adaptive")
+def adaptive(ctx: TTLContext, p: AdaptiveParams) -> tuple[float, float]:
+    """``clamp(base_ttl * (1 + alpha * access_count), min_ttl, max_ttl)``; priority =
+    ``access_count``. ``access_count`` = earlier requests that referenced the block."""
+    ttl = p.base_ttl * (1.0 + p.alpha * ctx.access_count)
+    return clamp(ttl, p.min_ttl, p.max_ttl), float(ctx.access_count)
+
+
+adaptive.params = AdaptiveParams  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class CostAwareParams:
+    reuse_prob: float | None = None
+    min_ttl: float = 0.0
+    max_ttl: float = 7 * 86400.0
+
+    def check(self, prefix: str) -> None:
+        _check_range(prefix, self.min_ttl, self.max_ttl)
+
+
+@TTL_HEURISTICS.register("cost_aware")
+def cost_aware(ctx: TTLContext, p: CostAwareParams) -> tuple[float, float]:
+    """Keep a block while its expected saving can still pay for its storage:
+    ``ttl = clamp(P(reuse) * value_s * gpu_cost_per_s / (stored_bytes * storage_cost_per_byte_s),
+    min_ttl, max_ttl)``, the break-even holding time. ``P(reuse)`` is ``reuse_prob`` if given,
+    else the online per-class estimate. Priority = expected saving per stored byte."""
+    prob = p.reuse_prob if p.reuse_prob is not None else ctx.reuse.probability(ctx.prompt_class)
+    saving = prob * ctx.value_s * ctx.gpu_cost_per_s
+    rate = ctx.stored_bytes * ctx.storage_cost_per_byte_s
+    ttl = p.max_ttl if rate <= 0 else saving / rate
+    return clamp(ttl, p.min_ttl, p.max_ttl), saving / max(ctx.stored_bytes, 1)
+
+
+cost_aware.params = CostAwareParams  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ReuseProbParams:
+    base_ttl: float = 3600.0
+    ref_prob: float = 0.5
+    min_ttl: float = 60.0
+    max_ttl: float = 86400.0
+
+    def check(self, prefix: str) -> None:
+        _check_range(prefix, self.min_ttl, self.max_ttl)
+        if not 0 < self.ref_prob <= 1:
+            raise ScenarioError(f"{prefix}.ref_prob: must be in (0, 1], got {self.ref_prob}")
+
+
+@TTL_HEURISTICS.register("reuse_prob")
+def reuse_prob(ctx: TTLContext, p: ReuseProbParams) -> tuple[float, float]:
+    """``clamp(base_ttl * p(class) / ref_prob, min_ttl, max_ttl)`` with ``p(class)`` the
+    reuse probability learned online per prompt class (:class:`ClassReuse`); priority = p."""
+    prob = ctx.reuse.probability(ctx.prompt_class)
+    return clamp(p.base_ttl * prob / p.ref_prob, p.min_ttl, p.max_ttl), prob
+
+
+reuse_prob.params = ReuseProbParams  # type: ignore[attr-defined]

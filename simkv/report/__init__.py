@@ -1,0 +1,1 @@
+"""Reporting: the console summary table, charts and Markdown reports."""
