@@ -139,6 +139,13 @@ def run_cmd(
                   + (f"; results in [bold]{out}[/]" if out else ""))
 
 
+# -- curve commands (simkv curve) --
+
+# -- sweep commands (simkv sweep) --
+
+# -- report and regress commands (simkv report, simkv regress) --
+
+
 @contextmanager
 def progress_bar(label: str) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr; yields ``advance(n)``. The total is set on first use."""
