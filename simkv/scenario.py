@@ -83,7 +83,13 @@ class TierCapacity:
     capacity_blocks: int | None = None
     capacity_bytes: int | str | None = None
 
+    def check_eviction(self, prefix: str) -> None:
+        from simkv.policies.eviction import EVICTION_POLICIES
+
+        EVICTION_POLICIES.get(getattr(self, "eviction", "lru"), key=f"{prefix}.eviction")
+
     def check_capacity(self, prefix: str) -> None:
+        self.check_eviction(prefix)
         if self.capacity_blocks is not None and self.capacity_bytes is not None:
             raise ScenarioError(
                 f"{prefix}: capacity_blocks={self.capacity_blocks!r} and capacity_bytes="

@@ -58,25 +58,26 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
     out["request_any_hit_ratio"] = _ratio((hit_blocks > 0).sum(), n)
 
     for name, tier in zip(TIER_NAMES, cache.tiers, strict=True):
-        ev = tier.evictions if tier else 0
-        ex = tier.expirations if tier else 0
-        meter = tier.meter if tier else None
+        present = tier is not None
+        ev = tier.evictions if present else 0
+        ex = tier.expirations if present else 0
+        byte_s = tier.meter.byte_seconds if present else 0.0
         out[f"evictions_{name}"] = ev
         out[f"evictions_per_s_{name}"] = _ratio(ev, duration)
         out[f"evictions_per_request_{name}"] = _ratio(ev, n)
         out[f"expirations_{name}"] = ex
         out[f"expirations_per_s_{name}"] = _ratio(ex, duration)
-        out[f"insertions_{name}"] = tier.insertions if tier else 0
-        out[f"storage_mean_bytes_{name}"] = _ratio(meter.byte_seconds, duration) if meter else 0.0
-        out[f"storage_peak_bytes_{name}"] = meter.peak if meter else 0
-        out[f"storage_gb_hours_{name}"] = meter.byte_seconds / 1e9 / 3600.0 if meter else 0.0
+        out[f"insertions_{name}"] = tier.insertions if present else 0
+        out[f"storage_mean_bytes_{name}"] = _ratio(byte_s, duration)
+        out[f"storage_peak_bytes_{name}"] = tier.meter.peak if present else 0
+        out[f"storage_gb_hours_{name}"] = byte_s / 1e9 / 3600.0
 
     hw = scenario.hardware
     a = scenario.tiers.archive
     gpu_s = float(requests["gpu_seconds_saved"].sum())
     gpu_dollars = gpu_s * hw.gpu_cost_per_hour / 3600.0
     storage_dollars = (cache.archive.meter.byte_seconds / 1e9 / SECONDS_PER_MONTH
-                       * a.price("gb_month")) if cache.archive else 0.0
+                       * a.price("gb_month")) if cache.archive is not None else 0.0
     request_dollars = ((cache.archive_puts + cache.archive_refreshes) * a.price("put")
                        + cache.archive_gets * a.price("get"))
     transfer_dollars = cache.archive_bytes_fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
+
 from simkv.model.tiers import Tier
 from simkv.policies.eviction import EVICTION_POLICIES, NextUse
 from simkv.policies.ttl import ClassReuse, TTLContext, TTLHeuristic, make_heuristic
@@ -113,9 +115,10 @@ class TieredCache:
         self.disk_writes = 0
 
     @cached_property
-    def ids(self) -> list[int]:
-        """Dense block ids of the whole trace (plain ints: the hot loop indexes them)."""
-        return self.trace.block_ids_flat.tolist()
+    def ids(self) -> np.ndarray:
+        """Dense block ids of the whole trace; each request takes its slice as a list."""
+        ids = self.trace.block_ids_flat
+        return ids.astype(np.int32) if self.trace.n_unique_blocks < 2**31 else ids
 
     @cached_property
     def offsets(self) -> list[int]:
@@ -165,7 +168,7 @@ class TieredCache:
         """Look up request ``r`` at ``now`` and decide what to load and what to compute."""
         self.expire(now)
         lo, hi = self.offsets[r], self.offsets[r + 1]
-        blocks = self.ids[lo:hi]
+        blocks = self.ids[lo:hi].tolist()
         gpu, disk, archive = self.gpu, self.disk, self.archive
         gpu_m = gpu.members
         disk_m = disk.members if disk is not None else ()

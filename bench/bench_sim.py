@@ -1,0 +1,125 @@
+"""Simulator speed beside LMCache's cache simulator, in the same process, as ratios.
+
+    python bench/bench_sim.py [--trace traces/medium.parquet] [--capacity 4000] [--repeat 3]
+    python bench/bench_sim.py --memory 1000000     # peak RSS of a 1M-request run
+
+Reports requests/s and blocks/s of:
+  * LMCache ``simulate(fast=True)`` (single LRU tier, no time) — the reference;
+  * simkv's parity mode (``scenarios/parity-lru.yaml``: fast engine, and the SimPy engine);
+  * simkv's full three-tier TTL model (``scenarios/three-tier-adaptive.yaml``);
+and checks that the parity hit rates are identical. Best of ``--repeat`` runs each; the
+compiled kernel is warmed up once before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simkv.api import run  # noqa: E402
+from simkv.traces.export import to_lmcache_events  # noqa: E402
+from simkv.traces.schema import Trace, build_table, read_trace  # noqa: E402
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def tiled(trace: Trace, n: int) -> Trace:
+    """``n`` requests made by repeating ``trace`` with fresh hashes and shifted times."""
+    import numpy as np
+
+    reps = -(-n // len(trace))
+    hashes = trace.block_hashes_flat
+    offsets = trace.block_offsets
+    span = float(trace.arrival_s[-1]) + 1.0
+    cols: dict[str, list] = {k: [] for k in ("arrival_s", "request_id", "session_id", "prompt_class",
+                                             "input_tokens", "output_tokens", "block_hashes")}
+    for rep in range(reps):
+        flat = (hashes + np.uint64(rep) * np.uint64(0x9E3779B97F4A7C15)).tolist()
+        cols["arrival_s"] += (trace.arrival_s + rep * span).tolist()
+        cols["request_id"] += [f"{rep}-{i}" for i in range(len(trace))]
+        cols["session_id"] += trace.table.column("session_id").to_pylist()
+        cols["prompt_class"] += trace.table.column("prompt_class").to_pylist()
+        cols["input_tokens"] += trace.input_tokens.tolist()
+        cols["output_tokens"] += trace.output_tokens.tolist()
+        cols["block_hashes"] += [flat[offsets[i]:offsets[i + 1]] for i in range(len(trace))]
+    cols = {k: v[:n] for k, v in cols.items()}
+    return build_table(cols, block_size=trace.block_size, source=f"tiled:{trace.source}")
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak resident memory of a full three-tier run on ``--memory`` requests (child process)."""
+    if args.child:
+        trace = read_trace(args.child)
+        t0 = time.perf_counter()
+        res = run(ROOT / "scenarios" / args.scenario, trace)
+        wall = time.perf_counter() - t0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{len(trace):,} requests, {args.scenario}: {wall:.1f} s, peak RSS {rss:,.0f} MiB, "
+              f"token hit rate {res.summary['token_hit_rate']:.4f}")
+        return
+    path = Path("/tmp/simkv-bench-1m.parquet")
+    from simkv.traces.schema import write_trace
+
+    write_trace(tiled(read_trace(args.trace), args.memory), path)
+    subprocess.run([sys.executable, __file__, "--child", str(path), "--scenario", args.scenario],
+                   check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trace", default=str(ROOT / "traces" / "medium.parquet"))
+    ap.add_argument("--capacity", type=int, default=4000, help="LRU capacity in blocks (parity mode)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--memory", type=int, default=0, help="measure peak RSS on N requests instead")
+    ap.add_argument("--scenario", default="three-tier-adaptive.yaml")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory or args.child:
+        memory(args)
+        return
+
+    from lmcache.tools.cache_simulator.simulator import simulate
+
+    trace = read_trace(args.trace)
+    n, blocks = len(trace), len(trace.block_ids_flat)
+    print(f"trace {args.trace}: {n:,} requests, {blocks:,} blocks, capacity {args.capacity:,} blocks")
+    events = to_lmcache_events(trace)
+    bpc = trace.block_size * 131072
+    parity = ROOT / "scenarios" / "parity-lru.yaml"
+    cap = [f"tiers.gpu.capacity_blocks={args.capacity}"]
+    run(parity, trace, overrides=cap)  # warm the compiled kernel
+
+    t_lmc, ref = best_of(lambda: simulate(events, args.capacity * bpc, bpc, fast=True), args.repeat)
+    t_fast, fast = best_of(lambda: run(parity, trace, overrides=[*cap, "engine=fast"]), args.repeat)
+    t_simpy, slow = best_of(lambda: run(parity, trace, overrides=[*cap, "engine=simpy"]), args.repeat)
+    t_full, full = best_of(lambda: run(ROOT / "scenarios" / args.scenario, trace), args.repeat)
+
+    rates = {ref["token_hit_rate"], fast.summary["token_hit_rate"], slow.summary["token_hit_rate"]}
+    assert len(rates) == 1, f"parity broken: {rates}"
+    print(f"parity token hit rate {ref['token_hit_rate']:.6f} (identical in all three)\n")
+    print(f"{'':36s} {'requests/s':>12s} {'blocks/s':>12s} {'vs LMCache':>11s}")
+    for name, t in (("LMCache simulate(fast=True)", t_lmc), ("simkv parity, fast engine", t_fast),
+                    ("simkv parity, SimPy engine", t_simpy),
+                    (f"simkv full model ({args.scenario})", t_full)):
+        print(f"{name:36s} {n / t:12,.0f} {blocks / t:12,.0f} {t_lmc / t:10.2f}x")
+    print(f"\nfull model: token hit rate {full.summary['token_hit_rate']:.4f}, "
+          f"engine {full.summary['engine']}")
+
+
+if __name__ == "__main__":
+    main()

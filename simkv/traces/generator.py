@@ -1,0 +1,455 @@
+"""Seeded synthetic agent traces: many concurrent agent sessions sharing long prompts.
+
+The generative model, in the order the process unfolds:
+
+* **Agent types.** A small catalogue (``coder``, ``researcher``, ``support``, ...). Each type
+  has a long system prompt and a tool-schema segment shared by every session of that type.
+  The tool schema is versioned: a session uses the current version, or with probability
+  ``old_version_prob`` an older one (a client not yet upgraded), so its prefix diverges
+  after the system prompt. Popularity is Zipf-like: P(type of rank r) ∝ (r + 1)^-agent_zipf_s.
+* **Arrivals.** Sessions start as a Poisson process of rate ``session_rate_per_s``. A share
+  ``batch_prob`` of them are one-off calls (class ``system``): the system prompt followed by a
+  document unique to the call, and nothing else.
+* **Sessions.** A session opens with a per-session context (user profile, repository map)
+  and runs a geometric number of turns (mean ``turns_mean``). In each turn the user writes a
+  message (class ``chat``); with probability ``rag_prob`` a retrieved document unique to the
+  turn is appended (class ``rag``). With probability ``tool_turn_prob`` the model answers with
+  a tool call: a burst of a geometric number of rounds (mean ``tool_burst_mean``), each round
+  a quick follow-up call (class ``tool``) that carries the tool's result, issued after the
+  call's decode time plus the tool's latency. The turn's last call writes the answer; the
+  user then reads and thinks (lognormal, median ``think_time_s``) before the next turn.
+* **Context growth.** Every call's prompt is the whole conversation so far::
+
+      prompt_k = system + tools + session context + Σ_{earlier} (user + doc + outputs + results)
+
+  so each call's prompt is a prefix of the next one's, and all calls of a session are
+  prefixes of the session's final context. The session ends when the next prompt would
+  exceed ``max_context_tokens``.
+
+Token lengths are lognormal with the stated *median* and ``length_sigma``:
+``n = max(1, round(median · exp(σ·Z)))``, Z ~ N(0, 1).
+
+Prompts are lists of segments ``(segment_id, n_tokens)`` hashed by
+:func:`simkv.traces.hashing.chain_block_hashes`. Because a full block's hash depends only
+on the segments covering it and on the blocks before it, the full blocks of any prefix of a
+segment list are the leading hashes of the whole list: ``chain(S[:m])[:L//B] ==
+chain(S)[:L//B]`` where ``L`` is the prefix's token count. The generator therefore hashes each
+session's context once (up to its last call in the trace) and slices it per call: the hashing
+cost follows the distinct context, not Σ prompt blocks (about 5x fewer hashes on the defaults).
+
+One ``numpy.random.default_rng(seed)`` drives everything, consumed in a fixed order, so a
+configuration maps to one byte-identical Parquet file.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simkv.config import apply_overrides, from_dict, to_dict
+from simkv.errors import ScenarioError
+from simkv.traces.hashing import chain_block_hashes
+from simkv.traces.schema import Trace, build_table
+
+CHAT = "chat"
+TOOL = "tool"
+RAG = "rag"
+SYSTEM = "system"
+PROMPT_CLASSES: tuple[str, ...] = (CHAT, TOOL, RAG, SYSTEM)
+
+#: The agent catalogue, most popular first: name and the tools its schema declares.
+AGENT_CATALOGUE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("coder", ("read_file", "edit_file", "run_tests", "grep", "shell")),
+    ("researcher", ("web_search", "fetch_url", "read_pdf", "take_notes")),
+    ("support", ("lookup_order", "search_kb", "issue_refund", "create_ticket")),
+    ("planner", ("calendar_lookup", "create_task", "send_email")),
+    ("analyst", ("sql_query", "run_python", "plot_chart")),
+    ("writer", ("search_docs", "style_check", "translate")),
+    ("reviewer", ("fetch_diff", "run_linter", "post_comment")),
+    ("ops", ("query_metrics", "read_logs", "restart_service", "page_oncall")),
+)
+
+# Sessions that end before their first call (first prompt over max_context_tokens) in a row
+# before the generator gives up rather than looping forever.
+_MAX_EMPTY_SESSIONS = 1000
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Parameters of the synthetic agent workload (token lengths are lognormal medians).
+
+    | field | default | meaning |
+    |---|---|---|
+    | seed | 0 | seed of the one ``numpy.random.default_rng`` |
+    | n_requests | 3000 | requests in the trace (the first ones by arrival) |
+    | block_size | 256 | tokens per KV block |
+    | model | llama-3.1-8b-instruct | value of the ``model`` column |
+    | session_rate_per_s | 0.3 | Poisson rate of session starts (one-off calls included) |
+    | batch_prob | 0.3 | share of starts that are one-off ``system`` calls |
+    | batch_doc_tokens | 6000 | unique document of a one-off call |
+    | n_agent_types | 8 | agent types in use (catalogue first, then ``agent<i>``) |
+    | agent_zipf_s | 1.0 | Zipf exponent of agent-type popularity |
+    | system_prompt_tokens | 3000 | system prompt of an agent type (drawn once per type) |
+    | tool_schema_tokens | 1500 | tool schema of an agent type (drawn once per version) |
+    | tool_schema_versions | 3 | versions of each tool schema; the last is current |
+    | old_version_prob | 0.1 | probability a session uses an older tool-schema version |
+    | session_context_tokens | 4000 | per-session context (profile, repo map), unique |
+    | turns_mean | 4.0 | mean turns per session (geometric, >= 1) |
+    | user_tokens | 150 | user message of a turn |
+    | answer_tokens | 350 | output of a turn's last call |
+    | think_time_s | 60.0 | user think time between turns (lognormal median, σ=1) |
+    | rag_prob | 0.35 | probability a turn retrieves a document |
+    | rag_tokens | 6000 | retrieved document, unique to the turn |
+    | tool_turn_prob | 0.5 | probability a turn runs a tool-call burst |
+    | tool_burst_mean | 3.0 | mean tool rounds of a burst (geometric, >= 1) |
+    | tool_call_tokens | 60 | output of a call that requests a tool |
+    | tool_result_tokens | 1500 | tool result appended before the follow-up call |
+    | tool_latency_s | 1.5 | tool execution time (lognormal median, σ=1) |
+    | decode_tokens_per_s | 50.0 | output speed, spacing a call from the next one |
+    | max_context_tokens | 32768 | a session ends before a prompt would exceed this |
+    | length_sigma | 0.8 | lognormal σ of the per-message token lengths |
+    """
+
+    seed: int = 0
+    n_requests: int = 3000
+    block_size: int = 256
+    model: str = "llama-3.1-8b-instruct"
+    session_rate_per_s: float = 0.3
+    batch_prob: float = 0.3
+    batch_doc_tokens: int = 6000
+    n_agent_types: int = 8
+    agent_zipf_s: float = 1.0
+    system_prompt_tokens: int = 3000
+    tool_schema_tokens: int = 1500
+    tool_schema_versions: int = 3
+    old_version_prob: float = 0.1
+    session_context_tokens: int = 4000
+    turns_mean: float = 4.0
+    user_tokens: int = 150
+    answer_tokens: int = 350
+    think_time_s: float = 60.0
+    rag_prob: float = 0.35
+    rag_tokens: int = 6000
+    tool_turn_prob: float = 0.5
+    tool_burst_mean: float = 3.0
+    tool_call_tokens: int = 60
+    tool_result_tokens: int = 1500
+    tool_latency_s: float = 1.5
+    decode_tokens_per_s: float = 50.0
+    max_context_tokens: int = 32768
+    length_sigma: float = 0.8
+
+    def check(self, prefix: str = "") -> None:
+        """Raise :class:`ScenarioError` naming the first parameter out of its range."""
+
+        def bad(name: str, why: str) -> ScenarioError:
+            key = f"{prefix}.{name}" if prefix else name
+            return ScenarioError(f"{key}: {getattr(self, name)!r} {why}")
+
+        if self.seed < 0:
+            raise bad("seed", "must be >= 0")
+        for name in ("n_requests", "block_size", "n_agent_types", "tool_schema_versions",
+                     "system_prompt_tokens", "max_context_tokens"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        for name in ("batch_doc_tokens", "tool_schema_tokens", "session_context_tokens",
+                     "user_tokens", "answer_tokens", "rag_tokens", "tool_call_tokens",
+                     "tool_result_tokens"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        for name in ("batch_prob", "old_version_prob", "rag_prob", "tool_turn_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, "must be a probability in [0, 1]")
+        for name in ("session_rate_per_s", "decode_tokens_per_s"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        for name in ("turns_mean", "tool_burst_mean"):
+            if not getattr(self, name) >= 1:
+                raise bad(name, "must be >= 1 (a geometric count is at least 1)")
+        for name in ("agent_zipf_s", "think_time_s", "tool_latency_s", "length_sigma"):
+            if not getattr(self, name) >= 0:
+                raise bad(name, "must be >= 0")
+        if not self.model:
+            raise bad("model", "must not be empty")
+
+
+def generator_config(
+    *, seed: int = 0, n_requests: int | None = None, overrides: Sequence[str] = ()
+) -> GeneratorConfig:
+    """Defaults, then ``seed`` / ``n_requests``, then ``key=value`` overrides, validated.
+
+    A bad key or value raises :class:`ScenarioError` naming it (via :func:`simkv.config.from_dict`).
+    """
+    data: dict[str, Any] = to_dict(GeneratorConfig())
+    data["seed"] = seed
+    if n_requests is not None:
+        data["n_requests"] = n_requests
+    apply_overrides(data, overrides)
+    return from_dict(GeneratorConfig, data)
+
+
+@dataclass(frozen=True)
+class _AgentType:
+    name: str
+    tools: tuple[str, ...]
+    system_tokens: int
+    schema_tokens: tuple[int, ...]  # per version, oldest first
+
+
+@dataclass
+class _Calls:
+    """Column buffers of the generated calls, in generation order (session after session)."""
+
+    arrival_s: list[float] = field(default_factory=list)
+    request_id: list[str] = field(default_factory=list)
+    session_id: list[str] = field(default_factory=list)
+    prompt_class: list[str] = field(default_factory=list)
+    input_tokens: list[int] = field(default_factory=list)
+    output_tokens: list[int] = field(default_factory=list)
+    tool_name: list[str | None] = field(default_factory=list)
+    parent_request_id: list[str | None] = field(default_factory=list)
+    prompt_key: list[str] = field(default_factory=list)
+    # Not columns: the prompt of call i is session_segments[segment_owner[i]][:n_segments[i]].
+    n_segments: list[int] = field(default_factory=list)
+    segment_owner: list[int] = field(default_factory=list)
+
+
+class _Workload:
+    """The generative process; one instance per :func:`generate` call."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.agents = self._agent_types()
+        weights = np.arange(1, cfg.n_agent_types + 1, dtype=np.float64) ** -cfg.agent_zipf_s
+        self.popularity_cdf = np.cumsum(weights / weights.sum())
+        self.calls = _Calls()
+        self.session_segments: list[list[tuple[str, int]]] = []
+
+    def _agent_types(self) -> list[_AgentType]:
+        cfg = self.cfg
+        agents = []
+        for i in range(cfg.n_agent_types):
+            if i < len(AGENT_CATALOGUE):
+                name, tools = AGENT_CATALOGUE[i]
+            else:
+                name, tools = f"agent{i}", tuple(f"tool{i}_{k}" for k in range(3))
+            # Per-type sizes vary less than messages do: σ 0.5 across types, 0.3 across versions.
+            (system,) = self._lengths(cfg.system_prompt_tokens, 1, sigma=0.5)
+            schema = tuple(self._lengths(cfg.tool_schema_tokens, cfg.tool_schema_versions, 0.3))
+            agents.append(_AgentType(name, tools, system, schema))
+        return agents
+
+    def _lengths(self, median: float, n: int, sigma: float | None = None) -> list[int]:
+        """Lognormal token counts: max(1, round(median · exp(σ·Z))); a median of 0 gives 0s."""
+        z = self.rng.standard_normal(n)
+        if median <= 0:
+            return [0] * n
+        sigma = self.cfg.length_sigma if sigma is None else sigma
+        return np.maximum(1, np.rint(median * np.exp(sigma * z))).astype(np.int64).tolist()
+
+    def _seconds(self, median: float, n: int) -> np.ndarray:
+        """Lognormal durations with the given median (σ = 1): seconds to minutes for think time."""
+        return median * np.exp(self.rng.standard_normal(n))
+
+    # -- one session ---------------------------------------------------------------------
+
+    def session(self, index: int, start_s: float) -> int:
+        """Run session ``index`` starting at ``start_s``; return the number of calls it made."""
+        cfg, rng = self.cfg, self.rng
+        rank = int(np.searchsorted(self.popularity_cdf, rng.random(), side="right"))
+        agent = self.agents[min(rank, cfg.n_agent_types - 1)]
+        sid = f"s{index}"
+        tag = f"seed{cfg.seed}/{sid}"  # session-unique content is unique to this trace too
+        segments: list[tuple[str, int]] = [(f"system/{agent.name}", agent.system_tokens)]
+        owner = len(self.session_segments)
+        self.session_segments.append(segments)
+        if rng.random() < cfg.batch_prob:
+            return self._one_off(sid, tag, start_s, agent, segments, owner)
+
+        current = cfg.tool_schema_versions - 1
+        version = current
+        if current > 0 and rng.random() < cfg.old_version_prob:
+            version = int(rng.integers(0, current))
+        prompt_key = f"{agent.name}@v{version}"
+        segments.append((f"tools/{agent.name}/v{version}", agent.schema_tokens[version]))
+        (own,) = self._lengths(cfg.session_context_tokens, 1)
+        segments.append((f"{tag}/context", own))
+        context = sum(n for _, n in segments)
+
+        n_turns = int(rng.geometric(1.0 / cfg.turns_mean))
+        user = self._lengths(cfg.user_tokens, n_turns)
+        answers = self._lengths(cfg.answer_tokens, n_turns)
+        rag = rng.random(n_turns) < cfg.rag_prob
+        docs = self._lengths(cfg.rag_tokens, n_turns)
+        uses_tools = rng.random(n_turns) < cfg.tool_turn_prob
+        rounds = np.where(uses_tools, rng.geometric(1.0 / cfg.tool_burst_mean, n_turns), 0)
+        think = self._seconds(cfg.think_time_s, n_turns)
+
+        t = start_s
+        made: list[str] = []
+        for k in range(n_turns):
+            segments.append((f"{tag}/t{k}/user", user[k]))
+            context += user[k]
+            if rag[k]:
+                segments.append((f"{tag}/t{k}/doc", docs[k]))
+                context += docs[k]
+            n_rounds = int(rounds[k])
+            tool_out = self._lengths(cfg.tool_call_tokens, n_rounds)
+            results = self._lengths(cfg.tool_result_tokens, n_rounds)
+            latency = self._seconds(cfg.tool_latency_s, n_rounds)
+            tools = rng.integers(0, len(agent.tools), n_rounds)
+            for c in range(n_rounds + 1):
+                if c > 0:  # the previous call asked for a tool; its result comes back
+                    segments.append((f"{tag}/t{k}/c{c}/result", results[c - 1]))
+                    context += results[c - 1]
+                if context > cfg.max_context_tokens:
+                    return len(made)
+                output = answers[k] if c == n_rounds else tool_out[c]
+                rid = f"{sid}-t{k}-c{c}"
+                self._emit(
+                    arrival_s=t, request_id=rid, session_id=sid,
+                    prompt_class=TOOL if c > 0 else (RAG if rag[k] else CHAT),
+                    input_tokens=context, output_tokens=output,
+                    tool_name=agent.tools[int(tools[c - 1])] if c > 0 else None,
+                    parent=made[-1] if made else None, prompt_key=prompt_key,
+                    n_segments=len(segments), owner=owner,
+                )
+                made.append(rid)
+                segments.append((f"{tag}/t{k}/c{c}/out", output))
+                context += output
+                t += output / cfg.decode_tokens_per_s
+                t += float(latency[c]) if c < n_rounds else float(think[k])
+        return len(made)
+
+    def _one_off(self, sid: str, tag: str, start_s: float, agent: _AgentType,
+                 segments: list[tuple[str, int]], owner: int) -> int:
+        """A one-off call: the agent's system prompt and a document nobody else sends.
+
+        Its ``prompt_key`` is ``<agent>@system``: it shares the system prompt only.
+        """
+        (doc,) = self._lengths(self.cfg.batch_doc_tokens, 1)
+        (output,) = self._lengths(self.cfg.answer_tokens, 1)
+        segments.append((f"{tag}/doc", doc))
+        tokens = sum(n for _, n in segments)
+        if tokens > self.cfg.max_context_tokens:
+            return 0
+        rid = f"{sid}-t0-c0"
+        self._emit(arrival_s=start_s, request_id=rid, session_id=sid, prompt_class=SYSTEM,
+                   input_tokens=tokens, output_tokens=output, tool_name=None, parent=None,
+                   prompt_key=f"{agent.name}@system", n_segments=len(segments), owner=owner)
+        return 1
+
+    def _emit(self, *, arrival_s: float, request_id: str, session_id: str, prompt_class: str,
+              input_tokens: int, output_tokens: int, tool_name: str | None, parent: str | None,
+              prompt_key: str, n_segments: int, owner: int) -> None:
+        c = self.calls
+        c.arrival_s.append(arrival_s)
+        c.request_id.append(request_id)
+        c.session_id.append(session_id)
+        c.prompt_class.append(prompt_class)
+        c.input_tokens.append(input_tokens)
+        c.output_tokens.append(output_tokens)
+        c.tool_name.append(tool_name)
+        c.parent_request_id.append(parent)
+        c.prompt_key.append(prompt_key)
+        c.n_segments.append(n_segments)
+        c.segment_owner.append(owner)
+
+    # -- the whole trace -----------------------------------------------------------------
+
+    def run(self) -> np.ndarray:
+        """Start sessions until no later session can land among the first ``n_requests``.
+
+        Returns the indices (into the call buffers) of the trace's requests, by arrival.
+        """
+        cfg, rng = self.cfg, self.rng
+        n = cfg.n_requests
+        # Max-heap (negated) of the n earliest arrivals so far: its top is the n-th arrival,
+        # the time after which a newly started session can no longer contribute.
+        earliest: list[float] = []
+        start, index, empty = 0.0, 0, 0
+        while len(earliest) < n or start <= -earliest[0]:
+            first = len(self.calls.arrival_s)
+            made = self.session(index, start)
+            empty = 0 if made else empty + 1
+            if empty >= _MAX_EMPTY_SESSIONS:
+                raise ScenarioError(
+                    f"max_context_tokens: {cfg.max_context_tokens} is smaller than the first "
+                    f"prompt of {_MAX_EMPTY_SESSIONS} sessions in a row; raise it")
+            for a in self.calls.arrival_s[first:]:
+                if len(earliest) < n:
+                    heapq.heappush(earliest, -a)
+                elif a < -earliest[0]:
+                    heapq.heapreplace(earliest, -a)
+            index += 1
+            start += float(rng.exponential(1.0 / cfg.session_rate_per_s))
+        arrival = np.asarray(self.calls.arrival_s, dtype=np.float64)
+        # Stable: ties keep generation order (session, then turn, then call).
+        return np.argsort(arrival, kind="stable")[:n]
+
+    def block_hashes(self, order: np.ndarray) -> list[np.ndarray]:
+        """The block hashes of the calls ``order``, hashing each session's context once.
+
+        A session is hashed up to its longest kept prompt; every kept call's blocks are the
+        leading ``input_tokens // block_size`` hashes of that (the prefix property above).
+        """
+        c, bs = self.calls, self.cfg.block_size
+        longest: dict[int, int] = {}
+        for i in order.tolist():
+            owner = c.segment_owner[i]
+            longest[owner] = max(longest.get(owner, 0), c.n_segments[i])
+        hashes = {
+            owner: np.asarray(chain_block_hashes(self.session_segments[owner][:n], bs),
+                              dtype=np.uint64)
+            for owner, n in longest.items()
+        }
+        return [hashes[c.segment_owner[i]][: c.input_tokens[i] // bs] for i in order.tolist()]
+
+
+def _build(cfg: GeneratorConfig) -> tuple[Trace, _Workload, np.ndarray]:
+    cfg.check()
+    work = _Workload(cfg)
+    order = work.run()
+    c = work.calls
+
+    def take(values: list[Any]) -> list[Any]:
+        return [values[i] for i in order]
+
+    columns: dict[str, Any] = {
+        "arrival_s": np.asarray(c.arrival_s, dtype=np.float64)[order],
+        "request_id": take(c.request_id),
+        "session_id": take(c.session_id),
+        "prompt_class": take(c.prompt_class),
+        "input_tokens": np.asarray(c.input_tokens, dtype=np.int32)[order],
+        "output_tokens": np.asarray(c.output_tokens, dtype=np.int32)[order],
+        "block_hashes": work.block_hashes(order),
+        "model": [cfg.model] * len(order),
+        "tool_name": take(c.tool_name),
+        "parent_request_id": take(c.parent_request_id),
+        "prompt_key": take(c.prompt_key),
+    }
+    trace = build_table(columns, block_size=cfg.block_size,
+                        source=f"simkv-gen:seed={cfg.seed}")
+    return trace, work, order
+
+
+def generate(cfg: GeneratorConfig) -> Trace:
+    """Generate the trace of ``cfg``: same configuration, same bytes through ``write_trace``."""
+    return _build(cfg)[0]
+
+
+def generate_with_segments(cfg: GeneratorConfig) -> tuple[Trace, list[list[tuple[str, int]]]]:
+    """Like :func:`generate`, plus each request's prompt as its list of segments.
+
+    For tests and debugging: ``chain_block_hashes(segments[i], block_size)`` equals row
+    ``i``'s ``block_hashes``.
+    """
+    trace, work, order = _build(cfg)
+    c = work.calls
+    segments = [work.session_segments[c.segment_owner[i]][: c.n_segments[i]] for i in order]
+    return trace, segments

@@ -1,0 +1,356 @@
+"""The tiered model: tiers, write policies, load policy, archive, TTLs, metrics, invariants."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkv.api import run
+from simkv.metrics.requests import fifo_start_times
+from simkv.model.tiers import Tier
+from simkv.policies.eviction import LRU
+from simkv.scenario import Scenario, load_scenario, scenario_from_dict
+from tests.conftest import ROOT, SMALL_TRACE, make_trace, simkv_cli
+
+SCENARIOS = ROOT / "scenarios"
+KV = 1024  # bytes per token in hand-made scenarios: a 4-token block is 4 KiB
+
+
+def scenario(**tiers) -> Scenario:
+    """A small hand-made scenario: zero-time by default, GPU tier only unless told."""
+    data: dict = {
+        "model": {"kv_bytes_per_token": KV},
+        "tiers": {"gpu": {"capacity_blocks": 4}, "disk": {"enabled": False},
+                  "archive": {"enabled": False}},
+        "hardware": {"zero_service_time": True},
+        "engine": "simpy",
+        "timeline_bin_s": 10.0,
+    }
+    for key, value in tiers.items():
+        if key in ("gpu", "disk", "archive"):
+            data["tiers"][key].update(value)
+        else:
+            data[key] = value
+    return scenario_from_dict(data)
+
+
+# -- tiers -------------------------------------------------------------------------------
+
+
+def test_tier_storage_integral_is_exact_with_lazy_expiry() -> None:
+    tier = Tier("t", LRU(), capacity_blocks=2, stored_bytes_per_block=100)
+    tier.insert(1, now=0.0, ref=0, deadline=5.0)
+    tier.insert(2, now=2.0, ref=1, deadline=100.0)
+    tier.expire(now=50.0)  # block 1 expired at 5.0, noticed at 50.0
+    assert 1 not in tier and 2 in tier and tier.expirations == 1
+    tier.meter.close(10.0)
+    # 100 B over [0, 2) + 200 B over [2, 5) + 100 B over [5, 10)
+    assert tier.meter.byte_seconds == pytest.approx(100 * 2 + 200 * 3 + 100 * 5)
+    assert tier.meter.peak == 200
+
+
+def test_tier_never_exceeds_capacity_and_zero_capacity_stores_nothing() -> None:
+    tier = Tier("t", LRU(), capacity_blocks=3, stored_bytes_per_block=1)
+    for b in range(10):
+        tier.insert(b, now=float(b), ref=b)
+        assert len(tier) <= 3
+    assert tier.evictions == 7 and sorted(tier.members) == [7, 8, 9]
+    empty = Tier("t", LRU(), capacity_blocks=0, stored_bytes_per_block=1)
+    assert empty.insert(1, 0.0, 0) == [] and 1 not in empty
+
+
+def test_fixed_deadline_is_not_extended_sliding_is() -> None:
+    for sliding, expected in ((False, 10.0), (True, 17.0)):
+        tier = Tier("t", LRU(), None, 1, sliding=sliding)
+        tier.insert(1, 0.0, 0, deadline=10.0)
+        tier.insert(1, 7.0, 1, deadline=17.0)
+        assert tier.deadline[1] == expected
+
+
+# -- the cache system --------------------------------------------------------------------
+
+
+def test_prefix_semantics_and_tails() -> None:
+    # request 2 shares blocks 1,2 then diverges; block 4 is present but after the miss.
+    trace = make_trace([[1, 2, 3, 4], [4], [1, 2, 9, 4]], tails=[1, 0, 3])
+    res = run(scenario(gpu={"capacity_blocks": 100}), trace)
+    req = res.requests
+    assert req["hit_blocks"].tolist() == [0, 1, 2]
+    assert req["hit_tokens"].tolist() == [0, 4, 8]
+    assert res.summary["token_hit_rate"] == 12 / (17 + 4 + 19)
+    assert res.summary["request_any_hit_ratio"] == pytest.approx(2 / 3)
+    assert res.summary["request_full_hit_ratio"] == pytest.approx(1 / 3)
+
+
+def test_write_through_vs_offload_on_evict() -> None:
+    trace = make_trace([[1, 2], [3, 4], [1, 2]])
+    wt = run(scenario(gpu={"capacity_blocks": 2}, disk={"enabled": True, "capacity_blocks": 10,
+                                                          "write_policy": "write_through"}), trace)
+    oe = run(scenario(gpu={"capacity_blocks": 2}, disk={"enabled": True, "capacity_blocks": 10,
+                                                          "write_policy": "offload_on_evict"}), trace)
+    # write-through writes every computed block; offload writes only what the GPU evicts
+    assert wt.summary["disk_writes"] == 4 and wt.summary["offloads"] == 0
+    assert oe.summary["disk_writes"] == 4 and oe.summary["offloads"] == 4
+    for res in (wt, oe):
+        assert res.requests["disk_hit_tokens"].tolist() == [0, 0, 8]
+    # after request 2 blocks 1,2 were offloaded from the GPU to disk: both see the disk hit
+    small_disk = run(scenario(gpu={"capacity_blocks": 2}, disk={
+        "enabled": True, "capacity_blocks": 2, "write_policy": "offload_on_evict"}), trace)
+    assert small_disk.requests["disk_hit_tokens"].tolist() == [0, 0, 8]
+
+
+def timed(**kw) -> dict:
+    """Real service times: 1 ms per token prefill, no constant, disk loads at 1 MB/s."""
+    return {"hardware": {"zero_service_time": False, "prefill_const_s": 0.0,
+                         "prefill_per_token_s": 1e-3, "prefill_attn_s": 0.0}, **kw}
+
+
+def test_load_policy_if_faster_skips_a_slow_tier() -> None:
+    trace = make_trace([[1, 2, 3], [5, 6, 7], [1, 2, 3]], arrivals=[0, 100, 200])
+    disk = {"enabled": True, "capacity_blocks": 10, "latency_s": 0.0}
+    slow = {**disk, "read_gbps": 1e-6}  # 4 KiB per block at 1 kB/s: 4 s per block
+    fast = {**disk, "read_gbps": 1.0}
+    always = run(scenario(gpu={"capacity_blocks": 3}, disk=slow, **timed(load_policy="always")), trace)
+    cut = run(scenario(gpu={"capacity_blocks": 3}, disk=slow, **timed(load_policy="if_faster")), trace)
+    quick = run(scenario(gpu={"capacity_blocks": 3}, disk=fast, **timed(load_policy="if_faster")), trace)
+    assert always.requests["disk_hit_tokens"].iloc[2] == 12
+    assert always.requests["load_s"].iloc[2] == pytest.approx(3 * 4096 / 1e3)
+    assert cut.requests["hit_tokens"].iloc[2] == 0 and cut.requests["prefix_blocks"].iloc[2] == 3
+    assert cut.requests["ttft_s"].iloc[2] == pytest.approx(0.012)  # recompute 12 tokens
+    assert quick.requests["disk_hit_tokens"].iloc[2] == 12
+
+
+def test_ttft_is_queue_plus_load_plus_prefill_and_fifo_baseline() -> None:
+    trace = make_trace([[1, 2], [1, 2], [3]], arrivals=[0.0, 0.001, 0.002])
+    res = run(scenario(gpu={"capacity_blocks": 10}, **timed()), trace)
+    r = res.requests
+    np.testing.assert_allclose(r["ttft_s"], r["queue_s"] + r["load_s"] + r["prefill_s"])
+    # request 0 computes 8 tokens (8 ms); request 1 waits for it, then hits both blocks
+    assert r["queue_s"].iloc[1] == pytest.approx(0.007)
+    assert r["hit_tokens"].iloc[1] == 8
+    # without a cache every request computes everything, FIFO on one GPU
+    np.testing.assert_allclose(r["ttft_nocache_s"], [0.008, 0.015, 0.018])
+
+
+def test_fifo_baseline_equals_simpy_with_cache_disabled(small_trace) -> None:
+    sc = load_scenario(SCENARIOS / "default.yaml").without_cache()
+    res = run(sc, small_trace)
+    assert res.summary["hit_tokens"] == 0
+    np.testing.assert_allclose(res.requests["ttft_s"], res.requests["ttft_nocache_s"], rtol=1e-12)
+    starts = fifo_start_times(np.array([0.0, 0.5, 0.6]), np.array([1.0, 1.0, 1.0]), servers=2)
+    assert starts.tolist() == [0.0, 0.5, 1.0]
+
+
+def archive_scenario(**ttl) -> Scenario:
+    return scenario(
+        gpu={"capacity_blocks": 2},
+        disk={"enabled": True, "capacity_blocks": 2},
+        archive={"enabled": True, "interval_s": 10.0, "compression_ratio": 2.0},
+        ttl={"heuristic": "static", "params": {"ttl": ttl.get("ttl", 1000.0)},
+             "mode": ttl.get("mode", "fixed"), "scope": "archive"},
+    )
+
+
+def test_deep_miss_fetches_from_archive_and_hydrates() -> None:
+    # blocks 1,2 archived at t=10, evicted from GPU and disk by 3,4 and 5,6; re-used at t=30
+    trace = make_trace([[1, 2], [3, 4], [5, 6], [1, 2]], arrivals=[0, 15, 16, 30])
+    res = run(archive_scenario(), trace)
+    r, s = res.requests, res.summary
+    assert r["archive_hit_tokens"].tolist() == [0, 0, 0, 8]
+    assert s["archive_gets"] == 2 and s["hydrations"] == 2 and s["archive_puts"] >= 2
+    assert s["storage_peak_bytes_archive"] >= 2 * 2 * 4 * KV // 2
+    assert s["archive_storage_dollars"] > 0 and s["archive_request_dollars"] > 0
+
+
+def test_expired_archive_objects_are_never_served() -> None:
+    trace = make_trace([[1, 2], [3, 4], [5, 6], [1, 2]], arrivals=[0, 15, 16, 30])
+    res = run(archive_scenario(ttl=15.0), trace)  # uploaded at 10, expire at 25 < 30
+    assert res.requests["archive_hit_tokens"].iloc[3] == 0
+    assert res.summary["expirations_archive"] >= 2
+
+
+def test_archive_storage_integral_exact() -> None:
+    trace = make_trace([[1, 2], [9]], arrivals=[0.0, 40.0])
+    res = run(archive_scenario(ttl=15.0), trace)
+    # blocks 1,2 uploaded at t=10 (zero-time worker) and expire at t=25; block 9 never
+    # reaches a pass before the end (t=40)
+    per_object = 4 * KV // 2
+    assert res.summary["storage_gb_hours_archive"] == pytest.approx(2 * per_object * 15 / 1e9 / 3600)
+    assert res.summary["expirations_archive"] == 2
+
+
+def test_sliding_ttl_keeps_reused_blocks_alive_fixed_does_not() -> None:
+    # block 1 used every 8 s; TTL 10 s on the GPU tier itself (scope: all)
+    trace = make_trace([[1]] * 6, arrivals=[0, 8, 16, 24, 32, 40])
+    base = {"gpu": {"capacity_blocks": 10}}
+    ttl = {"heuristic": "static", "params": {"ttl": 10.0}, "scope": "all"}
+    sliding = run(scenario(**base, ttl={**ttl, "mode": "sliding"}), trace)
+    fixed = run(scenario(**base, ttl={**ttl, "mode": "fixed"}), trace)
+    assert sliding.requests["hit_blocks"].tolist() == [0, 1, 1, 1, 1, 1]
+    # fixed: stored at 0 (expires 10), hit at 8, expired at 16, stored again, ...
+    assert fixed.requests["hit_blocks"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert fixed.summary["expirations_gpu"] == 2
+
+
+def test_eviction_policies_run_end_to_end(gen_trace) -> None:
+    rates = {}
+    for policy in ("lru", "fifo", "lfu", "priority", "belady"):
+        res = run(SCENARIOS / "parity-lru.yaml", gen_trace,
+                  overrides=[f"tiers.gpu.eviction={policy}", "tiers.gpu.capacity_blocks=400"])
+        assert res.summary["engine"] == ("fast" if policy == "lru" else "simpy")
+        rates[policy] = res.summary["block_hit_ratio"]
+    # Belady maximises block hits for a single tier: an upper bound for the others
+    assert rates["belady"] >= max(rates.values()) - 1e-12
+
+
+def test_engines_agree_on_every_metric(small_trace) -> None:
+    over = ["tiers.gpu.capacity_blocks=3000"]
+    fast = run(SCENARIOS / "parity-lru.yaml", small_trace, overrides=[*over, "engine=fast"])
+    slow = run(SCENARIOS / "parity-lru.yaml", small_trace, overrides=[*over, "engine=simpy"])
+    a = {k: v for k, v in fast.summary.items() if k != "engine"}
+    b = {k: v for k, v in slow.summary.items() if k != "engine"}
+    assert a == b
+    pd.testing.assert_frame_equal(fast.requests, slow.requests)
+
+
+def test_same_inputs_same_outputs(small_trace, tmp_path) -> None:
+    path = SCENARIOS / "three-tier-adaptive.yaml"
+    one = run(path, small_trace).write(tmp_path / "a")
+    two = run(path, small_trace).write(tmp_path / "b")
+    for name in ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+# -- invariants on random systems ----------------------------------------------------------
+
+blocks_st = st.lists(st.lists(st.integers(0, 15), max_size=8), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=blocks_st,
+    gaps=st.lists(st.floats(0.0, 20.0), min_size=30, max_size=30),
+    gpu_cap=st.integers(0, 6),
+    disk_cap=st.integers(0, 6),
+    archive=st.booleans(),
+    write_policy=st.sampled_from(["write_through", "offload_on_evict"]),
+    eviction=st.sampled_from(["lru", "fifo", "lfu", "priority", "belady"]),
+    heuristic=st.sampled_from(["static", "adaptive", "cost_aware", "reuse_prob", "size_aware"]),
+    mode=st.sampled_from(["fixed", "sliding"]),
+    scope=st.sampled_from(["archive", "all"]),
+    zero_time=st.booleans(),
+    load_policy=st.sampled_from(["always", "if_faster"]),
+)
+def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, eviction, heuristic,
+                    mode, scope, zero_time, load_policy) -> None:
+    arrivals = np.cumsum(gaps[: len(requests)]).tolist()
+    trace = make_trace(requests, arrivals=arrivals, tails=[i % 3 for i in range(len(requests))])
+    params = {"static": {"ttl": 12.0}, "adaptive": {"base_ttl": 5, "alpha": 1, "min_ttl": 1,
+                                                    "max_ttl": 50}}.get(heuristic, {})
+    sc = scenario(
+        gpu={"capacity_blocks": gpu_cap, "eviction": eviction},
+        disk={"enabled": True, "capacity_blocks": disk_cap, "write_policy": write_policy,
+              "eviction": eviction, "read_gbps": 0.01},
+        archive={"enabled": archive or scope == "archive", "interval_s": 7.0},
+        ttl={"heuristic": heuristic, "params": params, "mode": mode, "scope": scope},
+        hardware={"zero_service_time": zero_time, "prefill_per_token_s": 1e-3},
+        load_policy=load_policy,
+    )
+    res = run(sc, trace)
+    r, s = res.requests, res.summary
+    block_bytes = 4 * KV
+    # occupancy never above capacity (sampled after every request, and the exact peak)
+    assert (r["gpu_bytes"] <= gpu_cap * block_bytes).all()
+    assert (r["disk_bytes"] <= disk_cap * block_bytes).all()
+    assert s["storage_peak_bytes_gpu"] <= gpu_cap * block_bytes
+    assert s["storage_peak_bytes_disk"] <= disk_cap * block_bytes
+    # hit + miss tokens = input tokens; tier hits add up; prefix never longer than the prompt
+    assert (r["hit_tokens"] == r["gpu_hit_tokens"] + r["disk_hit_tokens"] + r["archive_hit_tokens"]).all()
+    assert (r["hit_tokens"] <= r["input_tokens"]).all() and (r["hit_blocks"] <= r["prefix_blocks"]).all()
+    assert (r["prefix_blocks"] <= r["blocks"]).all()
+    assert s["hit_tokens"] + (s["input_tokens"] - s["hit_tokens"]) == int(r["input_tokens"].sum())
+    # costs non-negative; TTFT never below its parts
+    for key in ("archive_storage_dollars", "archive_request_dollars", "transfer_dollars"):
+        assert s[key] >= 0
+    assert (r["request_cost_dollars"] >= 0).all()
+    assert (r["ttft_s"] + 1e-12 >= r["load_s"] + r["prefill_s"]).all()
+    assert 0.0 <= s["token_hit_rate"] <= 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(requests=blocks_st, gaps=st.lists(st.floats(0.0, 10.0), min_size=30, max_size=30),
+       ttl=st.floats(0.5, 15.0), mode=st.sampled_from(["fixed", "sliding"]))
+def test_no_expired_entry_is_ever_served(requests, gaps, ttl, mode) -> None:
+    """A brute-force model of a TTL-only GPU tier (unlimited, zero time) gives the same hits."""
+    arrivals = np.cumsum(gaps[: len(requests)]).tolist()
+    trace = make_trace(requests, arrivals=arrivals)
+    sc = scenario(gpu={"capacity_blocks": None, "capacity_bytes": "unlimited"},
+                  ttl={"heuristic": "static", "params": {"ttl": ttl}, "mode": mode, "scope": "all"})
+    got = run(sc, trace).requests["hit_blocks"].tolist()
+    deadline: dict[int, float] = {}
+    expected = []
+    for t, blocks in zip(arrivals, requests, strict=True):
+        live = {b for b, d in deadline.items() if d > t}
+        hit = 0
+        for b in blocks:
+            if b not in live:
+                break
+            hit += 1
+        expected.append(hit)
+        for b in blocks:
+            if b not in live or mode == "sliding":
+                deadline[b] = t + ttl
+    assert got == expected
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def test_cli_run_writes_outputs_and_summary(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = simkv_cli("run", str(SCENARIOS / "three-tier-adaptive.yaml"), "--trace", str(SMALL_TRACE),
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "token hit rate" in proc.stdout and "cost saved" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    requests = pd.read_parquet(out / "requests.parquet")
+    timeline = pd.read_parquet(out / "timeline.parquet")
+    assert summary["requests"] == len(requests) > 0
+    assert summary["token_hit_rate"] == requests["hit_tokens"].sum() / requests["input_tokens"].sum()
+    assert timeline["requests"].sum() == len(requests)
+    assert set(summary["token_hit_rate_by_class"]) == set(requests["prompt_class"])
+    assert load_scenario(out / "scenario.yaml").name == "three-tier-adaptive"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "tiers.gpu.eviction=mru"], "tiers.gpu.eviction"),
+        (["--set", "tiers.gpu.capacity_bytes=8XB"], "tiers.gpu.capacity_bytes"),
+        (["--set", "nosuch=1"], "nosuch"),
+        (["--set", "ttl.params.alpha=-1"], "alpha"),
+        (["--set", "load_policy=sometimes"], "load_policy"),
+        (["--set", "hardware.gpus=0"], "hardware.gpus"),
+        (["--set", "novalue"], "key=value"),
+        (["--trace", "/nonexistent/t.parquet"], "/nonexistent/t.parquet"),
+    ],
+)
+def test_cli_bad_scenario_input(args: list[str], message: str) -> None:
+    proc = simkv_cli("run", str(SCENARIOS / "three-tier-adaptive.yaml"), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_scenario_file(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [1, 2\n")
+    proc = simkv_cli("run", str(bad), "--trace", str(SMALL_TRACE))
+    assert proc.returncode == 2 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    proc = simkv_cli("run", str(tmp_path / "missing.yaml"))
+    assert proc.returncode == 2 and "missing.yaml" in proc.stderr
