@@ -49,7 +49,8 @@ def tiled(trace: Trace, n: int) -> Trace:
     cols: dict[str, list] = {k: [] for k in ("arrival_s", "request_id", "session_id", "prompt_class",
                                              "input_tokens", "output_tokens", "block_hashes")}
     for rep in range(reps):
-        flat = (hashes + np.uint64(rep) * np.uint64(0x9E3779B97F4A7C15)).tolist()
+        with np.errstate(over="ignore"):  # uint64 wrap-around is the intent
+            flat = (hashes + np.uint64(rep) * np.uint64(0x9E3779B97F4A7C15)).tolist()
         cols["arrival_s"] += (trace.arrival_s + rep * span).tolist()
         cols["request_id"] += [f"{rep}-{i}" for i in range(len(trace))]
         cols["session_id"] += trace.table.column("session_id").to_pylist()
