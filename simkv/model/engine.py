@@ -13,6 +13,7 @@ event count per request small.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +89,7 @@ def simulate(
     def source() -> Generator[simpy.Event, Any, None]:
         for r, t in enumerate(arrivals):
             if t > env.now:
-                yield env.timeout(t - env.now)
+                yield at(env, t)
             env.process(request(r))
 
     env.process(source())
@@ -98,6 +99,21 @@ def simulate(
     end = env.now
     cache.close(end)
     return log, end
+
+
+def at(env: simpy.Environment, t: float) -> simpy.Event:
+    """An event that fires at absolute time ``t``.
+
+    SimPy only offers relative delays, and ``now + (t - now)`` can round one step past
+    ``t`` (no delay reaches some float times exactly): a request would then be served after
+    its own arrival time. So the arrival is pushed onto the event queue at ``t`` itself,
+    as :meth:`simpy.Environment.schedule` would push it at ``now + delay``.
+    """
+    event = env.event()
+    event._ok = True
+    event._value = None
+    heapq.heappush(env._queue, (t, simpy.events.NORMAL, next(env._eid), event))  # type: ignore[attr-defined]
+    return event
 
 
 def archive_worker_loop(env: simpy.Environment, cache: TieredCache,
