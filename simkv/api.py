@@ -1,12 +1,15 @@
 """The Python API: ``run(scenario, trace) -> Result``. The CLI, sweeps and notebooks call it.
 
-Two engines give the same results where both apply:
+Three engines give the same results where they apply:
 
-* ``simpy``: the full event-driven model (:mod:`simkv.model.engine`);
-* ``fast``: a compiled replay (:mod:`simkv.model.fast`) for the configuration that needs no
-  clock: a single LRU GPU tier, no TTL, zero service time (LMCache's simulator's setting).
+* ``simpy``: the event-driven model (:mod:`simkv.model.engine`) over the reference tiers
+  (:mod:`simkv.model.system`): every policy and TTL scope;
+* ``compiled``: the same event-driven model over compiled GPU and disk tiers
+  (:mod:`simkv.model.compiled`): LRU/FIFO tiers, archive-only TTLs;
+* ``fast``: a compiled replay without a clock (:mod:`simkv.model.fast`) for a single LRU GPU
+  tier, no TTL, zero service time (the setting of LMCache's simulator).
 
-``engine: auto`` picks ``fast`` when the scenario allows it.
+``engine: auto`` picks the fastest engine the scenario allows.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pandas as pd
 from simkv import __version__
 from simkv.errors import ScenarioError, SimkvError
 from simkv.metrics import request_frame, summarize, timeline_frame
+from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import RequestLog, simulate
 from simkv.model.fast import lru_prefix_hits
 from simkv.model.system import TieredCache
@@ -101,12 +105,16 @@ def run(
                             f"{tr.path or ''} has block_size {tr.block_size}")
     engine = scenario.engine
     if engine == "auto":
-        engine = "fast" if fast_path_eligible(scenario) else "simpy"
+        engine = ("fast" if fast_path_eligible(scenario)
+                  else "compiled" if CompiledTieredCache.supports(scenario) else "simpy")
     elif engine == "fast" and not fast_path_eligible(scenario):
         raise ScenarioError("engine: 'fast' needs a single LRU GPU tier, no TTL and "
                             "hardware.zero_service_time: true")
+    elif engine == "compiled" and not CompiledTieredCache.supports(scenario):
+        raise ScenarioError("engine: 'compiled' needs LRU or FIFO GPU and disk tiers and "
+                            "ttl.scope: archive")
 
-    cache = TieredCache(scenario, tr)
+    cache = (CompiledTieredCache if engine == "compiled" else TieredCache)(scenario, tr)
     if engine == "fast":
         log, end = _run_fast(cache, tr, progress)
     else:

@@ -263,7 +263,7 @@ class Scenario:
     hardware: Hardware = field(default_factory=Hardware)
     load_policy: Literal["always", "if_faster"] = "always"
     timeline_bin_s: float = 60.0
-    engine: Literal["auto", "simpy", "fast"] = "auto"
+    engine: Literal["auto", "simpy", "compiled", "fast"] = "auto"
 
     def check(self, prefix: str) -> None:
         _positive("timeline_bin_s", self.timeline_bin_s)

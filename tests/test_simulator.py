@@ -202,7 +202,8 @@ def test_eviction_policies_run_end_to_end(gen_trace) -> None:
     for policy in ("lru", "fifo", "lfu", "priority", "belady"):
         res = run(SCENARIOS / "parity-lru.yaml", gen_trace,
                   overrides=[f"tiers.gpu.eviction={policy}", "tiers.gpu.capacity_blocks=400"])
-        assert res.summary["engine"] == ("fast" if policy == "lru" else "simpy")
+        expected = {"lru": "fast", "fifo": "compiled"}.get(policy, "simpy")
+        assert res.summary["engine"] == expected
         rates[policy] = res.summary["block_hit_ratio"]
     # Belady maximises block hits for a single tier: an upper bound for the others
     assert rates["belady"] >= max(rates.values()) - 1e-12
@@ -280,6 +281,47 @@ def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, ev
     assert (r["request_cost_dollars"] >= 0).all()
     assert (r["ttft_s"] + 1e-12 >= r["load_s"] + r["prefill_s"]).all()
     assert 0.0 <= s["token_hit_rate"] <= 1.0
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=blocks_st,
+    gaps=st.lists(st.sampled_from([0.0, 0.5, 3.0, 7.0, 10.0, 13.7]), min_size=30, max_size=30),
+    caps=st.tuples(st.integers(0, 6), st.integers(0, 6), st.one_of(st.none(), st.integers(0, 6))),
+    evictions=st.tuples(*[st.sampled_from(["lru", "fifo"])] * 3),
+    archive=st.booleans(),
+    write_policy=st.sampled_from(["write_through", "offload_on_evict"]),
+    heuristic=st.sampled_from(["static", "adaptive", "cost_aware", "reuse_prob", "per_class"]),
+    mode=st.sampled_from(["fixed", "sliding"]),
+    zero_time=st.booleans(),
+    load_policy=st.sampled_from(["always", "if_faster"]),
+    gpus=st.integers(1, 2),
+)
+def test_compiled_engine_equals_reference(requests, gaps, caps, evictions, archive, write_policy,
+                                          heuristic, mode, zero_time, load_policy, gpus) -> None:
+    """The compiled tiers give the reference implementation's results bit for bit."""
+    arrivals = np.cumsum(gaps[: len(requests)]).tolist()
+    classes = [("chat", "tool", "rag")[i % 3] for i in range(len(requests))]
+    trace = make_trace(requests, arrivals=arrivals, tails=[i % 3 for i in range(len(requests))],
+                       classes=classes)
+    params = {"static": {"ttl": 12.0}, "per_class": {"default_ttl": 9.0, "class_ttl": {"tool": 30.0}},
+              "adaptive": {"base_ttl": 5, "alpha": 1, "min_ttl": 1, "max_ttl": 50}}.get(heuristic, {})
+    sc = scenario(
+        gpu={"capacity_blocks": caps[0], "eviction": evictions[0]},
+        disk={"enabled": True, "capacity_blocks": caps[1], "write_policy": write_policy,
+              "eviction": evictions[1], "read_gbps": 0.01, "write_gbps": 0.02},
+        archive={"enabled": archive, "interval_s": 7.0, "capacity_blocks": caps[2],
+                 "eviction": evictions[2], "download_gbps": 0.05},
+        ttl={"heuristic": heuristic, "params": params, "mode": mode, "scope": "archive"}
+        if archive else {},
+        hardware={"zero_service_time": zero_time, "prefill_per_token_s": 1e-3, "gpus": gpus},
+        load_policy=load_policy,
+    )
+    ref = run(sc, trace)
+    fast = run(sc.with_overrides(["engine=compiled"]), trace)
+    assert ref.summary.pop("engine") == "simpy" and fast.summary.pop("engine") == "compiled"
+    assert ref.summary == fast.summary
+    pd.testing.assert_frame_equal(ref.requests, fast.requests)
 
 
 @settings(max_examples=60, deadline=None)

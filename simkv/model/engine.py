@@ -1,14 +1,15 @@
-"""The SimPy model: requests queue for the GPU; an archive worker runs beside them.
+"""The SimPy model: GPUs serve a FIFO queue of requests; an archive worker runs beside them.
 
-Each request is one process::
+Each GPU is one process that serves requests in arrival order::
 
-    arrive → wait for a GPU (FIFO) → look up its prefix in the tiers
-           → load the hit blocks and prefill the rest (one timeout) → store its blocks
+    take the next request → wait until it has arrived → look up its prefix in the tiers
+        → load the hit blocks and prefill the rest (one timeout) → store its blocks
 
-so ``TTFT = queueing + load time of the hit blocks + prefill time of the rest``. Tier
-state changes are plain calls on :class:`~simkv.model.system.TieredCache`; the only events
-are the arrival, the GPU grant, the service timeout and the worker's ticks, which keeps the
-event count per request small.
+so ``TTFT = queueing + load time of the hit blocks + prefill time of the rest``, exactly as
+for a FIFO multi-server queue. Tier state changes are plain calls on the cache
+(:class:`~simkv.model.system.TieredCache`); the only events are an idle GPU's wait for the
+next arrival, the service timeout and the worker's ticks: at most two events per request.
+(A process per request with the GPUs as a ``simpy.Resource`` models the same queue with six.)
 """
 
 from __future__ import annotations
@@ -55,44 +56,42 @@ def simulate(
 ) -> tuple[RequestLog, float]:
     """Run the trace through the model; returns the per-request log and the end time."""
     env = simpy.Environment()
-    gpu = simpy.Resource(env, capacity=gpus)
     log = RequestLog(len(arrivals))
     remaining = [len(arrivals)]
     all_done = env.event()
     if not arrivals:
         return log, 0.0
+    queue = iter(range(len(arrivals)))  # the FIFO queue: requests in arrival order
 
-    def request(r: int) -> Generator[simpy.Event, Any, None]:
-        with gpu.request() as slot:
-            yield slot
+    def gpu_server() -> Generator[simpy.Event, Any, None]:
+        """One GPU: take the next request in arrival order, wait for it to arrive, serve it."""
+        for r in queue:
+            t = arrivals[r]
+            if t > env.now:
+                yield at(env, t)
             start = env.now
             plan = cache.begin(r, start)
             service = plan.load_s + plan.prefill_s
             if service > 0.0:
                 yield env.timeout(service)
             cache.finish(r, plan, env.now)
-        log.start_s[r] = start
-        log.load_s[r] = plan.load_s
-        log.prefill_s[r] = plan.prefill_s
-        log.prefix_blocks[r] = plan.prefix_blocks
-        counts = plan.tier_blocks
-        log.gpu_blocks[r] = counts[GPU]
-        log.disk_blocks[r] = counts[DISK]
-        log.archive_blocks[r] = counts[ARCHIVE]
-        log.gpu_bytes[r], log.disk_bytes[r], log.archive_bytes[r] = cache.occupancy()
-        remaining[0] -= 1
-        if progress is not None:
-            progress(1)
-        if remaining[0] == 0:
-            all_done.succeed()
+            log.start_s[r] = start
+            log.load_s[r] = plan.load_s
+            log.prefill_s[r] = plan.prefill_s
+            log.prefix_blocks[r] = plan.prefix_blocks
+            counts = plan.tier_blocks
+            log.gpu_blocks[r] = counts[GPU]
+            log.disk_blocks[r] = counts[DISK]
+            log.archive_blocks[r] = counts[ARCHIVE]
+            log.gpu_bytes[r], log.disk_bytes[r], log.archive_bytes[r] = cache.occupancy()
+            remaining[0] -= 1
+            if progress is not None:
+                progress(1)
+            if remaining[0] == 0:
+                all_done.succeed()
 
-    def source() -> Generator[simpy.Event, Any, None]:
-        for r, t in enumerate(arrivals):
-            if t > env.now:
-                yield at(env, t)
-            env.process(request(r))
-
-    env.process(source())
+    for _ in range(gpus):
+        env.process(gpu_server())
     if cache.archive is not None:
         env.process(archive_worker_loop(env, cache, cache.scenario.tiers.archive.interval_s))
     env.run(until=all_done)

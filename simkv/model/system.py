@@ -30,6 +30,8 @@ from simkv.scenario import GB, Scenario
 from simkv.traces.schema import Trace
 
 GPU, DISK, ARCHIVE = 0, 1, 2
+#: An archive pass's uploads: block ids, trace positions (refs), TTLs, priorities.
+Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 TIER_NAMES = ("gpu", "disk", "archive")
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
 
@@ -44,6 +46,7 @@ class Plan:
     load_s: float
     prefill_s: float
     tier_blocks: list[int] = field(default_factory=lambda: [0, 0, 0])
+    used: int = 0  # prefix blocks used (after any if_faster cut)
 
 
 class TieredCache:
@@ -143,7 +146,7 @@ class TieredCache:
             hw.prefill_per_token_s * B + hw.prefill_attn_s * B * B * (2 * position + 1))
         ctx = TTLContext(
             now=now, block=block, position=position, prompt_class=self.classes[r],
-            input_tokens=self.input_tokens[r], access_count=max(self.refs[block] - 1, 0),
+            input_tokens=self.input_tokens[r], access_count=max(int(self.refs[block]) - 1, 0),
             block_tokens=B, block_bytes=self.block_bytes, stored_bytes=stored_bytes,
             value_s=value_s, gpu_cost_per_s=self.gpu_cost_per_s,
             storage_cost_per_byte_s=cost_per_byte_s, reuse=self.reuse,
@@ -196,7 +199,7 @@ class TieredCache:
             load_s = self._load_s(sources)
             prefill_s = self.hw.prefill_s(n_tokens - k * B, k * B)
         del sources[k:]
-        plan = Plan(blocks, sources, found, load_s, prefill_s)
+        plan = Plan(blocks, sources, found, load_s, prefill_s, used=k)
         counts = plan.tier_blocks
         for i, src in enumerate(sources):
             counts[src] += 1
@@ -314,47 +317,99 @@ class TieredCache:
 
     # -- the archive worker -----------------------------------------------------------------
 
-    def archive_pass(self, now: float) -> tuple[list[tuple[int, int, float, float]], float]:
+    def archive_pass(self, now: float) -> tuple[Uploads, float]:
         """One pass of the archive worker at ``now``.
 
         Candidates are the blocks referenced since the last pass. Live archive objects get a
         new deadline when TTLs slide (one metadata request each); other candidates still
-        held by the GPU or disk tier are compressed and uploaded. Returns the uploads
-        ``(block, ttl, priority)`` and the worker's busy time; the caller commits them with
-        :meth:`archive_commit` once that time has passed.
+        held by the GPU or disk tier are compressed and uploaded; candidates gone from both
+        are counted as skipped. The heuristic sees one context per pass (nothing it reads
+        changes during a pass). Returns the uploads (arrays: block, ref, ttl, priority) and the
+        worker's busy time; the caller commits them with :meth:`archive_commit` once that
+        time has passed.
         """
-        archive = self.archive
-        assert archive is not None
-        archive.expire(now)
-        uploads: list[tuple[int, int, float, float]] = []
-        cost = self.archive_cost_per_byte_s
-        offsets = self.offsets
-        for b, (r, i) in self.pending.items():
-            if b in archive:
-                if self.sliding:
-                    ttl, _ = self._ttl(b, r, i, now, self.archive_bytes, cost)
-                    archive.set_deadline(b, now + ttl)
-                    archive.hit(b, offsets[r] + i)
-                    self.archive_refreshes += 1
-                continue
-            if b in self.gpu or (self.disk is not None and b in self.disk):
-                ttl, prio = self._ttl(b, r, i, now, self.archive_bytes, cost)
-                uploads.append((b, offsets[r] + i, ttl, prio))
-            else:
-                self.archive_skipped += 1
-        self.pending = {}
-        busy = 0.0 if self.zero_time else len(uploads) * (
+        self._archive_expire(now)
+        pending, self.pending = self.pending, {}
+        n = len(pending)
+        empty = np.zeros(0, np.int64)
+        if n == 0:
+            return (empty, empty, np.zeros(0), np.zeros(0)), 0.0
+        blocks = np.fromiter(pending, np.int64, n)
+        rs = np.fromiter((v[0] for v in pending.values()), np.int64, n)
+        pos = np.fromiter((v[1] for v in pending.values()), np.int64, n)
+        refs = self.trace.block_offsets[rs] + pos
+        archived = self.archived_mask(blocks)
+        upload = ~archived & self.held_mask(blocks)
+        self.archive_skipped += int(n - archived.sum() - upload.sum())
+        if self.sliding and archived.any():
+            ttl, _ = self._ttl_batch(blocks[archived], rs[archived], pos[archived], now)
+            self._archive_refresh(blocks[archived], now + ttl, refs[archived])
+            self.archive_refreshes += int(archived.sum())
+        ttl, prio = (self._ttl_batch(blocks[upload], rs[upload], pos[upload], now) if upload.any()
+                     else (np.zeros(0), np.zeros(0)))
+        uploads = (blocks[upload], refs[upload], np.asarray(ttl, dtype=np.float64),
+                   np.asarray(prio, dtype=np.float64))
+        busy = 0.0 if self.zero_time else len(uploads[0]) * (
             self._arch_compress_per_block + self._arch_upload_per_block)
         return uploads, busy
 
-    def archive_commit(self, uploads: list[tuple[int, int, float, float]], now: float) -> None:
-        """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later."""
+    def _archive_expire(self, now: float) -> None:
+        self.archive.expire(now)  # type: ignore[union-attr]
+
+    def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray) -> None:
+        """Slide the deadlines of live archive objects (an access each, for their order)."""
         archive = self.archive
         assert archive is not None
-        archive.expire(now)
-        for b, ref, ttl, prio in uploads:
-            archive.insert(b, now, ref, prio, now + ttl)
-            self.archive_puts += 1
+        for b, deadline, ref in zip(blocks.tolist(), deadlines.tolist(), refs.tolist(), strict=True):
+            archive.set_deadline(b, deadline)
+            archive.hit(b, ref)
+
+    def _ttl_batch(self, blocks: np.ndarray, rs: np.ndarray, pos: np.ndarray,
+                   now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Archive TTLs and priorities of ``blocks`` (last referenced by requests ``rs`` at
+        prompt positions ``pos``): :meth:`_ttl` for many blocks at once."""
+        assert self.ttl is not None
+        hw = self.hw
+        B = self.block_size
+        value_s = (np.zeros(len(blocks)) if self.zero_time else
+                   hw.prefill_per_token_s * B + hw.prefill_attn_s * B * B * (2 * pos + 1))
+        refs = self.refs
+        counts = (refs[blocks] if isinstance(refs, np.ndarray)
+                  else np.array([refs[b] for b in blocks.tolist()], dtype=np.int64))
+        ctx = TTLContext(
+            now=now, block=blocks, position=pos, prompt_class=self._class_array[rs],
+            input_tokens=self.trace.input_tokens[rs], access_count=np.maximum(counts - 1, 0),
+            block_tokens=B, block_bytes=self.block_bytes, stored_bytes=self.archive_bytes,
+            value_s=value_s, gpu_cost_per_s=self.gpu_cost_per_s,
+            storage_cost_per_byte_s=self.archive_cost_per_byte_s, reuse=self.reuse,
+        )
+        return self.ttl.batch(ctx)
+
+    @cached_property
+    def _class_array(self) -> np.ndarray:
+        return np.asarray(self.classes, dtype=object)
+
+    def archived_mask(self, blocks: np.ndarray) -> np.ndarray:
+        """Which of ``blocks`` are live in the archive."""
+        members = self.archive.members  # type: ignore[union-attr]
+        return np.fromiter((b in members for b in blocks.tolist()), np.bool_, len(blocks))
+
+    def held_mask(self, blocks: np.ndarray) -> np.ndarray:
+        """Which of ``blocks`` the GPU or disk tier holds (where the worker can read them)."""
+        gpu, disk = self.gpu.members, self.disk.members if self.disk is not None else ()
+        return np.fromiter((b in gpu or b in disk for b in blocks.tolist()), np.bool_, len(blocks))
+
+    def archive_commit(self, uploads: Uploads, now: float) -> None:
+        """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later."""
+        self._archive_expire(now)
+        archive = self.archive
+        assert archive is not None
+        blocks, refs, ttls, prios = uploads
+        deadlines = now + ttls
+        for b, ref, deadline, prio in zip(blocks.tolist(), refs.tolist(), deadlines.tolist(),
+                                          prios.tolist(), strict=True):
+            archive.insert(b, now, ref, prio, deadline)
+        self.archive_puts += len(blocks)
 
     def close(self, now: float) -> None:
         """End of the simulation: apply due expiries and close the storage integrals."""

@@ -79,24 +79,37 @@ class Tier:
         return ready is None or ready <= now
 
     def expire(self, now: float) -> None:
-        """Remove every entry whose deadline is ``<= now``, at its deadline."""
+        """Remove every entry whose deadline is ``<= now``, at its deadline.
+
+        The heap holds at least one entry per deadline, at or before it: an extended
+        deadline is pushed again only when its earlier entry surfaces, so sliding TTLs do
+        not grow the heap on every refresh.
+        """
         heap = self._deadlines
+        deadline = self.deadline
         while heap and heap[0][0] <= now:
             t, block = heapq.heappop(heap)
-            if self.deadline.get(block) == t:
-                del self.deadline[block]
-                self.policy.drop(block)
-                self.ready.pop(block, None)
-                self.size -= 1
-                self.meter.change(t, -self.stored_bytes)
-                self.expirations += 1
+            current = deadline.get(block)
+            if current is None or current < t:
+                continue  # removed, or an earlier deadline has its own entry
+            if current > t:
+                heapq.heappush(heap, (current, block))
+                continue
+            del deadline[block]
+            self.policy.drop(block)
+            self.ready.pop(block, None)
+            self.size -= 1
+            self.meter.change(t, -self.stored_bytes)
+            self.expirations += 1
 
     def set_deadline(self, block: int, deadline: float) -> None:
+        old = self.deadline.get(block)
         self.deadline[block] = deadline
-        heapq.heappush(self._deadlines, (deadline, block))
-        if len(self._deadlines) > 4 * len(self.deadline) + 1024:
-            self._deadlines = [(t, b) for b, t in self.deadline.items()]
-            heapq.heapify(self._deadlines)
+        if old is None or deadline < old:
+            heapq.heappush(self._deadlines, (deadline, block))
+            if len(self._deadlines) > 4 * len(self.deadline) + 1024:
+                self._deadlines = [(t, b) for b, t in self.deadline.items()]
+                heapq.heapify(self._deadlines)
 
     def hit(self, block: int, ref: int) -> None:
         self.policy.hit(block, ref)

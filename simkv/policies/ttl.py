@@ -3,6 +3,9 @@
 A heuristic is one function ``fn(ctx: TTLContext, params) -> float | tuple[float, float]``
 registered by name with its typed parameter dataclass. It returns the TTL in seconds and,
 optionally, a priority score (higher = keep longer) used by the ``priority`` eviction policy.
+A heuristic written with NumPy operations (as the built-in ones are) and marked
+``vectorized = True`` is called once per archive pass with array fields in ``ctx``; any other
+is called once per block.
 The simulator's tiers and archive worker and the real engine's archive worker call the
 same functions, so a policy chosen in simulation is the policy deployed.
 
@@ -26,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from simkv.config import from_dict
 from simkv.errors import ScenarioError
@@ -51,8 +56,19 @@ class ClassReuse:
     def second_reference(self, first_class: str) -> None:
         self.reused[first_class] = self.reused.get(first_class, 0) + 1
 
-    def probability(self, prompt_class: str) -> float:
-        return (self.reused.get(prompt_class, 0) + 1) / (self.seen.get(prompt_class, 0) + 2)
+    def probability(self, prompt_class: str | np.ndarray) -> float | np.ndarray:
+        """For one class, or element-wise for an array of classes."""
+        if isinstance(prompt_class, str):
+            return (self.reused.get(prompt_class, 0) + 1) / (self.seen.get(prompt_class, 0) + 2)
+        table = {c: self.probability(str(c)) for c in set(prompt_class.tolist())}
+        return by_key(prompt_class, table, 0.0)
+
+
+def by_key(keys: str | np.ndarray, table: dict[str, float], default: float) -> float | np.ndarray:
+    """``table.get(key, default)`` for one key, or element-wise for an array of keys."""
+    if isinstance(keys, str):
+        return table.get(keys, default)
+    return np.array([table.get(k, default) for k in keys.tolist()], dtype=np.float64)
 
 
 @dataclass(slots=True)
@@ -61,19 +77,20 @@ class TTLContext:
 
     ``value_s`` is the GPU time one reuse of this block saves (prefill of ``block_size``
     tokens from the hardware profile); ``gpu_cost_per_s`` and ``storage_cost_per_byte_s``
-    price it against keeping ``stored_bytes`` in the tier the TTL is for.
+    price it against keeping ``stored_bytes`` in the tier the TTL is for. For a vectorized
+    heuristic the per-block fields (``block`` to ``access_count``, ``value_s``) are arrays.
     """
 
     now: float
-    block: int
-    position: int
-    prompt_class: str
-    input_tokens: int
-    access_count: int
+    block: Any
+    position: Any
+    prompt_class: Any
+    input_tokens: Any
+    access_count: Any
     block_tokens: int
     block_bytes: int
     stored_bytes: int
-    value_s: float
+    value_s: Any
     gpu_cost_per_s: float
     storage_cost_per_byte_s: float
     reuse: ClassReuse
@@ -94,6 +111,29 @@ class TTLHeuristic:
             raise ScenarioError(f"ttl.heuristic {self.name!r} returned a negative or NaN TTL: {ttl}")
         return float(ttl), float(prio)
 
+    def batch(self, ctx: TTLContext) -> tuple[np.ndarray, np.ndarray]:
+        """TTLs and priorities for the blocks of ``ctx`` (array fields): one call if the
+        heuristic is vectorized, else one call per block."""
+        n = len(ctx.block)
+        if getattr(self.fn, "vectorized", False):
+            out = self.fn(ctx, self.params)
+            ttl, prio = (out if isinstance(out, tuple) else (out, 0.0))
+            ttl = np.broadcast_to(np.asarray(ttl, dtype=np.float64), (n,))
+            prio = np.broadcast_to(np.asarray(prio, dtype=np.float64), (n,))
+            if n and not (ttl >= 0).all():
+                raise ScenarioError(f"ttl.heuristic {self.name!r} returned a negative or NaN TTL: "
+                                    f"{ttl[~(ttl >= 0)][0]}")
+            return ttl, prio
+        ttls = np.empty(n)
+        prios = np.empty(n)
+        fields = ("block", "position", "prompt_class", "input_tokens", "access_count", "value_s")
+        columns = [getattr(ctx, f).tolist() for f in fields]
+        for j, values in enumerate(zip(*columns, strict=True)):
+            one = TTLContext(ctx.now, *values[:5], ctx.block_tokens, ctx.block_bytes, ctx.stored_bytes,
+                             values[5], ctx.gpu_cost_per_s, ctx.storage_cost_per_byte_s, ctx.reuse)
+            ttls[j], prios[j] = self(one)
+        return ttls, prios
+
 
 TTL_HEURISTICS: Registry[Callable[..., TTLResult]] = Registry("TTL heuristic")
 
@@ -106,7 +146,16 @@ def make_heuristic(name: str, params: dict[str, Any]) -> TTLHeuristic:
     return TTLHeuristic(name, fn, bound)
 
 
-def clamp(x: float, lo: float, hi: float) -> float:
+def vectorized(fn: Callable[..., TTLResult]) -> Callable[..., TTLResult]:
+    """Mark a heuristic whose operations work element-wise on array fields of the context."""
+    fn.vectorized = True  # type: ignore[attr-defined]
+    return fn
+
+
+def clamp(x: Any, lo: float, hi: float) -> Any:
+    """``min(max(x, lo), hi)``, for a number or element-wise for an array."""
+    if isinstance(x, np.ndarray):
+        return np.minimum(np.maximum(x, lo), hi)
     return lo if x < lo else hi if x > hi else x
 
 
@@ -126,6 +175,7 @@ class StaticParams:
 
 
 @TTL_HEURISTICS.register("static")
+@vectorized
 def static(ctx: TTLContext, p: StaticParams) -> float:
     """``ttl`` for every block."""
     return p.ttl
@@ -141,9 +191,10 @@ class PerClassParams:
 
 
 @TTL_HEURISTICS.register("per_class")
+@vectorized
 def per_class(ctx: TTLContext, p: PerClassParams) -> float:
     """``class_ttl[prompt_class]``, else ``default_ttl``."""
-    return p.class_ttl.get(ctx.prompt_class, p.default_ttl)
+    return by_key(ctx.prompt_class, p.class_ttl, p.default_ttl)
 
 
 per_class.params = PerClassParams  # type: ignore[attr-defined]
@@ -162,12 +213,13 @@ class SizeAwareParams:
 
 
 @TTL_HEURISTICS.register("size_aware")
+@vectorized
 def size_aware(ctx: TTLContext, p: SizeAwareParams) -> tuple[float, float]:
     """``clamp(base_ttl * (input_tokens / ref_tokens) ** exponent, min_ttl, max_ttl)``:
     blocks of long prompts are worth more (a miss recomputes more), so they live longer.
     Priority = ``input_tokens``."""
-    ttl = p.base_ttl * (max(ctx.input_tokens, 1) / p.ref_tokens) ** p.exponent
-    return clamp(ttl, p.min_ttl, p.max_ttl), float(ctx.input_tokens)
+    ttl = p.base_ttl * (np.maximum(ctx.input_tokens, 1) / p.ref_tokens) ** p.exponent
+    return clamp(ttl, p.min_ttl, p.max_ttl), np.asarray(ctx.input_tokens, dtype=np.float64)
 
 
 size_aware.params = SizeAwareParams  # type: ignore[attr-defined]
@@ -188,11 +240,12 @@ class AdaptiveParams:
 
 
 @TTL_HEURISTICS.register("adaptive")
+@vectorized
 def adaptive(ctx: TTLContext, p: AdaptiveParams) -> tuple[float, float]:
     """``clamp(base_ttl * (1 + alpha * access_count), min_ttl, max_ttl)``; priority =
-    ``access_count``. ``access_count`` = earlier requests that referenced the block."""
+    ``access_count``, the number of times the block was referenced after its first reference."""
     ttl = p.base_ttl * (1.0 + p.alpha * ctx.access_count)
-    return clamp(ttl, p.min_ttl, p.max_ttl), float(ctx.access_count)
+    return clamp(ttl, p.min_ttl, p.max_ttl), np.asarray(ctx.access_count, dtype=np.float64)
 
 
 adaptive.params = AdaptiveParams  # type: ignore[attr-defined]
@@ -209,6 +262,7 @@ class CostAwareParams:
 
 
 @TTL_HEURISTICS.register("cost_aware")
+@vectorized
 def cost_aware(ctx: TTLContext, p: CostAwareParams) -> tuple[float, float]:
     """Keep a block while its expected saving can still pay for its storage:
     ``ttl = clamp(P(reuse) * value_s * gpu_cost_per_s / (stored_bytes * storage_cost_per_byte_s),
@@ -217,7 +271,7 @@ def cost_aware(ctx: TTLContext, p: CostAwareParams) -> tuple[float, float]:
     prob = p.reuse_prob if p.reuse_prob is not None else ctx.reuse.probability(ctx.prompt_class)
     saving = prob * ctx.value_s * ctx.gpu_cost_per_s
     rate = ctx.stored_bytes * ctx.storage_cost_per_byte_s
-    ttl = p.max_ttl if rate <= 0 else saving / rate
+    ttl = saving * 0.0 + p.max_ttl if rate <= 0 else saving / rate
     return clamp(ttl, p.min_ttl, p.max_ttl), saving / max(ctx.stored_bytes, 1)
 
 
@@ -238,6 +292,7 @@ class ReuseProbParams:
 
 
 @TTL_HEURISTICS.register("reuse_prob")
+@vectorized
 def reuse_prob(ctx: TTLContext, p: ReuseProbParams) -> tuple[float, float]:
     """``clamp(base_ttl * p(class) / ref_prob, min_ttl, max_ttl)`` with ``p(class)`` the
     reuse probability learned online per prompt class (:class:`ClassReuse`); priority = p."""

@@ -1,0 +1,161 @@
+"""The tiered cache with its GPU and disk tiers compiled (the ``compiled`` engine).
+
+Same interface and same results as :class:`~simkv.model.system.TieredCache`, which stays
+the reference implementation; this one keeps the GPU and disk tiers as arrays stepped by
+the numba functions of :mod:`simkv.model.kernels`, so the per-block work of a request costs
+nanoseconds instead of microseconds. The archive worker's choices and the TTL heuristics
+stay in Python (they run once per archive pass); the archive tier's state is compiled too.
+
+It covers the common configurations: LRU or FIFO on every tier, and a TTL that governs the
+archive only. Everything else runs on the reference implementation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from simkv.model import kernels as K
+from simkv.model.system import ARCHIVE, DISK, GPU, Plan, TieredCache, Uploads
+from simkv.scenario import Scenario
+from simkv.traces.schema import Trace
+
+_ORDERED = ("lru", "fifo")
+
+
+class CompiledTieredCache(TieredCache):
+    """:class:`TieredCache` with compiled tiers."""
+
+    @staticmethod
+    def supports(sc: Scenario) -> bool:
+        t = sc.tiers
+        return (t.gpu.eviction in _ORDERED
+                and (not t.disk.enabled or t.disk.eviction in _ORDERED)
+                and (not t.archive.enabled or t.archive.eviction in _ORDERED)
+                and (sc.ttl.heuristic == "none" or sc.ttl.scope == "archive"))
+
+    def __init__(self, scenario: Scenario, trace: Trace) -> None:
+        super().__init__(scenario, trace)
+        if not self.supports(scenario):
+            raise ValueError("the compiled tiers need LRU/FIFO tiers and an archive-only TTL")
+        n = trace.n_unique_blocks
+        self._ids = np.ascontiguousarray(trace.block_ids_flat, dtype=np.int64)
+        self._offsets = np.ascontiguousarray(trace.block_offsets, dtype=np.int64)
+        self._tokens = np.ascontiguousarray(trace.input_tokens, dtype=np.int64)
+        codes, names = pd.factorize(pd.Series(self.classes, dtype=object))
+        self._req_class = codes.astype(np.int64)
+        self._class_names = [str(c) for c in names]
+        self._link = np.zeros((3, 2, n + 1), np.int64)
+        self._link[:, :, n] = n  # each tier's list starts empty: the sentinel points to itself
+        self._resident = np.zeros((3, n), np.bool_)
+        self._deadline = np.zeros(n, np.float64)
+        self._heap_t = np.zeros(n + 1024, np.float64)
+        self._heap_b = np.zeros(n + 1024, np.int64)
+        self._ready = np.zeros(n, np.float64)
+        self._src = np.zeros(len(self._ids), np.int8)
+        self.refs = np.zeros(n, np.int64)  # type: ignore[assignment]
+        self._first_class = np.zeros(n, np.int64)
+        self._reuse = np.zeros((2, max(len(self._class_names), 1)), np.int64)
+        self._pend = np.zeros((4, n), np.int64)
+        self._pend[2] = -1
+
+        sc = scenario
+        S = self._S = np.zeros(K.S_LEN, np.int64)
+        X = self._X = np.zeros(K.X_LEN, np.float64)
+        for tier, t, cfg in ((GPU, self.gpu, sc.tiers.gpu), (DISK, self.disk, sc.tiers.disk),
+                             (ARCHIVE, self.archive, sc.tiers.archive)):
+            cap = t.capacity if t is not None else 0
+            S[K.S_CAP + tier] = -1 if cap is None else cap
+            S[K.S_FIFO + tier] = cfg.eviction == "fifo"
+            S[K.S_STORED + tier] = t.stored_bytes if t is not None else 0
+        S[K.S_HAS_DISK] = self.disk is not None
+        S[K.S_HAS_ARCHIVE] = self.archive is not None
+        S[K.S_SLIDING] = self.sliding
+        S[K.S_WRITE_THROUGH] = self.write_through
+        S[K.S_OFFLOAD_POLICY] = not self.write_through
+        S[K.S_ZERO_TIME] = self.zero_time
+        S[K.S_IF_FASTER] = self.if_faster
+        S[K.S_BLOCK_SIZE] = self.block_size
+        hw = sc.hardware
+        X[K.X_DISK_LAT] = self._disk_lat
+        X[K.X_DISK_READ] = self._disk_per_block
+        X[K.X_DISK_WRITE] = self._disk_write_per_block
+        X[K.X_ARCH_LAT] = self._arch_lat
+        X[K.X_ARCH_READ] = self._arch_per_block
+        X[K.X_CONST] = hw.prefill_const_s
+        X[K.X_PER_TOKEN] = hw.prefill_per_token_s
+        X[K.X_ATTN] = hw.prefill_attn_s
+
+    def begin(self, r: int, now: float) -> Plan:
+        K.begin(r, now, self._ids, self._offsets, self._tokens, self._link, self._resident,
+                self._ready, self._src, self._deadline, self._heap_t, self._heap_b, self._S, self._X)
+        S, X = self._S, self._X
+        counts = [int(S[K.S_COUNT + GPU]), int(S[K.S_COUNT + DISK]), int(S[K.S_COUNT + ARCHIVE])]
+        if counts[ARCHIVE]:
+            self.archive_gets += counts[ARCHIVE]
+            self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
+        return Plan([], [], int(S[K.S_FOUND]), float(X[K.X_LOAD]), float(X[K.X_PREFILL]), counts,
+                    int(S[K.S_K]))
+
+    def finish(self, r: int, plan: Plan, now: float) -> None:
+        K.finish(r, plan.used, now, self._ids, self._offsets, self._req_class, self._link,
+                 self._resident, self._ready, self._src, self.refs, self._first_class,
+                 self._reuse, self._pend, self._deadline, self._heap_t, self._heap_b,
+                 self._S, self._X)
+
+    def archived_mask(self, blocks: np.ndarray) -> np.ndarray:
+        return self._resident[ARCHIVE, blocks]
+
+    def held_mask(self, blocks: np.ndarray) -> np.ndarray:
+        return self._resident[GPU, blocks] | self._resident[DISK, blocks]
+
+    def archive_pass(self, now: float) -> tuple[Uploads, float]:
+        S, pend = self._S, self._pend
+        names = self._class_names
+        self.reuse.seen = {names[c]: int(v) for c, v in enumerate(self._reuse[0]) if v}
+        self.reuse.reused = {names[c]: int(v) for c, v in enumerate(self._reuse[1]) if v}
+        blocks = pend[3, : S[K.S_PEND_COUNT]].tolist()
+        rs, idx = pend[0, blocks].tolist(), pend[1, blocks].tolist()
+        self.pending = {b: (r, i) for b, r, i in zip(blocks, rs, idx, strict=True)}
+        S[K.S_PEND_COUNT] = 0
+        S[K.S_PASS] += 1
+        return super().archive_pass(now)
+
+    def _archive_expire(self, now: float) -> None:
+        K.archive_expire(now, self._link, self._resident, self._deadline, self._heap_t,
+                         self._heap_b, self._S, self._X)
+
+    def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray) -> None:
+        K.archive_refresh(blocks, deadlines, self._link, self._resident, self._deadline,
+                          self._heap_t, self._heap_b, self._S)
+
+    def archive_commit(self, uploads: Uploads, now: float) -> None:
+        self._archive_expire(now)
+        blocks, _, ttls, _ = uploads
+        K.archive_commit(blocks, now + ttls, now, self._link, self._resident, self._deadline,
+                         self._heap_t, self._heap_b, self._S, self._X)
+        self.archive_puts += len(blocks)
+
+    def occupancy(self) -> tuple[int, int, int]:
+        S = self._S
+        return int(S[K.S_BYTES + GPU]), int(S[K.S_BYTES + DISK]), int(S[K.S_BYTES + ARCHIVE])
+
+    def close(self, now: float) -> None:
+        S, X = self._S, self._X
+        if self.archive is not None:
+            self._archive_expire(now)
+        K.close_meters(S, X, now)
+        for tier, t in ((GPU, self.gpu), (DISK, self.disk), (ARCHIVE, self.archive)):
+            if t is None:
+                continue
+            t.size = int(S[K.S_SIZE + tier])
+            t.evictions = int(S[K.S_EVICT + tier])
+            t.insertions = int(S[K.S_INSERT + tier])
+            m = t.meter
+            m.bytes, m.peak = int(S[K.S_BYTES + tier]), int(S[K.S_PEAK + tier])
+            m.t, m.byte_seconds = float(X[K.X_MT + tier]), float(X[K.X_BS + tier])
+        if self.archive is not None:
+            self.archive.expirations = int(S[K.S_EXPIRE])
+        self.hydrations = int(S[K.S_HYDRATE])
+        self.offloads = int(S[K.S_OFFLOAD])
+        self.disk_writes = int(S[K.S_DISK_WRITES])
