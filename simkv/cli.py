@@ -141,9 +141,223 @@ def run_cmd(
 
 # -- curve commands (simkv curve) --
 
+
+@app.command("curve")
+def curve_cmd(
+    kind: Annotated[str, typer.Argument(metavar="capacity|ttl",
+                                        help="Sweep LRU capacity (blocks) or sliding TTL (s).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
+    trace: Annotated[Path | None, typer.Option("--trace", "-t", help="Parquet trace (default: "
+                                               "the scenario's 'trace').")] = None,
+    capacities: Annotated[str | None, typer.Option(help="Capacities in blocks, e.g. 1000,5000 "
+                                                   "(default: 30 points, 1%-100% of unique "
+                                                   "blocks).")] = None,
+    ttls: Annotated[str | None, typer.Option(help="TTLs in seconds, e.g. 10,60,600 (default: "
+                                             "30 points, 1 s to the trace duration).")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="Scenario for the trace and the model's "
+                                                  "bytes per block (its tiers are ignored).")] = None,
+) -> None:
+    """Exact hit-rate curve in one pass (LRU capacity or sliding TTL); writes CSV + PNG.
+
+    capacity: one LRU GPU tier of each size (scenarios/parity-lru.yaml); ttl: an unlimited
+    tier under a sliding static TTL (ttl.scope=all). Zero service time in both; each point
+    equals `simkv run` in that configuration.
+    """
+    from simkv.curves import curve_table, run_curve
+
+    other = ttls if kind == "capacity" else capacities
+    if other is not None:
+        wrong = "--ttls" if kind == "capacity" else "--capacities"
+        raise SimkvError(f"{wrong}: not used by 'simkv curve {kind}'")
+    result = run_curve(kind, trace, capacities if kind == "capacity" else ttls, out, scenario)
+    console.print(curve_table(result))
+    console.print(f"wrote [bold]{result.csv}[/] and [bold]{result.png}[/]")
+
 # -- sweep commands (simkv sweep) --
 
+
+@app.command("sweep")
+def sweep_cmd(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML: the base of every cell.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory (re-run the same "
+                                      "command to resume).")],
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="key=v1,v2,... "
+                                                   "(repeatable; Cartesian product).")] = None,
+    grid_file: Annotated[Path | None, typer.Option(help="YAML grid: key → list of values.")] = None,
+    trace: Annotated[Path | None, typer.Option("--trace", "-t", help="Parquet trace (default: "
+                                               "the scenario's 'trace').")] = None,
+    backend: Annotated[str, typer.Option(help="local | ray.")] = "local",
+    workers: Annotated[int | None, typer.Option(help="Processes (local) or CPUs of the local "
+                                                "Ray instance; default all cores; 1 = in-process.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Address of an existing Ray cluster.")] = None,
+    objective: Annotated[str | None, typer.Option(help="Pick a winner and write winner.yaml: "
+                                                  "cost_saved | token_hit_rate | ttft_p90 | any "
+                                                  "summary column.")] = None,
+    maximize: Annotated[bool | None, typer.Option("--maximize/--minimize", help="Direction for "
+                                                  "a column objective (aliases know theirs).")] = None,
+    constraint: Annotated[list[str] | None, typer.Option("--constraint", "-c", help="e.g. "
+                                                         "'ttft_p90<2.0' (repeatable).")] = None,
+    cell_outputs: Annotated[bool, typer.Option(help="Also write each cell's full results to "
+                                               "DIR/cells/<id>/.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Re-run cells that errored before.")] = False,
+    top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
+    overrides: SetOpt = None,
+) -> None:
+    """Run a scenario over a grid of overrides (resumable); one row per cell in sweep.parquet."""
+    import signal
+    import time
+
+    from simkv.sweep import Constraint, Grid, Objective, SweepOptions, plan_sweep, run_plan
+    from simkv.sweep.console import sweep_progress, top_cells_table
+    from simkv.sweep.winner import NoFeasibleCell, select_winner
+
+    cells = (Grid.from_file(grid_file) if grid_file else Grid()) + Grid.from_specs(grid or [])
+    cons = [Constraint.parse(c) for c in constraint or []]
+    if cons and objective is None:
+        raise SimkvError("--constraint: give an --objective to choose a winner by")
+    obj = Objective(objective, None if maximize is None else "max" if maximize else "min") \
+        if objective else None
+    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed)  # type: ignore[arg-type]
+    plan = plan_sweep(scenario, trace, cells, overrides or [])
+    console.print(f"sweep [bold]{plan.base.name}[/]: {len(plan.cells)} cells over "
+                  f"{', '.join(plan.grid.keys) or 'no keys'} on {plan.trace.path} "
+                  f"({backend} backend)", highlight=False)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    t0 = time.perf_counter()
+    try:
+        with sweep_progress(err_console) as progress:
+            df = run_plan(plan, out, opts, progress)
+    except KeyboardInterrupt:
+        err_console.print(f"finished cells are saved in {out}/cells; re-run to resume")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    wall = time.perf_counter() - t0
+    timing = json.loads((out / "timing.json").read_text())
+    n_err = int((df["status"] != "ok").sum())
+    console.print(f"{len(df)} cells: {len(df) - n_err} ok, {n_err} failed; ran "
+                  f"{len(timing['ran'])} in {wall:.1f} s, {timing['skipped']} done before; "
+                  f"results in [bold]{out / 'sweep.parquet'}[/]", highlight=False)
+    for _, row in df[df["status"] != "ok"].head(5).iterrows():
+        err_console.print(f"[red]failed[/] {row['cell_id']}: {escape(str(row['error']))}",
+                          highlight=False)
+    if obj is None:
+        console.print(top_cells_table(df, top))
+        return
+    column, direction = obj.resolve(list(df.columns))
+    (out / "winner.yaml").unlink(missing_ok=True)  # never leave a stale winner behind
+    try:
+        win = select_winner(df, obj, cons)
+    except NoFeasibleCell:
+        console.print(top_cells_table(df, top, (column, direction), cons))
+        raise
+    from simkv.sweep import write_winner
+
+    path = write_winner(out, win)
+    console.print(top_cells_table(df, top, (column, direction), cons, win))
+    params = ", ".join(f"{k}={v}" for k, v in win.row.items()
+                       if k in plan.grid.keys or k.removeprefix("param.") in plan.grid.keys)
+    console.print(f"winner [bold]{win.cell_id}[/] ({escape(params) or 'base scenario'}): "
+                  f"{column} = {win.value:.6g} ({direction}, {win.feasible} feasible of "
+                  f"{len(df)}); scenario in [bold]{path}[/]", highlight=False)
+
 # -- report and regress commands (simkv report, simkv regress) --
+
+
+@app.command("report")
+def report_cmd(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="A run directory (simkv run -o) "
+                                              "or a sweep directory (simkv sweep -o).")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Where to write report.md and "
+                                             "the PNG charts (default: DIR).")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="Rank sweep cells by cost_saved | token_hit_rate | ttft_p90, or any metric with an "
+             "optional :max / :min (default: the sweep's objective, else token_hit_rate).")] = None,
+    top: Annotated[int, typer.Option(help="How many top cells a sweep report lists.")] = 10,
+) -> None:
+    """Charts (PNG) and a Markdown report from a run or a sweep directory."""
+    from simkv.report.markdown import write_report
+
+    rep = write_report(directory, out, objective=objective, top=top)
+    console.print(f"{rep.kind} report: [bold]{rep.path}[/]", highlight=False)
+    for c in rep.charts:
+        if c.file:
+            console.print(f"  [green]chart[/] {c.file}: {c.title}", highlight=False)
+        else:
+            console.print(f"  [dim]skipped {c.title}: {c.note}[/]", highlight=False)
+
+
+@app.command("regress")
+def regress_cmd(
+    update: Annotated[bool, typer.Option("--update", help="Rewrite the golden files from this "
+                                         "run (accepts a deliberate change).")] = False,
+    golden_dir: Annotated[Path | None, typer.Option("--golden-dir", help="Golden files "
+                                                    "(default: reports/golden).")] = None,
+    cases: Annotated[list[str] | None, typer.Option("--case", help="Run only this case "
+                                                    "(repeatable).")] = None,
+) -> None:
+    """Run the regression cases on the canned traces; compare every metric with the golden
+    files (exit 1 on any mismatch)."""
+    from rich.table import Table
+
+    from simkv import regress as rg
+
+    gdir = golden_dir or rg.DEFAULT_GOLDEN_DIR
+    selected = rg.select_cases(cases)
+    if not update:
+        rg.require_goldens(selected, gdir)
+    results = []
+    for case in selected:
+        with err_console.status(f"running {case.name}"):
+            res = rg.update_case(case, gdir) if update else rg.check_case(case, gdir)
+        results.append(res)
+        n = len(rg.flatten(res.summary))
+        where = f"{res.wall_s:.1f} s"
+        if update:
+            changed = ", ".join(m.metric for m in res.mismatches[:6])
+            more = f" and {len(res.mismatches) - 6} more" if len(res.mismatches) > 6 else ""
+            detail = f": {len(res.mismatches)} metrics changed ({changed}{more})" if res.mismatches else ""
+            console.print(f"{res.golden_status} {rg.golden_path(gdir, case)} ({where}){detail}",
+                          highlight=False)
+        elif res.mismatches:
+            console.print(f"[red]FAIL[/] {case.name}: {len(res.mismatches)} of {n} metrics differ "
+                          f"({where})", highlight=False)
+        else:
+            console.print(f"[green]ok[/]   {case.name}: {n} metrics match ({where})", highlight=False)
+        for note in res.input_notes:
+            console.print(f"     [yellow]changed since the golden file:[/] {escape(note)}",
+                          highlight=False)
+    if update:
+        return
+    bad = [m for r in results for m in r.mismatches]
+    if not bad:
+        console.print(f"[green]all {len(results)} regression cases match {gdir}[/]", highlight=False)
+        return
+    # CI logs are not terminals: print full rows there rather than folding at 80 columns
+    out = console if console.is_terminal else Console(width=max(console.width, 160))
+    for r in results:
+        if not r.mismatches:
+            continue
+        table = Table(title=f"mismatches: {r.case.name}", header_style="bold")
+        for col in ("metric", "golden", "now", "tolerance", "note"):
+            table.add_column(col, justify="right" if col in ("golden", "now") else "left",
+                             overflow="fold")
+        for m in r.mismatches:
+            note = m.note
+            if not note and isinstance(m.golden, int | float) and isinstance(m.now, int | float):
+                diff = m.now - m.golden
+                note = f"Δ {diff:+.3g}" + (f" (rel {diff / abs(m.golden):+.1e})" if m.golden else "")
+            table.add_row(m.metric, "—" if m.golden is None else repr(m.golden),
+                          "—" if m.now is None else repr(m.now), str(m.tolerance or "—"), note)
+        out.print(table)
+    console.print(f"[red]{len(bad)} mismatches in {sum(1 for r in results if r.mismatches)} of "
+                  f"{len(results)} cases.[/] If the change is deliberate, run 'simkv regress "
+                  f"--update' and commit {gdir}.", highlight=False)
+    raise typer.Exit(1)
 
 
 @contextmanager

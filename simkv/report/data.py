@@ -1,0 +1,320 @@
+"""What a report reads: a run directory or a sweep directory, loaded and described.
+
+A **run directory** is what :meth:`simkv.api.Result.write` writes (``summary.json``,
+``requests.parquet``, ``timeline.parquet``, ``scenario.yaml``). A **sweep directory** holds
+``sweep.parquet`` (one row per cell: ``cell_id``, one column per swept parameter named by its
+dotted scenario key, ``status``, ``error``, then every summary metric), ``sweep.yaml`` (the
+base scenario and the ``grid``) and maybe ``winner.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+
+from simkv.errors import SimkvError
+
+RUN_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml")
+SWEEP_FILES = ("sweep.parquet", "sweep.yaml")
+
+Direction = Literal["max", "min"]
+
+# The sweep's objective aliases: name -> (summary metric, better direction).
+OBJECTIVES: dict[str, tuple[str, Direction]] = {
+    "token_hit_rate": ("token_hit_rate", "max"),
+    "cost_saved": ("cost_saved_dollars", "max"),
+    "ttft_p90": ("ttft_p90_s", "min"),
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A summary metric to rank cells by, and whether higher or lower is better."""
+
+    metric: str
+    direction: Direction
+
+    @property
+    def label(self) -> str:
+        return f"{metric_label(self.metric)} ({'higher' if self.direction == 'max' else 'lower'} is better)"
+
+    def best(self, values: pd.Series) -> float:
+        return float(values.max() if self.direction == "max" else values.min())
+
+
+def parse_objective(text: str) -> Objective:
+    """An alias (``cost_saved``, ``token_hit_rate``, ``ttft_p90``) or any summary metric,
+    optionally suffixed ``:max`` / ``:min`` (default: ``min`` for latencies, else ``max``)."""
+    name, _, direction = text.partition(":")
+    if name in OBJECTIVES:
+        metric, default = OBJECTIVES[name]
+    else:
+        metric, default = name, ("min" if name.startswith("ttft") else "max")
+    if direction and direction not in ("max", "min"):
+        raise SimkvError(f"--objective {text!r}: the direction after ':' must be max or min")
+    return Objective(metric, direction or default)  # type: ignore[arg-type]
+
+
+# -- formatting shared by the charts and the Markdown ------------------------------------------
+
+
+def metric_label(metric: str) -> str:
+    """A human name with its unit for a summary metric."""
+    known = {
+        "token_hit_rate": "token hit rate (%)",
+        "cost_saved_dollars": "cost saved ($)",
+        "gpu_dollars_saved": "GPU $ saved ($)",
+        "ttft_p50_s": "TTFT p50 (s)",
+        "ttft_p90_s": "TTFT p90 (s)",
+        "ttft_p99_s": "TTFT p99 (s)",
+        "ttft_mean_s": "mean TTFT (s)",
+    }
+    if metric in known:
+        return known[metric]
+    ratio = metric.endswith(("_rate", "_ratio")) or "_rate_" in metric or "_ratio_" in metric
+    if ratio and "per_s" not in metric:
+        return f"{metric} (%)"
+    if metric.endswith("_dollars"):
+        return f"{metric} ($)"
+    if metric.endswith("_s"):
+        return f"{metric} (s)"
+    if metric.endswith("_bytes") or "_bytes_" in metric:
+        return f"{metric} (GiB)"
+    return metric
+
+
+def is_fraction(metric: str) -> bool:
+    """Metrics in [0, 1] that read best as percentages."""
+    return metric_label(metric).endswith("(%)")
+
+
+def fmt_metric(metric: str, value: Any) -> str:
+    """A compact, unit-bearing rendering of one metric value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if is_fraction(metric):
+        return f"{value:.2%}"
+    if metric.endswith("_dollars"):
+        return fmt_dollars(value)
+    if metric.endswith("_s"):
+        return fmt_seconds(value)
+    if metric.endswith("_bytes") or "_bytes_" in metric:
+        return fmt_bytes(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}"
+
+
+def fmt_dollars(x: float) -> str:
+    sign = "-" if x < 0 else ""
+    x = abs(x)
+    if x >= 100:
+        return f"{sign}${x:,.0f}"
+    if x >= 1:
+        return f"{sign}${x:.2f}"
+    if x == 0:
+        return "$0"
+    return f"{sign}${x:.3g}"
+
+
+def fmt_seconds(x: float) -> str:
+    if x == 0:
+        return "0 s"
+    if abs(x) < 1:
+        return f"{x * 1000:.3g} ms"
+    if abs(x) < 600:
+        return f"{x:.3g} s"
+    if abs(x) < 36000:
+        return f"{x / 60:.3g} min"
+    return f"{x / 3600:.3g} h"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_param(value: Any) -> str:
+    """A swept parameter value as a short label (``600``, ``0.5``, ``lru``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# -- run directories ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """One run directory, loaded: the summary, and the per-request and per-bin frames
+    (``None`` when that file is absent) and the resolved scenario as a mapping."""
+
+    path: Path
+    summary: dict[str, Any]
+    requests: pd.DataFrame | None
+    timeline: pd.DataFrame | None
+    scenario: dict[str, Any]
+
+    @property
+    def bin_s(self) -> float:
+        """The timeline's bin width: the scenario's ``timeline_bin_s``, else inferred."""
+        if "timeline_bin_s" in self.scenario:
+            return float(self.scenario["timeline_bin_s"])
+        if self.timeline is not None and len(self.timeline) > 1:
+            return float(self.timeline["t_s"].diff().min())
+        return 60.0
+
+
+def load_run(path: Path) -> RunData:
+    """Read a run directory (``summary.json`` is required, the rest optional)."""
+    summary = _read_json(path / "summary.json")
+    requests = pd.read_parquet(path / "requests.parquet") if (path / "requests.parquet").exists() else None
+    timeline = pd.read_parquet(path / "timeline.parquet") if (path / "timeline.parquet").exists() else None
+    scenario = _read_yaml(path / "scenario.yaml") if (path / "scenario.yaml").exists() else {}
+    return RunData(path, summary, requests, timeline, scenario)
+
+
+# -- sweep directories -------------------------------------------------------------------------
+
+
+@dataclass
+class SweepData:
+    """One sweep directory, loaded. ``params`` are the swept columns of ``cells``, in grid
+    order; ``numeric`` maps each numeric one to its values as floats (bytes for sizes)."""
+
+    path: Path
+    cells: pd.DataFrame
+    spec: dict[str, Any]
+    params: list[str]
+    numeric: dict[str, pd.Series]
+    winner: dict[str, Any] | None
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """The cells that ran (``status == 'ok'``)."""
+        if "status" not in self.cells.columns:
+            return self.cells
+        return self.cells[self.cells["status"] == "ok"]
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        if "status" not in self.cells.columns:
+            return self.cells.iloc[0:0]
+        return self.cells[self.cells["status"] != "ok"]
+
+    @property
+    def base_scenario(self) -> str | None:
+        for key in ("scenario", "base_scenario", "base"):
+            if isinstance(self.spec.get(key), str):
+                return self.spec[key]
+        return None
+
+    @property
+    def categorical(self) -> list[str]:
+        return [p for p in self.params if p not in self.numeric]
+
+
+def _scenario_sections() -> set[str]:
+    from simkv.scenario import Scenario
+
+    return {f.name for f in dataclasses.fields(Scenario)}
+
+
+def swept_params(cells: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
+    """The swept parameter columns: ``sweep.yaml``'s grid keys found in ``sweep.parquet``,
+    else the dotted columns that name a scenario key (``ttl.params.alpha``)."""
+    grid = spec.get("grid")
+    if isinstance(grid, dict):
+        keys = [str(k) for k in grid if str(k) in cells.columns]
+        if keys:
+            return keys
+    sections = _scenario_sections()
+    return [c for c in cells.columns if "." in c and c.split(".", 1)[0] in sections]
+
+
+def numeric_values(column: pd.Series, key: str) -> pd.Series | None:
+    """The column as floats, or ``None`` if it is not numeric. Sizes such as ``'8GiB'`` under a
+    ``capacity_bytes`` key become bytes."""
+    if pd.api.types.is_bool_dtype(column):
+        return None
+    if pd.api.types.is_numeric_dtype(column):
+        return column.astype(float)
+    if key.endswith("capacity_bytes"):
+        from simkv.scenario import parse_bytes
+
+        try:
+            return column.map(lambda v: float(parse_bytes(v, key)) if v is not None else math.nan)
+        except SimkvError:
+            return None
+    converted = pd.to_numeric(column, errors="coerce")
+    if converted.notna().sum() == column.notna().sum() and column.notna().any():
+        return converted.astype(float)
+    return None
+
+
+def load_sweep(path: Path) -> SweepData:
+    """Read a sweep directory and find its swept parameters."""
+    try:
+        cells = pd.read_parquet(path / "sweep.parquet")
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise SimkvError(f"{path / 'sweep.parquet'}: cannot read: {exc}") from None
+    spec = _read_yaml(path / "sweep.yaml") if (path / "sweep.yaml").exists() else {}
+    params = swept_params(cells, spec)
+    numeric = {}
+    for p in params:
+        values = numeric_values(cells[p], p)
+        if values is not None:
+            numeric[p] = values
+    winner = _read_yaml(path / "winner.yaml") if (path / "winner.yaml").exists() else None
+    return SweepData(path, cells, spec, params, numeric, winner)
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+
+def detect(path: Path) -> Literal["run", "sweep"]:
+    """Whether ``path`` is a run or a sweep directory; a :class:`SimkvError` naming the
+    directory and the files expected if it is neither."""
+    if not path.is_dir():
+        raise SimkvError(f"{path}: no such directory (expected a run directory with "
+                         f"{', '.join(RUN_FILES)} or a sweep directory with {', '.join(SWEEP_FILES)})")
+    if (path / "sweep.parquet").exists():
+        return "sweep"
+    if (path / "summary.json").exists():
+        return "run"
+    raise SimkvError(f"{path}: neither a run directory (expected {', '.join(RUN_FILES)}, as "
+                     f"written by 'simkv run -o') nor a sweep directory (expected "
+                     f"{', '.join(SWEEP_FILES)}, as written by 'simkv sweep -o')")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SimkvError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise SimkvError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SimkvError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise SimkvError(f"{path}: expected a YAML mapping")
+    return data
