@@ -27,9 +27,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/simkv run $(SCENARIO) --trace $(TRACE) -o $(OUT)
 
-## The test suite (what CI runs).
+## The test suite (what CI runs): unit and property tests, the golden-file regression, lint.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/simkv regress
 	$(BIN)/ruff check simkv tests bench
 
 lint: $(STAMP)

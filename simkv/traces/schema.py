@@ -216,7 +216,7 @@ def validate_table(
 
     Raises :class:`TraceError` naming the first offending row and field.
     """
-    if not isinstance(block_size, int) or block_size <= 0:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise TraceError(path, f"block_size must be a positive integer, got {block_size!r}",
                          field="block_size")
     table = _conform(table, path)
