@@ -7,13 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from simkv.model.system import TIER_NAMES
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
+from simkv.report.data import fmt_bytes
 
 
 def _ms(s: float) -> str:
@@ -38,8 +32,8 @@ def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
         t.add_row(f"{name}: evictions / expirations",
                   f"{s[f'evictions_{name}']:,} / {s[f'expirations_{name}']:,}",
                   f"{s[f'evictions_per_request_{name}']:.2f} evictions/request")
-        t.add_row(f"{name}: storage mean / peak",
-                  f"{_bytes(s[f'storage_mean_bytes_{name}'])} / {_bytes(s[f'storage_peak_bytes_{name}'])}",
+        mean, peak = s[f"storage_mean_bytes_{name}"], s[f"storage_peak_bytes_{name}"]
+        t.add_row(f"{name}: storage mean / peak", f"{fmt_bytes(mean)} / {fmt_bytes(peak)}",
                   f"{s[f'storage_gb_hours_{name}']:.2f} GB-h")
     for p in (50, 90, 99):
         t.add_row(f"TTFT p{p}", _ms(s[f"ttft_p{p}_s"]),

@@ -139,6 +139,7 @@ def fmt_seconds(x: float) -> str:
 
 
 def fmt_bytes(n: float) -> str:
+    """``8589934592`` → ``'8 GiB'`` (three significant digits, binary units)."""
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
             return f"{n / size:.3g} {unit}"
