@@ -125,7 +125,7 @@ def _runmax_ranks(ids: np.ndarray, offsets: np.ndarray, n_unique: int) -> np.nda
 def runmax_ranks(trace: Trace) -> np.ndarray:
     """``runmax(r, i)`` for every block reference of ``trace``, flat in trace order
     (``int64`` max for references that miss at any capacity)."""
-    return _runmax_ranks(np.ascontiguousarray(trace.block_ids_flat, dtype=np.int64),
+    return _runmax_ranks(np.ascontiguousarray(trace.block_ids_flat),
                          np.ascontiguousarray(trace.block_offsets, dtype=np.int64),
                          int(trace.n_unique_blocks))
 
@@ -242,7 +242,7 @@ def ttl_profile(trace: Trace) -> TTLProfile:
     """One pass over ``trace`` for :func:`ttl_curve`."""
     clock = np.ascontiguousarray(trace.arrival_s, dtype=np.float64)
     offsets = np.ascontiguousarray(trace.block_offsets, dtype=np.int64)
-    m = _runmin_prev(np.ascontiguousarray(trace.block_ids_flat, dtype=np.int64), offsets,
+    m = _runmin_prev(np.ascontiguousarray(trace.block_ids_flat), offsets,
                      clock, int(trace.n_unique_blocks))
     now = np.repeat(clock, np.diff(offsets))
     return TTLProfile(now, m, trace.block_size, int(trace.input_tokens.sum()))

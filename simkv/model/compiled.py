@@ -12,6 +12,8 @@ archive only. Everything else runs on the reference implementation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -39,24 +41,25 @@ class CompiledTieredCache(TieredCache):
         if not self.supports(scenario):
             raise ValueError("the compiled tiers need LRU/FIFO tiers and an archive-only TTL")
         n = trace.n_unique_blocks
-        self._ids = np.ascontiguousarray(trace.block_ids_flat, dtype=np.int64)
+        self._ids = np.ascontiguousarray(trace.block_ids_flat)
         self._offsets = np.ascontiguousarray(trace.block_offsets, dtype=np.int64)
         self._tokens = np.ascontiguousarray(trace.input_tokens, dtype=np.int64)
         codes, names = pd.factorize(pd.Series(self.classes, dtype=object))
         self._req_class = codes.astype(np.int64)
         self._class_names = [str(c) for c in names]
-        self._link = np.zeros((3, 2, n + 1), np.int64)
+        tiers = 3 if self.archive is not None else 2 if self.disk is not None else 1
+        self._link = np.zeros((tiers, 2, n + 1), np.int32)
         self._link[:, :, n] = n  # each tier's list starts empty: the sentinel points to itself
         self._resident = np.zeros((3, n), np.bool_)
-        self._deadline = np.zeros(n, np.float64)
-        self._heap_t = np.zeros(n + 1024, np.float64)
-        self._heap_b = np.zeros(n + 1024, np.int64)
-        self._ready = np.zeros(n, np.float64)
+        heap = n + 1024 if self.archive is not None else 1
+        self._deadline = np.zeros(n if self.archive is not None else 1, np.float64)
+        self._heap_t = np.zeros(heap, np.float64)
+        self._heap_b = np.zeros(heap, np.int32)
+        self._ready = np.zeros(n if self.disk is not None else 1, np.float64)
         self._src = np.zeros(len(self._ids), np.int8)
-        self.refs = np.zeros(n, np.int64)  # type: ignore[assignment]
-        self._first_class = np.zeros(n, np.int64)
+        self._first_class = self.first_class
         self._reuse = np.zeros((2, max(len(self._class_names), 1)), np.int64)
-        self._pend = np.zeros((4, n), np.int64)
+        self._pend = np.zeros((4, n), np.int32)
         self._pend[2] = -1
 
         sc = scenario
@@ -85,6 +88,9 @@ class CompiledTieredCache(TieredCache):
         X[K.X_CONST] = hw.prefill_const_s
         X[K.X_PER_TOKEN] = hw.prefill_per_token_s
         X[K.X_ATTN] = hw.prefill_attn_s
+
+    def _new_history(self, n_unique: int) -> tuple[Any, Any]:
+        return np.zeros(n_unique, np.int32), np.zeros(n_unique, np.int32)
 
     def begin(self, r: int, now: float) -> Plan:
         K.begin(r, now, self._ids, self._offsets, self._tokens, self._link, self._resident,

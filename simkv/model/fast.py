@@ -74,6 +74,6 @@ def lru_prefix_hits(ids: np.ndarray, offsets: np.ndarray, capacity: int,
                     n_unique: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per request: hit-prefix blocks, resident blocks after it, blocks it inserted;
     and the total evictions."""
-    return _lru_prefix_hits(np.ascontiguousarray(ids, dtype=np.int64),
+    return _lru_prefix_hits(np.ascontiguousarray(ids),
                             np.ascontiguousarray(offsets, dtype=np.int64),
                             int(capacity), int(n_unique))

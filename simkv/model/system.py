@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -102,8 +103,7 @@ class TieredCache:
         self.sliding = sc.ttl.mode == "sliding"
         self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
         self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
-        self.refs = [0] * n_unique  # requests that referenced each block so far
-        self.first_class = [""] * n_unique
+        self.refs, self.first_class = self._new_history(n_unique)
         self.reuse = ClassReuse()
         self.pending: dict[int, tuple[int, int]] = {}  # block -> (request, position) since last pass
 
@@ -117,11 +117,14 @@ class TieredCache:
         self.offloads = 0
         self.disk_writes = 0
 
-    @cached_property
+    def _new_history(self, n_unique: int) -> tuple[Any, Any]:
+        """Per block: requests that referenced it so far, and the class of the first."""
+        return [0] * n_unique, [""] * n_unique
+
+    @property
     def ids(self) -> np.ndarray:
         """Dense block ids of the whole trace; each request takes its slice as a list."""
-        ids = self.trace.block_ids_flat
-        return ids.astype(np.int32) if self.trace.n_unique_blocks < 2**31 else ids
+        return self.trace.block_ids_flat
 
     @cached_property
     def offsets(self) -> list[int]:

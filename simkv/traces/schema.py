@@ -119,9 +119,10 @@ class Trace:
 
     @cached_property
     def block_ids_flat(self) -> np.ndarray:
-        """Block hashes mapped to dense int64 ids 0..n_unique-1, in order of first appearance."""
-        codes, _ = pd.factorize(self.block_hashes_flat)
-        return codes.astype(np.int64)
+        """Block hashes mapped to dense ids 0..n_unique-1, in order of first appearance
+        (int32 while they fit: a million-request trace holds tens of millions of them)."""
+        codes, uniques = pd.factorize(self.block_hashes_flat)
+        return codes.astype(np.int32) if len(uniques) < 2**31 else codes.astype(np.int64)
 
     @cached_property
     def n_unique_blocks(self) -> int:
