@@ -15,8 +15,8 @@ next arrival, the service timeout and the worker's ticks: at most two events per
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
@@ -24,28 +24,20 @@ import simpy
 from simkv.model.system import ARCHIVE, DISK, GPU, TieredCache
 
 
-@dataclass
 class RequestLog:
-    """Per-request outcomes, indexed by the request's row in the trace."""
+    """Per-request outcomes, indexed by the request's row in the trace (compact arrays:
+    eight bytes a value, for traces of millions of requests)."""
 
-    n: int
-    start_s: list[float] = field(default_factory=list)
-    load_s: list[float] = field(default_factory=list)
-    prefill_s: list[float] = field(default_factory=list)
-    prefix_blocks: list[int] = field(default_factory=list)
-    gpu_blocks: list[int] = field(default_factory=list)
-    disk_blocks: list[int] = field(default_factory=list)
-    archive_blocks: list[int] = field(default_factory=list)
-    gpu_bytes: list[int] = field(default_factory=list)
-    disk_bytes: list[int] = field(default_factory=list)
-    archive_bytes: list[int] = field(default_factory=list)
+    FLOATS = ("start_s", "load_s", "prefill_s")
+    INTS = ("prefix_blocks", "gpu_blocks", "disk_blocks", "archive_blocks",
+            "gpu_bytes", "disk_bytes", "archive_bytes")
 
-    def __post_init__(self) -> None:
-        for name in ("start_s", "load_s", "prefill_s"):
-            setattr(self, name, [0.0] * self.n)
-        for name in ("prefix_blocks", "gpu_blocks", "disk_blocks", "archive_blocks",
-                     "gpu_bytes", "disk_bytes", "archive_bytes"):
-            setattr(self, name, [0] * self.n)
+    def __init__(self, n: int) -> None:
+        self.n = n
+        for name in self.FLOATS:
+            setattr(self, name, array("d", bytes(8 * n)))
+        for name in self.INTS:
+            setattr(self, name, array("q", bytes(8 * n)))
 
 
 def simulate(

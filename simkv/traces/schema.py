@@ -99,30 +99,29 @@ class Trace:
         return self.table.column("output_tokens").to_numpy().astype(np.int64)
 
     @cached_property
-    def _blocks(self) -> tuple[np.ndarray, np.ndarray]:
-        col = self.table.column("block_hashes").combine_chunks()
-        offsets = col.offsets.to_numpy().astype(np.int64)
-        values = col.values.to_numpy()
-        # A sliced list array's offsets need not start at 0.
-        values = values[offsets[0] : offsets[-1]]
-        return offsets - offsets[0], values
-
-    @property
     def block_offsets(self) -> np.ndarray:
         """``block_hashes`` of request ``i`` are ``block_hashes_flat[offsets[i]:offsets[i+1]]``."""
-        return self._blocks[0]
+        lengths = pc.list_value_length(self.table.column("block_hashes")).to_numpy(zero_copy_only=False)
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return offsets
 
     @property
     def block_hashes_flat(self) -> np.ndarray:
-        """All block hashes, request after request, as uint64."""
-        return self._blocks[1]
+        """All block hashes, request after request, as uint64 (built on each call, not kept:
+        the dense ids below are what the simulator holds on to)."""
+        chunks = [c.flatten().to_numpy() for c in self.table.column("block_hashes").chunks]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
 
     @cached_property
     def block_ids_flat(self) -> np.ndarray:
         """Block hashes mapped to dense ids 0..n_unique-1, in order of first appearance
         (int32 while they fit: a million-request trace holds tens of millions of them)."""
         codes, uniques = pd.factorize(self.block_hashes_flat)
-        return codes.astype(np.int32) if len(uniques) < 2**31 else codes.astype(np.int64)
+        ids = codes.astype(np.int32) if len(uniques) < 2**31 else codes.astype(np.int64)
+        del codes, uniques
+        pa.default_memory_pool().release_unused()
+        return ids
 
     @cached_property
     def n_unique_blocks(self) -> int:
@@ -293,7 +292,9 @@ def read_trace(path: str | Path) -> Trace:
                          f"supported (this simkv reads up to {SCHEMA_VERSION})",
                          field="schema_version")
     source = meta.get(META_SOURCE, b"unknown").decode(errors="replace")
-    return validate_table(table, block_size=block_size, source=source, path=path)
+    trace = validate_table(table, block_size=block_size, source=source, path=path)
+    pa.default_memory_pool().release_unused()  # return the reader's scratch buffers
+    return trace
 
 
 def write_trace(trace: Trace, path: str | Path) -> Path:
