@@ -1,0 +1,178 @@
+"""Winner selection: the best ``ok`` cell of a sweep under constraints.
+
+An objective is an alias (``cost_saved``, ``token_hit_rate``, ``ttft_p90``) or any numeric
+column of ``sweep.parquet`` with a direction; a constraint is ``metric OP number`` with OP one
+of ``< <= > >= ==``. Ties go to the cell that comes first in grid order.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from simkv.errors import SimkvError
+
+Direction = Literal["max", "min"]
+
+#: Objective aliases → (summary column, direction).
+OBJECTIVES: dict[str, tuple[str, Direction]] = {
+    "cost_saved": ("cost_saved_dollars", "max"),
+    "token_hit_rate": ("token_hit_rate", "max"),
+    "ttft_p90": ("ttft_p90_s", "min"),
+}
+
+OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
+}
+_CONSTRAINT = re.compile(r"\s*([A-Za-z_][\w.:\-]*)\s*(<=|>=|==|<|>)\s*(\S.*?)\s*")
+
+
+class NoFeasibleCell(SimkvError):
+    """No ``ok`` cell satisfies every constraint."""
+
+
+def resolve_column(name: str, columns: Sequence[str], what: str) -> str:
+    """An alias, a column, or a column with its ``_s`` unit suffix left off (``ttft_p99``)."""
+    if name in OBJECTIVES:
+        column = OBJECTIVES[name][0]
+        if column in columns:
+            return column
+        raise SimkvError(f"{what}: the sweep table has no {column!r} column (did any cell "
+                         "run successfully?)")
+    if name in columns:
+        return name
+    if f"{name}_s" in columns:
+        return f"{name}_s"
+    raise SimkvError(f"{what}: unknown metric {name!r} (aliases: {', '.join(OBJECTIVES)}; "
+                     "or any numeric column of sweep.parquet, e.g. token_hit_rate_gpu)")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What to optimise: ``name`` (alias or column) in ``direction``."""
+
+    name: str
+    direction: Direction | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in (None, "max", "min"):
+            raise SimkvError(f"objective {self.name!r}: direction must be 'max' or 'min', "
+                             f"got {self.direction!r}")
+
+    def resolve(self, columns: Sequence[str]) -> tuple[str, Direction]:
+        """The column and direction (an alias's own direction unless one is given; a plain
+        column is maximised unless told otherwise)."""
+        column = resolve_column(self.name, columns, f"--objective {self.name}")
+        default: Direction = OBJECTIVES[self.name][1] if self.name in OBJECTIVES else "max"
+        return column, self.direction or default
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric OP value``, parsed from text such as ``'ttft_p90<2.0'``."""
+
+    metric: str
+    op: str
+    value: float
+    text: str = field(default="", compare=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        m = _CONSTRAINT.fullmatch(text)
+        if not m:
+            raise SimkvError(f"--constraint {text!r}: expected METRIC OP NUMBER with OP one of "
+                             "< <= > >= == (e.g. 'ttft_p90<2.0')")
+        metric, op, raw = m.groups()
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SimkvError(f"--constraint {text!r}: {raw!r} is not a number") from None
+        return cls(metric, op, value, text.strip())
+
+    def mask(self, df: pd.DataFrame) -> pd.Series:
+        """Which rows satisfy the constraint (missing values never do)."""
+        column = resolve_column(self.metric, list(df.columns), f"--constraint {self.text!r}")
+        values = pd.to_numeric(df[column], errors="coerce")
+        if values.notna().sum() == 0 and df[column].notna().any():
+            raise SimkvError(f"--constraint {self.text!r}: column {column!r} is not numeric")
+        return OPERATORS[self.op](values, self.value).fillna(False).astype(bool)
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The chosen cell: its row of ``sweep.parquet`` and what it was chosen by."""
+
+    cell_id: str
+    position: int
+    column: str
+    direction: Direction
+    value: float
+    row: dict[str, Any]
+    feasible: int
+    constraints: tuple[Constraint, ...] = ()
+
+
+def _as_constraints(items: Sequence[str | Constraint]) -> tuple[Constraint, ...]:
+    return tuple(c if isinstance(c, Constraint) else Constraint.parse(c) for c in items)
+
+
+def select_winner(df: pd.DataFrame, objective: str | Objective,
+                  constraints: Sequence[str | Constraint] = (),
+                  direction: Direction | None = None) -> Winner:
+    """The best ``ok`` row of ``df`` (a sweep's table, in grid order) that satisfies every
+    constraint; ties go to the earliest row. :class:`NoFeasibleCell` if there is none."""
+    obj = objective if isinstance(objective, Objective) else Objective(objective, direction)
+    cons = _as_constraints(constraints)
+    column, dirn = obj.resolve(list(df.columns))
+    values = pd.to_numeric(df[column], errors="coerce")
+    if values.notna().sum() == 0 and df[column].notna().any():
+        raise SimkvError(f"--objective {obj.name}: column {column!r} is not numeric")
+    ok = (df["status"] == "ok").fillna(False).astype(bool) if "status" in df else values.notna()
+    feasible = ok & values.notna()
+    for c in cons:
+        feasible &= c.mask(df)
+    if not feasible.any():
+        raise NoFeasibleCell(_infeasible_message(df, ok, cons))
+    rows = np.flatnonzero(feasible.to_numpy())
+    candidates = values.to_numpy(dtype=float)[rows]
+    k = int(np.argmax(candidates) if dirn == "max" else np.argmin(candidates))  # first on ties
+    position = int(rows[k])
+    row = {str(c): _plain(v) for c, v in df.iloc[position].items()}
+    return Winner(str(row.get("cell_id", position)), position, column, dirn,
+                  float(candidates[k]), row, len(rows), cons)
+
+
+def _plain(v: Any) -> Any:
+    """NumPy/pandas scalars as Python values, missing as ``None``."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return v
+
+
+def _infeasible_message(df: pd.DataFrame, ok: pd.Series, cons: Sequence[Constraint]) -> str:
+    n_ok = int(ok.sum())
+    if n_ok == 0:
+        return f"no feasible cell: none of the {len(df)} cells ran successfully"
+    parts = []
+    for c in cons:
+        column = resolve_column(c.metric, list(df.columns), f"--constraint {c.text!r}")
+        vals = pd.to_numeric(df.loc[ok, column], errors="coerce")
+        n = int(c.mask(df)[ok].sum())
+        lo, hi = vals.min(), vals.max()
+        parts.append(f"'{c.text}' holds in {n} ({column} ranges {lo:.6g} .. {hi:.6g})")
+    return (f"no feasible cell: of {n_ok} successful cells, none satisfies every constraint: "
+            + "; ".join(parts))
