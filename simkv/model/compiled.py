@@ -116,16 +116,17 @@ class CompiledTieredCache(TieredCache):
         return self._resident[GPU, blocks] | self._resident[DISK, blocks]
 
     def archive_pass(self, now: float) -> tuple[Uploads, float]:
-        S, pend = self._S, self._pend
         names = self._class_names
         self.reuse.seen = {names[c]: int(v) for c, v in enumerate(self._reuse[0]) if v}
         self.reuse.reused = {names[c]: int(v) for c, v in enumerate(self._reuse[1]) if v}
-        blocks = pend[3, : S[K.S_PEND_COUNT]].tolist()
-        rs, idx = pend[0, blocks].tolist(), pend[1, blocks].tolist()
-        self.pending = {b: (r, i) for b, r, i in zip(blocks, rs, idx, strict=True)}
+        return super().archive_pass(now)
+
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        S, pend = self._S, self._pend
+        blocks = pend[3, : S[K.S_PEND_COUNT]].astype(np.int64)
         S[K.S_PEND_COUNT] = 0
         S[K.S_PASS] += 1
-        return super().archive_pass(now)
+        return blocks, pend[0, blocks].astype(np.int64), pend[1, blocks].astype(np.int64)
 
     def _archive_expire(self, now: float) -> None:
         K.archive_expire(now, self._link, self._resident, self._deadline, self._heap_t,

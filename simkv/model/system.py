@@ -332,14 +332,10 @@ class TieredCache:
         time has passed.
         """
         self._archive_expire(now)
-        pending, self.pending = self.pending, {}
-        n = len(pending)
-        empty = np.zeros(0, np.int64)
+        blocks, rs, pos = self._take_pending()
+        n = len(blocks)
         if n == 0:
-            return (empty, empty, np.zeros(0), np.zeros(0)), 0.0
-        blocks = np.fromiter(pending, np.int64, n)
-        rs = np.fromiter((v[0] for v in pending.values()), np.int64, n)
-        pos = np.fromiter((v[1] for v in pending.values()), np.int64, n)
+            return (blocks, blocks, np.zeros(0), np.zeros(0)), 0.0
         refs = self.trace.block_offsets[rs] + pos
         archived = self.archived_mask(blocks)
         upload = ~archived & self.held_mask(blocks)
@@ -355,6 +351,15 @@ class TieredCache:
         busy = 0.0 if self.zero_time else len(uploads[0]) * (
             self._arch_compress_per_block + self._arch_upload_per_block)
         return uploads, busy
+
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidates since the last pass (block, last request, position), in first-seen
+        order; starts a new pass."""
+        pending, self.pending = self.pending, {}
+        n = len(pending)
+        return (np.fromiter(pending, np.int64, n),
+                np.fromiter((v[0] for v in pending.values()), np.int64, n),
+                np.fromiter((v[1] for v in pending.values()), np.int64, n))
 
     def _archive_expire(self, now: float) -> None:
         self.archive.expire(now)  # type: ignore[union-attr]
