@@ -471,8 +471,9 @@ def objective_heatmap(sweep: SweepData, objective: Objective, out: Path) -> Char
     cb.set_label(objective.label)
     if objective.metric.endswith("_dollars"):
         cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_dollars(v)))
-    elif is_fraction(objective.metric):
-        cb.ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
+    decimals = _percent_decimals(vmax - vmin)
+    if is_fraction(objective.metric):
+        cb.ax.yaxis.set_major_formatter(PercentFormatter(decimals=decimals))
     best_value = objective.best(pd.Series(values[np.isfinite(values)])) if finite.size else math.nan
     for i in range(ny):
         for j in range(nx):
@@ -483,8 +484,8 @@ def objective_heatmap(sweep: SweepData, objective: Objective, out: Path) -> Char
             rgba = img.cmap(img.norm(shown[i, j]))
             lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
             star = "*" if failed[i, j] else ""
-            ax.text(j, i, _cell_text(objective.metric, v) + star, ha="center", va="center", fontsize=10,
-                    color="black" if lum > 0.5 else "white")
+            ax.text(j, i, _cell_text(objective.metric, v, decimals) + star, ha="center", va="center",
+                    fontsize=10, color="black" if lum > 0.5 else "white")
             if v == best_value:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
     ax.set_xticks(range(nx), [fmt_param(v) for v in allx],
@@ -507,9 +508,17 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _cell_text(metric: str, v: float) -> str:
+def _percent_decimals(spread_pct: float) -> int:
+    """Decimals that tell the cells of a heatmap apart: one more than the spread's first
+    significant digit needs (1 to 4)."""
+    if not spread_pct > 0:
+        return 1
+    return int(min(4, max(1, math.ceil(-math.log10(spread_pct)) + 1)))
+
+
+def _cell_text(metric: str, v: float, decimals: int = 1) -> str:
     if is_fraction(metric):
-        return f"{v * 100:.1f}%"
+        return f"{v * 100:.{decimals}f}%"
     if metric.endswith("_dollars"):
         return fmt_dollars(v)
     if metric.endswith("_s"):
