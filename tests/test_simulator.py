@@ -396,3 +396,10 @@ def test_cli_bad_scenario_file(tmp_path) -> None:
     assert proc.returncode == 2 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
     proc = simkv_cli("run", str(tmp_path / "missing.yaml"))
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr
+
+
+def test_package_level_run(small_trace) -> None:
+    import simkv
+
+    res = simkv.run(SCENARIOS / "default.yaml", small_trace)
+    assert isinstance(res, simkv.Result) and res.summary["requests"] == len(small_trace)
