@@ -160,11 +160,3 @@ class Tier:
         if ready is not None and ready > now:
             self.ready[block] = ready
         return evicted
-
-    def remove(self, block: int, now: float) -> None:
-        """Take a resident block out (a move to another tier), at ``now``."""
-        self.policy.drop(block)
-        self.deadline.pop(block, None)
-        self.ready.pop(block, None)
-        self.size -= 1
-        self.meter.change(now, -self.stored_bytes)
