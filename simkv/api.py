@@ -15,7 +15,6 @@ Three engines give the same results where they apply:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 
 from simkv import __version__
 from simkv.errors import ScenarioError, SimkvError
+from simkv.fileio import atomic_write
 from simkv.metrics import request_frame, summarize, timeline_frame
 from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import RequestLog, simulate
@@ -49,17 +49,11 @@ class Result:
         ``scenario.yaml`` into ``out_dir`` (each atomically)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2) + "\n"))
-        _atomic(out / "requests.parquet", lambda p: self.requests.to_parquet(p, index=False))
-        _atomic(out / "timeline.parquet", lambda p: self.timeline.to_parquet(p, index=False))
-        _atomic(out / "scenario.yaml", lambda p: p.write_text(self.scenario.to_yaml()))
+        atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2) + "\n"))
+        atomic_write(out / "requests.parquet", lambda p: self.requests.to_parquet(p, index=False))
+        atomic_write(out / "timeline.parquet", lambda p: self.timeline.to_parquet(p, index=False))
+        atomic_write(out / "scenario.yaml", lambda p: p.write_text(self.scenario.to_yaml()))
         return out
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def fast_path_eligible(sc: Scenario) -> bool:

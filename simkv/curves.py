@@ -50,6 +50,7 @@ import pandas as pd
 from numba import njit
 
 from simkv.errors import SimkvError
+from simkv.fileio import atomic_write
 from simkv.traces.schema import Trace
 
 if TYPE_CHECKING:
@@ -372,9 +373,7 @@ def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "curve.csv"
-    tmp = out / ".curve.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(csv)
+    atomic_write(csv, lambda tmp: df.to_csv(tmp, index=False))
     png = plot_curve(df, x, out / "curve.png", title,
                      block_bytes=block_bytes if kind == "capacity" else None)
     return CurveRun(kind, df, tr, block_bytes, csv, png)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from simkv.errors import SimkvError
+from simkv.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GOLDEN_DIR = ROOT / "reports" / "golden"
@@ -309,9 +309,7 @@ def update_case(case: Case, golden_dir: Path) -> CaseResult:
         res.golden_status = "created"
     text = json.dumps(golden_document(case, summary, inputs), indent=2) + "\n"
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
     return res
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from simkv.errors import SimkvError
+from simkv.fileio import atomic_write
 from simkv.report.charts import Chart, run_charts, sweep_charts
 from simkv.report.data import (
     Objective,
@@ -76,9 +77,7 @@ def write_report(directory: str | Path, out_dir: str | Path | None = None, *,
         charts = sweep_charts(sweep, obj, out)
         text = sweep_markdown(sweep, obj, charts, top)
     path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return Report(kind, path, charts, obj)
 
 

@@ -30,10 +30,11 @@ import yaml
 from simkv import __version__
 from simkv.api import fast_path_eligible, resolve_trace
 from simkv.errors import ScenarioError, SimkvError
+from simkv.fileio import atomic_write
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
 from simkv.sweep import backends
 from simkv.sweep.grid import Cell, Grid, GridLike, as_grid
-from simkv.sweep.results import CellRecord, atomic_write, build_table, read_record, write_record, write_table
+from simkv.sweep.results import CellRecord, build_table, read_record, write_record, write_table
 from simkv.sweep.winner import Winner
 from simkv.traces.schema import Trace
 

@@ -9,8 +9,7 @@ the same bytes whatever the backend, the number of workers or the interruptions.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from simkv.fileio import atomic_write
 from simkv.sweep.grid import Cell, Grid
 
 Status = Literal["ok", "error"]
@@ -46,16 +46,6 @@ class CellRecord:
     @classmethod
     def from_json(cls, text: str) -> CellRecord:
         return cls(**json.loads(text))
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write via a temp file in the same directory, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def record_path(cells_dir: Path, cid: str) -> Path:

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from simkv.errors import TraceError
+from simkv.fileio import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -301,8 +302,7 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     """Write a trace as Parquet, atomically (temp file + rename). Same trace → same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     table = trace.table.replace_schema_metadata(trace.metadata())
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 17)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
+                                                  row_group_size=1 << 17))
     return path
