@@ -245,6 +245,7 @@ def _zipf_cdf(n: int, s: float) -> np.ndarray:
     weights = np.arange(1, n + 1, dtype=np.float64) ** -s
     return np.cumsum(weights / weights.sum()) if n else weights
 
+
 @dataclass(frozen=True)
 class _AgentType:
     name: str
