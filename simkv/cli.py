@@ -44,6 +44,8 @@ def trace_gen(
     out: Annotated[Path, typer.Option("-o", "--out", help="Parquet file to write.")],
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
     requests: Annotated[int | None, typer.Option(help="Number of requests to generate.")] = None,
+    preset: Annotated[str, typer.Option(help="Workload preset: agents, long-horizon (see "
+                                        "traces/README.md); --set applies on top.")] = "agents",
     overrides: SetOpt = None,
 ) -> None:
     """Generate a synthetic agent trace (seeded, byte-for-byte reproducible)."""
@@ -51,10 +53,10 @@ def trace_gen(
     from simkv.traces.schema import write_trace
     from simkv.traces.stats import print_stats, trace_stats
 
-    cfg = generator_config(seed=seed, n_requests=requests, overrides=overrides or [])
+    cfg = generator_config(seed=seed, n_requests=requests, overrides=overrides or [], preset=preset)
     trace = generate(cfg)
     write_trace(trace, out)
-    console.print(f"wrote {len(trace):,} requests to [bold]{out}[/]")
+    console.print(f"wrote {len(trace):,} requests (preset {escape(preset)}) to [bold]{escape(str(out))}[/]")
     print_stats(trace_stats(trace), console=console)
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simkv.errors import ScenarioError
+from simkv.scenario import Hardware
 from simkv.traces.generator import (
     PROMPT_CLASSES,
     GeneratorConfig,
@@ -18,6 +21,7 @@ from simkv.traces.generator import (
     generator_config,
 )
 from simkv.traces.hashing import chain_block_hashes
+from simkv.traces.presets import DEFAULT_PRESET, PRESETS
 from simkv.traces.schema import Trace, read_trace, write_trace
 
 SIMKV = str(Path(sys.executable).with_name("simkv"))
@@ -185,3 +189,180 @@ def test_cli_gen_bad_override(tmp_path: Path) -> None:
     assert "nosuch" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "x.parquet").exists()
+
+
+# -- presets -------------------------------------------------------------------------------
+
+CANNED_SMALL = Path(__file__).resolve().parents[1] / "traces" / "small.parquet"
+
+
+def _reuse_gaps(trace: Trace) -> list[float]:
+    """Brute force: seconds since the previous access of the same block, per repeat access."""
+    last: dict[int, float] = {}
+    gaps = []
+    for t, hashes in zip(trace.table.column("arrival_s").to_pylist(),
+                         trace.table.column("block_hashes").to_pylist(), strict=True):
+        for h in hashes:
+            if h in last:
+                gaps.append(t - last[h])
+            last[h] = t
+    return gaps
+
+
+def _session_calls(trace: Trace) -> dict[str, list[dict]]:
+    calls: dict[str, list[dict]] = {}
+    for r in _rows(trace):
+        calls.setdefault(r["session_id"], []).append(r)
+    return calls
+
+
+def test_default_preset_is_the_canned_trace(tmp_path: Path) -> None:
+    # New generator features draw nothing when off: the defaults still make small.parquet.
+    cfg = generator_config(seed=0, n_requests=3000)
+    assert cfg == generator_config(seed=0, n_requests=3000, preset=DEFAULT_PRESET)
+    out = write_trace(generate(cfg), tmp_path / "small.parquet")
+    assert out.read_bytes() == CANNED_SMALL.read_bytes()
+
+
+def test_preset_same_seed_same_bytes(tmp_path: Path) -> None:
+    cfg = generator_config(seed=4, n_requests=400, preset="long-horizon")
+    a = write_trace(generate(cfg), tmp_path / "a.parquet")
+    b = write_trace(generate(cfg), tmp_path / "b.parquet")
+    assert a.read_bytes() == b.read_bytes()
+    other = write_trace(generate(generator_config(seed=4, n_requests=400)), tmp_path / "c.parquet")
+    assert other.read_bytes() != a.read_bytes()
+
+
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_every_preset_is_a_valid_config(name: str) -> None:
+    cfg = generator_config(preset=name)
+    for key, value in PRESETS.get(name).params.items():
+        assert getattr(cfg, key) == value
+
+
+def test_set_and_flags_apply_on_top_of_preset() -> None:
+    base = generator_config(preset="long-horizon")
+    cfg = generator_config(seed=3, n_requests=50, preset="long-horizon",
+                           overrides=["n_tenants=3", "pause_prob=0"])
+    assert (cfg.seed, cfg.n_requests, cfg.n_tenants, cfg.pause_prob) == (3, 50, 3, 0.0)
+    assert cfg.system_prompt_tokens == base.system_prompt_tokens != GeneratorConfig().system_prompt_tokens
+    assert generator_config(n_requests=5, preset="long-horizon",
+                            overrides=["n_requests=9"]).n_requests == 9
+
+
+def test_unknown_preset_names_the_known_ones() -> None:
+    with pytest.raises(ScenarioError, match=r"--preset: unknown preset 'nope'.*agents, long-horizon"):
+        generator_config(preset="nope")
+
+
+def test_preset_by_import_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_presets.py").write_text(
+        "from simkv.traces.presets import Preset\n"
+        "TINY = Preset('tiny tenants', {'n_tenants': 2, 'n_requests': 40})\n"
+        "NOT_A_PRESET = {'n_tenants': 2}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = generator_config(preset="my_presets:TINY")
+    assert (cfg.n_tenants, cfg.n_requests) == (2, 40)
+    with pytest.raises(ScenarioError, match=r"not a simkv\.traces\.presets\.Preset"):
+        generator_config(preset="my_presets:NOT_A_PRESET")
+    with pytest.raises(ScenarioError, match="cannot import"):
+        generator_config(preset="my_presets:MISSING")
+
+
+def test_bad_preset_param_names_key() -> None:
+    with pytest.raises(ScenarioError, match="pause_max_s"):
+        generator_config(preset="long-horizon", overrides=["pause_max_s=10"])
+    with pytest.raises(ScenarioError, match="diurnal_amplitude"):
+        generator_config(overrides=["diurnal_amplitude=2"])
+
+
+def test_cli_gen_preset(tmp_path: Path) -> None:
+    out = tmp_path / "lh.parquet"
+    proc = subprocess.run([SIMKV, "trace", "gen", "-o", str(out), "--seed", "2", "--requests", "150",
+                           "--preset", "long-horizon", "--set", "n_tenants=5"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    again = generate(generator_config(seed=2, n_requests=150, preset="long-horizon",
+                                      overrides=["n_tenants=5"]))
+    assert out.read_bytes() == write_trace(again, tmp_path / "again.parquet").read_bytes()
+
+
+def test_cli_gen_unknown_preset(tmp_path: Path) -> None:
+    out = tmp_path / "x.parquet"
+    proc = subprocess.run([SIMKV, "trace", "gen", "-o", str(out), "--preset", "nope"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "'nope'" in proc.stderr and "agents, long-horizon" in proc.stderr
+    assert not out.exists()
+
+
+def test_long_horizon_reuse_gaps_span_seconds_to_hours() -> None:
+    gaps = np.asarray(_reuse_gaps(generate(generator_config(seed=1, n_requests=3000,
+                                                            preset="long-horizon"))))
+    p50, p99 = np.percentile(gaps, [50, 99])
+    assert p50 < 60
+    assert p99 > 3600
+
+
+def test_long_horizon_load_fits_one_gpu() -> None:
+    """The preset's design target: days of trace at a load one H100 (default profile) serves.
+
+    Load without any cache = Σ_r prefill(input_tokens[r], 0) / duration.
+    """
+    trace = generate(generator_config(seed=0, preset="long-horizon"))
+    hw = Hardware()
+    busy = sum(hw.prefill_s(int(n), 0) for n in trace.input_tokens)
+    duration = float(trace.arrival_s[-1] - trace.arrival_s[0])
+    assert duration > 36 * 3600
+    assert 0.5 <= busy / duration <= 0.85
+    assert int(trace.input_tokens.max()) <= 131072
+
+
+def test_long_pauses() -> None:
+    cfg = generator_config(seed=3, n_requests=300, overrides=[
+        "pause_prob=1", "tool_turn_prob=0", "batch_prob=0", "pause_min_s=100", "pause_max_s=5000"])
+    decode = (cfg.answer_tokens * 50) / cfg.decode_tokens_per_s  # a generous bound on decode time
+    checked = 0
+    for calls in _session_calls(generate(cfg)).values():
+        for a, b in itertools.pairwise(calls):
+            assert 100 <= b["arrival_s"] - a["arrival_s"] <= 5000 + decode
+            checked += 1
+    assert checked > 100
+
+
+def test_scheduled_agents_resume_after_a_period() -> None:
+    cfg = generator_config(seed=3, n_requests=300, overrides=[
+        "scheduled_prob=1", "tool_turn_prob=0", "batch_prob=0", "schedule_period_s=3600",
+        "schedule_jitter_s=60", "session_rate_per_s=0.005"])
+    decode = (cfg.answer_tokens * 50) / cfg.decode_tokens_per_s
+    checked = 0
+    for calls in _session_calls(generate(cfg)).values():
+        for a, b in itertools.pairwise(calls):
+            assert 3600 - 60 * 6 <= b["arrival_s"] - a["arrival_s"] <= 3600 + 60 * 6 + decode
+            checked += 1
+    assert checked > 50
+
+
+def test_diurnal_cycle_concentrates_arrivals_near_the_peak() -> None:
+    cfg = generator_config(seed=5, n_requests=3000, overrides=[
+        "session_rate_per_s=0.002", "diurnal_amplitude=1", "diurnal_peak_s=43200"])
+    starts = np.asarray([calls[0]["arrival_s"] for calls in _session_calls(generate(cfg)).values()])
+    assert starts.max() - starts.min() > 3 * 86400
+    hour = (starts % 86400) / 3600
+    near = int(np.sum(np.abs(hour - 12) < 6))
+    # Rate 1 + cos: the half-day around the peak expects (π + 2) / (π − 2) ≈ 4.5x the other.
+    assert near > 3 * (len(starts) - near)
+
+
+def test_tenants_share_a_prefix_after_the_tool_schema() -> None:
+    cfg = generator_config(seed=6, n_requests=300, overrides=["n_tenants=3", "batch_prob=0"])
+    segments = generate_with_segments(cfg)[1]
+    tenants = {seg[2][0] for seg in segments}
+    assert tenants <= {"tenant/0", "tenant/1", "tenant/2"} and len(tenants) >= 2
+    # One length per tenant, drawn once.
+    assert len({(name, n) for seg in segments for name, n in seg[2:3]}) == len(tenants)
+    none = generate_with_segments(generator_config(seed=6, n_requests=300,
+                                                   overrides=["batch_prob=0"]))[1]
+    assert not any(name.startswith("tenant/") for seg in none for name, _ in seg)

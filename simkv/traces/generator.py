@@ -7,9 +7,14 @@ The generative model, in the order the process unfolds:
   The tool schema is versioned: a session uses the current version, or with probability
   ``old_version_prob`` an older one (a client not yet upgraded), so its prefix diverges
   after the system prompt. Popularity is Zipf-like: P(type of rank r) ∝ (r + 1)^-agent_zipf_s.
-* **Arrivals.** Sessions start as a Poisson process of rate ``session_rate_per_s``. A share
-  ``batch_prob`` of them are one-off calls (class ``system``): the system prompt followed by a
-  document unique to the call, and nothing else.
+* **Arrivals.** Sessions start as a Poisson process of rate ``session_rate_per_s``, or with
+  ``diurnal_amplitude`` A > 0 a daily cycle ``rate · (1 + A·cos(2π (t − diurnal_peak_s) / 1 day))``
+  (the trace starts at midnight). A share ``batch_prob`` of them are one-off calls (class
+  ``system``): the system prompt followed by a document unique to the call, and nothing else.
+* **Tenants** (``n_tenants`` > 0). A session belongs to a tenant drawn Zipf-like
+  (``tenant_zipf_s``: a few hot tenants, a long tail of cold ones); the tenant's context
+  (instructions, knowledge; drawn once per tenant) follows the tool schema, so the prefix
+  shared by a tenant's sessions of one agent type is system + tools + tenant.
 * **Sessions.** A session opens with a per-session context (user profile, repository map)
   and runs a geometric number of turns (mean ``turns_mean``). In each turn the user writes a
   message (class ``chat``); with probability ``rag_prob`` a retrieved document unique to the
@@ -17,7 +22,11 @@ The generative model, in the order the process unfolds:
   a tool call: a burst of a geometric number of rounds (mean ``tool_burst_mean``), each round
   a quick follow-up call (class ``tool``) that carries the tool's result, issued after the
   call's decode time plus the tool's latency. The turn's last call writes the answer; the
-  user then reads and thinks (lognormal, median ``think_time_s``) before the next turn.
+  user then reads and thinks (lognormal, median ``think_time_s``, σ ``think_time_sigma``)
+  before the next turn, or with probability ``pause_prob`` goes away for a long pause
+  (Pareto from ``pause_min_s``, shape ``pause_alpha``, capped at ``pause_max_s``). A share
+  ``scheduled_prob`` of sessions are scheduled agents: each turn is a run, and the next run
+  comes a ``schedule_period_s`` (± normal ``schedule_jitter_s``) later, resuming the context.
 * **Context growth.** Every call's prompt is the whole conversation so far::
 
       prompt_k = system + tools + session context + Σ_{earlier} (user + doc + outputs + results)
@@ -38,7 +47,10 @@ session's context once (up to its last call in the trace) and slices it per call
 cost follows the distinct context, not Σ prompt blocks (about 5x fewer hashes on the defaults).
 
 One ``numpy.random.default_rng(seed)`` drives everything, consumed in a fixed order, so a
-configuration maps to one byte-identical Parquet file.
+configuration maps to one byte-identical Parquet file. A feature that is off (no tenants, no
+pauses, no scheduled agents, no daily cycle) draws nothing, so the ``agents`` preset (the
+defaults) still makes the canned traces byte for byte. Named parameter sets (``agents``,
+``long-horizon``) are in :mod:`simkv.traces.presets`.
 """
 
 from __future__ import annotations
@@ -53,6 +65,7 @@ import numpy as np
 from simkv.config import apply_overrides, from_dict, to_dict
 from simkv.errors import ScenarioError
 from simkv.traces.hashing import chain_block_hashes
+from simkv.traces.presets import DEFAULT_PRESET, get_preset
 from simkv.traces.schema import Trace, build_table
 
 CHAT = "chat"
@@ -101,7 +114,20 @@ class GeneratorConfig:
     | turns_mean | 4.0 | mean turns per session (geometric, >= 1) |
     | user_tokens | 150 | user message of a turn |
     | answer_tokens | 350 | output of a turn's last call |
-    | think_time_s | 60.0 | user think time between turns (lognormal median, σ=1) |
+    | think_time_s | 60.0 | user think time between turns (lognormal median) |
+    | think_time_sigma | 1.0 | lognormal σ of the think time |
+    | pause_prob | 0.0 | probability a turn is followed by a long pause instead of think time |
+    | pause_min_s | 600.0 | shortest long pause (Pareto scale x_m) |
+    | pause_alpha | 1.0 | Pareto shape α of a long pause: P(pause > x) = (x_m / x)^α |
+    | pause_max_s | 172800.0 | longest long pause (the Pareto draw is capped here) |
+    | scheduled_prob | 0.0 | share of sessions that are scheduled agents (one run per period) |
+    | schedule_period_s | 86400.0 | period between a scheduled agent's runs |
+    | schedule_jitter_s | 900.0 | σ of the normal jitter added to each period (>= 60 s gap) |
+    | n_tenants | 0 | tenants (0: none); a tenant's context follows the tool schema |
+    | tenant_zipf_s | 1.0 | Zipf exponent of tenant popularity (hot to cold tenants) |
+    | tenant_context_tokens | 2000 | tenant context (instructions, knowledge), drawn once per tenant |
+    | diurnal_amplitude | 0.0 | A in rate(t) = rate · (1 + A·cos(2π (t − peak) / 1 day)) |
+    | diurnal_peak_s | 50400.0 | time of day (seconds after the trace's midnight start) of the peak |
     | rag_prob | 0.35 | probability a turn retrieves a document |
     | rag_tokens | 6000 | retrieved document, unique to the turn |
     | tool_turn_prob | 0.5 | probability a turn runs a tool-call burst |
@@ -132,6 +158,19 @@ class GeneratorConfig:
     user_tokens: int = 150
     answer_tokens: int = 350
     think_time_s: float = 60.0
+    think_time_sigma: float = 1.0
+    pause_prob: float = 0.0
+    pause_min_s: float = 600.0
+    pause_alpha: float = 1.0
+    pause_max_s: float = 172800.0
+    scheduled_prob: float = 0.0
+    schedule_period_s: float = 86400.0
+    schedule_jitter_s: float = 900.0
+    n_tenants: int = 0
+    tenant_zipf_s: float = 1.0
+    tenant_context_tokens: int = 2000
+    diurnal_amplitude: float = 0.0
+    diurnal_peak_s: float = 50400.0
     rag_prob: float = 0.35
     rag_tokens: int = 6000
     tool_turn_prob: float = 0.5
@@ -158,38 +197,53 @@ class GeneratorConfig:
                 raise bad(name, "must be >= 1")
         for name in ("batch_doc_tokens", "tool_schema_tokens", "session_context_tokens",
                      "user_tokens", "answer_tokens", "rag_tokens", "tool_call_tokens",
-                     "tool_result_tokens"):
+                     "tool_result_tokens", "n_tenants", "tenant_context_tokens"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
-        for name in ("batch_prob", "old_version_prob", "rag_prob", "tool_turn_prob"):
+        for name in ("batch_prob", "old_version_prob", "rag_prob", "tool_turn_prob", "pause_prob",
+                     "scheduled_prob", "diurnal_amplitude"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise bad(name, "must be a probability in [0, 1]")
-        for name in ("session_rate_per_s", "decode_tokens_per_s"):
+        for name in ("session_rate_per_s", "decode_tokens_per_s", "pause_min_s", "pause_alpha",
+                     "schedule_period_s"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
         for name in ("turns_mean", "tool_burst_mean"):
             if not getattr(self, name) >= 1:
                 raise bad(name, "must be >= 1 (a geometric count is at least 1)")
-        for name in ("agent_zipf_s", "think_time_s", "tool_latency_s", "length_sigma"):
+        for name in ("agent_zipf_s", "think_time_s", "tool_latency_s", "length_sigma",
+                     "think_time_sigma", "schedule_jitter_s", "tenant_zipf_s", "diurnal_peak_s"):
             if not getattr(self, name) >= 0:
                 raise bad(name, "must be >= 0")
         if not self.model:
             raise bad("model", "must not be empty")
+        if self.pause_max_s < self.pause_min_s:
+            raise bad("pause_max_s", f"must be >= pause_min_s ({self.pause_min_s!r})")
 
 
 def generator_config(
-    *, seed: int = 0, n_requests: int | None = None, overrides: Sequence[str] = ()
+    *, seed: int = 0, n_requests: int | None = None, overrides: Sequence[str] = (),
+    preset: str = DEFAULT_PRESET,
 ) -> GeneratorConfig:
-    """Defaults, then ``seed`` / ``n_requests``, then ``key=value`` overrides, validated.
+    """Defaults, then the ``preset``'s parameters (:mod:`simkv.traces.presets`), then
+    ``seed`` / ``n_requests``, then ``key=value`` overrides, validated.
 
-    A bad key or value raises :class:`ScenarioError` naming it (via :func:`simkv.config.from_dict`).
+    A bad key or value raises :class:`ScenarioError` naming it (via :func:`simkv.config.from_dict`),
+    an unknown preset one naming the known ones.
     """
     data: dict[str, Any] = to_dict(GeneratorConfig())
+    data.update(get_preset(preset).params)
     data["seed"] = seed
     if n_requests is not None:
         data["n_requests"] = n_requests
     apply_overrides(data, overrides)
     return from_dict(GeneratorConfig, data)
+
+
+def _zipf_cdf(n: int, s: float) -> np.ndarray:
+    """CDF of P(rank r) ∝ (r + 1)^-s over ranks 0..n-1 (empty for n = 0)."""
+    weights = np.arange(1, n + 1, dtype=np.float64) ** -s
+    return np.cumsum(weights / weights.sum()) if n else weights
 
 
 @dataclass(frozen=True)
@@ -225,8 +279,11 @@ class _Workload:
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
         self.agents = self._agent_types()
-        weights = np.arange(1, cfg.n_agent_types + 1, dtype=np.float64) ** -cfg.agent_zipf_s
-        self.popularity_cdf = np.cumsum(weights / weights.sum())
+        self.popularity_cdf = _zipf_cdf(cfg.n_agent_types, cfg.agent_zipf_s)
+        # Drawn only when there are tenants, so the rng stream (and the trace) of a
+        # configuration without tenants is what it was before tenants existed.
+        self.tenant_tokens = self._lengths(cfg.tenant_context_tokens, cfg.n_tenants, sigma=0.5)
+        self.tenant_cdf = _zipf_cdf(cfg.n_tenants, cfg.tenant_zipf_s)
         self.calls = _Calls()
         self.session_segments: list[list[tuple[str, int]]] = []
 
@@ -246,15 +303,37 @@ class _Workload:
 
     def _lengths(self, median: float, n: int, sigma: float | None = None) -> list[int]:
         """Lognormal token counts: max(1, round(median · exp(σ·Z))); a median of 0 gives 0s."""
+        if n == 0:
+            return []
         z = self.rng.standard_normal(n)
         if median <= 0:
             return [0] * n
         sigma = self.cfg.length_sigma if sigma is None else sigma
         return np.maximum(1, np.rint(median * np.exp(sigma * z))).astype(np.int64).tolist()
 
-    def _seconds(self, median: float, n: int) -> np.ndarray:
-        """Lognormal durations with the given median (σ = 1): seconds to minutes for think time."""
-        return median * np.exp(self.rng.standard_normal(n))
+    def _seconds(self, median: float, n: int, sigma: float = 1.0) -> np.ndarray:
+        """Lognormal durations with the given median: ``median · exp(σ·Z)``."""
+        return median * np.exp(sigma * self.rng.standard_normal(n))
+
+    def _gaps_after_turns(self, n_turns: int, scheduled: bool) -> np.ndarray:
+        """Seconds from a turn's answer to the next turn.
+
+        A user's think time is lognormal; with probability ``pause_prob`` it is replaced by a
+        long pause, classic Pareto ``x_m · U^(-1/α)`` capped at ``pause_max_s`` (a human away,
+        a long-running tool or job). A scheduled agent instead waits for its next run,
+        ``max(60, period + jitter · Z)``. Each feature draws only when enabled, so configs
+        without it keep their rng stream.
+        """
+        cfg, rng = self.cfg, self.rng
+        think = self._seconds(cfg.think_time_s, n_turns, cfg.think_time_sigma)
+        if scheduled:
+            jitter = cfg.schedule_jitter_s * rng.standard_normal(n_turns)
+            return np.maximum(60.0, cfg.schedule_period_s + jitter)
+        if cfg.pause_prob > 0:
+            paused = rng.random(n_turns) < cfg.pause_prob
+            pause = cfg.pause_min_s * (1.0 + rng.pareto(cfg.pause_alpha, n_turns))
+            think = np.where(paused, np.minimum(pause, cfg.pause_max_s), think)
+        return think
 
     # -- one session ---------------------------------------------------------------------
 
@@ -277,6 +356,11 @@ class _Workload:
             version = int(rng.integers(0, current))
         prompt_key = f"{agent.name}@v{version}"
         segments.append((f"tools/{agent.name}/v{version}", agent.schema_tokens[version]))
+        if cfg.n_tenants:
+            tenant = int(np.searchsorted(self.tenant_cdf, rng.random(), side="right"))
+            tenant = min(tenant, cfg.n_tenants - 1)
+            segments.append((f"tenant/{tenant}", self.tenant_tokens[tenant]))
+        scheduled = cfg.scheduled_prob > 0 and rng.random() < cfg.scheduled_prob
         (own,) = self._lengths(cfg.session_context_tokens, 1)
         segments.append((f"{tag}/context", own))
         context = sum(n for _, n in segments)
@@ -288,7 +372,7 @@ class _Workload:
         docs = self._lengths(cfg.rag_tokens, n_turns)
         uses_tools = rng.random(n_turns) < cfg.tool_turn_prob
         rounds = np.where(uses_tools, rng.geometric(1.0 / cfg.tool_burst_mean, n_turns), 0)
-        think = self._seconds(cfg.think_time_s, n_turns)
+        think = self._gaps_after_turns(n_turns, scheduled)
 
         t = start_s
         made: list[str] = []
@@ -367,7 +451,7 @@ class _Workload:
 
         Returns the indices (into the call buffers) of the trace's requests, by arrival.
         """
-        cfg, rng = self.cfg, self.rng
+        cfg = self.cfg
         n = cfg.n_requests
         # Max-heap (negated) of the n earliest arrivals so far: its top is the n-th arrival,
         # the time after which a newly started session can no longer contribute.
@@ -387,10 +471,28 @@ class _Workload:
                 elif a < -earliest[0]:
                     heapq.heapreplace(earliest, -a)
             index += 1
-            start += float(rng.exponential(1.0 / cfg.session_rate_per_s))
+            start = self._next_start(start)
         arrival = np.asarray(self.calls.arrival_s, dtype=np.float64)
         # Stable: ties keep generation order (session, then turn, then call).
         return np.argsort(arrival, kind="stable")[:n]
+
+    def _next_start(self, t: float) -> float:
+        """The next session start after ``t``: Poisson, or with a daily cycle by thinning.
+
+        ``rate(t) = session_rate_per_s · (1 + A · cos(2π (t − diurnal_peak_s) / 86400))``
+        averages ``session_rate_per_s`` over a day: candidates come at the peak rate
+        ``rate · (1 + A)`` and each is kept with probability ``rate(t) / (rate · (1 + A))``.
+        """
+        cfg, rng = self.cfg, self.rng
+        amp = cfg.diurnal_amplitude
+        if amp == 0:
+            return t + float(rng.exponential(1.0 / cfg.session_rate_per_s))
+        peak_rate = cfg.session_rate_per_s * (1.0 + amp)
+        while True:
+            t += float(rng.exponential(1.0 / peak_rate))
+            phase = 2.0 * np.pi * (t - cfg.diurnal_peak_s) / 86400.0
+            if rng.random() * (1.0 + amp) < 1.0 + amp * np.cos(phase):
+                return t
 
     def block_hashes(self, order: np.ndarray) -> list[np.ndarray]:
         """The block hashes of the calls ``order``, hashing each session's context once.
