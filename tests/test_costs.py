@@ -45,7 +45,7 @@ def test_glacier_ir_object_expired_early_pays_90_days_of_128_kib() -> None:
     assert s["archive_request_dollars"] == pytest.approx(0.02 / 1000, rel=1e-12)
     assert s["storage_gb_hours_archive"] == pytest.approx(OBJECT * 15 / 1e9 / 3600)  # physical
     assert r["archive_storage_dollars"].tolist() == [pytest.approx(storage, rel=1e-12), 0.0]
-    assert r["archive_puts"].tolist() == [1, 0]
+    assert r["archive_objects"].tolist() == [1, 0]
     assert r["cost_saved_dollars"].iloc[0] == pytest.approx(-storage - 0.02 / 1000, rel=1e-12)
 
 
@@ -89,7 +89,7 @@ def test_refresh_copy_is_a_new_object_charged_to_the_refreshing_request(
     assert r["archive_storage_dollars"].tolist() == [
         pytest.approx(dollars(size, seconds[0], storage_class), rel=1e-12),
         pytest.approx(dollars(size, seconds[1], storage_class), rel=1e-12), 0.0]
-    assert r["archive_puts"].tolist() == [1, 1, 0]
+    assert r["archive_objects"].tolist() == [1, 1, 0]
 
 
 def assert_costs_add_up(res) -> None:
@@ -99,7 +99,7 @@ def assert_costs_add_up(res) -> None:
         assert r[key].sum() == pytest.approx(s[key], rel=1e-9, abs=1e-12), key
     assert (r["request_cost_dollars"] == r["archive_storage_dollars"] + r["archive_request_dollars"]
             + r["transfer_dollars"]).all()
-    assert int(r["archive_puts"].sum()) == s["archive_puts"] + s["archive_refreshes"]
+    assert int(r["archive_objects"].sum()) == s["archive_puts"] + s["archive_refreshes"]
 
 
 @pytest.mark.parametrize("engine", ["simpy", "compiled"])
@@ -125,7 +125,7 @@ def test_three_tier_on_glacier_ir_pays_the_minimum_duration() -> None:
     """The issue's case: short TTLs on Glacier IR cost ~90 days of storage per object."""
     std = run(THREE_TIER, SMALL_TRACE).summary
     ir = run(THREE_TIER, SMALL_TRACE, overrides=["tiers.archive.storage_class=glacier_ir"]).summary
-    objects = ir["archive_puts"] + ir["archive_refreshes"]  # a refresh COPY is a new object
+    objects = ir["archive_objects"] + ir["archive_refreshes"]  # a refresh COPY is a new object
     per_object = ir["block_bytes"] // 2 * 90 * DAY / 1e9 / SECONDS_PER_MONTH * 0.004
     # every object lives far less than 90 days in this 43-minute window
     assert ir["archive_storage_dollars"] == pytest.approx(objects * per_object, rel=1e-9)

@@ -55,7 +55,8 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
     (its last request before the archive pass); GETs, retrieval and transfer go to the request
     that fetched. ``cost_saved_dollars = gpu_dollars_saved − archive_storage_dollars −
     archive_request_dollars − transfer_dollars``; ``request_cost_dollars`` is the sum of the
-    three archive columns.
+    three archive columns; ``archive_objects`` counts the PUTs charged (uploads and refresh
+    COPYs, each a new object).
     """
     B = trace.block_size
     arrival = trace.arrival_s
@@ -100,7 +101,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
         "bytes_loaded_archive": fetched,
         "gpu_seconds_saved": gpu_saved_s,
         "gpu_dollars_saved": gpu_saved_dollars,
-        "archive_puts": cache.archive_puts_by_request,
+        "archive_objects": cache.archive_puts_by_request,
         "archive_storage_dollars": storage_cost,
         "archive_request_dollars": put_get_cost,
         "transfer_dollars": transfer_cost,
