@@ -125,7 +125,7 @@ def test_three_tier_on_glacier_ir_pays_the_minimum_duration() -> None:
     """The issue's case: short TTLs on Glacier IR cost ~90 days of storage per object."""
     std = run(THREE_TIER, SMALL_TRACE).summary
     ir = run(THREE_TIER, SMALL_TRACE, overrides=["tiers.archive.storage_class=glacier_ir"]).summary
-    objects = ir["archive_objects"] + ir["archive_refreshes"]  # a refresh COPY is a new object
+    objects = ir["archive_puts"] + ir["archive_refreshes"]  # a refresh COPY is a new object
     per_object = ir["block_bytes"] // 2 * 90 * DAY / 1e9 / SECONDS_PER_MONTH * 0.004
     # every object lives far less than 90 days in this 43-minute window
     assert ir["archive_storage_dollars"] == pytest.approx(objects * per_object, rel=1e-9)
