@@ -142,13 +142,28 @@ class DiskTier(TierCapacity):
         _positive(f"{prefix}.latency_s", self.latency_s, allow_zero=True)
 
 
-# Documented default prices (USD, S3 us-east-1 list prices): per GB-month stored, per PUT,
-# per GET, per GB retrieved.
+# Documented defaults per S3 storage class (USD, S3 us-east-1 list prices, 2025): per GB-month
+# stored, per PUT (or COPY), per GET, per GB retrieved; and the billing minimums: ``min_days``
+# (an object deleted or overwritten earlier is charged the rest: S3's early-deletion fee) and
+# ``min_object_bytes`` (a smaller object is billed as this size). Glacier Flexible Retrieval
+# and Deep Archive are priced for a Standard restore (its per-request fee is added to ``get``),
+# which takes hours: they need ``request_latency_s`` set to the restore time. Their 40 KB of
+# per-object metadata is not billed.
 STORAGE_CLASSES: dict[str, dict[str, float]] = {
-    "standard": {"gb_month": 0.023, "put": 0.005 / 1000, "get": 0.0004 / 1000, "retrieval_gb": 0.0},
-    "standard_ia": {"gb_month": 0.0125, "put": 0.01 / 1000, "get": 0.001 / 1000, "retrieval_gb": 0.01},
-    "glacier_ir": {"gb_month": 0.004, "put": 0.02 / 1000, "get": 0.01 / 1000, "retrieval_gb": 0.03},
+    "standard": {"gb_month": 0.023, "put": 0.005 / 1000, "get": 0.0004 / 1000, "retrieval_gb": 0.0,
+                 "min_days": 0.0, "min_object_bytes": 0},
+    "standard_ia": {"gb_month": 0.0125, "put": 0.01 / 1000, "get": 0.001 / 1000, "retrieval_gb": 0.01,
+                    "min_days": 30.0, "min_object_bytes": 128 * 1024},
+    "glacier_ir": {"gb_month": 0.004, "put": 0.02 / 1000, "get": 0.01 / 1000, "retrieval_gb": 0.03,
+                   "min_days": 90.0, "min_object_bytes": 128 * 1024},
+    "glacier_flexible": {"gb_month": 0.0036, "put": 0.03 / 1000, "get": (0.05 + 0.0004) / 1000,
+                         "retrieval_gb": 0.01, "min_days": 90.0, "min_object_bytes": 0},
+    "deep_archive": {"gb_month": 0.00099, "put": 0.05 / 1000, "get": (0.10 + 0.0004) / 1000,
+                     "retrieval_gb": 0.02, "min_days": 180.0, "min_object_bytes": 0},
 }
+#: Classes whose objects must be restored before a GET (minutes to hours).
+RESTORE_CLASSES = ("glacier_flexible", "deep_archive")
+SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -157,8 +172,12 @@ class ArchiveTier(TierCapacity):
     stored or used since its last pass (``compress_gbps``, ``compression_ratio``) and uploads
     them (``upload_gbps``) with a TTL from the heuristic; objects expire at their TTL.
     A deep miss costs ``request_latency_s + stored / (download_gbps*1e9) + raw /
-    (decompress_gbps*1e9)`` once per request and a GET per block. Prices default to the
-    storage class's; any of them can be overridden."""
+    (decompress_gbps*1e9)`` once per request and a GET per block. Prices and billing
+    minimums (``min_days``, ``min_object_bytes``) default to the storage class's
+    (:data:`STORAGE_CLASSES`); any of them can be overridden. Every PUT (upload, or sliding-TTL
+    refresh COPY) makes a new object, billed ``max(stored, min_object_bytes) × max(lifetime,
+    min_days)``: one removed earlier (expiry, eviction, overwrite) pays the rest at removal,
+    one alive at the end of the run is billed its time so far but at least ``min_days``."""
 
     enabled: bool = False
     interval_s: float = 60.0
@@ -169,12 +188,15 @@ class ArchiveTier(TierCapacity):
     upload_gbps: float = 1.25
     download_gbps: float = 1.25
     request_latency_s: float = 0.03
-    storage_class: Literal["standard", "standard_ia", "glacier_ir"] = "standard"
+    storage_class: Literal["standard", "standard_ia", "glacier_ir", "glacier_flexible",
+                           "deep_archive"] = "standard"
     price_gb_month: float | None = None
     price_put: float | None = None
     price_get: float | None = None
     price_retrieval_gb: float | None = None
     price_transfer_gb: float = 0.0
+    min_days: float | None = None
+    min_object_bytes: int | str | None = None
     eviction: str = "lru"
 
     def check(self, prefix: str) -> None:
@@ -183,13 +205,31 @@ class ArchiveTier(TierCapacity):
                   "upload_gbps", "download_gbps"):
             _positive(f"{prefix}.{k}", getattr(self, k))
         for k in ("request_latency_s", "price_gb_month", "price_put", "price_get",
-                  "price_retrieval_gb", "price_transfer_gb"):
+                  "price_retrieval_gb", "price_transfer_gb", "min_days"):
             _positive(f"{prefix}.{k}", getattr(self, k), allow_zero=True)
+        parse_bytes(self.min_object_bytes, f"{prefix}.min_object_bytes")
+        if (self.enabled and self.storage_class in RESTORE_CLASSES
+                and self.request_latency_s < 60.0):
+            raise ScenarioError(
+                f"{prefix}.request_latency_s: {self.request_latency_s!r} s, but "
+                f"{self.storage_class} objects must be restored before a GET (minutes to hours); "
+                f"set it to the restore time of the retrieval option you price (>= 60 s)")
 
     def price(self, what: str) -> float:
         """``what`` in gb_month | put | get | retrieval_gb: the override or the class default."""
         override = getattr(self, f"price_{what}")
         return STORAGE_CLASSES[self.storage_class][what] if override is None else override
+
+    def min_storage_s(self) -> float:
+        """The minimum billed lifetime of an object in seconds (``min_days`` or the class's)."""
+        days = STORAGE_CLASSES[self.storage_class]["min_days"] if self.min_days is None else self.min_days
+        return days * SECONDS_PER_DAY
+
+    def billed_bytes(self, stored_bytes: int) -> int:
+        """The size an object of ``stored_bytes`` is billed as: at least ``min_object_bytes``."""
+        minimum = (STORAGE_CLASSES[self.storage_class]["min_object_bytes"] if self.min_object_bytes is None
+                   else parse_bytes(self.min_object_bytes, "min_object_bytes"))
+        return max(stored_bytes, int(minimum or 0))
 
 
 @dataclass(frozen=True)

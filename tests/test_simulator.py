@@ -279,6 +279,10 @@ def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, ev
     for key in ("archive_storage_dollars", "archive_request_dollars", "transfer_dollars"):
         assert s[key] >= 0
     assert (r["request_cost_dollars"] >= 0).all()
+    # every dollar is charged to one request: the per-request columns add up to the summary
+    for key in ("gpu_dollars_saved", "archive_storage_dollars", "archive_request_dollars",
+                "transfer_dollars", "cost_saved_dollars"):
+        assert r[key].sum() == pytest.approx(s[key], rel=1e-9, abs=1e-12), key
     assert (r["ttft_s"] + 1e-12 >= r["load_s"] + r["prefill_s"]).all()
     assert 0.0 <= s["token_hit_rate"] <= 1.0
 
@@ -296,9 +300,11 @@ def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, ev
     zero_time=st.booleans(),
     load_policy=st.sampled_from(["always", "if_faster"]),
     gpus=st.integers(1, 2),
+    billing=st.sampled_from([{}, {"storage_class": "glacier_ir"},
+                             {"min_days": 1e-4, "min_object_bytes": "3KiB"}]),  # 8.64 s minimum
 )
 def test_compiled_engine_equals_reference(requests, gaps, caps, evictions, archive, write_policy,
-                                          heuristic, mode, zero_time, load_policy, gpus) -> None:
+                                          heuristic, mode, zero_time, load_policy, gpus, billing) -> None:
     """The compiled tiers give the reference implementation's results bit for bit."""
     arrivals = np.cumsum(gaps[: len(requests)]).tolist()
     classes = [("chat", "tool", "rag")[i % 3] for i in range(len(requests))]
@@ -311,7 +317,7 @@ def test_compiled_engine_equals_reference(requests, gaps, caps, evictions, archi
         disk={"enabled": True, "capacity_blocks": caps[1], "write_policy": write_policy,
               "eviction": evictions[1], "read_gbps": 0.01, "write_gbps": 0.02},
         archive={"enabled": archive, "interval_s": 7.0, "capacity_blocks": caps[2],
-                 "eviction": evictions[2], "download_gbps": 0.05},
+                 "eviction": evictions[2], "download_gbps": 0.05, **billing},
         ttl={"heuristic": heuristic, "params": params, "mode": mode, "scope": "archive"}
         if archive else {},
         hardware={"zero_service_time": zero_time, "prefill_per_token_s": 1e-3, "gpus": gpus},

@@ -9,6 +9,15 @@
 * cost saved = GPU time avoided × GPU $/s − archive storage $ − archive request $ −
   transfer $, where GPU time avoided = Σ (prefill(n, 0) − load − prefill(n − h, h)) over
   requests (the GPU is busy while it loads, so a slow load can cost more than it saves);
+  archive storage $ = Σ over archive objects of ``max(stored, min_object_bytes) × max(lifetime,
+  min_days)`` × $/GB-month, every PUT (upload or sliding-TTL refresh COPY) being a new object:
+  one removed before its storage class's minimum pays the rest at removal (S3's early-deletion
+  fee), one alive at the end of the run pays its time so far but at least the minimum;
+  request $ = PUTs × $/PUT + GETs × $/GET; transfer $ = GB fetched × (retrieval + transfer $/GB);
+* per request, every archive dollar is charged to one request, so the per-request cost
+  columns add up to the summary: an object's PUT and storage go to the request whose access
+  made the block a candidate for that upload (its last request before the archive pass),
+  GET / retrieval / transfer to the request that fetched;
 * TTFT p50/p90/p99 with the cache and for the same trace, queue included, without it.
 """
 

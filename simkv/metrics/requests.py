@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from simkv.model.engine import RequestLog
-from simkv.model.system import TieredCache
+from simkv.model.system import SECONDS_PER_MONTH, TieredCache
 from simkv.scenario import Hardware, Scenario
 from simkv.traces.schema import Trace
 
@@ -37,8 +37,27 @@ def prefill_array(hw: Hardware, new: np.ndarray, cached: np.ndarray) -> np.ndarr
     return hw.prefill_const_s + hw.prefill_per_token_s * n + hw.prefill_attn_s * n * (n + cached)
 
 
+def archive_storage_dollars(scenario: Scenario, cache: TieredCache) -> np.ndarray:
+    """Per request: the storage dollars of the archive objects charged to it, ``billed_s ×
+    max(stored, min_object_bytes) / 1e9 / SECONDS_PER_MONTH × $/GB-month`` where ``billed_s
+    = Σ max(lifetime, min_days)`` over those objects (see :class:`~simkv.model.tiers.ObjectLedger`)."""
+    a = scenario.tiers.archive
+    per_object_s = cache.archive_billed_bytes / 1e9 / SECONDS_PER_MONTH * a.price("gb_month")
+    return cache.archive_billed_s() * per_object_s
+
+
 def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: RequestLog) -> pd.DataFrame:
-    """One row per request, in trace order."""
+    """One row per request, in trace order.
+
+    Every archive dollar is charged to one request, so each cost column sums to the summary's:
+    an archive object's PUT (upload or refresh COPY) and its storage (minimum duration and
+    size included) go to the request whose access made the block a candidate for that upload
+    (its last request before the archive pass); GETs, retrieval and transfer go to the request
+    that fetched. ``cost_saved_dollars = gpu_dollars_saved − archive_storage_dollars −
+    archive_request_dollars − transfer_dollars``; ``request_cost_dollars`` is the sum of the
+    three archive columns; ``archive_objects`` counts the PUTs charged (uploads and refresh
+    COPYs, each a new object).
+    """
     B = trace.block_size
     arrival = trace.arrival_s
     n_tokens = trace.input_tokens
@@ -56,7 +75,10 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
     gpu_saved_s = service_nocache - (load + prefill)
     a = scenario.tiers.archive
     fetched = arch_b * cache.archive_bytes
-    request_cost = arch_b * a.price("get") + fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
+    storage_cost = archive_storage_dollars(scenario, cache)
+    put_get_cost = cache.archive_puts_by_request * a.price("put") + arch_b * a.price("get")
+    transfer_cost = fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
+    request_cost = storage_cost + put_get_cost + transfer_cost
     gpu_saved_dollars = gpu_saved_s * hw.gpu_cost_per_hour / 3600.0
     return pd.DataFrame({
         "request_id": trace.table.column("request_id").to_numpy(zero_copy_only=False),
@@ -78,6 +100,11 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
         "bytes_loaded_disk": disk_b * cache.block_bytes,
         "bytes_loaded_archive": fetched,
         "gpu_seconds_saved": gpu_saved_s,
+        "gpu_dollars_saved": gpu_saved_dollars,
+        "archive_objects": cache.archive_puts_by_request,
+        "archive_storage_dollars": storage_cost,
+        "archive_request_dollars": put_get_cost,
+        "transfer_dollars": transfer_cost,
         "request_cost_dollars": request_cost,
         "cost_saved_dollars": gpu_saved_dollars - request_cost,
         "gpu_bytes": np.asarray(log.gpu_bytes, dtype=np.int64),

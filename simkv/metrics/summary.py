@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simkv.model.system import SECONDS_PER_MONTH, TIER_NAMES, TieredCache
+from simkv.metrics.requests import archive_storage_dollars
+from simkv.model.system import TIER_NAMES, TieredCache
 from simkv.scenario import Scenario
 
 PERCENTILES = (50, 90, 99)
@@ -76,8 +77,9 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
     a = scenario.tiers.archive
     gpu_s = float(requests["gpu_seconds_saved"].sum())
     gpu_dollars = gpu_s * hw.gpu_cost_per_hour / 3600.0
-    storage_dollars = (cache.archive.meter.byte_seconds / 1e9 / SECONDS_PER_MONTH
-                       * a.price("gb_month")) if cache.archive is not None else 0.0
+    # Every archive object billed max(stored, min_object_bytes) × max(lifetime, min_days):
+    # the early-deletion remainder at removal, at least min_days if alive at the end.
+    storage_dollars = float(archive_storage_dollars(scenario, cache).sum())
     request_dollars = ((cache.archive_puts + cache.archive_refreshes) * a.price("put")
                        + cache.archive_gets * a.price("get"))
     transfer_dollars = cache.archive_bytes_fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)

@@ -61,6 +61,10 @@ class CompiledTieredCache(TieredCache):
         self._reuse = np.zeros((2, max(len(self._class_names), 1)), np.int64)
         self._pend = np.zeros((4, n), np.int32)
         self._pend[2] = -1
+        # The archive's object ledger: creation time and owner per block, billed s per request.
+        self._obj_t = np.zeros(n if self.archive is not None else 1, np.float64)
+        self._obj_owner = np.zeros(n if self.archive is not None else 1, np.int64)
+        self._billed = np.zeros(max(len(trace), 1), np.float64)
 
         sc = scenario
         S = self._S = np.zeros(K.S_LEN, np.int64)
@@ -88,13 +92,15 @@ class CompiledTieredCache(TieredCache):
         X[K.X_CONST] = hw.prefill_const_s
         X[K.X_PER_TOKEN] = hw.prefill_per_token_s
         X[K.X_ATTN] = hw.prefill_attn_s
+        X[K.X_MIN_S] = self.archive_min_s
 
     def _new_history(self, n_unique: int) -> tuple[Any, Any]:
         return np.zeros(n_unique, np.int32), np.zeros(n_unique, np.int32)
 
     def begin(self, r: int, now: float) -> Plan:
         K.begin(r, now, self._ids, self._offsets, self._tokens, self._link, self._resident,
-                self._ready, self._src, self._deadline, self._heap_t, self._heap_b, self._S, self._X)
+                self._ready, self._src, self._deadline, self._heap_t, self._heap_b, self._obj_t,
+                self._obj_owner, self._billed, self._S, self._X)
         S, X = self._S, self._X
         counts = [int(S[K.S_COUNT + GPU]), int(S[K.S_COUNT + DISK]), int(S[K.S_COUNT + ARCHIVE])]
         if counts[ARCHIVE]:
@@ -107,7 +113,7 @@ class CompiledTieredCache(TieredCache):
         K.finish(r, plan.used, now, self._ids, self._offsets, self._req_class, self._link,
                  self._resident, self._ready, self._src, self.refs, self._first_class,
                  self._reuse, self._pend, self._deadline, self._heap_t, self._heap_b,
-                 self._S, self._X)
+                 self._obj_t, self._obj_owner, self._billed, self._S, self._X)
 
     def archived_mask(self, blocks: np.ndarray) -> np.ndarray:
         return self._resident[ARCHIVE, blocks]
@@ -130,18 +136,25 @@ class CompiledTieredCache(TieredCache):
 
     def _archive_expire(self, now: float) -> None:
         K.archive_expire(now, self._link, self._resident, self._deadline, self._heap_t,
-                         self._heap_b, self._S, self._X)
+                         self._heap_b, self._obj_t, self._obj_owner, self._billed, self._S, self._X)
 
-    def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray) -> None:
-        K.archive_refresh(blocks, deadlines, self._link, self._resident, self._deadline,
-                          self._heap_t, self._heap_b, self._S)
+    def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray,
+                         owners: np.ndarray, now: float) -> None:
+        K.archive_refresh(blocks, deadlines, owners, now, self._link, self._resident,
+                          self._deadline, self._heap_t, self._heap_b, self._obj_t, self._obj_owner,
+                          self._billed, self._S, self._X)
 
     def archive_commit(self, uploads: Uploads, now: float) -> None:
         self._archive_expire(now)
-        blocks, _, ttls, _ = uploads
-        K.archive_commit(blocks, now + ttls, now, self._link, self._resident, self._deadline,
-                         self._heap_t, self._heap_b, self._S, self._X)
+        blocks, _, ttls, _, owners = uploads
+        K.archive_commit(blocks, now + ttls, owners, now, self._link, self._resident,
+                         self._deadline, self._heap_t, self._heap_b, self._obj_t, self._obj_owner,
+                         self._billed, self._S, self._X)
         self.archive_puts += len(blocks)
+        np.add.at(self.archive_puts_by_request, owners, 1)
+
+    def archive_billed_s(self) -> np.ndarray:
+        return self._billed[: len(self.trace)].copy()
 
     def occupancy(self) -> tuple[int, int, int]:
         S = self._S
@@ -151,6 +164,7 @@ class CompiledTieredCache(TieredCache):
         S, X = self._S, self._X
         if self.archive is not None:
             self._archive_expire(now)
+            K.archive_close(now, self._resident, self._obj_t, self._obj_owner, self._billed, X)
         K.close_meters(S, X, now)
         for tier, t in ((GPU, self.gpu), (DISK, self.disk), (ARCHIVE, self.archive)):
             if t is None:

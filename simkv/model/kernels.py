@@ -31,6 +31,7 @@ X_DISK_FREE, X_DISK_LAT, X_DISK_READ, X_DISK_WRITE = 6, 7, 8, 9
 X_ARCH_LAT, X_ARCH_READ = 10, 11
 X_CONST, X_PER_TOKEN, X_ATTN = 12, 13, 14
 X_LOAD, X_PREFILL = 15, 16
+X_MIN_S = 17  # the archive's minimum billed object lifetime
 X_LEN = 20
 
 
@@ -42,6 +43,16 @@ def _meter(S: np.ndarray, X: np.ndarray, tier: int, t: float, delta: int) -> Non
     S[S_BYTES + tier] += delta
     if S[S_BYTES + tier] > S[S_PEAK + tier]:
         S[S_PEAK + tier] = S[S_BYTES + tier]
+
+
+@njit(cache=True, inline="always")
+def _bill(b: int, t: float, obj_t: np.ndarray, obj_owner: np.ndarray, billed: np.ndarray,
+          X: np.ndarray) -> None:
+    """ObjectLedger.close: archive object ``b`` is gone at ``t``; its owner pays
+    ``max(lifetime, min_s)`` object-seconds."""
+    life = t - obj_t[b]
+    m = X[X_MIN_S]
+    billed[obj_owner[b]] += life if life > m else m
 
 
 @njit(cache=True, inline="always")
@@ -150,7 +161,8 @@ def _sift_down(ht: np.ndarray, hb: np.ndarray, i: int, n: int) -> None:
 
 @njit(cache=True)
 def archive_expire(now: float, link: np.ndarray, resident: np.ndarray, deadline: np.ndarray,
-                   ht: np.ndarray, hb: np.ndarray, S: np.ndarray, X: np.ndarray) -> None:
+                   ht: np.ndarray, hb: np.ndarray, obj_t: np.ndarray, obj_owner: np.ndarray,
+                   billed: np.ndarray, S: np.ndarray, X: np.ndarray) -> None:
     """Tier.expire for the archive: remove entries whose deadline is ``<= now``, at it;
     an extended deadline is re-pushed when its earlier entry surfaces."""
     while S[S_HEAP] > 0 and ht[0] <= now:
@@ -174,6 +186,7 @@ def archive_expire(now: float, link: np.ndarray, resident: np.ndarray, deadline:
         S[S_SIZE + ARCHIVE] -= 1
         _meter(S, X, ARCHIVE, t, -S[S_STORED + ARCHIVE])
         S[S_EXPIRE] += 1
+        _bill(b, t, obj_t, obj_owner, billed, X)
 
 
 @njit(cache=True)
@@ -187,22 +200,29 @@ def _set_deadline(b: int, d: float, had: bool, resident: np.ndarray, deadline: n
 
 
 @njit(cache=True)
-def archive_refresh(blocks: np.ndarray, deadlines: np.ndarray, link: np.ndarray,
-                    resident: np.ndarray, deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray,
-                    S: np.ndarray) -> None:
-    """Slide the deadlines of live archive objects, and count the access for their order."""
+def archive_refresh(blocks: np.ndarray, deadlines: np.ndarray, owners: np.ndarray, now: float,
+                    link: np.ndarray, resident: np.ndarray, deadline: np.ndarray, ht: np.ndarray,
+                    hb: np.ndarray, obj_t: np.ndarray, obj_owner: np.ndarray, billed: np.ndarray,
+                    S: np.ndarray, X: np.ndarray) -> None:
+    """Slide the deadlines of live archive objects, and count the access for their order;
+    each refresh overwrites the object with a new one charged to its owner."""
     sentinel = resident.shape[1]
     for j in range(blocks.shape[0]):
         b = blocks[j]
         _set_deadline(b, deadlines[j], True, resident, deadline, ht, hb, S)
         _hit(link, S, ARCHIVE, b, sentinel)
+        _bill(b, now, obj_t, obj_owner, billed, X)
+        obj_t[b] = now
+        obj_owner[b] = owners[j]
 
 
 @njit(cache=True)
-def archive_commit(blocks: np.ndarray, deadlines: np.ndarray, now: float, link: np.ndarray,
-                   resident: np.ndarray, deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray,
+def archive_commit(blocks: np.ndarray, deadlines: np.ndarray, owners: np.ndarray, now: float,
+                   link: np.ndarray, resident: np.ndarray, deadline: np.ndarray, ht: np.ndarray,
+                   hb: np.ndarray, obj_t: np.ndarray, obj_owner: np.ndarray, billed: np.ndarray,
                    S: np.ndarray, X: np.ndarray) -> None:
-    """Tier.insert into the archive for each upload, with its deadline."""
+    """Tier.insert into the archive for each upload, with its deadline; each upload is a new
+    object charged to its owner, and an evicted object is billed."""
     sentinel = resident.shape[1]
     for j in range(blocks.shape[0]):
         b = blocks[j]
@@ -210,9 +230,26 @@ def archive_commit(blocks: np.ndarray, deadlines: np.ndarray, now: float, link: 
             _hit(link, S, ARCHIVE, b, sentinel)
             if S[S_SLIDING]:
                 _set_deadline(b, deadlines[j], True, resident, deadline, ht, hb, S)
+            _bill(b, now, obj_t, obj_owner, billed, X)
+            obj_t[b] = now
+            obj_owner[b] = owners[j]
             continue
-        if _insert(link, resident, S, X, ARCHIVE, b, now, sentinel) != -2:
+        victim = _insert(link, resident, S, X, ARCHIVE, b, now, sentinel)
+        if victim >= 0:
+            _bill(victim, now, obj_t, obj_owner, billed, X)
+        if victim != -2:
             _set_deadline(b, deadlines[j], False, resident, deadline, ht, hb, S)
+            obj_t[b] = now
+            obj_owner[b] = owners[j]
+
+
+@njit(cache=True)
+def archive_close(now: float, resident: np.ndarray, obj_t: np.ndarray, obj_owner: np.ndarray,
+                  billed: np.ndarray, X: np.ndarray) -> None:
+    """ObjectLedger.close_all: the end of the run bills every live object, in block order."""
+    for b in range(resident.shape[1]):
+        if resident[ARCHIVE, b]:
+            _bill(b, now, obj_t, obj_owner, billed, X)
 
 
 @njit(cache=True)
@@ -245,12 +282,12 @@ def _prefill(X: np.ndarray, S: np.ndarray, new: int, cached: int) -> float:
 @njit(cache=True)
 def begin(r: int, now: float, ids: np.ndarray, offsets: np.ndarray, tokens: np.ndarray,
           link: np.ndarray, resident: np.ndarray, ready: np.ndarray, src: np.ndarray,
-          deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray, S: np.ndarray,
-          X: np.ndarray) -> None:
+          deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray, obj_t: np.ndarray,
+          obj_owner: np.ndarray, billed: np.ndarray, S: np.ndarray, X: np.ndarray) -> None:
     """TieredCache.begin: walk the prefix, choose the cut, touch the hit blocks."""
     sentinel = resident.shape[1]
     if S[S_HAS_ARCHIVE]:
-        archive_expire(now, link, resident, deadline, ht, hb, S, X)
+        archive_expire(now, link, resident, deadline, ht, hb, obj_t, obj_owner, billed, S, X)
     lo = offsets[r]
     hi = offsets[r + 1]
     has_disk = S[S_HAS_DISK] != 0
@@ -329,12 +366,12 @@ def begin(r: int, now: float, ids: np.ndarray, offsets: np.ndarray, tokens: np.n
 def finish(r: int, k: int, now: float, ids: np.ndarray, offsets: np.ndarray, req_class: np.ndarray,
            link: np.ndarray, resident: np.ndarray, ready: np.ndarray, src: np.ndarray,
            refs: np.ndarray, first_class: np.ndarray, reuse: np.ndarray, pend: np.ndarray,
-           deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray, S: np.ndarray,
-           X: np.ndarray) -> None:
+           deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray, obj_t: np.ndarray,
+           obj_owner: np.ndarray, billed: np.ndarray, S: np.ndarray, X: np.ndarray) -> None:
     """TieredCache.finish: store the blocks, apply the write policy, record the access."""
     sentinel = resident.shape[1]
     if S[S_HAS_ARCHIVE]:
-        archive_expire(now, link, resident, deadline, ht, hb, S, X)
+        archive_expire(now, link, resident, deadline, ht, hb, obj_t, obj_owner, billed, S, X)
     lo = offsets[r]
     hi = offsets[r + 1]
     offload = S[S_HAS_DISK] != 0 and S[S_OFFLOAD_POLICY] != 0

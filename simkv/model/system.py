@@ -24,15 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from simkv.model.tiers import Tier
+from simkv.model.tiers import ObjectLedger, Tier
 from simkv.policies.eviction import EVICTION_POLICIES, NextUse
 from simkv.policies.ttl import ClassReuse, TTLContext, TTLHeuristic, make_heuristic
 from simkv.scenario import GB, Scenario
 from simkv.traces.schema import Trace
 
 GPU, DISK, ARCHIVE = 0, 1, 2
-#: An archive pass's uploads: block ids, trace positions (refs), TTLs, priorities.
-Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: An archive pass's uploads: block ids, trace positions (refs), TTLs, priorities, and the
+#: requests they are charged to (each block's last request before the pass).
+Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 TIER_NAMES = ("gpu", "disk", "archive")
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
 
@@ -103,6 +104,13 @@ class TieredCache:
         self.sliding = sc.ttl.mode == "sliding"
         self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
         self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
+        # Billing: objects billed as archive_billed_bytes for at least archive_min_s each.
+        self.archive_min_s = a.min_storage_s()
+        self.archive_billed_bytes = a.billed_bytes(self.archive_bytes)
+        if self.archive is not None:
+            self.archive.ledger = ObjectLedger(len(trace), self.archive_min_s)
+        #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
+        self.archive_puts_by_request = np.zeros(len(trace), np.int64)
         self.refs, self.first_class = self._new_history(n_unique)
         self.reuse = ClassReuse()
         self.pending: dict[int, tuple[int, int]] = {}  # block -> (request, position) since last pass
@@ -327,27 +335,29 @@ class TieredCache:
         new deadline when TTLs slide (one metadata request each); other candidates still
         held by the GPU or disk tier are compressed and uploaded; candidates gone from both
         are counted as skipped. The heuristic sees one context per pass (nothing it reads
-        changes during a pass). Returns the uploads (arrays: block, ref, ttl, priority) and the
-        worker's busy time; the caller commits them with :meth:`archive_commit` once that
+        changes during a pass). Each upload or refresh is charged to the block's last request
+        before the pass. Returns the uploads (arrays: block, ref, ttl, priority, request) and
+        the worker's busy time; the caller commits them with :meth:`archive_commit` once that
         time has passed.
         """
         self._archive_expire(now)
         blocks, rs, pos = self._take_pending()
         n = len(blocks)
         if n == 0:
-            return (blocks, blocks, np.zeros(0), np.zeros(0)), 0.0
+            return (blocks, blocks, np.zeros(0), np.zeros(0), blocks), 0.0
         refs = self.trace.block_offsets[rs] + pos
         archived = self.archived_mask(blocks)
         upload = ~archived & self.held_mask(blocks)
         self.archive_skipped += int(n - archived.sum() - upload.sum())
         if self.sliding and archived.any():
             ttl, _ = self._ttl_batch(blocks[archived], rs[archived], pos[archived], now)
-            self._archive_refresh(blocks[archived], now + ttl, refs[archived])
+            self._archive_refresh(blocks[archived], now + ttl, refs[archived], rs[archived], now)
             self.archive_refreshes += int(archived.sum())
+            np.add.at(self.archive_puts_by_request, rs[archived], 1)
         ttl, prio = (self._ttl_batch(blocks[upload], rs[upload], pos[upload], now) if upload.any()
                      else (np.zeros(0), np.zeros(0)))
         uploads = (blocks[upload], refs[upload], np.asarray(ttl, dtype=np.float64),
-                   np.asarray(prio, dtype=np.float64))
+                   np.asarray(prio, dtype=np.float64), rs[upload])
         busy = 0.0 if self.zero_time else len(uploads[0]) * (
             self._arch_compress_per_block + self._arch_upload_per_block)
         return uploads, busy
@@ -364,13 +374,18 @@ class TieredCache:
     def _archive_expire(self, now: float) -> None:
         self.archive.expire(now)  # type: ignore[union-attr]
 
-    def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray) -> None:
-        """Slide the deadlines of live archive objects (an access each, for their order)."""
+    def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray,
+                         owners: np.ndarray, now: float) -> None:
+        """Slide the deadlines of live archive objects (an access each, for their order); each
+        refresh COPY overwrites the object with a new one, charged to ``owners``."""
         archive = self.archive
-        assert archive is not None
-        for b, deadline, ref in zip(blocks.tolist(), deadlines.tolist(), refs.tolist(), strict=True):
+        assert archive is not None and archive.ledger is not None
+        renew = archive.ledger.renew
+        for b, deadline, ref, owner in zip(blocks.tolist(), deadlines.tolist(), refs.tolist(),
+                                           owners.tolist(), strict=True):
             archive.set_deadline(b, deadline)
             archive.hit(b, ref)
+            renew(b, now, owner)
 
     def _ttl_batch(self, blocks: np.ndarray, rs: np.ndarray, pos: np.ndarray,
                    now: float) -> tuple[np.ndarray, np.ndarray]:
@@ -408,23 +423,42 @@ class TieredCache:
         return np.fromiter((b in gpu or b in disk for b in blocks.tolist()), np.bool_, len(blocks))
 
     def archive_commit(self, uploads: Uploads, now: float) -> None:
-        """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later."""
+        """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later; each is
+        a new object charged to its request (evicted objects are billed by the tier)."""
         self._archive_expire(now)
         archive = self.archive
-        assert archive is not None
-        blocks, refs, ttls, prios = uploads
+        assert archive is not None and archive.ledger is not None
+        ledger = archive.ledger
+        members = archive.members
+        blocks, refs, ttls, prios, owners = uploads
         deadlines = now + ttls
-        for b, ref, deadline, prio in zip(blocks.tolist(), refs.tolist(), deadlines.tolist(),
-                                          prios.tolist(), strict=True):
+        for b, ref, deadline, prio, owner in zip(blocks.tolist(), refs.tolist(), deadlines.tolist(),
+                                                 prios.tolist(), owners.tolist(), strict=True):
+            overwrite = b in members
             archive.insert(b, now, ref, prio, deadline)
+            if overwrite:
+                ledger.renew(b, now, owner)
+            elif b in members:
+                ledger.open(b, now, owner)
         self.archive_puts += len(blocks)
+        np.add.at(self.archive_puts_by_request, owners, 1)
 
     def close(self, now: float) -> None:
-        """End of the simulation: apply due expiries and close the storage integrals."""
+        """End of the simulation: apply due expiries, bill the live archive objects and close
+        the storage integrals."""
         self.expire(now)
+        if self.archive is not None and self.archive.ledger is not None:
+            self.archive.ledger.close_all(now)
         for tier in self.tiers:
             if tier is not None:
                 tier.meter.close(now)
+
+    def archive_billed_s(self) -> np.ndarray:
+        """Per request: billed object-seconds of the archive objects charged to it, ``Σ
+        max(lifetime, archive_min_s)`` (after :meth:`close`)."""
+        ledger = self.archive.ledger if self.archive is not None else None
+        return (np.asarray(ledger.billed_s, dtype=np.float64) if ledger is not None
+                else np.zeros(len(self.trace)))
 
     def occupancy(self) -> tuple[int, int, int]:
         return tuple(t.meter.bytes if t is not None else 0 for t in self.tiers)  # type: ignore[return-value]

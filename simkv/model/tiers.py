@@ -38,6 +38,42 @@ class StorageMeter:
         self.change(t, 0)
 
 
+class ObjectLedger:
+    """The billing of archive objects: when each was created and which request it is charged to.
+
+    Every object is billed ``max(lifetime, min_s)`` seconds, added to its owner's total when it
+    goes (expiry, eviction, overwrite by a refresh) or when the run ends: an early removal pays
+    the rest of the minimum then (S3's early-deletion fee), and an object alive at the end pays
+    its time so far but at least the minimum (already committed).
+    """
+
+    def __init__(self, n_owners: int, min_s: float) -> None:
+        self.min_s = min_s
+        self.start: dict[int, float] = {}
+        self.owner: dict[int, int] = {}
+        self.billed_s = [0.0] * n_owners  # per owner: Σ max(lifetime, min_s) of its objects
+
+    def open(self, block: int, t: float, owner: int) -> None:
+        """A new object for ``block`` at ``t``, charged to request ``owner``."""
+        self.start[block] = t
+        self.owner[block] = owner
+
+    def close(self, block: int, t: float) -> None:
+        """``block``'s object is gone at ``t``: bill it to its owner."""
+        life = t - self.start.pop(block)
+        self.billed_s[self.owner.pop(block)] += life if life > self.min_s else self.min_s
+
+    def renew(self, block: int, t: float, owner: int) -> None:
+        """``block``'s object is overwritten by a new one at ``t`` (a refresh COPY)."""
+        self.close(block, t)
+        self.open(block, t, owner)
+
+    def close_all(self, t: float) -> None:
+        """The end of the run: bill every live object, in block order."""
+        for block in sorted(self.start):
+            self.close(block, t)
+
+
 class Tier:
     """One cache tier: a resident set ordered by an eviction policy, with optional
     per-block TTL deadlines and per-block ready times (asynchronous writes)."""
@@ -64,6 +100,7 @@ class Tier:
         self.insertions = 0
         self.evictions = 0
         self.expirations = 0
+        self.ledger: ObjectLedger | None = None  # the archive's billing; told of removals
 
     def __contains__(self, block: int) -> bool:
         return block in self.members
@@ -101,6 +138,8 @@ class Tier:
             self.size -= 1
             self.meter.change(t, -self.stored_bytes)
             self.expirations += 1
+            if self.ledger is not None:
+                self.ledger.close(block, t)
 
     def set_deadline(self, block: int, deadline: float) -> None:
         old = self.deadline.get(block)
@@ -147,6 +186,8 @@ class Tier:
                     self.deadline.pop(victim, None)
                 if self.ready:
                     self.ready.pop(victim, None)
+                if self.ledger is not None:
+                    self.ledger.close(victim, now)
                 self.size -= 1
                 evicted.append(victim)
             self.evictions += len(evicted)
