@@ -94,7 +94,8 @@ class TieredCache:
                                 + self.block_bytes / (a.decompress_gbps * GB))
         self._arch_compress_per_block = self.block_bytes / (a.compress_gbps * GB)
         self._arch_upload_per_block = self.archive_bytes / (a.upload_gbps * GB)
-        self.disk_free_at = 0.0
+        self.disk_free_at = 0.0  # when the disk's write queue drains
+        self.disk_write_lag_max = 0.0  # longest wait from a write's issue until it is readable
 
         # TTL machinery.
         self.ttl: TTLHeuristic | None = (make_heuristic(sc.ttl.heuristic, sc.ttl.params)
@@ -314,6 +315,8 @@ class TieredCache:
         else:
             start = max(now, self.disk_free_at)
             ready = self.disk_free_at = start + self._disk_write_per_block
+            if ready - now > self.disk_write_lag_max:
+                self.disk_write_lag_max = ready - now
         deadline, prio = self._local_deadline(block, r, position, now)
         disk.insert(block, now, ref, prio, deadline, ready)
         self.disk_writes += 1
