@@ -100,3 +100,13 @@ def test_cli_run_prints_one_warning_line(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "hardware.gpus=3" in warnings[0]
+
+
+def test_report_md_calls_out_overload(tmp_path) -> None:
+    from simkv.report.markdown import write_report
+
+    res = run(scenario(), distinct(10, [0.5 * i for i in range(10)]))
+    rep = write_report(res.write(tmp_path / "run"))
+    text = rep.path.read_text()
+    assert "[!WARNING]" in text and "hardware.gpus=3" in text
+    assert "| **GPU utilisation** | 1.78 |" in text
