@@ -101,6 +101,10 @@ class TieredCache:
         self.ttl: TTLHeuristic | None = (make_heuristic(sc.ttl.heuristic, sc.ttl.params)
                                          if sc.ttl.heuristic != "none" else None)
         self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
+        if not self.ttl_all_tiers:  # no heuristic scores GPU/disk blocks: a live reference count
+            for tier in (self.gpu, self.disk):
+                if tier is not None and hasattr(tier.policy, "count_hits"):
+                    tier.policy.count_hits = True
         self.sliding = sc.ttl.mode == "sliding"
         self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
         self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
