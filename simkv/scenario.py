@@ -250,7 +250,8 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Scenario:
-    """Everything ``simkv run`` needs besides the trace."""
+    """Everything ``simkv run`` needs besides the trace. ``timeline_bin_s``: the timeline's
+    bin width; ``None`` (default) picks a round width giving ~100-300 bins over the trace."""
 
     name: str = "unnamed"
     description: str = ""
@@ -262,7 +263,7 @@ class Scenario:
     ttl: TTLConfig = field(default_factory=TTLConfig)
     hardware: Hardware = field(default_factory=Hardware)
     load_policy: Literal["always", "if_faster"] = "always"
-    timeline_bin_s: float = 60.0
+    timeline_bin_s: float | None = None
     engine: Literal["auto", "simpy", "compiled", "fast"] = "auto"
 
     def check(self, prefix: str) -> None:
