@@ -4,8 +4,8 @@ A scenario file sets any subset of these fields; everything else keeps its docum
 default. ``--set key.sub=value`` overrides apply to the YAML before validation, so an error
 always names the dotted key and the bad value.
 
-Default hardware numbers come from the H100 measurements in GPU-NOTES.md: the prefill
-profile is a least-squares fit to the Llama-3-8B-shape timings
+Default hardware numbers come from H100 measurements of a Llama-3-8B-shape model: the
+prefill profile is a least-squares fit to the Llama-3-8B-shape timings
 (``prefill(n, c) = const + per_token * n + attn * n * (n + c)`` for ``n`` new and ``c``
 cached tokens; within 25% of every measured point), disk 2.1 GB/s read and 1.4 GB/s write.
 """

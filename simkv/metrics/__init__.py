@@ -1,4 +1,4 @@
-"""Metrics, exactly as DESIGN.md defines them: per-request rows, a timeline, a summary.
+"""Metrics, exactly as docs/metrics.md defines them: per-request rows, a timeline, a summary.
 
 * token hit rate = Σ hit-prefix tokens / Σ input tokens (tail tokens are misses); also per
   tier (tokens served from that tier) and per prompt class;
@@ -9,7 +9,9 @@
 * cost saved = GPU time avoided × GPU $/s − archive storage $ − archive request $ −
   transfer $, where GPU time avoided = Σ (prefill(n, 0) − load − prefill(n − h, h)) over
   requests (the GPU is busy while it loads, so a slow load can cost more than it saves);
-* TTFT p50/p90/p99 with the cache and for the same trace, queue included, without it.
+* TTFT p50/p90/p99 with the cache and for the same trace, queue included, without it;
+* offered load: GPU utilisation, disk write demand and lag, archive worker share
+  (:func:`simkv.metrics.summary.load_metrics`).
 """
 
 from simkv.metrics.requests import request_frame

@@ -1,4 +1,4 @@
-"""The run summary: every metric of DESIGN.md as one flat, JSON-ready mapping.
+"""The run summary: every metric of docs/metrics.md as one flat, JSON-ready mapping.
 
 Flat keys (``evictions_gpu``, ``storage_gb_hours_archive``, ...) so a sweep stores one
 summary as one row; only ``token_hit_rate_by_class`` is a nested mapping.
