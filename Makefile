@@ -9,7 +9,7 @@ LMCACHE_VERSION := 0.5.6
 
 SCENARIO ?= scenarios/default.yaml
 TRACE    ?= traces/small.parquet
-OUT      ?= runs/default
+OUT      ?= runs/$(basename $(notdir $(SCENARIO)))
 
 .PHONY: install run test lint bench clean
 

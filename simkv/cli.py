@@ -123,6 +123,7 @@ def run_cmd(
     import time
 
     from simkv.api import run
+    from simkv.metrics.summary import overload_warnings
     from simkv.report.console import summary_table
 
     t0 = time.perf_counter()
@@ -131,6 +132,8 @@ def run_cmd(
     wall = time.perf_counter() - t0
     if out is not None:
         result.write(out)
+    for line in overload_warnings(result.summary):
+        err_console.print(f"[yellow]warning: {escape(line)}[/]", highlight=False, soft_wrap=True)
     if as_json:
         console.print_json(json.dumps(result.summary))
         return

@@ -4,8 +4,8 @@ A scenario file sets any subset of these fields; everything else keeps its docum
 default. ``--set key.sub=value`` overrides apply to the YAML before validation, so an error
 always names the dotted key and the bad value.
 
-Default hardware numbers come from the H100 measurements in GPU-NOTES.md: the prefill
-profile is a least-squares fit to the Llama-3-8B-shape timings
+Default hardware numbers come from H100 measurements of a Llama-3-8B-shape model: the
+prefill profile is a least-squares fit to the Llama-3-8B-shape timings
 (``prefill(n, c) = const + per_token * n + attn * n * (n + c)`` for ``n`` new and ``c``
 cached tokens; within 25% of every measured point), disk 2.1 GB/s read and 1.4 GB/s write.
 """
@@ -290,7 +290,8 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Scenario:
-    """Everything ``simkv run`` needs besides the trace."""
+    """Everything ``simkv run`` needs besides the trace. ``timeline_bin_s``: the timeline's
+    bin width; ``None`` (default) picks a round width giving ~100-300 bins over the trace."""
 
     name: str = "unnamed"
     description: str = ""
@@ -302,7 +303,7 @@ class Scenario:
     ttl: TTLConfig = field(default_factory=TTLConfig)
     hardware: Hardware = field(default_factory=Hardware)
     load_policy: Literal["always", "if_faster"] = "always"
-    timeline_bin_s: float = 60.0
+    timeline_bin_s: float | None = None
     engine: Literal["auto", "simpy", "compiled", "fast"] = "auto"
 
     def check(self, prefix: str) -> None:

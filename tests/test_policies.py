@@ -133,3 +133,25 @@ def test_negative_ttl_from_a_heuristic_is_an_error() -> None:
     h = make_heuristic("tests.test_policies:user_ttl", {"ttl": -100})
     with pytest.raises(ScenarioError, match="negative"):
         h(ctx())
+
+
+def test_priority_without_heuristic_counts_live_references() -> None:
+    """GPU tier, no TTL heuristic: the score is the reference count, kept up to date by hits
+    (not frozen at admission, where D would score 0 and B 1 and D would be evicted)."""
+    from simkv.api import run
+    from simkv.scenario import scenario_from_dict
+    from tests.conftest import make_trace
+
+    B, C, D, E = 1, 2, 3, 4
+    trace = make_trace([[B], [C], [D], [B], [D], [D], [E], [D]])
+    sc = scenario_from_dict({
+        "tiers": {"gpu": {"capacity_blocks": 2, "eviction": "priority"}, "disk": {"enabled": False}},
+        "hardware": {"zero_service_time": True}, "engine": "simpy"})
+    res = run(sc, trace)
+    # r6 (E) evicts B (1 reference) rather than D (admitted with 0, then hit twice): r7 hits D
+    assert res.requests["hit_blocks"].tolist() == [0, 0, 0, 0, 1, 1, 0, 1]
+    # with heuristic-given scores, a hit keeps the score
+    policy = EVICTION_POLICIES.get("priority")(None)
+    policy.admit(7, 0, priority=0.5)
+    policy.hit(7, 1)
+    assert policy.key[7][0] == 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -146,3 +147,25 @@ def test_bad_directory_is_a_clean_error(tmp_path: Path) -> None:
 def test_missing_directory_is_a_clean_error(tmp_path: Path) -> None:
     res = simkv_cli("report", str(tmp_path / "nope"))
     assert res.returncode == 2 and "no such directory" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_tick_decimals_follow_the_spread() -> None:
+    from simkv.report.charts import tick_decimals
+
+    assert tick_decimals([37.40, 37.42, 37.44, 37.46]) == 2
+    assert tick_decimals([37.25, 37.5, 37.75]) == 2
+    assert tick_decimals([0.0, 20.0, 40.0]) == 0
+    assert tick_decimals([37.3, 37.4, 37.5]) == 1
+    labels = [f"{v:.{tick_decimals([37.40, 37.41, 37.42])}f}%" for v in (37.40, 37.41, 37.42)]
+    assert len(set(labels)) == 3
+
+
+def test_timeline_bins_follow_the_trace_duration() -> None:
+    from simkv.metrics.timeline import ROUND_BINS_S, choose_bin_s
+
+    assert choose_bin_s(45 * 3600) == 600  # 270 bins instead of 2,700 at 60 s
+    assert choose_bin_s(59 * 60) == 15
+    for span in (150.0, 3000.0, 2e4, 45 * 3600.0, 9 * 86400.0):
+        w = choose_bin_s(span)
+        assert w in ROUND_BINS_S and 100 <= math.ceil(span / w) <= 300
+    assert choose_bin_s(10.0) == 1.0

@@ -1,4 +1,4 @@
-"""Metrics, exactly as DESIGN.md defines them: per-request rows, a timeline, a summary.
+"""Metrics, exactly as docs/metrics.md defines them: per-request rows, a timeline, a summary.
 
 * token hit rate = Σ hit-prefix tokens / Σ input tokens (tail tokens are misses); also per
   tier (tokens served from that tier) and per prompt class;
@@ -18,7 +18,9 @@
   columns add up to the summary: an object's PUT and storage go to the request whose access
   made the block a candidate for that upload (its last request before the archive pass),
   GET / retrieval / transfer to the request that fetched;
-* TTFT p50/p90/p99 with the cache and for the same trace, queue included, without it.
+* TTFT p50/p90/p99 with the cache and for the same trace, queue included, without it;
+* offered load: GPU utilisation, disk write demand and lag, archive worker share
+  (:func:`simkv.metrics.summary.load_metrics`).
 """
 
 from simkv.metrics.requests import request_frame

@@ -1,4 +1,4 @@
-"""The run summary: every metric of DESIGN.md as one flat, JSON-ready mapping.
+"""The run summary: every metric of docs/metrics.md as one flat, JSON-ready mapping.
 
 Flat keys (``evictions_gpu``, ``storage_gb_hours_archive``, ...) so a sweep stores one
 summary as one row; only ``token_hit_rate_by_class`` is a nested mapping.
@@ -6,6 +6,7 @@ summary as one row; only ``token_hit_rate_by_class`` is a nested mapping.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 
 from simkv.metrics.requests import archive_storage_dollars
 from simkv.model.system import TIER_NAMES, TieredCache
-from simkv.scenario import Scenario
+from simkv.scenario import GB, Scenario
 
 PERCENTILES = (50, 90, 99)
 
@@ -106,4 +107,104 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
     out.update(_percentiles(ttft, "ttft"))
     out["ttft_nocache_mean_s"] = float(base.mean()) if n else 0.0
     out.update(_percentiles(base, "ttft_nocache"))
+    out.update(load_metrics(requests, scenario, cache, end_s))
+    return out
+
+
+# -- offered load: can the simulated system keep up with the trace? --------------------------
+
+#: GPU utilisation at or above which the queue grows without bound (TTFTs then measure it).
+GPU_UNSTABLE = 1.0
+#: The utilisation ``gpus_suggested`` aims under (queueing stays moderate below ~0.85).
+GPU_TARGET = 0.85
+#: Disk write demand at or above which writes cannot keep up with the arrivals.
+DISK_BEHIND = 1.0
+#: Archive worker busy share at or above which it uploads longer than it sleeps.
+ARCHIVE_BEHIND = 0.5
+
+
+def _share(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else 0.0
+
+
+def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
+                 end_s: float) -> dict[str, Any]:
+    """Offered load and how far each resource fell behind.
+
+    ``arrival_span_s`` = last arrival − first arrival (the trace's duration). Every demand
+    below is work per second of that span, so a value ≥ 1 means the resource cannot keep up
+    with the arrivals, whatever happens after the last one:
+
+    * ``gpu_busy_s`` = Σ (load + prefill) over requests (a GPU is busy while it loads);
+      ``gpu_utilization`` = gpu_busy_s / (arrival_span_s × gpus); ≥ 1: the FIFO queue
+      grows without bound and TTFT percentiles measure that queue, not the cache;
+      ``gpus_suggested`` = the least N with gpu_busy_s / (arrival_span_s × N) ≤ 0.85;
+    * ``makespan_s`` = end of the simulation (last prefill done) − first arrival;
+      ``ttft_queue_share`` = Σ queueing / Σ TTFT;
+    * ``disk_write_demand`` = bytes written to disk / (arrival_span_s × write bandwidth);
+      ``disk_write_lag_max_s`` = the longest wait of a disk write from its issue until the
+      block is readable (writes queue behind each other); ``disk_write_backlog_s`` = the
+      queued write time still unfinished at the end of the simulation;
+    * ``archive_upload_demand`` = bytes uploaded / (arrival_span_s × upload bandwidth);
+      ``archive_worker_busy_share`` = (compress + upload time of every PUT) / simulated
+      time (from 0 to the end). The worker sleeps ``interval_s`` between passes, so a share
+      ≥ 0.5 means it uploads longer than it sleeps: passes come at least twice as far apart
+      as ``interval_s`` and candidates wait (or are evicted before) their upload.
+
+    ``overload`` names the resources over their threshold (``"gpu,disk"``; ``""``: none).
+    A trace whose arrivals span no time (one request) reports zero demands.
+    """
+    arrival = requests["arrival_s"].to_numpy()
+    first, last = (float(arrival.min()), float(arrival.max())) if len(arrival) else (0.0, 0.0)
+    span = last - first
+    gpus = scenario.hardware.gpus
+    busy = float((requests["load_s"] + requests["prefill_s"]).sum())
+    util = _share(busy, span * gpus)
+    disk_cfg, arch_cfg = scenario.tiers.disk, scenario.tiers.archive
+    disk_demand = _share(cache.disk_writes * cache.block_bytes, span * disk_cfg.write_gbps * GB)
+    upload_demand = _share(cache.archive_puts * cache.archive_bytes, span * arch_cfg.upload_gbps * GB)
+    worker_busy = 0.0 if cache.zero_time else cache.archive_puts * (
+        cache.block_bytes / (arch_cfg.compress_gbps * GB)
+        + cache.archive_bytes / (arch_cfg.upload_gbps * GB))
+    worker_share = _share(worker_busy, end_s)
+    overload = [name for name, over in (("gpu", util >= GPU_UNSTABLE),
+                                        ("disk", disk_demand >= DISK_BEHIND),
+                                        ("archive", worker_share >= ARCHIVE_BEHIND)) if over]
+    return {
+        "arrival_span_s": span,
+        "makespan_s": float(end_s) - first if len(arrival) else 0.0,
+        "gpu_busy_s": busy,
+        "gpu_utilization": util,
+        "gpus_suggested": max(math.ceil(busy / (span * GPU_TARGET)), 1) if span > 0 else gpus,
+        "ttft_queue_share": _share(requests["queue_s"].sum(), requests["ttft_s"].sum()),
+        "disk_write_demand": disk_demand,
+        "disk_write_lag_max_s": float(cache.disk_write_lag_max),
+        "disk_write_backlog_s": max(float(cache.disk_free_at) - float(end_s), 0.0),
+        "archive_upload_demand": upload_demand,
+        "archive_worker_busy_share": worker_share,
+        "overload": ",".join(overload),
+    }
+
+
+def overload_warnings(summary: dict[str, Any]) -> list[str]:
+    """One plain-text line per overloaded resource of a run's summary (empty: none)."""
+    flagged = set(filter(None, str(summary.get("overload", "")).split(",")))
+    out = []
+    if "gpu" in flagged:
+        out.append(
+            f"GPU utilisation {summary['gpu_utilization']:.2f} >= 1: the GPUs cannot keep up with "
+            f"the arrivals, the queue grows without bound and TTFT numbers measure it "
+            f"(queueing is {summary['ttft_queue_share']:.0%} of TTFT); try --set "
+            f"hardware.gpus={summary['gpus_suggested']} (utilisation <= {GPU_TARGET})")
+    if "disk" in flagged:
+        out.append(
+            f"disk writes fall behind: they need {summary['disk_write_demand']:.2f}x the write "
+            f"bandwidth, the longest write waited {summary['disk_write_lag_max_s']:.0f} s before it "
+            f"was readable (disk hits are lost meanwhile); raise tiers.disk.write_gbps or use "
+            f"tiers.disk.write_policy=offload_on_evict")
+    if "archive" in flagged:
+        out.append(
+            f"the archive worker falls behind: it is busy {summary['archive_worker_busy_share']:.0%} "
+            f"of the time (upload demand {summary['archive_upload_demand']:.2f}x), so passes come "
+            f"far apart; raise tiers.archive.upload_gbps and compress_gbps")
     return out

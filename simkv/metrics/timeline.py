@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
+#: Round bin widths (seconds) the automatic choice picks from.
+ROUND_BINS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+                43200, 86400, 172800, 604800)
+MAX_BINS = 300
 
-def timeline_frame(requests: pd.DataFrame, bin_s: float) -> pd.DataFrame:
-    """Aggregate request rows into bins of ``bin_s`` seconds of arrival time.
+
+def choose_bin_s(span_s: float) -> float:
+    """The smallest round width giving at most 300 bins over ``span_s`` seconds; successive
+    widths differ by at most 2.5x, so a span longer than 100 s gets 120-300 bins."""
+    for w in ROUND_BINS_S:
+        if math.ceil(span_s / w) <= MAX_BINS:
+            return float(w)
+    return float(math.ceil(span_s / MAX_BINS / ROUND_BINS_S[-1]) * ROUND_BINS_S[-1])
+
+
+def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.DataFrame:
+    """Aggregate request rows into bins of ``bin_s`` seconds of arrival time (``None``:
+    :func:`choose_bin_s` of the largest arrival time, as bins start at 0).
 
     Occupancy columns are the bytes each tier held after the last request of the bin.
     """
+    if bin_s is None:
+        bin_s = choose_bin_s(float(requests["arrival_s"].max()) if len(requests) else 0.0)
     if requests.empty:
         return pd.DataFrame(columns=["t_s", "requests", "input_tokens", "hit_tokens",
                                      "token_hit_rate", "ttft_p50_s", "gpu_bytes",

@@ -180,3 +180,5 @@ class CompiledTieredCache(TieredCache):
         self.hydrations = int(S[K.S_HYDRATE])
         self.offloads = int(S[K.S_OFFLOAD])
         self.disk_writes = int(S[K.S_DISK_WRITES])
+        self.disk_free_at = float(X[K.X_DISK_FREE])
+        self.disk_write_lag_max = float(X[K.X_DISK_LAG])

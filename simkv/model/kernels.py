@@ -32,6 +32,7 @@ X_ARCH_LAT, X_ARCH_READ = 10, 11
 X_CONST, X_PER_TOKEN, X_ATTN = 12, 13, 14
 X_LOAD, X_PREFILL = 15, 16
 X_MIN_S = 17  # the archive's minimum billed object lifetime
+X_DISK_LAG = 18  # TieredCache.disk_write_lag_max
 X_LEN = 20
 
 
@@ -265,6 +266,8 @@ def _write_disk(link: np.ndarray, resident: np.ndarray, ready: np.ndarray, S: np
         start = max(now, X[X_DISK_FREE])
         ready_at = start + X[X_DISK_WRITE]
         X[X_DISK_FREE] = ready_at
+        if ready_at - now > X[X_DISK_LAG]:
+            X[X_DISK_LAG] = ready_at - now
     if _insert(link, resident, S, X, DISK, b, now, sentinel) != -2:
         ready[b] = ready_at if ready_at > now else 0.0
     S[S_DISK_WRITES] += 1

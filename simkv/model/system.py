@@ -95,12 +95,17 @@ class TieredCache:
                                 + self.block_bytes / (a.decompress_gbps * GB))
         self._arch_compress_per_block = self.block_bytes / (a.compress_gbps * GB)
         self._arch_upload_per_block = self.archive_bytes / (a.upload_gbps * GB)
-        self.disk_free_at = 0.0
+        self.disk_free_at = 0.0  # when the disk's write queue drains
+        self.disk_write_lag_max = 0.0  # longest wait from a write's issue until it is readable
 
         # TTL machinery.
         self.ttl: TTLHeuristic | None = (make_heuristic(sc.ttl.heuristic, sc.ttl.params)
                                          if sc.ttl.heuristic != "none" else None)
         self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
+        if not self.ttl_all_tiers:  # no heuristic scores GPU/disk blocks: a live reference count
+            for tier in (self.gpu, self.disk):
+                if tier is not None and hasattr(tier.policy, "count_hits"):
+                    tier.policy.count_hits = True
         self.sliding = sc.ttl.mode == "sliding"
         self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
         self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
@@ -322,6 +327,8 @@ class TieredCache:
         else:
             start = max(now, self.disk_free_at)
             ready = self.disk_free_at = start + self._disk_write_per_block
+            if ready - now > self.disk_write_lag_max:
+                self.disk_write_lag_max = ready - now
         deadline, prio = self._local_deadline(block, r, position, now)
         disk.insert(block, now, ref, prio, deadline, ready)
         self.disk_writes += 1

@@ -172,16 +172,28 @@ class LFU(_HeapPolicy):
 
 @EVICTION_POLICIES.register("priority")
 class Priority(_HeapPolicy):
-    """Evict the block with the lowest priority score (given by the TTL heuristic);
-    ties go to the least recently used."""
+    """Evict the block with the lowest priority score; ties go to the least recently used.
+
+    Where the scores come from:
+
+    * the TTL heuristic's priority (higher = keep longer) wherever it scores the tier's
+      blocks: the archive tier always, the GPU and disk tiers with ``ttl.scope: all``. A
+      heuristic that returns only a TTL scores every block 0, so the order is then LRU;
+    * otherwise (GPU and disk tiers without ``ttl.scope: all``) a live reference count: the
+      requests that referenced the block before it was admitted, plus one per hit while it
+      is resident (``count_hits``, set by the cache), i.e. LFU with the block's history.
+    """
 
     name = "priority"
+    #: Add one to the score on each hit (set where no heuristic supplies the scores).
+    count_hits = False
 
     def admit(self, block: int, ref: int, priority: float = 0.0) -> None:
         self._set(block, (float(priority), ref))
 
     def hit(self, block: int, ref: int) -> None:
-        self._set(block, (self.key[block][0], ref))
+        score = self.key[block][0]
+        self._set(block, (score + 1.0 if self.count_hits else score, ref))
 
 
 @EVICTION_POLICIES.register("belady")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -516,6 +516,21 @@ def _percent_decimals(spread_pct: float) -> int:
     return int(min(4, max(1, math.ceil(-math.log10(spread_pct)) + 1)))
 
 
+def tick_decimals(ticks: Sequence[float]) -> int:
+    """The fewest decimals (at most 6) that print every tick exactly, so adjacent ticks never
+    read the same (``37.40, 37.42, 37.44`` → 2; ``0.25`` steps → 2; whole steps → 0)."""
+    t = np.asarray(ticks, dtype=np.float64)
+    steps = np.diff(np.sort(t))
+    steps = steps[steps > 0]
+    if not len(steps):
+        return 1
+    tol = 1e-6 * float(steps.min())
+    for d in range(7):
+        if np.all(np.abs(t - np.round(t, d)) <= tol):
+            return d
+    return 6
+
+
 def _cell_text(metric: str, v: float, decimals: int = 1) -> str:
     if is_fraction(metric):
         return f"{v * 100:.{decimals}f}%"
@@ -601,10 +616,11 @@ def objective_vs_param(sweep: SweepData, objective: Objective, out: Path) -> Cha
         line = sub.groupby("x")["v"].agg(_best_over(objective)).sort_index()
         ax.plot(line.index, line.to_numpy(), marker="o", ms=5, lw=1.8, color=f"C{i}",
                 label=f"{group} = {g}" if group else "all cells")
+    decimals = tick_decimals(ax.get_yticks())
     if is_fraction(objective.metric):
-        ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
+        ax.yaxis.set_major_formatter(PercentFormatter(decimals=decimals))
     elif objective.metric.endswith("_dollars"):
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_dollars(v)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"${v:,.{decimals}f}"))
     ax.set_xlabel(param_label(key))
     ax.set_ylabel(objective.label)
     note = _others_note(sweep, [key] + ([group] if group else []), "best")

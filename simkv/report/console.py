@@ -1,48 +1,80 @@
-"""The summary table printed at the end of ``simkv run``."""
+"""The summary table printed at the end of ``simkv run``.
+
+Labels and details are short so the table fits 80 columns without wrapping; the value and
+detail columns never wrap, so a number is never split across lines.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from simkv.model.system import TIER_NAMES
-from simkv.report.data import fmt_bytes
+from simkv.report.data import fmt_bytes, fmt_dollars, fmt_seconds
 
 
-def _ms(s: float) -> str:
-    return f"{s * 1000:.1f} ms"
+def _present(s: dict[str, Any], tier: str) -> bool:
+    return bool(s.get(f"insertions_{tier}") or s.get(f"storage_peak_bytes_{tier}"))
+
+
+def load_rows(s: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """Offered-load rows (label, value, detail, over its threshold) shared by the console
+    table and ``report.md``; empty for summaries written before these metrics existed."""
+    if "gpu_utilization" not in s:
+        return []
+    over = set(filter(None, str(s.get("overload", "")).split(",")))
+    rows = [("GPU utilisation", f"{s['gpu_utilization']:.2f}",
+             f"queue {s['ttft_queue_share']:.0%} of TTFT", "gpu" in over),
+            ("arrivals / makespan", f"{fmt_seconds(s['arrival_span_s'])} / {fmt_seconds(s['makespan_s'])}",
+             f"busy {fmt_seconds(s['gpu_busy_s'])}", "gpu" in over)]
+    if _present(s, "disk"):
+        rows.append(("disk write demand", f"{s['disk_write_demand']:.2f}x bw",
+                     f"max lag {fmt_seconds(s['disk_write_lag_max_s'])}", "disk" in over))
+    if _present(s, "archive"):
+        rows.append(("archive upload demand", f"{s['archive_upload_demand']:.2f}x bw",
+                     f"worker busy {s['archive_worker_busy_share']:.0%}", "archive" in over))
+    return rows
 
 
 def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
-    """The headline metrics of one run, with the no-cache baseline beside the cached TTFT."""
-    t = Table(title=title or f"simkv run: {s.get('scenario', '')}", show_header=True,
+    """The headline metrics of one run, with the no-cache baseline beside the cached TTFT;
+    load rows over their threshold are yellow."""
+    t = Table(title=escape(title or f"simkv run: {s.get('scenario', '')}"), show_header=True,
               header_style="bold")
     t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("detail", justify="right")
-    t.add_row("requests", f"{s['requests']:,}", f"{s['duration_s']:.1f} s simulated")
-    t.add_row("token hit rate", f"{s['token_hit_rate']:.2%}",
-              " / ".join(f"{n} {s[f'token_hit_rate_{n}']:.2%}" for n in TIER_NAMES))
-    t.add_row("block hit ratio", f"{s['block_hit_ratio']:.2%}",
-              f"full-hit {s['request_full_hit_ratio']:.1%}, any-hit {s['request_any_hit_ratio']:.1%}")
+    t.add_column("value", justify="right", no_wrap=True)
+    t.add_column("detail", justify="right", no_wrap=True)
+    t.add_row("requests", f"{s['requests']:,}", f"{fmt_seconds(s['duration_s'])} simulated")
+    t.add_row("token hit rate", f"{s['token_hit_rate']:.2%}", "")
     for name in TIER_NAMES:
-        if s[f"insertions_{name}"] == 0 and s[f"storage_peak_bytes_{name}"] == 0:
+        if name == "gpu" or _present(s, name):
+            t.add_row(f"  from {name}", f"{s[f'token_hit_rate_{name}']:.2%}", "")
+    t.add_row("block hit ratio", f"{s['block_hit_ratio']:.2%}", "")
+    t.add_row("requests full / any hit",
+              f"{s['request_full_hit_ratio']:.1%} / {s['request_any_hit_ratio']:.1%}", "")
+    for name in TIER_NAMES:
+        if not _present(s, name):
             continue
-        t.add_row(f"{name}: evictions / expirations",
+        t.add_row(f"{name} evict / expire",
                   f"{s[f'evictions_{name}']:,} / {s[f'expirations_{name}']:,}",
-                  f"{s[f'evictions_per_request_{name}']:.2f} evictions/request")
+                  f"{s[f'evictions_per_request_{name}']:.2f} per request")
         mean, peak = s[f"storage_mean_bytes_{name}"], s[f"storage_peak_bytes_{name}"]
-        t.add_row(f"{name}: storage mean / peak", f"{fmt_bytes(mean)} / {fmt_bytes(peak)}",
+        t.add_row(f"{name} stored mean / peak", f"{fmt_bytes(mean)} / {fmt_bytes(peak)}",
                   f"{s[f'storage_gb_hours_{name}']:.2f} GB-h")
     for p in (50, 90, 99):
-        t.add_row(f"TTFT p{p}", _ms(s[f"ttft_p{p}_s"]),
-                  f"without cache {_ms(s[f'ttft_nocache_p{p}_s'])}")
-    t.add_row("GPU time saved", f"{s['gpu_seconds_saved']:.1f} s",
-              f"${s['gpu_dollars_saved']:.4f}")
-    t.add_row("archive $ (storage + requests + transfer)",
-              f"${s['archive_storage_dollars'] + s['archive_request_dollars'] + s['transfer_dollars']:.4f}",
+        t.add_row(f"TTFT p{p}", fmt_seconds(s[f"ttft_p{p}_s"]),
+                  f"no cache {fmt_seconds(s[f'ttft_nocache_p{p}_s'])}")
+    for label, value, detail, over in load_rows(s):
+        style = "yellow" if over else None
+        t.add_row(label, value, detail, style=style)
+    t.add_row("GPU time saved", fmt_seconds(s["gpu_seconds_saved"]),
+              fmt_dollars(s["gpu_dollars_saved"]))
+    t.add_row("archive $ (all)",
+              fmt_dollars(s["archive_storage_dollars"] + s["archive_request_dollars"]
+                          + s["transfer_dollars"]),
               f"{s['archive_puts']:,} PUT, {s['archive_gets']:,} GET")
-    t.add_row("[bold]cost saved[/]", f"[bold]${s['cost_saved_dollars']:.4f}[/]",
+    t.add_row("[bold]cost saved[/]", f"[bold]{fmt_dollars(s['cost_saved_dollars'])}[/]",
               f"{s['tokens_avoided']:,} tokens avoided")
     return t

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from simkv.errors import SimkvError
+from simkv.metrics.timeline import choose_bin_s
 
 RUN_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml")
 SWEEP_FILES = ("sweep.parquet", "sweep.yaml")
@@ -171,9 +172,13 @@ class RunData:
 
     @property
     def bin_s(self) -> float:
-        """The timeline's bin width: the scenario's ``timeline_bin_s``, else inferred."""
-        if "timeline_bin_s" in self.scenario:
+        """The timeline's bin width: the scenario's ``timeline_bin_s``, the automatic choice
+        where that is null, else inferred from the timeline."""
+        if self.scenario.get("timeline_bin_s") is not None:
             return float(self.scenario["timeline_bin_s"])
+        if self.requests is not None:
+            arrivals = self.requests["arrival_s"]
+            return choose_bin_s(float(arrivals.max()) if len(arrivals) else 0.0)
         if self.timeline is not None and len(self.timeline) > 1:
             return float(self.timeline["t_s"].diff().min())
         return 60.0

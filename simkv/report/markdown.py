@@ -15,7 +15,9 @@ import pandas as pd
 
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write
+from simkv.metrics.summary import overload_warnings
 from simkv.report.charts import Chart, run_charts, sweep_charts
+from simkv.report.console import load_rows
 from simkv.report.data import (
     Objective,
     RunData,
@@ -142,6 +144,8 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
                      f"without cache {fmt_seconds(g(f'ttft_nocache_p{p}_s', 0.0))}"])
     archive = sum(g(k, 0.0) for k in ("archive_storage_dollars", "archive_request_dollars",
                                       "transfer_dollars"))
+    rows += [[("**" + label + "**") if over else label, value, detail]
+             for label, value, detail, over in load_rows(s)]
     rows += [
         ["GPU time saved", fmt_seconds(g("gpu_seconds_saved", 0.0)),
          fmt_dollars(g("gpu_dollars_saved", 0.0))],
@@ -163,8 +167,14 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
     lines += [f"- run directory: `{run.path}`",
               f"- trace: `{s.get('trace')}` ({s.get('trace_source', 'unknown source')}), "
               f"{s.get('requests', 0):,} requests, block size {s.get('block_size', '?')} tokens",
-              f"- engine: {s.get('engine', '?')}, simkv {s.get('simkv_version', '?')}", "",
-              "## Headline metrics", "",
+              f"- engine: {s.get('engine', '?')}, simkv {s.get('simkv_version', '?')}", ""]
+    warnings = overload_warnings(s) if "gpu_utilization" in s else []
+    if warnings:
+        lines += ["> [!WARNING]", "> **The simulated system is overloaded.** These numbers describe a "
+                  "system that cannot keep up with the trace:", ">"]
+        lines += [f"> - {w}" for w in warnings]
+        lines += [""]
+    lines += ["## Headline metrics", "",
               md_table(["metric", "value", "detail"], headline_rows(s), ["l", "r", "l"]), "",
               "## Charts", "", _charts_md(charts)]
     return "\n".join(lines).rstrip() + "\n"

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from simkv.report.data import fmt_metric
 from simkv.sweep.core import SweepProgress
 from simkv.sweep.winner import Constraint, Direction, Winner, resolve_column
 
@@ -50,18 +51,60 @@ def param_columns(df: pd.DataFrame) -> list[str]:
     return cols[cols.index("cell_id") + 1 : cols.index("status")]
 
 
-def _fmt(v: Any) -> str:
+#: Short column headers for the headline metrics (the table must fit 80 columns).
+SHORT = {"token_hit_rate": "hit rate", "cost_saved_dollars": "$ saved", "ttft_p90_s": "TTFT p90",
+         "ttft_p50_s": "TTFT p50", "ttft_p99_s": "TTFT p99", "gpu_utilization": "GPU util"}
+
+
+def _fmt(v: Any, metric: str | None = None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if metric is not None and isinstance(v, int | float) and not isinstance(v, bool):
+        return escape(fmt_metric(metric, v))
     if isinstance(v, float):
         return f"{v:.4g}"
     return escape(str(v))
 
 
+def short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted key by its shortest suffix of whole components that no other key ends
+    with (``tiers.gpu.capacity_bytes`` → ``gpu.capacity_bytes`` beside a disk capacity)."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for i in range(len(parts) - 1, -1, -1):
+            suffix = ".".join(parts[i:])
+            if not any(o != k and (o == suffix or o.endswith("." + suffix)) for o in keys):
+                break
+        out[k] = suffix
+    return out
+
+
+#: Abbreviations of scenario-key words in column headers.
+ABBREV = {"capacity_bytes": "cap", "capacity_blocks": "cap blocks", "eviction": "evict",
+          "write_policy": "write", "heuristic": "ttl"}
+
+
+def _header(label: str, width: int = 6) -> str:
+    """A header broken onto lines at dots, underscores or spaces (the cells never wrap)."""
+    parts = label.split(".")
+    parts[-1] = ABBREV.get(parts[-1], parts[-1])
+    words = ".".join(parts).replace("_", " ").replace(".", ". ").split()
+    lines: list[str] = []
+    for w in words:
+        if lines and len(lines[-1]) + 1 + len(w) <= width:
+            lines[-1] += ("" if lines[-1].endswith(".") else " ") + w
+        else:
+            lines.append(w)
+    return escape("\n".join(lines))
+
+
 def top_cells_table(df: pd.DataFrame, n: int = 10, objective: tuple[str, Direction] | None = None,
                     constraints: Sequence[Constraint] = (), winner: Winner | None = None) -> Table:
     """The best ``n`` ok cells by the objective (feasible ones first), or the first ``n``
-    cells in grid order without one."""
+    cells in grid order without one. Headers are short and break onto lines; cells never
+    wrap, so a number is never split. An ``overload`` column (yellow) names the resources
+    a cell overloads (GPU utilisation >= 1, disk writes or the archive worker behind)."""
     params = param_columns(df)
     metrics = [m for m in HEADLINE if m in df.columns]
     extra = [objective[0]] if objective else []
@@ -80,21 +123,32 @@ def top_cells_table(df: pd.DataFrame, n: int = 10, objective: tuple[str, Directi
                               "key": -key if objective[1] == "max" else key,
                               "pos": range(len(rows))}, index=rows.index)
         rows = rows.loc[order.sort_values(["infeasible", "key", "pos"]).index]
+    shown = rows.head(n)
+    overload = ("overload" in df.columns
+                and shown["overload"].fillna("").astype(str).str.len().gt(0).any())
     title = f"top {min(n, len(rows))} of {len(df)} cells"
     if objective is not None:
         title += f" by {objective[1]} {objective[0]}"
-    table = Table(title=title, title_justify="left")
-    table.add_column("", no_wrap=True)
+    table = Table(title=escape(title), title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("cell", no_wrap=True)
+    short = short_keys(params)
     for c in params:
-        table.add_column(escape(c), justify="right", overflow="fold")
-    table.add_column("status")
+        table.add_column(_header(short[c]), justify="right", no_wrap=True)
     for m in metrics:
-        table.add_column(escape(m), justify="right", overflow="fold")
-    for label, row in rows.head(n).iterrows():
-        mark = "★" if winner is not None and row["cell_id"] == winner.cell_id else ""
+        table.add_column(_header(SHORT.get(m, m)), justify="right", no_wrap=True)
+    if overload:
+        table.add_column("warn", style="yellow")
+        table.caption = ("warn: gpu = GPU utilisation >= 1 (TTFT measures an unbounded queue); "
+                         "disk / archive = its writes fall behind (see summary.json)")
+    for label, row in shown.iterrows():
+        mark = "★" if winner is not None and row["cell_id"] == winner.cell_id else " "
         style = None if feasible[label] else "dim"
-        status = row["status"] if row["status"] == "ok" else f"[red]{_fmt(row['status'])}[/]"
-        table.add_row(mark, str(row["cell_id"]), *(_fmt(row[c]) for c in params), status,
-                      *(_fmt(row[m]) for m in metrics), style=style)
+        values = [_fmt(row[m], m) for m in metrics]
+        if row["status"] != "ok" and values:
+            values[0] = f"[red]{_fmt(row['status'])}[/]"  # a failed cell has no metrics
+        cells = [mark + str(row["cell_id"]), *(_fmt(row[c]) for c in params), *values]
+        if overload:
+            flag = row["overload"]
+            cells.append("" if pd.isna(flag) else escape(str(flag).replace(",", ", ")))
+        table.add_row(*cells, style=style)
     return table

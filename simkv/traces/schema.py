@@ -1,6 +1,6 @@
 """The trace format: one Parquet file per trace, one row per request, sorted by arrival.
 
-This module is the single place the schema is written down (DESIGN.md, "Traces"). Every
+This module is the single place the schema is written down. Every
 importer builds its table through :func:`build_table`, every reader goes through
 :func:`read_trace`, and both end in :func:`validate_table`, so a trace that loads is a trace
 that obeys the contract:
