@@ -93,7 +93,6 @@ def test_hand_made_known_answer() -> None:
 @pytest.mark.parametrize(
     "requests",
     [
-        [],
         [(0.0, [], 3)],
         [(0.0, [], 3), (1.0, [], 2)],
         [(0.0, [], 1), (0.0, [3, 4], 0), (1.0, [], 0), (2.0, [3, 4], 0), (3.0, [], 2)],
