@@ -9,7 +9,8 @@ import pandas as pd
 def timeline_frame(requests: pd.DataFrame, bin_s: float) -> pd.DataFrame:
     """Aggregate request rows into bins of ``bin_s`` seconds of arrival time.
 
-    Occupancy columns are the bytes each tier held after the last request of the bin.
+    Occupancy columns are the bytes each tier held after the last request of the bin;
+    ``token_hit_rate`` is NaN (undefined) in a bin whose prompts hold no input token.
     """
     if requests.empty:
         return pd.DataFrame(columns=["t_s", "requests", "input_tokens", "hit_tokens",
@@ -32,6 +33,6 @@ def timeline_frame(requests: pd.DataFrame, bin_s: float) -> pd.DataFrame:
     })
     tokens = out["input_tokens"].to_numpy()
     out.insert(4, "token_hit_rate",
-               np.divide(out["hit_tokens"].to_numpy(), tokens, out=np.zeros(len(out)),
+               np.divide(out["hit_tokens"].to_numpy(), tokens, out=np.full(len(out), np.nan),
                          where=tokens > 0))
     return out

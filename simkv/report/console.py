@@ -7,11 +7,11 @@ from typing import Any
 from rich.table import Table
 
 from simkv.model.system import TIER_NAMES
-from simkv.report.data import fmt_bytes
+from simkv.report.data import NA, fmt_bytes, fmt_num, fmt_pct
 
 
-def _ms(s: float) -> str:
-    return f"{s * 1000:.1f} ms"
+def _ms(s: float | None) -> str:
+    return NA if s is None else f"{s * 1000:.1f} ms"
 
 
 def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
@@ -22,16 +22,17 @@ def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
     t.add_column("value", justify="right")
     t.add_column("detail", justify="right")
     t.add_row("requests", f"{s['requests']:,}", f"{s['duration_s']:.1f} s simulated")
-    t.add_row("token hit rate", f"{s['token_hit_rate']:.2%}",
-              " / ".join(f"{n} {s[f'token_hit_rate_{n}']:.2%}" for n in TIER_NAMES))
-    t.add_row("block hit ratio", f"{s['block_hit_ratio']:.2%}",
-              f"full-hit {s['request_full_hit_ratio']:.1%}, any-hit {s['request_any_hit_ratio']:.1%}")
+    t.add_row("token hit rate", fmt_pct(s["token_hit_rate"]),
+              " / ".join(f"{n} {fmt_pct(s[f'token_hit_rate_{n}'])}" for n in TIER_NAMES))
+    t.add_row("block hit ratio", fmt_pct(s["block_hit_ratio"]),
+              f"full-hit {fmt_pct(s['request_full_hit_ratio'], 1)}, "
+              f"any-hit {fmt_pct(s['request_any_hit_ratio'], 1)}")
     for name in TIER_NAMES:
         if s[f"insertions_{name}"] == 0 and s[f"storage_peak_bytes_{name}"] == 0:
             continue
         t.add_row(f"{name}: evictions / expirations",
                   f"{s[f'evictions_{name}']:,} / {s[f'expirations_{name}']:,}",
-                  f"{s[f'evictions_per_request_{name}']:.2f} evictions/request")
+                  f"{fmt_num(s[f'evictions_per_request_{name}'], '.2f')} evictions/request")
         mean, peak = s[f"storage_mean_bytes_{name}"], s[f"storage_peak_bytes_{name}"]
         t.add_row(f"{name}: storage mean / peak", f"{fmt_bytes(mean)} / {fmt_bytes(peak)}",
                   f"{s[f'storage_gb_hours_{name}']:.2f} GB-h")

@@ -52,7 +52,7 @@ def param_columns(df: pd.DataFrame) -> list[str]:
 
 def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
+        return "n/a"  # undefined (a ratio over zero), or no value: the cell failed
     if isinstance(v, float):
         return f"{v:.4g}"
     return escape(str(v))
