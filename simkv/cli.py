@@ -100,13 +100,23 @@ def trace_stats_cmd(
 def trace_validate(
     traces: Annotated[list[Path], typer.Argument(metavar="TRACE...", help="Parquet trace(s).")],
 ) -> None:
-    """Check Parquet traces against the schema; exit 2 naming the first bad row and field."""
+    """Check Parquet traces against the schema: one line per file (ok, or the first bad row
+    and field); exit 2 if any file failed."""
     from simkv.traces.schema import read_trace
 
+    failed = 0
     for path in traces:
-        trace = read_trace(path)
-        console.print(f"[green]ok[/] {path}: {len(trace):,} requests, block_size "
-                      f"{trace.block_size}, source {trace.source}")
+        try:
+            trace = read_trace(path)
+        except SimkvError as exc:
+            failed += 1
+            err_console.print(f"[red]FAIL[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"[green]ok[/]   {escape(str(path))}: {len(trace):,} requests, block_size "
+                      f"{trace.block_size}, source {escape(trace.source)}", highlight=False,
+                      soft_wrap=True)
+    if failed:
+        raise typer.Exit(SimkvError.exit_code)
 
 
 @app.command("run")

@@ -280,9 +280,10 @@ def default_ttls(trace: Trace, n: int = 30) -> np.ndarray:
 
 
 def _rates(hit_tokens: np.ndarray, input_tokens: int) -> np.ndarray:
-    """``hit / input`` as the run summary computes it (``0`` for an empty trace)."""
+    """``hit / input`` as the run summary computes it (NaN, undefined, when the trace has no
+    input token: the summary's ``None``)."""
     if not input_tokens:
-        return np.zeros(len(hit_tokens))
+        return np.full(len(hit_tokens), np.nan)
     return np.array([float(h) / float(input_tokens) for h in hit_tokens.tolist()])
 
 
@@ -394,7 +395,7 @@ def curve_table(run: CurveRun) -> Table:
     table.add_column("token hit rate", justify="right")
     table.add_column("hit tokens", justify="right")
     for row in df.itertuples(index=False):
-        rate = f"{row.token_hit_rate:.2%}"
+        rate = "n/a" if math.isnan(row.token_hit_rate) else f"{row.token_hit_rate:.2%}"
         hits = f"{row.hit_tokens:,}"
         if run.kind == "capacity":
             table.add_row(f"{row.capacity_blocks:,}", f"{row.capacity_gib:,.2f}", rate, hits)

@@ -14,10 +14,14 @@ from simkv.traces.generator import generate, generator_config
 from simkv.traces.schema import Trace, build_table, write_trace
 from simkv.traces.stats import (
     _first_positions,
+    _reuse_gaps,
+    _seconds,
     infinite_cache_hit_blocks,
     print_stats,
     trace_stats,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIMKV = str(Path(sys.executable).with_name("simkv"))
 
@@ -89,7 +93,6 @@ def test_hand_made_known_answer() -> None:
 @pytest.mark.parametrize(
     "requests",
     [
-        [],
         [(0.0, [], 3)],
         [(0.0, [], 3), (1.0, [], 2)],
         [(0.0, [], 1), (0.0, [3, 4], 0), (1.0, [], 0), (2.0, [3, 4], 0), (3.0, [], 2)],
@@ -103,8 +106,11 @@ def test_edge_cases_match_brute_force(requests: list[tuple[float, list[int], int
     assert hits.tolist() == brute_force_hits(trace)
     s = trace_stats(trace)
     total = sum(len(h) * 4 + t for _, h, t in requests)
-    expected = sum(brute_force_hits(trace)) * 4 / total if total else 0.0
-    assert s.infinite_cache_token_hit_rate == pytest.approx(expected)
+    if total:
+        expected = sum(brute_force_hits(trace)) * 4 / total
+        assert s.infinite_cache_token_hit_rate == pytest.approx(expected)
+    else:
+        assert s.infinite_cache_token_hit_rate is None
     json.dumps(s.to_dict())
 
 
@@ -135,6 +141,42 @@ def test_first_positions_any_numbering() -> None:
     # any other dense numbering: the np.unique fallback
     assert _first_positions(np.array([1, 0, 1, 2]), 3).tolist() == [1, 0, 3]
     assert _first_positions(np.array([], dtype=np.int64), 0).tolist() == []
+
+
+def random_trace(n_req: int, pool: int, per_req: int, seed: int) -> Trace:
+    """``n_req`` requests of ``per_req`` blocks drawn uniformly from ``pool`` hashes."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(2.0, n_req))
+    hashes = (rng.integers(0, pool, (n_req, per_req)) * 7919 + 11).tolist()
+    return make_trace([(float(a), h, 0) for a, h in zip(arrivals, hashes, strict=True)])
+
+
+def test_reuse_gaps_past_int32() -> None:
+    # ids * n_accesses passes 2**31 here: an int32 composite sort key wraps around.
+    trace = random_trace(n_req=2_000, pool=40_000, per_req=50, seed=5)
+    n = len(trace.block_ids_flat)
+    assert trace.n_unique_blocks * n > 2**31
+    gaps = brute_force_gaps(trace)
+    assert np.sort(_reuse_gaps(trace)).tolist() == sorted(gaps)
+    s = trace_stats(trace)
+    assert s.reuse_gaps == len(gaps) == s.blocks - s.unique_blocks
+    assert [s.reuse_gap_s_p50, s.reuse_gap_s_p90, s.reuse_gap_s_p99] == pytest.approx(
+        np.percentile(gaps, [50, 90, 99]).tolist(), rel=1e-12)
+
+
+def test_reuse_gaps_small_trace_and_readme(small_trace: Trace) -> None:
+    gaps = brute_force_gaps(small_trace)
+    s = trace_stats(small_trace)
+    assert s.reuse_gaps == len(gaps) == s.blocks - s.unique_blocks
+    expected = np.percentile(gaps, [50, 90, 99]).tolist()
+    assert [s.reuse_gap_s_p50, s.reuse_gap_s_p90, s.reuse_gap_s_p99] == pytest.approx(
+        expected, rel=1e-12)
+    # traces/README.md documents these figures (small is the first column of the table)
+    readme = (ROOT / "traces" / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| reuse gap p50"))
+    assert row.split("|")[2].strip() == " / ".join(_seconds(g) for g in expected)
+    row = next(line for line in readme.splitlines() if line.startswith("| reuse gaps"))
+    assert row.split("|")[2].strip() == f"{len(gaps):,}"
 
 
 def test_reuse_gaps_hand_made() -> None:
@@ -191,3 +233,47 @@ def test_cli_stats_missing_file(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_undefined_values_are_none_and_print_na(tmp_path: Path) -> None:
+    """One request, no session ids, no full block: every value that divides by zero (or by a
+    duration of one arrival) is None in JSON and n/a on the console, never 0."""
+    from rich.console import Console
+
+    from tests.conftest import make_trace as make_blocks_trace
+
+    trace = make_blocks_trace([[]], tails=[0])
+    s = trace_stats(trace)
+    for key in ("sessions", "duration_s", "request_rate_per_s", "infinite_cache_token_hit_rate",
+                "reuse_fraction", "reuse_gap_s_p50", "reuse_gap_s_p90", "reuse_gap_s_p99"):
+        assert getattr(s, key) is None, key
+    assert s.reuse_gaps == 0
+    assert s.classes["chat"]["infinite_cache_token_hit_rate"] is None
+    console = Console(record=True, width=120)
+    print_stats(s, console=console)
+    text = console.export_text()
+    lines = {ln.split("│")[1].strip(): ln.split("│")[2].strip()
+             for ln in text.splitlines() if ln.count("│") >= 3}
+    assert lines["sessions"] == lines["duration"] == lines["request rate"] == "n/a"
+    assert lines["infinite-cache token hit rate"] == lines["block reuse fraction"] == "n/a"
+    assert lines["reuse gap p50 / p90 / p99"] == "n/a / n/a / n/a"
+    assert not {"0.0 s", "0.0%", "0"} & {lines[k] for k in ("sessions", "duration",
+                                                          "block reuse fraction")}
+
+    path = write_trace(trace, tmp_path / "one.parquet")
+    proc = subprocess.run([SIMKV, "trace", "stats", str(path), "--json"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["sessions"] is None and data["duration_s"] is None
+    assert data["reuse_gap_s_p50"] is None and data["infinite_cache_token_hit_rate"] is None
+
+
+def test_zero_duration_and_partial_sessions() -> None:
+    """Two simultaneous requests: a duration of 0 s is defined, their rate is not."""
+    from tests.conftest import make_trace as make_blocks_trace
+
+    s = trace_stats(make_blocks_trace([[1], [1]], arrivals=[3.0, 3.0]))
+    assert s.duration_s == 0.0
+    assert s.request_rate_per_s is None
+    assert s.reuse_gaps == 1 and s.reuse_gap_s_p50 == 0.0

@@ -19,14 +19,18 @@ from simkv.scenario import GB, Scenario
 PERCENTILES = (50, 90, 99)
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den else 0.0
+def _ratio(num: float, den: float) -> float | None:
+    """``num / den``; ``None`` (undefined: ``null`` in JSON, ``n/a`` on screen) when ``den``
+    is 0, e.g. the hit rate of a trace whose prompts are all shorter than a block. Never 0,
+    which would read as a measured value."""
+    return float(num) / float(den) if den else None
 
 
-def _percentiles(values: np.ndarray, prefix: str) -> dict[str, float]:
-    """Linear-interpolated percentiles (numpy's default), e.g. ``ttft_p90_s``."""
+def _percentiles(values: np.ndarray, prefix: str) -> dict[str, float | None]:
+    """Linear-interpolated percentiles (numpy's default), e.g. ``ttft_p90_s``; ``None``
+    (undefined) for no values."""
     if len(values) == 0:
-        return {f"{prefix}_p{p}_s": 0.0 for p in PERCENTILES}
+        return {f"{prefix}_p{p}_s": None for p in PERCENTILES}
     qs = np.percentile(values, PERCENTILES)
     return {f"{prefix}_p{p}_s": float(q) for p, q in zip(PERCENTILES, qs, strict=True)}
 
@@ -103,9 +107,9 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
     })
     ttft = requests["ttft_s"].to_numpy()
     base = requests["ttft_nocache_s"].to_numpy()
-    out["ttft_mean_s"] = float(ttft.mean()) if n else 0.0
+    out["ttft_mean_s"] = float(ttft.mean()) if n else None
     out.update(_percentiles(ttft, "ttft"))
-    out["ttft_nocache_mean_s"] = float(base.mean()) if n else 0.0
+    out["ttft_nocache_mean_s"] = float(base.mean()) if n else None
     out.update(_percentiles(base, "ttft_nocache"))
     out.update(load_metrics(requests, scenario, cache, end_s))
     return out

@@ -26,7 +26,8 @@ def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.Dat
     """Aggregate request rows into bins of ``bin_s`` seconds of arrival time (``None``:
     :func:`choose_bin_s` of the largest arrival time, as bins start at 0).
 
-    Occupancy columns are the bytes each tier held after the last request of the bin.
+    Occupancy columns are the bytes each tier held after the last request of the bin;
+    ``token_hit_rate`` is NaN (undefined) in a bin whose prompts hold no input token.
     """
     if bin_s is None:
         bin_s = choose_bin_s(float(requests["arrival_s"].max()) if len(requests) else 0.0)
@@ -51,6 +52,6 @@ def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.Dat
     })
     tokens = out["input_tokens"].to_numpy()
     out.insert(4, "token_hit_rate",
-               np.divide(out["hit_tokens"].to_numpy(), tokens, out=np.zeros(len(out)),
+               np.divide(out["hit_tokens"].to_numpy(), tokens, out=np.full(len(out), np.nan),
                          where=tokens > 0))
     return out

@@ -31,6 +31,7 @@ from simkv.report.data import (
     SweepData,
     fmt_dollars,
     fmt_param,
+    fmt_pct,
     fmt_seconds,
     is_fraction,
     metric_label,
@@ -190,8 +191,10 @@ def occupancy_and_hit_rate(run: RunData, out: Path) -> Chart:
         rate = per_bin["token_hit_rate"].fillna(0).to_numpy(dtype=float) * 100
         ax_hit.stairs(rate, edges, fill=True, alpha=0.85, color=TIER_COLOR["gpu"], label="hit rate")
         base = rate
-    overall = float(run.summary.get("token_hit_rate", 0.0)) * 100
-    ax_hit.axhline(overall, color="black", ls="--", lw=1.2, label=f"whole run ({overall:.1f}%)")
+    whole = run.summary.get("token_hit_rate", 0.0)
+    overall = 0.0 if whole is None else float(whole) * 100  # None: no input token at all
+    if whole is not None:
+        ax_hit.axhline(overall, color="black", ls="--", lw=1.2, label=f"whole run ({overall:.1f}%)")
     ax_hit.set_ylim(0, min(100.0, max(float(base.max()), overall) * 1.15 + 2))
     ax_hit.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     ax_hit.set_ylabel("token hit rate (%)")
@@ -329,7 +332,7 @@ def hit_rate_breakdown(run: RunData, out: Path) -> Chart:
         by = dict(sorted(s["token_hit_rate_by_class"].items()))
         by["all"] = s.get("token_hit_rate", 0.0)
         tiers = ["gpu"]
-        rates = {"gpu": pd.Series(by) * 100}
+        rates = {"gpu": pd.Series(by, dtype=float) * 100}
         share = None
     else:
         return Chart(name, title, note="no requests.parquet and no token_hit_rate_by_class")
@@ -343,9 +346,10 @@ def hit_rate_breakdown(run: RunData, out: Path) -> Chart:
     base = np.zeros(len(classes))
     for t in tiers:
         v = rates[t].fillna(0).to_numpy(dtype=float)
-        overall = float(s.get(f"token_hit_rate_{t}", v[-1] / 100)) * 100
+        overall = s.get(f"token_hit_rate_{t}", v[-1] / 100)
         ax.bar(x, v, bottom=base, width=0.65, color=TIER_COLOR[t],
-               label=f"from {TIER_LABEL[t]}: {overall:.2f}% overall" if share is not None else "all tiers")
+               label=f"from {TIER_LABEL[t]}: {fmt_pct(overall)} overall" if share is not None
+               else "all tiers")
         base = base + v
     for xi, total in zip(x, base, strict=True):
         ax.annotate(f"{total:.1f}%", xy=(xi, total), xytext=(0, 3), textcoords="offset points",

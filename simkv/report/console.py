@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from simkv.model.system import TIER_NAMES
-from simkv.report.data import fmt_bytes, fmt_dollars, fmt_seconds
+from simkv.report.data import fmt_bytes, fmt_dollars, fmt_num, fmt_pct, fmt_seconds
 
 
 def _present(s: dict[str, Any], tier: str) -> bool:
@@ -47,19 +47,19 @@ def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
     t.add_column("value", justify="right", no_wrap=True)
     t.add_column("detail", justify="right", no_wrap=True)
     t.add_row("requests", f"{s['requests']:,}", f"{fmt_seconds(s['duration_s'])} simulated")
-    t.add_row("token hit rate", f"{s['token_hit_rate']:.2%}", "")
+    t.add_row("token hit rate", fmt_pct(s["token_hit_rate"]), "")
     for name in TIER_NAMES:
         if name == "gpu" or _present(s, name):
-            t.add_row(f"  from {name}", f"{s[f'token_hit_rate_{name}']:.2%}", "")
-    t.add_row("block hit ratio", f"{s['block_hit_ratio']:.2%}", "")
+            t.add_row(f"  from {name}", fmt_pct(s[f'token_hit_rate_{name}']), "")
+    t.add_row("block hit ratio", fmt_pct(s["block_hit_ratio"]), "")
     t.add_row("requests full / any hit",
-              f"{s['request_full_hit_ratio']:.1%} / {s['request_any_hit_ratio']:.1%}", "")
+              f"{fmt_pct(s['request_full_hit_ratio'], 1)} / {fmt_pct(s['request_any_hit_ratio'], 1)}", "")
     for name in TIER_NAMES:
         if not _present(s, name):
             continue
         t.add_row(f"{name} evict / expire",
                   f"{s[f'evictions_{name}']:,} / {s[f'expirations_{name}']:,}",
-                  f"{s[f'evictions_per_request_{name}']:.2f} per request")
+                  f"{fmt_num(s[f'evictions_per_request_{name}'], '.2f')} per request")
         mean, peak = s[f"storage_mean_bytes_{name}"], s[f"storage_peak_bytes_{name}"]
         t.add_row(f"{name} stored mean / peak", f"{fmt_bytes(mean)} / {fmt_bytes(peak)}",
                   f"{s[f'storage_gb_hours_{name}']:.2f} GB-h")

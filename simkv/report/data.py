@@ -96,10 +96,28 @@ def is_fraction(metric: str) -> bool:
     return metric_label(metric).endswith("(%)")
 
 
+NA = "n/a"
+
+
+def is_undefined(value: Any) -> bool:
+    """A metric value that is undefined (``None`` in a summary, NaN in a table): shown ``n/a``."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_pct(value: float | None, digits: int = 2) -> str:
+    """``0.1234`` → ``'12.34%'``; ``n/a`` for an undefined value (a ratio over zero)."""
+    return NA if is_undefined(value) else f"{value:.{digits}%}"
+
+
+def fmt_num(value: float | None, spec: str) -> str:
+    """``format(value, spec)``; ``n/a`` for an undefined value."""
+    return NA if is_undefined(value) else format(value, spec)
+
+
 def fmt_metric(metric: str, value: Any) -> str:
     """A compact, unit-bearing rendering of one metric value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
+    if is_undefined(value):
+        return NA
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if is_fraction(metric):
@@ -115,7 +133,9 @@ def fmt_metric(metric: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-def fmt_dollars(x: float) -> str:
+def fmt_dollars(x: float | None) -> str:
+    if is_undefined(x):
+        return NA
     sign = "-" if x < 0 else ""
     x = abs(x)
     if x >= 100:
@@ -127,7 +147,9 @@ def fmt_dollars(x: float) -> str:
     return f"{sign}${x:.3g}"
 
 
-def fmt_seconds(x: float) -> str:
+def fmt_seconds(x: float | None) -> str:
+    if is_undefined(x):
+        return NA
     if x == 0:
         return "0 s"
     if abs(x) < 1:
@@ -139,8 +161,10 @@ def fmt_seconds(x: float) -> str:
     return f"{x / 3600:.3g} h"
 
 
-def fmt_bytes(n: float) -> str:
+def fmt_bytes(n: float | None) -> str:
     """``8589934592`` → ``'8 GiB'`` (three significant digits, binary units)."""
+    if is_undefined(n):
+        return NA
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
             return f"{n / size:.3g} {unit}"

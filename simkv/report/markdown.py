@@ -26,7 +26,9 @@ from simkv.report.data import (
     fmt_bytes,
     fmt_dollars,
     fmt_metric,
+    fmt_num,
     fmt_param,
+    fmt_pct,
     fmt_seconds,
     load_run,
     load_sweep,
@@ -119,22 +121,22 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
 
     rows = [
         ["requests", f"{g('requests'):,}", f"{fmt_seconds(g('duration_s', 0.0))} simulated"],
-        ["token hit rate", f"{g('token_hit_rate', 0.0):.2%}",
-         " / ".join(f"{t} {g(f'token_hit_rate_{t}', 0.0):.2%}" for t in TIERS)],
+        ["token hit rate", fmt_pct(g("token_hit_rate", 0.0)),
+         " / ".join(f"{t} {fmt_pct(g(f'token_hit_rate_{t}', 0.0))}" for t in TIERS)],
     ]
     by_class = s.get("token_hit_rate_by_class")
     if isinstance(by_class, dict) and by_class:
         rows.append(["token hit rate by class", "",
-                     ", ".join(f"{c} {v:.1%}" for c, v in sorted(by_class.items()))])
-    rows.append(["block hit ratio", f"{g('block_hit_ratio', 0.0):.2%}",
-                 f"requests full-hit {g('request_full_hit_ratio', 0.0):.1%}, "
-                 f"any-hit {g('request_any_hit_ratio', 0.0):.1%}"])
+                     ", ".join(f"{c} {fmt_pct(v, 1)}" for c, v in sorted(by_class.items()))])
+    rows.append(["block hit ratio", fmt_pct(g("block_hit_ratio", 0.0)),
+                 f"requests full-hit {fmt_pct(g('request_full_hit_ratio', 0.0), 1)}, "
+                 f"any-hit {fmt_pct(g('request_any_hit_ratio', 0.0), 1)}"])
     for t in TIERS:
         if not g(f"insertions_{t}") and not g(f"storage_peak_bytes_{t}"):
             continue
         rows.append([f"{t}: evictions / expirations",
                      f"{g(f'evictions_{t}'):,} / {g(f'expirations_{t}'):,}",
-                     f"{g(f'evictions_per_request_{t}', 0.0):.2f} evictions per request"])
+                     f"{fmt_num(g(f'evictions_per_request_{t}', 0.0), '.2f')} evictions per request"])
         rows.append([f"{t}: storage mean / peak",
                      f"{fmt_bytes(g(f'storage_mean_bytes_{t}', 0.0))} / "
                      f"{fmt_bytes(g(f'storage_peak_bytes_{t}', 0.0))}",

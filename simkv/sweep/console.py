@@ -58,7 +58,7 @@ SHORT = {"token_hit_rate": "hit rate", "cost_saved_dollars": "$ saved", "ttft_p9
 
 def _fmt(v: Any, metric: str | None = None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
+        return "n/a"  # undefined (a ratio over zero), or no value: the cell failed
     if metric is not None and isinstance(v, int | float) and not isinstance(v, bool):
         return escape(fmt_metric(metric, v))
     if isinstance(v, float):

@@ -5,6 +5,9 @@ importer builds its table through :func:`build_table`, every reader goes through
 :func:`read_trace`, and both end in :func:`validate_table`, so a trace that loads is a trace
 that obeys the contract:
 
+* at least one row;
+* every column of its canonical type, or one of the same family that casts losslessly (a
+  number stored as a string is an error);
 * ``arrival_s`` finite, >= 0 and non-decreasing;
 * ``request_id`` non-empty and unique;
 * ``input_tokens`` and ``output_tokens`` >= 0;
@@ -179,8 +182,29 @@ def _first(mask: np.ndarray) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
+def _kind(t: pa.DataType) -> str:
+    """A type's family: ``number``, ``string``, ``list<KIND>``, ``null``, else its name."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        inner = t.value_type
+        return "list<integer>" if pa.types.is_integer(inner) else f"list<{_kind(inner)}>"
+    if pa.types.is_null(t):
+        return "null"
+    return str(t)
+
+
 def _conform(table: pa.Table, path: str | Path | None) -> pa.Table:
-    """Cast every known column to its canonical type (losslessly) and order the columns."""
+    """Cast every known column to its canonical type (losslessly) and order the columns.
+
+    Only within a family (a number to a number, a string to a string, a list of integers to a
+    list of integers): a number stored as text is an error, not parsed, since it means the
+    file was written wrong and other columns may be too.
+    """
     names = table.column_names
     unknown = [n for n in names if n not in _FIELDS]
     if unknown:
@@ -192,6 +216,9 @@ def _conform(table: pa.Table, path: str | Path | None) -> pa.Table:
     arrays = []
     for f in trace_schema(optional):
         col = table.column(f.name)
+        if col.type != f.type and _kind(col.type) not in (_kind(f.type), "null"):
+            hint = "; store numbers as numbers, not text" if _kind(col.type) == "string" else ""
+            raise TraceError(path, f"has type {col.type}, expected {f.type}{hint}", field=f.name)
         if col.type != f.type:
             try:
                 col = col.cast(f.type, safe=True)
@@ -221,6 +248,8 @@ def validate_table(
         raise TraceError(path, f"block_size must be a positive integer, got {block_size!r}",
                          field="block_size")
     table = _conform(table, path)
+    if table.num_rows == 0:
+        raise TraceError(path, "has no requests (0 rows); a trace needs at least one request")
 
     arrival = table.column("arrival_s").to_numpy()
     bad = _first(~np.isfinite(arrival) | (arrival < 0))

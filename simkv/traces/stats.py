@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from simkv.traces.schema import Trace
@@ -85,9 +86,10 @@ def _reuse_gaps(trace: Trace) -> np.ndarray:
     n = len(ids)
     times = trace.arrival_s[_request_of_block(trace.block_offsets)]
     # Group accesses by id, in trace order within an id. Sorting the unique composite key
-    # id·n + position is a plain (SIMD) sort, faster than a stable argsort of the ids.
+    # id·n + position is a plain (SIMD) sort, faster than a stable argsort of the ids. The
+    # key is built in int64: the ids are int32, and id·n passes 2**31 on any sizeable trace.
     if trace.n_unique_blocks < np.iinfo(np.int64).max // n:
-        key = np.sort(ids * n + np.arange(n, dtype=np.int64))
+        key = np.sort(ids.astype(np.int64) * n + np.arange(n, dtype=np.int64))
         sorted_ids = key // n
         order = key - sorted_ids * n
     else:  # pragma: no cover - needs > 3e9 block accesses
@@ -98,45 +100,58 @@ def _reuse_gaps(trace: Trace) -> np.ndarray:
     return (sorted_t[1:] - sorted_t[:-1])[same]
 
 
-def _pct(values: np.ndarray, qs: list[float]) -> list[float]:
-    """Percentiles (linear interpolation); all 0.0 for an empty array."""
+def _pct(values: np.ndarray, qs: list[float]) -> list[float | None]:
+    """Percentiles (linear interpolation); all ``None`` (undefined) for an empty array."""
     if len(values) == 0:
-        return [0.0] * len(qs)
+        return [None] * len(qs)
     return [float(v) for v in np.percentile(values, qs)]
+
+
+def _ratio(num: float, den: float) -> float | None:
+    """``num / den``, or ``None`` (undefined) when ``den`` is 0."""
+    return float(num) / float(den) if den else None
 
 
 @dataclass
 class TraceStats:
-    """Summary of a trace. ``to_dict()`` is JSON-ready (plain ints, floats, dicts).
+    """Summary of a trace. ``to_dict()`` is JSON-ready (plain ints, floats, dicts, ``None``).
 
+    A value whose definition divides by zero or needs what the trace lacks is ``None``
+    (undefined, printed ``n/a``), never 0.
+
+    * ``sessions``: distinct non-empty ``session_id`` values (``None`` if every one is empty).
+    * ``duration_s`` = last arrival − first arrival (``None`` for one request);
+      ``request_rate_per_s`` = requests / duration_s (``None`` unless duration_s > 0).
     * ``infinite_cache_token_hit_rate`` = Σ_r hit_blocks[r] · block_size / Σ_r input_tokens[r]
       (see :func:`infinite_cache_hit_blocks`; tail tokens are always misses): the ceiling any
       finite cache can reach on this trace under prefix semantics.
     * ``reuse_fraction`` = (blocks − unique_blocks) / blocks: accesses to a block seen before.
-    * ``reuse_gap_s_*``: percentiles of the time between successive accesses of a block, over
-      all accesses that have a previous one (0 when the repeat is within one request).
+    * ``reuse_gaps``: the number of those re-accesses (= blocks − unique_blocks), each with the
+      gap since the previous access of its block; ``reuse_gap_s_*`` are percentiles of the gaps
+      (0 when the repeat is within one request).
     * ``classes``: per prompt class, ``requests``, ``input_tokens``, ``output_tokens`` and its
       own ``infinite_cache_token_hit_rate``.
     """
 
     requests: int
-    sessions: int
-    duration_s: float
-    request_rate_per_s: float
+    sessions: int | None
+    duration_s: float | None
+    request_rate_per_s: float | None
     input_tokens: int
     output_tokens: int
-    mean_input_tokens: float
-    p50_input_tokens: float
-    p99_input_tokens: float
+    mean_input_tokens: float | None
+    p50_input_tokens: float | None
+    p99_input_tokens: float | None
     blocks: int
     unique_blocks: int
     block_size: int
-    infinite_cache_token_hit_rate: float
-    reuse_fraction: float
-    reuse_gap_s_p50: float
-    reuse_gap_s_p90: float
-    reuse_gap_s_p99: float
-    classes: dict[str, dict[str, int | float]] = field(default_factory=dict)
+    infinite_cache_token_hit_rate: float | None
+    reuse_fraction: float | None
+    reuse_gaps: int
+    reuse_gap_s_p50: float | None
+    reuse_gap_s_p90: float | None
+    reuse_gap_s_p99: float | None
+    classes: dict[str, dict[str, int | float | None]] = field(default_factory=dict)
     source: str = "unknown"
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,14 +172,15 @@ def trace_stats(trace: Trace) -> TraceStats:
     total_in = int(inp.sum())
     blocks = len(trace.block_ids_flat)
     unique = trace.n_unique_blocks
-    gap_p50, gap_p90, gap_p99 = _pct(_reuse_gaps(trace), [50, 90, 99])
+    gaps = _reuse_gaps(trace)
+    gap_p50, gap_p90, gap_p99 = _pct(gaps, [50, 90, 99])
     in_p50, in_p99 = _pct(inp, [50, 99])
-    duration = float(arrival[-1] - arrival[0]) if n else 0.0
+    duration = float(arrival[-1] - arrival[0]) if n > 1 else None
 
     sessions = pd.Series(trace.table.column("session_id").to_numpy(zero_copy_only=False))
-    n_sessions = int(sessions[sessions != ""].nunique())
+    n_sessions = int(sessions[sessions != ""].nunique()) or None
 
-    classes: dict[str, dict[str, int | float]] = {}
+    classes: dict[str, dict[str, int | float | None]] = {}
     if n:
         frame = pd.DataFrame({
             "cls": trace.table.column("prompt_class").to_numpy(zero_copy_only=False),
@@ -176,25 +192,25 @@ def trace_stats(trace: Trace) -> TraceStats:
                 "requests": len(g),
                 "input_tokens": cls_in,
                 "output_tokens": int(g["out"].sum()),
-                "infinite_cache_token_hit_rate":
-                    float(g["hit"].sum() / cls_in) if cls_in else 0.0,
+                "infinite_cache_token_hit_rate": _ratio(g["hit"].sum(), cls_in),
             }
 
     return TraceStats(
         requests=n,
         sessions=n_sessions,
         duration_s=duration,
-        request_rate_per_s=n / duration if duration > 0 else 0.0,
+        request_rate_per_s=_ratio(n, duration) if duration else None,
         input_tokens=total_in,
         output_tokens=int(out.sum()),
-        mean_input_tokens=float(inp.mean()) if n else 0.0,
+        mean_input_tokens=float(inp.mean()) if n else None,
         p50_input_tokens=in_p50,
         p99_input_tokens=in_p99,
         blocks=blocks,
         unique_blocks=unique,
         block_size=bs,
-        infinite_cache_token_hit_rate=float(hit_tokens.sum() / total_in) if total_in else 0.0,
-        reuse_fraction=(blocks - unique) / blocks if blocks else 0.0,
+        infinite_cache_token_hit_rate=_ratio(hit_tokens.sum(), total_in),
+        reuse_fraction=_ratio(blocks - unique, blocks),
+        reuse_gaps=len(gaps),
         reuse_gap_s_p50=gap_p50,
         reuse_gap_s_p90=gap_p90,
         reuse_gap_s_p99=gap_p99,
@@ -203,12 +219,22 @@ def trace_stats(trace: Trace) -> TraceStats:
     )
 
 
-def _seconds(s: float) -> str:
+NA = "n/a"
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return NA
     if s < 120:
         return f"{s:,.1f} s"
     if s < 7200:
         return f"{s / 60:,.1f} min"
     return f"{s / 3600:,.2f} h"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """``format(value, spec)``, or ``n/a`` for an undefined value."""
+    return NA if value is None else format(value, spec)
 
 
 def print_stats(stats: TraceStats, console: Console | None = None,
@@ -219,21 +245,23 @@ def print_stats(stats: TraceStats, console: Console | None = None,
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
     rows = [
-        ("source", stats.source),
+        ("source", escape(stats.source)),
         ("requests", f"{stats.requests:,}"),
-        ("sessions", f"{stats.sessions:,}"),
+        ("sessions", _fmt(stats.sessions, ",")),
         ("duration", _seconds(stats.duration_s)),
-        ("request rate", f"{stats.request_rate_per_s:,.2f} /s"),
+        ("request rate", f"{stats.request_rate_per_s:,.2f} /s" if stats.request_rate_per_s
+         is not None else NA),
         ("input tokens", f"{stats.input_tokens:,}"),
         ("output tokens", f"{stats.output_tokens:,}"),
         ("input tokens mean / p50 / p99",
-         f"{stats.mean_input_tokens:,.0f} / {stats.p50_input_tokens:,.0f} / "
-         f"{stats.p99_input_tokens:,.0f}"),
+         f"{_fmt(stats.mean_input_tokens, ',.0f')} / {_fmt(stats.p50_input_tokens, ',.0f')} / "
+         f"{_fmt(stats.p99_input_tokens, ',.0f')}"),
         ("block size", f"{stats.block_size:,} tokens"),
         ("blocks (accesses)", f"{stats.blocks:,}"),
         ("unique blocks", f"{stats.unique_blocks:,}"),
-        ("infinite-cache token hit rate", f"{stats.infinite_cache_token_hit_rate:.1%}"),
-        ("block reuse fraction", f"{stats.reuse_fraction:.1%}"),
+        ("infinite-cache token hit rate", _fmt(stats.infinite_cache_token_hit_rate, ".1%")),
+        ("block reuse fraction", _fmt(stats.reuse_fraction, ".1%")),
+        ("reuse gaps (re-accesses)", f"{stats.reuse_gaps:,}"),
         ("reuse gap p50 / p90 / p99",
          f"{_seconds(stats.reuse_gap_s_p50)} / {_seconds(stats.reuse_gap_s_p90)} / "
          f"{_seconds(stats.reuse_gap_s_p99)}"),
@@ -251,11 +279,11 @@ def print_stats(stats: TraceStats, console: Console | None = None,
         c.add_column(name, justify=justify)  # type: ignore[arg-type]
     for name, v in stats.classes.items():
         c.add_row(
-            name,
-            f"{int(v['requests']):,}",
-            f"{v['requests'] / stats.requests:.1%}" if stats.requests else "-",
-            f"{int(v['input_tokens']):,}",
-            f"{v['input_tokens'] / stats.input_tokens:.1%}" if stats.input_tokens else "-",
-            f"{v['infinite_cache_token_hit_rate']:.1%}",
+            escape(name),
+            f"{v['requests']:,}",
+            _fmt(_ratio(v["requests"], stats.requests), ".1%"),
+            f"{v['input_tokens']:,}",
+            _fmt(_ratio(v["input_tokens"], stats.input_tokens), ".1%"),
+            _fmt(v["infinite_cache_token_hit_rate"], ".1%"),
         )
     console.print(c)
