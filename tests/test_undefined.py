@@ -100,4 +100,4 @@ def test_sweep_table_shows_na(tmp_path: Path) -> None:
     console = Console(record=True, width=160)
     console.print(top_cells_table(df, objective=("token_hit_rate", "max")))
     text = console.export_text()
-    assert "n/a" in text and "0.5" in text
+    assert "n/a" in text and "50.00%" in text
