@@ -110,3 +110,33 @@ def test_report_md_calls_out_overload(tmp_path) -> None:
     text = rep.path.read_text()
     assert "[!WARNING]" in text and "hardware.gpus=3" in text
     assert "| **GPU utilisation** | 1.78 |" in text
+
+
+def test_archive_worker_share_and_flag() -> None:
+    """The worker's busy share is PUTs × (compress + upload time per block) / simulated time;
+    it is flagged only near 1, where its passes stop keeping up (0.5 merely doubles the pass
+    spacing)."""
+    def archive(upload_gbps: float) -> Scenario:
+        return scenario_from_dict({
+            "model": {"kv_bytes_per_token": KV},
+            "tiers": {"gpu": {"capacity_blocks": 1000}, "disk": {"enabled": False},
+                      "archive": {"enabled": True, "interval_s": 1.0, "compress_gbps": 1.0,
+                                  "upload_gbps": upload_gbps}},
+            "ttl": {"heuristic": "static", "params": {"ttl": 100.0}},
+            "hardware": {"prefill_const_s": 0.0, "prefill_per_token_s": PER_TOKEN,
+                         "prefill_attn_s": 0.0},
+            "engine": "simpy",
+        })
+    trace = distinct(10, [float(i) for i in range(10)])
+    fast = run(archive(1.0), trace).summary
+    block, stored = 4 * KV, 4 * KV / 2.0  # compression_ratio 2 by default
+    per_put = block / 1e9 + stored / 1e9
+    puts = fast["archive_puts"]
+    assert puts >= 10  # blocks computed before the last pass are uploaded
+    assert fast["archive_worker_busy_share"] == pytest.approx(puts * per_put / fast["duration_s"])
+    assert "archive" not in fast["overload"]
+    # 1e-6 GB/s: 2000 s of upload per block, far more than the run lasts
+    slow = run(archive(1e-6), trace).summary
+    assert slow["archive_worker_busy_share"] >= 0.9
+    assert "archive" in slow["overload"]
+    assert any("archive worker falls behind" in w for w in overload_warnings(slow))

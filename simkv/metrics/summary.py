@@ -123,8 +123,10 @@ GPU_UNSTABLE = 1.0
 GPU_TARGET = 0.85
 #: Disk write demand at or above which writes cannot keep up with the arrivals.
 DISK_BEHIND = 1.0
-#: Archive worker busy share at or above which it uploads longer than it sleeps.
-ARCHIVE_BEHIND = 0.5
+#: Archive worker busy share at or above which it has (almost) no idle time left: a pass
+#: takes ``share / (1 - share)`` times ``interval_s``, so near 1 the candidates it must upload
+#: pile up without bound (at 0.5 a pass merely lasts as long as the sleep between passes).
+ARCHIVE_BEHIND = 0.9
 
 
 def _share(num: float, den: float) -> float:
@@ -150,10 +152,11 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
       block is readable (writes queue behind each other); ``disk_write_backlog_s`` = the
       queued write time still unfinished at the end of the simulation;
     * ``archive_upload_demand`` = bytes uploaded / (arrival_span_s × upload bandwidth);
-      ``archive_worker_busy_share`` = (compress + upload time of every PUT) / simulated
-      time (from 0 to the end). The worker sleeps ``interval_s`` between passes, so a share
-      ≥ 0.5 means it uploads longer than it sleeps: passes come at least twice as far apart
-      as ``interval_s`` and candidates wait (or are evicted before) their upload.
+      ``archive_worker_busy_share`` = (compress + upload time of every pass the worker
+      began, a pass still running at the end included) / simulated time (from 0 to the end). The worker sleeps ``interval_s`` between passes, so with a
+      share ``s`` passes come ``1 / (1 - s)`` times ``interval_s`` apart; ``s`` ≥ 0.9 (passes
+      10x further apart than configured, and unbounded as ``s`` → 1) is flagged: candidates
+      then wait long for (or are evicted before) their upload.
 
     ``overload`` names the resources over their threshold (``"gpu,disk"``; ``""``: none).
     A trace whose arrivals span no time (one request) reports zero demands.
@@ -167,10 +170,7 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
     disk_cfg, arch_cfg = scenario.tiers.disk, scenario.tiers.archive
     disk_demand = _share(cache.disk_writes * cache.block_bytes, span * disk_cfg.write_gbps * GB)
     upload_demand = _share(cache.archive_puts * cache.archive_bytes, span * arch_cfg.upload_gbps * GB)
-    worker_busy = 0.0 if cache.zero_time else cache.archive_puts * (
-        cache.block_bytes / (arch_cfg.compress_gbps * GB)
-        + cache.archive_bytes / (arch_cfg.upload_gbps * GB))
-    worker_share = _share(worker_busy, end_s)
+    worker_share = _share(cache.archive_busy_s, end_s)
     overload = [name for name, over in (("gpu", util >= GPU_UNSTABLE),
                                         ("disk", disk_demand >= DISK_BEHIND),
                                         ("archive", worker_share >= ARCHIVE_BEHIND)) if over]

@@ -113,6 +113,7 @@ def archive_worker_loop(env: simpy.Environment, cache: TieredCache,
     while True:
         yield env.timeout(interval)
         uploads, busy = cache.archive_pass(env.now)
+        cache.archive_busy_s += busy
         if busy > 0.0:
             yield env.timeout(busy)
         cache.archive_commit(uploads, env.now)

@@ -126,6 +126,7 @@ class TieredCache:
         self.archive_refreshes = 0
         self.archive_bytes_fetched = 0
         self.archive_skipped = 0  # candidates gone from every tier before the worker came
+        self.archive_busy_s = 0.0  # the worker's compress + upload time of every pass begun
         self.hydrations = 0
         self.offloads = 0
         self.disk_writes = 0
