@@ -153,9 +153,10 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
       queued write time still unfinished at the end of the simulation;
     * ``archive_upload_demand`` = bytes uploaded / (arrival_span_s × upload bandwidth);
       ``archive_worker_busy_share`` = (compress + upload time of every pass the worker
-      began, a pass still running at the end included) / simulated time (from 0 to the end). The worker sleeps ``interval_s`` between passes, so with a
-      share ``s`` passes come ``1 / (1 - s)`` times ``interval_s`` apart; ``s`` ≥ 0.9 (passes
-      10x further apart than configured, and unbounded as ``s`` → 1) is flagged: candidates
+      began, a pass still running at the end included) / simulated time (from 0 to the
+      end). The worker sleeps ``interval_s`` between passes, so with a share ``s`` passes
+      come ``1 / (1 - s)`` times ``interval_s`` apart; ``s`` ≥ 0.9 (passes 10x further apart
+      than configured, and unbounded as ``s`` → 1) is flagged: candidates
       then wait long for (or are evicted before) their upload.
 
     ``overload`` names the resources over their threshold (``"gpu,disk"``; ``""``: none).

@@ -636,6 +636,8 @@ def objective_vs_param(sweep: SweepData, objective: Objective, out: Path) -> Cha
 
 def sweep_charts(sweep: SweepData, objective: Objective, out: Path) -> list[Chart]:
     """Every chart of a sweep report, in report order."""
-    return [objective_heatmap(sweep, objective, out), hit_rate_vs_capacity(sweep, out),
-            objective_vs_param(sweep, objective, out)]
+    from simkv.report.tradeoff import ttl_tradeoff  # it builds on this module's helpers
+
+    return [objective_heatmap(sweep, objective, out), ttl_tradeoff(sweep, out),
+            hit_rate_vs_capacity(sweep, out), objective_vs_param(sweep, objective, out)]
 
