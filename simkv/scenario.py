@@ -177,7 +177,8 @@ class ArchiveTier(TierCapacity):
     (:data:`STORAGE_CLASSES`); any of them can be overridden. Every PUT (upload, or sliding-TTL
     refresh COPY) makes a new object, billed ``max(stored, min_object_bytes) × max(lifetime,
     min_days)``: one removed earlier (expiry, eviction, overwrite) pays the rest at removal,
-    one alive at the end of the run is billed its time so far but at least ``min_days``."""
+    one alive at the end of the run is billed until its TTL deadline but at least ``min_days``
+    (see docs/metrics.md)."""
 
     enabled: bool = False
     interval_s: float = 60.0

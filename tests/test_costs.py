@@ -3,6 +3,8 @@ attribution that adds up to the summary."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from simkv.api import run
@@ -55,32 +57,47 @@ def test_object_living_past_the_minimum_pays_its_lifetime_and_its_own_size() -> 
     assert res.summary["archive_storage_dollars"] == pytest.approx(dollars(OBJECT, 15.0), rel=1e-12)
 
 
-def test_object_alive_at_the_end_pays_its_time_in_the_window_but_at_least_the_minimum() -> None:
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+def test_object_alive_at_the_end_is_billed_until_its_deadline(engine: str) -> None:
+    # block 1 uploaded at the pass at t=10 with a 1000 s TTL; the run ends at 45, but the object
+    # stays until 1010: the standard class (no minimum) bills 1000 s, not the 35 s in the window
+    trace = make_trace([[1], [9]], arrivals=[0.0, 45.0])
+    s = run(archived(engine=engine), trace).summary
+    assert s["archive_puts"] == 1 and s["expirations_archive"] == 0
+    assert s["archive_storage_dollars"] == pytest.approx(2048 * 1000.0 / 1e9 / (730 * 3600) * 0.023,
+                                                         rel=1e-12)
+    assert s["storage_gb_hours_archive"] == pytest.approx(OBJECT * 35.0 / 1e9 / 3600)  # physical
+    committed = run(archived(min_days=2000 / DAY, engine=engine), trace).summary["archive_storage_dollars"]
+    assert committed == pytest.approx(dollars(OBJECT, 2000.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+def test_object_that_never_expires_is_billed_to_the_end_of_the_run(engine: str) -> None:
     trace = make_trace([[1], [9]], arrivals=[0.0, 45.0])  # uploaded at 10, the run ends at 45
-    plain = run(archived(), trace).summary["archive_storage_dollars"]
-    assert plain == pytest.approx(dollars(OBJECT, 35.0), rel=1e-12)
-    committed = run(archived(min_days=60 / DAY), trace).summary["archive_storage_dollars"]
-    assert committed == pytest.approx(dollars(OBJECT, 60.0), rel=1e-12)
+    s = run(archived(ttl=math.inf, engine=engine), trace).summary
+    assert s["archive_storage_dollars"] == pytest.approx(dollars(OBJECT, 35.0), rel=1e-12)
 
 
 @pytest.mark.parametrize("engine", ["simpy", "compiled"])
 def test_evicted_object_is_billed_to_its_own_request(engine: str) -> None:
-    # one archive slot: block 2 (request 1, uploaded at 20) evicts block 1 (request 0, from 10)
+    # one archive slot: block 2 (request 1, uploaded at 20) evicts block 1 (request 0, from 10);
+    # block 2 is alive at the end (45), billed until its deadline (1020)
     trace = make_trace([[1], [2], [9]], arrivals=[0.0, 12.0, 45.0])
     res = run(archived(capacity_blocks=1, engine=engine), trace)
     r = res.requests
     assert res.summary["evictions_archive"] == 1
     assert r["archive_storage_dollars"].tolist() == [pytest.approx(dollars(OBJECT, 10.0), rel=1e-12),
-                                                      pytest.approx(dollars(OBJECT, 25.0), rel=1e-12), 0.0]
+                                                      pytest.approx(dollars(OBJECT, 1000.0), rel=1e-12), 0.0]
 
 
 @pytest.mark.parametrize("engine", ["simpy", "compiled"])
-@pytest.mark.parametrize(("storage_class", "seconds"), [("standard", (10.0, 25.0)),
+@pytest.mark.parametrize(("storage_class", "seconds"), [("standard", (10.0, 1000.0)),
                                                         ("glacier_ir", (90 * DAY, 90 * DAY))])
 def test_refresh_copy_is_a_new_object_charged_to_the_refreshing_request(
         engine: str, storage_class: str, seconds: tuple[float, float]) -> None:
     # uploaded at 10 for request 0; request 1 uses block 1 at 15, so the pass at 20 refreshes
-    # it: the first object lived 10 s (early deletion), the copy lives 25 s to the end
+    # it: the first object lived 10 s (early deletion); the copy, alive at the end (45), is
+    # billed until its slid deadline (1020)
     trace = make_trace([[1], [1], [9]], arrivals=[0.0, 15.0, 45.0])
     res = run(archived(mode="sliding", storage_class=storage_class, engine=engine), trace)
     s, r = res.summary, res.requests
@@ -129,15 +146,20 @@ def test_three_tier_on_glacier_ir_pays_the_minimum_duration() -> None:
     per_object = ir["block_bytes"] // 2 * 90 * DAY / 1e9 / SECONDS_PER_MONTH * 0.004
     # every object lives far less than 90 days in this 43-minute window
     assert ir["archive_storage_dollars"] == pytest.approx(objects * per_object, rel=1e-9)
-    assert ir["archive_storage_dollars"] > 1.0 > 100 * std["archive_storage_dollars"]
+    assert ir["archive_storage_dollars"] > max(1.0, 100 * std["archive_storage_dollars"])
     assert std["cost_saved_dollars"] > 0 > ir["cost_saved_dollars"]
 
 
-def test_standard_class_storage_equals_the_byte_integral() -> None:
-    """No minimums: the billed object-seconds are the storage meter's integral."""
-    s = run(THREE_TIER, SMALL_TRACE).summary
-    meter = s["storage_gb_hours_archive"] * 3600 / SECONDS_PER_MONTH * 0.023
-    assert s["archive_storage_dollars"] == pytest.approx(meter, rel=1e-9)
+def test_standard_class_bills_every_object_its_full_ttl() -> None:
+    """No minimums, a fixed 1 h TTL longer than the 43-minute window, no archive capacity: every
+    object, alive at the end or not, is billed exactly its TTL, more than the bytes held."""
+    over = ["ttl.heuristic=static", "ttl.params={ttl: 3600}", "ttl.mode=fixed"]
+    s = run(THREE_TIER, SMALL_TRACE, overrides=over).summary
+    assert s["archive_puts"] > 0 and s["archive_refreshes"] == 0 and s["evictions_archive"] == 0
+    per_object = s["block_bytes"] // 2 * 3600.0 / 1e9 / SECONDS_PER_MONTH * 0.023
+    assert s["archive_storage_dollars"] == pytest.approx(s["archive_puts"] * per_object, rel=1e-9)
+    held = s["storage_gb_hours_archive"] * 3600 / SECONDS_PER_MONTH * 0.023  # physical
+    assert 0 < held < s["archive_storage_dollars"]
 
 
 def test_billing_minimums_are_validated_scenario_inputs() -> None:

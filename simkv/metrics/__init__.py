@@ -12,7 +12,8 @@
   archive storage $ = Σ over archive objects of ``max(stored, min_object_bytes) × max(lifetime,
   min_days)`` × $/GB-month, every PUT (upload or sliding-TTL refresh COPY) being a new object:
   one removed before its storage class's minimum pays the rest at removal (S3's early-deletion
-  fee), one alive at the end of the run pays its time so far but at least the minimum;
+  fee), one alive at the end of the run is billed until its TTL deadline (``lifetime =
+  max(deadline, end) − created``) but at least the minimum;
   request $ = PUTs × $/PUT + GETs × $/GET; transfer $ = GB fetched × (retrieval + transfer $/GB);
 * per request, every archive dollar is charged to one request, so the per-request cost
   columns add up to the summary: an object's PUT and storage go to the request whose access

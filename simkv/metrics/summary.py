@@ -83,7 +83,7 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
     gpu_s = float(requests["gpu_seconds_saved"].sum())
     gpu_dollars = gpu_s * hw.gpu_cost_per_hour / 3600.0
     # Every archive object billed max(stored, min_object_bytes) × max(lifetime, min_days):
-    # the early-deletion remainder at removal, at least min_days if alive at the end.
+    # the early-deletion remainder at removal; alive at the end: until its deadline, >= min_days.
     storage_dollars = float(archive_storage_dollars(scenario, cache).sum())
     request_dollars = ((cache.archive_puts + cache.archive_refreshes) * a.price("put")
                        + cache.archive_gets * a.price("get"))

@@ -164,7 +164,8 @@ class CompiledTieredCache(TieredCache):
         S, X = self._S, self._X
         if self.archive is not None:
             self._archive_expire(now)
-            K.archive_close(now, self._resident, self._obj_t, self._obj_owner, self._billed, X)
+            K.archive_close(now, self._resident, self._deadline, self._obj_t, self._obj_owner,
+                            self._billed, X)
         K.close_meters(S, X, now)
         for tier, t in ((GPU, self.gpu), (DISK, self.disk), (ARCHIVE, self.archive)):
             if t is None:

@@ -245,12 +245,14 @@ def archive_commit(blocks: np.ndarray, deadlines: np.ndarray, owners: np.ndarray
 
 
 @njit(cache=True)
-def archive_close(now: float, resident: np.ndarray, obj_t: np.ndarray, obj_owner: np.ndarray,
-                  billed: np.ndarray, X: np.ndarray) -> None:
-    """ObjectLedger.close_all: the end of the run bills every live object, in block order."""
+def archive_close(now: float, resident: np.ndarray, deadline: np.ndarray, obj_t: np.ndarray,
+                  obj_owner: np.ndarray, billed: np.ndarray, X: np.ndarray) -> None:
+    """ObjectLedger.close_all: the end of the run bills every live object, in block order,
+    until its deadline if that is finite and later than ``now``, else until ``now``."""
     for b in range(resident.shape[1]):
         if resident[ARCHIVE, b]:
-            _bill(b, now, obj_t, obj_owner, billed, X)
+            d = deadline[b]
+            _bill(b, d if now < d and d < np.inf else now, obj_t, obj_owner, billed, X)
 
 
 @njit(cache=True)

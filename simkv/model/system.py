@@ -452,11 +452,11 @@ class TieredCache:
         np.add.at(self.archive_puts_by_request, owners, 1)
 
     def close(self, now: float) -> None:
-        """End of the simulation: apply due expiries, bill the live archive objects and close
-        the storage integrals."""
+        """End of the simulation: apply due expiries, bill the live archive objects (until
+        their deadlines) and close the storage integrals."""
         self.expire(now)
         if self.archive is not None and self.archive.ledger is not None:
-            self.archive.ledger.close_all(now)
+            self.archive.ledger.close_all(now, self.archive.deadline)
         for tier in self.tiers:
             if tier is not None:
                 tier.meter.close(now)

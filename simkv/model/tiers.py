@@ -9,6 +9,8 @@ storage integral at its deadline, not when it is noticed.
 from __future__ import annotations
 
 import heapq
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from simkv.policies.eviction import EvictionPolicy
@@ -43,8 +45,10 @@ class ObjectLedger:
 
     Every object is billed ``max(lifetime, min_s)`` seconds, added to its owner's total when it
     goes (expiry, eviction, overwrite by a refresh) or when the run ends: an early removal pays
-    the rest of the minimum then (S3's early-deletion fee), and an object alive at the end pays
-    its time so far but at least the minimum (already committed).
+    the rest of the minimum then (S3's early-deletion fee). An object alive at the end will stay
+    until its TTL expires, so it is billed until its current deadline, ``lifetime = max(deadline,
+    end) − created``, but at least the minimum: the bill the run's uploads incur if traffic
+    stopped at the end. One without a finite deadline is billed to the end of the run.
     """
 
     def __init__(self, n_owners: int, min_s: float) -> None:
@@ -68,10 +72,12 @@ class ObjectLedger:
         self.close(block, t)
         self.open(block, t, owner)
 
-    def close_all(self, t: float) -> None:
-        """The end of the run: bill every live object, in block order."""
+    def close_all(self, t: float, deadline: Mapping[int, float]) -> None:
+        """The end of the run at ``t``: bill every live object, in block order, until its
+        ``deadline`` if that is finite and later than ``t``, else until ``t``."""
         for block in sorted(self.start):
-            self.close(block, t)
+            d = deadline.get(block, t)
+            self.close(block, d if t < d < math.inf else t)
 
 
 class Tier:
