@@ -71,6 +71,17 @@ CASES: list[Case] = [
          ("ttl.heuristic=reuse_prob", "ttl.params={}", "ttl.mode=fixed",
           "tiers.archive.storage_class=glacier_ir"),
          what="learned reuse-probability TTL, fixed deadlines, Glacier IR prices"),
+    # Three cells of the README's TTL study: too short, the optimum, too long. A change that
+    # flattens the trade-off (archive hits, archive dollars, cost saved along the TTL) moves them.
+    Case("ttl-study-1min", "scenarios/long-horizon-archive.yaml", "traces/long-horizon.parquet",
+         ("ttl.params.alpha=0", "ttl.params.base_ttl=60"),
+         what="TTL study: 1-minute archive TTL (few archive hits)"),
+    Case("ttl-study-4h", "scenarios/long-horizon-archive.yaml", "traces/long-horizon.parquet",
+         ("ttl.params.alpha=0", "ttl.params.base_ttl=14400"),
+         what="TTL study: the 4-hour optimum of the committed example"),
+    Case("ttl-study-1d-alpha1", "scenarios/long-horizon-archive.yaml", "traces/long-horizon.parquet",
+         ("ttl.params.alpha=1", "ttl.params.base_ttl=86400"),
+         what="TTL study: day-long adaptive TTLs (storage dollars dominate)"),
 ]
 
 
