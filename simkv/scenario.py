@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from simkv.config import apply_overrides, from_dict, to_dict
+from simkv.config import apply_overrides, from_dict, load_yaml, to_dict
 from simkv.errors import ScenarioError
 
 GB = 1e9  # bandwidths are in GB/s (decimal), as hardware vendors quote them
@@ -306,10 +306,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         raise ScenarioError(f"{path}: no such scenario file") from None
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    data = load_yaml(text, path) or {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

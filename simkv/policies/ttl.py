@@ -189,6 +189,12 @@ class PerClassParams:
     default_ttl: float = 3600.0
     class_ttl: dict[str, float] = field(default_factory=dict)
 
+    def check(self, prefix: str) -> None:
+        for key, ttl in (("default_ttl", self.default_ttl),
+                         *((f"class_ttl.{c}", t) for c, t in self.class_ttl.items())):
+            if not ttl >= 0:  # also catches NaN
+                raise ScenarioError(f"{prefix}.{key}: must be >= 0, got {ttl}")
+
 
 @TTL_HEURISTICS.register("per_class")
 @vectorized
@@ -259,6 +265,9 @@ class CostAwareParams:
 
     def check(self, prefix: str) -> None:
         _check_range(prefix, self.min_ttl, self.max_ttl)
+        if self.reuse_prob is not None and not 0 <= self.reuse_prob <= 1:
+            raise ScenarioError(f"{prefix}.reuse_prob: a probability must be in [0, 1], "
+                                f"got {self.reuse_prob}")
 
 
 @TTL_HEURISTICS.register("cost_aware")
