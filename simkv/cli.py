@@ -123,9 +123,11 @@ def run_cmd(
     """Simulate a trace under a scenario; write per-request rows, timeline and summary.json."""
     import time
 
-    from simkv.api import run
+    from simkv.api import check_run_dir, run
     from simkv.report.console import summary_table
 
+    if out is not None:
+        check_run_dir(out)  # before simulating, not after
     t0 = time.perf_counter()
     with progress_bar("simulating") as advance:
         result = run(scenario, trace, overrides=overrides or [], progress=advance)

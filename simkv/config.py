@@ -136,8 +136,13 @@ def load_yaml(text: str, source: str | Path) -> Any:
     loader.source = str(source)
     try:
         return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else str(source)
+        what = "; ".join(x for x in (exc.context, exc.problem) if x)
+        raise ScenarioError(f"{where}: not valid YAML: {what}") from None
     except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: not valid YAML: {exc}") from None
+        raise ScenarioError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
 

@@ -132,6 +132,9 @@ def plan_sweep(scenario: str | Path, trace: str | Path | None = None, grid: Grid
         except ScenarioError as exc:
             raise ScenarioError(f"grid cell [{cell.label()}]: {exc}") from None
     digest = hashlib.sha256("\n".join([__version__, base.to_yaml(), _file_digest(tr.path)]).encode())
+    # The written scenario.yaml names the trace the sweep runs on (absolute: it re-runs from
+    # any directory), not the scenario file's default; the fingerprint above predates this.
+    base = replace(base, trace=str(Path(tr.path).resolve()) if tr.path else None)
     return SweepPlan(scenario_path, base, tr, g, cells, scenarios, tuple(overrides),
                      digest.hexdigest()[:16])
 
@@ -140,7 +143,7 @@ def _write_manifest(plan: SweepPlan, out: Path) -> None:
     manifest = {
         "simkv_version": __version__,
         "scenario_path": str(plan.scenario_path),
-        "trace": str(plan.trace.path) if plan.trace.path else None,
+        "trace": plan.base.trace,
         "set": list(plan.overrides),
         "grid": plan.grid.to_dict(),
         "cells": len(plan.cells),
