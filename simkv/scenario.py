@@ -87,8 +87,12 @@ class TierCapacity:
 
     def check_eviction(self, prefix: str) -> None:
         from simkv.policies.eviction import EVICTION_POLICIES
+        from simkv.policies.registry import check_signature
 
-        EVICTION_POLICIES.get(getattr(self, "eviction", "lru"), key=f"{prefix}.eviction")
+        name = getattr(self, "eviction", "lru")
+        cls = EVICTION_POLICIES.get(name, key=f"{prefix}.eviction")
+        if EVICTION_POLICIES.is_plugin(name):
+            check_signature(cls, name, f"{prefix}.eviction", "Class(next_use)", 1)
 
     def check_capacity(self, prefix: str) -> None:
         self.check_eviction(prefix)
