@@ -205,15 +205,21 @@ def sweep_cmd(
     cell_outputs: Annotated[bool, typer.Option(help="Also write each cell's full results to "
                                                "DIR/cells/<id>/.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Re-run cells that errored before.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the results of a "
+                                            "different sweep (other base scenario, trace or "
+                                            "--set) already in DIR.")] = False,
     top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
     overrides: SetOpt = None,
 ) -> None:
-    """Run a scenario over a grid of overrides (resumable); one row per cell in sweep.parquet."""
+    """Run a scenario over a grid of overrides (resumable); one row per cell in sweep.parquet.
+
+    Exit status 1 if any cell failed (the results are kept), 2 for an invalid input."""
     import time
 
     from simkv.sweep import Constraint, Grid, Objective, SweepOptions, plan_sweep, run_plan
     from simkv.sweep.console import sweep_progress, top_cells_table
-    from simkv.sweep.winner import NoFeasibleCell, select_winner
+    from simkv.sweep.core import probe_columns
+    from simkv.sweep.winner import NoFeasibleCell, resolve_column, select_winner
 
     cells = (Grid.from_file(grid_file) if grid_file else Grid()) + Grid.from_specs(grid or [])
     cons = [Constraint.parse(c) for c in constraint or []]
@@ -221,8 +227,15 @@ def sweep_cmd(
         raise SimkvError("--constraint: give an --objective to choose a winner by")
     obj = Objective(objective, None if maximize is None else "max" if maximize else "min") \
         if objective else None
-    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed)  # type: ignore[arg-type]
+    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed,  # type: ignore[arg-type]
+                        overwrite)
     plan = plan_sweep(scenario, trace, cells, overrides or [])
+    if obj is not None:  # a misspelt metric fails now, not after every cell ran
+        columns = probe_columns(plan)
+        if columns is not None:
+            obj.resolve(columns)
+            for c in cons:
+                resolve_column(c.metric, columns, f"--constraint {c.text!r}")
     console.print(f"sweep [bold]{escape(plan.base.name)}[/]: {len(plan.cells)} cells over "
                   f"{escape(', '.join(plan.grid.keys)) or 'no keys'} on "
                   f"{escape(str(plan.trace.path))} ({escape(backend)} backend)", highlight=False)
@@ -247,8 +260,17 @@ def sweep_cmd(
     for _, row in df[df["status"] != "ok"].head(5).iterrows():
         err_console.print(f"[red]failed[/] {escape(str(row['cell_id']))}: {escape(str(row['error']))}",
                           highlight=False)
+
+    def exit_if_failed() -> None:
+        if n_err:
+            err_console.print(f"[red]{n_err} of {len(df)} cells failed[/] (their errors are in "
+                              f"{escape(str(out / 'sweep.parquet'))}; fix and re-run with "
+                              "--retry-failed)", highlight=False)
+            raise typer.Exit(1)
+
     if obj is None:
         console.print(top_cells_table(df, top))
+        exit_if_failed()
         return
     column, direction = obj.resolve(list(df.columns))
     (out / "winner.yaml").unlink(missing_ok=True)  # never leave a stale winner behind
@@ -266,6 +288,7 @@ def sweep_cmd(
     console.print(f"winner [bold]{win.cell_id}[/] ({escape(params) or 'base scenario'}): "
                   f"{column} = {win.value:.6g} ({direction}, {win.feasible} feasible of "
                   f"{len(df)}); scenario in [bold]{escape(str(path))}[/]", highlight=False)
+    exit_if_failed()
 
 # -- report and regress commands (simkv report, simkv regress) --
 

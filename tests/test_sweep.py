@@ -368,3 +368,54 @@ def test_cell_outputs(trace_path: Path, tmp_path: Path) -> None:
     for d in dirs:
         assert {p.name for p in d.iterdir()} >= {"summary.json", "requests.parquet", "scenario.yaml"}
         assert pq.read_metadata(d / "requests.parquet").num_rows == 300
+
+
+# -- validation before any cell runs; failed cells; another sweep's directory ------------------
+
+
+def test_unknown_objective_or_constraint_fails_before_any_cell(trace_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for extra in (["--objective", "nosuch"], ["--objective", "cost_saved", "-c", "nosuch<1"]):
+        proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(out), *GRID_ARGS,
+                         "--workers", "1", *extra)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "unknown metric 'nosuch'" in proc.stderr
+        assert not out.exists()  # nothing ran, nothing written
+    # A per-class column of the sweep table is a valid objective.
+    proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(out),
+                     "--grid", "ttl.params.alpha=1,2", "--workers", "1",
+                     "--objective", "token_hit_rate_class_chat")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_failed_cells_exit_nonzero_keeping_results(plugin: str, trace_path: Path, tmp_path: Path) -> None:
+    proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(tmp_path / "out"),
+                     "--set", "ttl.heuristic=" + plugin, "--set", "ttl.params={ttl: 600}",
+                     "--grid", "ttl.params.boom=0,1", "--workers", "1", "--objective", "token_hit_rate")
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 2 cells failed" in proc.stderr and "Traceback" not in proc.stderr
+    df = pd.read_parquet(tmp_path / "out" / "sweep.parquet")
+    assert df["status"].tolist() == ["ok", "error"]
+    assert (tmp_path / "out" / "winner.yaml").exists()
+
+
+def test_other_sweep_in_directory_is_refused(trace_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["sweep", str(SCENARIO), "-o", str(out), "--grid", "ttl.params.alpha=1,2", "--workers", "1"]
+    assert simkv_cli(*args, "--trace", str(trace_path)).returncode == 0
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    other = tmp_path / "other.parquet"
+    write_trace(generate(generator_config(seed=2, n_requests=200)), other)
+    proc = simkv_cli(*args, "--trace", str(other), "--set", "tiers.gpu.capacity_bytes=1GiB")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for needle in (str(out), "different sweep", str(other), "tiers.gpu.capacity_bytes", "--overwrite"):
+        assert needle in proc.stderr.replace("\n", ""), needle
+    assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == before
+    # The same base with another grid reuses the cells; --overwrite discards the old sweep.
+    assert simkv_cli(*args[:-4], "--grid", "ttl.params.alpha=1,3", "--workers", "1",
+                     "--trace", str(trace_path)).returncode == 0
+    proc = simkv_cli(*args, "--trace", str(other), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((out / "cells").glob("*.json"))) == 2
+    assert pd.read_parquet(out / "sweep.parquet")["requests"].tolist() == [200, 200]
+    assert Path(yaml.safe_load((out / "scenario.yaml").read_text())["trace"]) == other.resolve()
