@@ -419,3 +419,74 @@ def test_other_sweep_in_directory_is_refused(trace_path: Path, tmp_path: Path) -
     assert len(list((out / "cells").glob("*.json"))) == 2
     assert pd.read_parquet(out / "sweep.parquet")["requests"].tolist() == [200, 200]
     assert Path(yaml.safe_load((out / "scenario.yaml").read_text())["trace"]) == other.resolve()
+
+
+# -- the driver's end is the workers' end; a bad Ray address fails fast ----------------------
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in _children(todo.pop()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_the_driver(tmp_path: Path, sig: signal.Signals) -> None:
+    # Cells on the 20000-request trace take seconds each: the workers are busy when it dies.
+    medium = ROOT / "traces" / "medium.parquet"
+    proc = subprocess.Popen([*SIMKV, "sweep", str(SCENARIO), "--trace", str(medium),
+                             "-o", str(tmp_path / "out"), "--workers", "2",
+                             "--grid", "ttl.params.alpha=0.5,1,2,4", "--set", "engine=simpy"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline and len(workers) < 3:  # forkserver + 2 workers
+        time.sleep(0.2)
+        workers = _descendants(proc.pid)
+    assert len(workers) >= 3, "the pool did not start"
+    time.sleep(1.0)
+    workers = _descendants(proc.pid)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(p) for p in workers):
+        time.sleep(0.1)
+    assert not [p for p in workers if _running(p)]
+
+
+def test_bad_ray_address_fails_fast(trace_path: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(tmp_path / "out"),
+                     "--grid", "ttl.params.alpha=1,2", "--backend", "ray", "--ray-address",
+                     f"127.0.0.1:{port}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr and "cannot connect" in proc.stderr
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "out").exists()

@@ -247,6 +247,8 @@ def run_plan(plan: SweepPlan, out_dir: str | Path, opts: SweepOptions | None = N
     opts = opts or SweepOptions()
     out = Path(out_dir)
     cells_dir = out / "cells"
+    if opts.backend == "ray" and opts.ray_address:
+        backends.probe_ray_address(opts.ray_address)  # before anything is written
     if out.exists() and not out.is_dir():
         raise SimkvError(f"{out}: exists and is not a directory (the sweep directory)")
     check_sweep_dir(plan, out, opts.overwrite)
