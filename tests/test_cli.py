@@ -91,6 +91,21 @@ def test_out_is_a_file(tmp_path: Path) -> None:
     assert_user_error(proc, str(f / "sub"), "cannot create")
 
 
+def test_other_commands_out_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    run_dir = tmp_path / "run"
+    assert simkv_cli("run", str(DEFAULT), "--trace", str(SMALL_TRACE), "-o", str(run_dir)).returncode == 0
+    for args in (["curve", "capacity", "--trace", str(SMALL_TRACE), "--capacities", "100,200", "-o", str(f)],
+                 ["report", str(run_dir), "-o", str(f)],
+                 ["trace", "gen", "--requests", "10", "-o", str(f / "t.parquet")],
+                 ["sweep", str(DEFAULT), "--trace", str(SMALL_TRACE), "--grid",
+                  "tiers.gpu.capacity_bytes=1GiB", "-o", str(f)]):
+        assert_user_error(simkv_cli(*args), str(f), "not a directory")
+    assert_user_error(simkv_cli("trace", "gen", "--requests", "10", "-o", str(tmp_path)),
+                      str(tmp_path), "is a directory")
+
+
 def test_out_not_writable(tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
