@@ -58,7 +58,11 @@ class Result:
         atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2) + "\n"))
         atomic_write(out / "requests.parquet", lambda p: self.requests.to_parquet(p, index=False))
         atomic_write(out / "timeline.parquet", lambda p: self.timeline.to_parquet(p, index=False))
-        atomic_write(out / "scenario.yaml", lambda p: p.write_text(self.scenario.to_yaml()))
+        # The trace actually run, not the scenario file's default (absolute, so the file
+        # re-runs from any directory); an in-memory trace has no file to name.
+        trace = self.summary.get("trace")
+        ran = replace(self.scenario, trace=str(Path(trace).resolve()) if trace else None)
+        atomic_write(out / "scenario.yaml", lambda p: p.write_text(ran.to_yaml()))
         return out
 
 
@@ -129,9 +133,6 @@ def run(
     elif overrides:
         scenario = scenario.with_overrides(overrides)
     tr = resolve_trace(scenario, trace, scenario_path)
-    # Record the trace actually run (absolute, so the written scenario.yaml re-runs it from
-    # any directory); an in-memory trace has no file to name.
-    scenario = replace(scenario, trace=str(Path(tr.path).resolve()) if tr.path else None)
     if scenario.block_size is not None and scenario.block_size != tr.block_size:
         raise ScenarioError(f"block_size: scenario says {scenario.block_size} but the trace "
                             f"{tr.path or ''} has block_size {tr.block_size}")

@@ -195,8 +195,14 @@ def test_resume_runs_only_missing_cells(reference: Path, trace_path: Path, tmp_p
     # the axes finds the same cells.
     sweep(SCENARIO, trace_path, dict(reversed(GRID.items())), out_dir=tmp_path, workers=1)
     assert json.loads((tmp_path / "timing.json").read_text())["ran"] == []
-    # A different base scenario does not reuse the results.
-    sweep(SCENARIO, trace_path, GRID, out_dir=tmp_path, workers=1, overrides=["ttl.params.max_ttl=7200"])
+    # A different base scenario does not reuse the results, nor silently discard them.
+    before = parquet_bytes(tmp_path)
+    with pytest.raises(SimkvError, match=r"different sweep .*ttl\.params\.max_ttl.*--overwrite"):
+        sweep(SCENARIO, trace_path, GRID, out_dir=tmp_path, workers=1,
+              overrides=["ttl.params.max_ttl=7200"])
+    assert parquet_bytes(tmp_path) == before
+    sweep(SCENARIO, trace_path, GRID, out_dir=tmp_path, workers=1, overrides=["ttl.params.max_ttl=7200"],
+          overwrite=True)
     assert len(json.loads((tmp_path / "timing.json").read_text())["ran"]) == 4
 
 

@@ -124,7 +124,7 @@ class TTLHeuristic:
         except (TypeError, ValueError):
             raise self._wrong(out, "expected a TTL in seconds or (ttl, priority)") from None
         if not ttl >= 0:  # also catches NaN
-            raise self._wrong(out, "a TTL must be >= 0")
+            raise self._wrong(out, "a negative or NaN TTL (a TTL must be >= 0)")
         return ttl, prio
 
     def batch(self, ctx: TTLContext) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +141,7 @@ class TTLHeuristic:
                 raise self._wrong(out, f"expected {n} TTLs in seconds (or a scalar), optionally "
                                        "with priorities as (ttl, priority)") from None
             if n and not (ttl >= 0).all():
-                raise self._wrong(ttl[~(ttl >= 0)][0], "a TTL must be >= 0")
+                raise self._wrong(ttl[~(ttl >= 0)][0], "a negative or NaN TTL (a TTL must be >= 0)")
             return ttl, prio
         ttls = np.empty(n)
         prios = np.empty(n)
