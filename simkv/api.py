@@ -15,8 +15,9 @@ Three engines give the same results where they apply:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 from simkv import __version__
 from simkv.errors import ScenarioError, SimkvError
-from simkv.fileio import atomic_write
+from simkv.fileio import atomic_write, is_temp_file, make_dir
 from simkv.metrics import request_frame, summarize, timeline_frame
 from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import RequestLog, simulate
@@ -46,14 +47,52 @@ class Result:
 
     def write(self, out_dir: str | Path) -> Path:
         """Write ``summary.json``, ``requests.parquet``, ``timeline.parquet`` and the resolved
-        ``scenario.yaml`` into ``out_dir`` (each atomically)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        ``scenario.yaml`` (with the trace actually run) into ``out_dir``, each atomically.
+
+        ``out_dir`` must be new, empty or an earlier run directory; in an earlier one the
+        report (``report.md`` and the charts it shows) is removed, since it describes the
+        earlier run. Any other non-empty directory is refused, so nothing else is mixed up
+        with or overwritten by a run's files."""
+        out = make_dir(Path(out_dir))
+        clear_run_dir(out)
         atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2) + "\n"))
         atomic_write(out / "requests.parquet", lambda p: self.requests.to_parquet(p, index=False))
         atomic_write(out / "timeline.parquet", lambda p: self.timeline.to_parquet(p, index=False))
-        atomic_write(out / "scenario.yaml", lambda p: p.write_text(self.scenario.to_yaml()))
+        # The trace actually run, not the scenario file's default (absolute, so the file
+        # re-runs from any directory); an in-memory trace has no file to name.
+        trace = self.summary.get("trace")
+        ran = replace(self.scenario, trace=str(Path(trace).resolve()) if trace else None)
+        atomic_write(out / "scenario.yaml", lambda p: p.write_text(ran.to_yaml()))
         return out
+
+
+RUN_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml")
+_REPORT_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)/\\]+\.png)\)")
+
+
+def check_run_dir(out: str | Path) -> None:
+    """Refuse ``out`` as a run's output directory unless it is new, empty or an earlier run
+    directory (has ``summary.json``); the CLI checks this before simulating."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SimkvError(f"{out}: exists and is not a directory (the output directory)")
+    entries = [p for p in out.iterdir() if not is_temp_file(p)] if out.is_dir() else []
+    if entries and not (out / "summary.json").is_file():
+        names = ", ".join(sorted(p.name for p in entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise SimkvError(f"{out}: not empty ({names}) and not a simkv run directory (no "
+                         "summary.json); choose a new or empty directory for -o")
+
+
+def clear_run_dir(out: Path) -> None:
+    """Prepare ``out`` for a run's files (see :func:`check_run_dir`); in an earlier run
+    directory remove its report (``report.md`` and the PNG charts it links), which would
+    otherwise describe the earlier run beside the new one."""
+    check_run_dir(out)
+    report = out / "report.md"
+    if report.is_file():
+        for name in _REPORT_IMAGE.findall(report.read_text(errors="replace")):
+            (out / name).unlink(missing_ok=True)
+        report.unlink()
 
 
 def fast_path_eligible(sc: Scenario) -> bool:

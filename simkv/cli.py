@@ -7,17 +7,19 @@ status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
-from simkv.errors import SimkvError
+from simkv.errors import Interrupted, SimkvError
 
 app = typer.Typer(
     name="simkv",
@@ -30,8 +32,9 @@ trace_app = typer.Typer(help="Generate, import, inspect and validate Parquet tra
                         no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: a user string such as "trace.jsonl:100:" must not print as an emoji.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 SetOpt = Annotated[
     list[str] | None,
@@ -77,7 +80,7 @@ def trace_import(
 
     trace = import_trace(kind, inputs, sort=sort, block_size=block_size, model=model)
     write_trace(trace, out)
-    console.print(f"imported {len(trace):,} requests ({kind}) to [bold]{out}[/]")
+    console.print(f"imported {len(trace):,} requests ({escape(kind)}) to [bold]{escape(str(out))}[/]")
 
 
 @trace_app.command("stats")
@@ -132,10 +135,12 @@ def run_cmd(
     """Simulate a trace under a scenario; write per-request rows, timeline and summary.json."""
     import time
 
-    from simkv.api import run
+    from simkv.api import check_run_dir, run
     from simkv.metrics.summary import overload_warnings
     from simkv.report.console import summary_table
 
+    if out is not None:
+        check_run_dir(out)  # before simulating, not after
     t0 = time.perf_counter()
     with progress_bar("simulating") as advance:
         result = run(scenario, trace, overrides=overrides or [], progress=advance)
@@ -151,7 +156,7 @@ def run_cmd(
     n = result.summary["requests"]
     console.print(f"{n:,} requests in {wall:.2f} s ({n / max(wall, 1e-9):,.0f} requests/s, "
                   f"engine {result.summary['engine']})"
-                  + (f"; results in [bold]{out}[/]" if out else ""))
+                  + (f"; results in [bold]{escape(str(out))}[/]" if out else ""))
 
 
 # -- curve commands (simkv curve) --
@@ -186,7 +191,7 @@ def curve_cmd(
         raise SimkvError(f"{wrong}: not used by 'simkv curve {kind}'")
     result = run_curve(kind, trace, capacities if kind == "capacity" else ttls, out, scenario)
     console.print(curve_table(result))
-    console.print(f"wrote [bold]{result.csv}[/] and [bold]{result.png}[/]")
+    console.print(f"wrote [bold]{escape(str(result.csv))}[/] and [bold]{escape(str(result.png))}[/]")
 
 # -- sweep commands (simkv sweep) --
 
@@ -215,16 +220,21 @@ def sweep_cmd(
     cell_outputs: Annotated[bool, typer.Option(help="Also write each cell's full results to "
                                                "DIR/cells/<id>/.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Re-run cells that errored before.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the results of a "
+                                            "different sweep (other base scenario, trace or "
+                                            "--set) already in DIR.")] = False,
     top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
     overrides: SetOpt = None,
 ) -> None:
-    """Run a scenario over a grid of overrides (resumable); one row per cell in sweep.parquet."""
-    import signal
+    """Run a scenario over a grid of overrides (resumable); one row per cell in sweep.parquet.
+
+    Exit status 1 if any cell failed (the results are kept), 2 for an invalid input."""
     import time
 
     from simkv.sweep import Constraint, Grid, Objective, SweepOptions, plan_sweep, run_plan
     from simkv.sweep.console import sweep_progress, top_cells_table
-    from simkv.sweep.winner import NoFeasibleCell, select_winner
+    from simkv.sweep.core import probe_columns
+    from simkv.sweep.winner import NoFeasibleCell, resolve_column, select_winner
 
     cells = (Grid.from_file(grid_file) if grid_file else Grid()) + Grid.from_specs(grid or [])
     cons = [Constraint.parse(c) for c in constraint or []]
@@ -232,22 +242,27 @@ def sweep_cmd(
         raise SimkvError("--constraint: give an --objective to choose a winner by")
     obj = Objective(objective, None if maximize is None else "max" if maximize else "min") \
         if objective else None
-    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed)  # type: ignore[arg-type]
+    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed,  # type: ignore[arg-type]
+                        overwrite)
     plan = plan_sweep(scenario, trace, cells, overrides or [])
-    console.print(f"sweep [bold]{plan.base.name}[/]: {len(plan.cells)} cells over "
-                  f"{', '.join(plan.grid.keys) or 'no keys'} on {plan.trace.path} "
-                  f"({backend} backend)", highlight=False)
+    if obj is not None:  # a misspelt metric fails now, not after every cell ran
+        columns = probe_columns(plan)
+        if columns is not None:
+            obj.resolve(columns)
+            for c in cons:
+                resolve_column(c.metric, columns, f"--constraint {c.text!r}")
+    console.print(f"sweep [bold]{escape(plan.base.name)}[/]: {len(plan.cells)} cells over "
+                  f"{escape(', '.join(plan.grid.keys)) or 'no keys'} on "
+                  f"{escape(str(plan.trace.path))} ({escape(backend)} backend)", highlight=False)
 
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupted)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.perf_counter()
     try:
-        with sweep_progress(err_console) as progress:
+        with (sweep_progress(err_console) if err_console.is_terminal else nullcontext(None)) as progress:
             df = run_plan(plan, out, opts, progress)
-    except KeyboardInterrupt:
-        err_console.print(f"finished cells are saved in {out}/cells; re-run to resume")
+    except (Interrupted, KeyboardInterrupt):
+        err_console.print(f"finished cells are saved in {escape(str(out))}/cells; re-run to resume",
+                          highlight=False)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -256,12 +271,21 @@ def sweep_cmd(
     n_err = int((df["status"] != "ok").sum())
     console.print(f"{len(df)} cells: {len(df) - n_err} ok, {n_err} failed; ran "
                   f"{len(timing['ran'])} in {wall:.1f} s, {timing['skipped']} done before; "
-                  f"results in [bold]{out / 'sweep.parquet'}[/]", highlight=False)
+                  f"results in [bold]{escape(str(out / 'sweep.parquet'))}[/]", highlight=False)
     for _, row in df[df["status"] != "ok"].head(5).iterrows():
-        err_console.print(f"[red]failed[/] {row['cell_id']}: {escape(str(row['error']))}",
+        err_console.print(f"[red]failed[/] {escape(str(row['cell_id']))}: {escape(str(row['error']))}",
                           highlight=False)
+
+    def exit_if_failed() -> None:
+        if n_err:
+            err_console.print(f"[red]{n_err} of {len(df)} cells failed[/] (their errors are in "
+                              f"{escape(str(out / 'sweep.parquet'))}; fix and re-run with "
+                              "--retry-failed)", highlight=False)
+            raise typer.Exit(1)
+
     if obj is None:
         console.print(top_cells_table(df, top))
+        exit_if_failed()
         return
     column, direction = obj.resolve(list(df.columns))
     (out / "winner.yaml").unlink(missing_ok=True)  # never leave a stale winner behind
@@ -278,7 +302,8 @@ def sweep_cmd(
                        if k in plan.grid.keys or k.removeprefix("param.") in plan.grid.keys)
     console.print(f"winner [bold]{win.cell_id}[/] ({escape(params) or 'base scenario'}): "
                   f"{column} = {win.value:.6g} ({direction}, {win.feasible} feasible of "
-                  f"{len(df)}); scenario in [bold]{path}[/]", highlight=False)
+                  f"{len(df)}); scenario in [bold]{escape(str(path))}[/]", highlight=False)
+    exit_if_failed()
 
 # -- report and regress commands (simkv report, simkv regress) --
 
@@ -298,12 +323,12 @@ def report_cmd(
     from simkv.report.markdown import write_report
 
     rep = write_report(directory, out, objective=objective, top=top)
-    console.print(f"{rep.kind} report: [bold]{rep.path}[/]", highlight=False)
+    console.print(f"{rep.kind} report: [bold]{escape(str(rep.path))}[/]", highlight=False)
     for c in rep.charts:
         if c.file:
-            console.print(f"  [green]chart[/] {c.file}: {c.title}", highlight=False)
+            console.print(f"  [green]chart[/] {escape(str(c.file))}: {escape(c.title)}", highlight=False)
         else:
-            console.print(f"  [dim]skipped {c.title}: {c.note}[/]", highlight=False)
+            console.print(f"  [dim]skipped {escape(c.title)}: {escape(str(c.note))}[/]", highlight=False)
 
 
 @app.command("regress")
@@ -336,13 +361,13 @@ def regress_cmd(
             changed = ", ".join(m.metric for m in res.mismatches[:6])
             more = f" and {len(res.mismatches) - 6} more" if len(res.mismatches) > 6 else ""
             detail = f": {len(res.mismatches)} metrics changed ({changed}{more})" if res.mismatches else ""
-            console.print(f"{res.golden_status} {rg.golden_path(gdir, case)} ({where}){detail}",
+            console.print(escape(f"{res.golden_status} {rg.golden_path(gdir, case)} ({where}){detail}"),
                           highlight=False)
         elif res.mismatches:
-            console.print(f"[red]FAIL[/] {case.name}: {len(res.mismatches)} of {n} metrics differ "
+            console.print(f"[red]FAIL[/] {escape(case.name)}: {len(res.mismatches)} of {n} metrics differ "
                           f"({where})", highlight=False)
         else:
-            console.print(f"[green]ok[/]   {case.name}: {n} metrics match ({where})", highlight=False)
+            console.print(f"[green]ok[/]   {escape(case.name)}: {n} metrics match ({where})", highlight=False)
         for note in res.input_notes:
             console.print(f"     [yellow]changed since the golden file:[/] {escape(note)}",
                           highlight=False)
@@ -350,7 +375,8 @@ def regress_cmd(
         return
     bad = [m for r in results for m in r.mismatches]
     if not bad:
-        console.print(f"[green]all {len(results)} regression cases match {gdir}[/]", highlight=False)
+        console.print(f"[green]all {len(results)} regression cases match {escape(str(gdir))}[/]",
+                      highlight=False)
         return
     # CI logs are not terminals: print full rows there rather than folding at 80 columns
     out = console if console.is_terminal else Console(width=max(console.width, 160))
@@ -371,15 +397,19 @@ def regress_cmd(
         out.print(table)
     console.print(f"[red]{len(bad)} mismatches in {sum(1 for r in results if r.mismatches)} of "
                   f"{len(results)} cases.[/] If the change is deliberate, run 'simkv regress "
-                  f"--update' and commit {gdir}.", highlight=False)
+                  f"--update' and commit {escape(str(gdir))}.", highlight=False)
     raise typer.Exit(1)
 
 
 @contextmanager
 def progress_bar(label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(n)``. The total is set on first use."""
+    """A rich progress bar on stderr; yields ``advance(n)``. The total is set on first use.
+    Only on a terminal: elsewhere (logs, pipes) rich would leave a blank line behind."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if not err_console.is_terminal:
+        yield lambda n: None
+        return
     with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed:,}"),
                   TimeRemainingColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task(label, total=None)
@@ -394,16 +424,29 @@ def progress_bar(label: str) -> Iterator[Callable[[int], None]]:
         yield advance
 
 
+def print_error(message: str) -> None:
+    """One line on stderr: ``error: <message>``, the message printed verbatim (no markup,
+    no emoji codes)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
+                      soft_wrap=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
 def main() -> None:
-    """Entry point of the ``simkv`` console script."""
+    """Entry point of the ``simkv`` console script: user errors exit 2 with one line, Ctrl-C
+    exits 130 with "interrupted" (raised as :class:`Interrupted`, which click does not turn
+    into its "Aborted!" and status 1)."""
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
     except SimkvError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                          soft_wrap=True)
+        print_error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+    except (Interrupted, KeyboardInterrupt):
+        err_console.print("interrupted", style="yellow", highlight=False)
         sys.exit(130)
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
@@ -61,10 +62,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {_coerce(k, ktp, f"{key}.{k}"): _coerce(v, vtp, f"{key}.{k}")
                 for k, v in value.items()}
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+        # Only YAML flow syntax makes a list: 'a,b' stays a string (and is rejected here).
         if not isinstance(value, list | tuple):
-            raise ScenarioError(f"{key}: expected a list, got {value!r}")
+            raise ScenarioError(f"{key}: expected a list (e.g. [a, b]), got {value!r}")
         (etp, *_) = get_args(tp) or (Any,)
         out = [_coerce(v, etp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
@@ -107,6 +107,44 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         raise ScenarioError(f"{key}: {value!r} is not a string")
     return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+
+    source = "<yaml>"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: let PyYAML report it
+                continue
+            if dup:
+                raise ScenarioError(f"{self.source}:{key_node.start_mark.line + 1}: duplicate key "
+                                    f"{key!r} (YAML would silently keep the last value)")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str | Path) -> Any:
+    """``yaml.safe_load`` that rejects duplicate keys, naming ``source``, the line and the
+    key; other YAML errors raise :class:`ScenarioError` naming ``source``."""
+    loader = _UniqueKeyLoader(text)
+    loader.source = str(source)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else str(source)
+        what = "; ".join(x for x in (exc.context, exc.problem) if x)
+        raise ScenarioError(f"{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:

@@ -50,7 +50,7 @@ import pandas as pd
 from numba import njit
 
 from simkv.errors import SimkvError
-from simkv.fileio import atomic_write
+from simkv.fileio import atomic_write, make_dir
 from simkv.traces.schema import Trace
 
 if TYPE_CHECKING:
@@ -371,8 +371,7 @@ def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: 
     else:
         df = ttl_curve(tr, parsed)
         x, title = "ttl_s", f"Token hit rate vs. sliding TTL (unlimited tier) — {name}"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(Path(out_dir))
     csv = out / "curve.csv"
     atomic_write(csv, lambda tmp: df.to_csv(tmp, index=False))
     png = plot_curve(df, x, out / "curve.png", title,

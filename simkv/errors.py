@@ -47,3 +47,9 @@ class TraceError(SimkvError):
 
 class ScenarioError(SimkvError):
     """A scenario file or a --set override is invalid; the message names the key and value."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM in the CLI: a BaseException like KeyboardInterrupt, so
+    ``except Exception`` (a sweep cell's error record) never swallows it; the CLI prints
+    "interrupted" and exits 130."""

@@ -12,6 +12,7 @@ cached tokens; within 25% of every measured point), disk 2.1 GB/s read and 1.4 G
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any, Literal
 
 import yaml
 
-from simkv.config import apply_overrides, from_dict, to_dict
+from simkv.config import apply_overrides, from_dict, load_yaml, to_dict
 from simkv.errors import ScenarioError
 
+MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
 GB = 1e9  # bandwidths are in GB/s (decimal), as hardware vendors quote them
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -34,8 +36,8 @@ def parse_bytes(value: int | float | str | None, key: str) -> int | None:
     if isinstance(value, str) and value.strip().lower() == "unlimited":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ScenarioError(f"{key}: must be >= 0, got {value!r}")
+        if not 0 <= value < math.inf:
+            raise ScenarioError(f"{key}: must be a finite size >= 0 (or 'unlimited'), got {value!r}")
         return int(value)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
     if not m or m.group(2).lower() not in _UNITS:
@@ -85,8 +87,12 @@ class TierCapacity:
 
     def check_eviction(self, prefix: str) -> None:
         from simkv.policies.eviction import EVICTION_POLICIES
+        from simkv.policies.registry import check_signature
 
-        EVICTION_POLICIES.get(getattr(self, "eviction", "lru"), key=f"{prefix}.eviction")
+        name = getattr(self, "eviction", "lru")
+        cls = EVICTION_POLICIES.get(name, key=f"{prefix}.eviction")
+        if EVICTION_POLICIES.is_plugin(name):
+            check_signature(cls, name, f"{prefix}.eviction", "Class(next_use)", 1)
 
     def check_capacity(self, prefix: str) -> None:
         self.check_eviction(prefix)
@@ -96,7 +102,11 @@ class TierCapacity:
                 f"{self.capacity_bytes!r} both given; keep one (e.g. --set "
                 f"{prefix}.capacity_bytes=null)")
         _positive(f"{prefix}.capacity_blocks", self.capacity_blocks, allow_zero=True)
-        parse_bytes(self.capacity_bytes, f"{prefix}.capacity_bytes")
+        for k, v in (("capacity_blocks", self.capacity_blocks),
+                     ("capacity_bytes", parse_bytes(self.capacity_bytes, f"{prefix}.capacity_bytes"))):
+            if v is not None and v > MAX_CAPACITY:
+                raise ScenarioError(f"{prefix}.{k}: {v:.3g} is beyond what the engines can represent "
+                                    f"(at most 2**62); for no limit set {prefix}.capacity_bytes: unlimited")
 
     def blocks(self, block_bytes: int) -> int | None:
         """Capacity in whole blocks (``None`` = unlimited)."""
@@ -348,10 +358,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         raise ScenarioError(f"{path}: no such scenario file") from None
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    data = load_yaml(text, path) or {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

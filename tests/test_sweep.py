@@ -195,8 +195,14 @@ def test_resume_runs_only_missing_cells(reference: Path, trace_path: Path, tmp_p
     # the axes finds the same cells.
     sweep(SCENARIO, trace_path, dict(reversed(GRID.items())), out_dir=tmp_path, workers=1)
     assert json.loads((tmp_path / "timing.json").read_text())["ran"] == []
-    # A different base scenario does not reuse the results.
-    sweep(SCENARIO, trace_path, GRID, out_dir=tmp_path, workers=1, overrides=["ttl.params.max_ttl=7200"])
+    # A different base scenario does not reuse the results, nor silently discard them.
+    before = parquet_bytes(tmp_path)
+    with pytest.raises(SimkvError, match=r"different sweep .*ttl\.params\.max_ttl.*--overwrite"):
+        sweep(SCENARIO, trace_path, GRID, out_dir=tmp_path, workers=1,
+              overrides=["ttl.params.max_ttl=7200"])
+    assert parquet_bytes(tmp_path) == before
+    sweep(SCENARIO, trace_path, GRID, out_dir=tmp_path, workers=1, overrides=["ttl.params.max_ttl=7200"],
+          overwrite=True)
     assert len(json.loads((tmp_path / "timing.json").read_text())["ran"]) == 4
 
 
@@ -262,7 +268,7 @@ def test_failing_cell_is_recorded(plugin: str, trace_path: Path, tmp_path: Path,
     grid = ["ttl.params.boom=0,1", "tiers.gpu.capacity_bytes=4GiB,8GiB"]
     df = sweep(SCENARIO, trace_path, grid, out_dir=tmp_path, workers=workers, overrides=base)
     assert df["status"].tolist() == ["ok", "ok", "error", "error"]
-    assert df["error"].iloc[2].startswith("RuntimeError: boom")
+    assert "ttl.heuristic" in df["error"].iloc[2] and "RuntimeError: boom" in df["error"].iloc[2]
     assert df["token_hit_rate"].iloc[:2].notna().all() and df["token_hit_rate"].iloc[2:].isna().all()
     rec = json.loads(next((tmp_path / "cells").glob(f"{df['cell_id'].iloc[2]}.json")).read_text())
     assert "maybe_fail" in rec["traceback"]
@@ -368,3 +374,125 @@ def test_cell_outputs(trace_path: Path, tmp_path: Path) -> None:
     for d in dirs:
         assert {p.name for p in d.iterdir()} >= {"summary.json", "requests.parquet", "scenario.yaml"}
         assert pq.read_metadata(d / "requests.parquet").num_rows == 300
+
+
+# -- validation before any cell runs; failed cells; another sweep's directory ------------------
+
+
+def test_unknown_objective_or_constraint_fails_before_any_cell(trace_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for extra in (["--objective", "nosuch"], ["--objective", "cost_saved", "-c", "nosuch<1"]):
+        proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(out), *GRID_ARGS,
+                         "--workers", "1", *extra)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "unknown metric 'nosuch'" in proc.stderr
+        assert not out.exists()  # nothing ran, nothing written
+    # A per-class column of the sweep table is a valid objective.
+    proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(out),
+                     "--grid", "ttl.params.alpha=1,2", "--workers", "1",
+                     "--objective", "token_hit_rate_class_chat")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_failed_cells_exit_nonzero_keeping_results(plugin: str, trace_path: Path, tmp_path: Path) -> None:
+    proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(tmp_path / "out"),
+                     "--set", "ttl.heuristic=" + plugin, "--set", "ttl.params={ttl: 600}",
+                     "--grid", "ttl.params.boom=0,1", "--workers", "1", "--objective", "token_hit_rate")
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 2 cells failed" in proc.stderr and "Traceback" not in proc.stderr
+    df = pd.read_parquet(tmp_path / "out" / "sweep.parquet")
+    assert df["status"].tolist() == ["ok", "error"]
+    assert (tmp_path / "out" / "winner.yaml").exists()
+
+
+def test_other_sweep_in_directory_is_refused(trace_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["sweep", str(SCENARIO), "-o", str(out), "--grid", "ttl.params.alpha=1,2", "--workers", "1"]
+    assert simkv_cli(*args, "--trace", str(trace_path)).returncode == 0
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    other = tmp_path / "other.parquet"
+    write_trace(generate(generator_config(seed=2, n_requests=200)), other)
+    proc = simkv_cli(*args, "--trace", str(other), "--set", "tiers.gpu.capacity_bytes=1GiB")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for needle in (str(out), "different sweep", str(other), "tiers.gpu.capacity_bytes", "--overwrite"):
+        assert needle in proc.stderr.replace("\n", ""), needle
+    assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == before
+    # The same base with another grid reuses the cells; --overwrite discards the old sweep.
+    assert simkv_cli(*args[:-4], "--grid", "ttl.params.alpha=1,3", "--workers", "1",
+                     "--trace", str(trace_path)).returncode == 0
+    proc = simkv_cli(*args, "--trace", str(other), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((out / "cells").glob("*.json"))) == 2
+    assert pd.read_parquet(out / "sweep.parquet")["requests"].tolist() == [200, 200]
+    assert Path(yaml.safe_load((out / "scenario.yaml").read_text())["trace"]) == other.resolve()
+
+
+# -- the driver's end is the workers' end; a bad Ray address fails fast ----------------------
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in _children(todo.pop()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_the_driver(tmp_path: Path, sig: signal.Signals) -> None:
+    # Cells on the 20000-request trace take seconds each: the workers are busy when it dies.
+    medium = ROOT / "traces" / "medium.parquet"
+    proc = subprocess.Popen([*SIMKV, "sweep", str(SCENARIO), "--trace", str(medium),
+                             "-o", str(tmp_path / "out"), "--workers", "2",
+                             "--grid", "ttl.params.alpha=0.5,1,2,4", "--set", "engine=simpy"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline and len(workers) < 3:  # forkserver + 2 workers
+        time.sleep(0.2)
+        workers = _descendants(proc.pid)
+    assert len(workers) >= 3, "the pool did not start"
+    time.sleep(1.0)
+    workers = _descendants(proc.pid)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(p) for p in workers):
+        time.sleep(0.1)
+    assert not [p for p in workers if _running(p)]
+
+
+def test_bad_ray_address_fails_fast(trace_path: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    proc = simkv_cli("sweep", str(SCENARIO), "--trace", str(trace_path), "-o", str(tmp_path / "out"),
+                     "--grid", "ttl.params.alpha=1,2", "--backend", "ray", "--ray-address",
+                     f"127.0.0.1:{port}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr and "cannot connect" in proc.stderr
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from simkv.model.tiers import ObjectLedger, Tier
-from simkv.policies.eviction import EVICTION_POLICIES, NextUse
+from simkv.policies.eviction import NextUse, make_policy
 from simkv.policies.ttl import ClassReuse, TTLContext, TTLHeuristic, make_heuristic
 from simkv.scenario import GB, Scenario
 from simkv.traces.schema import Trace
@@ -69,7 +69,7 @@ class TieredCache:
         next_use = NextUse(trace.block_ids_flat) if needs_oracle else None
 
         def policy(name: str, key: str):
-            return EVICTION_POLICIES.get(name, key=key)(next_use)
+            return make_policy(name, key, next_use)
 
         t = sc.tiers
         sliding = sc.ttl.mode == "sliding"

@@ -17,7 +17,8 @@ from collections.abc import Callable, Container
 
 import numpy as np
 
-from simkv.policies.registry import Registry
+from simkv.errors import ScenarioError, SimkvError
+from simkv.policies.registry import Registry, check_signature, describe
 
 
 class NextUse:
@@ -217,3 +218,74 @@ class Belady(_HeapPolicy):
 
 
 EVICTION_POLICIES.add("opt", Belady)
+
+
+class CheckedPolicy(EvictionPolicy):
+    """A user's plug-in policy, checked at every call: an exception it raises, or a victim
+    that is not a resident block, is a :class:`ScenarioError` naming the scenario key,
+    instead of a traceback or (worse) silently wrong tier sizes. Built-in policies are not
+    wrapped."""
+
+    def __init__(self, inner: EvictionPolicy, name: str, key: str) -> None:
+        self.inner, self.plugin, self.key = inner, name, key
+        for attr in ("admit", "hit", "drop", "victim", "__contains__", "__len__"):
+            if not callable(getattr(inner, attr, None)):
+                raise ScenarioError(f"{key}: {name!r} has no method {attr}() (an eviction policy "
+                                    "implements simkv.policies.eviction.EvictionPolicy)")
+        self.members = getattr(inner, "members", inner)
+
+    def _call(self, method: str, *args: object) -> object:
+        try:
+            return getattr(self.inner, method)(*args)
+        except SimkvError:
+            raise
+        except Exception as exc:
+            raise ScenarioError(f"{self.key}: {self.plugin!r}.{method}() raised "
+                                f"{describe(exc)}") from exc
+
+    def admit(self, block: int, ref: int, priority: float = 0.0) -> None:
+        self._call("admit", block, ref, priority)
+
+    def hit(self, block: int, ref: int) -> None:
+        self._call("hit", block, ref)
+
+    def drop(self, block: int) -> None:
+        self._call("drop", block)
+
+    def victim(self) -> int:
+        block = self._call("victim")
+        if not isinstance(block, int | np.integer) or isinstance(block, bool) or block not in self.inner:
+            raise ScenarioError(f"{self.key}: {self.plugin!r}.victim() returned {block!r:.80}, "
+                                "not a resident block id")
+        return int(block)
+
+    def evict(self) -> int:
+        block = self.victim()
+        self.drop(block)
+        if block in self.inner:
+            raise ScenarioError(f"{self.key}: {self.plugin!r}.drop({block}) left the block "
+                                "resident")
+        return block
+
+    def __contains__(self, block: int) -> bool:
+        return bool(self._call("__contains__", block))
+
+    def __len__(self) -> int:
+        return int(self._call("__len__"))  # type: ignore[call-overload]
+
+
+def make_policy(name: str, key: str, next_use: NextUse | None) -> EvictionPolicy:
+    """The eviction policy ``name`` for the tier at scenario key ``key``; a plug-in
+    (``module:Class``) is constructed as ``Class(next_use)`` and checked
+    (:class:`CheckedPolicy`)."""
+    cls = EVICTION_POLICIES.get(name, key=key)
+    if not EVICTION_POLICIES.is_plugin(name):
+        return cls(next_use)
+    check_signature(cls, name, key, "Class(next_use)", 1)
+    try:
+        inner = cls(next_use)
+    except SimkvError:
+        raise
+    except Exception as exc:
+        raise ScenarioError(f"{key}: {name}(next_use) raised {describe(exc)}") from exc
+    return CheckedPolicy(inner, name, key)

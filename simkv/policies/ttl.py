@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from simkv.config import from_dict
-from simkv.errors import ScenarioError
-from simkv.policies.registry import Registry
+from simkv.errors import ScenarioError, SimkvError
+from simkv.policies.registry import Registry, check_signature, describe
 
 TTLResult = float | tuple[float, float]
 
@@ -104,25 +104,44 @@ class TTLHeuristic:
     fn: Callable[[TTLContext, Any], TTLResult]
     params: Any
 
+    def _run(self, ctx: TTLContext) -> TTLResult:
+        """Call the function; anything it raises is a :class:`ScenarioError` naming it."""
+        try:
+            return self.fn(ctx, self.params)
+        except SimkvError:
+            raise
+        except Exception as exc:
+            raise ScenarioError(f"ttl.heuristic: {self.name!r} raised {describe(exc)}") from exc
+
+    def _wrong(self, out: Any, why: str) -> ScenarioError:
+        return ScenarioError(f"ttl.heuristic: {self.name!r} returned {out!r:.80}: {why}")
+
     def __call__(self, ctx: TTLContext) -> tuple[float, float]:
-        out = self.fn(ctx, self.params)
-        ttl, prio = (out if isinstance(out, tuple) else (out, 0.0))
+        out = self._run(ctx)
+        try:
+            ttl, prio = _split(out)
+            ttl, prio = float(ttl), float(prio)
+        except (TypeError, ValueError):
+            raise self._wrong(out, "expected a TTL in seconds or (ttl, priority)") from None
         if not ttl >= 0:  # also catches NaN
-            raise ScenarioError(f"ttl.heuristic {self.name!r} returned a negative or NaN TTL: {ttl}")
-        return float(ttl), float(prio)
+            raise self._wrong(out, "a negative or NaN TTL (a TTL must be >= 0)")
+        return ttl, prio
 
     def batch(self, ctx: TTLContext) -> tuple[np.ndarray, np.ndarray]:
         """TTLs and priorities for the blocks of ``ctx`` (array fields): one call if the
         heuristic is vectorized, else one call per block."""
         n = len(ctx.block)
         if getattr(self.fn, "vectorized", False):
-            out = self.fn(ctx, self.params)
-            ttl, prio = (out if isinstance(out, tuple) else (out, 0.0))
-            ttl = np.broadcast_to(np.asarray(ttl, dtype=np.float64), (n,))
-            prio = np.broadcast_to(np.asarray(prio, dtype=np.float64), (n,))
+            out = self._run(ctx)
+            try:
+                ttl, prio = _split(out)
+                ttl = np.broadcast_to(np.asarray(ttl, dtype=np.float64), (n,))
+                prio = np.broadcast_to(np.asarray(prio, dtype=np.float64), (n,))
+            except (TypeError, ValueError):
+                raise self._wrong(out, f"expected {n} TTLs in seconds (or a scalar), optionally "
+                                       "with priorities as (ttl, priority)") from None
             if n and not (ttl >= 0).all():
-                raise ScenarioError(f"ttl.heuristic {self.name!r} returned a negative or NaN TTL: "
-                                    f"{ttl[~(ttl >= 0)][0]}")
+                raise self._wrong(ttl[~(ttl >= 0)][0], "a negative or NaN TTL (a TTL must be >= 0)")
             return ttl, prio
         ttls = np.empty(n)
         prios = np.empty(n)
@@ -135,12 +154,23 @@ class TTLHeuristic:
         return ttls, prios
 
 
+def _split(out: Any) -> tuple[Any, Any]:
+    """A heuristic's result as (ttl, priority)."""
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise TypeError("a tuple result is (ttl, priority)")
+        return out
+    return out, 0.0
+
+
 TTL_HEURISTICS: Registry[Callable[..., TTLResult]] = Registry("TTL heuristic")
 
 
 def make_heuristic(name: str, params: dict[str, Any]) -> TTLHeuristic:
     """Resolve ``name`` and validate ``params`` against the heuristic's parameter dataclass."""
     fn = TTL_HEURISTICS.get(name, key="ttl.heuristic")
+    if TTL_HEURISTICS.is_plugin(name):
+        check_signature(fn, name, "ttl.heuristic", "(ctx, params)", 2)
     params_cls = getattr(fn, "params", None)
     bound = from_dict(params_cls, params, prefix="ttl.params") if params_cls else dict(params)
     return TTLHeuristic(name, fn, bound)
@@ -188,6 +218,12 @@ static.params = StaticParams  # type: ignore[attr-defined]
 class PerClassParams:
     default_ttl: float = 3600.0
     class_ttl: dict[str, float] = field(default_factory=dict)
+
+    def check(self, prefix: str) -> None:
+        for key, ttl in (("default_ttl", self.default_ttl),
+                         *((f"class_ttl.{c}", t) for c, t in self.class_ttl.items())):
+            if not ttl >= 0:  # also catches NaN
+                raise ScenarioError(f"{prefix}.{key}: must be >= 0, got {ttl}")
 
 
 @TTL_HEURISTICS.register("per_class")
@@ -259,6 +295,9 @@ class CostAwareParams:
 
     def check(self, prefix: str) -> None:
         _check_range(prefix, self.min_ttl, self.max_ttl)
+        if self.reuse_prob is not None and not 0 <= self.reuse_prob <= 1:
+            raise ScenarioError(f"{prefix}.reuse_prob: a probability must be in [0, 1], "
+                                f"got {self.reuse_prob}")
 
 
 @TTL_HEURISTICS.register("cost_aware")

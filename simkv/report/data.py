@@ -211,8 +211,8 @@ class RunData:
 def load_run(path: Path) -> RunData:
     """Read a run directory (``summary.json`` is required, the rest optional)."""
     summary = _read_json(path / "summary.json")
-    requests = pd.read_parquet(path / "requests.parquet") if (path / "requests.parquet").exists() else None
-    timeline = pd.read_parquet(path / "timeline.parquet") if (path / "timeline.parquet").exists() else None
+    requests = _read_parquet(path / "requests.parquet")
+    timeline = _read_parquet(path / "timeline.parquet")
     scenario = _read_yaml(path / "scenario.yaml") if (path / "scenario.yaml").exists() else {}
     return RunData(path, summary, requests, timeline, scenario)
 
@@ -328,6 +328,17 @@ def detect(path: Path) -> Literal["run", "sweep"]:
     raise SimkvError(f"{path}: neither a run directory (expected {', '.join(RUN_FILES)}, as "
                      f"written by 'simkv run -o') nor a sweep directory (expected "
                      f"{', '.join(SWEEP_FILES)}, as written by 'simkv sweep -o')")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame | None:
+    """An optional Parquet file of a run directory; a truncated or corrupt one is an error
+    naming the file."""
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise SimkvError(f"{path}: cannot read: {exc}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from simkv.errors import SimkvError
-from simkv.fileio import atomic_write
+from simkv.fileio import atomic_write, make_dir
 from simkv.metrics.summary import overload_warnings
 from simkv.report.charts import Chart, run_charts, sweep_charts
 from simkv.report.console import load_rows
@@ -61,8 +61,7 @@ def write_report(directory: str | Path, out_dir: str | Path | None = None, *,
     sweep's own ``objective`` in ``sweep.yaml``, else ``token_hit_rate``)."""
     src = Path(directory)
     kind = detect(src)
-    out = Path(out_dir) if out_dir is not None else src
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(Path(out_dir) if out_dir is not None else src)
     if top < 1:
         raise SimkvError(f"--top must be >= 1, got {top}")
     if kind == "run":

@@ -11,10 +11,13 @@ works when Ray workers run on other machines.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -111,9 +114,45 @@ def run_inline(tasks: Sequence[CellTask], trace: Trace, on_done: OnDone) -> None
 _WORKER_TRACE: Trace | None = None
 
 
-def _init_worker(trace_path: str, sys_path: list[str]) -> None:
-    """Pool initializer: read the trace once per worker; leave Ctrl-C to the driver."""
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def die_with(driver_pid: int, poll_s: float = 0.5) -> None:
+    """Make this worker exit when the driver does, even if the driver was killed (SIGKILL,
+    an OOM kill) and could not stop its pool: on Linux the kernel sends SIGKILL when the
+    worker's parent (the forkserver, which exits with the driver) dies; everywhere a daemon
+    thread polls the driver's pid."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while _alive(driver_pid):
+            time.sleep(poll_s)
+        os._exit(1)
+
+    if not _alive(driver_pid):
+        os._exit(1)
+    threading.Thread(target=watch, name="simkv-die-with-driver", daemon=True).start()
+
+
+def _init_worker(trace_path: str, sys_path: list[str], driver_pid: int) -> None:
+    """Pool initializer: die with the driver; read the trace once per worker; leave Ctrl-C
+    to the driver."""
     global _WORKER_TRACE
+    die_with(driver_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _extend_sys_path(sys_path)
     _WORKER_TRACE = read_trace(trace_path)
@@ -150,7 +189,7 @@ def run_pool(tasks: Sequence[CellTask], trace: Trace, workers: int, on_done: OnD
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["simkv.api"])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(str(trace.path), driver_sys_path()))
+                               initargs=(str(trace.path), driver_sys_path(), os.getpid()))
     try:
         pending: dict[Future[CellOutcome], CellTask] = {pool.submit(_pool_task, t): t for t in tasks}
         while pending:
@@ -197,12 +236,31 @@ def _ray_task(task: CellTask, trace_ref: list[Any], sys_path: list[str]) -> Cell
     return execute_cell(task, trace)
 
 
+def probe_ray_address(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, naming ``address``, when nothing listens there: ``ray.init`` would retry
+    for minutes. ``auto`` and ``local`` are left to Ray."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SimkvError(f"--ray-address {address!r}: expected host:port, ray://host:port, "
+                         "auto or local")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SimkvError(f"--ray-address {address}: cannot connect "
+                         f"({exc.strerror or exc or 'timed out'}); is a Ray cluster running there?") from None
+
+
 def run_ray(tasks: Sequence[CellTask], trace: Trace, workers: int | None, address: str | None,
             on_done: OnDone) -> None:
     """Ray tasks (one CPU each) on an existing cluster (``address``) or a local instance of
     ``workers`` CPUs. The trace is put in the object store once."""
     import logging
 
+    if address:
+        probe_ray_address(address)
     ray = import_ray()
     started = False
     if not ray.is_initialized():

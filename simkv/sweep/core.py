@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,13 +29,23 @@ import pandas as pd
 import yaml
 
 from simkv import __version__
-from simkv.api import fast_path_eligible, resolve_trace
+from simkv.api import fast_path_eligible, resolve_trace, run
 from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
 from simkv.sweep import backends
 from simkv.sweep.grid import Cell, Grid, GridLike, as_grid
-from simkv.sweep.results import CellRecord, build_table, read_record, write_record, write_table
+from simkv.sweep.results import (
+    CLASS_PREFIX,
+    FIXED_COLUMNS,
+    CellRecord,
+    build_table,
+    flatten_summary,
+    param_columns,
+    read_record,
+    write_record,
+    write_table,
+)
 from simkv.sweep.winner import Winner
 from simkv.traces.schema import Trace
 
@@ -51,6 +62,7 @@ class SweepOptions:
     ray_address: str | None = None
     cell_outputs: bool = False
     retry_failed: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "ray"):
@@ -132,15 +144,82 @@ def plan_sweep(scenario: str | Path, trace: str | Path | None = None, grid: Grid
         except ScenarioError as exc:
             raise ScenarioError(f"grid cell [{cell.label()}]: {exc}") from None
     digest = hashlib.sha256("\n".join([__version__, base.to_yaml(), _file_digest(tr.path)]).encode())
+    # The written scenario.yaml names the trace the sweep runs on (absolute: it re-runs from
+    # any directory), not the scenario file's default; the fingerprint above predates this.
+    base = replace(base, trace=str(Path(tr.path).resolve()) if tr.path else None)
     return SweepPlan(scenario_path, base, tr, g, cells, scenarios, tuple(overrides),
                      digest.hexdigest()[:16])
+
+
+def probe_columns(plan: SweepPlan, n_requests: int = 50) -> list[str] | None:
+    """The columns ``sweep.parquet`` will have, from the base scenario run on the first
+    ``n_requests`` of the trace (and every prompt class of the whole trace), so an objective
+    or a constraint naming no column fails before any cell runs. ``None`` if the probe
+    itself fails (the cells will then report why)."""
+    tr = plan.trace
+    head = Trace(tr.table.slice(0, n_requests), tr.block_size, tr.source, tr.path)
+    try:
+        summary = run(replace(plan.base, engine="simpy"), head).summary
+    except Exception:
+        return None
+    classes = {str(c) for c in tr.column("prompt_class").tolist()}
+    metrics = list(flatten_summary(summary)) + [f"{CLASS_PREFIX}{c}" for c in sorted(classes)]
+    return [*FIXED_COLUMNS, *param_columns(plan.grid, metrics).values(), *metrics]
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _manifest_differences(old: dict[str, Any], plan: SweepPlan) -> list[str]:
+    """What differs between an existing sweep directory's manifest and ``plan``."""
+    diffs = []
+    if old.get("trace") != plan.base.trace:
+        diffs.append(f"trace {old.get('trace')} -> {plan.base.trace}")
+    if list(old.get("set") or []) != list(plan.overrides):
+        diffs.append(f"--set {old.get('set') or []} -> {list(plan.overrides)}")
+    before = _flat({k: v for k, v in (old.get("scenario") or {}).items() if k != "trace"})
+    now = _flat({k: v for k, v in plan.base.to_dict().items() if k != "trace"})
+    keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    if keys:
+        diffs.append(f"scenario keys {', '.join(keys)}")
+    if old.get("simkv_version") != __version__:
+        diffs.append(f"simkv version {old.get('simkv_version')} -> {__version__}")
+    return diffs or ["the trace file's contents"]
+
+
+def check_sweep_dir(plan: SweepPlan, out: Path, overwrite: bool = False) -> None:
+    """Refuse to run ``plan`` into a directory holding results of a different sweep (another
+    base scenario, trace or --set overrides: its cell records would be discarded), naming
+    what differs; with ``overwrite`` remove those results instead. Results of the same base
+    (a resume, or a changed grid) are kept and reused."""
+    if not (out / "sweep.yaml").exists():
+        return
+    old = load_manifest(out)
+    cells_dir = out / "cells"
+    if old.get("fingerprint") == plan.fingerprint or not any(cells_dir.glob("*.json")):
+        return
+    if not overwrite:
+        raise SimkvError(f"{out}: holds the results of a different sweep ("
+                         f"{'; '.join(_manifest_differences(old, plan))}); use another -o "
+                         "directory, or --overwrite to discard them")
+    shutil.rmtree(cells_dir)
+    for name in ("sweep.parquet", "timing.json", "winner.yaml"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _write_manifest(plan: SweepPlan, out: Path) -> None:
     manifest = {
         "simkv_version": __version__,
         "scenario_path": str(plan.scenario_path),
-        "trace": str(plan.trace.path) if plan.trace.path else None,
+        "trace": plan.base.trace,
         "set": list(plan.overrides),
         "grid": plan.grid.to_dict(),
         "cells": len(plan.cells),
@@ -168,10 +247,15 @@ def run_plan(plan: SweepPlan, out_dir: str | Path, opts: SweepOptions | None = N
     opts = opts or SweepOptions()
     out = Path(out_dir)
     cells_dir = out / "cells"
+    if opts.backend == "ray" and opts.ray_address:
+        backends.probe_ray_address(opts.ray_address)  # before anything is written
+    if out.exists() and not out.is_dir():
+        raise SimkvError(f"{out}: exists and is not a directory (the sweep directory)")
+    check_sweep_dir(plan, out, opts.overwrite)
     try:
         cells_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SimkvError(f"{out}: cannot create the sweep directory: {exc}") from None
+        raise SimkvError(f"{out}: cannot create the sweep directory: {exc.strerror or exc}") from None
     _write_manifest(plan, out)
     # sweep.parquet exists only for a finished sweep of the current grid.
     (out / "sweep.parquet").unlink(missing_ok=True)
@@ -231,6 +315,7 @@ def sweep(
     overrides: Sequence[str] = (),
     cell_outputs: bool = False,
     retry_failed: bool = False,
+    overwrite: bool = False,
     progress: Callable[[SweepProgress], Any] | None = None,
 ) -> pd.DataFrame:
     """Simulate ``trace`` under ``scenario`` for every cell of ``grid`` and return the
@@ -238,9 +323,10 @@ def sweep(
 
     ``grid``: a :class:`Grid`, a mapping ``key → values`` or ``key=v1,v2`` strings;
     ``overrides``: ``--set`` style overrides of the base scenario. Cells already done in
-    ``out_dir`` are not run again (errored ones only with ``retry_failed``).
+    ``out_dir`` are not run again (errored ones only with ``retry_failed``); ``out_dir``
+    holding another sweep's results is refused unless ``overwrite``.
     """
-    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed)
+    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed, overwrite)
     plan = plan_sweep(scenario, trace, grid, overrides)
     return run_plan(plan, out_dir, opts, progress)
 

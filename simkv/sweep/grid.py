@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from simkv.config import parse_assignment
+from simkv.config import load_yaml, parse_assignment
 from simkv.errors import SimkvError
 
 Override = tuple[str, Any]
@@ -140,11 +138,12 @@ class Grid:
         """A YAML file mapping key → list of values."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise SimkvError(f"{path}: no such grid file") from None
-        except (OSError, yaml.YAMLError) as exc:
+        except OSError as exc:
             raise SimkvError(f"{path}: cannot read the grid: {exc}") from None
+        data = load_yaml(text, path)
         return cls.from_mapping(data or {}, source=str(path))
 
 

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from simkv.errors import TraceError
-from simkv.fileio import atomic_write
+from simkv.errors import SimkvError, TraceError
+from simkv.fileio import atomic_write, make_dir
 
 SCHEMA_VERSION = 1
 
@@ -330,7 +330,9 @@ def read_trace(path: str | Path) -> Trace:
 def write_trace(trace: Trace, path: str | Path) -> Path:
     """Write a trace as Parquet, atomically (temp file + rename). Same trace → same bytes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise SimkvError(f"{path}: is a directory (give the Parquet file to write)")
+    make_dir(path.parent, "directory of the trace")
     table = trace.table.replace_schema_metadata(trace.metadata())
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
                                                   row_group_size=1 << 17))
