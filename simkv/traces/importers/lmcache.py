@@ -18,13 +18,7 @@ import pyarrow.compute as pc
 
 from simkv.errors import SimkvError, TraceError
 from simkv.traces.hashing import hex_to_u64
-from simkv.traces.importers.common import (
-    block_lists,
-    build_trace,
-    repeat_string,
-    require_rows,
-    time_order,
-)
+from simkv.traces.importers.common import block_lists, build_trace, repeat_string, require_rows, time_order
 from simkv.traces.importers.reader import INT32_MAX, Field, Raw, read_jsonl, show
 from simkv.traces.importers.registry import IMPORTERS
 from simkv.traces.schema import Trace, first_index
