@@ -43,26 +43,19 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from numba import njit
 
 from simkv.errors import SimkvError
-from simkv.fileio import atomic_write, make_dir
 from simkv.traces.schema import Trace
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 #: The scenario whose configuration the curves reproduce (with the overrides named above).
 CURVE_SCENARIO = "scenarios/parity-lru.yaml"
 #: ``runmax`` of a reference that misses at every capacity (a cold block at or before it).
 INF_RANK = np.iinfo(np.int64).max
 GIB = 2**30
-#: :func:`plot_curve` uses a log x-axis when ``max(x) / min(x > 0)`` exceeds this.
-LOG_AXIS_SPAN = 50.0
 
 
 # -- capacity ----------------------------------------------------------------------------
@@ -342,7 +335,7 @@ class CurveRun:
 def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: str | Path,
               scenario: str | Path | None = None) -> CurveRun:
     """Compute the ``capacity`` or ``ttl`` curve of a trace and write ``curve.csv`` and
-    ``curve.png`` into ``out_dir``.
+    ``curve.png`` into ``out_dir`` (:func:`simkv.report.curves.write_curve`).
 
     ``values`` is the comma-separated list given to ``--capacities`` / ``--ttls`` (``None``:
     the defaults). ``scenario`` supplies the trace when ``trace`` is ``None`` and the model
@@ -350,6 +343,7 @@ def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: 
     its tiers are not used: the curve is that of :data:`CURVE_SCENARIO`'s configuration.
     """
     from simkv.api import resolve_trace
+    from simkv.report.curves import write_curve
     from simkv.scenario import Scenario, load_scenario
 
     option = {"capacity": "--capacities", "ttl": "--ttls"}.get(kind)
@@ -363,91 +357,11 @@ def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: 
         raise SimkvError("--trace: missing (pass --trace, or a --scenario with a 'trace' key)")
     tr = resolve_trace(sc, trace, Path(scenario) if scenario is not None else None)
     block_bytes = tr.block_size * sc.model.bytes_per_token
-    name = tr.path.name if tr.path is not None else "trace"
     if kind == "capacity":
         df = capacity_curve(tr, parsed)
         df.insert(1, "capacity_gib", df["capacity_blocks"] * block_bytes / GIB)
-        x, title = "capacity_blocks", f"Token hit rate vs. LRU capacity — {name}"
     else:
         df = ttl_curve(tr, parsed)
-        x, title = "ttl_s", f"Token hit rate vs. sliding TTL (unlimited tier) — {name}"
-    out = make_dir(Path(out_dir))
-    csv = out / "curve.csv"
-    atomic_write(csv, lambda tmp: df.to_csv(tmp, index=False))
-    png = plot_curve(df, x, out / "curve.png", title,
-                     block_bytes=block_bytes if kind == "capacity" else None)
+    name = tr.path.name if tr.path is not None else "trace"
+    csv, png = write_curve(kind, df, Path(out_dir), name, block_bytes)
     return CurveRun(kind, df, tr, block_bytes, csv, png)
-
-
-def curve_table(run: CurveRun) -> Table:
-    """The curve as a rich table (one row per point)."""
-    from rich.table import Table
-
-    df = run.df
-    table = Table(title=f"{run.kind} curve: {len(run.trace):,} requests, "
-                        f"{run.trace.n_unique_blocks:,} unique blocks")
-    if run.kind == "capacity":
-        table.add_column("capacity (blocks)", justify="right")
-        table.add_column("capacity (GiB)", justify="right")
-    else:
-        table.add_column("TTL (s)", justify="right")
-    table.add_column("token hit rate", justify="right")
-    table.add_column("hit tokens", justify="right")
-    for row in df.itertuples(index=False):
-        rate = "n/a" if math.isnan(row.token_hit_rate) else f"{row.token_hit_rate:.2%}"
-        hits = f"{row.hit_tokens:,}"
-        if run.kind == "capacity":
-            table.add_row(f"{row.capacity_blocks:,}", f"{row.capacity_gib:,.2f}", rate, hits)
-        else:
-            table.add_row(f"{row.ttl_s:,.4g}", rate, hits)
-    return table
-
-
-# -- plot ---------------------------------------------------------------------------------------
-
-
-def plot_curve(df: pd.DataFrame, x: str, path: str | Path, title: str,
-               block_bytes: int | None = None) -> Path:
-    """Token hit rate (%) against ``x`` (``capacity_blocks`` or ``ttl_s``) as a PNG.
-
-    Markers at the computed points; a log x-axis when the points span about two decades
-    or more (ratio > :data:`LOG_AXIS_SPAN`, so the default 1%-100% capacities get one);
-    for capacity, a GiB axis on top when ``block_bytes`` is given.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 and v == int(v) else f"{v:,g}")
-
-    xs = df[x].to_numpy(dtype=float)
-    ys = df["token_hit_rate"].to_numpy(dtype=float) * 100.0
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=130)
-    ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5)
-    pos = xs[xs > 0]
-    log = len(pos) > 1 and pos.max() / pos.min() > LOG_AXIS_SPAN
-    if log:
-        ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(plain)
-    if x == "capacity_blocks":
-        ax.set_xlabel("GPU tier capacity (blocks)")
-        if block_bytes:
-            sec = ax.secondary_xaxis("top", functions=(lambda b: b * block_bytes / GIB,
-                                                       lambda g: g * GIB / block_bytes))
-            sec.set_xlabel(f"GPU tier capacity (GiB, {block_bytes / 2**20:g} MiB per block)")
-            sec.xaxis.set_major_formatter(plain)
-    else:
-        ax.set_xlabel("TTL (s, sliding)")
-    ax.set_ylabel("Token hit rate (%)")
-    ax.set_ylim(0, max(100.0, float(ys.max()) if len(ys) else 100.0))
-    ax.set_title(title)
-    ax.grid(True, which="major", linestyle="--", alpha=0.5)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-

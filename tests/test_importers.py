@@ -148,7 +148,7 @@ def test_mooncake_fast_readers_are_taken(tmp_path: Path, monkeypatch: pytest.Mon
                                          ) -> None:
     """The speed depends on it: canonical lines never reach pyarrow.json or json.loads, and
     compact lines never reach json.loads."""
-    from simkv.traces import importers
+    from simkv.traces.importers import reader as importers
 
     rows = [mc(i, 1000, [i, i + 1]) for i in range(30)]
 

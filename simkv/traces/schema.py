@@ -177,7 +177,8 @@ def _metadata(block_size: int, source: str) -> dict[bytes, bytes]:
     }
 
 
-def _first(mask: np.ndarray) -> int | None:
+def first_index(mask: np.ndarray) -> int | None:
+    """Index of the first True in ``mask`` (the first bad row), or None if there is none."""
     idx = np.flatnonzero(mask)
     return int(idx[0]) if len(idx) else None
 
@@ -227,7 +228,7 @@ def _conform(table: pa.Table, path: str | Path | None) -> pa.Table:
                     path, f"has type {col.type}, expected {f.type}: {exc}", field=f.name
                 ) from None
         if not f.nullable and col.null_count:
-            row = _first(col.is_null().to_numpy(zero_copy_only=False))
+            row = first_index(col.is_null().to_numpy(zero_copy_only=False))
             raise TraceError(path, "is null", row=row, field=f.name)
         arrays.append(col)
     return pa.Table.from_arrays(arrays, schema=trace_schema(optional))
@@ -252,12 +253,12 @@ def validate_table(
         raise TraceError(path, "has no requests (0 rows); a trace needs at least one request")
 
     arrival = table.column("arrival_s").to_numpy()
-    bad = _first(~np.isfinite(arrival) | (arrival < 0))
+    bad = first_index(~np.isfinite(arrival) | (arrival < 0))
     if bad is not None:
         raise TraceError(path, f"arrival_s must be finite and >= 0, got {arrival[bad]}",
                          row=bad, field="arrival_s")
     if len(arrival) > 1:
-        bad = _first(np.diff(arrival) < 0)
+        bad = first_index(np.diff(arrival) < 0)
         if bad is not None:
             raise TraceError(
                 path,
@@ -266,25 +267,25 @@ def validate_table(
             )
 
     ids = table.column("request_id")
-    empty = _first(pc.equal(pc.utf8_length(ids), 0).to_numpy(zero_copy_only=False))
+    empty = first_index(pc.equal(pc.utf8_length(ids), 0).to_numpy(zero_copy_only=False))
     if empty is not None:
         raise TraceError(path, "request_id is empty", row=empty, field="request_id")
     dup = pd.Series(ids.to_numpy(zero_copy_only=False)).duplicated()
-    bad = _first(dup.to_numpy())
+    bad = first_index(dup.to_numpy())
     if bad is not None:
         raise TraceError(path, f"request_id {ids[bad].as_py()!r} is not unique", row=bad,
                          field="request_id")
 
     for name in ("input_tokens", "output_tokens"):
         values = table.column(name).to_numpy()
-        bad = _first(values < 0)
+        bad = first_index(values < 0)
         if bad is not None:
             raise TraceError(path, f"{name} must be >= 0, got {values[bad]}", row=bad, field=name)
 
     n_blocks = pc.list_value_length(table.column("block_hashes")).to_numpy(zero_copy_only=False)
     input_tokens = table.column("input_tokens").to_numpy().astype(np.int64)
     expected = input_tokens // block_size
-    bad = _first(n_blocks != expected)
+    bad = first_index(n_blocks != expected)
     if bad is not None:
         raise TraceError(
             path,

@@ -18,18 +18,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentFormatter
 
-from simkv.report.charts import (
-    Chart,
-    _axis_values,
-    _figure,
-    _others_note,
-    _save,
-    _styled,
-    fmt_param,
-    param_label,
-    tick_decimals,
-)
-from simkv.report.data import SweepData
+from simkv.report.charts.style import Chart, new_figure, save_png, styled
+from simkv.report.charts.sweep import axis_values, others_note, param_label, tick_decimals
+from simkv.report.data import SweepData, fmt_param
 
 ARCHIVE_DOLLARS = ("archive_storage_dollars", "archive_request_dollars", "transfer_dollars")
 
@@ -51,7 +42,7 @@ def ttl_key(sweep: SweepData) -> str | None:
     return None
 
 
-@_styled
+@styled
 def ttl_tradeoff(sweep: SweepData, out: Path) -> Chart:
     """Archive hits, archive dollars and cost saved along the swept TTL (see the module)."""
     name = "ttl_tradeoff"
@@ -68,13 +59,13 @@ def ttl_tradeoff(sweep: SweepData, out: Path) -> Chart:
     group = next((k for k in sweep.params if k != key and k in sweep.numeric
                   and ok[k].nunique() > 1), None)
     frame = pd.DataFrame({
-        "ttl": _axis_values(sweep, key).loc[ok.index],
+        "ttl": axis_values(sweep, key).loc[ok.index],
         "g": ok[group] if group else 0,
         "hits": ok["token_hit_rate_archive"].astype(float) * 100,
         "dollars": sum(ok[m].astype(float) for m in ARCHIVE_DOLLARS),
         "saved": ok["cost_saved_dollars"].astype(float),
     })
-    fig = _figure(9.0, 9.0)
+    fig = new_figure(9.0, 9.0)
     axes = fig.subplots(3, 1, sharex=True)
     panels = (("hits", "archive token hit rate (%)"), ("dollars", "archive $ (storage + requests)"),
               ("saved", "cost saved ($)"))
@@ -103,6 +94,6 @@ def ttl_tradeoff(sweep: SweepData, out: Path) -> Chart:
     axes[0].legend(loc="best")
     axes[2].legend(loc="best")
     axes[2].set_xlabel(param_label(key) + ", log scale")
-    note = _others_note(sweep, [key] + ([group] if group else []), "best cost saved")
+    note = others_note(sweep, [key] + ([group] if group else []), "best cost saved")
     axes[0].set_title(title + note, fontsize=12)
-    return Chart(name, title, _save(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name))

@@ -1,0 +1,108 @@
+"""``simkv curve`` output: the curve table as ``curve.csv``, ``curve.png`` and a console table.
+
+The numbers come from :mod:`simkv.curves`; this module only writes and shows them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from simkv.curves import GIB, CurveRun
+from simkv.fileio import atomic_write, make_dir
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+#: :func:`plot_curve` uses a log x-axis when ``max(x) / min(x > 0)`` exceeds this.
+LOG_AXIS_SPAN = 50.0
+
+
+def write_curve(kind: str, df: pd.DataFrame, out_dir: Path, trace_name: str,
+                block_bytes: int) -> tuple[Path, Path]:
+    """Write ``df`` (a ``capacity`` or ``ttl`` curve of the trace ``trace_name``) as
+    ``out_dir/curve.csv`` and ``out_dir/curve.png``; return both paths."""
+    if kind == "capacity":
+        x, title = "capacity_blocks", f"Token hit rate vs. LRU capacity — {trace_name}"
+    else:
+        x, title = "ttl_s", f"Token hit rate vs. sliding TTL (unlimited tier) — {trace_name}"
+    out_dir = make_dir(out_dir)
+    csv = out_dir / "curve.csv"
+    atomic_write(csv, lambda tmp: df.to_csv(tmp, index=False))
+    png = plot_curve(df, x, out_dir / "curve.png", title,
+                     block_bytes=block_bytes if kind == "capacity" else None)
+    return csv, png
+
+
+def curve_table(run: CurveRun) -> Table:
+    """The curve as a rich table (one row per point)."""
+    from rich.table import Table
+
+    df = run.df
+    table = Table(title=f"{run.kind} curve: {len(run.trace):,} requests, "
+                        f"{run.trace.n_unique_blocks:,} unique blocks")
+    if run.kind == "capacity":
+        table.add_column("capacity (blocks)", justify="right")
+        table.add_column("capacity (GiB)", justify="right")
+    else:
+        table.add_column("TTL (s)", justify="right")
+    table.add_column("token hit rate", justify="right")
+    table.add_column("hit tokens", justify="right")
+    for row in df.itertuples(index=False):
+        rate = "n/a" if math.isnan(row.token_hit_rate) else f"{row.token_hit_rate:.2%}"
+        hits = f"{row.hit_tokens:,}"
+        if run.kind == "capacity":
+            table.add_row(f"{row.capacity_blocks:,}", f"{row.capacity_gib:,.2f}", rate, hits)
+        else:
+            table.add_row(f"{row.ttl_s:,.4g}", rate, hits)
+    return table
+
+
+def plot_curve(df: pd.DataFrame, x: str, path: str | Path, title: str,
+               block_bytes: int | None = None) -> Path:
+    """Token hit rate (%) against ``x`` (``capacity_blocks`` or ``ttl_s``) as a PNG.
+
+    Markers at the computed points; a log x-axis when the points span about two decades
+    or more (ratio > :data:`LOG_AXIS_SPAN`, so the default 1%-100% capacities get one);
+    for capacity, a GiB axis on top when ``block_bytes`` is given.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 and v == int(v) else f"{v:,g}")
+
+    xs = df[x].to_numpy(dtype=float)
+    ys = df["token_hit_rate"].to_numpy(dtype=float) * 100.0
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=130)
+    ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5)
+    pos = xs[xs > 0]
+    log = len(pos) > 1 and pos.max() / pos.min() > LOG_AXIS_SPAN
+    if log:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plain)
+    if x == "capacity_blocks":
+        ax.set_xlabel("GPU tier capacity (blocks)")
+        if block_bytes:
+            sec = ax.secondary_xaxis("top", functions=(lambda b: b * block_bytes / GIB,
+                                                       lambda g: g * GIB / block_bytes))
+            sec.set_xlabel(f"GPU tier capacity (GiB, {block_bytes / 2**20:g} MiB per block)")
+            sec.xaxis.set_major_formatter(plain)
+    else:
+        ax.set_xlabel("TTL (s, sliding)")
+    ax.set_ylabel("Token hit rate (%)")
+    ax.set_ylim(0, max(100.0, float(ys.max()) if len(ys) else 100.0))
+    ax.set_title(title)
+    ax.grid(True, which="major", linestyle="--", alpha=0.5)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
