@@ -234,7 +234,7 @@ def sweep_cmd(
 
     from simkv.sweep import Constraint, Grid, Objective, SweepOptions, plan_sweep, run_plan
     from simkv.sweep.console import sweep_progress, top_cells_table
-    from simkv.sweep.core import probe_columns
+    from simkv.sweep.core import code_changed, probe_columns, record_objective
     from simkv.sweep.winner import NoFeasibleCell, resolve_column, select_winner
 
     cells = (Grid.from_file(grid_file) if grid_file else Grid()) + Grid.from_specs(grid or [])
@@ -256,6 +256,9 @@ def sweep_cmd(
                   f"{escape(', '.join(plan.grid.keys)) or 'no keys'} on "
                   f"{escape(str(plan.trace.path))} ({escape(backend)} backend)", highlight=False)
 
+    if code_changed(out):
+        err_console.print(f"[yellow]note:[/] {escape(str(out))} holds cells made by other simkv code: "
+                          "every cell runs again", highlight=False)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.perf_counter()
     try:
@@ -289,6 +292,7 @@ def sweep_cmd(
         exit_if_failed()
         return
     column, direction = obj.resolve(list(df.columns))
+    record_objective(out, column, direction, cons)  # simkv report ranks by the same
     (out / "winner.yaml").unlink(missing_ok=True)  # never leave a stale winner behind
     try:
         win = select_winner(df, obj, cons)

@@ -20,19 +20,12 @@ import pandas as pd
 import yaml
 
 from simkv.errors import SimkvError
+from simkv.metrics.objectives import Direction, column_of, direction_of
 from simkv.metrics.timeline import choose_bin_s
 
 RUN_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml")
 SWEEP_FILES = ("sweep.parquet", "sweep.yaml")
 
-Direction = Literal["max", "min"]
-
-# The sweep's objective aliases: name -> (summary metric, better direction).
-OBJECTIVES: dict[str, tuple[str, Direction]] = {
-    "token_hit_rate": ("token_hit_rate", "max"),
-    "cost_saved": ("cost_saved_dollars", "max"),
-    "ttft_p90": ("ttft_p90_s", "min"),
-}
 
 
 @dataclass(frozen=True)
@@ -52,15 +45,12 @@ class Objective:
 
 def parse_objective(text: str) -> Objective:
     """An alias (``cost_saved``, ``token_hit_rate``, ``ttft_p90``) or any summary metric,
-    optionally suffixed ``:max`` / ``:min`` (default: ``min`` for latencies, else ``max``)."""
+    optionally suffixed ``:max`` / ``:min`` (default: the metric's own direction,
+    :func:`simkv.metrics.objectives.direction_of`)."""
     name, _, direction = text.partition(":")
-    if name in OBJECTIVES:
-        metric, default = OBJECTIVES[name]
-    else:
-        metric, default = name, ("min" if name.startswith("ttft") else "max")
     if direction and direction not in ("max", "min"):
         raise SimkvError(f"--objective {text!r}: the direction after ':' must be max or min")
-    return Objective(metric, direction or default)  # type: ignore[arg-type]
+    return Objective(column_of(name), direction or direction_of(name))  # type: ignore[arg-type]
 
 
 # -- formatting shared by the charts and the Markdown ------------------------------------------
@@ -247,7 +237,7 @@ class SweepData:
 
     @property
     def base_scenario(self) -> str | None:
-        for key in ("scenario", "base_scenario", "base"):
+        for key in ("scenario_path", "scenario", "base_scenario", "base"):
             if isinstance(self.spec.get(key), str):
                 return self.spec[key]
         return None

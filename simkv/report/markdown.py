@@ -184,9 +184,20 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
 # -- sweep report ------------------------------------------------------------------------------
 
 
+def feasible_cells(sweep: SweepData) -> pd.DataFrame:
+    """The successful cells that satisfy every constraint the sweep recorded in ``sweep.yaml``
+    (the same rule as the winner's)."""
+    from simkv.sweep.winner import Constraint
+
+    ok = sweep.ok
+    for text in sweep.spec.get("constraints") or []:
+        ok = ok[Constraint.parse(str(text)).mask(ok)]
+    return ok
+
+
 def top_cells(sweep: SweepData, objective: Objective, n: int) -> pd.DataFrame:
-    """The ``n`` best successful cells by the objective (stable order on ties)."""
-    ok = sweep.ok.dropna(subset=[objective.metric])
+    """The ``n`` best feasible cells by the objective (stable order on ties)."""
+    ok = feasible_cells(sweep).dropna(subset=[objective.metric])
     return ok.sort_values(objective.metric, ascending=objective.direction == "min",
                           kind="stable").head(n)
 
@@ -220,6 +231,11 @@ def sweep_markdown(sweep: SweepData, objective: Objective, charts: list[Chart], 
         lines.append(f"- trace: `{sweep.spec['trace']}`")
     lines.append(f"- cells: {len(cells)} ({len(ok)} ok, {len(failed)} failed)")
     lines.append(f"- objective: {objective.label}")
+    constraints = sweep.spec.get("constraints") or []
+    if constraints:
+        n_feasible = len(feasible_cells(sweep))
+        lines.append(f"- constraints: {', '.join(f'`{c}`' for c in constraints)} "
+                     f"({n_feasible} of {len(ok)} successful cells satisfy them)")
     if sweep.winner is not None:
         lines.append(f"- winner: `winner.yaml` (scenario `{sweep.winner.get('name', '?')}`)")
     lines += ["", "## Grid", ""]
@@ -229,9 +245,10 @@ def sweep_markdown(sweep: SweepData, objective: Objective, charts: list[Chart], 
         grid_rows.append([f"`{p}`", str(len(values)), ", ".join(fmt_param(v) for v in values)])
     lines += [md_table(["parameter", "values", "swept over"], grid_rows, ["l", "r", "l"])
               if grid_rows else "No swept parameter found.", ""]
-    shown = min(top, len(ok))
+    shown = min(top, len(top_cells(sweep, objective, top)))
     lines += [f"## Top {f'{shown} ' if shown else ''}cells by {metric_label(objective.metric)}", ""]
-    lines += [top_cells_table(sweep, objective, top) if len(ok) else "No cell succeeded.", ""]
+    lines += [top_cells_table(sweep, objective, top) if shown else
+              ("No cell succeeded." if not len(ok) else "No cell satisfies the constraints."), ""]
     lines += ["## Charts", "", _charts_md(charts)]
     if len(failed):
         lines += ["## Failed cells", ""]

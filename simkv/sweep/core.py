@@ -16,6 +16,7 @@ trace (the fingerprint); errored cells re-run only with ``retry_failed``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -46,7 +47,7 @@ from simkv.sweep.results import (
     write_record,
     write_table,
 )
-from simkv.sweep.winner import Winner
+from simkv.sweep.winner import Constraint, Winner
 from simkv.traces.schema import Trace
 
 Backend = Literal["local", "ray"]
@@ -119,6 +120,18 @@ def _file_digest(path: Path | None) -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def code_digest() -> str:
+    """A digest of simkv's own source (every ``.py`` file of the package, by relative path),
+    so a sweep's fingerprint changes with the simulator's code, not only its version string:
+    resuming after a code change re-runs the cells instead of reusing stale ones."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def plan_sweep(scenario: str | Path, trace: str | Path | None = None, grid: GridLike = (),
                overrides: Sequence[str] = ()) -> SweepPlan:
     """Load and validate everything before any cell runs: a bad key or value in any cell
@@ -143,7 +156,8 @@ def plan_sweep(scenario: str | Path, trace: str | Path | None = None, grid: Grid
             _check_cell(scenarios[cell.id], tr)
         except ScenarioError as exc:
             raise ScenarioError(f"grid cell [{cell.label()}]: {exc}") from None
-    digest = hashlib.sha256("\n".join([__version__, base.to_yaml(), _file_digest(tr.path)]).encode())
+    digest = hashlib.sha256("\n".join([__version__, code_digest(), base.to_yaml(),
+                                       _file_digest(tr.path)]).encode())
     # The written scenario.yaml names the trace the sweep runs on (absolute: it re-runs from
     # any directory), not the scenario file's default; the fingerprint above predates this.
     base = replace(base, trace=str(Path(tr.path).resolve()) if tr.path else None)
@@ -192,23 +206,35 @@ def _manifest_differences(old: dict[str, Any], plan: SweepPlan) -> list[str]:
         diffs.append(f"scenario keys {', '.join(keys)}")
     if old.get("simkv_version") != __version__:
         diffs.append(f"simkv version {old.get('simkv_version')} -> {__version__}")
-    return diffs or ["the trace file's contents"]
+    if diffs or old.get("code") == code_digest():
+        return diffs or ["the trace file's contents"]
+    return []  # the same sweep, run by changed simkv code
+
+
+def code_changed(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds cells of this sweep made by other simkv code (they re-run)."""
+    path = Path(out_dir) / "sweep.yaml"
+    return path.exists() and load_manifest(out_dir).get("code") not in (None, code_digest())
 
 
 def check_sweep_dir(plan: SweepPlan, out: Path, overwrite: bool = False) -> None:
     """Refuse to run ``plan`` into a directory holding results of a different sweep (another
     base scenario, trace or --set overrides: its cell records would be discarded), naming
     what differs; with ``overwrite`` remove those results instead. Results of the same base
-    (a resume, or a changed grid) are kept and reused."""
+    (a resume, or a changed grid) are kept and reused; cells of the same sweep made by other
+    simkv code (:func:`code_digest`) are not reused: they all run again."""
     if not (out / "sweep.yaml").exists():
         return
     old = load_manifest(out)
     cells_dir = out / "cells"
     if old.get("fingerprint") == plan.fingerprint or not any(cells_dir.glob("*.json")):
         return
+    diffs = _manifest_differences(old, plan)
+    if not diffs:
+        return
     if not overwrite:
         raise SimkvError(f"{out}: holds the results of a different sweep ("
-                         f"{'; '.join(_manifest_differences(old, plan))}); use another -o "
+                         f"{'; '.join(diffs)}); use another -o "
                          "directory, or --overwrite to discard them")
     shutil.rmtree(cells_dir)
     for name in ("sweep.parquet", "timing.json", "winner.yaml"):
@@ -223,6 +249,7 @@ def _write_manifest(plan: SweepPlan, out: Path) -> None:
         "set": list(plan.overrides),
         "grid": plan.grid.to_dict(),
         "cells": len(plan.cells),
+        "code": code_digest(),
         "fingerprint": plan.fingerprint,
         "scenario": plan.base.to_dict(),
     }
@@ -340,6 +367,19 @@ def load_manifest(out_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "scenario" not in data:
         raise SimkvError(f"{path}: not a simkv sweep manifest")
     return data
+
+
+def record_objective(out_dir: str | Path, column: str, direction: str,
+                     constraints: Sequence[Constraint] = ()) -> None:
+    """Add the objective (``column:direction``) and constraints a sweep was run with to its
+    ``sweep.yaml``, so ``simkv report`` ranks the cells the same way."""
+    out = Path(out_dir)
+    manifest = load_manifest(out)
+    manifest["objective"] = f"{column}:{direction}"
+    manifest["constraints"] = [c.text or f"{c.metric}{c.op}{c.value}" for c in constraints]
+    text = (out / "sweep.yaml").read_text()
+    head = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    atomic_write(out / "sweep.yaml", lambda p: p.write_text(head + yaml.safe_dump(manifest, sort_keys=False)))
 
 
 def cell_scenario(out_dir: str | Path, cid: str) -> Scenario:

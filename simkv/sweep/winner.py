@@ -12,21 +12,16 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from simkv.errors import SimkvError
+from simkv.metrics.objectives import ALIASES, Direction, direction_of
 
-Direction = Literal["max", "min"]
-
-#: Objective aliases → (summary column, direction).
-OBJECTIVES: dict[str, tuple[str, Direction]] = {
-    "cost_saved": ("cost_saved_dollars", "max"),
-    "token_hit_rate": ("token_hit_rate", "max"),
-    "ttft_p90": ("ttft_p90_s", "min"),
-}
+#: Objective aliases → (summary column, direction): a view of :mod:`simkv.metrics.objectives`.
+OBJECTIVES: dict[str, tuple[str, Direction]] = {a: (c, direction_of(c)) for a, c in ALIASES.items()}
 
 OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
@@ -67,11 +62,10 @@ class Objective:
                              f"got {self.direction!r}")
 
     def resolve(self, columns: Sequence[str]) -> tuple[str, Direction]:
-        """The column and direction (an alias's own direction unless one is given; a plain
-        column is maximised unless told otherwise)."""
+        """The column and direction: the metric's own (:func:`direction_of`) unless one is
+        given."""
         column = resolve_column(self.name, columns, f"--objective {self.name}")
-        default: Direction = OBJECTIVES[self.name][1] if self.name in OBJECTIVES else "max"
-        return column, self.direction or default
+        return column, self.direction or direction_of(column)
 
 
 @dataclass(frozen=True)
