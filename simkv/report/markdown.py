@@ -87,6 +87,18 @@ def write_report(directory: str | Path, out_dir: str | Path | None = None, *,
 # -- Markdown helpers --------------------------------------------------------------------------
 
 
+def shown_path(path: str | Path | None) -> str:
+    """A path as a report shows it: relative to the working directory when it lies inside it
+    (a report committed with the repository names no machine's directories)."""
+    if path is None:
+        return "unknown"
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(p)
+
+
 def md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
     """A GitHub-flavoured Markdown table (``align``: ``l`` or ``r`` per column)."""
     align = align or ["l"] * len(header)
@@ -165,8 +177,8 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
     lines = [f"# simkv run report: {s.get('scenario', run.path.name)}", ""]
     if desc:
         lines += [f"{desc}", ""]
-    lines += [f"- run directory: `{run.path}`",
-              f"- trace: `{s.get('trace')}` ({s.get('trace_source', 'unknown source')}), "
+    lines += [f"- run directory: `{shown_path(run.path)}`",
+              f"- trace: `{shown_path(s.get('trace'))}` ({s.get('trace_source', 'unknown source')}), "
               f"{s.get('requests', 0):,} requests, block size {s.get('block_size', '?')} tokens",
               f"- engine: {s.get('engine', '?')}, simkv {s.get('simkv_version', '?')}", ""]
     warnings = overload_warnings(s) if "gpu_utilization" in s else []
@@ -224,11 +236,11 @@ def sweep_markdown(sweep: SweepData, objective: Objective, charts: list[Chart], 
     """``report.md`` for a sweep."""
     cells, ok, failed = sweep.cells, sweep.ok, sweep.failed
     lines = [f"# simkv sweep report: {sweep.path.name}", "",
-             f"- sweep directory: `{sweep.path}`"]
+             f"- sweep directory: `{shown_path(sweep.path)}`"]
     if sweep.base_scenario:
         lines.append(f"- base scenario: `{sweep.base_scenario}`")
     if isinstance(sweep.spec.get("trace"), str):
-        lines.append(f"- trace: `{sweep.spec['trace']}`")
+        lines.append(f"- trace: `{shown_path(sweep.spec['trace'])}`")
     lines.append(f"- cells: {len(cells)} ({len(ok)} ok, {len(failed)} failed)")
     lines.append(f"- objective: {objective.label}")
     constraints = sweep.spec.get("constraints") or []

@@ -90,7 +90,8 @@ def ttl_tradeoff(sweep: SweepData, out: Path) -> Chart:
         if col == "hits":
             ax.yaxis.set_major_formatter(PercentFormatter(decimals=decimals))
         else:
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _, d=decimals: f"${v:,.{d}f}"))
+            ax.yaxis.set_major_formatter(FuncFormatter(
+                lambda v, _, d=decimals: f"{'-' if v < 0 else ''}${abs(v):,.{d}f}"))
     axes[0].legend(loc="best")
     axes[2].legend(loc="best")
     axes[2].set_xlabel(param_label(key) + ", log scale")
