@@ -298,3 +298,23 @@ def load_profile(path: str | Path, zero_service_time: bool = False) -> HardwareP
         raise ScenarioError(f"hardware.profile: {path}: cannot read: {exc}") from None
     data = _read_profile(str(path), mtime)
     return PROFILES.get(data["kind"])(data, str(path), zero_service_time)  # type: ignore[call-arg]
+
+
+def table_from_profile(profile: HardwareProfile, transfers: Transfers, new_tokens: list[int],
+                       cached_tokens: list[int], block_size: int, model: str, **provenance: Any) -> dict[str, Any]:
+    """A ``kind: table`` profile document with ``profile``'s prefill evaluated on the grid and
+    the given transfer times (``store.archive`` = compress + upload): how an analytic fit is
+    turned into a table, and the file format :func:`load_profile` reads."""
+    seconds = profile.prefill_array(np.repeat(new_tokens, len(cached_tokens)),
+                                    np.tile(cached_tokens, len(new_tokens)))
+    return {
+        "version": PROFILE_VERSION, "kind": "table", "model": model, "block_size": block_size,
+        **provenance,
+        "prefill": {"new_tokens": list(new_tokens), "cached_tokens": list(cached_tokens),
+                    "seconds": seconds.reshape(len(new_tokens), len(cached_tokens)).tolist()},
+        "load": {"disk": {"per_block_s": transfers.disk_per_block, "per_request_s": transfers.disk_lat},
+                 "archive": {"per_block_s": transfers.arch_per_block, "per_request_s": transfers.arch_lat}},
+        "store": {"disk": {"per_block_s": transfers.disk_write_per_block},
+                  "archive": {"per_block_s": transfers.arch_compress_per_block
+                              + transfers.arch_upload_per_block}},
+    }
