@@ -301,7 +301,8 @@ def load_profile(path: str | Path, zero_service_time: bool = False) -> HardwareP
 
 
 def table_from_profile(profile: HardwareProfile, transfers: Transfers, new_tokens: list[int],
-                       cached_tokens: list[int], block_size: int, model: str, **provenance: Any) -> dict[str, Any]:
+                       cached_tokens: list[int], block_size: int, model: str,
+                       **provenance: Any) -> dict[str, Any]:
     """A ``kind: table`` profile document with ``profile``'s prefill evaluated on the grid and
     the given transfer times (``store.archive`` = compress + upload): how an analytic fit is
     turned into a table, and the file format :func:`load_profile` reads."""
