@@ -5,7 +5,8 @@ Three engines give the same results where they apply:
 * ``simpy``: the event-driven model (:mod:`simkv.model.engine`) over the reference tiers
   (:mod:`simkv.model.system`): every policy and TTL scope;
 * ``compiled``: the same event-driven model over compiled GPU and disk tiers
-  (:mod:`simkv.model.compiled`): LRU/FIFO tiers, archive-only TTLs;
+  (:mod:`simkv.model.compiled`): LRU/FIFO tiers, archive-only TTLs, the analytic hardware
+  profile (a ``table`` profile runs on ``simpy``);
 * ``fast``: a compiled replay without a clock (:mod:`simkv.model.fast`) for a single LRU GPU
   tier, no TTL, zero service time (the setting of LMCache's simulator).
 
@@ -144,8 +145,9 @@ def run(
         raise ScenarioError("engine: 'fast' needs a single LRU GPU tier, no TTL and "
                             "hardware.zero_service_time: true")
     elif engine == "compiled" and not CompiledTieredCache.supports(scenario):
-        raise ScenarioError("engine: 'compiled' needs LRU or FIFO GPU and disk tiers and "
-                            "ttl.scope: archive")
+        raise ScenarioError("engine: 'compiled' needs LRU or FIFO GPU and disk tiers, "
+                            "ttl.scope: archive and the analytic hardware profile (no "
+                            "hardware.profile: a table profile runs on engine simpy)")
 
     cache = (CompiledTieredCache if engine == "compiled" else TieredCache)(scenario, tr)
     if engine == "fast":

@@ -16,12 +16,15 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from simkv.config import apply_overrides, from_dict, load_yaml, to_dict
 from simkv.errors import ScenarioError
+
+if TYPE_CHECKING:
+    from simkv.model.hardware import HardwareProfile
 
 MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
 GB = 1e9  # bandwidths are in GB/s (decimal), as hardware vendors quote them
@@ -273,11 +276,15 @@ class TTLConfig:
 
 @dataclass(frozen=True)
 class Hardware:
-    """Compute: ``prefill(n, c) = prefill_const_s + prefill_per_token_s * n +
-    prefill_attn_s * n * (n + c)`` seconds for ``n`` new tokens after ``c`` cached ones
-    (at least one token is always computed). ``gpus`` identical GPUs serve a FIFO queue.
-    ``zero_service_time`` makes every prefill and load instantaneous (the LMCache-parity
-    configuration)."""
+    """Compute: ``gpus`` identical GPUs serve a FIFO queue; the time model is the hardware
+    profile (:mod:`simkv.model.hardware`). Without ``profile`` it is the ``analytic`` one:
+    ``prefill(n, c) = prefill_const_s + prefill_per_token_s * n + prefill_attn_s * n * (n + c)``
+    seconds for ``n`` new tokens after ``c`` cached ones (at least one token is always
+    computed), loads and stores from the tiers' bandwidths. ``profile``: a ``kind: table``
+    profile file (measured prefill grid, load and store times) replacing all of those; a
+    relative path is resolved against the scenario file's directory (else the working
+    directory). ``zero_service_time`` makes every prefill and load instantaneous (the
+    LMCache-parity configuration)."""
 
     name: str = "h100-llama3-8b-fit"
     gpus: int = 1
@@ -286,17 +293,26 @@ class Hardware:
     prefill_attn_s: float = 5.55e-10
     gpu_cost_per_hour: float = 4.0
     zero_service_time: bool = False
+    profile: str | None = None
 
     def check(self, prefix: str) -> None:
         _positive(f"{prefix}.gpus", self.gpus)
         for k in ("prefill_const_s", "prefill_per_token_s", "prefill_attn_s", "gpu_cost_per_hour"):
             _positive(f"{prefix}.{k}", getattr(self, k), allow_zero=True)
+        if self.profile is not None:
+            self.time_model()
+
+    def time_model(self) -> HardwareProfile:
+        """The hardware profile every time and block value comes from."""
+        from simkv.model.hardware import AnalyticProfile, load_profile
+
+        if self.profile is not None:
+            return load_profile(self.profile, self.zero_service_time)
+        return AnalyticProfile(self.prefill_const_s, self.prefill_per_token_s, self.prefill_attn_s,
+                               self.zero_service_time)
 
     def prefill_s(self, new: int, cached: int) -> float:
-        if self.zero_service_time:
-            return 0.0
-        n = max(new, 1)
-        return self.prefill_const_s + self.prefill_per_token_s * n + self.prefill_attn_s * n * (n + cached)
+        return self.time_model().prefill_s(new, cached)
 
 
 @dataclass(frozen=True)
@@ -362,7 +378,20 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
+    resolve_profile_path(data, path)
     try:
         return scenario_from_dict(data)
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
+
+
+def resolve_profile_path(data: dict[str, Any], scenario_path: Path) -> None:
+    """Make a relative ``hardware.profile`` absolute in place: against the scenario file's
+    directory if the file is there, else against the working directory (so a scenario and
+    its profile move together, and the run's scenario.yaml re-runs from anywhere)."""
+    hw = data.get("hardware")
+    profile = hw.get("profile") if isinstance(hw, dict) else None
+    if not isinstance(profile, str) or Path(profile).is_absolute():
+        return
+    beside = scenario_path.parent / profile
+    hw["profile"] = str((beside if beside.exists() else Path(profile)).resolve())

@@ -30,11 +30,8 @@ def fifo_start_times(arrivals: np.ndarray, service_s: np.ndarray, servers: int) 
 
 
 def prefill_array(hw: Hardware, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
-    """Vectorised :meth:`Hardware.prefill_s`."""
-    if hw.zero_service_time:
-        return np.zeros(len(new))
-    n = np.maximum(new, 1).astype(np.float64)
-    return hw.prefill_const_s + hw.prefill_per_token_s * n + hw.prefill_attn_s * n * (n + cached)
+    """Vectorised :meth:`Hardware.prefill_s`: the scenario's hardware profile."""
+    return hw.time_model().prefill_array(new, cached)
 
 
 def archive_storage_dollars(scenario: Scenario, cache: TieredCache) -> np.ndarray:

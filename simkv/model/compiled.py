@@ -6,8 +6,10 @@ the numba functions of :mod:`simkv.model.kernels`, so the per-block work of a re
 nanoseconds instead of microseconds. The archive worker's choices and the TTL heuristics
 stay in Python (they run once per archive pass); the archive tier's state is compiled too.
 
-It covers the common configurations: LRU or FIFO on every tier, and a TTL that governs the
-archive only. Everything else runs on the reference implementation.
+It covers the common configurations: LRU or FIFO on every tier, a TTL that governs the
+archive only, and the ``analytic`` hardware profile (its three prefill constants go to the
+kernels; a ``table`` profile's grid does not). Everything else runs on the reference
+implementation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from simkv.model import kernels as K
+from simkv.model.hardware import AnalyticProfile
 from simkv.model.system import ARCHIVE, DISK, GPU, Plan, TieredCache, Uploads
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
@@ -34,12 +37,14 @@ class CompiledTieredCache(TieredCache):
         return (t.gpu.eviction in _ORDERED
                 and (not t.disk.enabled or t.disk.eviction in _ORDERED)
                 and (not t.archive.enabled or t.archive.eviction in _ORDERED)
-                and (sc.ttl.heuristic == "none" or sc.ttl.scope == "archive"))
+                and (sc.ttl.heuristic == "none" or sc.ttl.scope == "archive")
+                and sc.hardware.profile is None)
 
     def __init__(self, scenario: Scenario, trace: Trace) -> None:
         super().__init__(scenario, trace)
         if not self.supports(scenario):
-            raise ValueError("the compiled tiers need LRU/FIFO tiers and an archive-only TTL")
+            raise ValueError("the compiled tiers need LRU/FIFO tiers, an archive-only TTL and the "
+                             "analytic hardware profile")
         n = trace.n_unique_blocks
         self._ids = np.ascontiguousarray(trace.block_ids_flat)
         self._offsets = np.ascontiguousarray(trace.block_offsets, dtype=np.int64)
@@ -83,15 +88,16 @@ class CompiledTieredCache(TieredCache):
         S[K.S_ZERO_TIME] = self.zero_time
         S[K.S_IF_FASTER] = self.if_faster
         S[K.S_BLOCK_SIZE] = self.block_size
-        hw = sc.hardware
+        hw = self.hw
+        assert isinstance(hw, AnalyticProfile)
         X[K.X_DISK_LAT] = self._disk_lat
         X[K.X_DISK_READ] = self._disk_per_block
         X[K.X_DISK_WRITE] = self._disk_write_per_block
         X[K.X_ARCH_LAT] = self._arch_lat
         X[K.X_ARCH_READ] = self._arch_per_block
-        X[K.X_CONST] = hw.prefill_const_s
-        X[K.X_PER_TOKEN] = hw.prefill_per_token_s
-        X[K.X_ATTN] = hw.prefill_attn_s
+        X[K.X_CONST] = hw.const_s
+        X[K.X_PER_TOKEN] = hw.per_token_s
+        X[K.X_ATTN] = hw.attn_s
         X[K.X_MIN_S] = self.archive_min_s
 
     def _new_history(self, n_unique: int) -> tuple[Any, Any]:

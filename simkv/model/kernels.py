@@ -277,7 +277,7 @@ def _write_disk(link: np.ndarray, resident: np.ndarray, ready: np.ndarray, S: np
 
 @njit(cache=True)
 def _prefill(X: np.ndarray, S: np.ndarray, new: int, cached: int) -> float:
-    """Hardware.prefill_s."""
+    """AnalyticProfile.prefill_s (the compiled engine runs the analytic profile only)."""
     if S[S_ZERO_TIME]:
         return 0.0
     n = max(new, 1)

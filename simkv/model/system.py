@@ -59,7 +59,8 @@ class TieredCache:
         self.trace = trace
         self.block_size = B = trace.block_size
         self.block_bytes = B * sc.model.bytes_per_token
-        self.hw = sc.hardware
+        self.hw = sc.hardware.time_model()
+        self.hw.check_block_size(B)
         self.zero_time = sc.hardware.zero_service_time
         self.if_faster = sc.load_policy == "if_faster"
 
@@ -85,16 +86,17 @@ class TieredCache:
         self.tiers: list[Tier | None] = [self.gpu, self.disk, self.archive]
         self.write_through = t.disk.write_policy == "write_through"
 
-        # Load-time constants per tier: (latency once per request, seconds per block).
-        self._disk_lat = t.disk.latency_s
-        self._disk_per_block = self.block_bytes / (t.disk.read_gbps * GB)
-        self._disk_write_per_block = self.block_bytes / (t.disk.write_gbps * GB)
+        # Load-time constants per tier (latency once per request, seconds per block) and store
+        # times, from the hardware profile.
+        tr = self.hw.transfers(sc, self.block_bytes, self.archive_bytes)
+        self._disk_lat = tr.disk_lat
+        self._disk_per_block = tr.disk_per_block
+        self._disk_write_per_block = tr.disk_write_per_block
+        self._arch_lat = tr.arch_lat
+        self._arch_per_block = tr.arch_per_block
+        self._arch_compress_per_block = tr.arch_compress_per_block
+        self._arch_upload_per_block = tr.arch_upload_per_block
         a = t.archive
-        self._arch_lat = a.request_latency_s
-        self._arch_per_block = (self.archive_bytes / (a.download_gbps * GB)
-                                + self.block_bytes / (a.decompress_gbps * GB))
-        self._arch_compress_per_block = self.block_bytes / (a.compress_gbps * GB)
-        self._arch_upload_per_block = self.archive_bytes / (a.upload_gbps * GB)
         self.disk_free_at = 0.0  # when the disk's write queue drains
         self.disk_write_lag_max = 0.0  # longest wait from a write's issue until it is readable
 
@@ -157,10 +159,8 @@ class TieredCache:
     def _ttl(self, block: int, r: int, position: int, now: float, stored_bytes: int,
              cost_per_byte_s: float) -> tuple[float, float]:
         assert self.ttl is not None
-        hw = self.hw
         B = self.block_size
-        value_s = 0.0 if self.zero_time else (
-            hw.prefill_per_token_s * B + hw.prefill_attn_s * B * B * (2 * position + 1))
+        value_s = self.hw.block_value_s(position, self.input_tokens[r], B)
         ctx = TTLContext(
             now=now, block=block, position=position, prompt_class=self.classes[r],
             input_tokens=self.input_tokens[r], access_count=max(int(self.refs[block]) - 1, 0),
@@ -400,10 +400,8 @@ class TieredCache:
         """Archive TTLs and priorities of ``blocks`` (last referenced by requests ``rs`` at
         prompt positions ``pos``): :meth:`_ttl` for many blocks at once."""
         assert self.ttl is not None
-        hw = self.hw
         B = self.block_size
-        value_s = (np.zeros(len(blocks)) if self.zero_time else
-                   hw.prefill_per_token_s * B + hw.prefill_attn_s * B * B * (2 * pos + 1))
+        value_s = self.hw.block_value_s(pos, self.trace.input_tokens[rs], B)
         refs = self.refs
         counts = (refs[blocks] if isinstance(refs, np.ndarray)
                   else np.array([refs[b] for b in blocks.tolist()], dtype=np.int64))

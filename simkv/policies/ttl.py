@@ -75,10 +75,11 @@ def by_key(keys: str | np.ndarray, table: dict[str, float], default: float) -> f
 class TTLContext:
     """What a heuristic may look at when a block is stored, archived or refreshed.
 
-    ``value_s`` is the GPU time one reuse of this block saves (prefill of ``block_size``
-    tokens from the hardware profile); ``gpu_cost_per_s`` and ``storage_cost_per_byte_s``
-    price it against keeping ``stored_bytes`` in the tier the TTL is for. For a vectorized
-    heuristic the per-block fields (``block`` to ``access_count``, ``value_s``) are arrays.
+    ``value_s`` is the GPU time one reuse of this block saves in the request at hand (the
+    hardware profile's :meth:`~simkv.model.hardware.HardwareProfile.block_value_s`);
+    ``gpu_cost_per_s`` and ``storage_cost_per_byte_s`` price it against keeping
+    ``stored_bytes`` in the tier the TTL is for. For a vectorized heuristic the per-block
+    fields (``block`` to ``access_count``, ``value_s``) are arrays.
     """
 
     now: float
