@@ -16,6 +16,7 @@ Three engines give the same results where they apply:
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -59,10 +60,10 @@ class Result:
         atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2) + "\n"))
         atomic_write(out / "requests.parquet", lambda p: self.requests.to_parquet(p, index=False))
         atomic_write(out / "timeline.parquet", lambda p: self.timeline.to_parquet(p, index=False))
-        # The trace actually run, not the scenario file's default (absolute, so the file
-        # re-runs from any directory); an in-memory trace has no file to name.
+        # The trace actually run, not the scenario file's default (relative to the run
+        # directory, so the file re-runs from anywhere); an in-memory trace has no file.
         trace = self.summary.get("trace")
-        ran = replace(self.scenario, trace=str(Path(trace).resolve()) if trace else None)
+        ran = replace(self.scenario, trace=trace).relative_to(out)
         atomic_write(out / "scenario.yaml", lambda p: p.write_text(ran.to_yaml()))
         return out
 
@@ -157,7 +158,7 @@ def run(
     requests = request_frame(tr, scenario, cache, log)
     summary = {
         "scenario": scenario.name,
-        "trace": str(tr.path) if tr.path else None,
+        "trace": os.path.normpath(tr.path) if tr.path else None,
         "trace_source": tr.source,
         "engine": engine,
         "simkv_version": __version__,

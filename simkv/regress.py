@@ -235,9 +235,11 @@ def run_case(case: Case) -> tuple[dict[str, Any], dict[str, Any]]:
         if not p.exists():
             raise SimkvError(f"regression case {case.name}: {what} {p} does not exist")
     result = run(scenario, trace, overrides=list(case.overrides))
-    inputs = {"trace_sha256": _sha256(trace), "scenario": result.scenario.to_dict()}
+    inputs = {"trace_sha256": _sha256(trace), "scenario": result.scenario.relative_to(ROOT).to_dict()}
+    # The trace as the case names it (relative to the repository), not this machine's path.
+    summary = {**result.summary, "trace": case.trace}
     # Through JSON, so the values compared are the values stored (plain int / float / str).
-    return json.loads(json.dumps(result.summary)), json.loads(json.dumps(inputs))
+    return json.loads(json.dumps(summary)), json.loads(json.dumps(inputs))
 
 
 def golden_document(case: Case, summary: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ cached tokens; within 25% of every measured point), disk 2.1 GB/s read and 1.4 G
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -348,6 +349,19 @@ class Scenario:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def relative_to(self, directory: str | Path) -> Scenario:
+        """This scenario as written into ``directory``: ``trace`` and ``hardware.profile``
+        relative to it. A scenario file's relative paths resolve against its own directory
+        (after the working directory, for the trace), so the written file runs from any
+        working directory and still does when the tree moves to another machine."""
+        def rel(path: str | None) -> str | None:
+            if path is None:
+                return None
+            return os.path.relpath(Path(path).resolve(), Path(directory).resolve())
+
+        return replace(self, trace=rel(self.trace),
+                       hardware=replace(self.hardware, profile=rel(self.hardware.profile)))
 
     def with_overrides(self, overrides: list[str]) -> Scenario:
         return scenario_from_dict(apply_overrides(self.to_dict(), overrides))

@@ -49,7 +49,9 @@ def test_run_dir_scenario_records_trace_and_overrides(tmp_path: Path) -> None:
                       "tiers.gpu.capacity_bytes=2GiB", "-o", str(out), "--json")
     assert first.returncode == 0, first.stderr
     written = yaml.safe_load((out / "scenario.yaml").read_text())
-    assert Path(written["trace"]) == MEDIUM_TRACE.resolve()
+    # relative to the run directory, so the file names no machine's directories
+    assert not Path(written["trace"]).is_absolute()
+    assert (out / written["trace"]).resolve() == MEDIUM_TRACE.resolve()
     assert written["tiers"]["gpu"]["capacity_bytes"] == "2GiB"
     # Re-run from the written scenario alone, from another directory.
     again = simkv_cli("run", str(out / "scenario.yaml"), "--json", cwd=tmp_path)

@@ -424,7 +424,8 @@ def test_other_sweep_in_directory_is_refused(trace_path: Path, tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     assert len(list((out / "cells").glob("*.json"))) == 2
     assert pd.read_parquet(out / "sweep.parquet")["requests"].tolist() == [200, 200]
-    assert Path(yaml.safe_load((out / "scenario.yaml").read_text())["trace"]) == other.resolve()
+    written = yaml.safe_load((out / "scenario.yaml").read_text())["trace"]
+    assert not Path(written).is_absolute() and (out / written).resolve() == other.resolve()
 
 
 # -- the driver's end is the workers' end; a bad Ray address fails fast ----------------------

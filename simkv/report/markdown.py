@@ -240,7 +240,9 @@ def sweep_markdown(sweep: SweepData, objective: Objective, charts: list[Chart], 
     if sweep.base_scenario:
         lines.append(f"- base scenario: `{sweep.base_scenario}`")
     if isinstance(sweep.spec.get("trace"), str):
-        lines.append(f"- trace: `{shown_path(sweep.spec['trace'])}`")
+        lines.append(f"- trace: `{shown_path(sweep.path / sweep.spec['trace'])}`")
+    if sweep.spec.get("set"):
+        lines.append(f"- base overrides (--set): {', '.join(f'`{o}`' for o in sweep.spec['set'])}")
     lines.append(f"- cells: {len(cells)} ({len(ok)} ok, {len(failed)} failed)")
     lines.append(f"- objective: {objective.label}")
     constraints = sweep.spec.get("constraints") or []
@@ -257,6 +259,10 @@ def sweep_markdown(sweep: SweepData, objective: Objective, charts: list[Chart], 
         grid_rows.append([f"`{p}`", str(len(values)), ", ".join(fmt_param(v) for v in values)])
     lines += [md_table(["parameter", "values", "swept over"], grid_rows, ["l", "r", "l"])
               if grid_rows else "No swept parameter found.", ""]
+    if objective.metric == "cost_saved_dollars" and len(ok) and (ok[objective.metric] < 0).all():
+        lines += ["", "> [!WARNING]", "> No cell saves money: every cell's cost saved is negative, "
+                  "so the best cell is the one that loses least. Under these prices the cache "
+                  "(or its archive) costs more than the prefill it avoids."]
     shown = min(top, len(top_cells(sweep, objective, top)))
     lines += [f"## Top {f'{shown} ' if shown else ''}cells by {metric_label(objective.metric)}", ""]
     lines += [top_cells_table(sweep, objective, top) if shown else

@@ -192,15 +192,15 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _manifest_differences(old: dict[str, Any], plan: SweepPlan) -> list[str]:
+def _manifest_differences(old: dict[str, Any], plan: SweepPlan, out: Path) -> list[str]:
     """What differs between an existing sweep directory's manifest and ``plan``."""
     diffs = []
-    if old.get("trace") != plan.base.trace:
-        diffs.append(f"trace {old.get('trace')} -> {plan.base.trace}")
+    if manifest_trace(old, out) != plan.base.trace:
+        diffs.append(f"trace {manifest_trace(old, out)} -> {plan.base.trace}")
     if list(old.get("set") or []) != list(plan.overrides):
         diffs.append(f"--set {old.get('set') or []} -> {list(plan.overrides)}")
     before = _flat({k: v for k, v in (old.get("scenario") or {}).items() if k != "trace"})
-    now = _flat({k: v for k, v in plan.base.to_dict().items() if k != "trace"})
+    now = _flat({k: v for k, v in plan.base.relative_to(out).to_dict().items() if k != "trace"})
     keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
     if keys:
         diffs.append(f"scenario keys {', '.join(keys)}")
@@ -229,7 +229,7 @@ def check_sweep_dir(plan: SweepPlan, out: Path, overwrite: bool = False) -> None
     cells_dir = out / "cells"
     if old.get("fingerprint") == plan.fingerprint or not any(cells_dir.glob("*.json")):
         return
-    diffs = _manifest_differences(old, plan)
+    diffs = _manifest_differences(old, plan, out)
     if not diffs:
         return
     if not overwrite:
@@ -245,19 +245,19 @@ def _write_manifest(plan: SweepPlan, out: Path) -> None:
     manifest = {
         "simkv_version": __version__,
         "scenario_path": str(plan.scenario_path),
-        "trace": plan.base.trace,
+        "trace": plan.base.relative_to(out).trace,
         "set": list(plan.overrides),
         "grid": plan.grid.to_dict(),
         "cells": len(plan.cells),
         "code": code_digest(),
         "fingerprint": plan.fingerprint,
-        "scenario": plan.base.to_dict(),
+        "scenario": plan.base.relative_to(out).to_dict(),
     }
     head = ("# simkv sweep manifest: re-run the same `simkv sweep` command with -o pointing here\n"
             "# to resume (only missing cells run). `scenario` is the resolved base scenario.\n")
     text = head + yaml.safe_dump(manifest, sort_keys=False)
     atomic_write(out / "sweep.yaml", lambda p: p.write_text(text))
-    atomic_write(out / "scenario.yaml", lambda p: p.write_text(plan.base.to_yaml()))
+    atomic_write(out / "scenario.yaml", lambda p: p.write_text(plan.base.relative_to(out).to_yaml()))
 
 
 def _is_done(rec: CellRecord | None, plan: SweepPlan, opts: SweepOptions, cells_dir: Path) -> bool:
@@ -382,6 +382,12 @@ def record_objective(out_dir: str | Path, column: str, direction: str,
     atomic_write(out / "sweep.yaml", lambda p: p.write_text(head + yaml.safe_dump(manifest, sort_keys=False)))
 
 
+def manifest_trace(manifest: dict[str, Any], out_dir: Path) -> str | None:
+    """The absolute trace path of a sweep manifest (written relative to its directory)."""
+    trace = manifest.get("trace")
+    return None if trace is None else str((out_dir / trace).resolve())
+
+
 def cell_scenario(out_dir: str | Path, cid: str) -> Scenario:
     """The full resolved scenario of cell ``cid`` of the sweep in ``out_dir``, with ``trace``
     set to the trace the sweep ran on."""
@@ -391,7 +397,7 @@ def cell_scenario(out_dir: str | Path, cid: str) -> Scenario:
         raise SimkvError(f"{out_dir}: no record of cell {cid}")
     base = scenario_from_dict(manifest["scenario"])
     sc = base.with_overrides([(k, v) for k, v in rec.overrides])  # type: ignore[misc]
-    return replace(sc, trace=manifest.get("trace") or sc.trace)
+    return replace(sc, trace=manifest_trace(manifest, Path(out_dir)) or sc.trace)
 
 
 def write_winner(out_dir: str | Path, winner: Winner) -> Path:
@@ -409,6 +415,6 @@ def write_winner(out_dir: str | Path, winner: Winner) -> Path:
         lines.append("# constraints: " + ", ".join(c.text or f"{c.metric}{c.op}{c.value}"
                                                    for c in winner.constraints))
     path = Path(out_dir) / "winner.yaml"
-    text = "\n".join(lines) + "\n" + sc.to_yaml()
+    text = "\n".join(lines) + "\n" + sc.relative_to(out_dir).to_yaml()
     atomic_write(path, lambda p: p.write_text(text))
     return path
