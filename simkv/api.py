@@ -28,6 +28,7 @@ from simkv import __version__
 from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write, is_temp_file, make_dir
 from simkv.metrics import request_frame, summarize, timeline_frame
+from simkv.metrics.schema import request_table, scenario_sha256, trace_sha256, write_requests
 from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import RequestLog, simulate
 from simkv.model.fast import lru_prefix_hits
@@ -38,7 +39,8 @@ from simkv.traces.schema import Trace, read_trace
 
 @dataclass
 class Result:
-    """A run's outputs: the summary, one row per request, and the timeline."""
+    """A run's outputs: the summary, one row per request (the columns of
+    :data:`~simkv.metrics.schema.REQUEST_SCHEMA`), and the timeline."""
 
     scenario: Scenario
     summary: dict[str, Any]
@@ -56,7 +58,8 @@ class Result:
         out = make_dir(Path(out_dir))
         clear_run_dir(out)
         atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2) + "\n"))
-        atomic_write(out / "requests.parquet", lambda p: self.requests.to_parquet(p, index=False))
+        table = request_table(self.requests, self.summary["trace_sha256"], self.summary["scenario_sha256"])
+        atomic_write(out / "requests.parquet", lambda p: write_requests(table, p))
         atomic_write(out / "timeline.parquet", lambda p: self.timeline.to_parquet(p, index=False))
         # The trace actually run, not the scenario file's default (absolute, so the file
         # re-runs from any directory); an in-memory trace has no file to name.
@@ -157,6 +160,8 @@ def run(
         "scenario": scenario.name,
         "trace": str(tr.path) if tr.path else None,
         "trace_source": tr.source,
+        "trace_sha256": trace_sha256(tr),
+        "scenario_sha256": scenario_sha256(scenario),
         "engine": engine,
         "simkv_version": __version__,
         **summarize(requests, scenario, cache, end),
