@@ -7,8 +7,8 @@ import heapq
 import numpy as np
 import pandas as pd
 
-from simkv.model.engine import RequestLog
 from simkv.metrics.schema import LOAD_TIERS
+from simkv.model.engine import RequestLog
 from simkv.model.system import SECONDS_PER_MONTH, TIER_NAMES, TieredCache
 from simkv.scenario import Hardware, Scenario
 from simkv.traces.schema import Trace
