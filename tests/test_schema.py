@@ -81,9 +81,10 @@ def test_trace_hash_is_content_not_path(small_trace, tmp_path) -> None:
     assert trace_sha256(Trace(small_trace.table, small_trace.block_size * 2)) != trace_sha256(small_trace)
 
 
-def test_scenario_hash_ignores_the_trace_path_only() -> None:
+def test_scenario_hash_ignores_the_trace_path_and_the_engine_only() -> None:
     sc = load_scenario(SCENARIO)
     assert scenario_sha256(replace(sc, trace="/elsewhere/t.parquet")) == scenario_sha256(sc)
+    assert scenario_sha256(replace(sc, engine="simpy")) == scenario_sha256(sc)
     assert scenario_sha256(sc.with_overrides(["hardware.gpus=3"])) != scenario_sha256(sc)
 
 

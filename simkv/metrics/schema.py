@@ -68,8 +68,9 @@ def trace_sha256(trace: Trace) -> str:
 
 def scenario_sha256(scenario: Scenario) -> str:
     """SHA-256 of the resolved scenario as canonical JSON (sorted keys), without its
-    ``trace`` path: the trace is identified by :func:`trace_sha256`."""
-    data = {k: v for k, v in scenario.to_dict().items() if k != "trace"}
+    ``trace`` path (the trace is identified by :func:`trace_sha256`) and without ``engine``
+    (an implementation choice: the engines give the same rows where they apply)."""
+    data = {k: v for k, v in scenario.to_dict().items() if k not in ("trace", "engine")}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
