@@ -1,16 +1,8 @@
 """The Python API: ``run(scenario, trace) -> Result``. The CLI, sweeps and notebooks call it.
 
-Three engines give the same results where they apply:
-
-* ``simpy``: the event-driven model (:mod:`simkv.model.engine`) over the reference tiers
-  (:mod:`simkv.model.system`): every policy and TTL scope;
-* ``compiled``: the same event-driven model over compiled GPU and disk tiers
-  (:mod:`simkv.model.compiled`): LRU/FIFO tiers, archive-only TTLs, the analytic hardware
-  profile (a ``table`` profile runs on ``simpy``);
-* ``fast``: a compiled replay without a clock (:mod:`simkv.model.fast`) for a single LRU GPU
-  tier, no TTL, zero service time (the setting of LMCache's simulator).
-
-``engine: auto`` picks the fastest engine the scenario allows.
+The engine that runs it comes from :mod:`simkv.model.engines` (``simpy``, ``compiled``,
+``fast``; ``engine: auto`` picks the fastest the scenario allows and the summary's
+``engine_skipped`` says why the faster ones could not run it).
 """
 
 from __future__ import annotations
@@ -23,24 +15,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from simkv import __version__
 from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write, is_temp_file, make_dir
 from simkv.metrics import request_frame, summarize, timeline_frame
-from simkv.model.compiled import CompiledTieredCache
-from simkv.model.engine import RequestLog, simulate
-from simkv.model.fast import lru_prefix_hits
-from simkv.model.system import TieredCache
+from simkv.metrics.schema import request_table, scenario_sha256, trace_sha256, write_requests
+from simkv.model.engines import ENGINES, select_engine
 from simkv.scenario import Scenario, load_scenario
 from simkv.traces.schema import Trace, read_trace
 
 
 @dataclass
 class Result:
-    """A run's outputs: the summary, one row per request, and the timeline."""
+    """A run's outputs: the summary, one row per request (the columns of
+    :data:`~simkv.metrics.schema.REQUEST_SCHEMA`), and the timeline."""
 
     scenario: Scenario
     summary: dict[str, Any]
@@ -58,7 +48,8 @@ class Result:
         out = make_dir(Path(out_dir))
         clear_run_dir(out)
         atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2) + "\n"))
-        atomic_write(out / "requests.parquet", lambda p: self.requests.to_parquet(p, index=False))
+        table = request_table(self.requests, self.summary["trace_sha256"], self.summary["scenario_sha256"])
+        atomic_write(out / "requests.parquet", lambda p: write_requests(table, p))
         atomic_write(out / "timeline.parquet", lambda p: self.timeline.to_parquet(p, index=False))
         # The trace actually run, not the scenario file's default (relative to the run
         # directory, so the file re-runs from anywhere); an in-memory trace has no file.
@@ -99,9 +90,7 @@ def clear_run_dir(out: Path) -> None:
 
 def fast_path_eligible(sc: Scenario) -> bool:
     """A single LRU GPU tier, no TTL, zero service time: no clock is needed."""
-    t = sc.tiers
-    return (not t.disk.enabled and not t.archive.enabled and t.gpu.eviction == "lru"
-            and sc.ttl.heuristic == "none" and sc.hardware.zero_service_time)
+    return ENGINES.get("fast").supports(sc) is None
 
 
 def resolve_trace(scenario: Scenario, trace: Trace | str | Path | None,
@@ -138,60 +127,20 @@ def run(
     if scenario.block_size is not None and scenario.block_size != tr.block_size:
         raise ScenarioError(f"block_size: scenario says {scenario.block_size} but the trace "
                             f"{tr.path or ''} has block_size {tr.block_size}")
-    engine = scenario.engine
-    if engine == "auto":
-        engine = ("fast" if fast_path_eligible(scenario)
-                  else "compiled" if CompiledTieredCache.supports(scenario) else "simpy")
-    elif engine == "fast" and not fast_path_eligible(scenario):
-        raise ScenarioError("engine: 'fast' needs a single LRU GPU tier, no TTL and "
-                            "hardware.zero_service_time: true")
-    elif engine == "compiled" and not CompiledTieredCache.supports(scenario):
-        raise ScenarioError("engine: 'compiled' needs LRU or FIFO GPU and disk tiers, "
-                            "ttl.scope: archive and the analytic hardware profile (no "
-                            "hardware.profile: a table profile runs on engine simpy)")
-
-    cache = (CompiledTieredCache if engine == "compiled" else TieredCache)(scenario, tr)
-    if engine == "fast":
-        log, end = _run_fast(cache, tr, progress)
-    else:
-        log, end = simulate(cache, tr.arrival_s.tolist(), scenario.hardware.gpus, progress)
-    requests = request_frame(tr, scenario, cache, log)
+    engine, skipped = select_engine(scenario)
+    rec = ENGINES.get(engine).run(scenario, tr, progress)
+    requests = request_frame(tr, scenario, rec.cache, rec.log)
     summary = {
         "scenario": scenario.name,
         "trace": os.path.normpath(tr.path) if tr.path else None,
         "trace_source": tr.source,
+        "trace_sha256": trace_sha256(tr),
+        "scenario_sha256": scenario_sha256(scenario),
         "engine": engine,
+        "engine_skipped": "; ".join(f"{k}: {v}" for k, v in skipped.items()),
         "simkv_version": __version__,
-        **summarize(requests, scenario, cache, end),
+        **summarize(requests, scenario, rec.cache, rec.end_s),
     }
     timeline = timeline_frame(requests, scenario.timeline_bin_s)
     return Result(scenario, summary, requests, timeline)
 
-
-def _run_fast(cache: TieredCache, trace: Trace,
-              progress: Callable[[int], Any] | None) -> tuple[RequestLog, float]:
-    """The compiled single-LRU replay, filling the same log and meters as the SimPy model."""
-    n = len(trace)
-    capacity = cache.gpu.capacity
-    hits, sizes, inserted, evictions = lru_prefix_hits(
-        trace.block_ids_flat, trace.block_offsets,
-        capacity if capacity is not None else trace.n_unique_blocks, trace.n_unique_blocks)
-    arrival = trace.arrival_s
-    end = float(arrival[-1]) if n else 0.0
-    log = RequestLog(n)
-    log.start_s = arrival.tolist()
-    log.prefix_blocks = log.gpu_blocks = hits.tolist()
-    occupancy = sizes * cache.block_bytes
-    log.gpu_bytes = occupancy.tolist()
-    gpu = cache.gpu
-    gpu.evictions, gpu.insertions = int(evictions), int(inserted.sum())
-    # Replay the byte meter at the requests that changed the occupancy, as the SimPy
-    # model does, so both engines produce the same floating-point integral.
-    meter = gpu.meter
-    changed = np.flatnonzero(np.diff(sizes, prepend=0))
-    for t, occ in zip(arrival[changed].tolist(), occupancy[changed].tolist(), strict=True):
-        meter.change(t, occ - meter.bytes)
-    meter.close(end)
-    if progress is not None:
-        progress(n)
-    return log, end

@@ -116,6 +116,10 @@ LOOSER: dict[str, Tolerance] = {}
 IGNORED: dict[str, str] = {
     "simkv_version": "changes on every release, not a behaviour",
     "trace": "the trace path as given, which depends on the working directory",
+    "trace_sha256": "the trace's identity, not a measure; a changed trace is reported as a note",
+    "scenario_sha256": "the scenario's identity: it changes with any scenario key or default; the "
+                       "changed keys are reported as notes",
+    "engine_skipped": "why faster engines could not run the scenario: follows the scenario",
     "engine": "which engine ran: the engines must agree, so a switch that changes no metric is "
               "no regression (one that does shows in the metrics); reported as a note",
 }

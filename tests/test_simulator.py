@@ -266,8 +266,8 @@ def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, ev
     r, s = res.requests, res.summary
     block_bytes = 4 * KV
     # occupancy never above capacity (sampled after every request, and the exact peak)
-    assert (r["gpu_bytes"] <= gpu_cap * block_bytes).all()
-    assert (r["disk_bytes"] <= disk_cap * block_bytes).all()
+    assert (r["gpu_held_bytes"] <= gpu_cap * block_bytes).all()
+    assert (r["disk_held_bytes"] <= disk_cap * block_bytes).all()
     assert s["storage_peak_bytes_gpu"] <= gpu_cap * block_bytes
     assert s["storage_peak_bytes_disk"] <= disk_cap * block_bytes
     # hit + miss tokens = input tokens; tier hits add up; prefix never longer than the prompt

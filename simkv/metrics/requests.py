@@ -7,8 +7,9 @@ import heapq
 import numpy as np
 import pandas as pd
 
+from simkv.metrics.schema import LOAD_TIERS
 from simkv.model.engine import RequestLog
-from simkv.model.system import SECONDS_PER_MONTH, TieredCache
+from simkv.model.system import SECONDS_PER_MONTH, TIER_NAMES, TieredCache
 from simkv.scenario import Hardware, Scenario
 from simkv.traces.schema import Trace
 
@@ -44,7 +45,8 @@ def archive_storage_dollars(scenario: Scenario, cache: TieredCache) -> np.ndarra
 
 
 def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: RequestLog) -> pd.DataFrame:
-    """One row per request, in trace order.
+    """One row per request, in trace order, with the columns of
+    :data:`~simkv.metrics.schema.REQUEST_SCHEMA` (docs/metrics.md, "Per-request rows").
 
     Every archive dollar is charged to one request, so each cost column sums to the summary's:
     an archive object's PUT (upload or refresh COPY) and its storage (minimum duration and
@@ -77,6 +79,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
     transfer_cost = fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
     request_cost = storage_cost + put_get_cost + transfer_cost
     gpu_saved_dollars = gpu_saved_s * hw.gpu_cost_per_hour / 3600.0
+    tier_blocks = {t: np.asarray(getattr(log, f"{t}_blocks"), dtype=np.int64) for t in TIER_NAMES}
     return pd.DataFrame({
         "request_id": trace.table.column("request_id").to_numpy(zero_copy_only=False),
         "arrival_s": arrival,
@@ -86,16 +89,13 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
         "prefix_blocks": np.asarray(log.prefix_blocks, dtype=np.int64),
         "hit_blocks": hit_blocks,
         "hit_tokens": hit_blocks * B,
-        "gpu_hit_tokens": gpu_b * B,
-        "disk_hit_tokens": disk_b * B,
-        "archive_hit_tokens": arch_b * B,
+        **{f"{t}_hit_tokens": b * B for t, b in tier_blocks.items()},
         "queue_s": start - arrival,
         "load_s": load,
         "prefill_s": prefill,
         "ttft_s": start - arrival + load + prefill,
         "ttft_nocache_s": start_nocache - arrival + service_nocache,
-        "bytes_loaded_disk": disk_b * cache.block_bytes,
-        "bytes_loaded_archive": fetched,
+        **{f"{t}_loaded_bytes": tier_blocks[t] * _block_bytes(cache, t) for t in LOAD_TIERS},
         "gpu_seconds_saved": gpu_saved_s,
         "gpu_dollars_saved": gpu_saved_dollars,
         "archive_objects": cache.archive_puts_by_request,
@@ -104,7 +104,11 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
         "transfer_dollars": transfer_cost,
         "request_cost_dollars": request_cost,
         "cost_saved_dollars": gpu_saved_dollars - request_cost,
-        "gpu_bytes": np.asarray(log.gpu_bytes, dtype=np.int64),
-        "disk_bytes": np.asarray(log.disk_bytes, dtype=np.int64),
-        "archive_bytes": np.asarray(log.archive_bytes, dtype=np.int64),
+        **{f"{t}_held_bytes": np.asarray(getattr(log, f"{t}_bytes"), dtype=np.int64) for t in TIER_NAMES},
     })
+
+
+def _block_bytes(cache: TieredCache, tier: str) -> int:
+    """Bytes one block occupies in ``tier`` (and moves when loaded from it): the archive
+    stores compressed blocks, every other tier the KV bytes."""
+    return cache.archive_bytes if tier == "archive" else cache.block_bytes

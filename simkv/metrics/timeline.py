@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from simkv.model.system import TIER_NAMES
+
 #: Round bin widths (seconds) the automatic choice picks from.
 ROUND_BINS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
                 43200, 86400, 172800, 604800)
@@ -26,15 +28,15 @@ def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.Dat
     """Aggregate request rows into bins of ``bin_s`` seconds of arrival time (``None``:
     :func:`choose_bin_s` of the largest arrival time, as bins start at 0).
 
-    Occupancy columns are the bytes each tier held after the last request of the bin;
-    ``token_hit_rate`` is NaN (undefined) in a bin whose prompts hold no input token.
+    Occupancy columns (``<tier>_held_bytes``) are the bytes each tier held after the last
+    request of the bin; ``token_hit_rate`` is NaN (undefined) in a bin whose prompts hold no input token.
     """
     if bin_s is None:
         bin_s = choose_bin_s(float(requests["arrival_s"].max()) if len(requests) else 0.0)
+    held = [f"{t}_held_bytes" for t in TIER_NAMES]
     if requests.empty:
         return pd.DataFrame(columns=["t_s", "requests", "input_tokens", "hit_tokens",
-                                     "token_hit_rate", "ttft_p50_s", "gpu_bytes",
-                                     "disk_bytes", "archive_bytes"])
+                                     "token_hit_rate", "ttft_p50_s", *held])
     bins = np.floor(requests["arrival_s"].to_numpy() / bin_s).astype(np.int64)
     g = requests.assign(_bin=bins).groupby("_bin", sort=True)
     out = pd.DataFrame({
@@ -42,13 +44,9 @@ def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.Dat
         "requests": g.size().to_numpy(),
         "input_tokens": g["input_tokens"].sum().to_numpy(),
         "hit_tokens": g["hit_tokens"].sum().to_numpy(),
-        "gpu_hit_tokens": g["gpu_hit_tokens"].sum().to_numpy(),
-        "disk_hit_tokens": g["disk_hit_tokens"].sum().to_numpy(),
-        "archive_hit_tokens": g["archive_hit_tokens"].sum().to_numpy(),
+        **{f"{t}_hit_tokens": g[f"{t}_hit_tokens"].sum().to_numpy() for t in TIER_NAMES},
         "ttft_p50_s": g["ttft_s"].median().to_numpy(),
-        "gpu_bytes": g["gpu_bytes"].last().to_numpy(),
-        "disk_bytes": g["disk_bytes"].last().to_numpy(),
-        "archive_bytes": g["archive_bytes"].last().to_numpy(),
+        **{c: g[c].last().to_numpy() for c in held},
     })
     tokens = out["input_tokens"].to_numpy()
     out.insert(4, "token_hit_rate",

@@ -32,19 +32,23 @@ class CompiledTieredCache(TieredCache):
     """:class:`TieredCache` with compiled tiers."""
 
     @staticmethod
-    def supports(sc: Scenario) -> bool:
-        t = sc.tiers
-        return (t.gpu.eviction in _ORDERED
-                and (not t.disk.enabled or t.disk.eviction in _ORDERED)
-                and (not t.archive.enabled or t.archive.eviction in _ORDERED)
-                and (sc.ttl.heuristic == "none" or sc.ttl.scope == "archive")
-                and sc.hardware.profile is None)
+    def unsupported(sc: Scenario) -> str | None:
+        """Why the compiled tiers cannot run ``sc`` (``None``: they can)."""
+        for name in ("gpu", "disk", "archive"):
+            tier = getattr(sc.tiers, name)
+            if (name == "gpu" or tier.enabled) and tier.eviction not in _ORDERED:
+                return f"tiers.{name}.eviction is {tier.eviction!r} (compiled needs lru or fifo)"
+        if sc.ttl.heuristic != "none" and sc.ttl.scope != "archive":
+            return f"ttl.scope is {sc.ttl.scope!r} (compiled needs a TTL on the archive only)"
+        if sc.hardware.profile is not None:
+            return "hardware.profile is a table profile (compiled needs the analytic profile)"
+        return None
 
     def __init__(self, scenario: Scenario, trace: Trace) -> None:
         super().__init__(scenario, trace)
-        if not self.supports(scenario):
-            raise ValueError("the compiled tiers need LRU/FIFO tiers, an archive-only TTL and the "
-                             "analytic hardware profile")
+        reason = self.unsupported(scenario)
+        if reason is not None:
+            raise ValueError(f"the compiled tiers cannot run this scenario: {reason}")
         n = trace.n_unique_blocks
         self._ids = np.ascontiguousarray(trace.block_ids_flat)
         self._offsets = np.ascontiguousarray(trace.block_offsets, dtype=np.int64)

@@ -21,6 +21,7 @@ import yaml
 
 from simkv.errors import SimkvError
 from simkv.metrics.objectives import Direction, column_of, direction_of
+from simkv.metrics.schema import read_requests
 from simkv.metrics.timeline import choose_bin_s
 
 RUN_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml")
@@ -201,7 +202,7 @@ class RunData:
 def load_run(path: Path) -> RunData:
     """Read a run directory (``summary.json`` is required, the rest optional)."""
     summary = _read_json(path / "summary.json")
-    requests = _read_parquet(path / "requests.parquet")
+    requests = read_requests(path / "requests.parquet") if (path / "requests.parquet").exists() else None
     timeline = _read_parquet(path / "timeline.parquet")
     scenario = _read_yaml(path / "scenario.yaml") if (path / "scenario.yaml").exists() else {}
     return RunData(path, summary, requests, timeline, scenario)

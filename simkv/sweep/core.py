@@ -30,9 +30,10 @@ import pandas as pd
 import yaml
 
 from simkv import __version__
-from simkv.api import fast_path_eligible, resolve_trace, run
+from simkv.api import resolve_trace, run
 from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write
+from simkv.model.engines import select_engine
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
 from simkv.sweep import backends
 from simkv.sweep.grid import Cell, Grid, GridLike, as_grid
@@ -102,9 +103,7 @@ class SweepPlan:
 
 def _check_cell(sc: Scenario, trace: Trace | None) -> None:
     """What :func:`simkv.api.run` would reject before simulating."""
-    if sc.engine == "fast" and not fast_path_eligible(sc):
-        raise ScenarioError("engine: 'fast' needs a single LRU GPU tier, no TTL and "
-                            "hardware.zero_service_time: true")
+    select_engine(sc)
     if trace is not None and sc.block_size is not None and sc.block_size != trace.block_size:
         raise ScenarioError(f"block_size: scenario says {sc.block_size} but the trace "
                             f"{trace.path or ''} has block_size {trace.block_size}")

@@ -16,6 +16,7 @@ that obeys the contract:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -130,6 +131,30 @@ class Trace:
     @cached_property
     def n_unique_blocks(self) -> int:
         return int(self.block_ids_flat.max()) + 1 if len(self.block_ids_flat) else 0
+
+    @cached_property
+    def content_sha256(self) -> str:
+        """SHA-256 of the trace's content: its block size and each column's name, type, null
+        mask and values in a canonical byte form (independent of chunking, slicing and
+        compression), so the same trace read from any path, or built in memory, hashes the
+        same; the file's bytes and its ``source`` label do not enter. Computed once."""
+        h = hashlib.sha256(f"simkv-trace\0block_size={self.block_size}\0".encode())
+        for name in self.table.column_names:
+            col = self.table.column(name)
+            typ = f"list<{col.type.value_type}>" if pa.types.is_list(col.type) else str(col.type)
+            h.update(f"\0{name}:{typ}\0".encode())  # not the list's child name (Parquet's differs)
+            h.update(np.asarray(col.is_null().to_numpy(zero_copy_only=False), np.bool_).tobytes())
+            if name == "block_hashes":
+                h.update(self.block_offsets.tobytes())
+                h.update(self.block_hashes_flat.tobytes())
+            elif pa.types.is_string(col.type):
+                arr = col.fill_null("").cast(pa.large_string()).combine_chunks()
+                offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + len(arr) + 1]
+                h.update((offsets - offsets[0]).tobytes())
+                h.update(memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]] if len(arr) else b"")
+            else:
+                h.update(col.fill_null(0).to_numpy().tobytes())
+        return h.hexdigest()
 
     def metadata(self) -> dict[bytes, bytes]:
         return {

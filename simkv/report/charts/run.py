@@ -67,16 +67,16 @@ def occupancy_and_hit_rate(run: RunData, out: Path) -> Chart:
     full = np.arange(idx.min(), idx.max() + 1)
     div, unit = _time_scale(float(full[-1] + 1) * bin_s)
     edges = np.append(full, full[-1] + 1) * bin_s / div
-    tiers = [t for t in TIERS if f"{t}_bytes" in tl.columns and tl[f"{t}_bytes"].max() > 0]
+    tiers = [t for t in TIERS if f"{t}_held_bytes" in tl.columns and tl[f"{t}_held_bytes"].max() > 0]
 
     fig = new_figure(9.0, 6.8 if tiers else 4.5)
     if tiers:
         ax_occ, ax_hit = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1])
-        peaks = [float(tl[f"{t}_bytes"].max()) for t in tiers]
+        peaks = [float(tl[f"{t}_held_bytes"].max()) for t in tiers]
         log = max(peaks) / max(min(peaks), 1.0) > 20
         for t in tiers:
             x = (tl["t_s"].to_numpy() + bin_s) / div
-            y = tl[f"{t}_bytes"].to_numpy() / GIB
+            y = tl[f"{t}_held_bytes"].to_numpy() / GIB
             if log:
                 y = np.where(y > 0, y, np.nan)
             ax_occ.plot(x, y, marker="o", ms=3, color=TIER_COLOR[t], label=TIER_LABEL[t])

@@ -1,0 +1,69 @@
+"""The engine registry: one place chooses the engine, and says why."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from simkv.api import run
+from simkv.errors import ScenarioError
+from simkv.model.engines import ENGINES, SPEED_ORDER, RunRecord, select_engine
+from simkv.scenario import load_scenario
+from simkv.sweep.core import plan_sweep
+from tests.conftest import ROOT, SMALL_TRACE, simkv_cli
+from tests.test_cli import assert_user_error
+
+PARITY = ROOT / "scenarios" / "parity-lru.yaml"
+THREE_TIER = ROOT / "scenarios" / "three-tier-adaptive.yaml"
+
+
+def test_every_engine_is_registered_in_speed_order() -> None:
+    assert sorted(SPEED_ORDER) == ENGINES.names()
+    # The reference engine runs everything, so auto always finds one.
+    assert ENGINES.get("simpy").supports(load_scenario(THREE_TIER).with_overrides(
+        ["tiers.gpu.eviction=belady", "ttl.scope=all"])) is None
+
+
+def test_auto_picks_the_fastest_and_says_why_the_others_were_skipped() -> None:
+    assert select_engine(load_scenario(PARITY)) == ("fast", {})
+    sc = load_scenario(THREE_TIER)
+    assert select_engine(sc) == ("compiled", {"fast": "a disk or archive tier is enabled "
+                                                       "(fast needs a single GPU tier)"})
+    name, skipped = select_engine(sc.with_overrides(["ttl.scope=all"]))
+    assert name == "simpy" and list(skipped) == ["fast", "compiled"]
+    assert "ttl.scope is 'all'" in skipped["compiled"]
+
+
+def test_summary_records_the_engine_and_the_skipped(small_trace) -> None:
+    s = run(THREE_TIER, small_trace, overrides=["tiers.gpu.eviction=lfu"]).summary
+    assert s["engine"] == "simpy"
+    assert "compiled: tiers.gpu.eviction is 'lfu'" in s["engine_skipped"]
+
+
+@pytest.mark.parametrize("engine", SPEED_ORDER)
+def test_each_engine_returns_one_run_record(small_trace, engine: str) -> None:
+    sc = load_scenario(PARITY)
+    rec = ENGINES.get(engine).run(sc, small_trace)
+    assert isinstance(rec, RunRecord) and rec.engine == engine
+    assert rec.log.n == len(small_trace) and rec.end_s >= float(small_trace.arrival_s[-1])
+
+
+@pytest.mark.parametrize(("engine", "override", "reason"), [
+    ("fast", "hardware.zero_service_time=false", "fast has no clock"),
+    ("compiled", "ttl.scope=all", "ttl.scope is 'all'"),
+    ("compiled", "tiers.disk.eviction=lfu", "tiers.disk.eviction is 'lfu'"),
+])
+def test_an_engine_that_cannot_run_the_scenario_is_refused(engine: str, override: str, reason: str) -> None:
+    base = PARITY if engine == "fast" else THREE_TIER
+    sc = load_scenario(base).with_overrides([override, f"engine={engine}"])
+    expected = rf"engine: '{engine}' cannot run this scenario: .*{re.escape(reason)}"
+    with pytest.raises(ScenarioError, match=expected):
+        select_engine(sc)
+    assert_user_error(simkv_cli("run", str(base), "--trace", str(SMALL_TRACE), "--set", override,
+                                "--set", f"engine={engine}"), "engine:", reason)
+
+
+def test_a_sweep_refuses_a_cell_its_engine_cannot_run() -> None:
+    with pytest.raises(ScenarioError, match=r"grid cell .*engine: 'compiled' cannot run"):
+        plan_sweep(THREE_TIER, SMALL_TRACE, ["engine=compiled", "ttl.scope=archive,all"])
