@@ -367,6 +367,36 @@ def test_cli_winner_runs_and_infeasible_exits_2(reference: Path, trace_path: Pat
     assert proc.returncode == 2 and "ttft_p90<<1" in proc.stderr
 
 
+def test_choose_winner_records_objective_and_never_leaves_a_stale_winner(reference: Path,
+                                                                        tmp_path: Path) -> None:
+    """The steps `simkv sweep --objective` runs after the cells, through the API."""
+    from shutil import copytree
+
+    from simkv.sweep.choose import choose_winner, parse_objective
+    from simkv.sweep.core import load_manifest
+
+    assert parse_objective(None, None) == (None, [])
+    obj, cons = parse_objective("token_hit_rate", False, ["ttft_p90<100"])
+    assert (obj.name, obj.direction, [c.text for c in cons]) == ("token_hit_rate", "min", ["ttft_p90<100"])
+    with pytest.raises(SimkvError, match="--constraint: give an --objective"):
+        parse_objective(None, True, ["ttft_p90<100"])
+
+    out = copytree(reference, tmp_path / "out")
+    df = pd.read_parquet(out / "sweep.parquet")
+    obj, cons = parse_objective("cost_saved", None, ["ttft_p90<100"])
+    win, path = choose_winner(out, df, obj, cons)
+    assert win == select_winner(df, "cost_saved", ["ttft_p90<100"])
+    assert path == out / "winner.yaml" and f"cell {win.cell_id} " in path.read_text()
+    manifest = load_manifest(out)
+    assert (manifest["objective"], manifest["constraints"]) == (f"{win.column}:max", ["ttft_p90<100"])
+
+    obj, cons = parse_objective("ttft_p90", None, ["token_hit_rate>1.5"])
+    with pytest.raises(NoFeasibleCell):
+        choose_winner(out, df, obj, cons)
+    assert not path.exists()
+    assert load_manifest(out)["objective"] == "ttft_p90_s:min"
+
+
 def test_cell_outputs(trace_path: Path, tmp_path: Path) -> None:
     sweep(SCENARIO, trace_path, ["ttl.params.alpha=1,2"], out_dir=tmp_path, workers=2, cell_outputs=True)
     dirs = [p for p in (tmp_path / "cells").iterdir() if p.is_dir()]

@@ -1,0 +1,50 @@
+"""The ``simkv`` command line: a thin typer layer over the Python API.
+
+One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`); what they share
+is in :mod:`.console`. User errors (:class:`simkv.errors.SimkvError`) are printed as one red
+line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import typer
+
+from simkv.cli.console import console, err_console, interrupt, print_error, progress_bar
+from simkv.cli.run import curve_cmd, regress_cmd, report_cmd, run_cmd
+from simkv.cli.sweep import sweep_cmd
+from simkv.cli.trace import trace_app
+from simkv.errors import Interrupted, SimkvError
+
+__all__ = ["app", "console", "err_console", "main", "print_error", "progress_bar"]
+
+app = typer.Typer(
+    name="simkv",
+    help="Simulate tiered KV-cache policies on LLM inference traces.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(trace_app, name="trace")
+app.command("run")(run_cmd)
+app.command("curve")(curve_cmd)
+app.command("sweep")(sweep_cmd)
+app.command("report")(report_cmd)
+app.command("regress")(regress_cmd)
+
+
+def main() -> None:
+    """Entry point of the ``simkv`` console script: user errors exit 2 with one line, Ctrl-C
+    exits 130 with "interrupted" (raised as :class:`Interrupted`, which click does not turn
+    into its "Aborted!" and status 1)."""
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        app()
+    except SimkvError as exc:
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
+    except (Interrupted, KeyboardInterrupt):
+        err_console.print("interrupted", style="yellow", highlight=False)
+        sys.exit(130)

@@ -1,0 +1,96 @@
+"""``simkv trace gen|import|stats|validate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from simkv.cli.console import SetOpt, console, err_console
+from simkv.errors import SimkvError
+
+trace_app = typer.Typer(help="Generate, import, inspect and validate Parquet traces.",
+                        no_args_is_help=True)
+
+
+@trace_app.command("gen")
+def trace_gen(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Parquet file to write.")],
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
+    requests: Annotated[int | None, typer.Option(help="Number of requests to generate.")] = None,
+    preset: Annotated[str, typer.Option(help="Workload preset: agents, long-horizon (see "
+                                        "traces/README.md); --set applies on top.")] = "agents",
+    overrides: SetOpt = None,
+) -> None:
+    """Generate a synthetic agent trace (seeded, byte-for-byte reproducible)."""
+    from simkv.traces.generator import generate, generator_config
+    from simkv.traces.schema import write_trace
+    from simkv.traces.stats import print_stats, trace_stats
+
+    cfg = generator_config(seed=seed, n_requests=requests, overrides=overrides or [], preset=preset)
+    trace = generate(cfg)
+    write_trace(trace, out)
+    console.print(f"wrote {len(trace):,} requests (preset {escape(preset)}) to [bold]{escape(str(out))}[/]")
+    print_stats(trace_stats(trace), console=console)
+
+
+@trace_app.command("import")
+def trace_import(
+    kind: Annotated[str, typer.Argument(help="Source format: mooncake | lmcache | agent.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Input file(s) or directory.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Parquet file to write.")],
+    sort: Annotated[bool, typer.Option("--sort", help="Sort by timestamp (stable) instead of "
+                                       "rejecting out-of-order rows.")] = False,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per block (agent logs; "
+                                                   "mooncake is fixed at 512).")] = None,
+    model: Annotated[str | None, typer.Option(help="Keep only this model_name (lmcache).")] = None,
+) -> None:
+    """Import a Mooncake JSONL trace, LMCache lookup-hash logs or an agent-call log."""
+    from simkv.traces.importers import import_trace
+    from simkv.traces.schema import write_trace
+
+    trace = import_trace(kind, inputs, sort=sort, block_size=block_size, model=model)
+    write_trace(trace, out)
+    console.print(f"imported {len(trace):,} requests ({escape(kind)}) to [bold]{escape(str(out))}[/]")
+
+
+@trace_app.command("stats")
+def trace_stats_cmd(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Parquet trace.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Requests, duration, tokens, unique blocks, infinite-cache hit rate, classes, reuse gaps."""
+    from simkv.traces.schema import read_trace
+    from simkv.traces.stats import print_stats, trace_stats
+
+    stats = trace_stats(read_trace(trace_path))
+    if as_json:
+        console.print_json(json.dumps(stats.to_dict()))
+    else:
+        print_stats(stats, console=console, title=str(trace_path))
+
+
+@trace_app.command("validate")
+def trace_validate(
+    traces: Annotated[list[Path], typer.Argument(metavar="TRACE...", help="Parquet trace(s).")],
+) -> None:
+    """Check Parquet traces against the schema: one line per file (ok, or the first bad row
+    and field); exit 2 if any file failed."""
+    from simkv.traces.schema import read_trace
+
+    failed = 0
+    for path in traces:
+        try:
+            trace = read_trace(path)
+        except SimkvError as exc:
+            failed += 1
+            err_console.print(f"[red]FAIL[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"[green]ok[/]   {escape(str(path))}: {len(trace):,} requests, block_size "
+                      f"{trace.block_size}, source {escape(trace.source)}", highlight=False,
+                      soft_wrap=True)
+    if failed:
+        raise typer.Exit(SimkvError.exit_code)
