@@ -48,10 +48,11 @@ def sweep_cmd(
     Exit status 1 if any cell failed (the results are kept), 2 for an invalid input."""
     import time
 
+    from simkv.fileio import make_dir
     from simkv.sweep import Grid, NoFeasibleCell, SweepOptions, plan_sweep, run_plan
     from simkv.sweep.choose import check_objective, choose_winner, parse_objective
     from simkv.sweep.console import sweep_progress, top_cells_table
-    from simkv.sweep.core import code_changed
+    from simkv.sweep.core import check_sweep_dir, code_changed
 
     cells = (Grid.from_file(grid_file) if grid_file else Grid()) + Grid.from_specs(grid or [])
     obj, cons = parse_objective(objective, maximize, constraint or [])
@@ -59,6 +60,7 @@ def sweep_cmd(
                         overwrite)
     plan = plan_sweep(scenario, trace, cells, overrides or [])
     check_objective(plan, obj, cons)  # a misspelt metric fails now, not after every cell ran
+    check_sweep_dir(plan, make_dir(out), overwrite)  # a bad -o fails before anything is printed
     console.print(f"sweep [bold]{escape(plan.base.name)}[/]: {len(plan.cells)} cells over "
                   f"{escape(', '.join(plan.grid.keys)) or 'no keys'} on "
                   f"{escape(str(plan.trace.path))} ({escape(backend)} backend)", highlight=False)
