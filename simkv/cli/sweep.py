@@ -60,7 +60,9 @@ def sweep_cmd(
                         overwrite)
     plan = plan_sweep(scenario, trace, cells, overrides or [])
     check_objective(plan, obj, cons)  # a misspelt metric fails now, not after every cell ran
-    check_sweep_dir(plan, make_dir(out), overwrite)  # a bad -o fails before anything is printed
+    if out.exists() and not out.is_dir():
+        make_dir(out)  # a bad -o fails (one line) before anything is printed
+    check_sweep_dir(plan, out, overwrite)
     console.print(f"sweep [bold]{escape(plan.base.name)}[/]: {len(plan.cells)} cells over "
                   f"{escape(', '.join(plan.grid.keys)) or 'no keys'} on "
                   f"{escape(str(plan.trace.path))} ({escape(backend)} backend)", highlight=False)
