@@ -23,6 +23,7 @@ from simkv.traces.generator import (
 from simkv.traces.hashing import chain_block_hashes
 from simkv.traces.presets import DEFAULT_PRESET, PRESETS
 from simkv.traces.schema import Trace, read_trace, write_trace
+from tests.test_stats import brute_force_gaps
 
 SIMKV = str(Path(sys.executable).with_name("simkv"))
 
@@ -196,19 +197,6 @@ def test_cli_gen_bad_override(tmp_path: Path) -> None:
 CANNED_SMALL = Path(__file__).resolve().parents[1] / "traces" / "small.parquet"
 
 
-def _reuse_gaps(trace: Trace) -> list[float]:
-    """Brute force: seconds since the previous access of the same block, per repeat access."""
-    last: dict[int, float] = {}
-    gaps = []
-    for t, hashes in zip(trace.table.column("arrival_s").to_pylist(),
-                         trace.table.column("block_hashes").to_pylist(), strict=True):
-        for h in hashes:
-            if h in last:
-                gaps.append(t - last[h])
-            last[h] = t
-    return gaps
-
-
 def _session_calls(trace: Trace) -> dict[str, list[dict]]:
     calls: dict[str, list[dict]] = {}
     for r in _rows(trace):
@@ -299,7 +287,7 @@ def test_cli_gen_unknown_preset(tmp_path: Path) -> None:
 
 
 def test_long_horizon_reuse_gaps_span_seconds_to_hours() -> None:
-    gaps = np.asarray(_reuse_gaps(generate(generator_config(seed=1, n_requests=3000,
+    gaps = np.asarray(brute_force_gaps(generate(generator_config(seed=1, n_requests=3000,
                                                             preset="long-horizon"))))
     p50, p99 = np.percentile(gaps, [50, 99])
     assert p50 < 60
