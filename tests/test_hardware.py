@@ -161,7 +161,7 @@ def test_a_fine_table_of_the_analytic_formula_runs_like_the_analytic_profile(
 
 def test_compiled_engine_refuses_a_table_profile_with_the_reason(small_trace: Any) -> None:
     sc = Scenario(engine="compiled", hardware=Hardware(profile=str(EXAMPLE)))
-    with pytest.raises(ScenarioError, match="hardware.profile.*analytic profile"):
+    with pytest.raises(ScenarioError, match=r"hardware.profile.*analytic profile"):
         run(sc, small_trace)
 
 
