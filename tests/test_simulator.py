@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from simkv.api import run
 from simkv.metrics.requests import fifo_start_times
-from simkv.model.system import TIER_NAMES
+from simkv.model import kernels as K
+from simkv.model.system import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, TieredCache
 from simkv.model.tiers import Tier
 from simkv.policies.eviction import LRU
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
@@ -103,6 +104,55 @@ def test_write_through_vs_offload_on_evict() -> None:
     small_disk = run(scenario(gpu={"capacity_blocks": 2}, disk={
         "enabled": True, "capacity_blocks": 2, "write_policy": "offload_on_evict"}), trace)
     assert small_disk.requests["disk_hit_tokens"].tolist() == [0, 0, 8]
+
+
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+@pytest.mark.parametrize("eviction", ["lru", "fifo"])
+def test_cpu_tier_serves_hits_and_evicts_by_its_policy(engine: str, eviction: str) -> None:
+    # GPU holds 1 block, CPU 2, no disk; write-through copies every computed block to CPU.
+    # r2's CPU hit on 0 is an access: under LRU r3's copy of 2 evicts 1, so r4 finds 0 in
+    # the CPU tier; under FIFO it evicts 0 (copied first) and r4 misses. r5's 1 is gone in both.
+    trace = make_trace([[0], [1], [0], [2], [0], [1]], arrivals=[0, 100, 200, 300, 400, 500])
+    sc = scenario(gpu={"capacity_blocks": 1}, cpu={"enabled": True, "capacity_blocks": 2,
+                                                   "eviction": eviction,
+                                                   "read_gbps": 4.096e-6, "latency_s": 0.5},
+                  engine=engine, hardware={"zero_service_time": False})
+    res = run(sc, trace)
+    req, s = res.requests, res.summary
+    lru = eviction == "lru"
+    assert s["engine"] == engine
+    assert req["cpu_hit_tokens"].tolist() == [0, 0, 4, 0, 4 if lru else 0, 0]
+    assert req["gpu_hit_tokens"].sum() == 0 and req["disk_hit_tokens"].sum() == 0
+    assert req["cpu_loaded_bytes"].tolist() == [0, 0, 4096, 0, 4096 if lru else 0, 0]
+    # load = latency_s + 4096 B / (4.096e-6 GB/s) = 0.5 + 1.0 s for one CPU block
+    assert req["load_s"].tolist() == [0.0, 0.0, 1.5, 0.0, 1.5 if lru else 0.0, 0.0]
+    assert s["token_hit_rate_cpu"] == (8 if lru else 4) / 24
+    assert s["cpu_writes"] == (4 if lru else 5) and s["evictions_cpu"] == (2 if lru else 3)
+    assert req["cpu_held_bytes"].tolist() == [4096, 8192, 8192, 8192, 8192, 8192]
+
+
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+def test_offload_on_evict_goes_gpu_to_cpu_to_disk(engine: str) -> None:
+    trace = make_trace([[1], [2], [3], [1], [3]])
+    res = run(scenario(gpu={"capacity_blocks": 1}, cpu={"enabled": True, "capacity_blocks": 1},
+                       disk={"enabled": True, "capacity_blocks": 10, "write_policy": "offload_on_evict"},
+                       engine=engine), trace)
+    req, s = res.requests, res.summary
+    # r1: GPU evicts 1 to CPU; r2: 2 to CPU, whose victim 1 goes to disk; r3: 1 from disk
+    # (3 to CPU, 2 to disk); r4: 3 from CPU (1 to CPU, its victim 3 to disk)
+    assert req["disk_hit_tokens"].tolist() == [0, 0, 0, 4, 0]
+    assert req["cpu_hit_tokens"].tolist() == [0, 0, 0, 0, 4]
+    assert s["cpu_writes"] == 4 and s["disk_writes"] == 3 and s["offloads"] == 7
+
+
+def test_cpu_tier_runs_compiled_and_is_off_by_default() -> None:
+    sc = load_scenario(SCENARIOS / "three-tier-adaptive.yaml")
+    assert not sc.tiers.cpu.enabled and TieredCache(sc, make_trace([[1]])).cpu is None
+    trace = make_trace([[1, 2], [1, 2, 3]])
+    res = run(sc.with_overrides(["tiers.cpu.enabled=true", "trace=null"]), trace)
+    assert res.summary["engine"] == "compiled"
+    assert (K.GPU, K.CPU, K.DISK, K.ARCHIVE) == (GPU, CPU, DISK, ARCHIVE)
+    assert len(TIER_NAMES) == K.N_TIERS
 
 
 def timed(**kw) -> dict:
