@@ -6,7 +6,8 @@
 Reports requests/s and blocks/s of:
   * LMCache ``simulate(fast=True)`` (single LRU tier, no time) — the reference;
   * simkv's parity mode (``scenarios/parity-lru.yaml``: fast engine, and the SimPy engine);
-  * simkv's full three-tier TTL model (``scenarios/three-tier-adaptive.yaml``);
+  * simkv's full three-tier TTL model (``scenarios/three-tier-adaptive.yaml``), and the same
+    with the host-memory tier on (``--set tiers.cpu.enabled=true``; it must run compiled too);
 and checks that the parity hit rates are identical. Best of ``--repeat`` runs each; the
 compiled kernel is warmed up once before timing.
 """
@@ -109,6 +110,9 @@ def main() -> None:
     t_fast, fast = best_of(lambda: run(parity, trace, overrides=[*cap, "engine=fast"]), args.repeat)
     t_simpy, slow = best_of(lambda: run(parity, trace, overrides=[*cap, "engine=simpy"]), args.repeat)
     t_full, full = best_of(lambda: run(ROOT / "scenarios" / args.scenario, trace), args.repeat)
+    cpu_on = ["tiers.cpu.enabled=true"]
+    t_cpu, with_cpu = best_of(lambda: run(ROOT / "scenarios" / args.scenario, trace, overrides=cpu_on),
+                              args.repeat)
 
     rates = {ref["token_hit_rate"], fast.summary["token_hit_rate"], slow.summary["token_hit_rate"]}
     assert len(rates) == 1, f"parity broken: {rates}"
@@ -116,10 +120,13 @@ def main() -> None:
     print(f"{'':36s} {'requests/s':>12s} {'blocks/s':>12s} {'vs LMCache':>11s}")
     for name, t in (("LMCache simulate(fast=True)", t_lmc), ("simkv parity, fast engine", t_fast),
                     ("simkv parity, SimPy engine", t_simpy),
-                    (f"simkv full model ({args.scenario})", t_full)):
+                    (f"simkv full model ({args.scenario})", t_full),
+                    ("  the same with tiers.cpu.enabled", t_cpu)):
         print(f"{name:36s} {n / t:12,.0f} {blocks / t:12,.0f} {t_lmc / t:10.2f}x")
     print(f"\nfull model: token hit rate {full.summary['token_hit_rate']:.4f}, "
           f"engine {full.summary['engine']}")
+    print(f"with the CPU tier: token hit rate {with_cpu.summary['token_hit_rate']:.4f} "
+          f"(from cpu {with_cpu.summary['token_hit_rate_cpu']:.4f}), engine {with_cpu.summary['engine']}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,12 @@ CASES: list[Case] = [
          ("ttl.heuristic=reuse_prob", "ttl.params={}", "ttl.mode=fixed",
           "tiers.archive.storage_class=glacier_ir"),
          what="learned reuse-probability TTL, fixed deadlines, Glacier IR prices"),
+    Case("four-tier-small", "scenarios/four-tier.yaml", "traces/small.parquet",
+         what="GPU + host RAM (CPU) + NVMe + S3 archive on the compiled engine"),
+    Case("cpu-offload-small", "scenarios/four-tier.yaml", "traces/small.parquet",
+         ("tiers.disk.write_policy=offload_on_evict", "tiers.archive.enabled=false",
+          "ttl.heuristic=none", "ttl.params={}", "engine=simpy"),
+         what="GPU victims to CPU, CPU victims to disk, on the SimPy engine"),
     # Three cells of the README's TTL study: too short, the optimum, too long. A change that
     # flattens the trade-off (archive hits, archive dollars, cost saved along the TTL) moves them.
     Case("ttl-study-1min", "scenarios/long-horizon-archive.yaml", "traces/long-horizon.parquet",

@@ -135,6 +135,31 @@ class GPUTier(TierCapacity):
 
 
 @dataclass(frozen=True)
+class CPUTier(TierCapacity):
+    """LMCache's host-memory backend (``LocalCPUBackend``; default 64 GiB), between the GPU
+    and the disk; off by default. Stores follow ``tiers.disk.write_policy``: with
+    ``write_through`` every block a request stores in the GPU that the CPU tier lacks is also
+    copied to it (LMCache stores every computed chunk, and writes a disk or archive hit back
+    to CPU); with ``offload_on_evict`` it receives the GPU's victims and its own victims go to
+    disk. Copies queue behind each other at ``write_gbps`` (a block is readable once copied);
+    load time of ``n`` bytes = ``latency_s + n / (read_gbps * 1e9)`` (pinned host↔GPU copies
+    on an H100 box reach ~50 GB/s)."""
+
+    default_bytes = "64GiB"
+    enabled: bool = False
+    read_gbps: float = 50.0
+    write_gbps: float = 50.0
+    latency_s: float = 0.00001
+    eviction: str = "lru"
+
+    def check(self, prefix: str) -> None:
+        self.check_capacity(prefix)
+        _positive(f"{prefix}.read_gbps", self.read_gbps)
+        _positive(f"{prefix}.write_gbps", self.write_gbps)
+        _positive(f"{prefix}.latency_s", self.latency_s, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class DiskTier(TierCapacity):
     """LMCache's local NVMe backend (default 500 GiB). ``write_through``: every computed block is written
     asynchronously (LMCache's behaviour); ``offload_on_evict``: written when the GPU evicts it.
@@ -250,6 +275,7 @@ class ArchiveTier(TierCapacity):
 @dataclass(frozen=True)
 class Tiers:
     gpu: GPUTier = field(default_factory=GPUTier)
+    cpu: CPUTier = field(default_factory=CPUTier)
     disk: DiskTier = field(default_factory=DiskTier)
     archive: ArchiveTier = field(default_factory=ArchiveTier)
 
@@ -370,6 +396,7 @@ class Scenario:
         """The same system with every cache tier off: the baseline for TTFT and cost."""
         tiers = replace(self.tiers, gpu=replace(self.tiers.gpu, capacity_blocks=0,
                                                 capacity_bytes=None),
+                        cpu=replace(self.tiers.cpu, enabled=False),
                         disk=replace(self.tiers.disk, enabled=False),
                         archive=replace(self.tiers.archive, enabled=False))
         return replace(self, tiers=tiers, ttl=TTLConfig())

@@ -14,7 +14,7 @@ from simkv.errors import ScenarioError
 from simkv.metrics.requests import prefill_array
 from simkv.model.hardware import AnalyticProfile, TableProfile, load_profile, table_from_profile
 from simkv.model.system import TieredCache
-from simkv.scenario import GB, Hardware, Scenario, load_scenario
+from simkv.scenario import GB, CPUTier, Hardware, Scenario, Tiers, load_scenario
 from tests.conftest import ROOT, make_trace, simkv_cli
 
 EXAMPLE = ROOT / "profiles" / "example-table.yaml"
@@ -209,8 +209,28 @@ MALFORMED = [
     ("prefill.seconds", [[0.1, 0.2, 0.3]] * 10, r"prefill\.seconds\[0\]: expected 4 values"),
     ("prefill.seconds", [[0.1, 0.2, 0.3, -0.4]] * 10, r"prefill\.seconds\[0\]\[3\]: must be >= 0"),
     ("block_size", 0, r"block_size: expected a positive integer"),
-    ("load.cpu", {"per_block_s": 0.1, "per_request_s": 0.0}, r"load\.cpu: unknown key"),
+    ("load.nvme", {"per_block_s": 0.1, "per_request_s": 0.0}, r"load\.nvme: unknown key"),
+    ("load.cpu", {"per_block_s": 0.1, "per_request_s": 0.0}, r"store\.cpu: missing"),
+    ("store.cpu", {"per_block_s": 0.1}, r"load\.cpu: missing"),
 ]
+
+
+def test_table_cpu_entries_are_needed_only_with_a_cpu_tier(tmp_path: Path) -> None:
+    sc = Scenario(tiers=Tiers(cpu=CPUTier(enabled=True)))
+    without = load_profile(_table(tmp_path, _doc(), "plain.yaml"))
+    assert without.transfers(Scenario(), 4096, 2048).cpu_per_block == 0.0
+    with pytest.raises(ScenarioError, match=r"plain\.yaml: load\.cpu: missing, but tiers\.cpu\.enabled"):
+        without.transfers(sc, 4096, 2048)
+    doc = _set(_set(_doc(), "load.cpu", {"per_block_s": 3e-5, "per_request_s": 1e-5}),
+               "store.cpu", {"per_block_s": 4e-5})
+    t = load_profile(_table(tmp_path, doc, "cpu.yaml")).transfers(sc, 4096, 2048)
+    assert (t.cpu_lat, t.cpu_per_block, t.cpu_write_per_block) == (1e-5, 3e-5, 4e-5)
+
+
+def test_analytic_cpu_transfers_come_from_the_cpu_tier() -> None:
+    sc = Scenario(tiers=Tiers(cpu=CPUTier(enabled=True, read_gbps=40.0, write_gbps=20.0, latency_s=2e-5)))
+    t = sc.hardware.time_model().transfers(sc, 2**21, 2**20)
+    assert (t.cpu_lat, t.cpu_per_block, t.cpu_write_per_block) == (2e-5, 2**21 / 40e9, 2**21 / 20e9)
 
 
 @pytest.mark.parametrize(("key", "value", "message"), MALFORMED)

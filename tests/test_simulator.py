@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from simkv.api import run
 from simkv.metrics.requests import fifo_start_times
+from simkv.model import kernels as K
+from simkv.model.system import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, TieredCache
 from simkv.model.tiers import Tier
 from simkv.policies.eviction import LRU
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
@@ -32,8 +34,8 @@ def scenario(**tiers) -> Scenario:
         "timeline_bin_s": 10.0,
     }
     for key, value in tiers.items():
-        if key in ("gpu", "disk", "archive"):
-            data["tiers"][key].update(value)
+        if key in TIER_NAMES:
+            data["tiers"].setdefault(key, {}).update(value)
         else:
             data[key] = value
     return scenario_from_dict(data)
@@ -102,6 +104,55 @@ def test_write_through_vs_offload_on_evict() -> None:
     small_disk = run(scenario(gpu={"capacity_blocks": 2}, disk={
         "enabled": True, "capacity_blocks": 2, "write_policy": "offload_on_evict"}), trace)
     assert small_disk.requests["disk_hit_tokens"].tolist() == [0, 0, 8]
+
+
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+@pytest.mark.parametrize("eviction", ["lru", "fifo"])
+def test_cpu_tier_serves_hits_and_evicts_by_its_policy(engine: str, eviction: str) -> None:
+    # GPU holds 1 block, CPU 2, no disk; write-through copies every computed block to CPU.
+    # r2's CPU hit on 0 is an access: under LRU r3's copy of 2 evicts 1, so r4 finds 0 in
+    # the CPU tier; under FIFO it evicts 0 (copied first) and r4 misses. r5's 1 is gone in both.
+    trace = make_trace([[0], [1], [0], [2], [0], [1]], arrivals=[0, 100, 200, 300, 400, 500])
+    sc = scenario(gpu={"capacity_blocks": 1}, cpu={"enabled": True, "capacity_blocks": 2,
+                                                   "eviction": eviction,
+                                                   "read_gbps": 4.096e-6, "latency_s": 0.5},
+                  engine=engine, hardware={"zero_service_time": False})
+    res = run(sc, trace)
+    req, s = res.requests, res.summary
+    lru = eviction == "lru"
+    assert s["engine"] == engine
+    assert req["cpu_hit_tokens"].tolist() == [0, 0, 4, 0, 4 if lru else 0, 0]
+    assert req["gpu_hit_tokens"].sum() == 0 and req["disk_hit_tokens"].sum() == 0
+    assert req["cpu_loaded_bytes"].tolist() == [0, 0, 4096, 0, 4096 if lru else 0, 0]
+    # load = latency_s + 4096 B / (4.096e-6 GB/s) = 0.5 + 1.0 s for one CPU block
+    assert req["load_s"].tolist() == [0.0, 0.0, 1.5, 0.0, 1.5 if lru else 0.0, 0.0]
+    assert s["token_hit_rate_cpu"] == (8 if lru else 4) / 24
+    assert s["cpu_writes"] == (4 if lru else 5) and s["evictions_cpu"] == (2 if lru else 3)
+    assert req["cpu_held_bytes"].tolist() == [4096, 8192, 8192, 8192, 8192, 8192]
+
+
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+def test_offload_on_evict_goes_gpu_to_cpu_to_disk(engine: str) -> None:
+    trace = make_trace([[1], [2], [3], [1], [3]])
+    res = run(scenario(gpu={"capacity_blocks": 1}, cpu={"enabled": True, "capacity_blocks": 1},
+                       disk={"enabled": True, "capacity_blocks": 10, "write_policy": "offload_on_evict"},
+                       engine=engine), trace)
+    req, s = res.requests, res.summary
+    # r1: GPU evicts 1 to CPU; r2: 2 to CPU, whose victim 1 goes to disk; r3: 1 from disk
+    # (3 to CPU, 2 to disk); r4: 3 from CPU (1 to CPU, its victim 3 to disk)
+    assert req["disk_hit_tokens"].tolist() == [0, 0, 0, 4, 0]
+    assert req["cpu_hit_tokens"].tolist() == [0, 0, 0, 0, 4]
+    assert s["cpu_writes"] == 4 and s["disk_writes"] == 3 and s["offloads"] == 7
+
+
+def test_cpu_tier_runs_compiled_and_is_off_by_default() -> None:
+    sc = load_scenario(SCENARIOS / "three-tier-adaptive.yaml")
+    assert not sc.tiers.cpu.enabled and TieredCache(sc, make_trace([[1]])).cpu is None
+    trace = make_trace([[1, 2], [1, 2, 3]])
+    res = run(sc.with_overrides(["tiers.cpu.enabled=true", "trace=null"]), trace)
+    assert res.summary["engine"] == "compiled"
+    assert (K.GPU, K.CPU, K.DISK, K.ARCHIVE) == (GPU, CPU, DISK, ARCHIVE)
+    assert len(TIER_NAMES) == K.N_TIERS
 
 
 def timed(**kw) -> dict:
@@ -237,6 +288,7 @@ blocks_st = st.lists(st.lists(st.integers(0, 15), max_size=8), min_size=1, max_s
     requests=blocks_st,
     gaps=st.lists(st.floats(0.0, 20.0), min_size=30, max_size=30),
     gpu_cap=st.integers(0, 6),
+    cpu_cap=st.one_of(st.none(), st.integers(0, 6)),
     disk_cap=st.integers(0, 6),
     archive=st.booleans(),
     write_policy=st.sampled_from(["write_through", "offload_on_evict"]),
@@ -247,14 +299,16 @@ blocks_st = st.lists(st.lists(st.integers(0, 15), max_size=8), min_size=1, max_s
     zero_time=st.booleans(),
     load_policy=st.sampled_from(["always", "if_faster"]),
 )
-def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, eviction, heuristic,
-                    mode, scope, zero_time, load_policy) -> None:
+def test_invariants(requests, gaps, gpu_cap, cpu_cap, disk_cap, archive, write_policy, eviction,
+                    heuristic, mode, scope, zero_time, load_policy) -> None:
     arrivals = np.cumsum(gaps[: len(requests)]).tolist()
     trace = make_trace(requests, arrivals=arrivals, tails=[i % 3 for i in range(len(requests))])
     params = {"static": {"ttl": 12.0}, "adaptive": {"base_ttl": 5, "alpha": 1, "min_ttl": 1,
                                                     "max_ttl": 50}}.get(heuristic, {})
     sc = scenario(
         gpu={"capacity_blocks": gpu_cap, "eviction": eviction},
+        cpu={"enabled": cpu_cap is not None, "capacity_blocks": cpu_cap, "eviction": eviction,
+             "read_gbps": 0.1, "write_gbps": 0.05},
         disk={"enabled": True, "capacity_blocks": disk_cap, "write_policy": write_policy,
               "eviction": eviction, "read_gbps": 0.01},
         archive={"enabled": archive or scope == "archive", "interval_s": 7.0},
@@ -270,8 +324,11 @@ def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, ev
     assert (r["disk_held_bytes"] <= disk_cap * block_bytes).all()
     assert s["storage_peak_bytes_gpu"] <= gpu_cap * block_bytes
     assert s["storage_peak_bytes_disk"] <= disk_cap * block_bytes
+    assert (r["cpu_held_bytes"] <= (cpu_cap or 0) * block_bytes).all()
+    assert s["storage_peak_bytes_cpu"] <= (cpu_cap or 0) * block_bytes
     # hit + miss tokens = input tokens; tier hits add up; prefix never longer than the prompt
-    assert (r["hit_tokens"] == r["gpu_hit_tokens"] + r["disk_hit_tokens"] + r["archive_hit_tokens"]).all()
+    assert (r["hit_tokens"] == sum(r[f"{t}_hit_tokens"] for t in TIER_NAMES)).all()
+    assert (r["cpu_loaded_bytes"] == r["cpu_hit_tokens"] // 4 * block_bytes).all()
     assert (r["hit_tokens"] <= r["input_tokens"]).all() and (r["hit_blocks"] <= r["prefix_blocks"]).all()
     assert (r["prefix_blocks"] <= r["blocks"]).all()
     assert s["hit_tokens"] + (s["input_tokens"] - s["hit_tokens"]) == int(r["input_tokens"].sum())
@@ -295,7 +352,9 @@ def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, ev
     requests=blocks_st,
     gaps=st.lists(st.sampled_from([0.0, 0.5, 3.0, 7.0, 10.0, 13.7]), min_size=30, max_size=30),
     caps=st.tuples(st.integers(0, 6), st.integers(0, 6), st.one_of(st.none(), st.integers(0, 6))),
-    evictions=st.tuples(*[st.sampled_from(["lru", "fifo"])] * 3),
+    evictions=st.tuples(*[st.sampled_from(["lru", "fifo"])] * 4),
+    cpu_cap=st.one_of(st.none(), st.integers(0, 6)),  # None: no CPU tier
+    disk=st.booleans(),
     archive=st.booleans(),
     write_policy=st.sampled_from(["write_through", "offload_on_evict"]),
     heuristic=st.sampled_from(["static", "adaptive", "cost_aware", "reuse_prob", "per_class"]),
@@ -306,9 +365,11 @@ def test_invariants(requests, gaps, gpu_cap, disk_cap, archive, write_policy, ev
     billing=st.sampled_from([{}, {"storage_class": "glacier_ir"},
                              {"min_days": 1e-4, "min_object_bytes": "3KiB"}]),  # 8.64 s minimum
 )
-def test_compiled_engine_equals_reference(requests, gaps, caps, evictions, archive, write_policy,
-                                          heuristic, mode, zero_time, load_policy, gpus, billing) -> None:
-    """The compiled tiers give the reference implementation's results bit for bit."""
+def test_compiled_engine_equals_reference(requests, gaps, caps, evictions, cpu_cap, disk, archive,
+                                          write_policy, heuristic, mode, zero_time, load_policy, gpus,
+                                          billing) -> None:
+    """The compiled tiers give the reference implementation's results bit for bit, with or
+    without a CPU tier."""
     arrivals = np.cumsum(gaps[: len(requests)]).tolist()
     classes = [("chat", "tool", "rag")[i % 3] for i in range(len(requests))]
     trace = make_trace(requests, arrivals=arrivals, tails=[i % 3 for i in range(len(requests))],
@@ -317,7 +378,9 @@ def test_compiled_engine_equals_reference(requests, gaps, caps, evictions, archi
               "adaptive": {"base_ttl": 5, "alpha": 1, "min_ttl": 1, "max_ttl": 50}}.get(heuristic, {})
     sc = scenario(
         gpu={"capacity_blocks": caps[0], "eviction": evictions[0]},
-        disk={"enabled": True, "capacity_blocks": caps[1], "write_policy": write_policy,
+        cpu={"enabled": cpu_cap is not None, "capacity_blocks": cpu_cap, "eviction": evictions[3],
+             "read_gbps": 0.1, "write_gbps": 0.05, "latency_s": 0.01},
+        disk={"enabled": disk, "capacity_blocks": caps[1], "write_policy": write_policy,
               "eviction": evictions[1], "read_gbps": 0.01, "write_gbps": 0.02},
         archive={"enabled": archive, "interval_s": 7.0, "capacity_blocks": caps[2],
                  "eviction": evictions[2], "download_gbps": 0.05, **billing},

@@ -61,10 +61,9 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
     arrival = trace.arrival_s
     n_tokens = trace.input_tokens
     blocks = np.diff(trace.block_offsets)
-    gpu_b = np.asarray(log.gpu_blocks, dtype=np.int64)
-    disk_b = np.asarray(log.disk_blocks, dtype=np.int64)
-    arch_b = np.asarray(log.archive_blocks, dtype=np.int64)
-    hit_blocks = gpu_b + disk_b + arch_b
+    tier_blocks = {t: np.asarray(getattr(log, f"{t}_blocks"), dtype=np.int64) for t in TIER_NAMES}
+    hit_blocks = sum(tier_blocks.values())
+    arch_b = tier_blocks["archive"]
     start = np.asarray(log.start_s)
     load = np.asarray(log.load_s)
     prefill = np.asarray(log.prefill_s)
@@ -79,7 +78,6 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
     transfer_cost = fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
     request_cost = storage_cost + put_get_cost + transfer_cost
     gpu_saved_dollars = gpu_saved_s * hw.gpu_cost_per_hour / 3600.0
-    tier_blocks = {t: np.asarray(getattr(log, f"{t}_blocks"), dtype=np.int64) for t in TIER_NAMES}
     return pd.DataFrame({
         "request_id": trace.table.column("request_id").to_numpy(zero_copy_only=False),
         "arrival_s": arrival,

@@ -103,6 +103,7 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
         "archive_skipped": cache.archive_skipped,
         "hydrations": cache.hydrations,
         "offloads": cache.offloads,
+        "cpu_writes": cache.cpu_writes,
         "disk_writes": cache.disk_writes,
     })
     ttft = requests["ttft_s"].to_numpy()

@@ -1,7 +1,7 @@
-"""The tiered cache with its GPU and disk tiers compiled (the ``compiled`` engine).
+"""The tiered cache with its GPU, CPU and disk tiers compiled (the ``compiled`` engine).
 
 Same interface and same results as :class:`~simkv.model.system.TieredCache`, which stays
-the reference implementation; this one keeps the GPU and disk tiers as arrays stepped by
+the reference implementation; this one keeps the GPU, CPU and disk tiers as arrays stepped by
 the numba functions of :mod:`simkv.model.kernels`, so the per-block work of a request costs
 nanoseconds instead of microseconds. The archive worker's choices and the TTL heuristics
 stay in Python (they run once per archive pass); the archive tier's state is compiled too.
@@ -21,7 +21,7 @@ import pandas as pd
 
 from simkv.model import kernels as K
 from simkv.model.hardware import AnalyticProfile
-from simkv.model.system import ARCHIVE, DISK, GPU, Plan, TieredCache, Uploads
+from simkv.model.system import ARCHIVE, DISK, GPU, TIER_NAMES, Plan, TieredCache, Uploads
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
@@ -34,7 +34,7 @@ class CompiledTieredCache(TieredCache):
     @staticmethod
     def unsupported(sc: Scenario) -> str | None:
         """Why the compiled tiers cannot run ``sc`` (``None``: they can)."""
-        for name in ("gpu", "disk", "archive"):
+        for name in TIER_NAMES:
             tier = getattr(sc.tiers, name)
             if (name == "gpu" or tier.enabled) and tier.eviction not in _ORDERED:
                 return f"tiers.{name}.eviction is {tier.eviction!r} (compiled needs lru or fifo)"
@@ -56,15 +56,18 @@ class CompiledTieredCache(TieredCache):
         codes, names = pd.factorize(pd.Series(self.classes, dtype=object))
         self._req_class = codes.astype(np.int64)
         self._class_names = [str(c) for c in names]
-        tiers = 3 if self.archive is not None else 2 if self.disk is not None else 1
+        # Linked lists up to the slowest tier in use (a disabled tier's list stays unused).
+        tiers = 1 + max(i for i, t in enumerate(self.tiers) if t is not None)
         self._link = np.zeros((tiers, 2, n + 1), np.int32)
         self._link[:, :, n] = n  # each tier's list starts empty: the sentinel points to itself
-        self._resident = np.zeros((3, n), np.bool_)
+        self._resident = np.zeros((len(TIER_NAMES), n), np.bool_)
         heap = n + 1024 if self.archive is not None else 1
         self._deadline = np.zeros(n if self.archive is not None else 1, np.float64)
         self._heap_t = np.zeros(heap, np.float64)
         self._heap_b = np.zeros(heap, np.int32)
-        self._ready = np.zeros(n if self.disk is not None else 1, np.float64)
+        # Per block: when its CPU copy (row CPU) and disk write (row DISK) are readable.
+        self._ready = np.zeros((DISK + 1, n if self.cpu is not None or self.disk is not None else 1),
+                               np.float64)
         self._src = np.zeros(len(self._ids), np.int8)
         self._first_class = self.first_class
         self._reuse = np.zeros((2, max(len(self._class_names), 1)), np.int64)
@@ -78,12 +81,13 @@ class CompiledTieredCache(TieredCache):
         sc = scenario
         S = self._S = np.zeros(K.S_LEN, np.int64)
         X = self._X = np.zeros(K.X_LEN, np.float64)
-        for tier, t, cfg in ((GPU, self.gpu, sc.tiers.gpu), (DISK, self.disk, sc.tiers.disk),
-                             (ARCHIVE, self.archive, sc.tiers.archive)):
+        for tier, (t, name) in enumerate(zip(self.tiers, TIER_NAMES, strict=True)):
+            cfg = getattr(sc.tiers, name)
             cap = t.capacity if t is not None else 0
             S[K.S_CAP + tier] = -1 if cap is None else cap
             S[K.S_FIFO + tier] = cfg.eviction == "fifo"
             S[K.S_STORED + tier] = t.stored_bytes if t is not None else 0
+        S[K.S_HAS_CPU] = self.cpu is not None
         S[K.S_HAS_DISK] = self.disk is not None
         S[K.S_HAS_ARCHIVE] = self.archive is not None
         S[K.S_SLIDING] = self.sliding
@@ -94,6 +98,9 @@ class CompiledTieredCache(TieredCache):
         S[K.S_BLOCK_SIZE] = self.block_size
         hw = self.hw
         assert isinstance(hw, AnalyticProfile)
+        X[K.X_CPU_LAT] = self._cpu_lat
+        X[K.X_CPU_READ] = self._cpu_per_block
+        X[K.X_CPU_WRITE] = self._cpu_write_per_block
         X[K.X_DISK_LAT] = self._disk_lat
         X[K.X_DISK_READ] = self._disk_per_block
         X[K.X_DISK_WRITE] = self._disk_write_per_block
@@ -112,7 +119,7 @@ class CompiledTieredCache(TieredCache):
                 self._ready, self._src, self._deadline, self._heap_t, self._heap_b, self._obj_t,
                 self._obj_owner, self._billed, self._S, self._X)
         S, X = self._S, self._X
-        counts = [int(S[K.S_COUNT + GPU]), int(S[K.S_COUNT + DISK]), int(S[K.S_COUNT + ARCHIVE])]
+        counts = [int(c) for c in S[K.S_COUNT:K.S_COUNT + len(TIER_NAMES)]]
         if counts[ARCHIVE]:
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
@@ -129,7 +136,7 @@ class CompiledTieredCache(TieredCache):
         return self._resident[ARCHIVE, blocks]
 
     def held_mask(self, blocks: np.ndarray) -> np.ndarray:
-        return self._resident[GPU, blocks] | self._resident[DISK, blocks]
+        return self._resident[GPU:ARCHIVE, blocks].any(axis=0)
 
     def archive_pass(self, now: float) -> tuple[Uploads, float]:
         names = self._class_names
@@ -166,9 +173,8 @@ class CompiledTieredCache(TieredCache):
     def archive_billed_s(self) -> np.ndarray:
         return self._billed[: len(self.trace)].copy()
 
-    def occupancy(self) -> tuple[int, int, int]:
-        S = self._S
-        return int(S[K.S_BYTES + GPU]), int(S[K.S_BYTES + DISK]), int(S[K.S_BYTES + ARCHIVE])
+    def occupancy(self) -> tuple[int, ...]:
+        return tuple(self._S[K.S_BYTES:K.S_BYTES + len(TIER_NAMES)].tolist())
 
     def close(self, now: float) -> None:
         S, X = self._S, self._X
@@ -177,7 +183,7 @@ class CompiledTieredCache(TieredCache):
             K.archive_close(now, self._resident, self._deadline, self._obj_t, self._obj_owner,
                             self._billed, X)
         K.close_meters(S, X, now)
-        for tier, t in ((GPU, self.gpu), (DISK, self.disk), (ARCHIVE, self.archive)):
+        for tier, t in enumerate(self.tiers):
             if t is None:
                 continue
             t.size = int(S[K.S_SIZE + tier])
@@ -190,6 +196,8 @@ class CompiledTieredCache(TieredCache):
             self.archive.expirations = int(S[K.S_EXPIRE])
         self.hydrations = int(S[K.S_HYDRATE])
         self.offloads = int(S[K.S_OFFLOAD])
+        self.cpu_writes = int(S[K.S_CPU_WRITES])
         self.disk_writes = int(S[K.S_DISK_WRITES])
+        self.cpu_free_at = float(X[K.X_CPU_FREE])
         self.disk_free_at = float(X[K.X_DISK_FREE])
         self.disk_write_lag_max = float(X[K.X_DISK_LAG])

@@ -21,16 +21,17 @@ from typing import Any
 
 import simpy
 
-from simkv.model.system import ARCHIVE, DISK, GPU, TieredCache
+from simkv.model.system import TIER_NAMES, TieredCache
 
 
 class RequestLog:
     """Per-request outcomes, indexed by the request's row in the trace (compact arrays:
-    eight bytes a value, for traces of millions of requests)."""
+    eight bytes a value, for traces of millions of requests). Per tier (``TIER_NAMES``):
+    ``<tier>_blocks``, the prefix blocks it served, and ``<tier>_bytes``, the bytes it held
+    after the request."""
 
     FLOATS = ("start_s", "load_s", "prefill_s")
-    INTS = ("prefix_blocks", "gpu_blocks", "disk_blocks", "archive_blocks",
-            "gpu_bytes", "disk_bytes", "archive_bytes")
+    INTS = ("prefix_blocks", *(f"{t}_blocks" for t in TIER_NAMES), *(f"{t}_bytes" for t in TIER_NAMES))
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -54,6 +55,8 @@ def simulate(
     if not arrivals:
         return log, 0.0
     queue = iter(range(len(arrivals)))  # the FIFO queue: requests in arrival order
+    tier_blocks = [getattr(log, f"{t}_blocks") for t in TIER_NAMES]
+    tier_bytes = [getattr(log, f"{t}_bytes") for t in TIER_NAMES]
 
     def gpu_server() -> Generator[simpy.Event, Any, None]:
         """One GPU: take the next request in arrival order, wait for it to arrive, serve it."""
@@ -71,11 +74,10 @@ def simulate(
             log.load_s[r] = plan.load_s
             log.prefill_s[r] = plan.prefill_s
             log.prefix_blocks[r] = plan.prefix_blocks
-            counts = plan.tier_blocks
-            log.gpu_blocks[r] = counts[GPU]
-            log.disk_blocks[r] = counts[DISK]
-            log.archive_blocks[r] = counts[ARCHIVE]
-            log.gpu_bytes[r], log.disk_bytes[r], log.archive_bytes[r] = cache.occupancy()
+            for column, value in zip(tier_blocks, plan.tier_blocks, strict=True):
+                column[r] = value
+            for column, value in zip(tier_bytes, cache.occupancy(), strict=True):
+                column[r] = value
             remaining[0] -= 1
             if progress is not None:
                 progress(1)

@@ -3,7 +3,7 @@
 * ``fast``: a compiled replay without a clock (:mod:`simkv.model.fast`) for a single LRU GPU
   tier, no TTL, zero service time (the setting of LMCache's simulator);
 * ``compiled``: the event-driven model over compiled tiers (:mod:`simkv.model.compiled`):
-  LRU/FIFO tiers, archive-only TTLs;
+  LRU/FIFO tiers (the CPU tier included), archive-only TTLs;
 * ``simpy``: the event-driven model (:mod:`simkv.model.engine`) over the reference tiers
   (:mod:`simkv.model.system`): every policy and TTL scope.
 
@@ -60,8 +60,8 @@ class FastEngine:
 
     def supports(self, sc: Scenario) -> str | None:
         t = sc.tiers
-        if t.disk.enabled or t.archive.enabled:
-            return "a disk or archive tier is enabled (fast needs a single GPU tier)"
+        if t.cpu.enabled or t.disk.enabled or t.archive.enabled:
+            return "a CPU, disk or archive tier is enabled (fast needs a single GPU tier)"
         if t.gpu.eviction != "lru":
             return f"tiers.gpu.eviction is {t.gpu.eviction!r} (fast needs lru)"
         if sc.ttl.heuristic != "none":

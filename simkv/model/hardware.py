@@ -4,9 +4,9 @@ A profile answers three questions, vectorised where the metrics need many answer
 
 * ``prefill(n, c)``: seconds to prefill ``n`` new tokens after ``c`` cached ones (at least
   one token is always computed, so ``n`` is ``max(n, 1)``);
-* the transfer times (:class:`Transfers`): per-request and per-block load time of the disk
-  and archive tiers (GPU hits cost nothing), disk write time per block, and the archive
-  worker's compress + upload time per block;
+* the transfer times (:class:`Transfers`): per-request and per-block load time of the CPU,
+  disk and archive tiers (GPU hits cost nothing), CPU and disk write time per block, and the
+  archive worker's compress + upload time per block;
 * a block's value (:meth:`HardwareProfile.block_value_s`): the GPU time one reuse of it saves,
   defined from ``prefill`` alone so that it agrees with what the engine charges.
 
@@ -43,10 +43,12 @@ GB = 1e9
 class Transfers:
     """Seconds: ``*_lat`` once per request that loads from the tier, ``*_per_block`` per block.
 
-    Load time of a request = ``disk_lat + n_disk·disk_per_block`` (if it loads any disk block)
-    ``+ arch_lat + n_arch·arch_per_block`` (if any archive block); disk writes queue behind each
-    other at ``disk_write_per_block``; an archive pass is busy ``(arch_compress_per_block +
-    arch_upload_per_block)`` per uploaded block."""
+    Load time of a request = ``cpu_lat + n_cpu·cpu_per_block`` (if it loads any CPU block)
+    ``+ disk_lat + n_disk·disk_per_block`` (if any disk block) ``+ arch_lat +
+    n_arch·arch_per_block`` (if any archive block); CPU and disk writes each queue behind
+    each other at ``cpu_write_per_block`` / ``disk_write_per_block``; an archive pass is busy
+    ``(arch_compress_per_block + arch_upload_per_block)`` per uploaded block. The CPU times
+    are 0 where no CPU tier is used."""
 
     disk_lat: float
     disk_per_block: float
@@ -55,6 +57,9 @@ class Transfers:
     arch_per_block: float
     arch_compress_per_block: float
     arch_upload_per_block: float
+    cpu_lat: float = 0.0
+    cpu_per_block: float = 0.0
+    cpu_write_per_block: float = 0.0
 
 
 class HardwareProfile(ABC):
@@ -117,9 +122,10 @@ PROFILES: Registry[type[HardwareProfile]] = Registry("hardware profile")
 class AnalyticProfile(HardwareProfile):
     """``prefill(n, c) = const_s + per_token_s·n + attn_s·n·(n + c)`` (the scenario's
     ``hardware.prefill_const_s``, ``prefill_per_token_s``, ``prefill_attn_s``); transfer
-    times from the tiers' bandwidths: disk load ``latency_s + bytes / read_gbps``, disk write
-    ``bytes / write_gbps``, archive fetch ``request_latency_s + stored / download_gbps + raw /
-    decompress_gbps``, archive pass ``raw / compress_gbps + stored / upload_gbps`` per block."""
+    times from the tiers' bandwidths: CPU and disk load ``latency_s + bytes / read_gbps``,
+    CPU and disk write ``bytes / write_gbps``, archive fetch ``request_latency_s + stored /
+    download_gbps + raw / decompress_gbps``, archive pass ``raw / compress_gbps + stored /
+    upload_gbps`` per block."""
 
     kind = "analytic"
 
@@ -139,7 +145,7 @@ class AnalyticProfile(HardwareProfile):
         return self.const_s + self.per_token_s * n + self.attn_s * n * (n + cached)
 
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
-        d, a = scenario.tiers.disk, scenario.tiers.archive
+        c, d, a = scenario.tiers.cpu, scenario.tiers.disk, scenario.tiers.archive
         return Transfers(
             disk_lat=d.latency_s,
             disk_per_block=block_bytes / (d.read_gbps * GB),
@@ -148,6 +154,9 @@ class AnalyticProfile(HardwareProfile):
             arch_per_block=archive_bytes / (a.download_gbps * GB) + block_bytes / (a.decompress_gbps * GB),
             arch_compress_per_block=block_bytes / (a.compress_gbps * GB),
             arch_upload_per_block=archive_bytes / (a.upload_gbps * GB),
+            cpu_lat=c.latency_s,
+            cpu_per_block=block_bytes / (c.read_gbps * GB),
+            cpu_write_per_block=block_bytes / (c.write_gbps * GB),
         )
 
 
@@ -164,7 +173,7 @@ class TableProfile(HardwareProfile):
     """A measured profile (``kind: table``): prefill seconds on a grid of new × cached tokens,
     bilinear between grid points and linearly extrapolated from the outermost cell beyond the
     grid (floored at 0); load and store times per block and per request as measured for the
-    profile's ``block_size``."""
+    profile's ``block_size`` (the ``cpu`` entries are optional: needed only with a CPU tier)."""
 
     kind = "table"
 
@@ -178,11 +187,15 @@ class TableProfile(HardwareProfile):
         self.seconds = np.asarray(p["seconds"], np.float64)
         self.block_size = int(data["block_size"])
         load, store = data["load"], data["store"]
+        self.has_cpu = "cpu" in load
+        cpu_load = load.get("cpu", {"per_block_s": 0.0, "per_request_s": 0.0})
         self._t = Transfers(
             disk_lat=load["disk"]["per_request_s"], disk_per_block=load["disk"]["per_block_s"],
             disk_write_per_block=store["disk"]["per_block_s"],
             arch_lat=load["archive"]["per_request_s"], arch_per_block=load["archive"]["per_block_s"],
-            arch_compress_per_block=store["archive"]["per_block_s"], arch_upload_per_block=0.0)
+            arch_compress_per_block=store["archive"]["per_block_s"], arch_upload_per_block=0.0,
+            cpu_lat=cpu_load["per_request_s"], cpu_per_block=cpu_load["per_block_s"],
+            cpu_write_per_block=store.get("cpu", {"per_block_s": 0.0})["per_block_s"])
 
     def _prefill(self, n: np.ndarray, cached: np.ndarray) -> np.ndarray:
         i, u = _axis_cell(self.new, n)
@@ -193,6 +206,9 @@ class TableProfile(HardwareProfile):
         return np.maximum(out, 0.0)
 
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
+        if scenario.tiers.cpu.enabled and not self.has_cpu:
+            raise ScenarioError(f"{self.source}: load.cpu: missing, but tiers.cpu.enabled is true "
+                                "(add load.cpu and store.cpu, or disable the CPU tier)")
         return self._t
 
 
@@ -259,13 +275,17 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
                                 f"(one per cached_tokens), got {row!r}")
         for j, v in enumerate(row):
             _num(source, f"prefill.seconds[{i}][{j}]", v)
-    load = _mapping(source, "load", data["load"], ("disk", "archive"))
-    for tier in ("disk", "archive"):
+    load = _mapping(source, "load", data["load"], ("disk", "archive"), ("cpu",))
+    store = _mapping(source, "store", data["store"], ("disk", "archive"), ("cpu",))
+    if ("cpu" in load) != ("cpu" in store):
+        given, other = ("load", "store") if "cpu" in load else ("store", "load")
+        raise ScenarioError(f"{source}: {other}.cpu: missing, but {given}.cpu is given (a CPU tier "
+                            "needs both)")
+    for tier in [t for t in ("cpu", "disk", "archive") if t in load]:
         m = _mapping(source, f"load.{tier}", load[tier], ("per_block_s", "per_request_s"))
         for k in ("per_block_s", "per_request_s"):
             _num(source, f"load.{tier}.{k}", m[k])
-    store = _mapping(source, "store", data["store"], ("disk", "archive"))
-    for tier in ("disk", "archive"):
+    for tier in [t for t in ("cpu", "disk", "archive") if t in store]:
         m = _mapping(source, f"store.{tier}", store[tier], ("per_block_s",))
         _num(source, f"store.{tier}.per_block_s", m["per_block_s"])
     return data
@@ -313,9 +333,11 @@ def table_from_profile(profile: HardwareProfile, transfers: Transfers, new_token
         **provenance,
         "prefill": {"new_tokens": list(new_tokens), "cached_tokens": list(cached_tokens),
                     "seconds": seconds.reshape(len(new_tokens), len(cached_tokens)).tolist()},
-        "load": {"disk": {"per_block_s": transfers.disk_per_block, "per_request_s": transfers.disk_lat},
+        "load": {"cpu": {"per_block_s": transfers.cpu_per_block, "per_request_s": transfers.cpu_lat},
+                 "disk": {"per_block_s": transfers.disk_per_block, "per_request_s": transfers.disk_lat},
                  "archive": {"per_block_s": transfers.arch_per_block, "per_request_s": transfers.arch_lat}},
-        "store": {"disk": {"per_block_s": transfers.disk_write_per_block},
+        "store": {"cpu": {"per_block_s": transfers.cpu_write_per_block},
+                  "disk": {"per_block_s": transfers.disk_write_per_block},
                   "archive": {"per_block_s": transfers.arch_compress_per_block
                               + transfers.arch_upload_per_block}},
     }

@@ -1,6 +1,6 @@
 """Compiled request steps for :class:`~simkv.model.compiled.CompiledTieredCache`.
 
-The GPU, disk and archive tiers as arrays (an intrusive doubly linked list per tier gives
+The GPU, CPU, disk and archive tiers as arrays (an intrusive doubly linked list per tier gives
 LRU or FIFO order; an array heap holds the archive's deadlines), stepped by two numba
 functions per request: :func:`begin` (the tier walk and the load decision) and
 :func:`finish` (stores, write policy, access history, archive candidates), and by the
@@ -14,26 +14,31 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-GPU, DISK, ARCHIVE = 0, 1, 2
+# The tier numbers of simkv.model.system.TIER_NAMES (a test holds them equal).
+GPU, CPU, DISK, ARCHIVE = 0, 1, 2, 3
+N_TIERS = 4
 
-# int64 scalars S[...]; per-tier entries at +GPU / +DISK / +ARCHIVE
-S_SIZE, S_CAP, S_EVICT, S_INSERT, S_BYTES, S_PEAK, S_FIFO, S_STORED = 0, 3, 6, 9, 12, 15, 18, 21
-S_HYDRATE, S_OFFLOAD, S_DISK_WRITES = 24, 25, 26
-S_WRITE_THROUGH, S_OFFLOAD_POLICY, S_ZERO_TIME, S_IF_FASTER, S_HAS_DISK = 27, 28, 29, 30, 31
-S_PASS, S_PEND_COUNT, S_BLOCK_SIZE = 32, 33, 34
-S_K, S_FOUND, S_COUNT = 35, 36, 37  # S_COUNT + GPU/DISK/ARCHIVE: blocks per source tier
-S_HAS_ARCHIVE, S_HEAP, S_EXPIRE, S_SLIDING = 40, 41, 42, 43
-S_LEN = 48
+# int64 scalars S[...]; per-tier entries at +GPU / +CPU / +DISK / +ARCHIVE
+S_SIZE, S_CAP, S_EVICT, S_INSERT, S_BYTES, S_PEAK, S_FIFO, S_STORED = 0, 4, 8, 12, 16, 20, 24, 28
+S_COUNT = 32  # S_COUNT + tier: blocks per source tier
+S_HYDRATE, S_OFFLOAD, S_DISK_WRITES = 36, 37, 38
+S_WRITE_THROUGH, S_OFFLOAD_POLICY, S_ZERO_TIME, S_IF_FASTER, S_HAS_DISK = 39, 40, 41, 42, 43
+S_PASS, S_PEND_COUNT, S_BLOCK_SIZE = 44, 45, 46
+S_K, S_FOUND = 47, 48
+S_HAS_ARCHIVE, S_HEAP, S_EXPIRE, S_SLIDING = 49, 50, 51, 52
+S_HAS_CPU, S_CPU_WRITES = 53, 54
+S_LEN = 56
 
 # float64 scalars X[...]
-X_MT, X_BS = 0, 3  # meter time, byte-seconds, per tier
-X_DISK_FREE, X_DISK_LAT, X_DISK_READ, X_DISK_WRITE = 6, 7, 8, 9
-X_ARCH_LAT, X_ARCH_READ = 10, 11
-X_CONST, X_PER_TOKEN, X_ATTN = 12, 13, 14
-X_LOAD, X_PREFILL = 15, 16
-X_MIN_S = 17  # the archive's minimum billed object lifetime
-X_DISK_LAG = 18  # TieredCache.disk_write_lag_max
-X_LEN = 20
+X_MT, X_BS = 0, 4  # meter time, byte-seconds, per tier
+X_DISK_FREE, X_DISK_LAT, X_DISK_READ, X_DISK_WRITE = 8, 9, 10, 11
+X_ARCH_LAT, X_ARCH_READ = 12, 13
+X_CONST, X_PER_TOKEN, X_ATTN = 14, 15, 16
+X_LOAD, X_PREFILL = 17, 18
+X_MIN_S = 19  # the archive's minimum billed object lifetime
+X_DISK_LAG = 20  # TieredCache.disk_write_lag_max
+X_CPU_FREE, X_CPU_LAT, X_CPU_READ, X_CPU_WRITE = 21, 22, 23, 24
+X_LEN = 28
 
 
 @njit(cache=True, inline="always")
@@ -256,6 +261,27 @@ def archive_close(now: float, resident: np.ndarray, deadline: np.ndarray, obj_t:
 
 
 @njit(cache=True)
+def _write_cpu(link: np.ndarray, resident: np.ndarray, ready: np.ndarray, S: np.ndarray,
+               X: np.ndarray, b: int, now: float, sentinel: int) -> int:
+    """TieredCache._write_cpu: a copy queued behind earlier ones; returns the CPU tier's
+    victim (-1 if none, -2 if nothing was admitted)."""
+    if resident[CPU, b]:
+        _hit(link, S, CPU, b, sentinel)
+        return -1
+    if S[S_ZERO_TIME]:
+        ready_at = now
+    else:
+        start = max(now, X[X_CPU_FREE])
+        ready_at = start + X[X_CPU_WRITE]
+        X[X_CPU_FREE] = ready_at
+    S[S_CPU_WRITES] += 1
+    victim = _insert(link, resident, S, X, CPU, b, now, sentinel)
+    if victim != -2:
+        ready[CPU, b] = ready_at if ready_at > now else 0.0
+    return victim
+
+
+@njit(cache=True)
 def _write_disk(link: np.ndarray, resident: np.ndarray, ready: np.ndarray, S: np.ndarray,
                 X: np.ndarray, b: int, now: float, sentinel: int) -> None:
     """TieredCache._write_disk: an asynchronous write queued behind earlier ones."""
@@ -271,7 +297,7 @@ def _write_disk(link: np.ndarray, resident: np.ndarray, ready: np.ndarray, S: np
         if ready_at - now > X[X_DISK_LAG]:
             X[X_DISK_LAG] = ready_at - now
     if _insert(link, resident, S, X, DISK, b, now, sentinel) != -2:
-        ready[b] = ready_at if ready_at > now else 0.0
+        ready[DISK, b] = ready_at if ready_at > now else 0.0
     S[S_DISK_WRITES] += 1
 
 
@@ -295,13 +321,16 @@ def begin(r: int, now: float, ids: np.ndarray, offsets: np.ndarray, tokens: np.n
         archive_expire(now, link, resident, deadline, ht, hb, obj_t, obj_owner, billed, S, X)
     lo = offsets[r]
     hi = offsets[r + 1]
+    has_cpu = S[S_HAS_CPU] != 0
     has_disk = S[S_HAS_DISK] != 0
     found = 0
     for j in range(lo, hi):
         b = ids[j]
         if resident[GPU, b]:
             src[j] = GPU
-        elif has_disk and resident[DISK, b] and ready[b] <= now:
+        elif has_cpu and resident[CPU, b] and ready[CPU, b] <= now:
+            src[j] = CPU
+        elif has_disk and resident[DISK, b] and ready[DISK, b] <= now:
             src[j] = DISK
         elif resident[ARCHIVE, b]:
             src[j] = ARCHIVE
@@ -320,11 +349,15 @@ def begin(r: int, now: float, ids: np.ndarray, offsets: np.ndarray, tokens: np.n
         best_prefill = _prefill(X, S, n_tokens, 0)
         best = best_prefill
         load = 0.0
+        seen_cpu = False
         seen_disk = False
         seen_arch = False
         for k1 in range(1, found + 1):
             s = src[lo + k1 - 1]
-            if s == DISK:
+            if s == CPU:
+                load += X[X_CPU_READ] + (0.0 if seen_cpu else X[X_CPU_LAT])
+                seen_cpu = True
+            elif s == DISK:
                 load += X[X_DISK_READ] + (0.0 if seen_disk else X[X_DISK_LAT])
                 seen_disk = True
             elif s == ARCHIVE:
@@ -341,22 +374,26 @@ def begin(r: int, now: float, ids: np.ndarray, offsets: np.ndarray, tokens: np.n
         prefill_s = best_prefill
     else:
         k = found
+        n_cpu = 0
         n_disk = 0
         n_arch = 0
         for j in range(lo, lo + found):
-            if src[j] == DISK:
+            if src[j] == CPU:
+                n_cpu += 1
+            elif src[j] == DISK:
                 n_disk += 1
             elif src[j] == ARCHIVE:
                 n_arch += 1
         load_s = 0.0
+        if n_cpu:
+            load_s += X[X_CPU_LAT] + n_cpu * X[X_CPU_READ]
         if n_disk:
             load_s += X[X_DISK_LAT] + n_disk * X[X_DISK_READ]
         if n_arch:
             load_s += X[X_ARCH_LAT] + n_arch * X[X_ARCH_READ]
         prefill_s = _prefill(X, S, n_tokens - k * B, k * B)
-    S[S_COUNT + GPU] = 0
-    S[S_COUNT + DISK] = 0
-    S[S_COUNT + ARCHIVE] = 0
+    for t in range(N_TIERS):
+        S[S_COUNT + t] = 0
     for j in range(lo, lo + k):
         s = src[j]
         S[S_COUNT + s] += 1
@@ -379,8 +416,11 @@ def finish(r: int, k: int, now: float, ids: np.ndarray, offsets: np.ndarray, req
         archive_expire(now, link, resident, deadline, ht, hb, obj_t, obj_owner, billed, S, X)
     lo = offsets[r]
     hi = offsets[r + 1]
-    offload = S[S_HAS_DISK] != 0 and S[S_OFFLOAD_POLICY] != 0
-    write = S[S_HAS_DISK] != 0 and S[S_WRITE_THROUGH] != 0
+    has_cpu = S[S_HAS_CPU] != 0
+    has_disk = S[S_HAS_DISK] != 0
+    lower = has_cpu or has_disk
+    offload = lower and S[S_OFFLOAD_POLICY] != 0
+    write = lower and S[S_WRITE_THROUGH] != 0
     for j in range(lo, hi):
         b = ids[j]
         if j - lo < k:
@@ -393,10 +433,19 @@ def finish(r: int, k: int, now: float, ids: np.ndarray, offsets: np.ndarray, req
         if s == ARCHIVE:
             S[S_HYDRATE] += 1
         if offload and victim >= 0:
-            _write_disk(link, resident, ready, S, X, victim, now, sentinel)
+            if not has_cpu:
+                _write_disk(link, resident, ready, S, X, victim, now, sentinel)
+            else:
+                w = _write_cpu(link, resident, ready, S, X, victim, now, sentinel)
+                if w >= 0 and has_disk:  # the CPU's victim goes down to disk
+                    _write_disk(link, resident, ready, S, X, w, now, sentinel)
+                    S[S_OFFLOAD] += 1
             S[S_OFFLOAD] += 1
-        elif write and s != DISK:
-            _write_disk(link, resident, ready, S, X, b, now, sentinel)
+        elif write:
+            if has_cpu and s != CPU:
+                _write_cpu(link, resident, ready, S, X, b, now, sentinel)
+            if has_disk and s != DISK:
+                _write_disk(link, resident, ready, S, X, b, now, sentinel)
     cls = req_class[r]
     stamp = S[S_PASS]
     for j in range(lo, hi):
@@ -418,5 +467,5 @@ def finish(r: int, k: int, now: float, ids: np.ndarray, offsets: np.ndarray, req
 
 @njit(cache=True)
 def close_meters(S: np.ndarray, X: np.ndarray, now: float) -> None:
-    for tier in (GPU, DISK, ARCHIVE):
+    for tier in range(N_TIERS):
         _meter(S, X, tier, now, 0)

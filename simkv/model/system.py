@@ -1,16 +1,23 @@
-"""The tiered KV cache of one inference engine: GPU prefix cache, LMCache disk, S3 archive.
+"""The tiered KV cache of one inference engine: GPU prefix cache, LMCache CPU and disk, S3 archive.
 
-:class:`TieredCache` holds the tiers and answers the two questions a request asks:
+The tiers form one ordered list, fastest first (:data:`TIER_NAMES`, indices ``GPU`` ... ``ARCHIVE``):
+the engines, metrics and reports all iterate it. :class:`TieredCache` holds the tiers and
+answers the two questions a request asks:
 
 * :meth:`TieredCache.begin` (when the request gets the GPU): walk the prompt's blocks in
-  order; each is found in the fastest tier holding it (GPU, then disk, then archive) and the
-  first block found nowhere ends the reusable prefix (prefix semantics). With
+  order; each is found in the fastest tier holding it (GPU, CPU, disk, then archive; a CPU
+  or disk copy counts once written) and the first block found nowhere ends the reusable
+  prefix (prefix semantics). A hit is an access for its tier's eviction order and does not
+  move the block. With
   ``load_policy: if_faster`` the prefix is cut at the ``k`` that minimises
   ``load(blocks[:k]) + prefill(n - k·B, k·B)`` (ties keep the longer prefix).
 * :meth:`TieredCache.finish` (when its prefill is done): every block of the prompt that is
   not already in the GPU tier is stored there (computed or hydrated), in prompt order;
-  blocks reach disk by the write policy; all of them become candidates for the archive
-  worker's next pass.
+  blocks reach the CPU and disk by the write policy (``tiers.disk.write_policy``):
+  ``write_through`` copies each such block to every lower local tier that did not supply it
+  (CPU, then disk; LMCache stores every computed chunk, and writes disk hits back to CPU);
+  ``offload_on_evict`` writes the GPU's victims to the CPU tier (to disk without one) and
+  the CPU's victims to disk. All of them become candidates for the archive worker's next pass.
 
 The archive worker's pass is :meth:`TieredCache.archive_pass` and :meth:`archive_commit`.
 No SimPy here: the request process (``simkv.model.engine``) supplies the times.
@@ -30,11 +37,12 @@ from simkv.policies.ttl import ClassReuse, TTLContext, TTLHeuristic, make_heuris
 from simkv.scenario import GB, Scenario
 from simkv.traces.schema import Trace
 
-GPU, DISK, ARCHIVE = 0, 1, 2
+#: The tiers, fastest first; a tier's index in this list is its number everywhere.
+TIER_NAMES = ("gpu", "cpu", "disk", "archive")
+GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
 #: An archive pass's uploads: block ids, trace positions (refs), TTLs, priorities, and the
 #: requests they are charged to (each block's last request before the pass).
 Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-TIER_NAMES = ("gpu", "disk", "archive")
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
 
 
@@ -47,7 +55,7 @@ class Plan:
     prefix_blocks: int  # blocks found in some tier before any cut
     load_s: float
     prefill_s: float
-    tier_blocks: list[int] = field(default_factory=lambda: [0, 0, 0])
+    tier_blocks: list[int] = field(default_factory=lambda: [0] * len(TIER_NAMES))
     used: int = 0  # prefix blocks used (after any if_faster cut)
 
 
@@ -65,8 +73,7 @@ class TieredCache:
         self.if_faster = sc.load_policy == "if_faster"
 
         n_unique = trace.n_unique_blocks
-        needs_oracle = any(t.eviction in ("belady", "opt") for t in
-                           (sc.tiers.gpu, sc.tiers.disk, sc.tiers.archive))
+        needs_oracle = any(getattr(sc.tiers, t).eviction in ("belady", "opt") for t in TIER_NAMES)
         next_use = NextUse(trace.block_ids_flat) if needs_oracle else None
 
         def policy(name: str, key: str):
@@ -76,6 +83,9 @@ class TieredCache:
         sliding = sc.ttl.mode == "sliding"
         self.gpu = Tier("gpu", policy(t.gpu.eviction, "tiers.gpu.eviction"),
                         t.gpu.blocks(self.block_bytes), self.block_bytes, sliding)
+        self.cpu = (Tier("cpu", policy(t.cpu.eviction, "tiers.cpu.eviction"),
+                         t.cpu.blocks(self.block_bytes), self.block_bytes, sliding)
+                    if t.cpu.enabled else None)
         self.disk = (Tier("disk", policy(t.disk.eviction, "tiers.disk.eviction"),
                           t.disk.blocks(self.block_bytes), self.block_bytes, sliding)
                      if t.disk.enabled else None)
@@ -83,12 +93,16 @@ class TieredCache:
         self.archive = (Tier("archive", policy(t.archive.eviction, "tiers.archive.eviction"),
                              t.archive.blocks(self.archive_bytes), self.archive_bytes, sliding)
                         if t.archive.enabled else None)
-        self.tiers: list[Tier | None] = [self.gpu, self.disk, self.archive]
+        #: Indexed like TIER_NAMES; None for a disabled tier.
+        self.tiers: list[Tier | None] = [self.gpu, self.cpu, self.disk, self.archive]
         self.write_through = t.disk.write_policy == "write_through"
 
         # Load-time constants per tier (latency once per request, seconds per block) and store
         # times, from the hardware profile.
         tr = self.hw.transfers(sc, self.block_bytes, self.archive_bytes)
+        self._cpu_lat = tr.cpu_lat
+        self._cpu_per_block = tr.cpu_per_block
+        self._cpu_write_per_block = tr.cpu_write_per_block
         self._disk_lat = tr.disk_lat
         self._disk_per_block = tr.disk_per_block
         self._disk_write_per_block = tr.disk_write_per_block
@@ -97,6 +111,7 @@ class TieredCache:
         self._arch_compress_per_block = tr.arch_compress_per_block
         self._arch_upload_per_block = tr.arch_upload_per_block
         a = t.archive
+        self.cpu_free_at = 0.0  # when the CPU's copy queue drains
         self.disk_free_at = 0.0  # when the disk's write queue drains
         self.disk_write_lag_max = 0.0  # longest wait from a write's issue until it is readable
 
@@ -105,7 +120,7 @@ class TieredCache:
                                          if sc.ttl.heuristic != "none" else None)
         self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
         if not self.ttl_all_tiers:  # no heuristic scores GPU/disk blocks: a live reference count
-            for tier in (self.gpu, self.disk):
+            for tier in (self.gpu, self.cpu, self.disk):
                 if tier is not None and hasattr(tier.policy, "count_hits"):
                     tier.policy.count_hits = True
         self.sliding = sc.ttl.mode == "sliding"
@@ -131,6 +146,7 @@ class TieredCache:
         self.archive_busy_s = 0.0  # the worker's compress + upload time of every pass begun
         self.hydrations = 0
         self.offloads = 0
+        self.cpu_writes = 0
         self.disk_writes = 0
 
     def _new_history(self, n_unique: int) -> tuple[Any, Any]:
@@ -189,8 +205,10 @@ class TieredCache:
         self.expire(now)
         lo, hi = self.offsets[r], self.offsets[r + 1]
         blocks = self.ids[lo:hi].tolist()
-        gpu, disk, archive = self.gpu, self.disk, self.archive
+        gpu, cpu, disk, archive = self.gpu, self.cpu, self.disk, self.archive
         gpu_m = gpu.members
+        cpu_m = cpu.members if cpu is not None else ()
+        cpu_ready = cpu.ready if cpu is not None else {}
         disk_m = disk.members if disk is not None else ()
         disk_ready = disk.ready if disk is not None else {}
         arch_m = archive.members if archive is not None else ()
@@ -198,6 +216,8 @@ class TieredCache:
         for b in blocks:
             if b in gpu_m:
                 sources.append(GPU)
+            elif b in cpu_m and (not cpu_ready or cpu_ready.get(b, 0.0) <= now):
+                sources.append(CPU)
             elif b in disk_m and (not disk_ready or disk_ready.get(b, 0.0) <= now):
                 sources.append(DISK)
             elif b in arch_m:
@@ -218,31 +238,29 @@ class TieredCache:
         del sources[k:]
         plan = Plan(blocks, sources, found, load_s, prefill_s, used=k)
         counts = plan.tier_blocks
+        tiers = self.tiers
         for i, src in enumerate(sources):
             counts[src] += 1
-            b = blocks[i]
-            if src == GPU:
-                gpu.hit(b, lo + i)
-            elif src == DISK:
-                disk.hit(b, lo + i)  # type: ignore[union-attr]
-            else:
-                archive.hit(b, lo + i)  # type: ignore[union-attr]
+            tiers[src].hit(blocks[i], lo + i)  # type: ignore[union-attr]
         if counts[ARCHIVE]:
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
         if self.sliding and self.ttl_all_tiers:
             for i, src in enumerate(sources):
                 if src != ARCHIVE:
-                    tier = gpu if src == GPU else disk
+                    tier = tiers[src]
                     deadline, _ = self._local_deadline(blocks[i], r, i, now)
                     tier.set_deadline(blocks[i], deadline)  # type: ignore[union-attr,arg-type]
         return plan
 
     def _load_s(self, sources: list[int]) -> float:
         """Time to bring the prefix blocks from their tiers to the GPU."""
+        n_cpu = sources.count(CPU)
         n_disk = sources.count(DISK)
         n_arch = sources.count(ARCHIVE)
         t = 0.0
+        if n_cpu:
+            t += self._cpu_lat + n_cpu * self._cpu_per_block
         if n_disk:
             t += self._disk_lat + n_disk * self._disk_per_block
         if n_arch:
@@ -256,9 +274,12 @@ class TieredCache:
         best_k, best_load, best_prefill = 0, 0.0, hw.prefill_s(n_tokens, 0)
         best = best_prefill
         load = 0.0
-        seen_disk = seen_arch = False
+        seen_cpu = seen_disk = seen_arch = False
         for k, src in enumerate(sources, start=1):
-            if src == DISK:
+            if src == CPU:
+                load += self._cpu_per_block + (0.0 if seen_cpu else self._cpu_lat)
+                seen_cpu = True
+            elif src == DISK:
                 load += self._disk_per_block + (0.0 if seen_disk else self._disk_lat)
                 seen_disk = True
             elif src == ARCHIVE:
@@ -273,11 +294,12 @@ class TieredCache:
         """Store request ``r``'s blocks at ``now`` (end of its prefill)."""
         self.expire(now)
         lo = self.offsets[r]
-        gpu, disk = self.gpu, self.disk
+        gpu, cpu, disk = self.gpu, self.cpu, self.disk
         blocks, sources = plan.blocks, plan.sources
         k = len(sources)
-        offload = disk is not None and not self.write_through
-        write = disk is not None and self.write_through
+        lower = cpu is not None or disk is not None
+        offload = lower and not self.write_through
+        write = lower and self.write_through
         ttl_local = self.ttl_all_tiers
         refs = self.refs
         gpu_m = gpu.members
@@ -299,10 +321,19 @@ class TieredCache:
                 self.hydrations += 1
             if offload and evicted:
                 for v in evicted:
-                    self._write_disk(v, r, i, now, ref)
+                    if cpu is None:
+                        self._write_disk(v, r, i, now, ref)
+                    else:
+                        for w in self._write_cpu(v, r, i, now, ref):
+                            if disk is not None:  # the CPU's victim goes down to disk
+                                self._write_disk(w, r, i, now, ref)
+                                self.offloads += 1
                     self.offloads += 1
-            elif write and src != DISK:
-                self._write_disk(b, r, i, now, ref)
+            elif write:
+                if cpu is not None and src != CPU:
+                    self._write_cpu(b, r, i, now, ref)  # its victims are on disk already
+                if disk is not None and src != DISK:
+                    self._write_disk(b, r, i, now, ref)
         # Access history (after the lookup, so a request never counts itself).
         reuse = self.reuse
         cls = self.classes[r]
@@ -316,6 +347,23 @@ class TieredCache:
                 reuse.second_reference(self.first_class[b])
             refs[b] = n + 1
             pending[b] = (r, i)
+
+    def _write_cpu(self, block: int, r: int, position: int, now: float, ref: int) -> list[int]:
+        """Copy ``block`` to the CPU tier, readable once copied (copies queue behind each
+        other); a block already there is accessed instead. Returns the CPU tier's victims."""
+        cpu = self.cpu
+        assert cpu is not None
+        if block in cpu.members:
+            cpu.policy.hit(block, ref)
+            return []
+        if self.zero_time:
+            ready = now
+        else:
+            start = max(now, self.cpu_free_at)
+            ready = self.cpu_free_at = start + self._cpu_write_per_block
+        deadline, prio = self._local_deadline(block, r, position, now)
+        self.cpu_writes += 1
+        return cpu.insert(block, now, ref, prio, deadline, ready)
 
     def _write_disk(self, block: int, r: int, position: int, now: float, ref: int) -> None:
         disk = self.disk
@@ -424,9 +472,9 @@ class TieredCache:
         return np.fromiter((b in members for b in blocks.tolist()), np.bool_, len(blocks))
 
     def held_mask(self, blocks: np.ndarray) -> np.ndarray:
-        """Which of ``blocks`` the GPU or disk tier holds (where the worker can read them)."""
-        gpu, disk = self.gpu.members, self.disk.members if self.disk is not None else ()
-        return np.fromiter((b in gpu or b in disk for b in blocks.tolist()), np.bool_, len(blocks))
+        """Which of ``blocks`` the GPU, CPU or disk tier holds (where the worker can read them)."""
+        local = [t.members for t in self.tiers[:ARCHIVE] if t is not None]
+        return np.fromiter((any(b in m for m in local) for b in blocks.tolist()), np.bool_, len(blocks))
 
     def archive_commit(self, uploads: Uploads, now: float) -> None:
         """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later; each is
@@ -466,5 +514,6 @@ class TieredCache:
         return (np.asarray(ledger.billed_s, dtype=np.float64) if ledger is not None
                 else np.zeros(len(self.trace)))
 
-    def occupancy(self) -> tuple[int, int, int]:
+    def occupancy(self) -> tuple[int, ...]:
+        """Bytes held now per tier (TIER_NAMES order)."""
         return tuple(t.meter.bytes if t is not None else 0 for t in self.tiers)  # type: ignore[return-value]

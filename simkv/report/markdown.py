@@ -16,6 +16,7 @@ import pandas as pd
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
 from simkv.metrics.summary import overload_warnings
+from simkv.model.system import TIER_NAMES
 from simkv.report.charts import Chart, run_charts, sweep_charts
 from simkv.report.console import load_rows
 from simkv.report.data import (
@@ -36,7 +37,7 @@ from simkv.report.data import (
     parse_objective,
 )
 
-TIERS = ("gpu", "disk", "archive")
+TIERS = TIER_NAMES
 TOP_COLUMNS = ("token_hit_rate", "cost_saved_dollars", "ttft_p90_s")
 
 
@@ -133,7 +134,8 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
     rows = [
         ["requests", f"{g('requests'):,}", f"{fmt_seconds(g('duration_s', 0.0))} simulated"],
         ["token hit rate", fmt_pct(g("token_hit_rate", 0.0)),
-         " / ".join(f"{t} {fmt_pct(g(f'token_hit_rate_{t}', 0.0))}" for t in TIERS)],
+         " / ".join(f"{t} {fmt_pct(g(f'token_hit_rate_{t}', 0.0))}" for t in TIERS
+                    if t != "cpu" or g("insertions_cpu") or g("storage_peak_bytes_cpu"))],
     ]
     by_class = s.get("token_hit_rate_by_class")
     if isinstance(by_class, dict) and by_class:

@@ -17,6 +17,8 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from simkv.model.system import TIER_NAMES
+
 DPI = 130
 RC: dict[str, Any] = {
     "text.parse_math": False,  # dollar amounts in titles and labels are not TeX
@@ -32,9 +34,9 @@ RC: dict[str, Any] = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
-TIERS = ("gpu", "disk", "archive")
-TIER_LABEL = {"gpu": "GPU (HBM)", "disk": "disk (NVMe)", "archive": "archive (S3)"}
-TIER_COLOR = {"gpu": "#4C72B0", "disk": "#DD8452", "archive": "#55A868"}
+TIERS = TIER_NAMES
+TIER_LABEL = {"gpu": "GPU (HBM)", "cpu": "CPU (host RAM)", "disk": "disk (NVMe)", "archive": "archive (S3)"}
+TIER_COLOR = {"gpu": "#4C72B0", "cpu": "#8172B3", "disk": "#DD8452", "archive": "#55A868"}
 GIB = 2**30
 
 
