@@ -153,7 +153,7 @@ class PolicyState:
         extra = max(need, 2 * cap, 64) - cap
 
         def more(a: np.ndarray, fill: Any = 0) -> np.ndarray:
-            pad = np.full(a.shape[:-1] + (extra,), fill, a.dtype)
+            pad = np.full((*a.shape[:-1], extra), fill, a.dtype)
             return np.concatenate([a, pad], axis=-1)
 
         self.hashes, self.refs, self.first_class = more(self.hashes), more(self.refs), more(self.first_class)
@@ -195,19 +195,23 @@ class PolicyState:
 
     def stored(self, hashes: Any) -> None:
         """The engine's GPU or disk tier holds ``hashes`` (the worker can read them)."""
-        self.held[self.ids(hashes)] = True
+        ids = self.ids(hashes)  # first: it may grow the arrays
+        self.held[ids] = True
 
     def evicted(self, hashes: Any) -> None:
         """Neither the GPU nor the disk tier holds ``hashes`` any more."""
-        self.held[self.ids(hashes)] = False
+        ids = self.ids(hashes)  # first: it may grow the arrays
+        self.held[ids] = False
 
     def archived(self, hashes: Any, deadlines: Any) -> None:
         """Archive objects of ``hashes`` landed or were refreshed; they expire at ``deadlines``."""
-        self.deadline[self.ids(hashes)] = deadlines
+        ids = self.ids(hashes)  # first: it may grow the arrays
+        self.deadline[ids] = deadlines
 
     def expired(self, hashes: Any) -> None:
         """The archive objects of ``hashes`` are gone (expired or evicted)."""
-        self.deadline[self.ids(hashes)] = -np.inf
+        ids = self.ids(hashes)  # first: it may grow the arrays
+        self.deadline[ids] = -np.inf
 
     # -- decisions ------------------------------------------------------------------------
 
