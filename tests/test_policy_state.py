@@ -63,6 +63,7 @@ def _record(cache: TieredCache, hashes: np.ndarray) -> list[tuple[Any, ...]]:
     return log
 
 
+@pytest.mark.parametrize("cache_type", [TieredCache, CompiledTieredCache])
 @pytest.mark.parametrize(("overrides", "own_held"), [
     (["ttl.params.base_ttl=20", "ttl.params.min_ttl=5"], True),
     (["ttl.mode=fixed", "ttl.params.base_ttl=20", "ttl.params.min_ttl=5"], True),
@@ -71,8 +72,8 @@ def _record(cache: TieredCache, hashes: np.ndarray) -> list[tuple[Any, ...]]:
       "tiers.gpu.capacity_bytes=256MiB", "tiers.disk.capacity_bytes=1GiB"], False),
 ])
 def test_a_worker_fed_events_by_hash_decides_as_the_simulator(gen_trace: Trace, overrides: list[str],
-                                                              own_held: bool) -> None:
-    """Run the three-tier scenario on the reference engine, logging its archive decisions;
+                                                              own_held: bool, cache_type: type) -> None:
+    """Run the three-tier scenario on an engine, logging its archive decisions;
     then drive a fresh PolicyState as an engine's archive worker would, event by event with
     the blocks' uint64 hashes, and get the same TTLs, priorities, refreshes and skips. With
     ``own_held`` the worker knows what its tiers hold from its own ``stored`` events (a disk
@@ -80,7 +81,7 @@ def test_a_worker_fed_events_by_hash_decides_as_the_simulator(gen_trace: Trace, 
     sc = load_scenario(ROOT / "scenarios" / "three-tier-adaptive.yaml").with_overrides(
         ["engine=simpy", *(["tiers.disk.capacity_bytes=1TiB"] if own_held else []), *overrides])
     trace = gen_trace
-    cache = TieredCache(sc, trace)
+    cache = cache_type(sc, trace)
     hashes = cache.state.hashes.copy()  # by the simulator's dense id
     log = _record(cache, hashes)
     simulate(cache, trace.arrival_s.tolist(), sc.hardware.gpus)
@@ -165,3 +166,28 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
     return bool(a == b)
+
+
+def test_the_learner_counts_first_and_second_references_by_the_first_class() -> None:
+    """Access counts, the per-class reuse learner and the pass's candidates, by hand."""
+    state = PolicyState(make_heuristic("reuse_prob", {}), block_tokens=4, block_bytes=1,
+                        archive_bytes=1, gpu_cost_per_s=1.0, archive_cost_per_byte_s=1.0,
+                        sliding=True, value_s=lambda pos, tokens: pos * 0.0)
+    a, b, c = np.uint64(2**64 - 1), np.uint64(5), np.uint64(9)
+    state.accessed([a, b], state.request("x", 8))
+    state.accessed([a, c, a], state.request("y", 12))  # a repeated within one prompt
+    state.accessed([c], state.request("y", 4))
+    ids = state.ids([a, b, c])
+    assert state.refs[ids].tolist() == [3, 1, 2]
+    assert state.reuse.seen == {"x": 2, "y": 1} and state.reuse.reused == {"x": 1, "y": 1}
+    d = state.decide_pass(10.0, held=lambda ids: np.ones(len(ids), np.bool_))
+    assert state.hashes[d.blocks].tolist() == [a, b, c]  # first-seen order
+    assert d.requests.tolist() == [1, 0, 2] and d.positions.tolist() == [2, 1, 0]
+    assert d.upload.all() and not d.refresh.any() and d.skipped == 0
+    p_x, p_y = (1 + 1) / (2 + 2), (1 + 1) / (1 + 2)  # (reused + 1) / (seen + 2)
+    assert d.upload_priority.tolist() == [p_y, p_x, p_y]
+    state.archived(state.hashes[d.blocks[:2]], [20.0, 15.0])
+    state.accessed([a, b], state.request("x", 8))
+    d = state.decide_pass(15.0)  # b's object expired at 15; neither is held by this state
+    assert d.refresh.tolist() == [True, False] and not d.upload.any() and d.skipped == 1
+    assert state.decide_pass(16.0).blocks.size == 0
