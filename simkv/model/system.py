@@ -132,11 +132,10 @@ class TieredCache:
         self.disk_writes = 0
 
     def _policy_state(self, n_unique: int) -> PolicyState:
-        """The access history, reuse learner and candidate rule, keyed by the trace's block
-        hashes (dense id ``i`` is hash ``hashes[i]``)."""
+        """The access history, reuse learner and candidate rule, keyed by block hash."""
         trace, hw, B = self.trace, self.hw, self.block_size
         hashes = np.zeros(n_unique, np.uint64)
-        hashes[trace.block_ids_flat] = trace.block_hashes_flat
+        hashes[trace.block_ids_flat] = trace.block_hashes_flat  # dense id i is hashes[i]
         state = PolicyState(self.ttl, block_tokens=B, block_bytes=self.block_bytes,
                             archive_bytes=self.archive_bytes, gpu_cost_per_s=self.gpu_cost_per_s,
                             archive_cost_per_byte_s=self.archive_cost_per_byte_s, sliding=self.sliding,
@@ -158,8 +157,6 @@ class TieredCache:
     @cached_property
     def input_tokens(self) -> list[int]:
         return self.trace.input_tokens.tolist()
-
-    # -- TTL ------------------------------------------------------------------------------
 
     def _local_deadline(self, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
         """Deadline and priority for a GPU/disk insert (a TTL only when scope is ``all``)."""
@@ -316,12 +313,10 @@ class TieredCache:
     # -- the archive worker -----------------------------------------------------------------
 
     def archive_pass(self, now: float) -> tuple[Uploads, float]:
-        """One pass of the archive worker at ``now``: the policy state's decision
-        (:meth:`~simkv.policies.state.PolicyState.decide_pass`) applied to these tiers. A
-        refresh (a metadata COPY) slides a live object's deadline; each upload or refresh is
-        charged to the block's last request before the pass. Returns the uploads (arrays:
-        block, ref, ttl, priority, request) and the worker's busy time; the caller commits
-        them with :meth:`archive_commit` once that time has passed."""
+        """One archive pass at ``now``: :meth:`PolicyState.decide_pass` applied to these tiers,
+        each upload or refresh (a COPY) charged to the block's last request. Returns the
+        uploads (block, ref, ttl, priority, request) and the worker's busy time; the caller
+        commits them with :meth:`archive_commit` once that time has passed."""
         self._archive_expire(now)
         d = self.state.decide_pass(now, self.archived_mask, self.held_mask)
         blocks, rs, refresh, upload = d.blocks, d.requests, d.refresh, d.upload
