@@ -100,12 +100,12 @@ def test_heuristics_see_the_profiles_block_value(small_trace: Any) -> None:
     prefill the engine charges), for one block and for an archive pass."""
     sc = load_scenario(ROOT / "scenarios" / "three-tier-adaptive.yaml")
     cache = TieredCache(sc, small_trace)
-    cache.ttl = capture = _Capture()  # type: ignore[assignment]
+    cache.state.heuristic = capture = _Capture()  # type: ignore[assignment]
     prof, B = sc.hardware.time_model(), small_trace.block_size
     rs = np.array([0, 3, 3, 10])
     pos = np.array([0, 1, 5, 2])
-    cache._ttl_batch(np.array([1, 2, 3, 4]), rs, pos, 0.0)
-    cache._ttl(7, 3, 5, 0.0, cache.block_bytes, 0.0)
+    cache.state.ttl_batch(np.array([1, 2, 3, 4]), rs, pos, 0.0)
+    cache.state.ttl_one(7, 3, 5, 0.0, cache.block_bytes, 0.0)
     n = small_trace.input_tokens
     assert np.array_equal(capture.seen[0], prof.block_value_s(pos, n[rs], B))
     assert capture.seen[1] == prof.block_value_s(5, int(n[3]), B)

@@ -4,7 +4,9 @@ Same interface and same results as :class:`~simkv.model.system.TieredCache`, whi
 the reference implementation; this one keeps the GPU, CPU and disk tiers as arrays stepped by
 the numba functions of :mod:`simkv.model.kernels`, so the per-block work of a request costs
 nanoseconds instead of microseconds. The archive worker's choices and the TTL heuristics
-stay in Python (they run once per archive pass); the archive tier's state is compiled too.
+stay in Python (the shared :class:`~simkv.policies.state.PolicyState` decides once per
+archive pass; the kernel records its access history in place); the archive tier's state is
+compiled too.
 
 It covers the common configurations: LRU or FIFO on every tier, a TTL that governs the
 archive only, and the ``analytic`` hardware profile (its three prefill constants go to the
@@ -14,10 +16,7 @@ implementation.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import pandas as pd
 
 from simkv.model import kernels as K
 from simkv.model.hardware import AnalyticProfile
@@ -53,9 +52,6 @@ class CompiledTieredCache(TieredCache):
         self._ids = np.ascontiguousarray(trace.block_ids_flat)
         self._offsets = np.ascontiguousarray(trace.block_offsets, dtype=np.int64)
         self._tokens = np.ascontiguousarray(trace.input_tokens, dtype=np.int64)
-        codes, names = pd.factorize(pd.Series(self.classes, dtype=object))
-        self._req_class = codes.astype(np.int64)
-        self._class_names = [str(c) for c in names]
         # Linked lists up to the slowest tier in use (a disabled tier's list stays unused).
         tiers = 1 + max(i for i, t in enumerate(self.tiers) if t is not None)
         self._link = np.zeros((tiers, 2, n + 1), np.int32)
@@ -69,10 +65,6 @@ class CompiledTieredCache(TieredCache):
         self._ready = np.zeros((DISK + 1, n if self.cpu is not None or self.disk is not None else 1),
                                np.float64)
         self._src = np.zeros(len(self._ids), np.int8)
-        self._first_class = self.first_class
-        self._reuse = np.zeros((2, max(len(self._class_names), 1)), np.int64)
-        self._pend = np.zeros((4, n), np.int32)
-        self._pend[2] = -1
         # The archive's object ledger: creation time and owner per block, billed s per request.
         self._obj_t = np.zeros(n if self.archive is not None else 1, np.float64)
         self._obj_owner = np.zeros(n if self.archive is not None else 1, np.int64)
@@ -111,9 +103,6 @@ class CompiledTieredCache(TieredCache):
         X[K.X_ATTN] = hw.attn_s
         X[K.X_MIN_S] = self.archive_min_s
 
-    def _new_history(self, n_unique: int) -> tuple[Any, Any]:
-        return np.zeros(n_unique, np.int32), np.zeros(n_unique, np.int32)
-
     def begin(self, r: int, now: float) -> Plan:
         K.begin(r, now, self._ids, self._offsets, self._tokens, self._link, self._resident,
                 self._ready, self._src, self._deadline, self._heap_t, self._heap_b, self._obj_t,
@@ -127,9 +116,10 @@ class CompiledTieredCache(TieredCache):
                     int(S[K.S_K]))
 
     def finish(self, r: int, plan: Plan, now: float) -> None:
-        K.finish(r, plan.used, now, self._ids, self._offsets, self._req_class, self._link,
-                 self._resident, self._ready, self._src, self.refs, self._first_class,
-                 self._reuse, self._pend, self._deadline, self._heap_t, self._heap_b,
+        st = self.state  # its access history is recorded in place, by the kernel's twin of accessed_ids
+        K.finish(r, plan.used, now, self._ids, self._offsets, st.req_class, self._link,
+                 self._resident, self._ready, self._src, st.refs, st.first_class,
+                 st.reuse_counts, st.pend, st.pc, self._deadline, self._heap_t, self._heap_b,
                  self._obj_t, self._obj_owner, self._billed, self._S, self._X)
 
     def archived_mask(self, blocks: np.ndarray) -> np.ndarray:
@@ -137,19 +127,6 @@ class CompiledTieredCache(TieredCache):
 
     def held_mask(self, blocks: np.ndarray) -> np.ndarray:
         return self._resident[GPU:ARCHIVE, blocks].any(axis=0)
-
-    def archive_pass(self, now: float) -> tuple[Uploads, float]:
-        names = self._class_names
-        self.reuse.seen = {names[c]: int(v) for c, v in enumerate(self._reuse[0]) if v}
-        self.reuse.reused = {names[c]: int(v) for c, v in enumerate(self._reuse[1]) if v}
-        return super().archive_pass(now)
-
-    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        S, pend = self._S, self._pend
-        blocks = pend[3, : S[K.S_PEND_COUNT]].astype(np.int64)
-        S[K.S_PEND_COUNT] = 0
-        S[K.S_PASS] += 1
-        return blocks, pend[0, blocks].astype(np.int64), pend[1, blocks].astype(np.int64)
 
     def _archive_expire(self, now: float) -> None:
         K.archive_expire(now, self._link, self._resident, self._deadline, self._heap_t,

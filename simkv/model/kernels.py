@@ -3,7 +3,7 @@
 The GPU, CPU, disk and archive tiers as arrays (an intrusive doubly linked list per tier gives
 LRU or FIFO order; an array heap holds the archive's deadlines), stepped by two numba
 functions per request: :func:`begin` (the tier walk and the load decision) and
-:func:`finish` (stores, write policy, access history, archive candidates), and by the
+:func:`finish` (stores, write policy, and the policy state's access history), and by the
 archive worker's :func:`archive_refresh` and :func:`archive_commit`. They mirror
 :class:`~simkv.model.system.TieredCache` statement for statement, floating-point operations
 in the same order, so both give the same results bit for bit; a property test holds them to it.
@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from simkv.model.access_kernel import record_access
+
 # The tier numbers of simkv.model.system.TIER_NAMES (a test holds them equal).
 GPU, CPU, DISK, ARCHIVE = 0, 1, 2, 3
 N_TIERS = 4
@@ -23,7 +25,7 @@ S_SIZE, S_CAP, S_EVICT, S_INSERT, S_BYTES, S_PEAK, S_FIFO, S_STORED = 0, 4, 8, 1
 S_COUNT = 32  # S_COUNT + tier: blocks per source tier
 S_HYDRATE, S_OFFLOAD, S_DISK_WRITES = 36, 37, 38
 S_WRITE_THROUGH, S_OFFLOAD_POLICY, S_ZERO_TIME, S_IF_FASTER, S_HAS_DISK = 39, 40, 41, 42, 43
-S_PASS, S_PEND_COUNT, S_BLOCK_SIZE = 44, 45, 46
+S_BLOCK_SIZE = 46
 S_K, S_FOUND = 47, 48
 S_HAS_ARCHIVE, S_HEAP, S_EXPIRE, S_SLIDING = 49, 50, 51, 52
 S_HAS_CPU, S_CPU_WRITES = 53, 54
@@ -408,7 +410,7 @@ def begin(r: int, now: float, ids: np.ndarray, offsets: np.ndarray, tokens: np.n
 def finish(r: int, k: int, now: float, ids: np.ndarray, offsets: np.ndarray, req_class: np.ndarray,
            link: np.ndarray, resident: np.ndarray, ready: np.ndarray, src: np.ndarray,
            refs: np.ndarray, first_class: np.ndarray, reuse: np.ndarray, pend: np.ndarray,
-           deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray, obj_t: np.ndarray,
+           pc: np.ndarray, deadline: np.ndarray, ht: np.ndarray, hb: np.ndarray, obj_t: np.ndarray,
            obj_owner: np.ndarray, billed: np.ndarray, S: np.ndarray, X: np.ndarray) -> None:
     """TieredCache.finish: store the blocks, apply the write policy, record the access."""
     sentinel = resident.shape[1]
@@ -446,23 +448,7 @@ def finish(r: int, k: int, now: float, ids: np.ndarray, offsets: np.ndarray, req
                 _write_cpu(link, resident, ready, S, X, b, now, sentinel)
             if has_disk and s != DISK:
                 _write_disk(link, resident, ready, S, X, b, now, sentinel)
-    cls = req_class[r]
-    stamp = S[S_PASS]
-    for j in range(lo, hi):
-        b = ids[j]
-        n = refs[b]
-        if n == 0:
-            reuse[0, cls] += 1
-            first_class[b] = cls
-        elif n == 1:
-            reuse[1, first_class[b]] += 1
-        refs[b] = n + 1
-        if pend[2, b] != stamp:
-            pend[2, b] = stamp
-            pend[3, S[S_PEND_COUNT]] = b
-            S[S_PEND_COUNT] += 1
-        pend[0, b] = r
-        pend[1, b] = j - lo
+    record_access(ids[lo:hi], r, req_class[r], refs, first_class, reuse, pend, pc)
 
 
 @njit(cache=True)

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
 from simkv.model.tiers import ObjectLedger, Tier
 from simkv.policies.eviction import NextUse, make_policy
-from simkv.policies.ttl import ClassReuse, TTLContext, TTLHeuristic, make_heuristic
+from simkv.policies.state import PolicyState
+from simkv.policies.ttl import TTLHeuristic, make_heuristic
 from simkv.scenario import GB, Scenario
 from simkv.traces.schema import Trace
 
@@ -133,9 +133,7 @@ class TieredCache:
             self.archive.ledger = ObjectLedger(len(trace), self.archive_min_s)
         #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
         self.archive_puts_by_request = np.zeros(len(trace), np.int64)
-        self.refs, self.first_class = self._new_history(n_unique)
-        self.reuse = ClassReuse()
-        self.pending: dict[int, tuple[int, int]] = {}  # block -> (request, position) since last pass
+        self.state = self._policy_state(n_unique)
 
         # Counters.
         self.archive_gets = 0
@@ -149,9 +147,19 @@ class TieredCache:
         self.cpu_writes = 0
         self.disk_writes = 0
 
-    def _new_history(self, n_unique: int) -> tuple[Any, Any]:
-        """Per block: requests that referenced it so far, and the class of the first."""
-        return [0] * n_unique, [""] * n_unique
+    def _policy_state(self, n_unique: int) -> PolicyState:
+        """The access history, reuse learner and candidate rule, keyed by block hash."""
+        trace, hw, B = self.trace, self.hw, self.block_size
+        hashes = np.zeros(n_unique, np.uint64)
+        hashes[trace.block_ids_flat] = trace.block_hashes_flat  # dense id i is hashes[i]
+        state = PolicyState(self.ttl, block_tokens=B, block_bytes=self.block_bytes,
+                            archive_bytes=self.archive_bytes, gpu_cost_per_s=self.gpu_cost_per_s,
+                            archive_cost_per_byte_s=self.archive_cost_per_byte_s, sliding=self.sliding,
+                            value_s=lambda pos, tokens: hw.block_value_s(pos, tokens, B), hashes=hashes)
+        classes = trace.table.column("prompt_class").combine_chunks().dictionary_encode()
+        state.add_requests(classes.indices.to_numpy(zero_copy_only=False),
+                           classes.dictionary.to_pylist(), trace.input_tokens)
+        return state
 
     @property
     def ids(self) -> np.ndarray:
@@ -166,31 +174,11 @@ class TieredCache:
     def input_tokens(self) -> list[int]:
         return self.trace.input_tokens.tolist()
 
-    @cached_property
-    def classes(self) -> list[str]:
-        return self.trace.table.column("prompt_class").to_pylist()
-
-    # -- TTL ------------------------------------------------------------------------------
-
-    def _ttl(self, block: int, r: int, position: int, now: float, stored_bytes: int,
-             cost_per_byte_s: float) -> tuple[float, float]:
-        assert self.ttl is not None
-        B = self.block_size
-        value_s = self.hw.block_value_s(position, self.input_tokens[r], B)
-        ctx = TTLContext(
-            now=now, block=block, position=position, prompt_class=self.classes[r],
-            input_tokens=self.input_tokens[r], access_count=max(int(self.refs[block]) - 1, 0),
-            block_tokens=B, block_bytes=self.block_bytes, stored_bytes=stored_bytes,
-            value_s=value_s, gpu_cost_per_s=self.gpu_cost_per_s,
-            storage_cost_per_byte_s=cost_per_byte_s, reuse=self.reuse,
-        )
-        return self.ttl(ctx)
-
     def _local_deadline(self, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
         """Deadline and priority for a GPU/disk insert (a TTL only when scope is ``all``)."""
         if not self.ttl_all_tiers:
-            return None, float(self.refs[block])
-        ttl, prio = self._ttl(block, r, position, now, self.block_bytes, 0.0)
+            return None, float(self.state.refs[block])
+        ttl, prio = self.state.ttl_one(block, r, position, now, self.block_bytes, 0.0)
         return now + ttl, prio
 
     # -- requests -------------------------------------------------------------------------
@@ -301,7 +289,7 @@ class TieredCache:
         offload = lower and not self.write_through
         write = lower and self.write_through
         ttl_local = self.ttl_all_tiers
-        refs = self.refs
+        refs = memoryview(self.state.refs)
         gpu_m = gpu.members
         insert = gpu.insert
         for i, b in enumerate(blocks):
@@ -334,19 +322,7 @@ class TieredCache:
                     self._write_cpu(b, r, i, now, ref)  # its victims are on disk already
                 if disk is not None and src != DISK:
                     self._write_disk(b, r, i, now, ref)
-        # Access history (after the lookup, so a request never counts itself).
-        reuse = self.reuse
-        cls = self.classes[r]
-        pending = self.pending
-        for i, b in enumerate(blocks):
-            n = refs[b]
-            if n == 0:
-                reuse.first_reference(cls)
-                self.first_class[b] = cls
-            elif n == 1:
-                reuse.second_reference(self.first_class[b])
-            refs[b] = n + 1
-            pending[b] = (r, i)
+        self.state.accessed_ids(blocks, r)  # after the lookup, so a request never counts itself
 
     def _write_cpu(self, block: int, r: int, position: int, now: float, ref: int) -> list[int]:
         """Copy ``block`` to the CPU tier, readable once copied (copies queue behind each
@@ -385,47 +361,23 @@ class TieredCache:
     # -- the archive worker -----------------------------------------------------------------
 
     def archive_pass(self, now: float) -> tuple[Uploads, float]:
-        """One pass of the archive worker at ``now``.
-
-        Candidates are the blocks referenced since the last pass. Live archive objects get a
-        new deadline when TTLs slide (one metadata request each); other candidates still
-        held by the GPU or disk tier are compressed and uploaded; candidates gone from both
-        are counted as skipped. The heuristic sees one context per pass (nothing it reads
-        changes during a pass). Each upload or refresh is charged to the block's last request
-        before the pass. Returns the uploads (arrays: block, ref, ttl, priority, request) and
-        the worker's busy time; the caller commits them with :meth:`archive_commit` once that
-        time has passed.
-        """
+        """One archive pass at ``now``: :meth:`PolicyState.decide_pass` applied to these tiers,
+        each upload or refresh (a COPY) charged to the block's last request. Returns the
+        uploads (block, ref, ttl, priority, request) and the worker's busy time; the caller
+        commits them with :meth:`archive_commit` once that time has passed."""
         self._archive_expire(now)
-        blocks, rs, pos = self._take_pending()
-        n = len(blocks)
-        if n == 0:
-            return (blocks, blocks, np.zeros(0), np.zeros(0), blocks), 0.0
-        refs = self.trace.block_offsets[rs] + pos
-        archived = self.archived_mask(blocks)
-        upload = ~archived & self.held_mask(blocks)
-        self.archive_skipped += int(n - archived.sum() - upload.sum())
-        if self.sliding and archived.any():
-            ttl, _ = self._ttl_batch(blocks[archived], rs[archived], pos[archived], now)
-            self._archive_refresh(blocks[archived], now + ttl, refs[archived], rs[archived], now)
-            self.archive_refreshes += int(archived.sum())
-            np.add.at(self.archive_puts_by_request, rs[archived], 1)
-        ttl, prio = (self._ttl_batch(blocks[upload], rs[upload], pos[upload], now) if upload.any()
-                     else (np.zeros(0), np.zeros(0)))
-        uploads = (blocks[upload], refs[upload], np.asarray(ttl, dtype=np.float64),
-                   np.asarray(prio, dtype=np.float64), rs[upload])
+        d = self.state.decide_pass(now, self.archived_mask, self.held_mask)
+        blocks, rs, refresh, upload = d.blocks, d.requests, d.refresh, d.upload
+        refs = self.trace.block_offsets[rs] + d.positions
+        self.archive_skipped += d.skipped
+        if refresh.any():
+            self._archive_refresh(blocks[refresh], now + d.refresh_ttl, refs[refresh], rs[refresh], now)
+            self.archive_refreshes += int(refresh.sum())
+            np.add.at(self.archive_puts_by_request, rs[refresh], 1)
+        uploads = (blocks[upload], refs[upload], d.upload_ttl, d.upload_priority, rs[upload])
         busy = 0.0 if self.zero_time else len(uploads[0]) * (
             self._arch_compress_per_block + self._arch_upload_per_block)
         return uploads, busy
-
-    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The candidates since the last pass (block, last request, position), in first-seen
-        order; starts a new pass."""
-        pending, self.pending = self.pending, {}
-        n = len(pending)
-        return (np.fromiter(pending, np.int64, n),
-                np.fromiter((v[0] for v in pending.values()), np.int64, n),
-                np.fromiter((v[1] for v in pending.values()), np.int64, n))
 
     def _archive_expire(self, now: float) -> None:
         self.archive.expire(now)  # type: ignore[union-attr]
@@ -442,29 +394,6 @@ class TieredCache:
             archive.set_deadline(b, deadline)
             archive.hit(b, ref)
             renew(b, now, owner)
-
-    def _ttl_batch(self, blocks: np.ndarray, rs: np.ndarray, pos: np.ndarray,
-                   now: float) -> tuple[np.ndarray, np.ndarray]:
-        """Archive TTLs and priorities of ``blocks`` (last referenced by requests ``rs`` at
-        prompt positions ``pos``): :meth:`_ttl` for many blocks at once."""
-        assert self.ttl is not None
-        B = self.block_size
-        value_s = self.hw.block_value_s(pos, self.trace.input_tokens[rs], B)
-        refs = self.refs
-        counts = (refs[blocks] if isinstance(refs, np.ndarray)
-                  else np.array([refs[b] for b in blocks.tolist()], dtype=np.int64))
-        ctx = TTLContext(
-            now=now, block=blocks, position=pos, prompt_class=self._class_array[rs],
-            input_tokens=self.trace.input_tokens[rs], access_count=np.maximum(counts - 1, 0),
-            block_tokens=B, block_bytes=self.block_bytes, stored_bytes=self.archive_bytes,
-            value_s=value_s, gpu_cost_per_s=self.gpu_cost_per_s,
-            storage_cost_per_byte_s=self.archive_cost_per_byte_s, reuse=self.reuse,
-        )
-        return self.ttl.batch(ctx)
-
-    @cached_property
-    def _class_array(self) -> np.ndarray:
-        return np.asarray(self.classes, dtype=object)
 
     def archived_mask(self, blocks: np.ndarray) -> np.ndarray:
         """Which of ``blocks`` are live in the archive."""
