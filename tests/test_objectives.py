@@ -13,8 +13,8 @@ import yaml
 from simkv.metrics.objectives import ALIASES, direction_of
 from simkv.report.data import parse_objective
 from simkv.report.markdown import write_report
-from simkv.sweep import core, sweep
-from simkv.sweep.winner import Objective
+from simkv.sweep import manifest, sweep
+from simkv.sweep.winner import Constraint, Objective
 from simkv.traces.generator import generate, generator_config
 from simkv.traces.schema import write_trace
 from tests.conftest import ROOT, simkv_cli
@@ -70,8 +70,8 @@ def test_report_ranks_only_cells_that_meet_the_constraints(trace_path: Path, tmp
     sweep(SCENARIO, trace_path, {"tiers.gpu.capacity_bytes": ["1GiB", "16GiB"]}, out_dir=out, workers=1)
     df = pd.read_parquet(out / "sweep.parquet")
     worst = df.loc[df["token_hit_rate"].idxmin()]
-    core.record_objective(out, "token_hit_rate", "min", [
-        core.Constraint.parse(f"token_hit_rate>{worst['token_hit_rate'] + 1e-9}")])
+    manifest.record_objective(out, "token_hit_rate", "min", [
+        Constraint.parse(f"token_hit_rate>{worst['token_hit_rate'] + 1e-9}")])
     write_report(out)
     text = (out / "report.md").read_text()
     assert "(1 of 2 successful cells satisfy them)" in text
@@ -84,14 +84,14 @@ def test_resume_after_a_code_change_reruns_every_cell(trace_path: Path, tmp_path
     sweep(SCENARIO, trace_path, grid, out_dir=tmp_path, workers=1)
     sweep(SCENARIO, trace_path, grid, out_dir=tmp_path, workers=1)
     assert json.loads((tmp_path / "timing.json").read_text())["ran"] == []  # a plain resume
-    assert not core.code_changed(tmp_path)
-    monkeypatch.setattr(core, "code_digest", lambda: "another-build")
-    assert core.code_changed(tmp_path)
+    assert not manifest.code_changed(tmp_path)
+    monkeypatch.setattr(manifest, "code_digest", lambda: "another-build")
+    assert manifest.code_changed(tmp_path)
     sweep(SCENARIO, trace_path, grid, out_dir=tmp_path, workers=1)  # not refused, not reused
     assert len(json.loads((tmp_path / "timing.json").read_text())["ran"]) == 2
 
 
 def test_code_digest_follows_the_source() -> None:
-    assert len(core.code_digest()) == 16
-    core.code_digest.cache_clear()
-    assert core.code_digest() == core.code_digest()
+    assert len(manifest.code_digest()) == 16
+    manifest.code_digest.cache_clear()
+    assert manifest.code_digest() == manifest.code_digest()

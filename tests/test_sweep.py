@@ -373,7 +373,7 @@ def test_choose_winner_records_objective_and_never_leaves_a_stale_winner(referen
     from shutil import copytree
 
     from simkv.sweep.choose import choose_winner, parse_objective
-    from simkv.sweep.core import load_manifest
+    from simkv.sweep.manifest import load_manifest
 
     assert parse_objective(None, None) == (None, [])
     obj, cons = parse_objective("token_hit_rate", False, ["ttft_p90<100"])

@@ -52,7 +52,7 @@ def sweep_cmd(
     from simkv.sweep import Grid, NoFeasibleCell, SweepOptions, plan_sweep, run_plan
     from simkv.sweep.choose import check_objective, choose_winner, parse_objective
     from simkv.sweep.console import sweep_progress, top_cells_table
-    from simkv.sweep.core import check_sweep_dir, code_changed
+    from simkv.sweep.manifest import check_sweep_dir, code_changed
 
     cells = (Grid.from_file(grid_file) if grid_file else Grid()) + Grid.from_specs(grid or [])
     obj, cons = parse_objective(objective, maximize, constraint or [])

@@ -16,10 +16,8 @@ trace (the fingerprint); errored cells re-run only with ``retry_failed``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-import yaml
 
 from simkv import __version__
 from simkv.api import resolve_trace, run
@@ -35,8 +32,15 @@ from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write
 from simkv.model.engines import select_engine
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
-from simkv.sweep import backends
+from simkv.sweep import backends, manifest
 from simkv.sweep.grid import Cell, Grid, GridLike, as_grid
+from simkv.sweep.manifest import (
+    check_sweep_dir,
+    file_digest,
+    load_manifest,
+    manifest_trace,
+    write_manifest,
+)
 from simkv.sweep.results import (
     CLASS_PREFIX,
     FIXED_COLUMNS,
@@ -48,7 +52,7 @@ from simkv.sweep.results import (
     write_record,
     write_table,
 )
-from simkv.sweep.winner import Constraint, Winner
+from simkv.sweep.winner import Winner
 from simkv.traces.schema import Trace
 
 Backend = Literal["local", "ray"]
@@ -109,28 +113,6 @@ def _check_cell(sc: Scenario, trace: Trace | None) -> None:
                             f"{trace.path or ''} has block_size {trace.block_size}")
 
 
-def _file_digest(path: Path | None) -> str:
-    if path is None:
-        return ""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@functools.cache
-def code_digest() -> str:
-    """A digest of simkv's own source (every ``.py`` file of the package, by relative path),
-    so a sweep's fingerprint changes with the simulator's code, not only its version string:
-    resuming after a code change re-runs the cells instead of reusing stale ones."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
 def plan_sweep(scenario: str | Path, trace: str | Path | None = None, grid: GridLike = (),
                overrides: Sequence[str] = ()) -> SweepPlan:
     """Load and validate everything before any cell runs: a bad key or value in any cell
@@ -155,8 +137,8 @@ def plan_sweep(scenario: str | Path, trace: str | Path | None = None, grid: Grid
             _check_cell(scenarios[cell.id], tr)
         except ScenarioError as exc:
             raise ScenarioError(f"grid cell [{cell.label()}]: {exc}") from None
-    digest = hashlib.sha256("\n".join([__version__, code_digest(), base.to_yaml(),
-                                       _file_digest(tr.path)]).encode())
+    digest = hashlib.sha256("\n".join([__version__, manifest.code_digest(), base.to_yaml(),
+                                       file_digest(tr.path)]).encode())
     # The written scenario.yaml names the trace the sweep runs on (absolute: it re-runs from
     # any directory), not the scenario file's default; the fingerprint above predates this.
     base = replace(base, trace=str(Path(tr.path).resolve()) if tr.path else None)
@@ -178,85 +160,6 @@ def probe_columns(plan: SweepPlan, n_requests: int = 50) -> list[str] | None:
     classes = {str(c) for c in tr.column("prompt_class").tolist()}
     metrics = list(flatten_summary(summary)) + [f"{CLASS_PREFIX}{c}" for c in sorted(classes)]
     return [*FIXED_COLUMNS, *param_columns(plan.grid, metrics).values(), *metrics]
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dotted keys."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _manifest_differences(old: dict[str, Any], plan: SweepPlan, out: Path) -> list[str]:
-    """What differs between an existing sweep directory's manifest and ``plan``."""
-    diffs = []
-    if manifest_trace(old, out) != plan.base.trace:
-        diffs.append(f"trace {manifest_trace(old, out)} -> {plan.base.trace}")
-    if list(old.get("set") or []) != list(plan.overrides):
-        diffs.append(f"--set {old.get('set') or []} -> {list(plan.overrides)}")
-    before = _flat({k: v for k, v in (old.get("scenario") or {}).items() if k != "trace"})
-    now = _flat({k: v for k, v in plan.base.relative_to(out).to_dict().items() if k != "trace"})
-    keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
-    if keys:
-        diffs.append(f"scenario keys {', '.join(keys)}")
-    if old.get("simkv_version") != __version__:
-        diffs.append(f"simkv version {old.get('simkv_version')} -> {__version__}")
-    if diffs or old.get("code") == code_digest():
-        return diffs or ["the trace file's contents"]
-    return []  # the same sweep, run by changed simkv code
-
-
-def code_changed(out_dir: str | Path) -> bool:
-    """Whether ``out_dir`` holds cells of this sweep made by other simkv code (they re-run)."""
-    path = Path(out_dir) / "sweep.yaml"
-    return path.exists() and load_manifest(out_dir).get("code") not in (None, code_digest())
-
-
-def check_sweep_dir(plan: SweepPlan, out: Path, overwrite: bool = False) -> None:
-    """Refuse to run ``plan`` into a directory holding results of a different sweep (another
-    base scenario, trace or --set overrides: its cell records would be discarded), naming
-    what differs; with ``overwrite`` remove those results instead. Results of the same base
-    (a resume, or a changed grid) are kept and reused; cells of the same sweep made by other
-    simkv code (:func:`code_digest`) are not reused: they all run again."""
-    if not (out / "sweep.yaml").exists():
-        return
-    old = load_manifest(out)
-    cells_dir = out / "cells"
-    if old.get("fingerprint") == plan.fingerprint or not any(cells_dir.glob("*.json")):
-        return
-    diffs = _manifest_differences(old, plan, out)
-    if not diffs:
-        return
-    if not overwrite:
-        raise SimkvError(f"{out}: holds the results of a different sweep ("
-                         f"{'; '.join(diffs)}); use another -o "
-                         "directory, or --overwrite to discard them")
-    shutil.rmtree(cells_dir)
-    for name in ("sweep.parquet", "timing.json", "winner.yaml"):
-        (out / name).unlink(missing_ok=True)
-
-
-def _write_manifest(plan: SweepPlan, out: Path) -> None:
-    manifest = {
-        "simkv_version": __version__,
-        "scenario_path": str(plan.scenario_path),
-        "trace": plan.base.relative_to(out).trace,
-        "set": list(plan.overrides),
-        "grid": plan.grid.to_dict(),
-        "cells": len(plan.cells),
-        "code": code_digest(),
-        "fingerprint": plan.fingerprint,
-        "scenario": plan.base.relative_to(out).to_dict(),
-    }
-    head = ("# simkv sweep manifest: re-run the same `simkv sweep` command with -o pointing here\n"
-            "# to resume (only missing cells run). `scenario` is the resolved base scenario.\n")
-    text = head + yaml.safe_dump(manifest, sort_keys=False)
-    atomic_write(out / "sweep.yaml", lambda p: p.write_text(text))
-    atomic_write(out / "scenario.yaml", lambda p: p.write_text(plan.base.relative_to(out).to_yaml()))
 
 
 def _is_done(rec: CellRecord | None, plan: SweepPlan, opts: SweepOptions, cells_dir: Path) -> bool:
@@ -282,7 +185,7 @@ def run_plan(plan: SweepPlan, out_dir: str | Path, opts: SweepOptions | None = N
         cells_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SimkvError(f"{out}: cannot create the sweep directory: {exc.strerror or exc}") from None
-    _write_manifest(plan, out)
+    write_manifest(plan, out)
     # sweep.parquet exists only for a finished sweep of the current grid.
     (out / "sweep.parquet").unlink(missing_ok=True)
 
@@ -355,36 +258,6 @@ def sweep(
     opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed, overwrite)
     plan = plan_sweep(scenario, trace, grid, overrides)
     return run_plan(plan, out_dir, opts, progress)
-
-
-def load_manifest(out_dir: str | Path) -> dict[str, Any]:
-    path = Path(out_dir) / "sweep.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SimkvError(f"{path}: cannot read the sweep manifest: {exc}") from None
-    if not isinstance(data, dict) or "scenario" not in data:
-        raise SimkvError(f"{path}: not a simkv sweep manifest")
-    return data
-
-
-def record_objective(out_dir: str | Path, column: str, direction: str,
-                     constraints: Sequence[Constraint] = ()) -> None:
-    """Add the objective (``column:direction``) and constraints a sweep was run with to its
-    ``sweep.yaml``, so ``simkv report`` ranks the cells the same way."""
-    out = Path(out_dir)
-    manifest = load_manifest(out)
-    manifest["objective"] = f"{column}:{direction}"
-    manifest["constraints"] = [c.text or f"{c.metric}{c.op}{c.value}" for c in constraints]
-    text = (out / "sweep.yaml").read_text()
-    head = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-    atomic_write(out / "sweep.yaml", lambda p: p.write_text(head + yaml.safe_dump(manifest, sort_keys=False)))
-
-
-def manifest_trace(manifest: dict[str, Any], out_dir: Path) -> str | None:
-    """The absolute trace path of a sweep manifest (written relative to its directory)."""
-    trace = manifest.get("trace")
-    return None if trace is None else str((out_dir / trace).resolve())
 
 
 def cell_scenario(out_dir: str | Path, cid: str) -> Scenario:
