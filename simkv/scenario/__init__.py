@@ -1,0 +1,227 @@
+"""Scenarios: the simulated system as typed dataclasses, loaded from YAML and validated.
+
+A scenario file sets any subset of these fields; everything else keeps its documented
+default. ``--set key.sub=value`` overrides apply to the YAML before validation, so an error
+always names the dotted key and the bad value.
+
+Default hardware numbers come from H100 measurements of a Llama-3-8B-shape model: the
+prefill profile is a least-squares fit to the Llama-3-8B-shape timings
+(``prefill(n, c) = const + per_token * n + attn * n * (n + c)`` for ``n`` new and ``c``
+cached tokens; within 25% of every measured point), disk 2.1 GB/s read and 1.4 GB/s write.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from simkv.config import apply_overrides, from_dict, load_yaml, to_dict
+from simkv.errors import ScenarioError
+from simkv.scenario.tiers import (
+    GB,
+    MAX_CAPACITY,
+    RESTORE_CLASSES,
+    SECONDS_PER_DAY,
+    STORAGE_CLASSES,
+    ArchiveTier,
+    CPUTier,
+    DiskTier,
+    GPUTier,
+    TierCapacity,
+    Tiers,
+    check_positive,
+    parse_bytes,
+)
+
+if TYPE_CHECKING:
+    from simkv.model.hardware import HardwareProfile
+
+__all__ = ["GB", "MAX_CAPACITY", "RESTORE_CLASSES", "SECONDS_PER_DAY", "STORAGE_CLASSES", "ArchiveTier",
+           "CPUTier", "DiskTier", "GPUTier", "Hardware", "ModelShape", "Scenario", "TTLConfig",
+           "TierCapacity", "Tiers", "load_scenario", "parse_bytes", "scenario_from_dict"]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The served model's KV footprint: ``2 * layers * kv_heads * head_dim * dtype_bytes``
+    bytes per token (K and V), unless ``kv_bytes_per_token`` is given."""
+
+    name: str = "llama-3-8b"
+    layers: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    dtype_bytes: int = 2
+    kv_bytes_per_token: int | None = None
+
+    @property
+    def bytes_per_token(self) -> int:
+        if self.kv_bytes_per_token is not None:
+            return self.kv_bytes_per_token
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    def check(self, prefix: str) -> None:
+        for k in ("layers", "kv_heads", "head_dim", "dtype_bytes"):
+            check_positive(f"{prefix}.{k}", getattr(self, k))
+        check_positive(f"{prefix}.kv_bytes_per_token", self.kv_bytes_per_token)
+
+
+@dataclass(frozen=True)
+class TTLConfig:
+    """``heuristic``: a registered name (static, per_class, size_aware, adaptive,
+    cost_aware, reuse_prob), ``none``, or ``module:function``. ``mode``: ``fixed`` deadline or
+    ``sliding`` (refreshed on access). ``scope``: the TTL governs the ``archive`` only or
+    ``all`` tiers."""
+
+    heuristic: str = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+    mode: Literal["fixed", "sliding"] = "fixed"
+    scope: Literal["archive", "all"] = "archive"
+
+    def check(self, prefix: str) -> None:
+        if self.heuristic != "none":
+            from simkv.policies.ttl import make_heuristic
+
+            make_heuristic(self.heuristic, self.params)
+        elif self.params:
+            raise ScenarioError(f"{prefix}.params: given but ttl.heuristic is 'none'")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Compute: ``gpus`` identical GPUs serve a FIFO queue; the time model is the hardware
+    profile (:mod:`simkv.model.hardware`). Without ``profile`` it is the ``analytic`` one:
+    ``prefill(n, c) = prefill_const_s + prefill_per_token_s * n + prefill_attn_s * n * (n + c)``
+    seconds for ``n`` new tokens after ``c`` cached ones (at least one token is always
+    computed), loads and stores from the tiers' bandwidths. ``profile``: a ``kind: table``
+    profile file (measured prefill grid, load and store times) replacing all of those; a
+    relative path is resolved against the scenario file's directory (else the working
+    directory). ``zero_service_time`` makes every prefill and load instantaneous (the
+    LMCache-parity configuration)."""
+
+    name: str = "h100-llama3-8b-fit"
+    gpus: int = 1
+    prefill_const_s: float = 0.0311
+    prefill_per_token_s: float = 2.53e-5
+    prefill_attn_s: float = 5.55e-10
+    gpu_cost_per_hour: float = 4.0
+    zero_service_time: bool = False
+    profile: str | None = None
+
+    def check(self, prefix: str) -> None:
+        check_positive(f"{prefix}.gpus", self.gpus)
+        for k in ("prefill_const_s", "prefill_per_token_s", "prefill_attn_s", "gpu_cost_per_hour"):
+            check_positive(f"{prefix}.{k}", getattr(self, k), allow_zero=True)
+        if self.profile is not None:
+            self.time_model()
+
+    def time_model(self) -> HardwareProfile:
+        """The hardware profile every time and block value comes from."""
+        from simkv.model.hardware import AnalyticProfile, load_profile
+
+        if self.profile is not None:
+            return load_profile(self.profile, self.zero_service_time)
+        return AnalyticProfile(self.prefill_const_s, self.prefill_per_token_s, self.prefill_attn_s,
+                               self.zero_service_time)
+
+    def prefill_s(self, new: int, cached: int) -> float:
+        return self.time_model().prefill_s(new, cached)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything ``simkv run`` needs besides the trace. ``timeline_bin_s``: the timeline's
+    bin width; ``None`` (default) picks a round width giving ~100-300 bins over the trace."""
+
+    name: str = "unnamed"
+    description: str = ""
+    trace: str | None = None
+    seed: int = 0
+    block_size: int | None = None
+    model: ModelShape = field(default_factory=ModelShape)
+    tiers: Tiers = field(default_factory=Tiers)
+    ttl: TTLConfig = field(default_factory=TTLConfig)
+    hardware: Hardware = field(default_factory=Hardware)
+    load_policy: Literal["always", "if_faster"] = "always"
+    timeline_bin_s: float | None = None
+    engine: Literal["auto", "simpy", "compiled", "fast"] = "auto"
+
+    def check(self, prefix: str) -> None:
+        check_positive("timeline_bin_s", self.timeline_bin_s)
+        check_positive("block_size", self.block_size)
+        if self.ttl.scope == "archive" and self.ttl.heuristic != "none" and not self.tiers.archive.enabled:
+            raise ScenarioError("ttl.scope: 'archive' but tiers.archive.enabled is false "
+                                "(enable the archive or set ttl.scope: all)")
+        if self.tiers.archive.enabled and self.ttl.heuristic == "none":
+            raise ScenarioError("ttl.heuristic: the archive tier needs a TTL heuristic "
+                                "(objects expire at their TTL)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def relative_to(self, directory: str | Path) -> Scenario:
+        """This scenario as written into ``directory``: ``trace`` and ``hardware.profile``
+        relative to it. A scenario file's relative paths resolve against its own directory
+        (after the working directory, for the trace), so the written file runs from any
+        working directory and still does when the tree moves to another machine."""
+        def rel(path: str | None) -> str | None:
+            if path is None:
+                return None
+            return os.path.relpath(Path(path).resolve(), Path(directory).resolve())
+
+        return replace(self, trace=rel(self.trace),
+                       hardware=replace(self.hardware, profile=rel(self.hardware.profile)))
+
+    def with_overrides(self, overrides: list[str]) -> Scenario:
+        return scenario_from_dict(apply_overrides(self.to_dict(), overrides))
+
+    def without_cache(self) -> Scenario:
+        """The same system with every cache tier off: the baseline for TTFT and cost."""
+        tiers = replace(self.tiers, gpu=replace(self.tiers.gpu, capacity_blocks=0,
+                                                capacity_bytes=None),
+                        cpu=replace(self.tiers.cpu, enabled=False),
+                        disk=replace(self.tiers.disk, enabled=False),
+                        archive=replace(self.tiers.archive, enabled=False))
+        return replace(self, tiers=tiers, ttl=TTLConfig())
+
+
+def scenario_from_dict(data: dict[str, Any]) -> Scenario:
+    return from_dict(Scenario, data)
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read a scenario YAML, apply ``--set`` overrides, validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    data = load_yaml(text, path) or {}
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    resolve_profile_path(data, path)
+    try:
+        return scenario_from_dict(data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+def resolve_profile_path(data: dict[str, Any], scenario_path: Path) -> None:
+    """Make a relative ``hardware.profile`` absolute in place: against the scenario file's
+    directory if the file is there, else against the working directory (so a scenario and
+    its profile move together, and the run's scenario.yaml re-runs from anywhere)."""
+    hw = data.get("hardware")
+    profile = hw.get("profile") if isinstance(hw, dict) else None
+    if not isinstance(profile, str) or Path(profile).is_absolute():
+        return
+    beside = scenario_path.parent / profile
+    hw["profile"] = str((beside if beside.exists() else Path(profile)).resolve())
