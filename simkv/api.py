@@ -139,7 +139,7 @@ def run(
         "engine": engine,
         "engine_skipped": "; ".join(f"{k}: {v}" for k, v in skipped.items()),
         "simkv_version": __version__,
-        **summarize(requests, scenario, rec.cache, rec.end_s),
+        **summarize(requests, scenario, rec),
     }
     timeline = timeline_frame(requests, scenario.timeline_bin_s)
     return Result(scenario, summary, requests, timeline)

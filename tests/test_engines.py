@@ -9,6 +9,8 @@ import pytest
 from simkv.api import run
 from simkv.errors import ScenarioError
 from simkv.model.engines import ENGINES, SPEED_ORDER, RunRecord, select_engine
+from simkv.model.system import TIER_NAMES
+from simkv.model.tiers import Tier
 from simkv.scenario import load_scenario
 from simkv.sweep.core import plan_sweep
 from tests.conftest import ROOT, SMALL_TRACE, simkv_cli
@@ -47,6 +49,22 @@ def test_each_engine_returns_one_run_record(small_trace, engine: str) -> None:
     rec = ENGINES.get(engine).run(sc, small_trace)
     assert isinstance(rec, RunRecord) and rec.engine == engine
     assert rec.log.n == len(small_trace) and rec.end_s >= float(small_trace.arrival_s[-1])
+
+
+@pytest.mark.parametrize(("scenario", "engine"), [(PARITY, "fast"), (PARITY, "compiled"),
+                                                  (THREE_TIER, "compiled")])
+def test_each_engine_reports_the_reference_tier_totals_from_its_own_state(small_trace, scenario,
+                                                                           engine: str) -> None:
+    """Every engine hands the metrics each tier's totals (bit for bit the reference's); the
+    compiled cache reads them from its kernels, holding no Python tier."""
+    sc = load_scenario(scenario)
+    rec, ref = ENGINES.get(engine).run(sc, small_trace), ENGINES.get("simpy").run(sc, small_trace)
+    assert [t.name for t in ref.tiers] == list(TIER_NAMES)
+    assert any(t.present and t.insertions and t.byte_seconds for t in ref.tiers)
+    assert rec.tiers == ref.tiers
+    if engine == "compiled":
+        assert not hasattr(rec.cache, "tiers")
+        assert not any(isinstance(v, Tier) for v in vars(rec.cache).values())
 
 
 @pytest.mark.parametrize(("engine", "override", "reason"), [

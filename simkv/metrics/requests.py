@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from simkv.metrics.schema import LOAD_TIERS
+from simkv.model.cache_base import SECONDS_PER_MONTH, TIER_NAMES, CacheBase
 from simkv.model.engine import RequestLog
-from simkv.model.system import SECONDS_PER_MONTH, TIER_NAMES, TieredCache
 from simkv.scenario import Hardware, Scenario
 from simkv.traces.schema import Trace
 
@@ -35,7 +35,7 @@ def prefill_array(hw: Hardware, new: np.ndarray, cached: np.ndarray) -> np.ndarr
     return hw.time_model().prefill_array(new, cached)
 
 
-def archive_storage_dollars(scenario: Scenario, cache: TieredCache) -> np.ndarray:
+def archive_storage_dollars(scenario: Scenario, cache: CacheBase) -> np.ndarray:
     """Per request: the storage dollars of the archive objects charged to it, ``billed_s ×
     max(stored, min_object_bytes) / 1e9 / SECONDS_PER_MONTH × $/GB-month`` where ``billed_s
     = Σ max(lifetime, min_days)`` over those objects (see :class:`~simkv.model.tiers.ObjectLedger`)."""
@@ -44,7 +44,7 @@ def archive_storage_dollars(scenario: Scenario, cache: TieredCache) -> np.ndarra
     return cache.archive_billed_s() * per_object_s
 
 
-def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: RequestLog) -> pd.DataFrame:
+def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: RequestLog) -> pd.DataFrame:
     """One row per request, in trace order, with the columns of
     :data:`~simkv.metrics.schema.REQUEST_SCHEMA` (docs/metrics.md, "Per-request rows").
 
@@ -106,7 +106,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: TieredCache, log: Req
     })
 
 
-def _block_bytes(cache: TieredCache, tier: str) -> int:
+def _block_bytes(cache: CacheBase, tier: str) -> int:
     """Bytes one block occupies in ``tier`` (and moves when loaded from it): the archive
     stores compressed blocks, every other tier the KV bytes."""
     return cache.archive_bytes if tier == "archive" else cache.block_bytes

@@ -7,14 +7,17 @@ summary as one row; only ``token_hit_rate_by_class`` is a nested mapping.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from simkv.metrics.requests import archive_storage_dollars
-from simkv.model.system import TIER_NAMES, TieredCache
+from simkv.model.cache_base import TIER_NAMES, CacheBase
 from simkv.scenario import GB, Scenario
+
+if TYPE_CHECKING:
+    from simkv.model.engines import RunRecord
 
 PERCENTILES = (50, 90, 99)
 
@@ -35,9 +38,10 @@ def _percentiles(values: np.ndarray, prefix: str) -> dict[str, float | None]:
     return {f"{prefix}_p{p}_s": float(q) for p, q in zip(PERCENTILES, qs, strict=True)}
 
 
-def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
-              end_s: float) -> dict[str, Any]:
-    """All summary metrics for one run."""
+def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dict[str, Any]:
+    """All summary metrics for one run: its per-request rows, and the engine's record (its
+    cache's counters, each tier's totals, the end time)."""
+    cache, end_s = run.cache, run.end_s
     n = len(requests)
     input_tokens = int(requests["input_tokens"].sum())
     hit_tokens = int(requests["hit_tokens"].sum())
@@ -63,19 +67,16 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
     out["request_full_hit_ratio"] = _ratio(((hit_blocks == blocks) & (blocks > 0)).sum(), n)
     out["request_any_hit_ratio"] = _ratio((hit_blocks > 0).sum(), n)
 
-    for name, tier in zip(TIER_NAMES, cache.tiers, strict=True):
-        present = tier is not None
-        ev = tier.evictions if present else 0
-        ex = tier.expirations if present else 0
-        byte_s = tier.meter.byte_seconds if present else 0.0
+    for tier in run.tiers:
+        name, ev, ex, byte_s = tier.name, tier.evictions, tier.expirations, tier.byte_seconds
         out[f"evictions_{name}"] = ev
         out[f"evictions_per_s_{name}"] = _ratio(ev, duration)
         out[f"evictions_per_request_{name}"] = _ratio(ev, n)
         out[f"expirations_{name}"] = ex
         out[f"expirations_per_s_{name}"] = _ratio(ex, duration)
-        out[f"insertions_{name}"] = tier.insertions if present else 0
+        out[f"insertions_{name}"] = tier.insertions
         out[f"storage_mean_bytes_{name}"] = _ratio(byte_s, duration)
-        out[f"storage_peak_bytes_{name}"] = tier.meter.peak if present else 0
+        out[f"storage_peak_bytes_{name}"] = tier.peak_bytes
         out[f"storage_gb_hours_{name}"] = byte_s / 1e9 / 3600.0
 
     hw = scenario.hardware
@@ -134,7 +135,7 @@ def _share(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else 0.0
 
 
-def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: TieredCache,
+def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
                  end_s: float) -> dict[str, Any]:
     """Offered load and how far each resource fell behind.
 

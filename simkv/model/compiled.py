@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from simkv.model import archive_kernels as A
 from simkv.model import kernels as K
+from simkv.model import tier_kernels as T
+from simkv.model.cache_base import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, CacheBase, Plan, Uploads
 from simkv.model.hardware import AnalyticProfile
-from simkv.model.system import ARCHIVE, DISK, GPU, TIER_NAMES, Plan, TieredCache, Uploads
+from simkv.model.tiers import TierStats
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
 _ORDERED = ("lru", "fifo")
 
 
-class CompiledTieredCache(TieredCache):
-    """:class:`TieredCache` with compiled tiers."""
+class CompiledTieredCache(CacheBase):
+    """:class:`~simkv.model.system.TieredCache` with compiled tiers: the kernels' arrays are its
+    only tier state (no Python :class:`~simkv.model.tiers.Tier` is built)."""
 
     @staticmethod
     def unsupported(sc: Scenario) -> str | None:
@@ -53,67 +57,66 @@ class CompiledTieredCache(TieredCache):
         self._offsets = np.ascontiguousarray(trace.block_offsets, dtype=np.int64)
         self._tokens = np.ascontiguousarray(trace.input_tokens, dtype=np.int64)
         # Linked lists up to the slowest tier in use (a disabled tier's list stays unused).
-        tiers = 1 + max(i for i, t in enumerate(self.tiers) if t is not None)
+        tiers = 1 + max(i for i, present in enumerate(self.present) if present)
         self._link = np.zeros((tiers, 2, n + 1), np.int32)
         self._link[:, :, n] = n  # each tier's list starts empty: the sentinel points to itself
         self._resident = np.zeros((len(TIER_NAMES), n), np.bool_)
-        heap = n + 1024 if self.archive is not None else 1
-        self._deadline = np.zeros(n if self.archive is not None else 1, np.float64)
+        archive = self.present[ARCHIVE]
+        heap = n + 1024 if archive else 1
+        self._deadline = np.zeros(n if archive else 1, np.float64)
         self._heap_t = np.zeros(heap, np.float64)
         self._heap_b = np.zeros(heap, np.int32)
         # Per block: when its CPU copy (row CPU) and disk write (row DISK) are readable.
-        self._ready = np.zeros((DISK + 1, n if self.cpu is not None or self.disk is not None else 1),
-                               np.float64)
+        self._ready = np.zeros((DISK + 1, n if self.present[CPU] or self.present[DISK] else 1), np.float64)
         self._src = np.zeros(len(self._ids), np.int8)
         # The archive's object ledger: creation time and owner per block, billed s per request.
-        self._obj_t = np.zeros(n if self.archive is not None else 1, np.float64)
-        self._obj_owner = np.zeros(n if self.archive is not None else 1, np.int64)
+        self._obj_t = np.zeros(n if archive else 1, np.float64)
+        self._obj_owner = np.zeros(n if archive else 1, np.int64)
         self._billed = np.zeros(max(len(trace), 1), np.float64)
 
         sc = scenario
-        S = self._S = np.zeros(K.S_LEN, np.int64)
-        X = self._X = np.zeros(K.X_LEN, np.float64)
-        for tier, (t, name) in enumerate(zip(self.tiers, TIER_NAMES, strict=True)):
-            cfg = getattr(sc.tiers, name)
-            cap = t.capacity if t is not None else 0
-            S[K.S_CAP + tier] = -1 if cap is None else cap
-            S[K.S_FIFO + tier] = cfg.eviction == "fifo"
-            S[K.S_STORED + tier] = t.stored_bytes if t is not None else 0
-        S[K.S_HAS_CPU] = self.cpu is not None
-        S[K.S_HAS_DISK] = self.disk is not None
-        S[K.S_HAS_ARCHIVE] = self.archive is not None
-        S[K.S_SLIDING] = self.sliding
-        S[K.S_WRITE_THROUGH] = self.write_through
-        S[K.S_OFFLOAD_POLICY] = not self.write_through
-        S[K.S_ZERO_TIME] = self.zero_time
-        S[K.S_IF_FASTER] = self.if_faster
-        S[K.S_BLOCK_SIZE] = self.block_size
+        S = self._S = np.zeros(T.S_LEN, np.int64)
+        X = self._X = np.zeros(T.X_LEN, np.float64)
+        for tier, name in enumerate(TIER_NAMES):
+            present, cap = self.present[tier], self.capacity[tier]
+            S[T.S_CAP + tier] = 0 if not present else -1 if cap is None else cap
+            S[T.S_FIFO + tier] = getattr(sc.tiers, name).eviction == "fifo"
+            S[T.S_STORED + tier] = self.stored_bytes[tier] if present else 0
+        S[T.S_HAS_CPU] = self.present[CPU]
+        S[T.S_HAS_DISK] = self.present[DISK]
+        S[T.S_HAS_ARCHIVE] = archive
+        S[T.S_SLIDING] = self.sliding
+        S[T.S_WRITE_THROUGH] = self.write_through
+        S[T.S_OFFLOAD_POLICY] = not self.write_through
+        S[T.S_ZERO_TIME] = self.zero_time
+        S[T.S_IF_FASTER] = self.if_faster
+        S[T.S_BLOCK_SIZE] = self.block_size
         hw = self.hw
         assert isinstance(hw, AnalyticProfile)
-        X[K.X_CPU_LAT] = self._cpu_lat
-        X[K.X_CPU_READ] = self._cpu_per_block
-        X[K.X_CPU_WRITE] = self._cpu_write_per_block
-        X[K.X_DISK_LAT] = self._disk_lat
-        X[K.X_DISK_READ] = self._disk_per_block
-        X[K.X_DISK_WRITE] = self._disk_write_per_block
-        X[K.X_ARCH_LAT] = self._arch_lat
-        X[K.X_ARCH_READ] = self._arch_per_block
-        X[K.X_CONST] = hw.const_s
-        X[K.X_PER_TOKEN] = hw.per_token_s
-        X[K.X_ATTN] = hw.attn_s
-        X[K.X_MIN_S] = self.archive_min_s
+        X[T.X_CPU_LAT] = self._cpu_lat
+        X[T.X_CPU_READ] = self._cpu_per_block
+        X[T.X_CPU_WRITE] = self._cpu_write_per_block
+        X[T.X_DISK_LAT] = self._disk_lat
+        X[T.X_DISK_READ] = self._disk_per_block
+        X[T.X_DISK_WRITE] = self._disk_write_per_block
+        X[T.X_ARCH_LAT] = self._arch_lat
+        X[T.X_ARCH_READ] = self._arch_per_block
+        X[T.X_CONST] = hw.const_s
+        X[T.X_PER_TOKEN] = hw.per_token_s
+        X[T.X_ATTN] = hw.attn_s
+        X[T.X_MIN_S] = self.archive_min_s
 
     def begin(self, r: int, now: float) -> Plan:
         K.begin(r, now, self._ids, self._offsets, self._tokens, self._link, self._resident,
                 self._ready, self._src, self._deadline, self._heap_t, self._heap_b, self._obj_t,
                 self._obj_owner, self._billed, self._S, self._X)
         S, X = self._S, self._X
-        counts = [int(c) for c in S[K.S_COUNT:K.S_COUNT + len(TIER_NAMES)]]
+        counts = [int(c) for c in S[T.S_COUNT:T.S_COUNT + len(TIER_NAMES)]]
         if counts[ARCHIVE]:
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
-        return Plan([], [], int(S[K.S_FOUND]), float(X[K.X_LOAD]), float(X[K.X_PREFILL]), counts,
-                    int(S[K.S_K]))
+        return Plan([], [], int(S[T.S_FOUND]), float(X[T.X_LOAD]), float(X[T.X_PREFILL]), counts,
+                    int(S[T.S_K]))
 
     def finish(self, r: int, plan: Plan, now: float) -> None:
         st = self.state  # its access history is recorded in place, by the kernel's twin of accessed_ids
@@ -129,19 +132,19 @@ class CompiledTieredCache(TieredCache):
         return self._resident[GPU:ARCHIVE, blocks].any(axis=0)
 
     def _archive_expire(self, now: float) -> None:
-        K.archive_expire(now, self._link, self._resident, self._deadline, self._heap_t,
+        A.archive_expire(now, self._link, self._resident, self._deadline, self._heap_t,
                          self._heap_b, self._obj_t, self._obj_owner, self._billed, self._S, self._X)
 
     def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray,
                          owners: np.ndarray, now: float) -> None:
-        K.archive_refresh(blocks, deadlines, owners, now, self._link, self._resident,
+        A.archive_refresh(blocks, deadlines, owners, now, self._link, self._resident,
                           self._deadline, self._heap_t, self._heap_b, self._obj_t, self._obj_owner,
                           self._billed, self._S, self._X)
 
     def archive_commit(self, uploads: Uploads, now: float) -> None:
         self._archive_expire(now)
         blocks, _, ttls, _, owners = uploads
-        K.archive_commit(blocks, now + ttls, owners, now, self._link, self._resident,
+        A.archive_commit(blocks, now + ttls, owners, now, self._link, self._resident,
                          self._deadline, self._heap_t, self._heap_b, self._obj_t, self._obj_owner,
                          self._billed, self._S, self._X)
         self.archive_puts += len(blocks)
@@ -151,30 +154,27 @@ class CompiledTieredCache(TieredCache):
         return self._billed[: len(self.trace)].copy()
 
     def occupancy(self) -> tuple[int, ...]:
-        return tuple(self._S[K.S_BYTES:K.S_BYTES + len(TIER_NAMES)].tolist())
+        return tuple(self._S[T.S_BYTES:T.S_BYTES + len(TIER_NAMES)].tolist())
 
     def close(self, now: float) -> None:
         S, X = self._S, self._X
-        if self.archive is not None:
+        if self.present[ARCHIVE]:
             self._archive_expire(now)
-            K.archive_close(now, self._resident, self._deadline, self._obj_t, self._obj_owner,
+            A.archive_close(now, self._resident, self._deadline, self._obj_t, self._obj_owner,
                             self._billed, X)
         K.close_meters(S, X, now)
-        for tier, t in enumerate(self.tiers):
-            if t is None:
-                continue
-            t.size = int(S[K.S_SIZE + tier])
-            t.evictions = int(S[K.S_EVICT + tier])
-            t.insertions = int(S[K.S_INSERT + tier])
-            m = t.meter
-            m.bytes, m.peak = int(S[K.S_BYTES + tier]), int(S[K.S_PEAK + tier])
-            m.t, m.byte_seconds = float(X[K.X_MT + tier]), float(X[K.X_BS + tier])
-        if self.archive is not None:
-            self.archive.expirations = int(S[K.S_EXPIRE])
-        self.hydrations = int(S[K.S_HYDRATE])
-        self.offloads = int(S[K.S_OFFLOAD])
-        self.cpu_writes = int(S[K.S_CPU_WRITES])
-        self.disk_writes = int(S[K.S_DISK_WRITES])
-        self.cpu_free_at = float(X[K.X_CPU_FREE])
-        self.disk_free_at = float(X[K.X_DISK_FREE])
-        self.disk_write_lag_max = float(X[K.X_DISK_LAG])
+        self.hydrations = int(S[T.S_HYDRATE])
+        self.offloads = int(S[T.S_OFFLOAD])
+        self.cpu_writes = int(S[T.S_CPU_WRITES])
+        self.disk_writes = int(S[T.S_DISK_WRITES])
+        self.cpu_free_at = float(X[T.X_CPU_FREE])
+        self.disk_free_at = float(X[T.X_DISK_FREE])
+        self.disk_write_lag_max = float(X[T.X_DISK_LAG])
+
+    def tier_stats(self) -> list[TierStats]:
+        """Read from the kernels' scalars; only the archive has TTL deadlines here."""
+        S, X = self._S, self._X
+        return [TierStats(name, True, int(S[T.S_INSERT + i]), int(S[T.S_EVICT + i]),
+                          int(S[T.S_EXPIRE]) if i == ARCHIVE else 0, float(X[T.X_BS + i]),
+                          int(S[T.S_PEAK + i])) if self.present[i] else TierStats(name)
+                for i, name in enumerate(TIER_NAMES)]

@@ -7,8 +7,9 @@ Each GPU is one process that serves requests in arrival order::
 
 so ``TTFT = queueing + load time of the hit blocks + prefill time of the rest``, exactly as
 for a FIFO multi-server queue. Tier state changes are plain calls on the cache
-(:class:`~simkv.model.system.TieredCache`); the only events are an idle GPU's wait for the
-next arrival, the service timeout and the worker's ticks: at most two events per request.
+(a :class:`~simkv.model.cache_base.CacheBase`: the reference tiers or the compiled ones); the
+only events are an idle GPU's wait for the next arrival, the service timeout and the worker's
+ticks: at most two events per request.
 (A process per request with the GPUs as a ``simpy.Resource`` models the same queue with six.)
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import simpy
 
-from simkv.model.system import TIER_NAMES, TieredCache
+from simkv.model.cache_base import ARCHIVE, TIER_NAMES, CacheBase
 
 
 class RequestLog:
@@ -42,7 +43,7 @@ class RequestLog:
 
 
 def simulate(
-    cache: TieredCache,
+    cache: CacheBase,
     arrivals: list[float],
     gpus: int,
     progress: Callable[[int], Any] | None = None,
@@ -86,7 +87,7 @@ def simulate(
 
     for _ in range(gpus):
         env.process(gpu_server())
-    if cache.archive is not None:
+    if cache.present[ARCHIVE]:
         env.process(archive_worker_loop(env, cache, cache.scenario.tiers.archive.interval_s))
     env.run(until=all_done)
     end = env.now
@@ -109,7 +110,7 @@ def at(env: simpy.Environment, t: float) -> simpy.Event:
     return event
 
 
-def archive_worker_loop(env: simpy.Environment, cache: TieredCache,
+def archive_worker_loop(env: simpy.Environment, cache: CacheBase,
                         interval: float) -> Generator[simpy.Event, Any, None]:
     """Sleep ``interval`` seconds, then select and compress candidates, upload, commit."""
     while True:

@@ -21,10 +21,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from simkv.errors import ScenarioError
+from simkv.model.cache_base import GPU, TIER_NAMES, CacheBase
 from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import RequestLog, simulate
 from simkv.model.fast import lru_prefix_hits
 from simkv.model.system import TieredCache
+from simkv.model.tiers import StorageMeter, TierStats
 from simkv.policies.registry import Registry
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
@@ -34,13 +36,15 @@ Progress = Callable[[int], Any] | None
 
 @dataclass
 class RunRecord:
-    """What an engine hands to the metrics: the per-request log, the cache whose counters,
-    meters and tiers the summary reads, and the end of the simulation (seconds)."""
+    """What an engine hands to the metrics: the per-request log, the cache whose constants
+    and counters the metrics read, the end of the simulation (seconds) and each tier's totals
+    (TIER_NAMES order), which every engine produces from its own state at the end of the run."""
 
     engine: str
     log: RequestLog
-    cache: TieredCache
+    cache: CacheBase
     end_s: float
+    tiers: list[TierStats]
 
 
 class Engine(Protocol):
@@ -71,10 +75,10 @@ class FastEngine:
         return None
 
     def run(self, scenario: Scenario, trace: Trace, progress: Progress = None) -> RunRecord:
-        """The compiled single-LRU replay, filling the same log and meters as the SimPy model."""
-        cache = TieredCache(scenario, trace)
+        """The compiled single-LRU replay, filling the same log and tier totals as the SimPy model."""
+        cache = TieredCache(scenario, trace)  # the constants and counters only: its tiers stay unused
         n = len(trace)
-        capacity = cache.gpu.capacity
+        capacity = cache.capacity[GPU]
         hits, sizes, inserted, evictions = lru_prefix_hits(
             trace.block_ids_flat, trace.block_offsets,
             capacity if capacity is not None else trace.n_unique_blocks, trace.n_unique_blocks)
@@ -85,24 +89,24 @@ class FastEngine:
         log.prefix_blocks = log.gpu_blocks = hits.tolist()
         occupancy = sizes * cache.block_bytes
         log.gpu_bytes = occupancy.tolist()
-        gpu = cache.gpu
-        gpu.evictions, gpu.insertions = int(evictions), int(inserted.sum())
         # Replay the byte meter at the requests that changed the occupancy, as the SimPy
         # model does, so both engines produce the same floating-point integral.
-        meter = gpu.meter
+        meter = StorageMeter()
         changed = np.flatnonzero(np.diff(sizes, prepend=0))
         for t, occ in zip(arrival[changed].tolist(), occupancy[changed].tolist(), strict=True):
             meter.change(t, occ - meter.bytes)
         meter.close(end)
+        gpu = TierStats(TIER_NAMES[GPU], True, int(inserted.sum()), int(evictions), 0,
+                        meter.byte_seconds, meter.peak)
         if progress is not None:
             progress(n)
-        return RunRecord("fast", log, cache, end)
+        return RunRecord("fast", log, cache, end, [gpu, *map(TierStats, TIER_NAMES[GPU + 1:])])
 
 
 class EventEngine:
     """The SimPy model over the reference tiers (``simpy``) or the compiled ones (``compiled``)."""
 
-    def __init__(self, name: str, cache_type: type[TieredCache]) -> None:
+    def __init__(self, name: str, cache_type: type[CacheBase]) -> None:
         self.name, self.cache_type = name, cache_type
 
     def supports(self, sc: Scenario) -> str | None:
@@ -113,7 +117,7 @@ class EventEngine:
     def run(self, scenario: Scenario, trace: Trace, progress: Progress = None) -> RunRecord:
         cache = self.cache_type(scenario, trace)
         log, end = simulate(cache, trace.arrival_s.tolist(), scenario.hardware.gpus, progress)
-        return RunRecord(self.name, log, cache, end)
+        return RunRecord(self.name, log, cache, end, cache.tier_stats())
 
 
 ENGINES.add("fast", FastEngine())

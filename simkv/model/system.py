@@ -19,147 +19,61 @@ answers the two questions a request asks:
   ``offload_on_evict`` writes the GPU's victims to the CPU tier (to disk without one) and
   the CPU's victims to disk. All of them become candidates for the archive worker's next pass.
 
-The archive worker's pass is :meth:`TieredCache.archive_pass` and :meth:`archive_commit`.
-No SimPy here: the request process (``simkv.model.engine``) supplies the times.
+The archive worker's pass is the shared :meth:`~simkv.model.cache_base.CacheBase.archive_pass`
+over this cache's archive tier, then :meth:`TieredCache.archive_commit`. No SimPy here: the
+request process (``simkv.model.engine``) supplies the times.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from simkv.model.tiers import ObjectLedger, Tier
+from simkv.model.cache_base import (
+    ARCHIVE,
+    CPU,
+    DISK,
+    GPU,
+    SECONDS_PER_MONTH,
+    TIER_NAMES,
+    CacheBase,
+    Plan,
+    Uploads,
+)
+from simkv.model.tiers import ObjectLedger, Tier, TierStats
 from simkv.policies.eviction import NextUse, make_policy
-from simkv.policies.state import PolicyState
-from simkv.policies.ttl import TTLHeuristic, make_heuristic
-from simkv.scenario import GB, Scenario
+from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
-#: The tiers, fastest first; a tier's index in this list is its number everywhere.
-TIER_NAMES = ("gpu", "cpu", "disk", "archive")
-GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
-#: An archive pass's uploads: block ids, trace positions (refs), TTLs, priorities, and the
-#: requests they are charged to (each block's last request before the pass).
-Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
+# The tier layout is defined with the shared setup; importers of this module keep finding it here.
+__all__ = ["ARCHIVE", "CPU", "DISK", "GPU", "SECONDS_PER_MONTH", "TIER_NAMES", "Plan", "TieredCache",
+           "Uploads"]
 
 
-@dataclass(slots=True)
-class Plan:
-    """What :meth:`TieredCache.begin` decided for one request."""
-
-    blocks: list[int]
-    sources: list[int]  # tier of each used prefix block
-    prefix_blocks: int  # blocks found in some tier before any cut
-    load_s: float
-    prefill_s: float
-    tier_blocks: list[int] = field(default_factory=lambda: [0] * len(TIER_NAMES))
-    used: int = 0  # prefix blocks used (after any if_faster cut)
-
-
-class TieredCache:
-    """The cache side of the simulated system (see the module docstring)."""
+class TieredCache(CacheBase):
+    """The cache side of the simulated system over Python tiers (see the module docstring)."""
 
     def __init__(self, scenario: Scenario, trace: Trace) -> None:
-        self.scenario = sc = scenario
-        self.trace = trace
-        self.block_size = B = trace.block_size
-        self.block_bytes = B * sc.model.bytes_per_token
-        self.hw = sc.hardware.time_model()
-        self.hw.check_block_size(B)
-        self.zero_time = sc.hardware.zero_service_time
-        self.if_faster = sc.load_policy == "if_faster"
-
-        n_unique = trace.n_unique_blocks
+        super().__init__(scenario, trace)
+        sc = scenario
         needs_oracle = any(getattr(sc.tiers, t).eviction in ("belady", "opt") for t in TIER_NAMES)
         next_use = NextUse(trace.block_ids_flat) if needs_oracle else None
-
-        def policy(name: str, key: str):
-            return make_policy(name, key, next_use)
-
-        t = sc.tiers
-        sliding = sc.ttl.mode == "sliding"
-        self.gpu = Tier("gpu", policy(t.gpu.eviction, "tiers.gpu.eviction"),
-                        t.gpu.blocks(self.block_bytes), self.block_bytes, sliding)
-        self.cpu = (Tier("cpu", policy(t.cpu.eviction, "tiers.cpu.eviction"),
-                         t.cpu.blocks(self.block_bytes), self.block_bytes, sliding)
-                    if t.cpu.enabled else None)
-        self.disk = (Tier("disk", policy(t.disk.eviction, "tiers.disk.eviction"),
-                          t.disk.blocks(self.block_bytes), self.block_bytes, sliding)
-                     if t.disk.enabled else None)
-        self.archive_bytes = int(self.block_bytes / t.archive.compression_ratio)
-        self.archive = (Tier("archive", policy(t.archive.eviction, "tiers.archive.eviction"),
-                             t.archive.blocks(self.archive_bytes), self.archive_bytes, sliding)
-                        if t.archive.enabled else None)
         #: Indexed like TIER_NAMES; None for a disabled tier.
-        self.tiers: list[Tier | None] = [self.gpu, self.cpu, self.disk, self.archive]
-        self.write_through = t.disk.write_policy == "write_through"
-
-        # Load-time constants per tier (latency once per request, seconds per block) and store
-        # times, from the hardware profile.
-        tr = self.hw.transfers(sc, self.block_bytes, self.archive_bytes)
-        self._cpu_lat = tr.cpu_lat
-        self._cpu_per_block = tr.cpu_per_block
-        self._cpu_write_per_block = tr.cpu_write_per_block
-        self._disk_lat = tr.disk_lat
-        self._disk_per_block = tr.disk_per_block
-        self._disk_write_per_block = tr.disk_write_per_block
-        self._arch_lat = tr.arch_lat
-        self._arch_per_block = tr.arch_per_block
-        self._arch_compress_per_block = tr.arch_compress_per_block
-        self._arch_upload_per_block = tr.arch_upload_per_block
-        a = t.archive
-        self.cpu_free_at = 0.0  # when the CPU's copy queue drains
-        self.disk_free_at = 0.0  # when the disk's write queue drains
-        self.disk_write_lag_max = 0.0  # longest wait from a write's issue until it is readable
-
-        # TTL machinery.
-        self.ttl: TTLHeuristic | None = (make_heuristic(sc.ttl.heuristic, sc.ttl.params)
-                                         if sc.ttl.heuristic != "none" else None)
-        self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
+        self.tiers: list[Tier | None] = [
+            Tier(name, make_policy(getattr(sc.tiers, name).eviction, f"tiers.{name}.eviction", next_use),
+                 capacity, stored, self.sliding) if present else None
+            for name, present, capacity, stored in zip(TIER_NAMES, self.present, self.capacity,
+                                                       self.stored_bytes, strict=True)]
+        gpu, self.cpu, self.disk, self.archive = self.tiers
+        assert gpu is not None  # the GPU tier is always present
+        self.gpu: Tier = gpu
         if not self.ttl_all_tiers:  # no heuristic scores GPU/disk blocks: a live reference count
-            for tier in (self.gpu, self.cpu, self.disk):
+            for tier in self.tiers[:ARCHIVE]:
                 if tier is not None and hasattr(tier.policy, "count_hits"):
                     tier.policy.count_hits = True
-        self.sliding = sc.ttl.mode == "sliding"
-        self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
-        self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
-        # Billing: objects billed as archive_billed_bytes for at least archive_min_s each.
-        self.archive_min_s = a.min_storage_s()
-        self.archive_billed_bytes = a.billed_bytes(self.archive_bytes)
         if self.archive is not None:
             self.archive.ledger = ObjectLedger(len(trace), self.archive_min_s)
-        #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
-        self.archive_puts_by_request = np.zeros(len(trace), np.int64)
-        self.state = self._policy_state(n_unique)
-
-        # Counters.
-        self.archive_gets = 0
-        self.archive_puts = 0
-        self.archive_refreshes = 0
-        self.archive_bytes_fetched = 0
-        self.archive_skipped = 0  # candidates gone from every tier before the worker came
-        self.archive_busy_s = 0.0  # the worker's compress + upload time of every pass begun
-        self.hydrations = 0
-        self.offloads = 0
-        self.cpu_writes = 0
-        self.disk_writes = 0
-
-    def _policy_state(self, n_unique: int) -> PolicyState:
-        """The access history, reuse learner and candidate rule, keyed by block hash."""
-        trace, hw, B = self.trace, self.hw, self.block_size
-        hashes = np.zeros(n_unique, np.uint64)
-        hashes[trace.block_ids_flat] = trace.block_hashes_flat  # dense id i is hashes[i]
-        state = PolicyState(self.ttl, block_tokens=B, block_bytes=self.block_bytes,
-                            archive_bytes=self.archive_bytes, gpu_cost_per_s=self.gpu_cost_per_s,
-                            archive_cost_per_byte_s=self.archive_cost_per_byte_s, sliding=self.sliding,
-                            value_s=lambda pos, tokens: hw.block_value_s(pos, tokens, B), hashes=hashes)
-        classes = trace.table.column("prompt_class").combine_chunks().dictionary_encode()
-        state.add_requests(classes.indices.to_numpy(zero_copy_only=False),
-                           classes.dictionary.to_pylist(), trace.input_tokens)
-        return state
 
     @property
     def ids(self) -> np.ndarray:
@@ -360,32 +274,11 @@ class TieredCache:
 
     # -- the archive worker -----------------------------------------------------------------
 
-    def archive_pass(self, now: float) -> tuple[Uploads, float]:
-        """One archive pass at ``now``: :meth:`PolicyState.decide_pass` applied to these tiers,
-        each upload or refresh (a COPY) charged to the block's last request. Returns the
-        uploads (block, ref, ttl, priority, request) and the worker's busy time; the caller
-        commits them with :meth:`archive_commit` once that time has passed."""
-        self._archive_expire(now)
-        d = self.state.decide_pass(now, self.archived_mask, self.held_mask)
-        blocks, rs, refresh, upload = d.blocks, d.requests, d.refresh, d.upload
-        refs = self.trace.block_offsets[rs] + d.positions
-        self.archive_skipped += d.skipped
-        if refresh.any():
-            self._archive_refresh(blocks[refresh], now + d.refresh_ttl, refs[refresh], rs[refresh], now)
-            self.archive_refreshes += int(refresh.sum())
-            np.add.at(self.archive_puts_by_request, rs[refresh], 1)
-        uploads = (blocks[upload], refs[upload], d.upload_ttl, d.upload_priority, rs[upload])
-        busy = 0.0 if self.zero_time else len(uploads[0]) * (
-            self._arch_compress_per_block + self._arch_upload_per_block)
-        return uploads, busy
-
     def _archive_expire(self, now: float) -> None:
         self.archive.expire(now)  # type: ignore[union-attr]
 
     def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray,
                          owners: np.ndarray, now: float) -> None:
-        """Slide the deadlines of live archive objects (an access each, for their order); each
-        refresh COPY overwrites the object with a new one, charged to ``owners``."""
         archive = self.archive
         assert archive is not None and archive.ledger is not None
         renew = archive.ledger.renew
@@ -396,22 +289,18 @@ class TieredCache:
             renew(b, now, owner)
 
     def archived_mask(self, blocks: np.ndarray) -> np.ndarray:
-        """Which of ``blocks`` are live in the archive."""
         members = self.archive.members  # type: ignore[union-attr]
         return np.fromiter((b in members for b in blocks.tolist()), np.bool_, len(blocks))
 
     def held_mask(self, blocks: np.ndarray) -> np.ndarray:
-        """Which of ``blocks`` the GPU, CPU or disk tier holds (where the worker can read them)."""
         local = [t.members for t in self.tiers[:ARCHIVE] if t is not None]
         return np.fromiter((any(b in m for m in local) for b in blocks.tolist()), np.bool_, len(blocks))
 
     def archive_commit(self, uploads: Uploads, now: float) -> None:
-        """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later; each is
-        a new object charged to its request (evicted objects are billed by the tier)."""
         self._archive_expire(now)
         archive = self.archive
         assert archive is not None and archive.ledger is not None
-        ledger = archive.ledger
+        ledger = archive.ledger  # evicted objects are billed by the tier
         members = archive.members
         blocks, refs, ttls, prios, owners = uploads
         deadlines = now + ttls
@@ -427,8 +316,6 @@ class TieredCache:
         np.add.at(self.archive_puts_by_request, owners, 1)
 
     def close(self, now: float) -> None:
-        """End of the simulation: apply due expiries, bill the live archive objects (until
-        their deadlines) and close the storage integrals."""
         self.expire(now)
         if self.archive is not None and self.archive.ledger is not None:
             self.archive.ledger.close_all(now, self.archive.deadline)
@@ -436,13 +323,14 @@ class TieredCache:
             if tier is not None:
                 tier.meter.close(now)
 
+    def tier_stats(self) -> list[TierStats]:
+        return [t.stats() if t is not None else TierStats(name)
+                for name, t in zip(TIER_NAMES, self.tiers, strict=True)]
+
     def archive_billed_s(self) -> np.ndarray:
-        """Per request: billed object-seconds of the archive objects charged to it, ``Σ
-        max(lifetime, archive_min_s)`` (after :meth:`close`)."""
         ledger = self.archive.ledger if self.archive is not None else None
         return (np.asarray(ledger.billed_s, dtype=np.float64) if ledger is not None
                 else np.zeros(len(self.trace)))
 
     def occupancy(self) -> tuple[int, ...]:
-        """Bytes held now per tier (TIER_NAMES order)."""
         return tuple(t.meter.bytes if t is not None else 0 for t in self.tiers)  # type: ignore[return-value]

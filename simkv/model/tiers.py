@@ -40,6 +40,21 @@ class StorageMeter:
         self.change(t, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class TierStats:
+    """One tier's totals at the end of a run, as every engine hands them to the metrics
+    (``byte_seconds = Σ bytes(t) · dt`` over the run, ``peak_bytes = max bytes(t)``); an
+    absent (disabled) tier reports zeros."""
+
+    name: str
+    present: bool = False
+    insertions: int = 0
+    evictions: int = 0
+    expirations: int = 0
+    byte_seconds: float = 0.0
+    peak_bytes: int = 0
+
+
 class ObjectLedger:
     """The billing of archive objects: when each was created and which request it is charged to.
 
@@ -107,6 +122,11 @@ class Tier:
         self.evictions = 0
         self.expirations = 0
         self.ledger: ObjectLedger | None = None  # the archive's billing; told of removals
+
+    def stats(self) -> TierStats:
+        """This tier's totals (after its meter is closed)."""
+        return TierStats(self.name, True, self.insertions, self.evictions, self.expirations,
+                         self.meter.byte_seconds, self.meter.peak)
 
     def __contains__(self, block: int) -> bool:
         return block in self.members

@@ -1,0 +1,201 @@
+"""What the reference cache and the compiled one share: the tier layout, the scenario's
+constants, the policy state, the counters and the archive worker's pass.
+
+:class:`CacheBase` is everything about a run's cache except how its tiers are stored:
+:class:`~simkv.model.system.TieredCache` keeps them as Python :class:`~simkv.model.tiers.Tier`
+objects, :class:`~simkv.model.compiled.CompiledTieredCache` as the arrays of its kernels. Each
+implements the request steps (``begin``, ``finish``), the archive tier's side of the worker
+(expire, refresh, commit, the residency masks) and the end-of-run readings (``close``,
+``tier_stats``, ``archive_billed_s``, ``occupancy``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simkv.model.tiers import TierStats
+from simkv.policies.state import PolicyState
+from simkv.policies.ttl import TTLHeuristic, make_heuristic
+from simkv.scenario import GB, Scenario
+from simkv.traces.schema import Trace
+
+#: The tiers, fastest first; a tier's index in this list is its number everywhere.
+TIER_NAMES = ("gpu", "cpu", "disk", "archive")
+GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
+#: An archive pass's uploads: block ids, trace positions (refs), TTLs, priorities, and the
+#: requests they are charged to (each block's last request before the pass).
+Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a cache's ``begin`` decided for one request."""
+
+    blocks: list[int]
+    sources: list[int]  # tier of each used prefix block
+    prefix_blocks: int  # blocks found in some tier before any cut
+    load_s: float
+    prefill_s: float
+    tier_blocks: list[int] = field(default_factory=lambda: [0] * len(TIER_NAMES))
+    used: int = 0  # prefix blocks used (after any if_faster cut)
+
+
+class CacheBase:
+    """The shared setup and archive pass of the caches (see the module docstring)."""
+
+    def __init__(self, scenario: Scenario, trace: Trace) -> None:
+        self.scenario = sc = scenario
+        self.trace = trace
+        self.block_size = B = trace.block_size
+        self.block_bytes = B * sc.model.bytes_per_token
+        self.hw = sc.hardware.time_model()
+        self.hw.check_block_size(B)
+        self.zero_time = sc.hardware.zero_service_time
+        self.if_faster = sc.load_policy == "if_faster"
+
+        t = sc.tiers
+        self.archive_bytes = int(self.block_bytes / t.archive.compression_ratio)
+        configs = [getattr(t, name) for name in TIER_NAMES]
+        #: Per tier, indexed like TIER_NAMES: in use (the GPU tier always is), bytes a block
+        #: occupies (the archive stores compressed blocks), capacity in blocks (None: unbounded).
+        self.present = tuple(name == "gpu" or cfg.enabled
+                             for name, cfg in zip(TIER_NAMES, configs, strict=True))
+        self.stored_bytes = (self.block_bytes,) * ARCHIVE + (self.archive_bytes,)
+        self.capacity = tuple(cfg.blocks(stored) if present else None for cfg, stored, present
+                              in zip(configs, self.stored_bytes, self.present, strict=True))
+        self.write_through = t.disk.write_policy == "write_through"
+
+        # Load-time constants per tier (latency once per request, seconds per block) and store
+        # times, from the hardware profile.
+        tr = self.hw.transfers(sc, self.block_bytes, self.archive_bytes)
+        self._cpu_lat = tr.cpu_lat
+        self._cpu_per_block = tr.cpu_per_block
+        self._cpu_write_per_block = tr.cpu_write_per_block
+        self._disk_lat = tr.disk_lat
+        self._disk_per_block = tr.disk_per_block
+        self._disk_write_per_block = tr.disk_write_per_block
+        self._arch_lat = tr.arch_lat
+        self._arch_per_block = tr.arch_per_block
+        self._arch_compress_per_block = tr.arch_compress_per_block
+        self._arch_upload_per_block = tr.arch_upload_per_block
+        a = t.archive
+        self.cpu_free_at = 0.0  # when the CPU's copy queue drains
+        self.disk_free_at = 0.0  # when the disk's write queue drains
+        self.disk_write_lag_max = 0.0  # longest wait from a write's issue until it is readable
+
+        # TTL machinery.
+        self.ttl: TTLHeuristic | None = (make_heuristic(sc.ttl.heuristic, sc.ttl.params)
+                                         if sc.ttl.heuristic != "none" else None)
+        self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
+        self.sliding = sc.ttl.mode == "sliding"
+        self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
+        self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
+        # Billing: objects billed as archive_billed_bytes for at least archive_min_s each.
+        self.archive_min_s = a.min_storage_s()
+        self.archive_billed_bytes = a.billed_bytes(self.archive_bytes)
+        #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
+        self.archive_puts_by_request = np.zeros(len(trace), np.int64)
+        self.state = self._policy_state(trace.n_unique_blocks)
+
+        # Counters.
+        self.archive_gets = 0
+        self.archive_puts = 0
+        self.archive_refreshes = 0
+        self.archive_bytes_fetched = 0
+        self.archive_skipped = 0  # candidates gone from every tier before the worker came
+        self.archive_busy_s = 0.0  # the worker's compress + upload time of every pass begun
+        self.hydrations = 0
+        self.offloads = 0
+        self.cpu_writes = 0
+        self.disk_writes = 0
+
+    def _policy_state(self, n_unique: int) -> PolicyState:
+        """The access history, reuse learner and candidate rule, keyed by block hash."""
+        trace, hw, B = self.trace, self.hw, self.block_size
+        hashes = np.zeros(n_unique, np.uint64)
+        hashes[trace.block_ids_flat] = trace.block_hashes_flat  # dense id i is hashes[i]
+        state = PolicyState(self.ttl, block_tokens=B, block_bytes=self.block_bytes,
+                            archive_bytes=self.archive_bytes, gpu_cost_per_s=self.gpu_cost_per_s,
+                            archive_cost_per_byte_s=self.archive_cost_per_byte_s, sliding=self.sliding,
+                            value_s=lambda pos, tokens: hw.block_value_s(pos, tokens, B), hashes=hashes)
+        classes = trace.table.column("prompt_class").combine_chunks().dictionary_encode()
+        state.add_requests(classes.indices.to_numpy(zero_copy_only=False),
+                           classes.dictionary.to_pylist(), trace.input_tokens)
+        return state
+
+    # -- requests (each cache) --------------------------------------------------------------
+
+    def begin(self, r: int, now: float) -> Plan:
+        """Look up request ``r`` at ``now`` and decide what to load and what to compute."""
+        raise NotImplementedError
+
+    def finish(self, r: int, plan: Plan, now: float) -> None:
+        """Store request ``r``'s blocks at ``now`` (end of its prefill)."""
+        raise NotImplementedError
+
+    # -- the archive worker -----------------------------------------------------------------
+
+    def archive_pass(self, now: float) -> tuple[Uploads, float]:
+        """One archive pass at ``now``: :meth:`PolicyState.decide_pass` applied to these tiers,
+        each upload or refresh (a COPY) charged to the block's last request. Returns the
+        uploads (block, ref, ttl, priority, request) and the worker's busy time; the caller
+        commits them with :meth:`archive_commit` once that time has passed."""
+        self._archive_expire(now)
+        d = self.state.decide_pass(now, self.archived_mask, self.held_mask)
+        blocks, rs, refresh, upload = d.blocks, d.requests, d.refresh, d.upload
+        refs = self.trace.block_offsets[rs] + d.positions
+        self.archive_skipped += d.skipped
+        if refresh.any():
+            self._archive_refresh(blocks[refresh], now + d.refresh_ttl, refs[refresh], rs[refresh], now)
+            self.archive_refreshes += int(refresh.sum())
+            np.add.at(self.archive_puts_by_request, rs[refresh], 1)
+        uploads = (blocks[upload], refs[upload], d.upload_ttl, d.upload_priority, rs[upload])
+        busy = 0.0 if self.zero_time else len(uploads[0]) * (
+            self._arch_compress_per_block + self._arch_upload_per_block)
+        return uploads, busy
+
+    def _archive_expire(self, now: float) -> None:
+        """Remove the archive entries whose deadline is ``<= now``, at their deadlines."""
+        raise NotImplementedError
+
+    def _archive_refresh(self, blocks: np.ndarray, deadlines: np.ndarray, refs: np.ndarray,
+                         owners: np.ndarray, now: float) -> None:
+        """Slide the deadlines of live archive objects (an access each, for their order); each
+        refresh COPY overwrites the object with a new one, charged to ``owners``."""
+        raise NotImplementedError
+
+    def archived_mask(self, blocks: np.ndarray) -> np.ndarray:
+        """Which of ``blocks`` are live in the archive."""
+        raise NotImplementedError
+
+    def held_mask(self, blocks: np.ndarray) -> np.ndarray:
+        """Which of ``blocks`` the GPU, CPU or disk tier holds (where the worker can read them)."""
+        raise NotImplementedError
+
+    def archive_commit(self, uploads: Uploads, now: float) -> None:
+        """The uploads of a pass land in the archive at ``now``, expiring ``ttl`` later; each is
+        a new object charged to its request (evicted objects are billed)."""
+        raise NotImplementedError
+
+    # -- readings ---------------------------------------------------------------------------
+
+    def close(self, now: float) -> None:
+        """End of the simulation: apply due expiries, bill the live archive objects (until
+        their deadlines) and close the storage integrals."""
+        raise NotImplementedError
+
+    def tier_stats(self) -> list[TierStats]:
+        """Each tier's totals (TIER_NAMES order; after :meth:`close`)."""
+        raise NotImplementedError
+
+    def archive_billed_s(self) -> np.ndarray:
+        """Per request: billed object-seconds of the archive objects charged to it, ``Σ
+        max(lifetime, archive_min_s)`` (after :meth:`close`)."""
+        raise NotImplementedError
+
+    def occupancy(self) -> tuple[int, ...]:
+        """Bytes held now per tier (TIER_NAMES order)."""
+        raise NotImplementedError
