@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from numba import njit
 
 from simkv.errors import SimkvError
+from simkv.jit import njit
 from simkv.traces.schema import Trace
 
 #: The scenario whose configuration the curves reproduce (with the overrides named above).

@@ -9,7 +9,8 @@ history (a property test holds the engines to identical results).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from simkv.jit import njit
 
 
 @njit(cache=True)

@@ -11,8 +11,8 @@ arrays too. :func:`archive_expire`, :func:`archive_refresh`, :func:`archive_comm
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from simkv.jit import njit
 from simkv.model.tier_kernels import (
     ARCHIVE,
     S_EXPIRE,

@@ -10,7 +10,8 @@ in that configuration; a test holds the two to equal results on random traces.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from simkv.jit import njit
 
 
 @njit(cache=True)

@@ -14,8 +14,8 @@ in the same order, so both give the same results bit for bit; a property test ho
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from simkv.jit import njit
 from simkv.model.access_kernel import record_access
 from simkv.model.archive_kernels import archive_expire
 from simkv.model.tier_kernels import (

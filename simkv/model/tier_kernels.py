@@ -11,7 +11,8 @@ statement (:mod:`simkv.model.kernels` and :mod:`simkv.model.archive_kernels` bui
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from simkv.jit import njit
 
 # The tier numbers of simkv.model.system.TIER_NAMES (a test holds them equal).
 GPU, CPU, DISK, ARCHIVE = 0, 1, 2, 3
