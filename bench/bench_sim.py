@@ -117,12 +117,13 @@ def main() -> None:
     rates = {ref["token_hit_rate"], fast.summary["token_hit_rate"], slow.summary["token_hit_rate"]}
     assert len(rates) == 1, f"parity broken: {rates}"
     print(f"parity token hit rate {ref['token_hit_rate']:.6f} (identical in all three)\n")
-    print(f"{'':36s} {'requests/s':>12s} {'blocks/s':>12s} {'vs LMCache':>11s}")
-    for name, t in (("LMCache simulate(fast=True)", t_lmc), ("simkv parity, fast engine", t_fast),
-                    ("simkv parity, SimPy engine", t_simpy),
-                    (f"simkv full model ({args.scenario})", t_full),
-                    ("  the same with tiers.cpu.enabled", t_cpu)):
-        print(f"{name:36s} {n / t:12,.0f} {blocks / t:12,.0f} {t_lmc / t:10.2f}x")
+    rows = (("LMCache simulate(fast=True)", t_lmc), ("simkv parity, fast engine", t_fast),
+            ("simkv parity, SimPy engine", t_simpy), (f"simkv full model ({args.scenario})", t_full),
+            ("  the same with tiers.cpu.enabled", t_cpu))
+    width = max(len(name) for name, _ in rows)
+    print(f"{'':{width}s} {'requests/s':>12s} {'blocks/s':>12s} {'vs LMCache':>11s}")
+    for name, t in rows:
+        print(f"{name:{width}s} {n / t:12,.0f} {blocks / t:12,.0f} {t_lmc / t:10.2f}x")
     print(f"\nfull model: token hit rate {full.summary['token_hit_rate']:.4f}, "
           f"engine {full.summary['engine']}")
     print(f"with the CPU tier: token hit rate {with_cpu.summary['token_hit_rate']:.4f} "
