@@ -95,3 +95,16 @@ def test_code_digest_follows_the_source() -> None:
     assert len(manifest.code_digest()) == 16
     manifest.code_digest.cache_clear()
     assert manifest.code_digest() == manifest.code_digest()
+
+
+def test_sweep_report_names_the_overrides_and_warns_when_nothing_saves(tmp_path: Path) -> None:
+    pd.DataFrame({"cell_id": ["a", "b"], "ttl.params.base_ttl": [60, 600], "status": ["ok", "ok"],
+                  "error": [None, None], "cost_saved_dollars": [-1.5, -2.0],
+                  "token_hit_rate": [0.4, 0.5]}).to_parquet(tmp_path / "sweep.parquet")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "scenario": {}, "set": ["tiers.archive.storage_class=standard_ia"],
+        "grid": {"ttl.params.base_ttl": [60, 600]}, "objective": "cost_saved_dollars:max"}))
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "`tiers.archive.storage_class=standard_ia`" in text
+    assert "No cell saves money" in text

@@ -262,9 +262,9 @@ def sweep_markdown(sweep: SweepData, objective: Objective, charts: list[Chart], 
     lines += [md_table(["parameter", "values", "swept over"], grid_rows, ["l", "r", "l"])
               if grid_rows else "No swept parameter found.", ""]
     if objective.metric == "cost_saved_dollars" and len(ok) and (ok[objective.metric] < 0).all():
-        lines += ["", "> [!WARNING]", "> No cell saves money: every cell's cost saved is negative, "
+        lines += ["> [!WARNING]", "> No cell saves money: every cell's cost saved is negative, "
                   "so the best cell is the one that loses least. Under these prices the cache "
-                  "(or its archive) costs more than the prefill it avoids."]
+                  "(or its archive) costs more than the prefill it avoids.", ""]
     shown = min(top, len(top_cells(sweep, objective, top)))
     lines += [f"## Top {f'{shown} ' if shown else ''}cells by {metric_label(objective.metric)}", ""]
     lines += [top_cells_table(sweep, objective, top) if shown else
