@@ -38,10 +38,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/simkv regress
-	$(BIN)/ruff check simkv tests bench
+	$(BIN)/ruff check simkv tests bench replay
 
 lint: $(STAMP)
-	$(BIN)/ruff check simkv tests bench
+	$(BIN)/ruff check simkv tests bench replay
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_import.py
