@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LMCACHE_VERSION := 0.5.6
+TORCH_VERSION   := 2.13.0
 
 SCENARIO ?= scenarios/default.yaml
 TRACE    ?= traces/small.parquet
@@ -13,12 +14,18 @@ OUT      ?= runs/$(basename $(notdir $(SCENARIO)))
 
 .PHONY: install run test lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml replay/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	# LMCache's cache simulator is the parity reference; its module needs only sortedcontainers.
+	# The engine (replay/): torch pinned to the CPU build. pip's find-links holds the local
+	# torch-$(TORCH_VERSION)+cpu wheel, which sorts above the registry's CUDA build of the same
+	# version, so no CUDA wheels are pulled; the pin also keeps a later resolve from moving it.
+	$(BIN)/python -m pip install -q -e replay 'torch==$(TORCH_VERSION)'
+	# LMCache without its dependencies (they name CUDA packages): the simulator's parity
+	# reference, and the engine's standalone manager (its import-time needs come with replay/).
 	$(BIN)/python -m pip install -q --no-deps 'lmcache==$(LMCACHE_VERSION)'
+	$(BIN)/python -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: ' + torch.__version__"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,10 +38,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/simkv regress
-	$(BIN)/ruff check simkv tests bench
+	$(BIN)/ruff check simkv tests bench replay
 
 lint: $(STAMP)
-	$(BIN)/ruff check simkv tests bench
+	$(BIN)/ruff check simkv tests bench replay
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_import.py

@@ -1,0 +1,387 @@
+"""The engine's tiered prefix walk: our GPU prefix cache, then LMCache (CPU, then disk), then
+prefill of the rest, configured by the same scenario file the simulator reads.
+
+Tiers (from the scenario):
+
+- ``block_size`` is the chunk size (LMCache's ``chunk_size``); only full chunks are cached,
+  the tail of a prompt never is.
+- ``tiers.gpu``: :class:`GPUPrefixCache`, KV chunks in device memory keyed by LMCache's chunk
+  hash (a hash of the whole prefix up to the chunk's end), capacity ``capacity_bytes //
+  chunk_bytes`` chunks of the hosted model, evicted by the scenario's policy from
+  ``simkv.policies.eviction``.
+- ``tiers.cpu`` / ``tiers.disk``: LMCache's ``LocalCPUBackend`` / ``LocalDiskBackend`` with
+  those capacities and LMCache's own eviction (``cache_policy``, the tiers' ``eviction`` name
+  when LMCache has it). LMCache writes every stored chunk through to disk.
+
+A request walks its full chunks in order and takes each from the fastest tier holding it,
+stopping at the first chunk found nowhere (prefix semantics, as the simulator). At least one
+token is always computed (the logits of the last prompt token are needed), so a prompt that is
+all full chunks leaves its last chunk to the prefill. The prefill continues from the loaded KV
+(a ``DynamicCache``); the chunks it computed are then stored into the GPU cache and LMCache,
+and chunks loaded from LMCache are admitted to the GPU cache (they now sit in device memory).
+Chunks served by the GPU cache are not written back to LMCache.
+
+Which LMCache tier served a chunk: the walk asks each backend's ``contains`` (no pinning, no
+side effects) before the retrieve, and LMCache's retrieve reads from the first backend holding
+the chunk (CPU before disk), so a chunk the CPU backend holds is counted ``cpu``, else ``disk``.
+What cannot be known from outside LMCache: a concurrent eviction between that check and the
+read (the walk is single-threaded, but LMCache's disk writes are asynchronous; a chunk whose
+retrieve returns nothing ends the prefix there and is recomputed), and whether a disk read hit
+the page cache.
+
+Not built yet: ``load_policy: if_faster`` (the engine always loads; the scenario value is
+recorded in :attr:`KVEngine.load_policy`), the archive tier, and anything concurrent (requests
+are served one at a time, in call order).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lmcache.utils import mock_up_broadcast_fn, mock_up_broadcast_object_fn
+from lmcache.v1.cache_engine import LMCacheEngine, LMCacheEngineBuilder
+from lmcache.v1.config import LMCacheEngineConfig
+from lmcache.v1.metadata import LMCacheMetadata
+from lmcache.v1.standalone.manager import StandaloneLMCacheManager
+from lmcache.v1.storage_backend.cache_policy import POLICY_MAPPING
+from transformers import DynamicCache, PreTrainedModel
+
+from simkv.errors import ScenarioError, SimkvError
+from simkv.policies.eviction import EVICTION_POLICIES, EvictionPolicy
+from simkv.scenario import Scenario, TierCapacity
+from simkv_replay.connector import HFKVConnector, KVLayers
+from simkv_replay.models import KVShape, kv_shape_of
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+#: Tier names in walk order (fastest first).
+TIERS = ("gpu", "cpu", "disk")
+_BACKENDS = {"cpu": "LocalCPUBackend", "disk": "LocalDiskBackend"}
+
+
+class EngineError(SimkvError):
+    """The engine cannot start (LMCache unhealthy) or was given a request it cannot serve."""
+
+
+class GPUPrefixCache:
+    """KV chunks in device memory (``[2, layers, chunk, kv_heads, head_dim]`` each), keyed by
+    chunk hash; ``capacity`` chunks (``None``: unlimited), the victim named by ``policy``."""
+
+    def __init__(self, capacity: int | None, policy: EvictionPolicy) -> None:
+        self.capacity = capacity
+        self.policy = policy
+        self.chunks: dict[int, torch.Tensor] = {}
+        self.evictions = 0
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def hit(self, key: int, ref: int) -> None:
+        self.policy.hit(key, ref)
+
+    def put(self, key: int, chunk: torch.Tensor, ref: int) -> None:
+        """Admit ``chunk`` (evicting as needed); a resident key only counts as a hit."""
+        if key in self.chunks:
+            self.policy.hit(key, ref)
+            return
+        if self.capacity is not None and self.capacity <= 0:
+            return
+        while self.capacity is not None and len(self.chunks) >= self.capacity:
+            del self.chunks[self.policy.evict()]
+            self.evictions += 1
+        self.chunks[key] = chunk
+        self.policy.admit(key, ref)
+
+
+@dataclass
+class RequestResult:
+    """One request: tokens served per tier (``hit_tokens``; ``gpu`` / ``cpu`` / ``disk``),
+    tokens prefilled (``computed_tokens``), and times in seconds: ``load_s`` (GPU-cache copies
+    plus LMCache retrieves), ``prefill_s`` (the model's forward pass), ``store_s`` (into the GPU
+    cache and LMCache; LMCache's disk writes finish asynchronously after it). ``logits``: the
+    last prompt token's logits (all computed positions' with ``all_logits=True``)."""
+
+    prompt_tokens: int
+    hit_tokens: dict[str, int]
+    computed_tokens: int
+    load_s: float
+    prefill_s: float
+    store_s: float
+    logits: torch.Tensor = field(repr=False)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(self.hit_tokens.values())
+
+
+class _Timer:
+    """Wall time of a block: CUDA events on a GPU (device time), else ``time.perf_counter``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self) -> _Timer:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self._end.record()
+            self._end.synchronize()
+            self.seconds = self._start.elapsed_time(self._end) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self._t0
+
+
+def _lmcache_policy(scenario: Scenario) -> str:
+    """LMCache's ``cache_policy`` from the enabled CPU / disk tiers' ``eviction`` (one policy
+    serves both backends in LMCache, so they must agree)."""
+    tiers = [(f"tiers.{name}", getattr(scenario.tiers, name)) for name in ("cpu", "disk")
+             if getattr(scenario.tiers, name).enabled]
+    names = {t.eviction for _, t in tiers}
+    if len(names) > 1:
+        raise ScenarioError("tiers.cpu.eviction and tiers.disk.eviction differ; LMCache applies one "
+                            "policy to both backends")
+    name = names.pop() if names else "lru"
+    if name.upper() not in POLICY_MAPPING:
+        raise ScenarioError(f"{tiers[0][0]}.eviction: {name!r} is not one of LMCache's policies "
+                            f"({', '.join(p.lower() for p in POLICY_MAPPING)})")
+    return name.upper()
+
+
+def _gib(tier: TierCapacity, key: str) -> float:
+    """A tier's capacity in LMCache's unit (GiB: LMCache multiplies by ``1024**3``)."""
+    from simkv.scenario import parse_bytes
+
+    raw = parse_bytes(tier.capacity_bytes if tier.capacity_bytes is not None else tier.default_bytes,
+                      f"{key}.capacity_bytes")
+    if tier.capacity_blocks is not None:
+        raise ScenarioError(f"{key}.capacity_blocks: the engine sizes LMCache in bytes; "
+                            f"set {key}.capacity_bytes")
+    if raw is None:
+        raise ScenarioError(f"{key}.capacity_bytes: LMCache needs a finite capacity")
+    return raw / GIB
+
+
+class KVEngine:
+    """A model, our GPU prefix cache and LMCache's standalone engine, for one scenario.
+
+    ``disk_path``: the folder of LMCache's disk backend (required when ``tiers.disk`` is
+    enabled). ``staging_bytes``: LMCache's host buffer when ``tiers.cpu`` is off (LMCache
+    allocates every chunk it stores or reads there first, so it must hold one request's chunks).
+    Call :meth:`close` (or use it as a context manager) to release LMCache.
+    """
+
+    def __init__(self, scenario: Scenario, model: PreTrainedModel, *, disk_path: str | Path | None = None,
+                 staging_bytes: int = GIB) -> None:
+        if scenario.block_size is None:
+            raise ScenarioError("block_size: the engine's chunk size; set it (e.g. --set block_size=256)")
+        if scenario.tiers.disk.enabled and scenario.tiers.disk.write_policy != "write_through":
+            raise ScenarioError("tiers.disk.write_policy: LMCache writes every stored chunk through to "
+                                "disk; the engine supports write_through only")
+        if scenario.tiers.archive.enabled:
+            raise ScenarioError("tiers.archive.enabled: the engine has no archive tier yet")
+        if os.environ.get("PYTHONHASHSEED") != "0":
+            log.info("PYTHONHASHSEED is not 0: LMCache keys chunks with Python's hash() without vLLM; "
+                     "set PYTHONHASHSEED=0 before Python starts to keep keys stable across processes")
+        self.scenario = scenario
+        self.load_policy = scenario.load_policy
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.chunk_size = scenario.block_size
+        self.kv: KVShape = kv_shape_of(model)
+        self.chunk_bytes = self.kv.chunk_bytes(self.chunk_size)
+        self._ref = 0
+
+        gpu = scenario.tiers.gpu
+        policy_cls = EVICTION_POLICIES.get(gpu.eviction, key="tiers.gpu.eviction")
+        if gpu.eviction in ("belady", "opt"):
+            raise ScenarioError(f"tiers.gpu.eviction: {gpu.eviction!r} needs the future (offline); "
+                                "the engine serves online")
+        self.gpu_cache = GPUPrefixCache(gpu.blocks(self.chunk_bytes), policy_cls(None))
+
+        cpu, disk = scenario.tiers.cpu, scenario.tiers.disk
+        if disk.enabled and disk_path is None:
+            raise ScenarioError("tiers.disk.enabled: the engine needs a folder for LMCache's disk backend")
+        self.instance_id = f"simkv-{uuid.uuid4().hex[:12]}"
+        config = LMCacheEngineConfig.from_defaults(
+            chunk_size=self.chunk_size,
+            local_cpu=cpu.enabled,
+            max_local_cpu_size=_gib(cpu, "tiers.cpu") if cpu.enabled else staging_bytes / GIB,
+            local_disk=f"file://{Path(disk_path).resolve()}/" if disk.enabled else None,
+            max_local_disk_size=_gib(disk, "tiers.disk") if disk.enabled else 0.0,
+            cache_policy=_lmcache_policy(scenario),
+            lmcache_instance_id=self.instance_id,
+            save_unfull_chunk=False,
+        )
+        metadata = LMCacheMetadata(
+            model_name=f"simkv-replay/{model.config.model_type}", world_size=1, local_world_size=1,
+            worker_id=0, local_worker_id=0, kv_dtype=self.kv.dtype,
+            kv_shape=self.kv.lmcache_kv_shape(self.chunk_size), chunk_size=self.chunk_size)
+        self.connector = HFKVConnector(self.kv, self.device)
+        self._manager = StandaloneLMCacheManager(
+            config=config, metadata=metadata, gpu_connector=self.connector,
+            broadcast_fn=mock_up_broadcast_fn, broadcast_object_fn=mock_up_broadcast_object_fn)
+        self._manager.post_init()
+        lmc = self._manager.lmcache_engine
+        # The manager logs and swallows init errors, then stores nothing: refuse to run so.
+        if lmc is None or not lmc.is_healthy():
+            self.close()
+            raise EngineError("LMCache's engine is not healthy after init (see LMCache's log above)")
+        self.lmcache: LMCacheEngine = lmc
+        assert lmc.storage_manager is not None
+        self._backends = {tier: lmc.storage_manager.storage_backends.get(name)
+                          for tier, name in _BACKENDS.items()}
+        if not cpu.enabled:
+            self._backends["cpu"] = None   # LMCache's CPU backend is then only its allocator
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release LMCache (its threads and buffers). Idempotent."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        try:
+            self._manager.stop_services()
+        finally:
+            LMCacheEngineBuilder.destroy(self.instance_id)
+
+    def __enter__(self) -> KVEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the walk -------------------------------------------------------------------------------
+    def chunk_keys(self, tokens: Sequence[int]) -> list:
+        """LMCache's keys of the full chunks of ``tokens`` (the tail is never cached)."""
+        n_full = len(tokens) // self.chunk_size * self.chunk_size
+        if n_full == 0:
+            return []
+        return [key for _, _, key in self.lmcache.token_database.process_tokens(list(tokens[:n_full]))]
+
+    def lookup(self, tokens: Sequence[int]) -> list[str]:
+        """The tier holding each chunk of the cached prefix of ``tokens``, in order, ending at
+        the first chunk no tier holds. No side effects (no pinning, no policy update)."""
+        out: list[str] = []
+        for key in self.chunk_keys(tokens):
+            tier = self._tier_of(key)
+            if tier is None:
+                break
+            out.append(tier)
+        return out
+
+    def _tier_of(self, key) -> str | None:
+        if key.chunk_hash in self.gpu_cache:
+            return "gpu"
+        for tier in ("cpu", "disk"):
+            backend = self._backends[tier]
+            if backend is not None and backend.contains(key, pin=False):
+                return tier
+        return None
+
+    def serve(self, tokens: Sequence[int], *, all_logits: bool = False) -> RequestResult:
+        """Serve one prompt: load its cached prefix tier by tier, prefill the rest, store it."""
+        tokens = [int(t) for t in tokens]
+        n, c = len(tokens), self.chunk_size
+        if n == 0:
+            raise EngineError("empty prompt")
+        vocab = self.model.config.vocab_size
+        if min(tokens) < 0 or max(tokens) >= vocab:
+            raise EngineError(f"token ids must be in [0, {vocab})")
+        keys = self.chunk_keys(tokens)
+        sources = self.lookup(tokens)[: (n - 1) // c]        # at least one token is computed
+
+        with _Timer(self.device) as load:
+            hit, kv = self._load(tokens, keys, sources)
+        sources = sources[: hit // c]
+
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(kv):
+            cache.update(k, v, layer)
+        ids = torch.tensor([tokens[hit:]], dtype=torch.long, device=self.device)
+        with _Timer(self.device) as prefill, torch.inference_mode():
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                             logits_to_keep=0 if all_logits else 1)
+        logits = out.logits[0]
+
+        with _Timer(self.device) as store:
+            self._store(tokens, keys, sources, out.past_key_values)
+
+        hits = dict.fromkeys(TIERS, 0)
+        for tier in sources:
+            hits[tier] += c
+        return RequestResult(prompt_tokens=n, hit_tokens=hits, computed_tokens=n - hit,
+                             load_s=load.seconds, prefill_s=prefill.seconds, store_s=store.seconds,
+                             logits=logits)
+
+    def _empty_kv(self, tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (1, self.kv.kv_heads, tokens, self.kv.head_dim)
+        return [(torch.empty(shape, dtype=self.kv.dtype, device=self.device),
+                 torch.empty(shape, dtype=self.kv.dtype, device=self.device))
+                for _ in range(self.kv.layers)]
+
+    def _load(self, tokens: list[int], keys: list, sources: list[str]) -> tuple[int, KVLayers]:
+        """Fill KV tensors for the chunks in ``sources``; returns (tokens loaded, per-layer K/V).
+        A run of LMCache chunks is one retrieve; a chunk it does not return ends the prefix."""
+        c = self.chunk_size
+        hit = len(sources) * c
+        kv = self._empty_kv(hit)
+        i = 0
+        while i < len(sources):
+            if sources[i] == "gpu":
+                self.connector.scatter(kv, self.gpu_cache.chunks[keys[i].chunk_hash], i * c)
+                i += 1
+                continue
+            j = i
+            while j < len(sources) and sources[j] != "gpu":
+                j += 1
+            mask = torch.zeros(j * c, dtype=torch.bool)
+            mask[i * c:] = True
+            got = self.lmcache.retrieve(tokens[: j * c], mask=mask, kvcaches=kv, req_id="simkv")
+            missing = (~got[i * c:]).nonzero()
+            if len(missing):                        # evicted since the lookup: the prefix ends
+                end = i * c + int(missing[0]) // c * c
+                return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv]
+            i = j
+        return hit, kv
+
+    def _store(self, tokens: list[int], keys: list, sources: list[str], cache: DynamicCache) -> None:
+        """Update the GPU cache chunk by chunk in prompt order (a hit for the chunks it served,
+        an admission for the chunks loaded from LMCache or computed: they now sit in device
+        memory), then store the computed full chunks into LMCache. The cache is only changed
+        after the loads, so admitting a chunk never evicts one this request still reads."""
+        c = self.chunk_size
+        n_full = len(tokens) // c * c
+        hit = len(sources) * c
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        for m in range(n_full // c):
+            key = keys[m].chunk_hash
+            if m < len(sources) and sources[m] == "gpu" and key in self.gpu_cache:
+                self.gpu_cache.hit(key, self._tick())
+            else:
+                self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
+        if n_full <= hit:
+            return
+        mask = torch.zeros(n_full, dtype=torch.bool)
+        mask[hit:] = True
+        self.lmcache.store(tokens[:n_full], mask=mask, kvcaches=kv, req_id="simkv")
+
+    def _tick(self) -> int:
+        self._ref += 1
+        return self._ref

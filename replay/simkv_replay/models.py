@@ -1,0 +1,101 @@
+"""The engine's model: a named Llama shape with seeded random weights built in place (no
+downloads; prefill cost does not depend on weight values), or a local checkpoint folder.
+
+The KV shape the tiers move is read from the model's config, never from the scenario's
+``model`` block (that one describes the simulated model): ``bytes_per_token = 2 * layers *
+kv_heads * head_dim * dtype_bytes`` (K and V)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from simkv.errors import SimkvError
+
+
+class ModelError(SimkvError):
+    """An unknown model shape, or a checkpoint folder that cannot be loaded."""
+
+
+#: Named shapes: LlamaConfig keyword arguments. ``tiny`` is for CPU tests; ``llama-1b`` and
+#: ``llama-8b`` are the Llama-3.2-1B and Llama-3-8B shapes GPU-NOTES.md profiles.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 max_position_embeddings=4096),
+    "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                     max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True),
+    "llama-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     max_position_embeddings=131072, rope_theta=500000.0),
+}
+
+
+@dataclass(frozen=True)
+class KVShape:
+    """The KV cache of one token across the model: per layer a K and a V of
+    ``kv_heads x head_dim`` elements of ``dtype``."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def dtype_bytes(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    def chunk_bytes(self, chunk_size: int) -> int:
+        return chunk_size * self.bytes_per_token
+
+    def lmcache_kv_shape(self, chunk_size: int) -> tuple[int, int, int, int, int]:
+        """LMCache's ``LMCacheMetadata.kv_shape``: ``(layers, 2, chunk_size, kv_heads, head_dim)``."""
+        return (self.layers, 2, chunk_size, self.kv_heads, self.head_dim)
+
+
+def kv_shape_of(model: PreTrainedModel) -> KVShape:
+    """The KV shape from the model's config (``head_dim`` defaults to hidden / heads)."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return KVShape(cfg.num_hidden_layers, kv_heads, head_dim, model.dtype)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on a GPU (what the GPU-NOTES timings use), float32 on the CPU (exact and fast there)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", *, dtype: torch.dtype | None = None,
+               seed: int = 0) -> PreTrainedModel:
+    """A causal LM in eval mode on ``device``: ``spec`` is a name in :data:`SHAPES` (random
+    weights from ``seed``) or the path of a local checkpoint folder (``local_files_only``).
+    Attention is ``sdpa``."""
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    if spec in SHAPES:
+        config = LlamaConfig(**SHAPES[spec])
+        config._attn_implementation = "sdpa"
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(dtype)
+    else:
+        path = Path(spec)
+        if not path.is_dir():
+            raise ModelError(f"model {spec!r}: neither a shape ({', '.join(SHAPES)}) "
+                             "nor a checkpoint folder")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                         attn_implementation="sdpa").to(device)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model {spec}: cannot load the checkpoint: {exc}") from None
+    return model.eval()
