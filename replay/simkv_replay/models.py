@@ -22,7 +22,7 @@ class ModelError(SimkvError):
 
 
 #: Named shapes: LlamaConfig keyword arguments. ``tiny`` is for CPU tests; ``llama-1b`` and
-#: ``llama-8b`` are the Llama-3.2-1B and Llama-3-8B shapes GPU-NOTES.md profiles.
+#: ``llama-8b`` are the Llama-3.2-1B and Llama-3-8B shapes the H100 prefill profile was measured on.
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -71,7 +71,7 @@ def kv_shape_of(model: PreTrainedModel) -> KVShape:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on a GPU (what the GPU-NOTES timings use), float32 on the CPU (exact and fast there)."""
+    """bfloat16 on a GPU (what the measured H100 timings use), float32 on the CPU (exact and fast there)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 

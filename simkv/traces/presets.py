@@ -53,7 +53,7 @@ PRESETS.add(DEFAULT_PRESET, Preset(
     "minutes, all within a disk tier.",
 ))
 
-# Sized for one H100 serving an 8B model (DESIGN.md): with the default scenario's analytic
+# Sized for one H100 serving an 8B model (docs/system.md): with the default scenario's analytic
 # prefill profile, computing every prompt from scratch keeps the GPU ~2/3 busy on average.
 PRESETS.add("long-horizon", Preset(
     "Agents over days: long shared prompts, hot and cold tenants, sessions that pause for "
