@@ -147,6 +147,19 @@ def load_yaml(text: str, source: str | Path) -> Any:
         loader.dispose()
 
 
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The YAML document in ``path`` (duplicate keys rejected, see :func:`load_yaml`); a
+    missing or unreadable file is a :class:`ScenarioError` naming it as ``what``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the {what}: {exc}") from None
+    return load_yaml(text, path)
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad values are errors."""
     hints = typing.get_type_hints(cls)

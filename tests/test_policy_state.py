@@ -131,7 +131,7 @@ def test_a_worker_fed_events_by_hash_decides_as_the_simulator(gen_trace: Trace, 
             counts["refresh"] += len(got_refresh)
             counts["skip"] += skipped
         else:  # the pass's uploads land
-            assert pending is not None
+            assert pending is not None, "uploads landed without a pass before them"
             worker.archived(pending[0], now + pending[1])
     # The run exercised every path the comparison covers.
     assert counts["upload"] and counts["reupload"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from simkv.config import apply_overrides, from_dict, load_yaml, to_dict
+from simkv.config import apply_overrides, from_dict, read_yaml_file, to_dict
 from simkv.errors import ScenarioError
 from simkv.scenario.tiers import (
     GB,
@@ -198,13 +198,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read a scenario YAML, apply ``--set`` overrides, validate."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc}") from None
-    data = load_yaml(text, path) or {}
+    data = read_yaml_file(path, "scenario file") or {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

@@ -39,6 +39,13 @@ def check_positive(key: str, value: float | None, allow_zero: bool = False) -> N
         raise ScenarioError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def check_link(prefix: str, read_gbps: float, write_gbps: float, latency_s: float) -> None:
+    """A tier's transfer parameters: bandwidths > 0, latency >= 0."""
+    check_positive(f"{prefix}.read_gbps", read_gbps)
+    check_positive(f"{prefix}.write_gbps", write_gbps)
+    check_positive(f"{prefix}.latency_s", latency_s, allow_zero=True)
+
+
 @dataclass(frozen=True)
 class TierCapacity:
     """Capacity in blocks or in bytes (``'80GiB'``, or ``'unlimited'``); at most one of the
@@ -113,9 +120,7 @@ class CPUTier(TierCapacity):
 
     def check(self, prefix: str) -> None:
         self.check_capacity(prefix)
-        check_positive(f"{prefix}.read_gbps", self.read_gbps)
-        check_positive(f"{prefix}.write_gbps", self.write_gbps)
-        check_positive(f"{prefix}.latency_s", self.latency_s, allow_zero=True)
+        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,7 @@ class DiskTier(TierCapacity):
 
     def check(self, prefix: str) -> None:
         self.check_capacity(prefix)
-        check_positive(f"{prefix}.read_gbps", self.read_gbps)
-        check_positive(f"{prefix}.write_gbps", self.write_gbps)
-        check_positive(f"{prefix}.latency_s", self.latency_s, allow_zero=True)
+        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
 
 
 # Documented defaults per S3 storage class (USD, S3 us-east-1 list prices, 2025): per GB-month

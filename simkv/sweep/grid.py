@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simkv.config import load_yaml, parse_assignment
+from simkv.config import parse_assignment, read_yaml_file
 from simkv.errors import SimkvError
 
 Override = tuple[str, Any]
@@ -137,14 +137,7 @@ class Grid:
     def from_file(cls, path: str | Path) -> Grid:
         """A YAML file mapping key → list of values."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise SimkvError(f"{path}: no such grid file") from None
-        except OSError as exc:
-            raise SimkvError(f"{path}: cannot read the grid: {exc}") from None
-        data = load_yaml(text, path)
-        return cls.from_mapping(data or {}, source=str(path))
+        return cls.from_mapping(read_yaml_file(path, "grid file") or {}, source=str(path))
 
 
 GridLike = Grid | Mapping[str, Sequence[Any]] | Sequence[str]
