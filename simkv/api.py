@@ -88,11 +88,6 @@ def clear_run_dir(out: Path) -> None:
         report.unlink()
 
 
-def fast_path_eligible(sc: Scenario) -> bool:
-    """A single LRU GPU tier, no TTL, zero service time: no clock is needed."""
-    return ENGINES.get("fast").supports(sc) is None
-
-
 def resolve_trace(scenario: Scenario, trace: Trace | str | Path | None,
                   scenario_path: Path | None = None) -> Trace:
     """The trace to run: the argument, else the scenario's ``trace`` key (relative to the

@@ -20,10 +20,9 @@ from simkv.sweep.core import (
 )
 from simkv.sweep.grid import Axis, Cell, Grid, cell_id
 from simkv.sweep.results import CellRecord
-from simkv.sweep.winner import OBJECTIVES, Constraint, NoFeasibleCell, Objective, Winner, select_winner
+from simkv.sweep.winner import Constraint, NoFeasibleCell, Objective, Winner, select_winner
 
 __all__ = [
-    "OBJECTIVES",
     "Axis",
     "Cell",
     "CellRecord",

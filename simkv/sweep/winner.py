@@ -20,9 +20,6 @@ import pandas as pd
 from simkv.errors import SimkvError
 from simkv.metrics.objectives import ALIASES, Direction, direction_of
 
-#: Objective aliases → (summary column, direction): a view of :mod:`simkv.metrics.objectives`.
-OBJECTIVES: dict[str, tuple[str, Direction]] = {a: (c, direction_of(c)) for a, c in ALIASES.items()}
-
 OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
 }
@@ -35,8 +32,8 @@ class NoFeasibleCell(SimkvError):
 
 def resolve_column(name: str, columns: Sequence[str], what: str) -> str:
     """An alias, a column, or a column with its ``_s`` unit suffix left off (``ttft_p99``)."""
-    if name in OBJECTIVES:
-        column = OBJECTIVES[name][0]
+    if name in ALIASES:
+        column = ALIASES[name]
         if column in columns:
             return column
         raise SimkvError(f"{what}: the sweep table has no {column!r} column (did any cell "
@@ -45,7 +42,7 @@ def resolve_column(name: str, columns: Sequence[str], what: str) -> str:
         return name
     if f"{name}_s" in columns:
         return f"{name}_s"
-    raise SimkvError(f"{what}: unknown metric {name!r} (aliases: {', '.join(OBJECTIVES)}; "
+    raise SimkvError(f"{what}: unknown metric {name!r} (aliases: {', '.join(ALIASES)}; "
                      "or any numeric column of sweep.parquet, e.g. token_hit_rate_gpu)")
 
 
