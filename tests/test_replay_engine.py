@@ -219,3 +219,21 @@ def test_connector_round_trip_on_cuda(tmp_path):
         assert result.hit_tokens["cpu"] == 2 * CHUNK
         full = _full_logits(gpu_model, tokens)[2 * CHUNK:]
         torch.testing.assert_close(result.logits.float(), full.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_counters_add_up(make_engine):
+    """The counters snapshot: tokens by source sum to the prompt tokens served, bytes loaded
+    follow the hits, and a snapshot is a copy (later requests do not change it)."""
+    engine = make_engine(scenario(gpu_chunks=None))
+    a = prompt(1, 4 * CHUNK + 3)
+    first = engine.serve(a)
+    snap = engine.counters()
+    second = engine.serve(a)
+    after = engine.counters()
+    assert snap["requests"] == 1 and after["requests"] == 2
+    assert sum(after["prompt_tokens_by_source"].values()) == 2 * len(a)
+    assert after["prompt_tokens_by_source"]["gpu"] == second.hit_tokens["gpu"] == 4 * CHUNK
+    assert after["prompt_tokens_by_source"]["computed"] == first.computed_tokens + second.computed_tokens
+    assert after["bytes_loaded"]["gpu"] == 4 * _chunk_bytes()
+    assert after["bytes_stored"]["gpu"] == 4 * _chunk_bytes() == after["bytes_stored"]["cpu"]
+    assert snap["prompt_tokens_by_source"]["gpu"] == 0

@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from lmcache.utils import mock_up_broadcast_fn, mock_up_broadcast_object_fn
@@ -207,6 +208,12 @@ class KVEngine:
         self.kv: KVShape = kv_shape_of(model)
         self.chunk_bytes = self.kv.chunk_bytes(self.chunk_size)
         self._ref = 0
+        self._counts: dict[str, Any] = {
+            "requests": 0,
+            "prompt_tokens_by_source": dict.fromkeys((*TIERS, "computed"), 0),
+            "bytes_loaded": dict.fromkeys(TIERS, 0),
+            "bytes_stored": dict.fromkeys(TIERS, 0),
+        }
 
         gpu = scenario.tiers.gpu
         policy_cls = EVICTION_POLICIES.get(gpu.eviction, key="tiers.gpu.eviction")
@@ -267,6 +274,16 @@ class KVEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def counters(self) -> dict[str, Any]:
+        """A snapshot of the engine's cumulative counters, for ``/metrics`` and benchmarks: each
+        value a number, or a dict from a label (tier, source, error kind) to a number.
+        ``prompt_tokens_by_source`` (tiers and ``computed``), ``bytes_loaded`` / ``bytes_stored``
+        per tier (KV bytes of the hosted model), ``evictions`` per tier our code decides (the GPU
+        cache's), ``requests``."""
+        out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
+        out["evictions"] = {"gpu": self.gpu_cache.evictions}
+        return out
+
     # -- the walk -------------------------------------------------------------------------------
     def chunk_keys(self, tokens: Sequence[int]) -> list:
         """LMCache's keys of the full chunks of ``tokens`` (the tail is never cached)."""
@@ -326,6 +343,12 @@ class KVEngine:
         hits = dict.fromkeys(TIERS, 0)
         for tier in sources:
             hits[tier] += c
+        counts = self._counts
+        counts["requests"] += 1
+        for tier, tokens_ in hits.items():
+            counts["prompt_tokens_by_source"][tier] += tokens_
+            counts["bytes_loaded"][tier] += tokens_ // c * self.chunk_bytes
+        counts["prompt_tokens_by_source"]["computed"] += n - hit
         return RequestResult(prompt_tokens=n, hit_tokens=hits, computed_tokens=n - hit,
                              load_s=load.seconds, prefill_s=prefill.seconds, store_s=store.seconds,
                              logits=logits)
@@ -375,12 +398,18 @@ class KVEngine:
             if m < len(sources) and sources[m] == "gpu" and key in self.gpu_cache:
                 self.gpu_cache.hit(key, self._tick())
             else:
+                if key not in self.gpu_cache:
+                    self._counts["bytes_stored"]["gpu"] += self.chunk_bytes
                 self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
         if n_full <= hit:
             return
         mask = torch.zeros(n_full, dtype=torch.bool)
         mask[hit:] = True
         self.lmcache.store(tokens[:n_full], mask=mask, kvcaches=kv, req_id="simkv")
+        stored = (n_full - hit) // c * self.chunk_bytes
+        for tier in ("cpu", "disk"):
+            if self._backends[tier] is not None:
+                self._counts["bytes_stored"][tier] += stored
 
     def _tick(self) -> int:
         self._ref += 1
