@@ -122,7 +122,8 @@ def validate(sim_dir: str | Path, replay_dir: str | Path, out_dir: str | Path, *
     block = sim.summary.get("block_size") or (tr.block_size if tr is not None else None)
     chunk = meas.summary.get("chunk_size")
     data: dict[str, Any] = {
-        "sim": {"dir": str(sim.path), "trace_sha256": sim.trace_sha256, "scenario_sha256": sim.scenario_sha256},
+        "sim": {"dir": str(sim.path), "trace_sha256": sim.trace_sha256,
+                "scenario_sha256": sim.scenario_sha256},
         "measured": {"dir": str(meas.path), "trace_sha256": meas.trace_sha256,
                      "scenario_sha256": meas.scenario_sha256},
         "requests": {"compared": len(joined.frame), "failed": len(joined.failed),

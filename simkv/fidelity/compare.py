@@ -196,7 +196,7 @@ def per_request_errors(sim: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
     ok = e[~np.isnan(e)]
     a = np.abs(ok)
     return {
-        "requests": int(len(ok)),
+        "requests": len(ok),
         "undefined": int(np.isnan(e).sum()),
         "median_abs_rel_error": float(np.median(a)) if len(a) else None,
         "p90_abs_rel_error": float(np.percentile(a, 90)) if len(a) else None,

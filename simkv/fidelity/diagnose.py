@@ -170,13 +170,14 @@ def divergences(frame: pd.DataFrame, trace: Trace | None, block_size: int | None
             else:
                 w = by_id.loc[trace_ids[p]]
                 detail["stored_by"] = trace_ids[p]
-                flight = {side: float(w[f"{side}_arrival_s"] + w[f"{side}_ttft_s"]) > float(rec[f"{side}_arrival_s"])
-                          for side in ("sim", "meas")}
+                flight = {side: float(w[f"{side}_arrival_s"] + w[f"{side}_ttft_s"])
+                          > float(rec[f"{side}_arrival_s"]) for side in ("sim", "meas")}
                 detail["store_in_flight"] = {"sim": flight["sim"], "measured": flight["meas"]}
                 cause = "write_timing" if flight["sim"] != flight["meas"] else "eviction"
         causes[cause] = causes.get(cause, 0) + 1
         if len(first) < limit:
-            tiers = [{"tier": t, "sim": int(rec[f"sim_{t}_hit_tokens"]), "measured": int(rec[f"meas_{t}_hit_tokens"])}
+            tiers = [{"tier": t, "sim": int(rec[f"sim_{t}_hit_tokens"]),
+                      "measured": int(rec[f"meas_{t}_hit_tokens"])}
                      for t in TIER_NAMES if rec[f"sim_{t}_hit_tokens"] != rec[f"meas_{t}_hit_tokens"]]
             first.append({"request_id": str(rid), "arrival_s": float(rec["sim_arrival_s"]),
                           "hit_tokens": {"sim": s_tot, "measured": m_tot}, "tiers": tiers,

@@ -123,7 +123,8 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
     lines.append("")
 
     hr = data["hit_rate"]
-    rows = [["total", fmt_pct(hr["total"]["sim"]), fmt_pct(hr["total"]["measured"]), _pp(hr["total"]["error"])]]
+    tot = hr["total"]
+    rows = [["total", fmt_pct(tot["sim"]), fmt_pct(tot["measured"]), _pp(tot["error"])]]
     rows += [[f"from {t}", fmt_pct(v["sim"]), fmt_pct(v["measured"]), _pp(v["error"])]
              for t, v in hr["by_tier"].items()]
     rows += [[f"class {c} ({v['requests']:,})", fmt_pct(v["sim"]), fmt_pct(v["measured"]), _pp(v["error"])]
@@ -144,7 +145,8 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
                        ["l", "l", "r", "r", "r"]), "",
               f"Per request, e = (simulated − measured) / measured over {pr['requests']:,} requests "
               f"({pr['undefined']:,} with a zero measured TTFT left out): median |e| "
-              f"{fmt_num(pr['median_abs_rel_error'], '.2%')}, p90 |e| {fmt_num(pr['p90_abs_rel_error'], '.2%')}, "
+              f"{fmt_num(pr['median_abs_rel_error'], '.2%')}, p90 |e| "
+              f"{fmt_num(pr['p90_abs_rel_error'], '.2%')}, "
               f"max |e| {fmt_num(pr['max_abs_rel_error'], '.2%')}, median e (bias) "
               f"{_rel(pr['median_rel_error'])}.", ""]
 
