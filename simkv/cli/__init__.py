@@ -1,6 +1,6 @@
 """The ``simkv`` command line: a thin typer layer over the Python API.
 
-One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`); what they share
+One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`, :mod:`.validate`); what they share
 is in :mod:`.console`. User errors (:class:`simkv.errors.SimkvError`) are printed as one red
 line and exit with status 2; anything else is a bug and keeps its traceback.
 """
@@ -16,6 +16,7 @@ from simkv.cli.console import console, err_console, interrupt, print_error, prog
 from simkv.cli.run import curve_cmd, regress_cmd, report_cmd, run_cmd
 from simkv.cli.sweep import sweep_cmd
 from simkv.cli.trace import trace_app
+from simkv.cli.validate import validate_cmd
 from simkv.errors import Interrupted, SimkvError
 
 __all__ = ["app", "console", "err_console", "main", "print_error", "progress_bar"]
@@ -33,6 +34,7 @@ app.command("curve")(curve_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("report")(report_cmd)
 app.command("regress")(regress_cmd)
+app.command("validate")(validate_cmd)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``simkv trace gen|import|stats|validate``."""
+"""``simkv trace gen|import|export|stats|validate``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.markup import escape
 from simkv.cli.console import SetOpt, console, err_console
 from simkv.errors import SimkvError
 
-trace_app = typer.Typer(help="Generate, import, inspect and validate Parquet traces.",
+trace_app = typer.Typer(help="Generate, import, export, inspect and validate Parquet traces.",
                         no_args_is_help=True)
 
 
@@ -94,3 +94,35 @@ def trace_validate(
                       soft_wrap=True)
     if failed:
         raise typer.Exit(SimkvError.exit_code)
+
+
+@trace_app.command("export")
+def trace_export(
+    kind: Annotated[str, typer.Argument(help="Target format: mooncake (Mooncake / aiperf "
+                                        "mooncake_trace JSONL).")],
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Parquet trace.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="JSONL file to write.")],
+    block_size: Annotated[int, typer.Option(help="Tokens per hash_id: the format's 512, or a "
+                                            "multiple of the trace's block size (runs of blocks "
+                                            "are merged; tell the reader, e.g. aiperf, if not "
+                                            "512).")] = 512,
+    dense_ids: Annotated[bool, typer.Option("--dense-ids", help="Renumber hash_ids 0, 1, ... "
+                                            "in order of first appearance.")] = False,
+) -> None:
+    """Export a trace as Mooncake JSONL (timestamp ms, input_length, output_length, hash_ids):
+    what 'simkv trace import mooncake' reads back."""
+    from simkv.traces.export import MOONCAKE_BLOCK_SIZE, write_mooncake
+    from simkv.traces.schema import read_trace
+
+    if kind != "mooncake":
+        raise SimkvError(f"unknown export format {kind!r}; valid formats: mooncake")
+    trace = read_trace(trace_path)
+    write_mooncake(trace, out, block_size, dense_ids=dense_ids)
+    merged = (f", {block_size // trace.block_size} blocks of {trace.block_size} tokens per hash_id"
+              if block_size != trace.block_size else "")
+    console.print(f"exported {len(trace):,} requests (mooncake, block size {block_size}{merged}) "
+                  f"to [bold]{escape(str(out))}[/]", highlight=False)
+    if block_size != MOONCAKE_BLOCK_SIZE:
+        err_console.print(f"[yellow]warning: block size {block_size} is not Mooncake's "
+                          f"{MOONCAKE_BLOCK_SIZE}: readers must be told (simkv trace import "
+                          "mooncake reads 512 only)[/]", highlight=False)

@@ -1,0 +1,188 @@
+"""Where per-request hits disagree, and which assumption of the simulator most likely differs.
+
+The diagnostics use only what both results and the trace hold: per-request hit tokens per
+tier, arrival and TTFT on each side, and the trace's block hashes. For a request whose total
+hit tokens differ, the first block hit on one side but not the other is block ``k = min(hit_sim,
+hit_meas) // block_size``; the request ``p`` that last held that block before it (the latest
+earlier request of the trace whose prompt contains that hash) is the one whose store should
+have made it available. Each cause below says what it can and cannot tell (:data:`CAUSES`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simkv.errors import SimkvError
+from simkv.fidelity.compare import HIT_COLUMNS, Side
+from simkv.model.system import TIER_NAMES
+from simkv.traces.schema import Trace, read_trace
+
+CAUSES: dict[str, str] = {
+    "tier_placement": (
+        "same total hit tokens, served from different tiers: the prefix was found, but one side "
+        "had demoted or evicted it from a faster tier (eviction order across tiers, or a write "
+        "to the lower tier not finished yet). Cannot tell which of the two."),
+    "granularity": (
+        "hit tokens differ by less than one block or chunk, or are not whole blocks: the "
+        "engine's chunk size differs from the trace's block size, or the engine recomputes the "
+        "last chunk of a fully cached prompt. Cannot tell a real miss smaller than a chunk."),
+    "never_stored": (
+        "one side hit a block that no earlier request of the trace contains: the cache was not "
+        "cold at the start, or the replay's prompts do not reproduce the trace's block hashes "
+        "(prompt derivation, tokenizer, chunk hashing). The simulator can never hit such a block."),
+    "write_timing": (
+        "the request that last stored the block had finished its prefill when this one arrived "
+        "on one side but not on the other (each side's own arrival + TTFT): the store was still "
+        "in flight on one side, so whether it counts depends on when each system makes a block "
+        "visible (the simulator: after the prefill). "
+        "Based on TTFT as the store time; cannot see an asynchronous write (disk) finishing later."),
+    "eviction": (
+        "the block's last store was complete on both sides (or in flight on both, so an older "
+        "copy served the hit) but one side no longer held it: "
+        "capacity, eviction order or TTL differ (e.g. the engine's usable capacity is not the "
+        "scenario's). Cannot tell which of these, nor when it was evicted."),
+    "unknown": (
+        "the request that last held the block is not among the compared requests (it failed or "
+        "is missing on one side), or the trace is not available: no block-level diagnosis."),
+}
+
+
+def hit_agreement(frame: pd.DataFrame) -> dict[str, Any]:
+    """How many compared requests hit exactly the same tokens in every tier, and per tier how
+    many differ."""
+    same = np.ones(len(frame), bool)
+    by_tier = {}
+    for col, t in zip(HIT_COLUMNS, TIER_NAMES, strict=True):
+        d = frame[f"sim_{col}"].to_numpy() != frame[f"meas_{col}"].to_numpy()
+        by_tier[t] = int(d.sum())
+        same &= ~d
+    total_same = frame["sim_hit_tokens"].to_numpy() == frame["meas_hit_tokens"].to_numpy()
+    return {"requests": len(frame), "identical": int(same.sum()),
+            "identical_fraction": float(same.mean()) if len(frame) else None,
+            "total_identical": int(total_same.sum()), "differing_by_tier": by_tier}
+
+
+def hit_unit(values: np.ndarray) -> int | None:
+    """The greatest common divisor of the nonzero hit token counts (None if there is none): the
+    granularity a cache served in."""
+    nz = [int(v) for v in values if v]
+    return reduce(math.gcd, nz) if nz else None
+
+
+def find_trace(sides: list[Side], explicit: Path | None) -> tuple[Trace | None, str]:
+    """The trace both results ran: ``explicit``, else each side's ``scenario.yaml`` ``trace``
+    (relative to its directory), else ``summary.json``'s ``trace`` (relative to the working
+    directory). Only a trace whose content hash matches the results' is taken; the note says
+    what was used or why nothing was."""
+    from simkv.report.data import _read_yaml
+
+    want = sides[0].trace_sha256
+    candidates: list[Path] = []
+    if explicit is not None:
+        candidates.append(explicit)
+    for s in sides:
+        sc = s.path / "scenario.yaml"
+        if sc.is_file():
+            tr = _read_yaml(sc).get("trace")
+            if isinstance(tr, str):
+                candidates.append(Path(tr) if Path(tr).is_absolute() else s.path / tr)
+        if isinstance(s.summary.get("trace"), str):
+            candidates.append(Path(s.summary["trace"]))
+    tried = []
+    for c in candidates:
+        if not c.is_file():
+            tried.append(f"{c} (not found)")
+            continue
+        try:
+            trace = read_trace(c)
+        except SimkvError as exc:
+            tried.append(f"{c} ({exc})")
+            continue
+        if trace.content_sha256 == want:
+            return trace, f"trace {os.path.normpath(c)}"
+        tried.append(f"{c} (another trace: content hash differs)")
+    if explicit is not None:
+        raise SimkvError(f"--trace {explicit}: " + (tried[0] if tried else "not usable")
+                         + f"; the results are of trace_sha256 {want}")
+    return None, "no trace found (" + ("; ".join(tried) or "none named") + ")"
+
+
+def _previous_holder(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Per flat block position: the trace row of the previous occurrence of the same hash (-1 if
+    none), and each position's own row."""
+    ids = trace.block_ids_flat
+    rows = np.repeat(np.arange(len(trace)), np.diff(trace.block_offsets))
+    order = np.argsort(ids, kind="stable")
+    prev = np.full(len(ids), -1, np.int64)
+    same = ids[order][1:] == ids[order][:-1]
+    prev[order[1:][same]] = rows[order[:-1][same]]
+    return prev, rows
+
+
+def divergences(frame: pd.DataFrame, trace: Trace | None, block_size: int | None,
+                chunk_size: int | None, limit: int = 10) -> dict[str, Any]:
+    """The first ``limit`` requests (in the simulated run's order) whose per-tier hit tokens
+    differ, each with the tiers that differ and a likely cause; and the count of each cause
+    over all differing requests."""
+    diff = np.zeros(len(frame), bool)
+    for col in HIT_COLUMNS:
+        diff |= frame[f"sim_{col}"].to_numpy() != frame[f"meas_{col}"].to_numpy()
+    B = block_size or (trace.block_size if trace is not None else None)
+    granule = max(B or 1, chunk_size or 1)
+    by_id = frame.set_index("request_id")
+    if trace is not None:
+        prev, _ = _previous_holder(trace)
+        offsets = trace.block_offsets
+        trace_ids = trace.table.column("request_id").to_pylist()
+        row_of = {r: i for i, r in enumerate(trace_ids)}
+    causes: dict[str, int] = {}
+    first: list[dict[str, Any]] = []
+    for i in np.flatnonzero(diff):
+        rec = frame.iloc[i]
+        rid = rec["request_id"]
+        s_tot, m_tot = int(rec["sim_hit_tokens"]), int(rec["meas_hit_tokens"])
+        detail: dict[str, Any] = {}
+        if s_tot == m_tot:
+            cause = "tier_placement"
+        elif B and (abs(s_tot - m_tot) < granule or s_tot % B or m_tot % B
+                    or (max(s_tot, m_tot) == int(rec["sim_input_tokens"]) // B * B
+                        and abs(s_tot - m_tot) <= granule)):
+            cause = "granularity"
+        elif trace is None or rid not in row_of:
+            cause = "unknown"
+        else:
+            r = row_of[rid]
+            k = min(s_tot, m_tot) // B
+            pos = offsets[r] + k
+            p = int(prev[pos]) if pos < offsets[r + 1] else -1
+            detail["block"] = int(k)
+            if p < 0:
+                cause = "never_stored"
+            elif trace_ids[p] not in by_id.index:
+                cause, detail["stored_by"] = "unknown", trace_ids[p]
+            else:
+                w = by_id.loc[trace_ids[p]]
+                detail["stored_by"] = trace_ids[p]
+                flight = {side: float(w[f"{side}_arrival_s"] + w[f"{side}_ttft_s"])
+                          > float(rec[f"{side}_arrival_s"]) for side in ("sim", "meas")}
+                detail["store_in_flight"] = {"sim": flight["sim"], "measured": flight["meas"]}
+                cause = "write_timing" if flight["sim"] != flight["meas"] else "eviction"
+        causes[cause] = causes.get(cause, 0) + 1
+        if len(first) < limit:
+            tiers = [{"tier": t, "sim": int(rec[f"sim_{t}_hit_tokens"]),
+                      "measured": int(rec[f"meas_{t}_hit_tokens"])}
+                     for t in TIER_NAMES if rec[f"sim_{t}_hit_tokens"] != rec[f"meas_{t}_hit_tokens"]]
+            first.append({"request_id": str(rid), "arrival_s": float(rec["sim_arrival_s"]),
+                          "hit_tokens": {"sim": s_tot, "measured": m_tot}, "tiers": tiers,
+                          "cause": cause, **detail})
+    return {"requests": int(diff.sum()), "first": first, "causes": causes,
+            "hit_unit_tokens": {"sim": hit_unit(frame["sim_hit_tokens"].to_numpy()),
+                                "measured": hit_unit(frame["meas_hit_tokens"].to_numpy())},
+            "block_size": B, "chunk_size": chunk_size}

@@ -1,0 +1,173 @@
+"""``simkv validate``: the simulator against measured results, here real ``simkv run`` result
+directories standing in for a replay (the same schema): a run against itself, against runs of
+perturbed scenarios whose effect is known, refusals, failed replay rows and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from simkv.api import run
+from simkv.errors import SimkvError
+from simkv.fidelity import parse_targets, validate
+from simkv.fidelity.diagnose import CAUSES
+from simkv.metrics.schema import read_requests
+from simkv.traces.schema import Trace, validate_table, write_trace
+from tests.conftest import ROOT, simkv_cli
+
+DEFAULT = ROOT / "scenarios" / "default.yaml"
+GPU_ONLY = ["tiers.disk.enabled=false", "load_policy=always"]
+
+
+def _run(trace: Trace | Path, out: Path, overrides: list[str]) -> Path:
+    run(DEFAULT, trace, overrides=overrides).write(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def spread_trace(tmp_path_factory: pytest.TempPathFactory, gen_trace: Trace) -> Path:
+    """The generated trace with arrivals 100× further apart (no request waits for another's
+    prefill), written to a file so the diagnostics can read it."""
+    table = gen_trace.table.set_column(0, "arrival_s", pa.array(gen_trace.arrival_s * 100.0))
+    trace = validate_table(table, block_size=gen_trace.block_size, source="test")
+    return write_trace(trace, tmp_path_factory.mktemp("trace") / "spread.parquet")
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory, spread_trace: Path) -> Path:
+    return _run(spread_trace, tmp_path_factory.mktemp("runs") / "base", GPU_ONLY)
+
+
+def test_a_run_against_itself(base_run: Path, tmp_path: Path) -> None:
+    res = validate(base_run, base_run, tmp_path / "v")
+    d = res.data
+    assert d["requests"]["compared"] == len(read_requests(base_run / "requests.parquet"))
+    assert d["hit_rate"]["total"]["error"] == 0 and d["hit_rate"]["total"]["sim"] > 0
+    assert all(v["error"] in (0, None) for v in d["hit_rate"]["by_tier"].values())
+    assert all(v["rel_error"] == 0 for v in d["ttft_s"]["overall"].values())
+    assert d["ttft_per_request"]["median_abs_rel_error"] == 0
+    assert d["hits"]["identical_fraction"] == 1 and d["divergence"]["first"] == []
+    assert [t["pass"] for t in d["targets"]] == [True] * 4
+    names = {p.name for p in (tmp_path / "v").iterdir()}
+    assert {"fidelity.md", "fidelity.json", "ttft_scatter.png", "ttft_error_cdf.png",
+            "tier_hits.png"} <= names
+    assert json.loads((tmp_path / "v" / "fidelity.json").read_text()) == d
+    assert "(bias) +0.00%" in res.markdown.read_text()
+
+
+def test_scaled_prefill_gives_the_known_ttft_error(spread_trace: Path, tmp_path: Path) -> None:
+    """TTFT = prefill_per_token_s × new tokens (no constant, no attention term, no queue, GPU
+    hits free): scaling it by 1.25 in the 'measured' run makes every simulated TTFT 1/1.25 of
+    the measured one, an error of −20% on every request and percentile."""
+    flat = [*GPU_ONLY, "hardware.prefill_const_s=0", "hardware.prefill_attn_s=0",
+            "hardware.prefill_per_token_s=1e-5"]
+    sim = _run(spread_trace, tmp_path / "sim", flat)
+    meas = _run(spread_trace, tmp_path / "meas", [*flat[:-1], "hardware.prefill_per_token_s=1.25e-5"])
+    with pytest.raises(SimkvError, match="different scenarios"):
+        validate(sim, meas, tmp_path / "v")
+    d = validate(sim, meas, tmp_path / "v", ignore_scenario=True).data
+    expected = 1 / 1.25 - 1
+    for block in [d["ttft_s"]["overall"], *d["ttft_s"]["by_class"].values()]:
+        for p in ("p50", "p90", "p99"):
+            assert block[p]["rel_error"] == pytest.approx(expected, abs=1e-9)
+    pr = d["ttft_per_request"]
+    assert pr["median_abs_rel_error"] == pytest.approx(-expected, abs=1e-9)
+    assert pr["p90_abs_rel_error"] == pytest.approx(-expected, abs=1e-9)
+    assert pr["median_rel_error"] == pytest.approx(expected, abs=1e-9)
+    assert d["hits"]["identical_fraction"] == 1
+    assert {t["name"]: t["pass"] for t in d["targets"]} == {
+        "ttft_p50": False, "ttft_p90": False, "ttft_median_abs": False, "hits_identical": True}
+    # a looser target turns the gate around
+    loose = parse_targets(["ttft_p50=0.25", "ttft_p90=0.25", "ttft_median_abs=0.25"])
+    d2 = validate(sim, meas, tmp_path / "v2", ignore_scenario=True, targets=loose).data
+    assert all(t["pass"] for t in d2["targets"])
+
+
+def test_smaller_gpu_names_the_first_diverging_request(spread_trace: Path, tmp_path: Path) -> None:
+    """No service time, GPU only: the 'measured' GPU holds a quarter of the blocks, so some
+    requests hit less. The report names the first of them (found here from the rows), its tier
+    and both token counts, and the cause is eviction (the block had been stored long before)."""
+    zero = [*GPU_ONLY, "hardware.zero_service_time=true", "tiers.gpu.capacity_bytes=null"]
+    sim = _run(spread_trace, tmp_path / "sim", [*zero, "tiers.gpu.capacity_blocks=2000"])
+    meas = _run(spread_trace, tmp_path / "meas", [*zero, "tiers.gpu.capacity_blocks=500"])
+    a, b = read_requests(sim / "requests.parquet"), read_requests(meas / "requests.parquet")
+    differ = np.flatnonzero(a["gpu_hit_tokens"].to_numpy() != b["gpu_hit_tokens"].to_numpy())
+    assert len(differ) > 0
+    i = differ[0]
+    d = validate(sim, meas, tmp_path / "v", ignore_scenario=True).data
+    dv = d["divergence"]
+    first = dv["first"][0]
+    assert first["request_id"] == a["request_id"][i]
+    assert first["tiers"] == [{"tier": "gpu", "sim": int(a["gpu_hit_tokens"][i]),
+                               "measured": int(b["gpu_hit_tokens"][i])}]
+    assert dv["requests"] == len(differ)
+    assert dv["causes"] == {"eviction": len(differ)}
+    assert first["stored_by"] in set(a["request_id"][:i])
+    assert d["ttft_per_request"]["undefined"] == d["requests"]["compared"]  # every TTFT is 0
+    md = (tmp_path / "v" / "fidelity.md").read_text()
+    assert f"`{first['request_id']}`" in md and CAUSES["eviction"] in md
+
+
+def test_refuses_results_of_different_traces(base_run: Path, gen_trace: Trace, tmp_path: Path) -> None:
+    other = _run(gen_trace, tmp_path / "other", GPU_ONLY)  # the same requests, other arrivals
+    with pytest.raises(SimkvError, match="different traces") as ei:
+        validate(base_run, other, tmp_path / "v", ignore_scenario=True)
+    for side in (base_run, other):
+        assert pq.read_schema(side / "requests.parquet").metadata[b"trace_sha256"].decode() in str(ei.value)
+    # no hashes at all: cannot tell, refused
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    table = pq.read_table(base_run / "requests.parquet")
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"trace_sha256"}
+    pq.write_table(table.replace_schema_metadata(meta), bare / "requests.parquet")
+    with pytest.raises(SimkvError, match="no trace_sha256"):
+        validate(base_run, bare, tmp_path / "v")
+
+
+def _with_errors(src: Path, dst: Path, failed: list[int]) -> Path:
+    """A copy of a run directory whose rows ``failed`` carry an error (and nonsense values)."""
+    dst.mkdir()
+    table = pq.read_table(src / "requests.parquet")
+    err = [("HTTP 500: worker died" if i in failed else None) for i in range(table.num_rows)]
+    ttft = table.column("ttft_s").to_numpy().copy()
+    ttft[failed] = 0.0
+    table = table.set_column(table.schema.get_field_index("ttft_s"), "ttft_s", pa.array(ttft))
+    table = table.append_column("error", pa.array(err, pa.string()))
+    pq.write_table(table, dst / "requests.parquet")
+    (dst / "summary.json").write_text((src / "summary.json").read_text())
+    return dst
+
+
+def test_failed_replay_rows_are_counted_not_compared(base_run: Path, tmp_path: Path) -> None:
+    meas = _with_errors(base_run, tmp_path / "meas", [0, 5, 9])
+    d = validate(base_run, meas, tmp_path / "v").data
+    n = len(read_requests(base_run / "requests.parquet"))
+    assert d["requests"] == {"compared": n - 3, "failed": 3, "only_sim": 0, "only_measured": 0}
+    assert d["ttft_per_request"]["median_abs_rel_error"] == 0 and d["ttft_per_request"]["undefined"] == 0
+    assert d["hits"]["identical_fraction"] == 1
+    assert [f["error"] for f in d["failed_examples"]] == ["HTTP 500: worker died"] * 3
+    assert "HTTP 500: worker died" in (tmp_path / "v" / "fidelity.md").read_text()
+
+
+def test_cli(base_run: Path, spread_trace: Path, tmp_path: Path) -> None:
+    res = simkv_cli("validate", str(base_run), str(base_run), "-o", str(tmp_path / "v"), "--gate")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "v" / "fidelity.json").is_file() and "pass" in res.stdout
+    slow = _run(spread_trace, tmp_path / "slow", [*GPU_ONLY, "hardware.prefill_per_token_s=5e-5"])
+    args = ["validate", str(base_run), str(slow), "-o", str(tmp_path / "v2"), "--ignore-scenario"]
+    assert simkv_cli(*args).returncode == 0  # targets fail but are only reported
+    gated = simkv_cli(*args, "--gate")
+    assert gated.returncode == 1 and "FAIL" in gated.stdout
+    for bad, fragment in [([str(base_run), str(slow), "-o", str(tmp_path / "v3")], "different scenarios"),
+                          ([str(base_run), str(tmp_path / "nope"), "-o", str(tmp_path / "v3")], "nope"),
+                          ([str(base_run), str(base_run), "-o", str(tmp_path / "v3"), "--target",
+                            "ttft_p42=1"], "--target")]:
+        res = simkv_cli("validate", *bad)
+        assert res.returncode == 2, res.stderr
+        assert fragment in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
