@@ -9,7 +9,7 @@ import asyncio
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -38,7 +38,6 @@ class Outcome:
     completion_tokens: int = 0
     status: int | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:

@@ -88,10 +88,6 @@ class ReplayResult:
     summary: dict[str, Any] | None
 
 
-class _Stop(Exception):
-    """Ctrl-C during a replay session."""
-
-
 def prepare_out(out: Path, resume: bool) -> None:
     """Refuse ``out`` unless it is new, empty or an earlier run directory; one holding a
     replay's parts only with ``resume``."""
