@@ -260,7 +260,9 @@ def _row(tr: Trace, i: int, o: Any, s: Send, t0: float, session: int) -> dict[st
         for key in ("queue_s", "prefill_s", "hydrate_s", "store_s", "decode_s"):
             row[key] = _num(sk, key)
         row["server_ttft_s"] = _num(sk, "ttft_s")
-        row["load_s"] = _num(sk, "load_s")
+        load, hydrate = _num(sk, "load_s"), _num(sk, "hydrate_s")
+        # the simulator's load_s brings every hit block to the GPU, archive fetches included
+        row["load_s"] = None if load is None else load + (hydrate or 0.0)
     elif row["cached_tokens"] is not None:                  # vLLM: a total, no tiers
         hit = row["cached_tokens"]
         row.update(hit_tokens=hit, hit_blocks=hit // B, computed_tokens=n - hit)
