@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from simkv import __version__
-from simkv.api import check_block_size, check_run_dir, resolve_trace
+from simkv.api import check_block_size, check_run_dir, clear_run_dir, resolve_trace
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
 from simkv.metrics.schema import (
@@ -96,6 +96,9 @@ def prepare_out(out: Path, resume: bool) -> None:
                          "or choose a new directory for -o")
     if not resume:
         check_run_dir(out)
+        if out.is_dir():          # an earlier run's report and timeline would describe another run
+            clear_run_dir(out)
+            (out / "timeline.parquet").unlink(missing_ok=True)
 
 
 def replay(scenario: Scenario | str | Path, trace: Trace | str | Path | None, out: str | Path,
