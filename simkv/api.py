@@ -104,6 +104,13 @@ def resolve_trace(scenario: Scenario, trace: Trace | str | Path | None,
     return read_trace(trace)
 
 
+def check_block_size(scenario: Scenario, trace: Trace) -> None:
+    """Refuse a trace whose block size is not the scenario's ``block_size`` (when it sets one)."""
+    if scenario.block_size is not None and scenario.block_size != trace.block_size:
+        raise ScenarioError(f"block_size: scenario says {scenario.block_size} but the trace "
+                            f"{trace.path or ''} has block_size {trace.block_size}")
+
+
 def run(
     scenario: Scenario | str | Path,
     trace: Trace | str | Path | None = None,
@@ -119,9 +126,7 @@ def run(
     elif overrides:
         scenario = scenario.with_overrides(overrides)
     tr = resolve_trace(scenario, trace, scenario_path)
-    if scenario.block_size is not None and scenario.block_size != tr.block_size:
-        raise ScenarioError(f"block_size: scenario says {scenario.block_size} but the trace "
-                            f"{tr.path or ''} has block_size {tr.block_size}")
+    check_block_size(scenario, tr)
     engine, skipped = select_engine(scenario)
     rec = ENGINES.get(engine).run(scenario, tr, progress)
     requests = request_frame(tr, scenario, rec.cache, rec.log)

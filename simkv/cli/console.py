@@ -29,8 +29,10 @@ TraceOpt = Annotated[
 
 
 @contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(n)``. The total is set on first use.
+def progress_bar(label: str, *, step: int = 2048,
+                 total: Callable[[], int | None] | None = None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``, drawn every ``step`` units;
+    ``total()`` (if given) is read on each draw, so it may become known after the start.
     Only on a terminal: elsewhere (logs, pipes) rich would leave a blank line behind."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -44,7 +46,9 @@ def progress_bar(label: str) -> Iterator[Callable[[int], None]]:
 
         def advance(n: int) -> None:
             pending[0] += n
-            if pending[0] >= 2048:
+            if pending[0] >= step:
+                if total is not None:
+                    bar.update(task, total=total())
                 bar.advance(task, pending[0])
                 pending[0] = 0
 

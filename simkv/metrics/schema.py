@@ -8,6 +8,11 @@ bytes a tier held after the request (occupancy). Per-tier columns follow
 :data:`~simkv.model.system.TIER_NAMES`, so a new tier adds its columns. TTFT is split into
 what a server can timestamp: ``ttft_s = queue_s + load_s + prefill_s``.
 
+The same rows come from a simulation (``simkv run``: every column known, ``error`` null) and
+from a replay through a real engine (``simkv replay``: a column the client cannot know is
+null, never 0; a request that failed has its ``error`` set). Columns taken from the trace
+(:data:`TRACE_COLUMNS`) are never null.
+
 The file metadata holds the schema version and the content hashes of the trace and the
 scenario that produced the rows (:func:`trace_sha256`, :func:`scenario_sha256`), the same
 hashes ``summary.json`` records.
@@ -28,8 +33,9 @@ from simkv.model.system import TIER_NAMES
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
-#: Bump when a column is renamed, removed, retyped or changes meaning.
-SCHEMA_VERSION = 2
+#: Bump when a column is added, renamed, removed, retyped or changes meaning.
+#: 3: the ``error`` column; measured columns nullable (a replay leaves unknown ones null).
+SCHEMA_VERSION = 3
 
 META_SCHEMA_VERSION = b"simkv_requests_schema_version"
 META_TRACE_SHA256 = b"trace_sha256"
@@ -37,6 +43,11 @@ META_SCENARIO_SHA256 = b"scenario_sha256"
 
 #: Tiers a request can load from: every tier but the GPU, where loads go.
 LOAD_TIERS = TIER_NAMES[1:]
+
+#: Columns taken from the trace: known for every request, so never null.
+TRACE_COLUMNS = ("request_id", "arrival_s", "prompt_class", "input_tokens", "blocks")
+#: ``error``: why a replayed request failed (null: it was served). A simulation has none.
+ERROR_COLUMN = "error"
 
 
 def _fields() -> list[pa.Field]:
@@ -52,8 +63,9 @@ def _fields() -> list[pa.Field]:
         ("archive_storage_dollars", f64), ("archive_request_dollars", f64),
         ("transfer_dollars", f64), ("request_cost_dollars", f64), ("cost_saved_dollars", f64),
         *((f"{t}_held_bytes", i64) for t in TIER_NAMES),
+        (ERROR_COLUMN, s),
     ]
-    return [pa.field(name, typ, nullable=False) for name, typ in cols]
+    return [pa.field(name, typ, nullable=name not in TRACE_COLUMNS) for name, typ in cols]
 
 
 REQUEST_SCHEMA = pa.schema(_fields())
@@ -75,10 +87,13 @@ def scenario_sha256(scenario: Scenario) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def request_table(frame: pd.DataFrame, trace_hash: str, scenario_hash: str) -> pa.Table:
+def request_table(frame: pd.DataFrame, trace_hash: str, scenario_hash: str, *,
+                  allow_null: bool = False) -> pa.Table:
     """``frame`` as a table of :data:`REQUEST_SCHEMA` (columns in schema order), with the
     version and both hashes in its metadata. A missing or unknown column, or a value that
-    does not convert losslessly to the column's type, is a :class:`SimkvError` naming it."""
+    does not convert losslessly to the column's type, is a :class:`SimkvError` naming it;
+    so is a null outside ``error``, unless ``allow_null`` (a replay's unknown columns; the
+    trace's columns are never null)."""
     missing = [c for c in REQUEST_COLUMNS if c not in frame.columns]
     unknown = [c for c in frame.columns if c not in REQUEST_SCHEMA.names]
     if missing or unknown:
@@ -88,7 +103,8 @@ def request_table(frame: pd.DataFrame, trace_hash: str, scenario_hash: str) -> p
     for f in REQUEST_SCHEMA:
         try:
             arr = pa.array(frame[f.name].to_numpy(), from_pandas=True)
-            if arr.null_count:
+            may_be_null = f.name == ERROR_COLUMN or (allow_null and f.nullable)
+            if arr.null_count and not may_be_null:
                 raise SimkvError(f"per-request column '{f.name}': {arr.null_count} missing value(s)")
             arrays.append(arr.cast(f.type, safe=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:

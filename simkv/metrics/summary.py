@@ -43,29 +43,13 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
     cache's counters, each tier's totals, the end time)."""
     cache, end_s = run.cache, run.end_s
     n = len(requests)
-    input_tokens = int(requests["input_tokens"].sum())
     hit_tokens = int(requests["hit_tokens"].sum())
     blocks = requests["blocks"].to_numpy()
     hit_blocks = requests["hit_blocks"].to_numpy()
     duration = float(end_s)
-    out: dict[str, Any] = {
-        "requests": n,
-        "duration_s": duration,
-        "block_size": cache.block_size,
-        "block_bytes": cache.block_bytes,
-        "input_tokens": input_tokens,
-        "hit_tokens": hit_tokens,
-        "token_hit_rate": _ratio(hit_tokens, input_tokens),
-    }
-    for tier in TIER_NAMES:
-        out[f"token_hit_rate_{tier}"] = _ratio(requests[f"{tier}_hit_tokens"].sum(), input_tokens)
-    by_class = requests.groupby("prompt_class", sort=True)[["hit_tokens", "input_tokens"]].sum()
-    out["token_hit_rate_by_class"] = {
-        str(c): _ratio(row.hit_tokens, row.input_tokens) for c, row in by_class.iterrows()
-    }
-    out["block_hit_ratio"] = _ratio(hit_blocks.sum(), blocks.sum())
-    out["request_full_hit_ratio"] = _ratio(((hit_blocks == blocks) & (blocks > 0)).sum(), n)
-    out["request_any_hit_ratio"] = _ratio((hit_blocks > 0).sum(), n)
+    out: dict[str, Any] = {"requests": n, "duration_s": duration, "block_size": cache.block_size,
+                           "block_bytes": cache.block_bytes}
+    out.update(hit_metrics(requests))
 
     for tier in run.tiers:
         name, ev, ex, byte_s = tier.name, tier.evictions, tier.expirations, tier.byte_seconds
@@ -107,13 +91,56 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
         "cpu_writes": cache.cpu_writes,
         "disk_writes": cache.disk_writes,
     })
-    ttft = requests["ttft_s"].to_numpy()
-    base = requests["ttft_nocache_s"].to_numpy()
-    out["ttft_mean_s"] = float(ttft.mean()) if n else None
-    out.update(_percentiles(ttft, "ttft"))
-    out["ttft_nocache_mean_s"] = float(base.mean()) if n else None
-    out.update(_percentiles(base, "ttft_nocache"))
+    out.update(ttft_metrics(requests))
     out.update(load_metrics(requests, scenario, cache, end_s))
+    return out
+
+
+def _known_sum(column: pd.Series) -> float | None:
+    """Σ of a per-request column, or ``None`` (unknown) if any row's value is unknown (null:
+    a replay against an engine that does not report it)."""
+    return None if column.isna().any() else column.sum()
+
+
+def hit_metrics(requests: pd.DataFrame) -> dict[str, Any]:
+    """The hit metrics of per-request rows (a run's, or a replay's served requests): token hit
+    rate = Σ hit_tokens / Σ input_tokens, per tier and per prompt class; block hit ratio = Σ
+    hit_blocks / Σ blocks; the shares of requests with every block / any block hit. A column
+    with an unknown (null) value makes its metric ``None``."""
+    n = len(requests)
+    input_tokens = int(requests["input_tokens"].sum())
+    hit = _known_sum(requests["hit_tokens"])
+    out: dict[str, Any] = {
+        "input_tokens": input_tokens,
+        "hit_tokens": None if hit is None else int(hit),
+        "token_hit_rate": None if hit is None else _ratio(hit, input_tokens),
+    }
+    for tier in TIER_NAMES:
+        tier_hit = _known_sum(requests[f"{tier}_hit_tokens"])
+        out[f"token_hit_rate_{tier}"] = None if tier_hit is None else _ratio(tier_hit, input_tokens)
+    out["token_hit_rate_by_class"] = {
+        str(c): None if (h := _known_sum(g["hit_tokens"])) is None else _ratio(h, g["input_tokens"].sum())
+        for c, g in requests.groupby("prompt_class", sort=True)
+    }
+    if requests["hit_blocks"].isna().any():
+        out.update(block_hit_ratio=None, request_full_hit_ratio=None, request_any_hit_ratio=None)
+        return out
+    blocks = requests["blocks"].to_numpy()
+    hit_blocks = requests["hit_blocks"].to_numpy()
+    out["block_hit_ratio"] = _ratio(hit_blocks.sum(), blocks.sum())
+    out["request_full_hit_ratio"] = _ratio(((hit_blocks == blocks) & (blocks > 0)).sum(), n)
+    out["request_any_hit_ratio"] = _ratio((hit_blocks > 0).sum(), n)
+    return out
+
+
+def ttft_metrics(requests: pd.DataFrame) -> dict[str, Any]:
+    """Mean and p50/p90/p99 of ``ttft_s`` and ``ttft_nocache_s`` over the rows where they are
+    known (``None`` where no row knows them)."""
+    out: dict[str, Any] = {}
+    for col, prefix in (("ttft_s", "ttft"), ("ttft_nocache_s", "ttft_nocache")):
+        values = requests[col].dropna().to_numpy(dtype=float)
+        out[f"{prefix}_mean_s"] = float(values.mean()) if len(values) else None
+        out.update(_percentiles(values, prefix))
     return out
 
 

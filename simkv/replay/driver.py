@@ -1,0 +1,337 @@
+"""``simkv replay``: drive an OpenAI-compatible server (simkv's engine, or vLLM) with a trace's
+requests at their arrival times and write what it measured as a run directory whose rows join
+``simkv run``'s of the same trace and scenario (same schema, same hashes, same request ids).
+
+Files in the output directory: ``parts/`` (the rows as measured, appended; see
+:mod:`simkv.replay.parts`), then, once every request has a row, ``requests.parquet`` (the
+per-request schema, trace order), ``replay_requests.parquet`` (the replay's own columns),
+``summary.json`` (the hit and TTFT metrics computed from the served rows, as ``simkv run``
+computes them), ``scenario.yaml`` and ``replay.json`` (engine, pacing, per session the
+server's ``/metrics`` counters before and after and their deltas, errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from simkv import __version__
+from simkv.api import check_block_size, check_run_dir, clear_run_dir, resolve_trace
+from simkv.errors import SimkvError
+from simkv.fileio import atomic_write, make_dir
+from simkv.metrics.schema import (
+    ERROR_COLUMN,
+    LOAD_TIERS,
+    REQUEST_COLUMNS,
+    request_table,
+    scenario_sha256,
+    trace_sha256,
+    write_requests,
+)
+from simkv.metrics.summary import hit_metrics, ttft_metrics
+from simkv.model.system import TIER_NAMES
+from simkv.replay.pacing import Send, pace
+from simkv.replay.parts import REPLAY_COLUMNS, PartWriter, read_parts
+from simkv.scenario import Scenario, load_scenario
+from simkv.traces.prompts import PromptBuilder
+from simkv.traces.schema import Trace
+
+#: The vocabulary assumed when the server does not report one (the Llama-2-sized shapes').
+DEFAULT_VOCAB = 32000
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How to replay: ``speed`` scales the arrival times (``None``: as fast as ``concurrency``
+    allows); ``max_tokens`` per request (``None``: the trace's ``output_tokens``);
+    ``vocab_size`` (``None``: the server's, else :data:`DEFAULT_VOCAB`); ``timeout_s`` per
+    request (send → end of stream); rows are flushed every ``flush_rows`` rows or
+    ``flush_s`` seconds."""
+
+    engine_url: str
+    speed: float | None = 1.0
+    concurrency: int = 64
+    max_tokens: int | None = 1
+    api_key: str | None = None
+    timeout_s: float = 300.0
+    vocab_size: int | None = None
+    resume: bool = False
+    flush_rows: int = 64
+    flush_s: float = 5.0
+
+
+@dataclass
+class ReplayResult:
+    """What a replay session did: rows it measured (``sent``), of which ``errors`` failed,
+    requests already done before it (``resumed``); ``interrupted``: stopped by Ctrl-C (no final
+    files then; the rows are in ``out/parts``); ``summary``: the final summary otherwise."""
+
+    out: Path
+    sent: int
+    errors: int
+    resumed: int
+    interrupted: bool
+    summary: dict[str, Any] | None
+
+
+def prepare_out(out: Path, resume: bool) -> None:
+    """Refuse ``out`` unless it is new, empty or an earlier run directory; one holding a
+    replay's parts only with ``resume``."""
+    if (out / "parts").is_dir() and not resume:
+        raise SimkvError(f"{out}: holds a replay's rows (parts/); pass --resume to continue it, "
+                         "or choose a new directory for -o")
+    if not resume:
+        check_run_dir(out)
+        if out.is_dir():          # an earlier run's report and timeline would describe another run
+            clear_run_dir(out)
+            (out / "timeline.parquet").unlink(missing_ok=True)
+
+
+def replay(scenario: Scenario | str | Path, trace: Trace | str | Path | None, out: str | Path,
+           options: ReplayOptions, *, overrides: list[str] | None = None,
+           progress: Callable[[int], Any] | None = None,
+           on_start: Callable[[int, int], Any] | None = None) -> ReplayResult:
+    """Replay ``trace`` (default: the scenario's) through ``options.engine_url`` into ``out``.
+
+    ``on_start(total, done)`` is called once the engine answered; ``progress(1)`` per row.
+    Failed requests are rows with ``error`` set; an engine that does not answer at the start
+    is a :class:`~simkv.replay.client.EngineUnreachable` before any row."""
+    scenario_path = None
+    if isinstance(scenario, str | Path):
+        scenario_path = Path(scenario)
+        scenario = load_scenario(scenario_path, overrides)
+    elif overrides:
+        scenario = scenario.with_overrides(overrides)
+    tr = resolve_trace(scenario, trace, scenario_path)
+    check_block_size(scenario, tr)
+    out = Path(out)
+    prepare_out(out, options.resume)
+    hashes = (trace_sha256(tr), scenario_sha256(scenario))
+    done = read_parts(out, *hashes)
+    done_ids = set(done["request_id"])
+    ids = tr.table.column("request_id").to_pylist()
+    todo = [i for i, rid in enumerate(ids) if rid not in done_ids]
+    make_dir(out)
+    session = _next_session(out)
+    record, sent, errors, interrupted = asyncio.run(
+        _session(tr, scenario, out, hashes, options, todo, len(ids) - len(todo), session, progress, on_start))
+    _append_session(out, options, record)
+    if interrupted:
+        return ReplayResult(out, sent, errors, len(ids) - len(todo), True, None)
+    summary = finalize(out, tr, scenario, options)
+    return ReplayResult(out, sent, errors, len(ids) - len(todo), False, summary)
+
+
+async def _session(tr: Trace, scenario: Scenario, out: Path, hashes: tuple[str, str], options: ReplayOptions,
+                   todo: list[int], resumed: int, session: int, progress: Callable[[int], Any] | None,
+                   on_start: Callable[[int, int], Any] | None) -> tuple[dict[str, Any], int, int, bool]:
+    import httpx
+
+    from simkv.replay import client as cl
+
+    url = options.engine_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+    limits = httpx.Limits(max_connections=options.concurrency, max_keepalive_connections=options.concurrency)
+    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(options.timeout_s),
+                                 limits=limits) as client:
+        model = await cl.probe(client, url)
+        vocab = _vocab_size(model, options.vocab_size)
+        chunk = await cl.chunk_size(client, url)
+        if chunk is not None and chunk != tr.block_size:
+            raise SimkvError(f"{url}: the engine's chunk size is {chunk} but the trace has block_size "
+                             f"{tr.block_size}; serve it with --set block_size={tr.block_size}")
+        before = await cl.scrape(client, url)
+        if on_start:
+            on_start(len(todo) + resumed, resumed)
+        writer = PartWriter(out, *hashes, every_rows=options.flush_rows, every_s=options.flush_s)
+        counts = {"sent": 0, "errors": 0}
+        t0 = time.monotonic()
+        model_name = model.get("id")
+        prompts = PromptBuilder(tr, vocab)
+
+        async def send(s: Send) -> None:
+            i = todo[s.index]
+            payload = _payload(tr, i, prompts, options, model_name)
+            outcome = await cl.complete(client, url, payload, options.timeout_s)
+            writer.add(_row(tr, i, outcome, s, t0, session))
+            counts["sent"] += 1
+            counts["errors"] += outcome.error is not None
+            if progress:
+                progress(1)
+
+        arrivals = [float(tr.arrival_s[i]) for i in todo]
+        interrupted = False
+        main = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        old = signal.getsignal(signal.SIGINT)
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            loop.add_signal_handler(signal.SIGINT, main.cancel)
+        try:
+            await pace(arrivals, options.speed, options.concurrency, send)
+        except asyncio.CancelledError:
+            interrupted = True
+            main.uncancel()
+        finally:
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.remove_signal_handler(signal.SIGINT)
+                signal.signal(signal.SIGINT, old)
+            writer.flush()
+        wall = time.monotonic() - t0
+        after = None if interrupted else await cl.scrape(client, url)
+    record = {"session": session, "started_unix_s": time.time() - wall, "wall_s": wall,
+              "requests_sent": counts["sent"], "errors": counts["errors"], "interrupted": interrupted,
+              "vocab_size": vocab, "engine_chunk_size": chunk, "model": model_name,
+              "metrics_before": before, "metrics_after": after,
+              "metrics_delta": cl.metric_deltas(before, after)}
+    return record, counts["sent"], counts["errors"], interrupted
+
+
+def _vocab_size(model: dict[str, Any], option: int | None) -> int:
+    reported = model.get("vocab_size")
+    if isinstance(reported, int) and reported > 0:
+        if option is not None and option != reported:
+            raise SimkvError(f"--vocab-size {option}: the engine reports vocab_size {reported}")
+        return reported
+    return option or DEFAULT_VOCAB
+
+
+def _payload(tr: Trace, i: int, prompts: PromptBuilder, options: ReplayOptions,
+             model: str | None) -> dict[str, Any]:
+    rid = str(tr.table.column("request_id")[i])
+    tokens = prompts.tokens(i).tolist()
+    max_tokens = int(tr.output_tokens[i]) if options.max_tokens is None else options.max_tokens
+    payload = {"prompt": tokens, "max_tokens": max_tokens, "stream": True,
+               "stream_options": {"include_usage": True}, "temperature": 0,
+               "request_id": rid, "prompt_class": str(tr.table.column("prompt_class")[i])}
+    if model:
+        payload["model"] = model
+    return payload
+
+
+def _num(d: dict[str, Any] | None, key: str) -> float | None:
+    v = d.get(key) if isinstance(d, dict) else None
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _row(tr: Trace, i: int, o: Any, s: Send, t0: float, session: int) -> dict[str, Any]:
+    """One request's row: the trace's columns, what the client measured, what the server
+    reported (``usage.simkv``: simkv's engine; else ``prompt_tokens_details.cached_tokens``);
+    every other column null (unknown), never 0."""
+    B = tr.block_size
+    n = int(tr.input_tokens[i])
+    row: dict[str, Any] = dict.fromkeys((*REQUEST_COLUMNS, *REPLAY_COLUMNS))
+    row.update(request_id=str(tr.table.column("request_id")[i]), arrival_s=float(tr.arrival_s[i]),
+               prompt_class=str(tr.table.column("prompt_class")[i]), input_tokens=n, blocks=n // B,
+               sent_s=s.sent_s - t0, send_lag_s=s.lag_s, total_s=o.total_s, http_status=o.status,
+               completion_tokens=o.completion_tokens, session=session)
+    if o.error is not None:
+        row[ERROR_COLUMN] = o.error
+        return row
+    row["ttft_s"] = o.ttft_s
+    usage = o.usage if isinstance(o.usage, dict) else {}
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    row["cached_tokens"] = int(cached) if isinstance(cached, int) else None
+    sk = usage.get("simkv")
+    if isinstance(sk, dict) and isinstance(sk.get("tokens_by_source"), dict):
+        by = sk["tokens_by_source"]
+        hits = {t: int(by.get(t, 0)) for t in TIER_NAMES}       # a tier the engine lacks served 0
+        for t, v in hits.items():
+            row[f"{t}_hit_tokens"] = v
+        hit = sum(hits.values())
+        row.update(hit_tokens=hit, hit_blocks=hit // B)
+        row["computed_tokens"] = int(by["computed"]) if "computed" in by else n - hit
+        loaded = sk.get("bytes_loaded")
+        if isinstance(loaded, dict):
+            for t in LOAD_TIERS:
+                row[f"{t}_loaded_bytes"] = int(loaded.get(t, 0))
+        for key in ("queue_s", "prefill_s", "hydrate_s", "store_s", "decode_s"):
+            row[key] = _num(sk, key)
+        row["server_ttft_s"] = _num(sk, "ttft_s")
+        load, hydrate = _num(sk, "load_s"), _num(sk, "hydrate_s")
+        # the simulator's load_s brings every hit block to the GPU, archive fetches included
+        row["load_s"] = None if load is None else load + (hydrate or 0.0)
+    elif row["cached_tokens"] is not None:                  # vLLM: a total, no tiers
+        hit = row["cached_tokens"]
+        row.update(hit_tokens=hit, hit_blocks=hit // B, computed_tokens=n - hit)
+    return row
+
+
+def finalize(out: Path, tr: Trace, scenario: Scenario, options: ReplayOptions) -> dict[str, Any]:
+    """Once every request has a row: write ``requests.parquet`` (trace order, one row per
+    request), ``replay_requests.parquet``, ``summary.json`` and ``scenario.yaml``."""
+    hashes = (trace_sha256(tr), scenario_sha256(scenario))
+    rows = read_parts(out, *hashes).drop_duplicates("request_id", keep="first")
+    order = {rid: k for k, rid in enumerate(tr.table.column("request_id").to_pylist())}
+    rows = rows.assign(_order=rows["request_id"].map(order)).sort_values("_order", kind="stable")
+    rows = rows.drop(columns="_order").reset_index(drop=True)
+    if len(rows) != len(order):
+        raise SimkvError(f"{out}: {len(order) - len(rows)} request(s) have no row; run again with --resume")
+    table = request_table(rows[list(REQUEST_COLUMNS)], *hashes, allow_null=True)
+    atomic_write(out / "requests.parquet", lambda p: write_requests(table, p))
+    extra = rows[["request_id", *REPLAY_COLUMNS]]
+    atomic_write(out / "replay_requests.parquet", lambda p: extra.to_parquet(p, index=False))
+    summary = replay_summary(rows, tr, scenario, options)
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    ran = replace(scenario, trace=os.path.normpath(tr.path) if tr.path else None).relative_to(out)
+    atomic_write(out / "scenario.yaml", lambda p: p.write_text(ran.to_yaml()))
+    return summary
+
+
+def replay_summary(rows: pd.DataFrame, tr: Trace, scenario: Scenario,
+                   options: ReplayOptions) -> dict[str, Any]:
+    """The summary of a replay: identification as ``simkv run`` writes it, counts, and the hit
+    and TTFT metrics of the served rows (:func:`~simkv.metrics.summary.hit_metrics`,
+    :func:`~simkv.metrics.summary.ttft_metrics`; ``ttft_s`` measured at the client)."""
+    served = rows[rows[ERROR_COLUMN].isna()]
+    return {
+        "scenario": scenario.name,
+        "trace": os.path.normpath(tr.path) if tr.path else None,
+        "trace_source": tr.source,
+        "trace_sha256": trace_sha256(tr),
+        "scenario_sha256": scenario_sha256(scenario),
+        "engine": "replay",
+        "engine_url": options.engine_url,
+        "simkv_version": __version__,
+        "requests": len(rows),
+        "requests_failed": int(len(rows) - len(served)),
+        "block_size": tr.block_size,
+        **hit_metrics(served),
+        **ttft_metrics(served),
+    }
+
+
+def _next_session(out: Path) -> int:
+    return len(_read_replay_json(out).get("sessions", []))
+
+
+def _read_replay_json(out: Path) -> dict[str, Any]:
+    path = out / "replay.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise SimkvError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _append_session(out: Path, options: ReplayOptions, record: dict[str, Any]) -> None:
+    """``replay.json``: the engine and pacing of the latest session, and every session's record."""
+    data = _read_replay_json(out)
+    sessions = [*data.get("sessions", []), record]
+    data = {"engine_url": options.engine_url, "speed": "max" if options.speed is None else options.speed,
+            "concurrency": options.concurrency,
+            "max_tokens": "trace" if options.max_tokens is None else options.max_tokens,
+            "timeout_s": options.timeout_s,
+            "errors": sum(s["errors"] for s in sessions), "sessions": sessions}
+    atomic_write(out / "replay.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))

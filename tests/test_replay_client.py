@@ -1,0 +1,330 @@
+"""``simkv replay``, the client: pacing on a fake clock, the provisional prompts, the parts and
+their resume (no server), then end to end through the real engine server (the tiny model on the
+CPU, real LMCache, real HTTP on 127.0.0.1): rows join ``simkv run``'s request by request, an
+interrupted replay resumes with each request exactly once, failed requests are rows, and a
+wrong block size or an unreachable engine is refused before any row."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from simkv.metrics.schema import REQUEST_COLUMNS, read_requests, request_metadata
+from simkv.replay.client import metric_deltas, parse_metrics
+from simkv.replay.pacing import Send, pace
+from simkv.replay.parts import PartWriter, part_files, read_parts
+from simkv.traces.schema import build_table, write_trace
+from tests.conftest import simkv_cli
+from tests.test_cli import assert_user_error
+
+BLOCK = 16
+
+
+# -- pacing on a fake clock ---------------------------------------------------------------------
+class FakeClock:
+    """Virtual time: ``sleep`` parks the caller until :meth:`run` advances time to its wake-up
+    (earliest first, once every task is blocked); ``overshoot`` is added to every sleep (a late
+    wake-up, as a loaded machine gives)."""
+
+    def __init__(self, overshoot: float = 0.0) -> None:
+        self.t = 0.0
+        self.overshoot = overshoot
+        self.waiters: list[tuple[float, int, asyncio.Future]] = []
+        self.seq = 0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiters, (self.t + max(seconds, 0.0) + self.overshoot, self.seq, fut))
+        self.seq += 1
+        await fut
+
+    def run(self, coro) -> None:
+        async def main() -> None:
+            task = asyncio.create_task(coro)
+            while not task.done():
+                for _ in range(50):                 # let every runnable task block
+                    await asyncio.sleep(0)
+                if task.done():
+                    break
+                assert self.waiters, "deadlock: nothing sleeps and nothing runs"
+                t, _, fut = heapq.heappop(self.waiters)
+                self.t = max(self.t, t)
+                fut.set_result(None)
+            task.result()
+
+        asyncio.run(main())
+
+
+def paced(arrivals, speed, concurrency, service_s, overshoot=0.0) -> list[Send]:
+    clock = FakeClock(overshoot)
+    sends: list[Send] = []
+
+    async def send(s: Send) -> None:
+        sends.append(s)
+        await clock.sleep(service_s)
+
+    clock.run(pace(arrivals, speed, concurrency, send, clock))
+    return sends
+
+
+def test_requests_go_out_at_their_scaled_arrival_times_when_slots_are_free() -> None:
+    arrivals = [10.0, 11.0, 11.0, 15.0]
+    sends = paced(arrivals, speed=2.0, concurrency=4, service_s=1.5)
+    assert [s.index for s in sends] == [0, 1, 2, 3]
+    assert [s.sent_s for s in sends] == [(a - arrivals[0]) / 2.0 for a in arrivals]
+    assert all(s.lag_s == 0 for s in sends)
+
+
+def test_a_request_due_while_every_slot_is_busy_waits_and_its_lag_is_recorded() -> None:
+    # one slot, 1.5 s per request: each goes out when the previous one ends
+    sends = paced([0.0, 1.0, 1.0, 5.0], speed=2.0, concurrency=1, service_s=1.5)
+    due = [0.0, 0.5, 0.5, 2.5]
+    ends = np.cumsum([1.5] * 4)
+    expect_sent = [max(d, prev_end) for d, prev_end in zip(due, [0.0, *ends[:-1]], strict=True)]
+    assert [s.due_s for s in sends] == due
+    assert [s.sent_s for s in sends] == expect_sent
+    assert [s.lag_s for s in sends] == [s - d for s, d in zip(expect_sent, due, strict=True)]
+
+
+def test_speed_max_sends_as_fast_as_the_concurrency_allows() -> None:
+    sends = paced([0.0, 100.0, 200.0, 300.0], speed=None, concurrency=2, service_s=1.0)
+    assert [s.sent_s for s in sends] == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_late_wake_ups_do_not_accumulate() -> None:
+    """Each request is slept towards from the start (absolute), so a wake-up 0.1 s late makes
+    every request 0.1 s late, not the n-th one n × 0.1 s."""
+    sends = paced([0.0, 1.0, 2.0, 3.0, 4.0], speed=1.0, concurrency=8, service_s=0.0, overshoot=0.1)
+    assert [round(s.lag_s, 9) for s in sends] == [0.0, 0.1, 0.1, 0.1, 0.1]
+
+
+# -- prompts, metrics text, parts -----------------------------------------------------------------
+def test_metrics_text_keeps_the_cache_counters_and_their_deltas() -> None:
+    before = parse_metrics('# HELP x\nsimkv_requests_total 3.0\nprocess_cpu 9\n'
+                           'vllm:prefix_cache_hits_total{model_name="m"} 10\n')
+    after = parse_metrics('simkv_requests_total 5.0\nvllm:prefix_cache_hits_total{model_name="m"} 14\n'
+                          'simkv_prompt_tokens_by_source_total{source="gpu"} 32\n')
+    assert before == {"simkv_requests_total": 3.0, 'vllm:prefix_cache_hits_total{model_name="m"}': 10.0}
+    assert metric_deltas(before, after) == {
+        "simkv_prompt_tokens_by_source_total{source=\"gpu\"}": 32.0, "simkv_requests_total": 2.0,
+        'vllm:prefix_cache_hits_total{model_name="m"}': 4.0}
+    assert metric_deltas(None, after) is None
+
+
+def _row(rid: str) -> dict:
+    return {c: None for c in REQUEST_COLUMNS} | {"request_id": rid, "arrival_s": 0.0, "prompt_class": "x",
+                                                 "input_tokens": 20, "blocks": 1, "ttft_s": 0.5}
+
+
+def test_parts_are_appended_atomically_and_refuse_another_trace(tmp_path) -> None:
+    w = PartWriter(tmp_path, "t" * 64, "s" * 64, every_rows=2, every_s=1e9)
+    for rid in ("a", "b", "c"):
+        w.add(_row(rid))
+    assert len(part_files(tmp_path)) == 1          # "c" still buffered
+    w.flush()
+    w2 = PartWriter(tmp_path, "t" * 64, "s" * 64)   # a resumed session numbers on
+    w2.add(_row("d"))
+    w2.flush()
+    assert [p.name for p in part_files(tmp_path)] == [f"part-{i:05d}.parquet" for i in range(3)]
+    rows = read_parts(tmp_path, "t" * 64, "s" * 64)
+    assert rows["request_id"].tolist() == ["a", "b", "c", "d"]
+    assert rows["hit_tokens"].isna().all()                            # unknown stays null
+    assert not [p for p in (tmp_path / "parts").iterdir() if p.name.startswith(".")]
+    with pytest.raises(Exception, match="another trace"):
+        read_parts(tmp_path, "u" * 64, "s" * 64)
+
+
+# -- end to end through the real engine server ----------------------------------------------------
+pytest.importorskip("torch", reason="the engine needs torch (make install)")
+pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
+
+GPU_BLOCKS = 64
+TINY_VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A generated trace of the tiny shape (block size 16; its last request moved 10^5 s later so
+    a paced replay is still running when interrupted) and a deterministic scenario: one LRU GPU
+    tier of 64 blocks, no other tier, zero service time."""
+    from simkv.traces.generator import generate, generator_config
+
+    d = tmp_path_factory.mktemp("replay")
+    ov = ["block_size=16", "system_prompt_tokens=96", "tool_schema_tokens=48", "session_context_tokens=64",
+          "user_tokens=24", "answer_tokens=8", "rag_tokens=80", "batch_doc_tokens=80", "tool_call_tokens=8",
+          "tool_result_tokens=40", "max_context_tokens=600", "n_agent_types=3"]
+    gen = generate(generator_config(seed=3, n_requests=40, overrides=ov))
+    cols = gen.table.to_pydict()
+    # a repeat of request 5 with its tail cut: a prompt of whole blocks, all cached
+    for values in cols.values():
+        values.insert(6, values[5])
+    cols["request_id"][6] = "whole-blocks-repeat"
+    cols["input_tokens"][6] = len(cols["block_hashes"][6]) * BLOCK
+    cols["arrival_s"][-1] = cols["arrival_s"][-2] + 1e5
+    trace = build_table(cols, block_size=gen.block_size, source="test")
+    write_trace(trace, d / "trace.parquet")
+    scenario = {"name": "replay-lru", "block_size": BLOCK,
+                "tiers": {"gpu": {"capacity_blocks": GPU_BLOCKS, "eviction": "lru"},
+                          "cpu": {"enabled": False}, "disk": {"enabled": False},
+                          "archive": {"enabled": False}},
+                "hardware": {"zero_service_time": True}, "load_policy": "always"}
+    (d / "scenario.yaml").write_text(yaml.safe_dump(scenario))
+    return {"trace": d / "trace.parquet", "scenario": d / "scenario.yaml", "dir": d}
+
+
+@pytest.fixture(scope="module")
+def engine(files):
+    """The engine server (a subprocess, port 0) serving the scenario with the tiny model."""
+    code = ("import sys\nfrom simkv.scenario import load_scenario\nfrom simkv_replay.server import serve\n"
+            "serve(load_scenario(sys.argv[1]), model='tiny', device='cpu', port=0,\n"
+            "      on_ready=lambda url: print(url, flush=True))\n")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(files["scenario"])], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    url = proc.stdout.readline().strip() if ready else ""
+    if not url.startswith("http"):
+        proc.kill()
+        pytest.fail(f"the engine server did not start: {proc.stderr.read()[-2000:]}")
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _post(url: str, path: str, body: dict) -> dict:
+    import httpx
+
+    resp = httpx.post(f"{url}{path}", json=body, timeout=60)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def _replay(files, engine, out: Path, *extra: str):
+    return simkv_cli("replay", str(files["scenario"]), "--trace", str(files["trace"]), "--engine", engine,
+                     "--vocab-size", str(TINY_VOCAB), "-o", str(out), *extra)
+
+
+def test_replay_rows_join_simkv_run_request_by_request(files, engine, tmp_path) -> None:
+    """GPU-only LRU, zero service time, one request in flight (the server then sees them in
+    trace order): the engine's GPU hits equal the simulator's for every request, except where
+    the engine always computes the last prompt token: a fully cached prompt of whole blocks is
+    served one block short (the simulator counts that block as a hit)."""
+    from simkv.api import run
+
+    _post(engine, "/kv/clear", {"tiers": ["gpu"]})
+    proc = _replay(files, engine, tmp_path / "out", "--speed", "max", "--concurrency", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    got = read_requests(out / "requests.parquet")
+    sim = run(files["scenario"], files["trace"])
+    meta = request_metadata(out / "requests.parquet")
+    assert meta["trace_sha256"] == sim.summary["trace_sha256"]
+    assert meta["scenario_sha256"] == sim.summary["scenario_sha256"]
+    assert got["request_id"].tolist() == sim.requests["request_id"].tolist()
+    assert got["error"].isna().all()
+    n, full = sim.requests["input_tokens"], sim.requests["hit_blocks"] == sim.requests["blocks"]
+    one_token_rule = (n % BLOCK == 0) & full & (sim.requests["blocks"] > 0)
+    expect = sim.requests["gpu_hit_tokens"] - one_token_rule * BLOCK
+    assert one_token_rule.any()                     # the trace exercises the difference
+    differ = got["gpu_hit_tokens"] != expect
+    assert not differ.any(), pd.DataFrame({"sim": sim.requests["gpu_hit_tokens"],
+                                           "engine": got["gpu_hit_tokens"]})[differ]
+    assert (got[["cpu_hit_tokens", "disk_hit_tokens", "archive_hit_tokens"]] == 0).all().all()
+    assert (got["hit_tokens"] == got["gpu_hit_tokens"]).all() and got["gpu_hit_tokens"].sum() > 0
+    assert got["ttft_s"].gt(0).all() and got["queue_s"].notna().all()
+    for col in ("ttft_nocache_s", "prefix_blocks", "gpu_seconds_saved", "gpu_held_bytes"):
+        assert got[col].isna().all(), col          # unknown to the client: null, never 0
+    extra = pd.read_parquet(out / "replay_requests.parquet")
+    assert (extra["computed_tokens"] == got["input_tokens"] - got["hit_tokens"]).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] == len(sim.requests) and summary["requests_failed"] == 0
+    assert summary["hit_tokens"] == got["hit_tokens"].sum()
+    assert summary["token_hit_rate"] == pytest.approx(got["hit_tokens"].sum() / got["input_tokens"].sum())
+    rj = json.loads((out / "replay.json").read_text())
+    delta = rj["sessions"][0]["metrics_delta"]
+    assert delta["simkv_requests_total"] == len(got)
+    assert delta['simkv_prompt_tokens_by_source_total{source="gpu"}'] == got["gpu_hit_tokens"].sum()
+    assert rj["errors"] == 0 and rj["speed"] == "max"
+
+
+def test_an_interrupted_replay_resumes_with_each_request_once(files, engine, tmp_path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "simkv.cli", "replay", str(files["scenario"]), "--trace",
+           str(files["trace"]), "--engine", engine, "--vocab-size", str(TINY_VOCAB), "-o", str(out),
+           "--speed", "50", "--concurrency", "2", "--flush-rows", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(part_files(out)) < 3:               # the last request is due 2000 s from now
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert not (out / "requests.parquet").exists()
+    kept = pd.concat([pq.read_table(p).to_pandas() for p in part_files(out)])
+    assert 3 <= len(kept) < 41 and kept["request_id"].is_unique
+
+    again = _replay(files, engine, out)          # without --resume: refused, nothing touched
+    assert_user_error(again, "--resume")
+    done = _replay(files, engine, out, "--resume", "--speed", "max")
+    assert done.returncode == 0, done.stderr
+    rows = pd.concat([pq.read_table(p).to_pandas() for p in part_files(out)])
+    assert len(rows) == 41 and rows["request_id"].is_unique
+    got = read_requests(out / "requests.parquet")
+    trace_ids = pq.read_table(files["trace"]).column("request_id").to_pylist()
+    assert got["request_id"].tolist() == trace_ids
+    assert set(rows.loc[rows["session"] == 0, "request_id"]) == set(kept["request_id"])
+    assert len(json.loads((out / "replay.json").read_text())["sessions"]) == 2
+
+
+def test_failed_requests_are_rows_with_their_error(files, engine, tmp_path) -> None:
+    """Token ids beyond the tiny model's vocabulary: the server answers 400 to every request;
+    each is a row with the error and null measurements, and the replay completes."""
+    proc = simkv_cli("replay", str(files["scenario"]), "--trace", str(files["trace"]), "--engine", engine,
+                     "--vocab-size", "100000", "--speed", "max", "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "failed" in proc.stderr
+    got = read_requests(tmp_path / "out" / "requests.parquet")
+    assert len(got) == 41 and got["error"].str.startswith("HTTP 400").all()
+    assert got[["ttft_s", "hit_tokens", "gpu_hit_tokens"]].isna().all().all()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["requests_failed"] == 41 and summary["token_hit_rate"] is None
+
+
+def test_a_block_size_mismatch_is_refused(files, tmp_path) -> None:
+    proc = simkv_cli("replay", str(files["scenario"]), "--trace", str(files["trace"]), "--engine",
+                     "http://127.0.0.1:9", "--set", "block_size=32", "-o", str(tmp_path / "out"))
+    assert_user_error(proc, "block_size", "32", "16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_engine_is_refused_before_any_row(files, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:                      # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _replay(files, f"http://127.0.0.1:{port}", tmp_path / "out")
+    assert_user_error(proc, "unreachable", str(port))
+    assert part_files(tmp_path / "out") == []
