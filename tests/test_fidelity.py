@@ -137,7 +137,7 @@ def _with_errors(src: Path, dst: Path, failed: list[int]) -> Path:
     ttft = table.column("ttft_s").to_numpy().copy()
     ttft[failed] = 0.0
     table = table.set_column(table.schema.get_field_index("ttft_s"), "ttft_s", pa.array(ttft))
-    table = table.append_column("error", pa.array(err, pa.string()))
+    table = table.set_column(table.schema.get_field_index("error"), "error", pa.array(err, pa.string()))
     pq.write_table(table, dst / "requests.parquet")
     (dst / "summary.json").write_text((src / "summary.json").read_text())
     return dst
