@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -566,10 +566,6 @@ class ArchiveWorker:
         hashes = self.state.hashes[ids].tolist()
         return np.fromiter((self.live(h, now) for h in hashes), np.bool_, len(hashes))
 
-    def stored_bytes(self) -> int:
-        with self._index_lock:
-            return sum(e.stored_bytes for e in self.index.values())
-
     # -- the pass -------------------------------------------------------------------------
     def run_pass(self) -> None:
         """One pass now (see the class docstring). Passes never overlap."""
@@ -760,8 +756,3 @@ class ArchiveWorker:
             c["objects"] = len(self.index)
             c["stored_bytes"] = sum(e.stored_bytes for e in self.index.values())
         return c
-
-
-def prompt_class_of(meta: dict[str, str]) -> str:
-    """The prompt class an object's metadata records (URL-quoted in S3's ASCII metadata)."""
-    return unquote(meta.get("prompt-class", ""))

@@ -366,8 +366,7 @@ class KVEngine:
         kinds unreachable, timeout, corrupt, missing, other), ``archive_rejected_objects``
         (objects of another layout left out of the index), and the gauges
         ``archive_objects`` / ``archive_stored_bytes`` (the index now)."""
-        with self._lock:
-            out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
+        out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
         out["evictions"] = {"gpu": self.gpu_cache.evictions}
         if self.archive is not None:
             a = self.archive.snapshot()
