@@ -244,14 +244,16 @@ class KVEngine:
         self.archive: ArchiveWorker | None = None
         self.policy: PolicyState | None = None
         self._lm_keys: dict[int, Any] = {}     # archive hash -> LMCache key, of chunks served
-        # Decisions use the scenario's description (hardware profile, model size), as the simulator.
-        self._hw = scenario.hardware.time_model()
+        # Policy decisions (if_faster, TTLs) use the scenario's description (hardware profile,
+        # model size), as the simulator does; the profile is only read when one is needed.
         self._block_bytes = self.chunk_size * scenario.model.bytes_per_token
         self._cut = self.load_policy == "if_faster" and not scenario.hardware.zero_service_time
         if self._cut or scenario.tiers.archive.enabled:
+            self._hw = scenario.hardware.time_model()
             self._hw.check_block_size(self.chunk_size)
-        self._transfers = self._hw.transfers(
-            scenario, self._block_bytes, int(self._block_bytes / scenario.tiers.archive.compression_ratio))
+        if self._cut:
+            archived = int(self._block_bytes / scenario.tiers.archive.compression_ratio)
+            self._transfers = self._hw.transfers(scenario, self._block_bytes, archived)
         self._counts: dict[str, Any] = {
             "requests": 0,
             "prompt_tokens_by_source": dict.fromkeys((*TIERS, "computed"), 0),
