@@ -29,9 +29,19 @@ read (the walk is single-threaded, but LMCache's disk writes are asynchronous; a
 retrieve returns nothing ends the prefix there and is recomputed), and whether a disk read hit
 the page cache.
 
-Not built yet: ``load_policy: if_faster`` (the engine always loads; the scenario value is
-recorded in :attr:`KVEngine.load_policy`), the archive tier, and anything concurrent (requests
-are served one at a time, in call order).
+The archive (``tiers.archive``, :mod:`simkv_replay.archive`) is the fourth tier of the walk: a
+chunk in no local tier but live in the archive's index is fetched, verified and decompressed
+(concurrently for a run of such chunks), written into the KV being built, and then stored into
+LMCache and admitted to the GPU cache like a computed chunk; a fetch that fails in any way ends
+the prefix there (the rest is recomputed) and is counted. The archive worker is fed the same
+events as the simulator's (a request with its prompt class and length; its chunks after the
+lookup) and reads the chunks it uploads from these tiers.
+
+``load_policy: if_faster`` cuts the found prefix where loading stops paying, with the
+simulator's own rule (:func:`simkv.model.cache_base.best_cut`) on the scenario's hardware
+profile and the scenario's model size: the same cut the simulator makes for that prefix.
+
+Requests are served one at a time (a lock; the archive worker takes it to read the tiers).
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lmcache.utils import mock_up_broadcast_fn, mock_up_broadcast_object_fn
 from lmcache.v1.cache_engine import LMCacheEngine, LMCacheEngineBuilder
@@ -56,16 +67,32 @@ from lmcache.v1.storage_backend.cache_policy import POLICY_MAPPING
 from transformers import DynamicCache, PreTrainedModel
 
 from simkv.errors import ScenarioError, SimkvError
+from simkv.model.cache_base import TIER_NAMES, best_cut, new_policy_state
 from simkv.policies.eviction import EVICTION_POLICIES, EvictionPolicy
+from simkv.policies.state import PolicyState
 from simkv.scenario import Scenario, TierCapacity
+from simkv_replay.archive import (
+    ArchiveError,
+    ArchiveOptions,
+    ArchiveWorker,
+    ChunkFormat,
+    ChunkSource,
+    EngineClock,
+    chunk_hashes,
+    codec,
+    model_fingerprint,
+    open_store,
+)
 from simkv_replay.connector import HFKVConnector, KVLayers
 from simkv_replay.models import KVShape, kv_shape_of
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
-#: Tier names in walk order (fastest first).
-TIERS = ("gpu", "cpu", "disk")
+#: Tier names in walk order (fastest first): the simulator's.
+TIERS = TIER_NAMES
+#: The tiers in the engine's own memory and disk (what :meth:`KVEngine.clear` drops).
+LOCAL_TIERS = ("gpu", "cpu", "disk")
 _BACKENDS = {"cpu": "LocalCPUBackend", "disk": "LocalDiskBackend"}
 
 
@@ -116,10 +143,12 @@ class GPUPrefixCache:
 
 @dataclass
 class RequestResult:
-    """One request: tokens served per tier (``hit_tokens``; ``gpu`` / ``cpu`` / ``disk``),
-    tokens prefilled (``computed_tokens``), and times in seconds: ``load_s`` (GPU-cache copies
-    plus LMCache retrieves), ``prefill_s`` (the model's forward pass), ``store_s`` (into the GPU
-    cache and LMCache; LMCache's disk writes finish asynchronously after it). ``logits``: the
+    """One request: tokens served per tier (``hit_tokens``; ``gpu`` / ``cpu`` / ``disk`` /
+    ``archive``), tokens prefilled (``computed_tokens``), and times in seconds: ``load_s``
+    (GPU-cache copies, LMCache retrieves and archive hydration), ``prefill_s`` (the model's
+    forward pass), ``store_s`` (into the GPU cache and LMCache; LMCache's disk writes finish
+    asynchronously after it), ``hydrate_s`` (the part of ``load_s`` spent on archive chunks:
+    GETs, checks, decompression, the copy into the KV; failed fetches included). ``logits``: the
     last prompt token's logits (all computed positions' with ``all_logits=True``).
     ``past_key_values``: the prompt's whole KV (a ``DynamicCache``) for :meth:`KVEngine.decode`."""
 
@@ -131,6 +160,7 @@ class RequestResult:
     store_s: float
     logits: torch.Tensor = field(repr=False)
     past_key_values: DynamicCache | None = field(default=None, repr=False)
+    hydrate_s: float = 0.0
 
     @property
     def cached_tokens(self) -> int:
@@ -214,18 +244,21 @@ class KVEngine:
     ``disk_path``: the folder of LMCache's disk backend (required when ``tiers.disk`` is
     enabled). ``staging_bytes``: LMCache's host buffer when ``tiers.cpu`` is off (LMCache
     allocates every chunk it stores or reads there first, so it must hold one request's chunks).
-    Call :meth:`close` (or use it as a context manager) to release LMCache.
+    ``archive``: where the archive lives (required when ``tiers.archive`` is enabled; a string
+    is a location, see :class:`~simkv_replay.archive.ArchiveOptions`).
+    Call :meth:`close` (or use it as a context manager) to drain the archive worker and
+    release LMCache.
     """
 
     def __init__(self, scenario: Scenario, model: PreTrainedModel, *, disk_path: str | Path | None = None,
-                 staging_bytes: int = GIB) -> None:
+                 staging_bytes: int = GIB, archive: ArchiveOptions | str | Path | None = None) -> None:
         if scenario.block_size is None:
             raise ScenarioError("block_size: the engine's chunk size; set it (e.g. --set block_size=256)")
         if scenario.tiers.disk.enabled and scenario.tiers.disk.write_policy != "write_through":
             raise ScenarioError("tiers.disk.write_policy: LMCache writes every stored chunk through to "
                                 "disk; the engine supports write_through only")
         if scenario.tiers.archive.enabled:
-            raise ScenarioError("tiers.archive.enabled: the engine has no archive tier yet")
+            _check_archive(scenario, archive)
         if os.environ.get("PYTHONHASHSEED") != "0":
             log.info("PYTHONHASHSEED is not 0: LMCache keys chunks with Python's hash() without vLLM; "
                      "set PYTHONHASHSEED=0 before Python starts to keep keys stable across processes")
@@ -237,11 +270,26 @@ class KVEngine:
         self.kv: KVShape = kv_shape_of(model)
         self.chunk_bytes = self.kv.chunk_bytes(self.chunk_size)
         self._ref = 0
+        self._lock = threading.RLock()
+        self.archive: ArchiveWorker | None = None
+        self.policy: PolicyState | None = None
+        self._lm_keys: dict[int, Any] = {}     # archive hash -> LMCache key, of chunks served
+        # Policy decisions (if_faster, TTLs) use the scenario's description (hardware profile,
+        # model size), as the simulator does; the profile is only read when one is needed.
+        self._block_bytes = self.chunk_size * scenario.model.bytes_per_token
+        self._cut = self.load_policy == "if_faster" and not scenario.hardware.zero_service_time
+        if self._cut or scenario.tiers.archive.enabled:
+            self._hw = scenario.hardware.time_model()
+            self._hw.check_block_size(self.chunk_size)
+        if self._cut:
+            archived = int(self._block_bytes / scenario.tiers.archive.compression_ratio)
+            self._transfers = self._hw.transfers(scenario, self._block_bytes, archived)
         self._counts: dict[str, Any] = {
             "requests": 0,
             "prompt_tokens_by_source": dict.fromkeys((*TIERS, "computed"), 0),
             "bytes_loaded": dict.fromkeys(TIERS, 0),
             "bytes_stored": dict.fromkeys(TIERS, 0),
+            "archive_hydrations": 0,
         }
 
         gpu = scenario.tiers.gpu
@@ -290,6 +338,30 @@ class KVEngine:
         for tier, backend in self._backends.items():
             if backend is not None:
                 _count_evictions(backend, tier, self._lmcache_evictions, self._evictions_lock)
+        if scenario.tiers.archive.enabled:
+            try:
+                self._start_archive(archive)  # type: ignore[arg-type]
+            except BaseException:
+                self.close()
+                raise
+
+    def _start_archive(self, options: ArchiveOptions | str | Path) -> None:
+        a = self.scenario.tiers.archive
+        opts = options if isinstance(options, ArchiveOptions) else ArchiveOptions(options)
+        store = open_store(opts.location, endpoint_url=opts.endpoint_url, region=opts.region,
+                           timeout_s=opts.timeout_s, storage_class=a.storage_class)
+        fingerprint = model_fingerprint(self.model, self.kv, self.chunk_size)
+        fmt = ChunkFormat.of(self.kv, self.chunk_size, fingerprint)
+        self.policy = new_policy_state(self.scenario, self.chunk_size, self._block_bytes, self._hw)
+        clock = opts.clock or EngineClock(opts.clock_scale)
+        try:
+            self.archive = ArchiveWorker(store, self.policy, fmt, a.codec, a.interval_s, _Chunks(self),
+                                         self._lock, clock=clock)
+        except BaseException:
+            store.close()
+            raise
+        if opts.worker_thread:
+            self.archive.start()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -298,9 +370,13 @@ class KVEngine:
             return
         self._closed = True
         try:
-            self._manager.stop_services()
+            if self.archive is not None:
+                self.archive.close()   # its last pass reads LMCache: before LMCache stops
         finally:
-            LMCacheEngineBuilder.destroy(self.instance_id)
+            try:
+                self._manager.stop_services()
+            finally:
+                LMCacheEngineBuilder.destroy(self.instance_id)
 
     def __enter__(self) -> KVEngine:
         return self
@@ -312,22 +388,50 @@ class KVEngine:
         """A snapshot of the engine's cumulative counters, for ``/metrics`` and benchmarks: each
         value a number, or a dict from a label (tier, source, error kind) to a number.
         ``prompt_tokens_by_source`` (tiers and ``computed``), ``bytes_loaded`` / ``bytes_stored``
-        per tier (KV bytes of the hosted model), ``evictions`` per tier in chunks (the GPU cache's,
-        and LMCache's CPU and disk backends' own evictions; :func:`_count_evictions`), ``requests``.
-        :meth:`clear` is not counted as eviction."""
+        per tier (KV bytes of the hosted model; the archive's raw bytes hydrated / uploaded),
+        ``evictions`` per tier in chunks (the GPU cache's, and LMCache's CPU and disk backends' own
+        evictions; :func:`_count_evictions`; :meth:`clear` is not counted), ``requests``.
+
+        With an archive: ``expirations`` (``{"archive": n}``, objects deleted at their deadline),
+        ``archive_uploads``, ``archive_upload_bytes`` (``{"raw": , "stored": }``),
+        ``archive_compression_ratio`` (raw / stored over all uploads; 0 before the first),
+        ``archive_compress_s`` / ``archive_upload_s`` (seconds spent compressing / in PUTs),
+        ``archive_refreshes`` (sliding-TTL metadata COPYs), ``archive_skipped`` (candidates
+        gone from every local tier at the pass), ``archive_passes``, ``archive_fetches``
+        (objects fetched and verified), ``archive_fetch_bytes`` (stored bytes),
+        ``archive_fetch_s`` / ``archive_decompress_s``, ``archive_hydrations`` (chunks written
+        into LMCache and the GPU cache from the archive), ``archive_errors`` (``{kind: n}``,
+        kinds unreachable, timeout, corrupt, missing, other), ``archive_rejected_objects``
+        (objects of another layout left out of the index), and the gauges
+        ``archive_objects`` / ``archive_stored_bytes`` (the index now)."""
         out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
         with self._evictions_lock:
             out["evictions"] = {"gpu": self.gpu_cache.evictions, **self._lmcache_evictions}
+        if self.archive is not None:
+            a = self.archive.snapshot()
+            out["expirations"] = {"archive": a["expirations"]}
+            out["archive_uploads"] = a["uploads"]
+            out["archive_upload_bytes"] = {"raw": a["upload_raw_bytes"], "stored": a["upload_stored_bytes"]}
+            out["archive_compression_ratio"] = (a["upload_raw_bytes"] / a["upload_stored_bytes"]
+                                                if a["upload_stored_bytes"] else 0.0)
+            for k in ("compress_s", "upload_s", "refreshes", "skipped", "passes", "fetches", "fetch_bytes",
+                      "fetch_s", "decompress_s", "errors", "rejected_objects", "objects", "stored_bytes"):
+                out[f"archive_{k}"] = a[k]
         return out
 
-    def clear(self, tiers: Sequence[str] = TIERS, *, timeout_s: float = 30.0) -> dict[str, int]:
-        """Drop the named local tiers' contents (for calibration and tests); returns the chunks
-        dropped per tier. The disk tier first waits (at most ``timeout_s``) for LMCache's pending
-        asynchronous writes, so a chunk being written does not reappear after the clear. LMCache
-        0.5.6's disk backend has no ``clear``: its chunks are removed one by one."""
-        unknown = [t for t in tiers if t not in TIERS]
+    def clear(self, tiers: Sequence[str] = LOCAL_TIERS, *, timeout_s: float = 30.0) -> dict[str, int]:
+        """Drop the named local tiers' contents (for calibration and tests; never the archive);
+        returns the chunks dropped per tier. The disk tier first waits (at most ``timeout_s``)
+        for LMCache's pending asynchronous writes, so a chunk being written does not reappear
+        after the clear. LMCache 0.5.6's disk backend has no ``clear``: its chunks are removed
+        one by one."""
+        unknown = [t for t in tiers if t not in LOCAL_TIERS]
         if unknown:
-            raise EngineError(f"tiers: {unknown[0]!r} is not a local tier ({', '.join(TIERS)})")
+            raise EngineError(f"tiers: {unknown[0]!r} is not a local tier ({', '.join(LOCAL_TIERS)})")
+        with self._lock:
+            return self._clear(tiers, timeout_s)
+
+    def _clear(self, tiers: Sequence[str], timeout_s: float) -> dict[str, int]:
         out: dict[str, int] = {}
         for tier in dict.fromkeys(tiers):
             if tier == "gpu":
@@ -360,12 +464,25 @@ class KVEngine:
             return []
         return [key for _, _, key in self.lmcache.token_database.process_tokens(list(tokens[:n_full]))]
 
+    def chunk_hashes(self, tokens: Sequence[int]) -> list[int]:
+        """The archive's (and the policy state's) hashes of the full chunks of ``tokens``."""
+        return chunk_hashes(tokens, self.chunk_size)
+
     def lookup(self, tokens: Sequence[int]) -> list[str]:
         """The tier holding each chunk of the cached prefix of ``tokens``, in order, ending at
-        the first chunk no tier holds. No side effects (no pinning, no policy update)."""
+        the first chunk no tier holds (the archive included). No side effects (no pinning, no
+        policy update)."""
+        with self._lock:
+            keys = self.chunk_keys(tokens)
+            return self._walk(keys, self.chunk_hashes(tokens) if self.archive is not None else [])
+
+    def _walk(self, keys: list, hashes: list[int]) -> list[str]:
         out: list[str] = []
-        for key in self.chunk_keys(tokens):
+        now = self.archive.clock() if self.archive is not None else 0.0
+        for m, key in enumerate(keys):
             tier = self._tier_of(key)
+            if tier is None and self.archive is not None and self.archive.live(hashes[m], now):
+                tier = "archive"
             if tier is None:
                 break
             out.append(tier)
@@ -380,20 +497,31 @@ class KVEngine:
                 return tier
         return None
 
-    def serve(self, tokens: Sequence[int], *, all_logits: bool = False) -> RequestResult:
-        """Serve one prompt: load its cached prefix tier by tier, prefill the rest, store it."""
+    def serve(self, tokens: Sequence[int], *, all_logits: bool = False,
+              prompt_class: str | None = None) -> RequestResult:
+        """Serve one prompt: load its cached prefix tier by tier, prefill the rest, store it.
+        ``prompt_class``: the request's class for the TTL policy (``default`` when not given)."""
         tokens = [int(t) for t in tokens]
-        n, c = len(tokens), self.chunk_size
+        n = len(tokens)
         if n == 0:
             raise EngineError("empty prompt")
         vocab = self.model.config.vocab_size
         if min(tokens) < 0 or max(tokens) >= vocab:
             raise EngineError(f"token ids must be in [0, {vocab})")
+        with self._lock:
+            return self._serve(tokens, all_logits, prompt_class or "default")
+
+    def _serve(self, tokens: list[int], all_logits: bool, prompt_class: str) -> RequestResult:
+        n, c = len(tokens), self.chunk_size
         keys = self.chunk_keys(tokens)
-        sources = self.lookup(tokens)[: (n - 1) // c]        # at least one token is computed
+        hashes = self.chunk_hashes(tokens) if self.archive is not None else []
+        sources = self._walk(keys, hashes)[: (n - 1) // c]        # at least one token is computed
+        if self._cut:
+            k, _, _ = best_cut([TIERS.index(t) for t in sources], n, c, self._hw, self._transfers)
+            sources = sources[:k]
 
         with _Timer(self.device) as load:
-            hit, kv = self._load(tokens, keys, sources)
+            hit, kv, hydrate_s = self._load(tokens, keys, hashes, sources)
         sources = sources[: hit // c]
 
         cache = DynamicCache()
@@ -407,6 +535,9 @@ class KVEngine:
 
         with _Timer(self.device) as store:
             self._store(tokens, keys, sources, out.past_key_values)
+        if self.policy is not None:   # the simulator's events: the request, then its chunks
+            self._lm_keys.update(zip(hashes, keys, strict=True))
+            self.policy.accessed(np.array(hashes, np.uint64), self.policy.request(prompt_class, n))
 
         hits = dict.fromkeys(TIERS, 0)
         for tier in sources:
@@ -419,7 +550,7 @@ class KVEngine:
         counts["prompt_tokens_by_source"]["computed"] += n - hit
         return RequestResult(prompt_tokens=n, hit_tokens=hits, computed_tokens=n - hit,
                              load_s=load.seconds, prefill_s=prefill.seconds, store_s=store.seconds,
-                             logits=logits, past_key_values=out.past_key_values)
+                             logits=logits, hydrate_s=hydrate_s, past_key_values=out.past_key_values)
 
     def decode(self, result: RequestResult, max_tokens: int) -> Iterator[int]:
         """Greedy decoding after :meth:`serve`: yields up to ``max_tokens`` token ids, the first
@@ -445,18 +576,59 @@ class KVEngine:
         finally:
             result.past_key_values = None
 
+    def hydrate(self, tokens: Sequence[int]) -> tuple[int, float]:
+        """Bring the archive chunks of ``tokens``' cached prefix into LMCache and the GPU cache
+        without serving the prompt (the server's ``/kv/hydrate``): each chunk the walk finds only
+        in the archive, up to the first one that fails. Returns (tokens hydrated, seconds). Not
+        a request: no counts of prompt tokens, no policy events."""
+        tokens = [int(t) for t in tokens]
+        if self.archive is None:
+            return 0, 0.0
+        c = self.chunk_size
+        with self._lock, _Timer(self.device) as timer:
+            keys = self.chunk_keys(tokens)
+            hashes = self.chunk_hashes(tokens)
+            sources = self._walk(keys, hashes)
+            wanted = [m for m, t in enumerate(sources) if t == "archive"]
+            if not wanted:
+                return 0, 0.0
+            kv = self._empty_kv((wanted[-1] + 1) * c)
+            got: list[int] = []
+            for a, b in _runs(wanted):
+                done = self._hydrate_run(kv, hashes, a, b)
+                got.extend(range(a, done))
+                if done < b:
+                    break
+            self._admit(tokens, keys, got, kv)
+            self._lm_keys.update((hashes[m], keys[m]) for m in got)
+        return len(got) * c, timer.seconds
+
     def _empty_kv(self, tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (1, self.kv.kv_heads, tokens, self.kv.head_dim)
         return [(torch.empty(shape, dtype=self.kv.dtype, device=self.device),
                  torch.empty(shape, dtype=self.kv.dtype, device=self.device))
                 for _ in range(self.kv.layers)]
 
-    def _load(self, tokens: list[int], keys: list, sources: list[str]) -> tuple[int, KVLayers]:
-        """Fill KV tensors for the chunks in ``sources``; returns (tokens loaded, per-layer K/V).
-        A run of LMCache chunks is one retrieve; a chunk it does not return ends the prefix."""
+    def _hydrate_run(self, kv: KVLayers, hashes: list[int], a: int, b: int) -> int:
+        """Fetch archive chunks ``a..b-1`` (concurrently) into ``kv``; returns the index of
+        the first chunk that failed (``b``: none did). Failures are counted by the worker."""
+        assert self.archive is not None
+        c = self.chunk_size
+        for m, got in enumerate(self.archive.fetch_many(hashes[a:b]), start=a):
+            if isinstance(got, ArchiveError):
+                return m
+            self.connector.scatter(kv, self.archive.fmt.to_tensor(got, self.device), m * c)
+        return b
+
+    def _load(self, tokens: list[int], keys: list, hashes: list[int],
+              sources: list[str]) -> tuple[int, KVLayers, float]:
+        """Fill KV tensors for the chunks in ``sources``; returns (tokens loaded, per-layer K/V,
+        seconds spent on archive chunks). A run of LMCache chunks is one retrieve, a run of
+        archive chunks one concurrent fetch; a chunk either does not deliver ends the prefix."""
         c = self.chunk_size
         hit = len(sources) * c
         kv = self._empty_kv(hit)
+        hydrate_s = 0.0
         i = 0
         while i < len(sources):
             if sources[i] == "gpu":
@@ -464,7 +636,18 @@ class KVEngine:
                 i += 1
                 continue
             j = i
-            while j < len(sources) and sources[j] != "gpu":
+            if sources[i] == "archive":
+                while j < len(sources) and sources[j] == "archive":
+                    j += 1
+                with _Timer(self.device) as t:
+                    done = self._hydrate_run(kv, hashes, i, j)
+                hydrate_s += t.seconds
+                if done < j:                          # a failed fetch: the prefix ends there
+                    end = done * c
+                    return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv], hydrate_s
+                i = j
+                continue
+            while j < len(sources) and sources[j] in ("cpu", "disk"):
                 j += 1
             mask = torch.zeros(j * c, dtype=torch.bool)
             mask[i * c:] = True
@@ -472,18 +655,18 @@ class KVEngine:
             missing = (~got[i * c:]).nonzero()
             if len(missing):                        # evicted since the lookup: the prefix ends
                 end = i * c + int(missing[0]) // c * c
-                return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv]
+                return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv], hydrate_s
             i = j
-        return hit, kv
+        return hit, kv, hydrate_s
 
     def _store(self, tokens: list[int], keys: list, sources: list[str], cache: DynamicCache) -> None:
         """Update the GPU cache chunk by chunk in prompt order (a hit for the chunks it served,
-        an admission for the chunks loaded from LMCache or computed: they now sit in device
-        memory), then store the computed full chunks into LMCache. The cache is only changed
-        after the loads, so admitting a chunk never evicts one this request still reads."""
+        an admission for the chunks loaded from LMCache or the archive, or computed: they now
+        sit in device memory), then store the computed and the archive's full chunks into
+        LMCache. The cache is only changed after the loads, so admitting a chunk never evicts
+        one this request still reads."""
         c = self.chunk_size
         n_full = len(tokens) // c * c
-        hit = len(sources) * c
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         for m in range(n_full // c):
             key = keys[m].chunk_hash
@@ -493,16 +676,97 @@ class KVEngine:
                 if key not in self.gpu_cache:
                     self._counts["bytes_stored"]["gpu"] += self.chunk_bytes
                 self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
-        if n_full <= hit:
-            return
-        mask = torch.zeros(n_full, dtype=torch.bool)
-        mask[hit:] = True
-        self.lmcache.store(tokens[:n_full], mask=mask, kvcaches=kv, req_id="simkv")
-        stored = (n_full - hit) // c * self.chunk_bytes
+        new = [m for m in range(n_full // c) if m >= len(sources) or sources[m] == "archive"]
+        self._store_lmcache(tokens, new, kv)
+        self._counts["archive_hydrations"] += sources.count("archive")
+
+    def _store_lmcache(self, tokens: list[int], chunks: list[int], kv: KVLayers) -> None:
+        """Store ``chunks`` (indices) of ``kv`` into LMCache: one store per run (LMCache's mask
+        is False-prefix then True)."""
+        c = self.chunk_size
+        for a, b in _runs(chunks):
+            mask = torch.zeros(b * c, dtype=torch.bool)
+            mask[a * c:] = True
+            self.lmcache.store(tokens[: b * c], mask=mask, kvcaches=kv, req_id="simkv")
         for tier in ("cpu", "disk"):
             if self._backends[tier] is not None:
-                self._counts["bytes_stored"][tier] += stored
+                self._counts["bytes_stored"][tier] += len(chunks) * self.chunk_bytes
+
+    def _admit(self, tokens: list[int], keys: list, chunks: list[int], kv: KVLayers) -> None:
+        """Hydrated ``chunks`` (indices) of ``kv`` into the GPU cache and LMCache."""
+        c = self.chunk_size
+        for m in chunks:
+            key = keys[m].chunk_hash
+            if key not in self.gpu_cache:
+                self._counts["bytes_stored"]["gpu"] += self.chunk_bytes
+            self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
+        self._store_lmcache(tokens, chunks, kv)
+        self._counts["archive_hydrations"] += len(chunks)
 
     def _tick(self) -> int:
         self._ref += 1
         return self._ref
+
+
+def _runs(chunks: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``[a, b)`` of consecutive chunk indices (sorted input)."""
+    runs: list[tuple[int, int]] = []
+    for m in chunks:
+        if runs and runs[-1][1] == m:
+            runs[-1] = (runs[-1][0], m + 1)
+        else:
+            runs.append((m, m + 1))
+    return runs
+
+
+class _Chunks(ChunkSource):
+    """The archive worker's view of the engine's GPU cache and LMCache (CPU, then disk)."""
+
+    def __init__(self, engine: KVEngine) -> None:
+        self.engine = engine
+
+    def _key(self, h: int):
+        return self.engine._lm_keys.get(h)
+
+    def held(self, hashes: np.ndarray) -> np.ndarray:
+        e = self.engine
+        out = np.zeros(len(hashes), np.bool_)
+        for i, h in enumerate(hashes.tolist()):
+            key = self._key(h)
+            out[i] = key is not None and e._tier_of(key) is not None
+        return out
+
+    def read(self, h: int) -> bytes | None:
+        e = self.engine
+        key = self._key(h)
+        if key is None:
+            return None
+        assert e.archive is not None
+        fmt = e.archive.fmt
+        chunk = e.gpu_cache.chunks.get(key.chunk_hash)
+        if chunk is not None:
+            return fmt.to_bytes(chunk)
+        for tier in ("cpu", "disk"):
+            backend = e._backends[tier]
+            obj = backend.get_blocking(key) if backend is not None else None
+            if obj is not None:
+                try:
+                    return fmt.to_bytes(obj.tensor)
+                finally:
+                    obj.ref_count_down()
+        return None
+
+
+def _check_archive(scenario: Scenario, archive: object) -> None:
+    """What the engine's archive cannot honour, refused before LMCache starts."""
+    a, ttl = scenario.tiers.archive, scenario.ttl
+    codec(a.codec)
+    if archive is None:
+        raise ScenarioError("tiers.archive.enabled: the engine needs where the archive lives "
+                            "(archive='s3://bucket/prefix' or a folder)")
+    if ttl.scope != "archive":
+        raise ScenarioError("ttl.scope: the engine applies TTLs to the archive only (LMCache has no "
+                            "expiry); set ttl.scope: archive")
+    if a.capacity_blocks is not None or a.capacity_bytes is not None:
+        raise ScenarioError("tiers.archive.capacity_*: the engine's archive is bounded by TTLs only; "
+                            "remove the capacity")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simkv.model.hardware import HardwareProfile, Transfers
 from simkv.model.tiers import TierStats
 from simkv.policies.state import PolicyState
 from simkv.policies.ttl import TTLHeuristic, make_heuristic
@@ -28,6 +29,53 @@ GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
 #: requests they are charged to (each block's last request before the pass).
 Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
+
+
+def new_policy_state(scenario: Scenario, block_tokens: int, block_bytes: int, hw: HardwareProfile, *,
+                     heuristic: TTLHeuristic | None = None, hashes: np.ndarray | None = None) -> PolicyState:
+    """The scenario's :class:`PolicyState` for blocks of ``block_tokens`` tokens and
+    ``block_bytes`` bytes: its TTL heuristic (``heuristic`` if given, else made from
+    ``ttl.heuristic``; ``None`` for ``none``), archived size ``block_bytes /
+    compression_ratio``, GPU price per second, archive price per byte-second, sliding or
+    fixed TTLs, and a block's value from ``hw``. The simulator's caches and the real engine's
+    archive worker both build theirs here."""
+    sc, a = scenario, scenario.tiers.archive
+    if heuristic is None and sc.ttl.heuristic != "none":
+        heuristic = make_heuristic(sc.ttl.heuristic, sc.ttl.params)
+    return PolicyState(heuristic, block_tokens=block_tokens, block_bytes=block_bytes,
+                       archive_bytes=int(block_bytes / a.compression_ratio),
+                       gpu_cost_per_s=sc.hardware.gpu_cost_per_hour / 3600.0,
+                       archive_cost_per_byte_s=a.price("gb_month") / GB / SECONDS_PER_MONTH,
+                       sliding=sc.ttl.mode == "sliding",
+                       value_s=lambda pos, tokens: hw.block_value_s(pos, tokens, block_tokens),
+                       hashes=hashes)
+
+
+def best_cut(sources: list[int], n_tokens: int, block_size: int, hw: HardwareProfile,
+             tr: Transfers) -> tuple[int, float, float]:
+    """``load_policy: if_faster``: ``argmin_k load(sources[:k]) + prefill(n - k·B, k·B)`` over
+    a prefix whose blocks come from tiers ``sources`` (TIER_NAMES indices), the longest ``k``
+    on ties; returns ``(k, load_s, prefill_s)``. A tier's latency is paid once, by its first
+    block. The simulator's reference cache and the real engine both cut here."""
+    B = block_size
+    best_k, best_load, best_prefill = 0, 0.0, hw.prefill_s(n_tokens, 0)
+    best = best_prefill
+    load = 0.0
+    seen_cpu = seen_disk = seen_arch = False
+    for k, src in enumerate(sources, start=1):
+        if src == CPU:
+            load += tr.cpu_per_block + (0.0 if seen_cpu else tr.cpu_lat)
+            seen_cpu = True
+        elif src == DISK:
+            load += tr.disk_per_block + (0.0 if seen_disk else tr.disk_lat)
+            seen_disk = True
+        elif src == ARCHIVE:
+            load += tr.arch_per_block + (0.0 if seen_arch else tr.arch_lat)
+            seen_arch = True
+        prefill = hw.prefill_s(n_tokens - k * B, k * B)
+        if load + prefill <= best:
+            best, best_k, best_load, best_prefill = load + prefill, k, load, prefill
+    return best_k, best_load, best_prefill
 
 
 @dataclass(slots=True)
@@ -70,7 +118,7 @@ class CacheBase:
 
         # Load-time constants per tier (latency once per request, seconds per block) and store
         # times, from the hardware profile.
-        tr = self.hw.transfers(sc, self.block_bytes, self.archive_bytes)
+        self.transfers = tr = self.hw.transfers(sc, self.block_bytes, self.archive_bytes)
         self._cpu_lat = tr.cpu_lat
         self._cpu_per_block = tr.cpu_per_block
         self._cpu_write_per_block = tr.cpu_write_per_block
@@ -114,13 +162,11 @@ class CacheBase:
 
     def _policy_state(self, n_unique: int) -> PolicyState:
         """The access history, reuse learner and candidate rule, keyed by block hash."""
-        trace, hw, B = self.trace, self.hw, self.block_size
+        trace = self.trace
         hashes = np.zeros(n_unique, np.uint64)
         hashes[trace.block_ids_flat] = trace.block_hashes_flat  # dense id i is hashes[i]
-        state = PolicyState(self.ttl, block_tokens=B, block_bytes=self.block_bytes,
-                            archive_bytes=self.archive_bytes, gpu_cost_per_s=self.gpu_cost_per_s,
-                            archive_cost_per_byte_s=self.archive_cost_per_byte_s, sliding=self.sliding,
-                            value_s=lambda pos, tokens: hw.block_value_s(pos, tokens, B), hashes=hashes)
+        state = new_policy_state(self.scenario, self.block_size, self.block_bytes, self.hw,
+                                 heuristic=self.ttl, hashes=hashes)
         classes = trace.table.column("prompt_class").combine_chunks().dictionary_encode()
         state.add_requests(classes.indices.to_numpy(zero_copy_only=False),
                            classes.dictionary.to_pylist(), trace.input_tokens)

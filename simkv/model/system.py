@@ -40,6 +40,7 @@ from simkv.model.cache_base import (
     CacheBase,
     Plan,
     Uploads,
+    best_cut,
 )
 from simkv.model.tiers import ObjectLedger, Tier, TierStats
 from simkv.policies.eviction import NextUse, make_policy
@@ -170,27 +171,7 @@ class TieredCache(CacheBase):
         return t
 
     def _best_cut(self, sources: list[int], n_tokens: int) -> tuple[int, float, float]:
-        """``argmin_k load(sources[:k]) + prefill(n - k·B, k·B)``, the longest ``k`` on ties."""
-        B = self.block_size
-        hw = self.hw
-        best_k, best_load, best_prefill = 0, 0.0, hw.prefill_s(n_tokens, 0)
-        best = best_prefill
-        load = 0.0
-        seen_cpu = seen_disk = seen_arch = False
-        for k, src in enumerate(sources, start=1):
-            if src == CPU:
-                load += self._cpu_per_block + (0.0 if seen_cpu else self._cpu_lat)
-                seen_cpu = True
-            elif src == DISK:
-                load += self._disk_per_block + (0.0 if seen_disk else self._disk_lat)
-                seen_disk = True
-            elif src == ARCHIVE:
-                load += self._arch_per_block + (0.0 if seen_arch else self._arch_lat)
-                seen_arch = True
-            prefill = hw.prefill_s(n_tokens - k * B, k * B)
-            if load + prefill <= best:
-                best, best_k, best_load, best_prefill = load + prefill, k, load, prefill
-        return best_k, best_load, best_prefill
+        return best_cut(sources, n_tokens, self.block_size, self.hw, self.transfers)
 
     def finish(self, r: int, plan: Plan, now: float) -> None:
         """Store request ``r``'s blocks at ``now`` (end of its prefill)."""
