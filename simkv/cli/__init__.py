@@ -1,6 +1,6 @@
 """The ``simkv`` command line: a thin typer layer over the Python API.
 
-One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`); what they share
+One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`, :mod:`.calibrate`); what they share
 is in :mod:`.console`. User errors (:class:`simkv.errors.SimkvError`) are printed as one red
 line and exit with status 2; anything else is a bug and keeps its traceback.
 """
@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from simkv.cli.calibrate import calibrate_cmd
 from simkv.cli.console import console, err_console, interrupt, print_error, progress_bar
 from simkv.cli.run import curve_cmd, regress_cmd, report_cmd, run_cmd
 from simkv.cli.sweep import sweep_cmd
@@ -33,6 +34,7 @@ app.command("curve")(curve_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("report")(report_cmd)
 app.command("regress")(regress_cmd)
+app.command("calibrate")(calibrate_cmd)
 
 
 def main() -> None:
