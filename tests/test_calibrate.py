@@ -143,6 +143,21 @@ def test_table_is_exact_at_grid_points_and_fit_errors_match(calibrated: tuple[Pa
     assert doc["fit_error"]["analytic_max_rel"] == pytest.approx(np.max(np.abs(pred - secs) / secs))
 
 
+def test_a_gpu_cache_too_small_for_the_grid_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
+    cal = _fits()
+    from simkv.scenario import scenario_from_dict
+
+    sc = scenario_from_dict({"block_size": CHUNK, "tiers": {"gpu": {"capacity_bytes": 2 * CHUNK * 512}}})
+    probe = cal.InProcessProbe(sc, "tiny", "cpu", tmp_path)     # the tiny model: 512 bytes a token
+    try:
+        with pytest.raises(cal.CalibrationError, match=r"tiers\.gpu\.capacity_bytes: the GPU cache holds "
+                           r"2 chunks, the calibration needs 4"):
+            cal.calibrate(probe, cal.Plan.make("quick", CHUNK, cached_tokens=[0, 4 * CHUNK], chunks=[1, 2]))
+    finally:
+        probe.close()
+
+
 def test_calibrated_profile_drives_simkv_run(calibrated: tuple[Path, str], tmp_path: Path) -> None:
     from simkv.traces.schema import write_trace
 

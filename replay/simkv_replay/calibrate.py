@@ -140,6 +140,8 @@ class Probe(ABC):
     tiers: tuple[str, ...] = ()
     #: Bytes of one chunk's KV (``None``: learnt from a served GPU hit's ``bytes_loaded``).
     chunk_bytes: int | None = None
+    #: Chunks the GPU cache holds (``None``: unlimited or unknown).
+    gpu_chunks: int | None = None
     #: Whether :meth:`wait_on_disk` drops the chunks from the GPU and CPU tiers.
     wait_clears = True
     #: What "cold" means for this probe's disk reads (written into the profile's notes).
@@ -229,6 +231,7 @@ class InProcessProbe(Probe):
                                                   "a device read" if fs == "tmpfs" else "") + ")")
         self._torch = torch
         self.wait_clears = False
+        self.gpu_chunks = e.gpu_cache.capacity
 
     def serve(self, tokens: list[int]) -> Served:
         r = self.engine.serve(tokens)
@@ -513,6 +516,11 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
     scenario = scenario or Scenario()
     C = probe.chunk_size
     plan.check(C, probe.context)
+    need = max(plan.cached_tokens[-1] // C, max(plan.chunks) if plan.tiers else 0)
+    if probe.gpu_chunks is not None and probe.gpu_chunks < need:
+        raise CalibrationError(f"tiers.gpu.capacity_bytes: the GPU cache holds {probe.gpu_chunks} chunks, "
+                               f"the calibration needs {need} there (raise it, or shrink --cached-tokens "
+                               "/ --chunks)")
     fresh = _Prompts(probe.vocab_size, plan.seed)
     runs = plan.warmup + plan.repeats
     notes: list[str] = []
