@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,14 @@ class GPUPrefixCache:
         self.chunks[key] = chunk
         self.policy.admit(key, ref)
 
+    def clear(self) -> int:
+        """Drop every chunk (not counted as evictions); returns how many were held."""
+        n = len(self.chunks)
+        for key in self.chunks:
+            self.policy.drop(key)
+        self.chunks.clear()
+        return n
+
 
 @dataclass
 class RequestResult:
@@ -111,7 +120,8 @@ class RequestResult:
     tokens prefilled (``computed_tokens``), and times in seconds: ``load_s`` (GPU-cache copies
     plus LMCache retrieves), ``prefill_s`` (the model's forward pass), ``store_s`` (into the GPU
     cache and LMCache; LMCache's disk writes finish asynchronously after it). ``logits``: the
-    last prompt token's logits (all computed positions' with ``all_logits=True``)."""
+    last prompt token's logits (all computed positions' with ``all_logits=True``).
+    ``past_key_values``: the prompt's whole KV (a ``DynamicCache``) for :meth:`KVEngine.decode`."""
 
     prompt_tokens: int
     hit_tokens: dict[str, int]
@@ -120,6 +130,7 @@ class RequestResult:
     prefill_s: float
     store_s: float
     logits: torch.Tensor = field(repr=False)
+    past_key_values: DynamicCache | None = field(default=None, repr=False)
 
     @property
     def cached_tokens(self) -> int:
@@ -163,6 +174,24 @@ def _lmcache_policy(scenario: Scenario) -> str:
         raise ScenarioError(f"{tiers[0][0]}.eviction: {name!r} is not one of LMCache's policies "
                             f"({', '.join(p.lower() for p in POLICY_MAPPING)})")
     return name.upper()
+
+
+def _count_evictions(backend: Any, tier: str, counts: dict[str, int], lock: threading.Lock) -> None:
+    """Count the chunks LMCache's ``backend`` evicts into ``counts[tier]``. LMCache 0.5.6 keeps no
+    per-backend eviction total (its stats monitor has an interval count for the CPU backend only,
+    process-wide and reset by whoever reads it), but both local backends pick every victim with
+    their cache policy's ``get_evict_candidates`` and nothing else calls it (``clear`` and
+    ``remove`` do not), so the engine wraps that method on the backend's own policy instance."""
+    policy = backend.cache_policy
+    pick = policy.get_evict_candidates
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        keys = pick(*args, **kwargs)
+        with lock:
+            counts[tier] += len(keys or ())
+        return keys
+
+    policy.get_evict_candidates = counted
 
 
 def _gib(tier: TierCapacity, key: str) -> float:
@@ -256,6 +285,11 @@ class KVEngine:
                           for tier, name in _BACKENDS.items()}
         if not cpu.enabled:
             self._backends["cpu"] = None   # LMCache's CPU backend is then only its allocator
+        self._lmcache_evictions = dict.fromkeys(_BACKENDS, 0)
+        self._evictions_lock = threading.Lock()
+        for tier, backend in self._backends.items():
+            if backend is not None:
+                _count_evictions(backend, tier, self._lmcache_evictions, self._evictions_lock)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -278,10 +312,44 @@ class KVEngine:
         """A snapshot of the engine's cumulative counters, for ``/metrics`` and benchmarks: each
         value a number, or a dict from a label (tier, source, error kind) to a number.
         ``prompt_tokens_by_source`` (tiers and ``computed``), ``bytes_loaded`` / ``bytes_stored``
-        per tier (KV bytes of the hosted model), ``evictions`` per tier our code decides (the GPU
-        cache's), ``requests``."""
+        per tier (KV bytes of the hosted model), ``evictions`` per tier in chunks (the GPU cache's,
+        and LMCache's CPU and disk backends' own evictions; :func:`_count_evictions`), ``requests``.
+        :meth:`clear` is not counted as eviction."""
         out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
-        out["evictions"] = {"gpu": self.gpu_cache.evictions}
+        with self._evictions_lock:
+            out["evictions"] = {"gpu": self.gpu_cache.evictions, **self._lmcache_evictions}
+        return out
+
+    def clear(self, tiers: Sequence[str] = TIERS, *, timeout_s: float = 30.0) -> dict[str, int]:
+        """Drop the named local tiers' contents (for calibration and tests); returns the chunks
+        dropped per tier. The disk tier first waits (at most ``timeout_s``) for LMCache's pending
+        asynchronous writes, so a chunk being written does not reappear after the clear. LMCache
+        0.5.6's disk backend has no ``clear``: its chunks are removed one by one."""
+        unknown = [t for t in tiers if t not in TIERS]
+        if unknown:
+            raise EngineError(f"tiers: {unknown[0]!r} is not a local tier ({', '.join(TIERS)})")
+        out: dict[str, int] = {}
+        for tier in dict.fromkeys(tiers):
+            if tier == "gpu":
+                out[tier] = self.gpu_cache.clear()
+                continue
+            backend = self._backends[tier]
+            if backend is None:
+                out[tier] = 0
+            elif tier == "cpu":
+                out[tier] = len(backend.hot_cache)
+                self.lmcache.clear(locations=[_BACKENDS["cpu"]])
+                out[tier] -= len(backend.hot_cache)
+            else:
+                deadline = time.monotonic() + timeout_s
+                while backend.disk_worker.put_tasks and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                out[tier] = 0
+                for key in list(backend.dict):
+                    meta = backend.dict.get(key)
+                    if meta is not None and backend.remove(key, force=True):
+                        backend.current_cache_size -= meta.size   # remove() leaves it to its caller
+                        out[tier] += 1
         return out
 
     # -- the walk -------------------------------------------------------------------------------
@@ -351,7 +419,31 @@ class KVEngine:
         counts["prompt_tokens_by_source"]["computed"] += n - hit
         return RequestResult(prompt_tokens=n, hit_tokens=hits, computed_tokens=n - hit,
                              load_s=load.seconds, prefill_s=prefill.seconds, store_s=store.seconds,
-                             logits=logits)
+                             logits=logits, past_key_values=out.past_key_values)
+
+    def decode(self, result: RequestResult, max_tokens: int) -> Iterator[int]:
+        """Greedy decoding after :meth:`serve`: yields up to ``max_tokens`` token ids, the first
+        from the prefill's logits, each next from one forward pass of the previous token over
+        ``result.past_key_values`` (extended in place). Generated tokens are never stored in
+        the tiers. Releases ``result.past_key_values`` when done."""
+        cache = result.past_key_values
+        if max_tokens <= 0:
+            result.past_key_values = None
+            return
+        if cache is None:
+            raise EngineError("decode: the request's KV cache is gone (decode once per serve)")
+        try:
+            token = int(result.logits[-1].argmax())
+            yield token
+            for _ in range(max_tokens - 1):
+                ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
+                with torch.inference_mode():
+                    out = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                     logits_to_keep=1)
+                token = int(out.logits[0, -1].argmax())
+                yield token
+        finally:
+            result.past_key_values = None
 
     def _empty_kv(self, tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (1, self.kv.kv_heads, tokens, self.kv.head_dim)
