@@ -208,3 +208,32 @@ def test_plan_refuses_cached_tokens_off_the_chunk_grid() -> None:
     plan = cal.Plan.make("quick", CHUNK)
     with pytest.raises(cal.CalibrationError, match=r"prompts of 512 tokens but the model's context is 100"):
         plan.check(CHUNK, 100)
+
+
+def test_http_probe_calibrates_a_running_server(tmp_path: Path) -> None:
+    """The same calibration over the API of a real `simkv_replay.server` on loopback."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
+    pytest.importorskip("simkv_replay.server", reason="the engine server")
+    (tmp_path / "s.yaml").write_text(SCENARIO)
+    code = ("from simkv.scenario import load_scenario\nfrom simkv_replay.server import serve\n"
+            f"serve(load_scenario({str(tmp_path / 's.yaml')!r}), model='tiny', device='cpu', port=0, "
+            "on_ready=lambda u: print(u, flush=True))\n")
+    srv = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        url = srv.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        out = tmp_path / "http.yaml"
+        res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--new-tokens", "1,16,48",
+                        "--cached-tokens", "0,32", "--chunks", "1,2", "--repeats", "1", "--warmup", "0")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "tiers gpu, cpu, disk" in " ".join(res.stderr.split())
+        doc = yaml.safe_load(out.read_text())
+        assert {"gpu", "cpu", "disk_cold", "disk_warm"} <= set(doc["calibration"]["load"])
+        assert "first read after the write" in doc["notes"]
+        assert isinstance(load_profile(out), TableProfile)
+    finally:
+        srv.terminate()
+        srv.wait(60)

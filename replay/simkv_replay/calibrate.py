@@ -324,7 +324,7 @@ class HTTPProbe(Probe):
         self.model_name = str((models.get("data") or [{}])[0].get("id", "unknown"))
         info = self._call("POST", "/kv/lookup", {"prompt": [0]})
         self.chunk_size = int(info["chunk_size"])
-        self.tiers = tuple(info["tiers"])
+        self.tiers = self._discover_tiers()
         # The API does not say the vocabulary; ids below 512 are valid for every named model
         # (the tiny one has 512), and random 16+-token chunks of 511 ids never collide.
         self.vocab_size = 512
@@ -344,6 +344,28 @@ class HTTPProbe(Probe):
             raise CalibrationError(f"--engine {self.url}: {path}: HTTP {r.status_code}: {msg}")
         return r.json()
 
+    def _discover_tiers(self) -> tuple[str, ...]:
+        """The API does not list the engine's tiers: serve one chunk, clear the GPU cache and
+        see where it is (CPU, or disk once written); the archive where ``/kv/hydrate`` is not
+        501 (not built)."""
+        rng = np.random.default_rng(2**31 - 1)
+        probe = rng.integers(1, 512, self.chunk_size + 1).tolist()
+        self.serve(probe)
+        self._call("POST", "/kv/clear", {"tiers": ["gpu"]})
+        tiers = ["gpu"]
+        if self.lookup(probe) == ["cpu"]:
+            tiers.append("cpu")
+            self._call("POST", "/kv/clear", {"tiers": ["cpu"]})
+        deadline = time.monotonic() + 30        # LMCache writes disk asynchronously
+        while time.monotonic() < deadline:
+            if self.lookup(probe) == ["disk"]:
+                tiers.append("disk")
+                break
+            time.sleep(0.01)
+        if self.client.post("/kv/hydrate", json={"prompt": [0]}).status_code != 501:
+            tiers.append("archive")
+        return tuple(tiers)
+
     def serve(self, tokens: list[int]) -> Served:
         out = self._call("POST", "/v1/completions", {"prompt": tokens, "max_tokens": 0})
         s = out["usage"]["simkv"]
@@ -353,11 +375,7 @@ class HTTPProbe(Probe):
                       {t: int(v) for t, v in (s.get("bytes_loaded") or {}).items()})
 
     def lookup(self, tokens: list[int]) -> list[str]:
-        out = self._call("POST", "/kv/lookup", {"prompt": tokens})
-        tiers = []
-        for tier in (*LOCAL_TIERS, "archive"):
-            tiers += [tier] * (int(out["tokens_by_source"].get(tier, 0)) // self.chunk_size)
-        return tiers
+        return list(self._call("POST", "/kv/lookup", {"prompt": tokens})["tiers"])
 
     def clear(self, tiers: Sequence[str]) -> None:
         self._call("POST", "/kv/clear", {"tiers": [t for t in tiers if t in self.tiers]})

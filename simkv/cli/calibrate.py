@@ -122,7 +122,8 @@ def calibrate_cmd(
         src = escape(engine or str(in_process))
         err_console.print(f"calibrating {src}: {len(plan.new_tokens)}x{len(plan.cached_tokens)} prefill "
                           f"grid, {len(plan.chunks)} chunk counts, tiers {', '.join(probe.tiers)}, "
-                          f"{plan.warmup} warm-up + {plan.repeats} timed runs each", highlight=False)
+                          f"{plan.warmup} warm-up + {plan.repeats} timed runs each", highlight=False,
+                          soft_wrap=True)
         if err_console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
