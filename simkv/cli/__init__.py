@@ -1,9 +1,9 @@
 """The ``simkv`` command line: a thin typer layer over the Python API.
 
 One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`, :mod:`.replay`,
-:mod:`.validate`); what they share is in :mod:`.console`. User errors
-(:class:`simkv.errors.SimkvError`) are printed as one red line and exit with status 2; anything
-else is a bug and keeps its traceback.
+:mod:`.validate`, :mod:`.calibrate`, :mod:`.engine`); what they share is in :mod:`.console`.
+User errors (:class:`simkv.errors.SimkvError`) are printed as one red line and exit with status
+2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from simkv.cli.calibrate import calibrate_cmd
 from simkv.cli.console import console, err_console, interrupt, print_error, progress_bar
 from simkv.cli.replay import replay_cmd
 from simkv.cli.run import curve_cmd, regress_cmd, report_cmd, run_cmd
@@ -38,6 +39,7 @@ app.command("report")(report_cmd)
 app.command("regress")(regress_cmd)
 app.command("replay")(replay_cmd)
 app.command("validate")(validate_cmd)
+app.command("calibrate")(calibrate_cmd)
 
 
 def main() -> None:

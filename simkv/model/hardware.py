@@ -160,6 +160,19 @@ class AnalyticProfile(HardwareProfile):
         )
 
 
+def bilinear(new: np.ndarray, cached: np.ndarray, seconds: np.ndarray, n: np.ndarray,
+             c: np.ndarray) -> np.ndarray:
+    """The table's prefill at ``(n, c)``: bilinear in the grid cell holding it, the outermost
+    cell's planes continued beyond the grid, floored at 0 (``seconds[i, j]`` is the time at
+    ``new[i]``, ``cached[j]``)."""
+    i, u = _axis_cell(new, n)
+    j, v = _axis_cell(cached, c)
+    s = seconds
+    out = ((1 - u) * (1 - v) * s[i, j] + u * (1 - v) * s[i + 1, j]
+           + (1 - u) * v * s[i, j + 1] + u * v * s[i + 1, j + 1])
+    return np.maximum(out, 0.0)
+
+
 def _axis_cell(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cell index ``i`` (``grid[i] <= x < grid[i+1]``, the outermost cell beyond the grid) and
     the fraction ``t = (x − grid[i]) / (grid[i+1] − grid[i])`` (outside [0, 1] beyond the grid)."""
@@ -173,7 +186,9 @@ class TableProfile(HardwareProfile):
     """A measured profile (``kind: table``): prefill seconds on a grid of new × cached tokens,
     bilinear between grid points and linearly extrapolated from the outermost cell beyond the
     grid (floored at 0); load and store times per block and per request as measured for the
-    profile's ``block_size`` (the ``cpu`` entries are optional: needed only with a CPU tier)."""
+    profile's ``block_size`` (the ``cpu`` entries are optional: needed only with a CPU tier;
+    ``load.gpu``, written by ``simkv calibrate``, is the engine's GPU-cache copy time, recorded
+    but not charged: the simulator charges GPU hits nothing)."""
 
     kind = "table"
 
@@ -198,12 +213,7 @@ class TableProfile(HardwareProfile):
             cpu_write_per_block=store.get("cpu", {"per_block_s": 0.0})["per_block_s"])
 
     def _prefill(self, n: np.ndarray, cached: np.ndarray) -> np.ndarray:
-        i, u = _axis_cell(self.new, n)
-        j, v = _axis_cell(self.cached, cached)
-        s = self.seconds
-        out = ((1 - u) * (1 - v) * s[i, j] + u * (1 - v) * s[i + 1, j]
-               + (1 - u) * v * s[i, j + 1] + u * v * s[i + 1, j + 1])
-        return np.maximum(out, 0.0)
+        return bilinear(self.new, self.cached, self.seconds, n, cached)
 
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
         if scenario.tiers.cpu.enabled and not self.has_cpu:
@@ -215,7 +225,7 @@ class TableProfile(HardwareProfile):
 # -- the profile file ---------------------------------------------------------------------
 
 _TOP_KEYS = {"version", "kind", "model", "block_size", "measured_on", "fit_error", "notes",
-             "prefill", "load", "store"}
+             "calibration", "prefill", "load", "store"}
 
 
 def _num(source: str, key: str, value: Any, allow_zero: bool = True) -> float:
@@ -275,13 +285,16 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
                                 f"(one per cached_tokens), got {row!r}")
         for j, v in enumerate(row):
             _num(source, f"prefill.seconds[{i}][{j}]", v)
-    load = _mapping(source, "load", data["load"], ("disk", "archive"), ("cpu",))
+    if "calibration" in data and not isinstance(data["calibration"], dict):
+        raise ScenarioError(f"{source}: calibration: expected a mapping (what simkv calibrate "
+                            f"measured), got {data['calibration']!r}")
+    load = _mapping(source, "load", data["load"], ("disk", "archive"), ("gpu", "cpu"))
     store = _mapping(source, "store", data["store"], ("disk", "archive"), ("cpu",))
     if ("cpu" in load) != ("cpu" in store):
         given, other = ("load", "store") if "cpu" in load else ("store", "load")
         raise ScenarioError(f"{source}: {other}.cpu: missing, but {given}.cpu is given (a CPU tier "
                             "needs both)")
-    for tier in [t for t in ("cpu", "disk", "archive") if t in load]:
+    for tier in [t for t in ("gpu", "cpu", "disk", "archive") if t in load]:
         m = _mapping(source, f"load.{tier}", load[tier], ("per_block_s", "per_request_s"))
         for k in ("per_block_s", "per_request_s"):
             _num(source, f"load.{tier}.{k}", m[k])

@@ -1,0 +1,796 @@
+"""``simkv calibrate``: measure the engine through the path requests take and write a
+``kind: table`` hardware profile (docs/system.md, "Calibrating a profile").
+
+A :class:`Probe` serves token-id prompts and reports the engine's own per-request times
+(``load_s``, ``prefill_s``, ``store_s``, ``hydrate_s``) and tokens per tier; it can clear local
+tiers and look up where a prompt's chunks are. Two probes: :class:`InProcessProbe` (the model
+and :class:`~simkv_replay.engine.KVEngine` built from a scenario, as the server builds them) and
+:class:`HTTPProbe` (a running ``simkv engine serve``, docs in the API contract: completions
+with ``max_tokens: 0``, ``/kv/lookup``, ``/kv/clear``). Both end in ``KVEngine.serve``.
+
+Measurements (each a median over ``repeats`` after ``warmup`` discarded runs, every run on a
+fresh random prompt from ``numpy.random.default_rng(seed)`` so nothing hits by accident; the
+lookup before each timed run checks the chunks are exactly where the measurement needs them):
+
+* prefill seconds over ``new × cached``: the cached prefix is served first (so its chunks sit
+  in the GPU cache), then prefix + new tokens; ``prefill_s`` as the engine reports it.
+* load seconds vs chunks per tier: ``gpu`` (GPU-cache copy), ``cpu`` (LMCache CPU),
+  ``disk_cold`` and ``disk_warm`` (LMCache disk; what cold means: :attr:`Probe.disk_cold`),
+  ``archive`` (fetch + decompress, ``hydrate_s + load_s``; only where the engine has one);
+  fitted ``load = per_request_s + chunks·per_block_s`` (least squares, both >= 0).
+* store: ``store_s`` of the run that computed the chunks (GPU cache + LMCache CPU copy) and,
+  with a disk tier, the time from the run's end until LMCache's asynchronous disk writes are
+  done; the per-chunk slope of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import itertools
+import os
+import platform
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simkv.errors import SimkvError
+from simkv.model.hardware import PROFILE_VERSION, AnalyticProfile, Transfers, bilinear
+
+LOCAL_TIERS = ("gpu", "cpu", "disk")
+
+
+class CalibrationError(SimkvError):
+    """The engine cannot be calibrated as asked (bad grid, unreachable engine, a chunk found
+    where the measurement did not put it)."""
+
+
+# -- the grid -----------------------------------------------------------------------------
+
+#: Grids in chunks of the engine's block size ``C`` (``quick``: CPU, a minute with the tiny
+#: model; ``full``: a GPU with a Llama shape). ``new``: new tokens (``1`` is one token, the
+#: rest multiples of C); ``cached``: cached tokens; ``chunks``: chunks per load measurement.
+GRIDS: dict[str, dict[str, Any]] = {
+    "quick": {"new": [1, 1, 4, 16], "cached": [0, 4, 16], "chunks": [1, 2, 4, 8], "repeats": 3, "warmup": 1},
+    "full": {"new": [1, 1, 4, 16, 32, 64], "cached": [0, 16, 64, 128], "chunks": [1, 4, 16, 64],
+             "repeats": 5, "warmup": 2},
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure: token grids, chunk counts, repeats (medians of), warm-up runs
+    (discarded) and the prompts' seed."""
+
+    new_tokens: list[int]
+    cached_tokens: list[int]
+    chunks: list[int]
+    repeats: int = 3
+    warmup: int = 1
+    seed: int = 0
+    tiers: bool = True
+
+    @classmethod
+    def make(cls, grid: str, chunk: int, *, new_tokens: list[int] | None = None,
+             cached_tokens: list[int] | None = None, chunks: list[int] | None = None,
+             repeats: int | None = None, warmup: int | None = None, seed: int = 0) -> Plan:
+        """The named grid for chunk size ``chunk``, any of its lists or counts replaced."""
+        if grid not in GRIDS:
+            raise CalibrationError(f"--grid: {grid!r} is not one of {', '.join(GRIDS)}")
+        g = GRIDS[grid]
+        new = new_tokens or [1, *(k * chunk for k in g["new"][1:])]
+        plan = cls(new, cached_tokens or [k * chunk for k in g["cached"]], chunks or list(g["chunks"]),
+                   g["repeats"] if repeats is None else repeats, g["warmup"] if warmup is None else warmup,
+                   seed)
+        plan.check(chunk)
+        return plan
+
+    def check(self, chunk: int, context: int | None = None) -> None:
+        for key, values in (("--new-tokens", self.new_tokens), ("--cached-tokens", self.cached_tokens)):
+            if len(values) < 2 or any(b <= a for a, b in itertools.pairwise(values)):
+                raise CalibrationError(f"{key}: expected at least 2 strictly increasing token counts, "
+                                       f"got {values}")
+        if self.new_tokens[0] < 1:
+            raise CalibrationError(f"--new-tokens: at least one token is computed, got {self.new_tokens[0]}")
+        bad = [c for c in self.cached_tokens if c < 0 or c % chunk]
+        if bad:
+            raise CalibrationError(f"--cached-tokens: {bad[0]} is not a multiple of the block size {chunk} "
+                                   "(only full chunks are cached)")
+        if not self.chunks or any(k < 1 for k in self.chunks) or len(set(self.chunks)) < 2:
+            raise CalibrationError(f"--chunks: expected at least 2 distinct counts >= 1, got {self.chunks}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise CalibrationError(f"--repeats must be >= 1 and --warmup >= 0, got {self.repeats}, "
+                                   f"{self.warmup}")
+        if context is not None:
+            longest = max(self.new_tokens[-1] + self.cached_tokens[-1], max(self.chunks) * chunk + 1)
+            if longest > context:
+                raise CalibrationError(f"the grid needs prompts of {longest} tokens but the model's context "
+                                       f"is {context} (shrink --new-tokens / --cached-tokens / --chunks)")
+
+
+# -- probes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """One request as the engine reports it: tokens per tier, seconds of each phase, bytes
+    loaded per tier (where reported)."""
+
+    hit_tokens: dict[str, int]
+    load_s: float
+    prefill_s: float
+    store_s: float
+    hydrate_s: float = 0.0
+    bytes_loaded: dict[str, int] = field(default_factory=dict)
+
+
+class Probe(ABC):
+    """The engine seen by the calibration: serve, look up, clear, wait for disk writes."""
+
+    chunk_size: int
+    vocab_size: int
+    context: int | None = None
+    #: Tiers the engine has, in walk order (``gpu``, ``cpu``, ``disk``, ``archive``).
+    tiers: tuple[str, ...] = ()
+    #: Bytes of one chunk's KV (``None``: learnt from a served GPU hit's ``bytes_loaded``).
+    chunk_bytes: int | None = None
+    #: Chunks the GPU cache holds (``None``: unlimited or unknown).
+    gpu_chunks: int | None = None
+    #: Whether :meth:`wait_on_disk` drops the chunks from the GPU and CPU tiers.
+    wait_clears = True
+    #: What "cold" means for this probe's disk reads (written into the profile's notes).
+    disk_cold = "first read after the write (the page cache may still hold the file)"
+
+    @abstractmethod
+    def serve(self, tokens: list[int]) -> Served: ...
+
+    @abstractmethod
+    def lookup(self, tokens: list[int]) -> list[str]: ...
+
+    @abstractmethod
+    def clear(self, tiers: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def wait_on_disk(self, tokens: list[int], timeout: float = 60.0) -> float:
+        """Block until every full chunk of ``tokens`` is on disk; the seconds waited. May drop
+        the chunks from the GPU and CPU tiers (the HTTP probe can only see disk behind them)."""
+
+    def drop_disk_cache(self) -> bool:
+        """Evict the disk tier's files from the page cache; False where it cannot."""
+        return False
+
+    def wait_archived(self, tokens: list[int], timeout: float = 60.0) -> bool:
+        """Block until the chunks of ``tokens`` are in the archive; False if not (in time)."""
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: device, versions, model shape."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 (nothing to release by default)
+        pass
+
+
+def _fs_type(path: Path) -> str:
+    """The filesystem type holding ``path`` (from /proc/self/mountinfo; ``unknown`` elsewhere)."""
+    best, kind = "", "unknown"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return kind
+    target = str(path.resolve())
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        mount = left.split()[4]
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, kind = mount, right.split()[0]
+    return kind
+
+
+class InProcessProbe(Probe):
+    """The model and KVEngine in this process, built from ``scenario`` as the server does.
+    ``disk_path``: LMCache's disk folder (a fresh temporary folder inside it is used)."""
+
+    def __init__(self, scenario: Any, model_spec: str = "tiny", device: str = "cpu",
+                 disk_path: str | Path | None = None) -> None:
+        import torch
+
+        from simkv_replay.engine import KVEngine
+        from simkv_replay.models import load_model
+
+        if scenario.tiers.archive.enabled:
+            # The archive tier is being added to the engine; until it is, calibrate without it.
+            raise CalibrationError("tiers.archive.enabled: the in-process engine has no archive tier "
+                                   "yet; calibrate with tiers.archive.enabled=false (the profile's "
+                                   "archive entries then come from the analytic default)")
+        self.model_spec, self.device_name = model_spec, device
+        self.model = load_model(model_spec, device)
+        self._tmp = tempfile.TemporaryDirectory(prefix="simkv-calibrate-", dir=disk_path)
+        self.disk_path = Path(self._tmp.name)
+        try:
+            self.engine = KVEngine(scenario, self.model, disk_path=self.disk_path)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        e = self.engine
+        self.chunk_size = e.chunk_size
+        self.chunk_bytes = e.chunk_bytes
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 0)) or None
+        self.tiers = ("gpu", *(t for t in ("cpu", "disk") if e._backends[t] is not None))
+        fs = _fs_type(self.disk_path)
+        self.disk_cold = (f"after fsync + posix_fadvise(DONTNEED) on LMCache's disk files (filesystem "
+                          f"{fs}; the kernel drops their clean pages from the page cache, so the read "
+                          "goes to the device" + ("; on tmpfs the files live in memory, so cold is not "
+                                                  "a device read" if fs == "tmpfs" else "") + ")")
+        self._torch = torch
+        self.wait_clears = False
+        self.gpu_chunks = e.gpu_cache.capacity
+
+    def serve(self, tokens: list[int]) -> Served:
+        r = self.engine.serve(tokens)
+        return Served(dict(r.hit_tokens), r.load_s, r.prefill_s, r.store_s, 0.0,
+                      {t: n // self.chunk_size * self.chunk_bytes for t, n in r.hit_tokens.items()})
+
+    def lookup(self, tokens: list[int]) -> list[str]:
+        return self.engine.lookup(tokens)
+
+    def clear(self, tiers: Sequence[str]) -> None:
+        e = self.engine
+        if hasattr(e, "clear"):               # the engine's own, where it has one
+            e.clear(list(tiers))
+            return
+        if "gpu" in tiers:
+            from simkv_replay.engine import GPUPrefixCache
+
+            old = e.gpu_cache
+            e.gpu_cache = GPUPrefixCache(old.capacity, type(old.policy)(None))
+            e.gpu_cache.evictions = old.evictions
+        if "cpu" in tiers and e._backends["cpu"] is not None:
+            e.lmcache.clear(locations=["LocalCPUBackend"])
+        disk = e._backends["disk"]
+        if "disk" in tiers and disk is not None:
+            # LMCache's disk backend has no clear(): let its queued writes land, then remove
+            # every chunk (its file too) through the backend's own remove().
+            deadline = time.monotonic() + 60
+            while disk.disk_worker.put_tasks and time.monotonic() < deadline:
+                time.sleep(0.001)
+            for key in list(disk.dict):
+                disk.remove(key)
+
+    def wait_on_disk(self, tokens: list[int], timeout: float = 60.0) -> float:
+        disk = self.engine._backends["disk"]
+        keys = self.engine.chunk_keys(tokens)
+        t0 = time.perf_counter()
+        while not all(disk.contains(k) for k in keys):
+            if time.perf_counter() - t0 > timeout:
+                raise CalibrationError(f"LMCache's disk writes did not finish in {timeout:.0f} s")
+            time.sleep(0.0002)
+        return time.perf_counter() - t0
+
+    def drop_disk_cache(self) -> bool:
+        if not hasattr(os, "posix_fadvise"):
+            return False
+        for path in self.disk_path.iterdir():
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        import lmcache
+        import transformers
+
+        torch = self._torch
+        dev = torch.device(self.device_name)
+        if dev.type == "cuda":
+            name = torch.cuda.get_device_name(dev)
+        else:
+            name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        kv = self.engine.kv
+        cfg = self.model.config
+        return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
+                "lmcache": getattr(lmcache, "__version__", "unknown"),
+                "model": f"{self.model_spec} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                         f"{kv.kv_heads} KV heads x {kv.head_dim}, {str(kv.dtype).removeprefix('torch.')})"}
+
+    def close(self) -> None:
+        try:
+            self.engine.close()
+        finally:
+            self._tmp.cleanup()
+
+
+class HTTPProbe(Probe):
+    """A running engine server (``simkv engine serve``), driven through its API."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        models = self._call("GET", "/v1/models")
+        self.model_name = str((models.get("data") or [{}])[0].get("id", "unknown"))
+        info = self._call("POST", "/kv/lookup", {"prompt": [0]})
+        self.chunk_size = int(info["chunk_size"])
+        self.tiers = self._discover_tiers()
+        # The API does not say the vocabulary; ids below 512 are valid for every named model
+        # (the tiny one has 512), and random 16+-token chunks of 511 ids never collide.
+        self.vocab_size = 512
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import httpx
+
+        try:
+            r = self.client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise CalibrationError(f"--engine {self.url}: {path}: {exc}") from None
+        if r.status_code >= 400:
+            try:
+                msg = r.json()["error"]["message"]
+            except Exception:
+                msg = r.text[:200]
+            raise CalibrationError(f"--engine {self.url}: {path}: HTTP {r.status_code}: {msg}")
+        return r.json()
+
+    def _discover_tiers(self) -> tuple[str, ...]:
+        """The API does not list the engine's tiers: serve one chunk, clear the GPU cache and
+        see where it is (CPU, or disk once written); the archive where ``/kv/hydrate`` is not
+        501 (not built)."""
+        rng = np.random.default_rng(2**31 - 1)
+        probe = rng.integers(1, 512, self.chunk_size + 1).tolist()
+        self.serve(probe)
+        self._call("POST", "/kv/clear", {"tiers": ["gpu"]})
+        tiers = ["gpu"]
+        if self.lookup(probe) == ["cpu"]:
+            tiers.append("cpu")
+            self._call("POST", "/kv/clear", {"tiers": ["cpu"]})
+        deadline = time.monotonic() + 30        # LMCache writes disk asynchronously
+        while time.monotonic() < deadline:
+            if self.lookup(probe) == ["disk"]:
+                tiers.append("disk")
+                break
+            time.sleep(0.01)
+        if self.client.post("/kv/hydrate", json={"prompt": [0]}).status_code != 501:
+            tiers.append("archive")
+        return tuple(tiers)
+
+    def serve(self, tokens: list[int]) -> Served:
+        out = self._call("POST", "/v1/completions", {"prompt": tokens, "max_tokens": 0})
+        s = out["usage"]["simkv"]
+        src = s["tokens_by_source"]
+        return Served({t: int(src.get(t, 0)) for t in (*LOCAL_TIERS, "archive")}, float(s["load_s"]),
+                      float(s["prefill_s"]), float(s["store_s"]), float(s.get("hydrate_s") or 0.0),
+                      {t: int(v) for t, v in (s.get("bytes_loaded") or {}).items()})
+
+    def lookup(self, tokens: list[int]) -> list[str]:
+        return list(self._call("POST", "/kv/lookup", {"prompt": tokens})["tiers"])
+
+    def clear(self, tiers: Sequence[str]) -> None:
+        self._call("POST", "/kv/clear", {"tiers": [t for t in tiers if t in self.tiers]})
+
+    def wait_on_disk(self, tokens: list[int], timeout: float = 60.0) -> float:
+        want = len(tokens) // self.chunk_size
+        t0 = time.perf_counter()
+        self.clear(["gpu", "cpu"])
+        while self.lookup(tokens).count("disk") < want:
+            if time.perf_counter() - t0 > timeout:
+                raise CalibrationError(f"--engine {self.url}: the disk writes did not finish in "
+                                       f"{timeout:.0f} s")
+            time.sleep(0.001)
+        return time.perf_counter() - t0
+
+    def wait_archived(self, tokens: list[int], timeout: float = 60.0) -> bool:
+        """Poll ``/metrics`` until ``simkv_archive_uploads_total`` has grown by the prompt's
+        chunks (the lookup after clearing the local tiers then checks they are archived)."""
+        def uploads() -> float:
+            r = self.client.get("/metrics")
+            for line in r.text.splitlines():
+                if line.startswith("simkv_archive_uploads_total"):
+                    return float(line.split()[-1])
+            return 0.0
+
+        start, want = uploads(), len(tokens) // self.chunk_size
+        deadline = time.monotonic() + timeout
+        while uploads() - start < want:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": f"engine at {self.url} (device and versions are not reported by the API)",
+                "model": self.model_name}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- fits ---------------------------------------------------------------------------------
+
+
+def nonneg_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``argmin ||a·x − b||`` over ``x >= 0``: the best of the unconstrained least-squares
+    solutions on every subset of columns whose solution is non-negative (exact for the 2-3
+    columns the fits here have)."""
+    best, best_res = np.zeros(a.shape[1]), float(np.sum(b**2))
+    for r in range(1, a.shape[1] + 1):
+        for cols in itertools.combinations(range(a.shape[1]), r):
+            x, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+            if np.all(x >= 0):
+                res = float(np.sum((a[:, cols] @ x - b) ** 2))
+                if res < best_res:
+                    best_res, best = res, np.zeros(a.shape[1])
+                    best[list(cols)] = x
+    return best
+
+
+def fit_analytic(n: np.ndarray, c: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:
+    """``(const_s, per_token_s, attn_s)`` of ``const + per_token·n + attn·n·(n + c)`` fitted to
+    the measured ``seconds`` by least squares on relative residuals (each point divided by its
+    measured time, so short prefills weigh as much as long ones), all three >= 0."""
+    n, c, y = (np.asarray(v, np.float64).ravel() for v in (n, c, seconds))
+    a = np.stack([np.ones_like(n), n, n * (n + c)], axis=1)
+    w = 1.0 / np.maximum(y, 1e-12)
+    const, per_token, attn = nonneg_lstsq(a * w[:, None], y * w)
+    return float(const), float(per_token), float(attn)
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """``(intercept, slope)`` of ``y = intercept + slope·x`` by least squares, both >= 0."""
+    xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    a = np.stack([np.ones_like(xs), xs], axis=1)
+    b0, b1 = nonneg_lstsq(a, ys)
+    return float(b0), float(b1)
+
+
+def leave_one_out(new: np.ndarray, cached: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Relative leave-one-out error of the table at each grid point: the point predicted by
+    the table without its row (interpolated between its neighbours in new tokens, or
+    extrapolated at an edge) and without its column (likewise in cached tokens), the larger
+    of the two ``|predicted − measured| / measured``; NaN where an axis has only 2 values."""
+    out = np.full(seconds.shape, np.nan)
+    for i, j in itertools.product(range(len(new)), range(len(cached))):
+        errs = []
+        n, c = np.array([new[i]]), np.array([cached[j]])
+        if len(new) > 2:
+            keep = np.arange(len(new)) != i
+            errs.append(bilinear(new[keep], cached, seconds[keep], n, c)[0])
+        if len(cached) > 2:
+            keep = np.arange(len(cached)) != j
+            errs.append(bilinear(new, cached[keep], seconds[:, keep], n, c)[0])
+        if errs:
+            y = max(seconds[i, j], 1e-12)
+            out[i, j] = max(abs(p - seconds[i, j]) / y for p in errs)
+    return out
+
+
+# -- the measurement ----------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """What a calibration measured and fitted; :attr:`doc` is the profile document."""
+
+    doc: dict[str, Any]
+    prefill_rows: list[dict[str, float]]
+    load_rows: list[dict[str, Any]]
+    notes: list[str]
+
+
+class _Prompts:
+    """Fresh prompts: ``numpy.random.default_rng(seed)`` token ids in ``[1, vocab)``."""
+
+    def __init__(self, vocab: int, seed: int) -> None:
+        self.rng, self.vocab = np.random.default_rng(seed), vocab
+
+    def __call__(self, n: int) -> list[int]:
+        return self.rng.integers(1, self.vocab, n).tolist() if n else []
+
+
+def _expect(probe: Probe, tokens: list[int], want: list[str], what: str) -> None:
+    got = probe.lookup(tokens)
+    if got != want:
+        raise CalibrationError(f"{what}: expected the chunks in {_runs(want) or 'no tier'}, the engine "
+                               f"has them in {_runs(got) or 'no tier'} (is another client using it?)")
+
+
+def _runs(tiers: list[str]) -> str:
+    return ", ".join(f"{len(list(g))}x {t}" for t, g in itertools.groupby(tiers))
+
+
+def _hits(served: Served, tier: str, tokens: int, what: str) -> None:
+    got = {t: n for t, n in served.hit_tokens.items() if n}
+    if got != ({tier: tokens} if tokens else {}):
+        raise CalibrationError(f"{what}: expected {tokens} tokens from {tier}, the engine served {got}")
+
+
+def steps(plan: Plan, tiers: Sequence[str], wait_clears: bool = False) -> int:
+    """Engine requests a calibration makes (the progress bar's total)."""
+    runs = plan.warmup + plan.repeats
+    prefill = sum(2 if c else 1 for c in plan.cached_tokens) * len(plan.new_tokens) * runs
+    per_load = 1 + len([t for t in ("gpu", "cpu") if t in tiers]) + (2 if "disk" in tiers else 0) \
+        + (1 if "archive" in tiers else 0) + (2 if "disk" in tiers and wait_clears else 0)
+    return prefill + (per_load * len(plan.chunks) * runs if plan.tiers else 0)
+
+
+def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
+              advance: Callable[[int], None] = lambda n: None) -> Calibration:
+    """Measure ``plan`` on ``probe`` and fit the profile. ``scenario``: where the analytic
+    defaults of tiers not measured come from (simkv's defaults if ``None``)."""
+    from simkv.scenario import Scenario
+
+    scenario = scenario or Scenario()
+    C = probe.chunk_size
+    plan.check(C, probe.context)
+    need = max(plan.cached_tokens[-1] // C, max(plan.chunks) if plan.tiers else 0)
+    if probe.gpu_chunks is not None and probe.gpu_chunks < need:
+        raise CalibrationError(f"tiers.gpu.capacity_bytes: the GPU cache holds {probe.gpu_chunks} chunks, "
+                               f"the calibration needs {need} there (raise it, or shrink --cached-tokens "
+                               "/ --chunks)")
+    fresh = _Prompts(probe.vocab_size, plan.seed)
+    runs = plan.warmup + plan.repeats
+    notes: list[str] = []
+    local = [t for t in LOCAL_TIERS if t in probe.tiers]
+
+    def counted(served: Served) -> Served:
+        advance(1)
+        return served
+
+    # Prefill over the grid.
+    new, cached = plan.new_tokens, plan.cached_tokens
+    seconds = np.zeros((len(new), len(cached)))
+    for (i, n), (j, c) in itertools.product(enumerate(new), enumerate(cached)):
+        samples = []
+        for rep in range(runs):
+            probe.clear(local)
+            prefix, suffix = fresh(c), fresh(n)
+            if c:
+                counted(probe.serve(prefix))
+            what = f"prefill n={n} c={c}"
+            _expect(probe, prefix + suffix, ["gpu"] * (c // C), what)
+            r = counted(probe.serve(prefix + suffix))
+            _hits(r, "gpu", c, what)
+            if rep >= plan.warmup:
+                samples.append(r.prefill_s)
+        seconds[i, j] = float(np.median(samples))
+
+    # Loads per tier, stores.
+    loads: dict[str, dict[int, list[float]]] = {}
+    stores: dict[str, dict[int, list[float]]] = {"store": {}, "disk_write": {}}
+    chunk_bytes = probe.chunk_bytes
+    archive_ok = "archive" in probe.tiers
+    cold_dropped = False
+    for k in plan.chunks if plan.tiers else []:
+        for rep in range(runs):
+            keep = rep >= plan.warmup
+            probe.clear(local)
+            prompt = fresh(k * C + 1)
+            full, want = prompt[: k * C], k * C
+            what = f"load of {k} chunks"
+            _expect(probe, prompt, [], what)
+            first = counted(probe.serve(prompt))
+            _hits(first, "gpu", 0, what)
+            timed: dict[str, Served] = {}
+            if keep:
+                stores["store"].setdefault(k, []).append(first.store_s)
+            if "disk" in probe.tiers:
+                # LMCache's disk writes were queued by the serve: time them from its end. Where
+                # the wait clears the GPU and CPU tiers, on a prompt of their own.
+                if probe.wait_clears:
+                    probe.clear(local)
+                    other = fresh(k * C + 1)
+                    counted(probe.serve(other))
+                    waited = probe.wait_on_disk(other[: k * C])
+                    probe.clear(local)
+                    prompt = fresh(k * C + 1)
+                    full = prompt[: k * C]
+                    first = counted(probe.serve(prompt))
+                    _hits(first, "gpu", 0, what)
+                else:
+                    waited = probe.wait_on_disk(full)
+                if keep:
+                    stores["disk_write"].setdefault(k, []).append(waited)
+            r = counted(probe.serve(prompt))
+            _hits(r, "gpu", want, f"{what} from gpu")
+            timed["gpu"] = r
+            if chunk_bytes is None and r.bytes_loaded.get("gpu"):
+                chunk_bytes = r.bytes_loaded["gpu"] // k
+            if "cpu" in probe.tiers:
+                probe.clear(["gpu"])
+                _expect(probe, prompt, ["cpu"] * k, f"{what} from cpu")
+                timed["cpu"] = r = counted(probe.serve(prompt))
+                _hits(r, "cpu", want, f"{what} from cpu")
+            if "disk" in probe.tiers:
+                probe.wait_on_disk(full)
+                for label in ("disk_cold", "disk_warm"):
+                    probe.clear(["gpu", "cpu"])
+                    if label == "disk_cold":
+                        cold_dropped = probe.drop_disk_cache()
+                    _expect(probe, prompt, ["disk"] * k, f"{what} from disk")
+                    timed[label] = r = counted(probe.serve(prompt))
+                    _hits(r, "disk", want, f"{what} from disk")
+            if archive_ok:
+                if probe.wait_archived(full):
+                    probe.clear(local)
+                    _expect(probe, prompt, ["archive"] * k, f"{what} from archive")
+                    r = counted(probe.serve(prompt))
+                    _hits(r, "archive", want, f"{what} from archive")
+                    timed["archive"] = Served(r.hit_tokens, r.load_s + r.hydrate_s, r.prefill_s, r.store_s)
+                else:
+                    archive_ok = False
+                    notes.append("archive: the engine has an archive but the chunks were not uploaded in "
+                                 "time; its entries are the analytic default")
+            if keep:
+                for label, s in timed.items():
+                    loads.setdefault(label, {}).setdefault(k, []).append(s.load_s)
+
+    return _profile(probe, plan, scenario, seconds, loads, stores, chunk_bytes, notes,
+                    cold_dropped=cold_dropped)
+
+
+def _medians(samples: dict[int, list[float]]) -> tuple[list[int], list[float]]:
+    ks = sorted(samples)
+    return ks, [float(np.median(samples[k])) for k in ks]
+
+
+def _rel(pred: float, meas: float) -> float:
+    return abs(pred - meas) / meas if meas > 0 else float("nan")
+
+
+def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
+             loads: dict[str, dict[int, list[float]]], stores: dict[str, dict[int, list[float]]],
+             chunk_bytes: int | None, notes: list[str], *, cold_dropped: bool) -> Calibration:
+    C = probe.chunk_size
+    new = np.asarray(plan.new_tokens, np.float64)
+    cached = np.asarray(plan.cached_tokens, np.float64)
+    nn, cc = np.meshgrid(new, cached, indexing="ij")
+    const, per_token, attn = fit_analytic(nn, cc, seconds)
+    analytic = AnalyticProfile(const, per_token, attn)
+    a_pred = analytic.prefill_array(nn.ravel(), cc.ravel()).reshape(seconds.shape)
+    a_err = np.abs(a_pred - seconds) / np.maximum(seconds, 1e-12)
+    loo = leave_one_out(new, cached, seconds)
+
+    prefill_rows = [{"new": int(new[i]), "cached": int(cached[j]), "measured_s": float(seconds[i, j]),
+                     "table_s": float(seconds[i, j]), "table_loo_rel": float(loo[i, j]),
+                     "analytic_s": float(a_pred[i, j]), "analytic_rel": float(a_err[i, j])}
+                    for i, j in itertools.product(range(len(new)), range(len(cached)))]
+
+    # Defaults for what is not measured: the analytic profile of the scenario's tiers.
+    block_bytes = chunk_bytes or C * scenario.model.bytes_per_token
+    archive_bytes = int(block_bytes / scenario.tiers.archive.compression_ratio)
+    default: Transfers = AnalyticProfile(0.0, 0.0, 0.0).transfers(scenario, block_bytes, archive_bytes)
+    load_rows: list[dict[str, Any]] = []
+    fitted: dict[str, dict[str, Any]] = {}
+    for label, samples in [*loads.items(), *stores.items()]:
+        if not samples:
+            continue
+        ks, med = _medians(samples)
+        b0, b1 = fit_line(ks, med)
+        errs = [_rel(b0 + b1 * k, m) for k, m in zip(ks, med, strict=True)]
+        fitted[label] = {"chunks": ks, "median_s": med, "per_request_s": b0, "per_block_s": b1,
+                         "fit_rel_error": errs}
+        load_rows += [{"what": label, "chunks": k, "measured_s": m, "fit_s": b0 + b1 * k, "rel": e}
+                      for k, m, e in zip(ks, med, errs, strict=True)]
+
+    def entry(label: str, lat: float, per_block: float) -> dict[str, float]:
+        f = fitted.get(label)
+        return ({"per_block_s": f["per_block_s"], "per_request_s": f["per_request_s"]} if f
+                else {"per_block_s": per_block, "per_request_s": lat})
+
+    load: dict[str, Any] = {"gpu": entry("gpu", 0.0, 0.0)}
+    store: dict[str, Any] = {}
+    if "cpu" in probe.tiers:
+        load["cpu"] = entry("cpu", default.cpu_lat, default.cpu_per_block)
+        store["cpu"] = {"per_block_s": fitted["store"]["per_block_s"] if "store" in fitted
+                        else default.cpu_write_per_block}
+    disk_label = "disk_cold" if "disk_cold" in fitted else "disk_warm"
+    load["disk"] = entry(disk_label, default.disk_lat, default.disk_per_block)
+    store["disk"] = {"per_block_s": fitted["disk_write"]["per_block_s"] if "disk_write" in fitted
+                     else default.disk_write_per_block}
+    load["archive"] = entry("archive", default.arch_lat, default.arch_per_block)
+    store["archive"] = {"per_block_s": default.arch_compress_per_block + default.arch_upload_per_block}
+
+    if "disk" not in probe.tiers:
+        notes.append("disk: the engine has no disk tier; load.disk and store.disk are the analytic "
+                     "default of the scenario's tiers.disk")
+    else:
+        notes.append(f"load.disk is the cold read: {probe.disk_cold}"
+                     + ("" if cold_dropped else " (the page cache could not be dropped here)")
+                     + "; the warm read (file in the page cache) is calibration.load.disk_warm. "
+                     "store.disk is the per-chunk slope of the time from the request's end until "
+                     "LMCache's asynchronous disk writes were done")
+    if "archive" not in fitted:
+        notes.append("archive: not measured (the engine has no archive tier); load.archive and "
+                     "store.archive are the analytic default of the scenario's tiers.archive "
+                     "(compression ratio, compress / decompress and network speeds not measured)")
+    else:
+        notes.append("load.archive is hydrate + load of archived chunks; store.archive (compress + "
+                     "upload) and the compression ratio are the analytic default")
+    notes.append("load.gpu is the engine's GPU-cache copy, recorded but not charged (the simulator "
+                 "charges GPU hits nothing)")
+    if "cpu" in probe.tiers:
+        notes.append("store.cpu is the per-chunk slope of the engine's store_s (GPU cache + LMCache "
+                     "CPU copy, disk writes queued)")
+
+    info = probe.describe()
+    today = _dt.date.today().isoformat()
+    measured_on = ", ".join(f"{k} {v}" for k, v in info.items() if k != "device")
+    measured_on = f"{info.get('device', 'unknown device')}; {measured_on}; {today}; simkv calibrate"
+    finite = loo[np.isfinite(loo)]
+    doc: dict[str, Any] = {
+        "version": PROFILE_VERSION, "kind": "table", "model": str(info.get("model", "unknown")),
+        "block_size": C, "measured_on": measured_on,
+        "fit_error": {
+            "method": "leave-one-out: each grid point predicted by the table without its row and "
+                      "without its column (interpolated between the neighbours, extrapolated at an "
+                      "edge), the larger relative error; the table itself is exact at grid points",
+            "max_rel": float(finite.max()) if finite.size else None,
+            "prefill_rel": _nan_none(loo),
+            "analytic_max_rel": float(a_err.max()),
+        },
+        "notes": "; ".join(notes),
+        "calibration": {
+            "date": today, **{k: str(v) for k, v in info.items()},
+            "plan": {"new_tokens": plan.new_tokens, "cached_tokens": plan.cached_tokens,
+                     "chunks": plan.chunks, "repeats": plan.repeats, "warmup": plan.warmup,
+                     "seed": plan.seed, "statistic": "median"},
+            "chunk_bytes": int(block_bytes),
+            "analytic_fit": {"const_s": const, "per_token_s": per_token, "attn_s": attn,
+                             "formula": "const_s + per_token_s*n + attn_s*n*(n+c), least squares on "
+                                        "relative residuals, constants >= 0",
+                             "prefill_rel": a_err.tolist()},
+            "load": {k: v for k, v in fitted.items() if k not in ("store", "disk_write")},
+            "store": {k: v for k, v in fitted.items() if k in ("store", "disk_write")},
+        },
+        "prefill": {"new_tokens": [int(v) for v in new], "cached_tokens": [int(v) for v in cached],
+                    "seconds": seconds.tolist()},
+        "load": load,
+        "store": store,
+    }
+    return Calibration(doc, prefill_rows, load_rows, notes)
+
+
+def _nan_none(a: np.ndarray) -> list[list[float | None]]:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
+
+
+def write_profile(cal: Calibration, path: Path) -> None:
+    """Write the profile document as YAML (atomically), with a header saying what it is."""
+    import yaml
+
+    from simkv.fileio import atomic_write
+
+    fit = cal.doc["calibration"]["analytic_fit"]
+    worst = cal.doc["fit_error"]["analytic_max_rel"]
+    header = (f"# Hardware profile measured by `simkv calibrate` (kind: table, version {PROFILE_VERSION}); "
+              "see docs/system.md, \"Calibrating a profile\".\n"
+              f"# {cal.doc['measured_on']}\n"
+              f"# Analytic fit for comparison: prefill(n, c) = {fit['const_s']:.4g} + "
+              f"{fit['per_token_s']:.4g}*n + {fit['attn_s']:.4g}*n*(n+c) (max relative error {worst:.1%})"
+              "\n# prefill.seconds: one row per new_tokens, one column per cached_tokens.\n")
+    text = header + yaml.safe_dump(cal.doc, sort_keys=False, width=110)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+@contextlib.contextmanager
+def open_probe(*, engine: str | None, api_key: str | None, scenario: Any, model: str, device: str,
+               disk_path: str | Path | None):
+    """The probe the CLI asked for, closed on exit."""
+    probe: Probe = (HTTPProbe(engine, api_key) if engine else
+                    InProcessProbe(scenario, model, device, disk_path))
+    try:
+        yield probe
+    finally:
+        probe.close()

@@ -1,0 +1,139 @@
+"""``simkv calibrate``: measure the engine and write a ``kind: table`` hardware profile."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from simkv.cli.console import SetOpt, console, err_console
+from simkv.errors import SimkvError
+
+
+def _ints(key: str, text: str | None) -> list[int] | None:
+    """``"16,64,256"`` → ``[16, 64, 256]``."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SimkvError(f"{key}: expected comma-separated integers, got {text!r}") from None
+
+
+def _engine_module() -> Any:
+    try:
+        from simkv_replay import calibrate
+    except ImportError as exc:
+        raise SimkvError(f"simkv calibrate needs the engine package simkv-replay (torch, transformers, "
+                         f"LMCache; `make install`): {exc}") from None
+    return calibrate
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.1%}"
+
+
+def _summary(cal: Any) -> None:
+    t = Table(title="prefill (seconds)", title_justify="left")
+    for col in ("new", "cached", "measured", "table", "table LOO err", "analytic", "analytic err"):
+        t.add_column(col, justify="right")
+    for r in cal.prefill_rows:
+        t.add_row(f"{r['new']:,}", f"{r['cached']:,}", f"{r['measured_s']:.4g}", f"{r['table_s']:.4g}",
+                  _pct(r["table_loo_rel"]), f"{r['analytic_s']:.4g}", _pct(r["analytic_rel"]))
+    console.print(t)
+    if cal.load_rows:
+        t = Table(title="load / store (seconds; fit = per_request + chunks x per_block)",
+                  title_justify="left")
+        for col in ("what", "chunks", "measured", "fit", "fit err"):
+            t.add_column(col, justify="right")
+        for r in cal.load_rows:
+            t.add_row(escape(r["what"]), str(r["chunks"]), f"{r['measured_s']:.4g}", f"{r['fit_s']:.4g}",
+                      _pct(r["rel"]))
+        console.print(t)
+    for note in cal.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+
+
+def calibrate_cmd(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Profile file to write (profiles/NAME.yaml).")],
+    engine: Annotated[str | None, typer.Option("--engine", help="URL of a running `simkv engine "
+                                               "serve`.")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="The server's API key.")] = None,
+    in_process: Annotated[Path | None, typer.Option(
+        "--in-process", metavar="SCENARIO", help="Build the model and engine here from this "
+        "scenario.")] = None,
+    overrides: SetOpt = None,
+    model: Annotated[str, typer.Option(help="Model (in-process): tiny | llama-1b | llama-8b | "
+                                       "PATH.")] = "tiny",
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (in-process; default: cuda if there "
+                                               "is one).")] = None,
+    disk_path: Annotated[Path | None, typer.Option(
+        help="Folder for LMCache's disk files (in-process; default: beside the output file).")] = None,
+    grid: Annotated[str | None, typer.Option(help="quick | full (default: quick on the CPU or over "
+                                             "HTTP, full on a GPU).")] = None,
+    new_tokens: Annotated[str | None, typer.Option(help="New tokens of the prefill grid, e.g. "
+                                                   "1,16,64.")] = None,
+    cached_tokens: Annotated[str | None, typer.Option(help="Cached tokens of the grid (multiples of the "
+                                                      "block size), e.g. 0,64,256.")] = None,
+    chunks: Annotated[str | None, typer.Option(help="Chunks per load measurement, e.g. 1,2,4,8.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed runs per point (the median is kept).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Discarded runs before them.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Measure prefill, load and store times on the engine (through KVEngine.serve, the path requests
+    take) and write a table hardware profile with its fit errors."""
+    if (engine is None) == (in_process is None):
+        raise SimkvError("calibrate: give exactly one of --engine URL or --in-process SCENARIO")
+    if out.exists() and not overwrite:
+        raise SimkvError(f"{out}: exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise SimkvError(f"{out}: no such folder {out.parent}")
+    if engine is not None and (overrides or model != "tiny" or device or disk_path):
+        raise SimkvError("calibrate: --set, --model, --device and --disk-path are for --in-process "
+                         "(the server has its own)")
+    lists = {k: _ints(f"--{k.replace('_', '-')}", v)
+             for k, v in (("new_tokens", new_tokens), ("cached_tokens", cached_tokens), ("chunks", chunks))}
+    cal_mod = _engine_module()
+
+    scenario = None
+    if in_process is not None:
+        from simkv.scenario import load_scenario
+
+        scenario = load_scenario(in_process, overrides or [])
+        if scenario.block_size is None:
+            raise SimkvError(f"{in_process}: block_size: the engine's chunk size; set it "
+                             "(e.g. --set block_size=256)")
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+    grid = grid or ("full" if device == "cuda" else "quick")
+
+    with cal_mod.open_probe(engine=engine, api_key=api_key, scenario=scenario, model=model,
+                            device=device or "cpu", disk_path=disk_path or out.parent.resolve()) as probe:
+        plan = cal_mod.Plan.make(grid, probe.chunk_size, repeats=repeats, warmup=warmup, seed=seed, **lists)
+        plan.check(probe.chunk_size, probe.context)
+        total = cal_mod.steps(plan, probe.tiers, probe.wait_clears)
+        src = escape(engine or str(in_process))
+        err_console.print(f"calibrating {src}: {len(plan.new_tokens)}x{len(plan.cached_tokens)} prefill "
+                          f"grid, {len(plan.chunks)} chunk counts, tiers {', '.join(probe.tiers)}, "
+                          f"{plan.warmup} warm-up + {plan.repeats} timed runs each", highlight=False,
+                          soft_wrap=True)
+        if err_console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err_console, transient=True) as bar:
+                task = bar.add_task("calibrating", total=total)
+                cal = cal_mod.calibrate(probe, plan, scenario=scenario,
+                                        advance=lambda n: bar.advance(task, n))
+        else:
+            cal = cal_mod.calibrate(probe, plan, scenario=scenario)
+    cal_mod.write_profile(cal, out)
+    _summary(cal)
+    console.print(f"wrote [bold]{escape(str(out))}[/] (use: hardware: {{profile: {escape(str(out))}}})")
