@@ -1,6 +1,6 @@
 """The ``simkv`` command line: a thin typer layer over the Python API.
 
-One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`); what they share
+One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`, :mod:`.engine`); what they share
 is in :mod:`.console`. User errors (:class:`simkv.errors.SimkvError`) are printed as one red
 line and exit with status 2; anything else is a bug and keeps its traceback.
 """
@@ -13,6 +13,7 @@ import sys
 import typer
 
 from simkv.cli.console import console, err_console, interrupt, print_error, progress_bar
+from simkv.cli.engine import engine_app
 from simkv.cli.run import curve_cmd, regress_cmd, report_cmd, run_cmd
 from simkv.cli.sweep import sweep_cmd
 from simkv.cli.trace import trace_app
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(trace_app, name="trace")
+app.add_typer(engine_app, name="engine")
 app.command("run")(run_cmd)
 app.command("curve")(curve_cmd)
 app.command("sweep")(sweep_cmd)
