@@ -29,9 +29,10 @@ read (the walk is single-threaded, but LMCache's disk writes are asynchronous; a
 retrieve returns nothing ends the prefix there and is recomputed), and whether a disk read hit
 the page cache.
 
-Not built yet: ``load_policy: if_faster`` (the engine always loads; the scenario value is
-recorded in :attr:`KVEngine.load_policy`), the archive tier, and anything concurrent (requests
-are served one at a time, in call order).
+After :meth:`KVEngine.serve`, :meth:`KVEngine.decode` generates greedily over the prompt's KV
+(generated tokens are not stored). Not built yet: ``load_policy: if_faster`` (the engine always
+loads; the scenario value is recorded in :attr:`KVEngine.load_policy`), the archive tier, and
+anything concurrent (the engine is not thread-safe: the HTTP server runs it from one worker).
 """
 
 from __future__ import annotations
