@@ -42,6 +42,9 @@ simulator's own rule (:func:`simkv.model.cache_base.best_cut`) on the scenario's
 profile and the scenario's model size: the same cut the simulator makes for that prefix.
 
 Requests are served one at a time (a lock; the archive worker takes it to read the tiers).
+
+After :meth:`KVEngine.serve`, :meth:`KVEngine.decode` generates greedily over the prompt's KV
+(generated tokens are not stored).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import typer
 
 from simkv.cli.calibrate import calibrate_cmd
 from simkv.cli.console import console, err_console, interrupt, print_error, progress_bar
+from simkv.cli.engine import engine_app
 from simkv.cli.replay import replay_cmd
 from simkv.cli.run import curve_cmd, regress_cmd, report_cmd, run_cmd
 from simkv.cli.sweep import sweep_cmd
@@ -32,6 +33,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(trace_app, name="trace")
+app.add_typer(engine_app, name="engine")
 app.command("run")(run_cmd)
 app.command("curve")(curve_cmd)
 app.command("sweep")(sweep_cmd)

@@ -1,0 +1,86 @@
+"""``simkv engine serve``: the real engine (``replay/``, package ``simkv_replay``) over HTTP.
+
+The engine's heavy dependencies (torch, transformers, LMCache) are imported only here, and
+only once the scenario is known to be valid: a bad scenario fails fast with one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from simkv.cli.console import SetOpt, console
+from simkv.errors import SimkvError
+
+engine_app = typer.Typer(help="The real engine (replay/): a model behind the scenario's tiers, "
+                         "served over HTTP.", no_args_is_help=True)
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _require_engine() -> None:
+    """One clear line (exit 2) when the engine package or its dependencies are missing."""
+    for name in ("simkv_replay", "torch", "transformers", "lmcache", "fastapi", "uvicorn"):
+        if importlib.util.find_spec(name) is None:
+            raise SimkvError(f"the engine needs the package {name!r}, which is not installed "
+                             "(run make install)")
+
+
+def _stable_hash_seed() -> None:
+    """LMCache keys chunks with Python's ``hash()`` without vLLM: re-run this command with
+    ``PYTHONHASHSEED=0`` unless it is set so, so chunk keys are the same in every process (a
+    disk tier another process wrote stays readable)."""
+    if os.environ.get("PYTHONHASHSEED") == "0":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), {**os.environ, "PYTHONHASHSEED": "0"})
+
+
+@engine_app.command("serve")
+def serve_cmd(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML (block_size and the tiers).")],
+    overrides: SetOpt = None,
+    model: Annotated[str, typer.Option(help="A shape with random weights (tiny, llama-1b, llama-8b) "
+                                       "or a local checkpoint folder.")] = "tiny",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="SIMKV_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz.")] = None,
+    disk_path: Annotated[Path | None, typer.Option(
+        help="Folder of LMCache's disk tier (default: a temporary folder removed at exit).")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level of the server and LMCache: "
+                                           + ", ".join(LOG_LEVELS) + ".")] = "warning",
+) -> None:
+    """Serve the engine over HTTP (OpenAI-style /v1/completions, /kv/*, /metrics) until Ctrl-C or
+    SIGTERM, which finish the queued requests and exit 0. Requests are served one at a time in
+    arrival order by one worker."""
+    from simkv.scenario import load_scenario
+
+    if log_level.lower() not in LOG_LEVELS:
+        raise SimkvError(f"--log-level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if not 0 <= port <= 65535:
+        raise SimkvError(f"--port: {port} is not a port number (0-65535)")
+    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
+        raise SimkvError(f"--device: {device!r} is not cpu or cuda")
+    sc = load_scenario(scenario, overrides or [])
+    if sc.block_size is None:
+        raise SimkvError(f"{scenario}: block_size: the engine's chunk size; set it "
+                         "(e.g. --set block_size=256)")
+    _require_engine()
+    os.environ.setdefault("LMCACHE_LOG_LEVEL", log_level.upper())
+    _stable_hash_seed()
+
+    from simkv_replay.server import serve
+
+    serve(sc, model=model, device=device, host=host, port=port, api_key=api_key,
+          disk_path=disk_path, log_level=log_level.lower(),
+          on_ready=lambda url: console.print(f"simkv engine ({escape(model)}) serving at {url}",
+                                             highlight=False, soft_wrap=True))
