@@ -169,21 +169,23 @@ def test_text_prompts_are_utf8_bytes_for_random_weight_shapes(client):
 
 
 def test_hits_per_tier_agree_with_lookup_and_clear(client):
-    p = prompt(3, 4 * CHUNK)                        # full chunks only: the last one is recomputed
+    p = prompt(3, 4 * CHUNK)             # full chunks only: once cached, the last token is recomputed
     complete(client, {"prompt": p, "max_tokens": 1})
 
     before = lookup(client, p)
     assert before["tiers"] == ["gpu"] * 4 and before["cached_tokens"] == 4 * CHUNK
-    served = complete(client, {"prompt": p, "max_tokens": 1})["usage"]["simkv"]["tokens_by_source"]
-    capped = min(before["cached_tokens"], (len(p) - 1) // CHUNK * CHUNK)
-    assert served["gpu"] == capped == 3 * CHUNK and served["computed"] == CHUNK
+    usage = complete(client, {"prompt": p, "max_tokens": 1})["usage"]
+    served = usage["simkv"]["tokens_by_source"]
+    assert served["gpu"] == before["cached_tokens"] == 4 * CHUNK and served["computed"] == 0
+    assert usage["simkv"]["recomputed_tokens"] == 1
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 4 * CHUNK - 1    # vLLM's: not computed
 
     r = client.post("/kv/clear", json={"tiers": ["gpu"]})
     assert r.status_code == 200 and r.json()["cleared"]["gpu"] >= 4
     before = lookup(client, p)
     assert before["tokens_by_source"] == {"gpu": 0, "cpu": 4 * CHUNK, "disk": 0, "archive": 0}
     served = complete(client, {"prompt": p, "max_tokens": 1})["usage"]["simkv"]["tokens_by_source"]
-    assert served == {"gpu": 0, "cpu": 3 * CHUNK, "disk": 0, "archive": 0, "computed": CHUNK}
+    assert served == {"gpu": 0, "cpu": 4 * CHUNK, "disk": 0, "archive": 0, "computed": 0}
 
     assert client.post("/kv/clear", json={"tiers": ["gpu", "cpu"]}).status_code == 200
     deadline = time.monotonic() + 30               # LMCache writes to disk asynchronously
@@ -191,7 +193,7 @@ def test_hits_per_tier_agree_with_lookup_and_clear(client):
         assert time.monotonic() < deadline, found
         time.sleep(0.05)
     served = complete(client, {"prompt": p, "max_tokens": 1})["usage"]["simkv"]["tokens_by_source"]
-    assert served["disk"] == 3 * CHUNK and served["computed"] == CHUNK
+    assert served["disk"] == 4 * CHUNK and served["computed"] == 0
 
 
 def test_metrics_follow_the_requests(client):

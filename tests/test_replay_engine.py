@@ -123,12 +123,13 @@ def test_a_shared_prefix_hits_exactly_the_shared_full_chunks(make_engine):
     assert result.computed_tokens == len(b) - 2 * CHUNK
 
 
-def test_a_prompt_of_full_chunks_computes_its_last_chunk(make_engine):
+def test_a_prompt_of_full_chunks_recomputes_only_its_last_token(make_engine):
     engine = make_engine()
     a = prompt(4, 3 * CHUNK)
     engine.serve(a)
     result = engine.serve(a)
-    assert result.hit_tokens["cpu"] == 2 * CHUNK and result.computed_tokens == CHUNK
+    assert result.hit_tokens["cpu"] == 3 * CHUNK and result.computed_tokens == 0
+    assert result.recomputed_tokens == 1
 
 
 def _full_logits(model, tokens):
@@ -237,3 +238,21 @@ def test_counters_add_up(make_engine):
     assert after["bytes_loaded"]["gpu"] == 4 * _chunk_bytes()
     assert after["bytes_stored"]["gpu"] == 4 * _chunk_bytes() == after["bytes_stored"]["cpu"]
     assert snap["prompt_tokens_by_source"]["gpu"] == 0
+
+
+def test_a_fully_cached_prompt_is_served_from_its_tiers(make_engine):
+    """Every chunk of a prompt of full chunks cached: all are loaded and counted as hits (as the
+    simulator counts them), only the last token is recomputed, and its logits equal a full
+    prefill's (the recompute runs over the loaded KV of the others)."""
+    engine = make_engine(scenario(gpu_chunks=None))
+    p = prompt(7, 4 * CHUNK)
+    first = engine.serve(p)
+    again = engine.serve(p)
+    assert first.recomputed_tokens == 0 and first.computed_tokens == 4 * CHUNK
+    assert again.hit_tokens["gpu"] == 4 * CHUNK and again.computed_tokens == 0
+    assert again.recomputed_tokens == 1
+    torch.testing.assert_close(again.logits, first.logits, rtol=1e-4, atol=1e-5)
+    engine.clear(["gpu"])
+    cpu = engine.serve(p)
+    assert cpu.hit_tokens["cpu"] == 4 * CHUNK and cpu.recomputed_tokens == 1
+    torch.testing.assert_close(cpu.logits, first.logits, rtol=1e-4, atol=1e-5)

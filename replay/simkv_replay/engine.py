@@ -14,9 +14,12 @@ Tiers (from the scenario):
   when LMCache has it). LMCache writes every stored chunk through to disk.
 
 A request walks its full chunks in order and takes each from the fastest tier holding it,
-stopping at the first chunk found nowhere (prefix semantics, as the simulator). At least one
-token is always computed (the logits of the last prompt token are needed), so a prompt that is
-all full chunks leaves its last chunk to the prefill. The prefill continues from the loaded KV
+stopping at the first chunk found nowhere (prefix semantics, as the simulator). The logits of
+the last prompt token need one forward pass, so a prompt whose every token was loaded (all full
+chunks, all cached) recomputes its last token over the others' KV: its chunks still count as
+served by their tiers (as the simulator and LMCache's simulator count them), and
+``RequestResult.recomputed_tokens`` is 1 (the simulator's prefill time is likewise that of
+``max(n, 1)`` tokens). The prefill continues from the loaded KV
 (a ``DynamicCache``); the chunks it computed are then stored into the GPU cache and LMCache,
 and chunks loaded from LMCache are admitted to the GPU cache (they now sit in device memory).
 Chunks served by the GPU cache are not written back to LMCache.
@@ -153,7 +156,9 @@ class RequestResult:
     asynchronously after it), ``hydrate_s`` (the part of ``load_s`` spent on archive chunks:
     GETs, checks, decompression, the copy into the KV; failed fetches included). ``logits``: the
     last prompt token's logits (all computed positions' with ``all_logits=True``).
-    ``past_key_values``: the prompt's whole KV (a ``DynamicCache``) for :meth:`KVEngine.decode`."""
+    ``past_key_values``: the prompt's whole KV (a ``DynamicCache``) for :meth:`KVEngine.decode`.
+    ``recomputed_tokens``: 1 when every prompt token was served from a tier and the last one was
+    recomputed for its logits (counted in ``hit_tokens``, not in ``computed_tokens``)."""
 
     prompt_tokens: int
     hit_tokens: dict[str, int]
@@ -164,6 +169,7 @@ class RequestResult:
     logits: torch.Tensor = field(repr=False)
     past_key_values: DynamicCache | None = field(default=None, repr=False)
     hydrate_s: float = 0.0
+    recomputed_tokens: int = 0
 
     @property
     def cached_tokens(self) -> int:
@@ -518,7 +524,7 @@ class KVEngine:
         n, c = len(tokens), self.chunk_size
         keys = self.chunk_keys(tokens)
         hashes = self.chunk_hashes(tokens) if self.archive is not None else []
-        sources = self._walk(keys, hashes)[: (n - 1) // c]        # at least one token is computed
+        sources = self._walk(keys, hashes)
         if self._cut:
             k, _, _ = best_cut([TIERS.index(t) for t in sources], n, c, self._hw, self._transfers)
             sources = sources[:k]
@@ -526,11 +532,16 @@ class KVEngine:
         with _Timer(self.device) as load:
             hit, kv, hydrate_s = self._load(tokens, keys, hashes, sources)
         sources = sources[: hit // c]
+        # The logits of the last prompt token need one forward pass: a prompt whose every
+        # token was loaded has its last token recomputed over the others' KV (served from the
+        # cache all the same, as the simulator and LMCache's simulator count it).
+        recomputed = 1 if hit == n else 0
+        start = hit - recomputed
 
         cache = DynamicCache()
         for layer, (k, v) in enumerate(kv):
-            cache.update(k, v, layer)
-        ids = torch.tensor([tokens[hit:]], dtype=torch.long, device=self.device)
+            cache.update(k[:, :, :start], v[:, :, :start], layer)
+        ids = torch.tensor([tokens[start:]], dtype=torch.long, device=self.device)
         with _Timer(self.device) as prefill, torch.inference_mode():
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
                              logits_to_keep=0 if all_logits else 1)
@@ -553,7 +564,8 @@ class KVEngine:
         counts["prompt_tokens_by_source"]["computed"] += n - hit
         return RequestResult(prompt_tokens=n, hit_tokens=hits, computed_tokens=n - hit,
                              load_s=load.seconds, prefill_s=prefill.seconds, store_s=store.seconds,
-                             logits=logits, hydrate_s=hydrate_s, past_key_values=out.past_key_values)
+                             logits=logits, hydrate_s=hydrate_s, past_key_values=out.past_key_values,
+                             recomputed_tokens=recomputed)
 
     def decode(self, result: RequestResult, max_tokens: int) -> Iterator[int]:
         """Greedy decoding after :meth:`serve`: yields up to ``max_tokens`` token ids, the first

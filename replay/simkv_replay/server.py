@@ -51,12 +51,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from simkv.errors import SimkvError
 from simkv.scenario import Scenario
-from simkv_replay.engine import TIERS, EngineError, KVEngine, RequestResult
+from simkv_replay.archive import ArchiveOptions
+from simkv_replay.engine import LOCAL_TIERS, TIERS, EngineError, KVEngine, RequestResult
 
 log = logging.getLogger(__name__)
 
-#: Where a prompt token can come from, in walk order (``archive`` once the engine has one).
-SOURCES = (*TIERS, "archive")
+#: Where a cached prompt token can come from, in walk order.
+SOURCES = TIERS
 #: vLLM's TTFT histogram buckets (seconds).
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -308,7 +309,8 @@ class _Done:
 
 def usage_of(done: _Done, chunk_size: int, chunk_bytes: int) -> dict[str, Any]:
     """The ``usage`` object: OpenAI's fields, vLLM's ``prompt_tokens_details.cached_tokens``
-    (prompt tokens not computed = ``prompt_tokens - tokens_by_source.computed``) and ours
+    (prompt tokens not computed = ``prompt_tokens - computed - recomputed``: a prompt served
+    entirely from the tiers recomputes its last token, as vLLM does) and ours
     under ``simkv``. ``bytes_loaded[tier] = tokens from that tier / chunk_size * chunk_bytes``
     unless the engine reports the request's bytes itself."""
     r = done.result
@@ -321,9 +323,11 @@ def usage_of(done: _Done, chunk_size: int, chunk_bytes: int) -> dict[str, Any]:
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": len(done.ids),
         "total_tokens": r.prompt_tokens + len(done.ids),
-        "prompt_tokens_details": {"cached_tokens": r.prompt_tokens - r.computed_tokens},
+        "prompt_tokens_details": {"cached_tokens": r.prompt_tokens - r.computed_tokens
+                                  - r.recomputed_tokens},
         "simkv": {
             "tokens_by_source": by_source,
+            "recomputed_tokens": r.recomputed_tokens,
             "bytes_loaded": {s: int(loaded.get(s, 0)) for s in SOURCES},
             "queue_s": done.queue_s,
             "load_s": r.load_s,
@@ -453,7 +457,8 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
-                                            "owned_by": "simkv", "max_model_len": context}]}
+                                            "owned_by": "simkv", "max_model_len": context,
+                                            "vocab_size": engine.model.config.vocab_size}]}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -471,17 +476,10 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
     @app.post("/kv/hydrate")
     async def kv_hydrate(body: PromptRequest) -> dict:
         tokens = prompt_tokens(body.prompt)
-        hydrate = getattr(engine, "hydrate", None)
-        if hydrate is None:
-            raise APIError(501, "/kv/hydrate: this engine has no archive tier (not built yet)",
-                           "not_implemented_error")
-
-        def job() -> tuple[int, float]:
-            t0 = time.perf_counter()
-            n = hydrate(tokens)
-            return int(n), time.perf_counter() - t0
-
-        n, seconds = await run(job)
+        if engine.archive is None:
+            raise APIError(501, "/kv/hydrate: this engine has no archive tier (tiers.archive.enabled "
+                           "and --archive)", "not_implemented_error")
+        n, seconds = await run(lambda: engine.hydrate(tokens))
         return {"hydrated_tokens": n, "seconds": seconds}
 
     @app.post("/kv/clear")
@@ -489,8 +487,8 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
         for tier in body.tiers:
             if tier == "archive":
                 raise APIError(400, "tiers: /kv/clear never touches the archive")
-            if tier not in TIERS:
-                raise APIError(400, f"tiers: {tier!r} is not a local tier ({', '.join(TIERS)})")
+            if tier not in LOCAL_TIERS:
+                raise APIError(400, f"tiers: {tier!r} is not a local tier ({', '.join(LOCAL_TIERS)})")
         return {"cleared": await run(lambda: engine.clear(body.tiers))}
 
     @app.post("/v1/completions")
@@ -601,11 +599,14 @@ def _graceful_signals() -> Iterator[None]:
 
 def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, api_key: str | None = None, disk_path: str | Path | None = None,
-          log_level: str = "warning", on_ready: Callable[[str], None] | None = None) -> None:
+          archive: ArchiveOptions | str | Path | None = None, log_level: str = "warning",
+          on_ready: Callable[[str], None] | None = None) -> None:
     """Build the model and the engine for ``scenario`` and serve them until SIGINT / SIGTERM:
-    then stop accepting, finish the queued requests, close LMCache and return. ``disk_path``
-    (LMCache's disk tier) defaults to a temporary folder removed at exit. ``on_ready(url)`` is
-    called once the server accepts connections."""
+    then stop accepting, finish the queued requests, close LMCache (the archive worker finishes
+    its pass and runs a last one) and return. ``disk_path`` (LMCache's disk tier) defaults to a
+    temporary folder removed at exit; ``archive`` (where ``tiers.archive`` lives: ``s3://bucket/
+    prefix`` or a folder, see :class:`ArchiveOptions`) is required when the scenario enables it.
+    ``on_ready(url)`` is called once the server accepts connections."""
     import torch
     import uvicorn
 
@@ -617,7 +618,7 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
     with tempfile.TemporaryDirectory(prefix="simkv-disk-") as tmp:
         hf_model = load_model(model, device)
         tokenizer = load_tokenizer(model)
-        with KVEngine(scenario, hf_model, disk_path=disk_path or tmp) as engine:
+        with KVEngine(scenario, hf_model, disk_path=disk_path or tmp, archive=archive) as engine:
             app = create_app(engine, api_key=api_key, model_name=model, tokenizer=tokenizer)
             config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=None)
 

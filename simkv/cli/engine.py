@@ -56,6 +56,17 @@ def serve_cmd(
         help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz.")] = None,
     disk_path: Annotated[Path | None, typer.Option(
         help="Folder of LMCache's disk tier (default: a temporary folder removed at exit).")] = None,
+    archive: Annotated[str | None, typer.Option(
+        help="Where tiers.archive lives: s3://bucket/prefix or a folder (default: the folder "
+             "simkv-archive in the current directory). Kept across restarts.")] = None,
+    archive_endpoint: Annotated[str | None, typer.Option(
+        help="S3 endpoint URL (any S3 API; default: AWS, from boto3's configuration).")] = None,
+    archive_region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
+    archive_timeout: Annotated[float, typer.Option(
+        help="Seconds for each S3 connect and read (one retry); a slower archive counts as a miss.")] = 2.0,
+    clock_scale: Annotated[float, typer.Option(
+        help="Engine time runs this many times faster than the wall clock (TTLs and the archive "
+             "interval shrink with it): set it to a replay's --speed.")] = 1.0,
     log_level: Annotated[str, typer.Option(help="Log level of the server and LMCache: "
                                            + ", ".join(LOG_LEVELS) + ".")] = "warning",
 ) -> None:
@@ -70,6 +81,10 @@ def serve_cmd(
         raise SimkvError(f"--port: {port} is not a port number (0-65535)")
     if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
         raise SimkvError(f"--device: {device!r} is not cpu or cuda")
+    if not clock_scale > 0:
+        raise SimkvError(f"--clock-scale: {clock_scale!r} must be > 0")
+    if not archive_timeout > 0:
+        raise SimkvError(f"--archive-timeout: {archive_timeout!r} must be > 0")
     sc = load_scenario(scenario, overrides or [])
     if sc.block_size is None:
         raise SimkvError(f"{scenario}: block_size: the engine's chunk size; set it "
@@ -78,9 +93,14 @@ def serve_cmd(
     os.environ.setdefault("LMCACHE_LOG_LEVEL", log_level.upper())
     _stable_hash_seed()
 
+    from simkv_replay.archive import ArchiveOptions
     from simkv_replay.server import serve
 
+    where = None
+    if sc.tiers.archive.enabled:
+        where = ArchiveOptions(archive or "simkv-archive", endpoint_url=archive_endpoint,
+                               region=archive_region, timeout_s=archive_timeout, clock_scale=clock_scale)
     serve(sc, model=model, device=device, host=host, port=port, api_key=api_key,
-          disk_path=disk_path, log_level=log_level.lower(),
+          disk_path=disk_path, archive=where, log_level=log_level.lower(),
           on_ready=lambda url: console.print(f"simkv engine ({escape(model)}) serving at {url}",
                                              highlight=False, soft_wrap=True))
