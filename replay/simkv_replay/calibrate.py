@@ -6,7 +6,8 @@ A :class:`Probe` serves token-id prompts and reports the engine's own per-reques
 tiers and look up where a prompt's chunks are. Two probes: :class:`InProcessProbe` (the model
 and :class:`~simkv_replay.engine.KVEngine` built from a scenario, as the server builds them) and
 :class:`HTTPProbe` (a running ``simkv engine serve``, docs in the API contract: completions
-with ``max_tokens: 0``, ``/kv/lookup``, ``/kv/clear``). Both end in ``KVEngine.serve``.
+with ``max_tokens: 0``, ``/kv/lookup``, ``/kv/clear``; ``/kv/archive`` and ``/metrics`` for the
+archive). Both end in ``KVEngine.serve``.
 
 Measurements (each a median over ``repeats`` after ``warmup`` discarded runs, every run on a
 fresh random prompt from ``numpy.random.default_rng(seed)`` so nothing hits by accident; the
