@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from simkv.model.hardware import TableProfile, bilinear, load_profile
+from simkv.scenario import Scenario
 from tests.conftest import make_trace, simkv_cli
 
 CHUNK = 16
@@ -175,6 +176,89 @@ def test_calibrated_profile_drives_simkv_run(calibrated: tuple[Path, str], tmp_p
     assert summary["ttft_mean_s"] > 0
 
 
+ARCHIVE_SCENARIO = SCENARIO + """  archive: {enabled: true, codec: zstd}
+ttl: {heuristic: static, params: {ttl: 0}}
+"""                                     # in-process the calibration's own fixed TTL replaces it
+TINY_CHUNK_BYTES = CHUNK * 512          # the tiny model: 2 layers x (K, V) x 2 heads x 16 x float32
+
+
+@pytest.fixture(scope="module")
+def calibrated_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One CLI calibration of the tiny model whose scenario has an archive, in a local folder."""
+    pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
+    pytest.importorskip("zstandard", reason="the archive needs zstandard (make install)")
+    d = tmp_path_factory.mktemp("calibrate-archive")
+    (d / "s.yaml").write_text(ARCHIVE_SCENARIO)
+    (d / "archive").mkdir()
+    out = d / "tiny.yaml"
+    res = simkv_cli("calibrate", "--in-process", str(d / "s.yaml"), "--model", "tiny", "--device", "cpu",
+                    "-o", str(out), "--new-tokens", "1,16", "--cached-tokens", "0,16", "--chunks", "1,2",
+                    "--repeats", "1", "--warmup", "0", "--archive", str(d / "archive"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "tiers gpu, cpu, disk, archive" in " ".join(res.stderr.split())
+    return out, d / "archive"
+
+
+def _check_archive_entries(doc: dict) -> dict:
+    """What every calibration with an archive writes, consistent with its own counts."""
+    a = doc["calibration"]["archive"]
+    assert a["codec"] == "zstd" and a["requests"] == 2
+    assert a["uploads"] == 1 + 2 and a["raw_bytes"] == a["uploads"] * TINY_CHUNK_BYTES
+    assert a["stored_bytes"] > 0 and a["fetches"] == 1 + 2 and a["fetch_bytes"] == a["stored_bytes"]
+    assert doc["archive"]["compression_ratio"] == a["compression_ratio"] == a["raw_bytes"] / a["stored_bytes"]
+    assert doc["store"]["archive"]["per_block_s"] == pytest.approx((a["compress_s"] + a["upload_s"]) / 3)
+    assert a["compress_gbps"] == pytest.approx(a["raw_bytes"] / a["compress_s"] / 1e9)
+    assert a["decompress_gbps"] == pytest.approx(3 * TINY_CHUNK_BYTES / a["decompress_s"] / 1e9)
+    fit = doc["calibration"]["load"]["archive"]
+    assert fit["chunks"] == [1, 2]
+    assert doc["load"]["archive"] == {k: fit[k] for k in ("per_block_s", "per_request_s")}
+    hydrate = doc["calibration"]["load"]["archive_hydrate"]["median_s"]
+    assert all(0 < h <= m for h, m in zip(hydrate, fit["median_s"], strict=True))
+    assert "random-weight model's KV" in doc["notes"] and "archive: not measured" not in doc["notes"]
+    return a
+
+
+def test_in_process_calibration_measures_the_archive(calibrated_archive: tuple[Path, Path]) -> None:
+    out, archive = calibrated_archive
+    doc = yaml.safe_load(out.read_text())
+    _check_archive_entries(doc)
+    assert f"the archive was the folder {archive}/simkv-calibrate-" in doc["notes"]
+    assert "fixed TTL of 86400 s" in doc["notes"]
+    prof = load_profile(out)
+    assert isinstance(prof, TableProfile)
+    t = prof.transfers(Scenario(), 1, 1)
+    assert (t.arch_lat, t.arch_per_block, t.arch_compress_per_block) == (
+        doc["load"]["archive"]["per_request_s"], doc["load"]["archive"]["per_block_s"],
+        doc["store"]["archive"]["per_block_s"])
+    assert list(archive.iterdir()) == []          # the calibration's own folder was deleted
+
+
+def test_measured_compression_ratio_drives_simkv_run(calibrated_archive: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    """``simkv run`` with the calibrated profile and an archive takes the profile's measured ratio
+    over the scenario's for the archived block's size."""
+    from simkv.model.system import TieredCache
+    from simkv.scenario import load_scenario
+    from simkv.traces.schema import read_trace, write_trace
+
+    out, _ = calibrated_archive
+    ratio = yaml.safe_load(out.read_text())["archive"]["compression_ratio"]
+    trace = tmp_path / "t.parquet"
+    write_trace(make_trace([[1, 2, 3], [1, 2, 4], [1, 2, 3, 5], [7]], block_size=CHUNK, tails=[3, 1, 0, 5],
+                           arrivals=[0, 1, 200, 201]), trace)
+    scenario = tmp_path / "run.yaml"
+    scenario.write_text(f"trace: {trace}\nhardware: {{profile: {out}}}\n"
+                        "tiers: {cpu: {enabled: true}, disk: {enabled: true},\n"
+                        "        archive: {enabled: true, interval_s: 10, compression_ratio: 9.0}}\n"
+                        "ttl: {heuristic: static, params: {ttl: 1000}}\n")
+    cache = TieredCache(load_scenario(scenario), read_trace(trace))
+    assert cache.archive_bytes == int(cache.block_bytes / ratio) != int(cache.block_bytes / 9.0)
+    res = simkv_cli("run", str(scenario), "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout)
+    assert summary["archive_puts"] > 0
+
+
 # -- CLI errors (no engine run) -----------------------------------------------------------
 
 @pytest.mark.parametrize("args", [[], ["--engine", "http://127.0.0.1:9", "--in-process", "s.yaml"]])
@@ -210,30 +294,54 @@ def test_plan_refuses_cached_tokens_off_the_chunk_grid() -> None:
         plan.check(CHUNK, 100)
 
 
-def test_http_probe_calibrates_a_running_server(tmp_path: Path) -> None:
-    """The same calibration over the API of a real `simkv_replay.server` on loopback."""
+def test_http_probe_calibrates_a_running_server_with_an_s3_archive(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same calibration over the API of a real `simkv_replay.server` on loopback whose archive
+    is a bucket of moto's S3 server (a real S3 API on 127.0.0.1): the archive passes are the
+    server's ``POST /kv/archive``, the chunks travel through S3."""
+    import os
     import subprocess
     import sys
 
     pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
     pytest.importorskip("simkv_replay.server", reason="the engine server")
-    (tmp_path / "s.yaml").write_text(SCENARIO)
+    pytest.importorskip("zstandard", reason="the archive needs zstandard (make install)")
+    boto3 = pytest.importorskip("boto3", reason="the archive needs boto3")
+    moto_server = pytest.importorskip("moto.server", reason="the archive tests need moto[server]")
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/nonexistent",
+                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+        monkeypatch.setenv(k, v)
+    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    endpoint = "http://{}:{}".format(*s3.get_host_and_port())
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="kv-calibrate")
+    (tmp_path / "s.yaml").write_text(ARCHIVE_SCENARIO.replace("ttl: 0", "ttl: 3600"))
     code = ("from simkv.scenario import load_scenario\nfrom simkv_replay.server import serve\n"
+            "from simkv_replay.archive import ArchiveOptions\n"
             f"serve(load_scenario({str(tmp_path / 's.yaml')!r}), model='tiny', device='cpu', port=0, "
+            f"archive=ArchiveOptions('s3://kv-calibrate/calib', endpoint_url={endpoint!r}), "
             "on_ready=lambda u: print(u, flush=True))\n")
-    srv = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    srv = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": "0"})
     try:
         url = srv.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         out = tmp_path / "http.yaml"
-        res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--new-tokens", "1,16,48",
-                        "--cached-tokens", "0,32", "--chunks", "1,2", "--repeats", "1", "--warmup", "0")
+        res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--new-tokens", "1,16",
+                        "--cached-tokens", "0,16", "--chunks", "1,2", "--repeats", "1", "--warmup", "0")
         assert res.returncode == 0, res.stderr[-3000:]
-        assert "tiers gpu, cpu, disk" in " ".join(res.stderr.split())
+        assert "tiers gpu, cpu, disk, archive" in " ".join(res.stderr.split())
         doc = yaml.safe_load(out.read_text())
         assert {"gpu", "cpu", "disk_cold", "disk_warm"} <= set(doc["calibration"]["load"])
-        assert "first read after the write" in doc["notes"]
+        assert "first read after the write" in doc["notes"] and "the server's archive" in doc["notes"]
+        assert isinstance(doc["calibration"]["plan"]["salt"], int)
+        a = _check_archive_entries(doc)
+        objects = client.list_objects_v2(Bucket="kv-calibrate", Prefix="calib/").get("Contents", [])
+        assert len(objects) >= a["uploads"]
         assert isinstance(load_profile(out), TableProfile)
     finally:
         srv.terminate()
         srv.wait(60)
+        s3.stop()

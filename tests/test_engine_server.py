@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,14 @@ def server(tmp_path_factory):
         "disk": {"enabled": True, "capacity_bytes": DISK_CHUNKS * CHUNK_BYTES}}})
     engine = KVEngine(sc, model, disk_path=tmp_path_factory.mktemp("disk"))
     app = create_app(engine, api_key=KEY, model_name="tiny")
+    with running(app) as url:
+        yield url, app, model
+    engine.close()
+
+
+@contextmanager
+def running(app):
+    """``app`` served by uvicorn on a free port of 127.0.0.1 in a background thread: its URL."""
     sock = bind("127.0.0.1", 0)
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -57,10 +66,11 @@ def server(tmp_path_factory):
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
-    yield url_of(sock), app, model
-    srv.should_exit = True
-    thread.join(30)
-    engine.close()
+    try:
+        yield url_of(sock)
+    finally:
+        srv.should_exit = True
+        thread.join(30)
 
 
 @pytest.fixture
@@ -232,7 +242,8 @@ def test_api_key_is_required_except_for_healthz(server, client):
     url = server[0]
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     for method, path in (("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/completions"),
-                         ("POST", "/kv/lookup"), ("POST", "/kv/clear"), ("POST", "/kv/hydrate")):
+                         ("POST", "/kv/lookup"), ("POST", "/kv/clear"), ("POST", "/kv/hydrate"),
+                         ("POST", "/kv/archive")):
         r = httpx.request(method, url + path, json={"prompt": [1]})
         assert r.status_code == 401 and r.json()["error"]["code"] == 401, path
         r = httpx.request(method, url + path, json={"prompt": [1]}, headers={"Authorization": "Bearer no"})
@@ -257,6 +268,7 @@ def test_api_key_is_required_except_for_healthz(server, client):
     ("/kv/clear", {"tiers": ["archive"]}, "never touches the archive"),
     ("/kv/clear", {"tiers": ["ram"]}, "not a local tier"),
     ("/kv/hydrate", {"prompt": [1, 2]}, "no archive tier"),
+    ("/kv/archive", {}, "no archive tier"),
     ("/nowhere", {}, "Not Found"),
 ])
 def test_malformed_requests_get_a_4xx_json_error_and_the_server_keeps_serving(client, path, body, needle):
@@ -303,6 +315,42 @@ def test_one_worker_serves_in_arrival_order(client, server):
         ours = results[i]["usage"]["simkv"]
         assert ours["queue_s"] >= released - seen[i] + served_before, i
         served_before += ours["load_s"] + ours["prefill_s"] + ours["store_s"] + ours["decode_s"]
+
+
+def test_kv_archive_runs_one_pass_and_says_what_it_did(tmp_path):
+    """``POST /kv/archive`` on an engine with a local-folder archive (no background worker):
+    the chunks a request stored are uploaded by the pass it triggers, its counts agree with the
+    index and ``/metrics``, and after clearing the local tiers the lookup finds them archived."""
+    from simkv_replay.archive import ArchiveOptions
+
+    sc = scenario_from_dict({"block_size": CHUNK, "tiers": {
+        "gpu": {"capacity_bytes": GPU_CHUNKS * CHUNK_BYTES},
+        "cpu": {"enabled": True, "capacity_bytes": CPU_CHUNKS * CHUNK_BYTES},
+        "archive": {"enabled": True, "codec": "zlib"}},
+        "ttl": {"heuristic": "static", "params": {"ttl": 3600}}})
+    engine = KVEngine(sc, load_model("tiny", "cpu", seed=0), disk_path=tmp_path / "disk",
+                      archive=ArchiveOptions(tmp_path / "archive", worker_thread=False))
+    p = prompt(900, 3 * CHUNK + 5)
+    try:
+        with running(create_app(engine, api_key=KEY)) as url, \
+                httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+            complete(c, {"prompt": p, "max_tokens": 0})
+            r = c.post("/kv/archive")
+            assert r.status_code == 200, r.text
+            did = r.json()
+            assert did["passes"] == 1 and did["uploads"] == 3 and did["objects"] == 3
+            assert did["upload_bytes"]["raw"] == 3 * CHUNK_BYTES
+            assert 0 < did["upload_bytes"]["stored"] == engine.archive.snapshot()["stored_bytes"]
+            assert did["compress_s"] > 0 and did["upload_s"] > 0 and did["seconds"] > 0
+            assert did["codec"] == "zlib" and not any(did["errors"].values())
+            assert len(list((tmp_path / "archive").rglob("*.meta.json"))) == 3
+            assert metrics(c)[("simkv_archive_uploads_total", ())] == 3
+            c.post("/kv/clear", json={"tiers": ["gpu", "cpu", "disk"]})
+            assert lookup(c, p)["tiers"] == ["archive"] * 3
+            again = c.post("/kv/archive").json()      # nothing new was referenced
+            assert again["uploads"] == 0 and again["objects"] == 3
+    finally:
+        engine.close()
 
 
 # -- the real command -----------------------------------------------------------------------------

@@ -212,6 +212,10 @@ MALFORMED = [
     ("load.nvme", {"per_block_s": 0.1, "per_request_s": 0.0}, r"load\.nvme: unknown key"),
     ("load.cpu", {"per_block_s": 0.1, "per_request_s": 0.0}, r"store\.cpu: missing"),
     ("store.cpu", {"per_block_s": 0.1}, r"load\.cpu: missing"),
+    ("archive", {"compression_ratio": 0}, r"archive\.compression_ratio: must be > 0"),
+    ("archive", {"compression_ratio": "2x"}, r"archive\.compression_ratio: expected a finite number"),
+    ("archive", {"ratio": 2.0}, r"archive\.ratio: unknown key"),
+    ("archive", 1.3, r"archive: expected a mapping"),
 ]
 
 
@@ -225,6 +229,26 @@ def test_table_cpu_entries_are_needed_only_with_a_cpu_tier(tmp_path: Path) -> No
                "store.cpu", {"per_block_s": 4e-5})
     t = load_profile(_table(tmp_path, doc, "cpu.yaml")).transfers(sc, 4096, 2048)
     assert (t.cpu_lat, t.cpu_per_block, t.cpu_write_per_block) == (1e-5, 3e-5, 4e-5)
+
+
+def test_a_profiles_measured_compression_ratio_replaces_the_scenarios(tmp_path: Path,
+                                                                      small_trace: Any) -> None:
+    """``archive.compression_ratio`` of a table profile sets the archived block's size everywhere
+    the simulator uses it (the caches, the TTL policy's storage cost, the summary's dollars);
+    without it the scenario's ratio is used, as before."""
+    sc = load_scenario(ROOT / "scenarios" / "three-tier-adaptive.yaml")
+    plain = sc.with_overrides([f"hardware.profile={_table(tmp_path, _doc(), 'plain.yaml')}"])
+    with_ratio = _table(tmp_path, _doc(archive={"compression_ratio": 1.25}), "ratio.yaml")
+    measured = sc.with_overrides([f"hardware.profile={with_ratio}"])
+    bb = small_trace.block_size * sc.model.bytes_per_token
+    assert plain.hardware.time_model().compression_ratio(plain) == sc.tiers.archive.compression_ratio == 2.0
+    assert measured.hardware.time_model().compression_ratio(measured) == 1.25
+    for scenario, ratio in ((plain, 2.0), (measured, 1.25)):
+        cache = TieredCache(scenario, small_trace)
+        assert cache.archive_bytes == cache.state.archive_bytes == int(bb / ratio)
+    ref, got = run(plain, small_trace), run(measured, small_trace)
+    assert got.summary["archive_puts"] == ref.summary["archive_puts"] > 0
+    assert got.summary["archive_storage_dollars"] > ref.summary["archive_storage_dollars"]
 
 
 def test_analytic_cpu_transfers_come_from_the_cpu_tier() -> None:

@@ -6,7 +6,8 @@ A :class:`Probe` serves token-id prompts and reports the engine's own per-reques
 tiers and look up where a prompt's chunks are. Two probes: :class:`InProcessProbe` (the model
 and :class:`~simkv_replay.engine.KVEngine` built from a scenario, as the server builds them) and
 :class:`HTTPProbe` (a running ``simkv engine serve``, docs in the API contract: completions
-with ``max_tokens: 0``, ``/kv/lookup``, ``/kv/clear``). Both end in ``KVEngine.serve``.
+with ``max_tokens: 0``, ``/kv/lookup``, ``/kv/clear``; ``/kv/archive`` and ``/metrics`` for the
+archive). Both end in ``KVEngine.serve``.
 
 Measurements (each a median over ``repeats`` after ``warmup`` discarded runs, every run on a
 fresh random prompt from ``numpy.random.default_rng(seed)`` so nothing hits by accident; the
@@ -15,23 +16,32 @@ lookup before each timed run checks the chunks are exactly where the measurement
 * prefill seconds over ``new × cached``: the cached prefix is served first (so its chunks sit
   in the GPU cache), then prefix + new tokens; ``prefill_s`` as the engine reports it.
 * load seconds vs chunks per tier: ``gpu`` (GPU-cache copy), ``cpu`` (LMCache CPU),
-  ``disk_cold`` and ``disk_warm`` (LMCache disk; what cold means: :attr:`Probe.disk_cold`),
-  ``archive`` (fetch + decompress, ``hydrate_s + load_s``; only where the engine has one);
+  ``disk_cold`` and ``disk_warm`` (LMCache disk; what cold means: :attr:`Probe.disk_cold`);
   fitted ``load = per_request_s + chunks·per_block_s`` (least squares, both >= 0).
 * store: ``store_s`` of the run that computed the chunks (GPU cache + LMCache CPU copy) and,
   with a disk tier, the time from the run's end until LMCache's asynchronous disk writes are
   done; the per-chunk slope of each.
+* the archive, where the engine has one (:func:`_measure_archive`): a request's chunks are
+  uploaded by an archive pass the probe triggers, the local tiers cleared, and the request
+  served again from the archive alone: ``archive`` is its ``load_s`` (fetch + verify +
+  decompress + copy), fitted like the other loads; the pass's compress + upload seconds per
+  chunk, the uploads' raw / stored bytes (the codec's ratio on the model's real KV), and the
+  compress and decompress speeds from the archive's counters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import itertools
+import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +51,15 @@ from typing import Any
 import numpy as np
 
 from simkv.errors import SimkvError
-from simkv.model.hardware import PROFILE_VERSION, AnalyticProfile, Transfers, bilinear
+from simkv.model.hardware import GB, PROFILE_VERSION, AnalyticProfile, Transfers, bilinear
+
+log = logging.getLogger(__name__)
 
 LOCAL_TIERS = ("gpu", "cpu", "disk")
+#: The archive's fixed TTL in an in-process calibration (a day: nothing expires meanwhile).
+CALIBRATION_TTL_S = 86400.0
+#: The archive counters the calibration reads (``KVEngine.counters()`` keys).
+ARCHIVE_COUNTERS = ("archive_fetches", "archive_fetch_bytes", "archive_fetch_s", "archive_decompress_s")
 
 
 class CalibrationError(SimkvError):
@@ -165,9 +181,21 @@ class Probe(ABC):
         """Evict the disk tier's files from the page cache; False where it cannot."""
         return False
 
-    def wait_archived(self, tokens: list[int], timeout: float = 60.0) -> bool:
-        """Block until the chunks of ``tokens`` are in the archive; False if not (in time)."""
-        return False
+    #: Where the archive lives, for the notes (``""``: no archive).
+    archive_where = ""
+    #: Whether the model has random weights (``None``: unknown).
+    random_weights: bool | None = None
+    #: Mixed into the prompts' seed (``None``: none): an archive outlives the engine, so an
+    #: earlier calibration's chunks may still be there; fresh prompts must not meet them.
+    prompt_salt: int | None = None
+
+    def archive_pass(self) -> dict[str, Any]:
+        """Run one archive pass now; what it did (the server's ``POST /kv/archive`` answer)."""
+        raise CalibrationError("the engine has no archive tier")
+
+    def counters(self) -> dict[str, float]:
+        """The engine's archive fetch counters (:data:`ARCHIVE_COUNTERS`), cumulative."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """Provenance: device, versions, model shape."""
@@ -195,26 +223,39 @@ def _fs_type(path: Path) -> str:
 
 class InProcessProbe(Probe):
     """The model and KVEngine in this process, built from ``scenario`` as the server does.
-    ``disk_path``: LMCache's disk folder (a fresh temporary folder inside it is used)."""
+    ``disk_path``: LMCache's disk folder (a fresh temporary folder inside it is used).
+
+    With ``tiers.archive.enabled``: the archive lives in a folder of its own under ``archive``
+    (``s3://bucket/prefix`` with ``archive_endpoint``, or a folder; default: a local folder in
+    the temporary folder), deleted at :meth:`close`; passes run only when the calibration asks
+    (no background worker), and the scenario's TTL policy is replaced by a fixed TTL of
+    :data:`CALIBRATION_TTL_S` (a TTL is the objects' metadata: the times measured do not depend
+    on it, and no chunk expires or is refreshed while it is measured)."""
 
     def __init__(self, scenario: Any, model_spec: str = "tiny", device: str = "cpu",
-                 disk_path: str | Path | None = None) -> None:
+                 disk_path: str | Path | None = None, archive: str | None = None,
+                 archive_endpoint: str | None = None) -> None:
         import torch
 
         from simkv_replay.engine import KVEngine
-        from simkv_replay.models import load_model
+        from simkv_replay.models import SHAPES, load_model
 
-        if scenario.tiers.archive.enabled:
-            # The archive tier is being added to the engine; until it is, calibrate without it.
-            raise CalibrationError("tiers.archive.enabled: the in-process engine has no archive tier "
-                                   "yet; calibrate with tiers.archive.enabled=false (the profile's "
-                                   "archive entries then come from the analytic default)")
+        if not scenario.tiers.archive.enabled and (archive or archive_endpoint):
+            raise CalibrationError("--archive: the scenario has no archive tier (tiers.archive.enabled "
+                                   "is false)")
+        if archive_endpoint and not str(archive or "").startswith("s3://"):
+            raise CalibrationError("--archive-endpoint: needs --archive s3://bucket[/prefix]")
         self.model_spec, self.device_name = model_spec, device
+        self.random_weights = model_spec in SHAPES
         self.model = load_model(model_spec, device)
         self._tmp = tempfile.TemporaryDirectory(prefix="simkv-calibrate-", dir=disk_path)
         self.disk_path = Path(self._tmp.name)
+        self._archive: Any = None
+        options = None
+        if scenario.tiers.archive.enabled:
+            scenario, options = self._archive_options(scenario, archive, archive_endpoint)
         try:
-            self.engine = KVEngine(scenario, self.model, disk_path=self.disk_path)
+            self.engine = KVEngine(scenario, self.model, disk_path=self.disk_path, archive=options)
         except BaseException:
             self._tmp.cleanup()
             raise
@@ -232,10 +273,44 @@ class InProcessProbe(Probe):
         self._torch = torch
         self.wait_clears = False
         self.gpu_chunks = e.gpu_cache.capacity
+        if e.archive is not None:
+            self.tiers = (*self.tiers, "archive")
+
+    def _archive_options(self, scenario: Any, archive: str | None,
+                         endpoint: str | None) -> tuple[Any, Any]:
+        """The scenario with the calibration's fixed TTL, and where its archive goes."""
+        from simkv.scenario import TTLConfig
+        from simkv_replay.archive import ArchiveOptions
+
+        folder = f"simkv-calibrate-{uuid.uuid4().hex[:12]}"
+        if archive is None:
+            location = str(self.disk_path / "archive")
+            self.archive_where = f"a local folder (filesystem {_fs_type(self.disk_path)})"
+        elif archive.startswith("s3://"):
+            location = f"{archive.rstrip('/')}/{folder}"
+            self.archive_where = f"{location} (endpoint {endpoint or 'AWS, from boto3'})"
+        else:
+            location = str(Path(archive) / folder)
+            self.archive_where = f"the folder {location} (filesystem {_fs_type(Path(archive))})"
+        self._archive = (location, endpoint)
+        ttl = TTLConfig("static", {"ttl": CALIBRATION_TTL_S}, "fixed", "archive")
+        return (dataclasses.replace(scenario, ttl=ttl),
+                ArchiveOptions(location, endpoint_url=endpoint, worker_thread=False))
+
+    def archive_pass(self) -> dict[str, Any]:
+        from simkv_replay.server import archive_pass
+
+        if self.engine.archive is None:
+            return super().archive_pass()
+        return archive_pass(self.engine.archive)
+
+    def counters(self) -> dict[str, float]:
+        c = self.engine.counters()
+        return {k: float(c[k]) for k in ARCHIVE_COUNTERS if k in c}
 
     def serve(self, tokens: list[int]) -> Served:
         r = self.engine.serve(tokens)
-        return Served(dict(r.hit_tokens), r.load_s, r.prefill_s, r.store_s, 0.0,
+        return Served(dict(r.hit_tokens), r.load_s, r.prefill_s, r.store_s, r.hydrate_s,
                       {t: n // self.chunk_size * self.chunk_bytes for t, n in r.hit_tokens.items()})
 
     def lookup(self, tokens: list[int]) -> list[str]:
@@ -243,6 +318,13 @@ class InProcessProbe(Probe):
 
     def clear(self, tiers: Sequence[str]) -> None:
         e = self.engine
+        disk = e._backends["disk"]
+        if "cpu" in tiers and disk is not None:
+            # A chunk's CPU copy and its pending disk write share one LMCache buffer, which the
+            # CPU backend's clear skips while the write holds it: let the writes land first.
+            deadline = time.monotonic() + 60
+            while disk.disk_worker.put_tasks and time.monotonic() < deadline:
+                time.sleep(0.001)
         if hasattr(e, "clear"):               # the engine's own, where it has one
             e.clear(list(tiers))
             return
@@ -305,10 +387,34 @@ class InProcessProbe(Probe):
                          f"{kv.kv_heads} KV heads x {kv.head_dim}, {str(kv.dtype).removeprefix('torch.')})"}
 
     def close(self) -> None:
+        archive = self.engine.archive
         try:
+            if archive is not None:
+                archive.close(final_pass=False)   # what it holds is deleted below: upload nothing more
             self.engine.close()
         finally:
-            self._tmp.cleanup()
+            try:
+                if archive is not None:
+                    self._drop_archive(archive.fmt.model)
+            finally:
+                self._tmp.cleanup()
+
+    def _drop_archive(self, model: str) -> None:
+        """Delete the objects this calibration wrote (its own folder or prefix)."""
+        from simkv_replay.archive import ArchiveError, open_store
+
+        location, endpoint = self._archive
+        if not location.startswith("s3://"):
+            shutil.rmtree(location, ignore_errors=True)
+            return
+        store = open_store(location, endpoint_url=endpoint)
+        try:
+            for name in list(store.list(model)):
+                store.delete(name)
+        except ArchiveError as exc:
+            log.warning("calibrate: could not delete the archive objects under %s: %s", location, exc)
+        finally:
+            store.close()
 
 
 class HTTPProbe(Probe):
@@ -322,6 +428,9 @@ class HTTPProbe(Probe):
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         models = self._call("GET", "/v1/models")
         self.model_name = str((models.get("data") or [{}])[0].get("id", "unknown"))
+        from simkv_replay.models import SHAPES
+
+        self.random_weights = True if self.model_name in SHAPES else None
         info = self._call("POST", "/kv/lookup", {"prompt": [0]})
         self.chunk_size = int(info["chunk_size"])
         self.tiers = self._discover_tiers()
@@ -364,6 +473,9 @@ class HTTPProbe(Probe):
             time.sleep(0.01)
         if self.client.post("/kv/hydrate", json={"prompt": [0]}).status_code != 501:
             tiers.append("archive")
+            self.archive_where = ("the server's archive (its store and endpoint are not reported by "
+                                  "the API)")
+            self.prompt_salt = int(np.random.default_rng().integers(2**62))
         return tuple(tiers)
 
     def serve(self, tokens: list[int]) -> Served:
@@ -381,6 +493,8 @@ class HTTPProbe(Probe):
         self._call("POST", "/kv/clear", {"tiers": [t for t in tiers if t in self.tiers]})
 
     def wait_on_disk(self, tokens: list[int], timeout: float = 60.0) -> float:
+        """Clear the GPU and CPU tiers until the lookup sees the chunks on disk (LMCache's CPU
+        backend keeps a chunk whose disk write is pending through a clear)."""
         want = len(tokens) // self.chunk_size
         t0 = time.perf_counter()
         self.clear(["gpu", "cpu"])
@@ -389,25 +503,27 @@ class HTTPProbe(Probe):
                 raise CalibrationError(f"--engine {self.url}: the disk writes did not finish in "
                                        f"{timeout:.0f} s")
             time.sleep(0.001)
+            self.clear(["gpu", "cpu"])
         return time.perf_counter() - t0
 
-    def wait_archived(self, tokens: list[int], timeout: float = 60.0) -> bool:
-        """Poll ``/metrics`` until ``simkv_archive_uploads_total`` has grown by the prompt's
-        chunks (the lookup after clearing the local tiers then checks they are archived)."""
-        def uploads() -> float:
-            r = self.client.get("/metrics")
-            for line in r.text.splitlines():
-                if line.startswith("simkv_archive_uploads_total"):
-                    return float(line.split()[-1])
-            return 0.0
+    def archive_pass(self) -> dict[str, Any]:
+        return self._call("POST", "/kv/archive")
 
-        start, want = uploads(), len(tokens) // self.chunk_size
-        deadline = time.monotonic() + timeout
-        while uploads() - start < want:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+    def counters(self) -> dict[str, float]:
+        """The archive's counters from ``/metrics`` (``simkv_<key>_total``, unlabelled)."""
+        import httpx
+
+        try:
+            text = self.client.get("/metrics").text
+        except httpx.HTTPError as exc:
+            raise CalibrationError(f"--engine {self.url}: /metrics: {exc}") from None
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            key = name.removeprefix("simkv_").removesuffix("_total")
+            if key in ARCHIVE_COUNTERS and name == f"simkv_{key}_total":
+                out[key] = float(value)
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"device": f"engine at {self.url} (device and versions are not reported by the API)",
@@ -490,10 +606,11 @@ class Calibration:
 
 
 class _Prompts:
-    """Fresh prompts: ``numpy.random.default_rng(seed)`` token ids in ``[1, vocab)``."""
+    """Fresh prompts: ``numpy.random.default_rng(seed)`` token ids in ``[1, vocab)`` (the seed
+    ``[seed, salt]`` with a salt)."""
 
-    def __init__(self, vocab: int, seed: int) -> None:
-        self.rng, self.vocab = np.random.default_rng(seed), vocab
+    def __init__(self, vocab: int, seed: int, salt: int | None = None) -> None:
+        self.rng, self.vocab = np.random.default_rng(seed if salt is None else [seed, salt]), vocab
 
     def __call__(self, n: int) -> list[int]:
         return self.rng.integers(1, self.vocab, n).tolist() if n else []
@@ -521,7 +638,7 @@ def steps(plan: Plan, tiers: Sequence[str], wait_clears: bool = False) -> int:
     runs = plan.warmup + plan.repeats
     prefill = sum(2 if c else 1 for c in plan.cached_tokens) * len(plan.new_tokens) * runs
     per_load = 1 + len([t for t in ("gpu", "cpu") if t in tiers]) + (2 if "disk" in tiers else 0) \
-        + (1 if "archive" in tiers else 0) + (2 if "disk" in tiers and wait_clears else 0)
+        + (2 if "archive" in tiers else 0) + (2 if "disk" in tiers and wait_clears else 0)
     return prefill + (per_load * len(plan.chunks) * runs if plan.tiers else 0)
 
 
@@ -539,7 +656,7 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
         raise CalibrationError(f"tiers.gpu.capacity_bytes: the GPU cache holds {probe.gpu_chunks} chunks, "
                                f"the calibration needs {need} there (raise it, or shrink --cached-tokens "
                                "/ --chunks)")
-    fresh = _Prompts(probe.vocab_size, plan.seed)
+    fresh = _Prompts(probe.vocab_size, plan.seed, probe.prompt_salt)
     runs = plan.warmup + plan.repeats
     notes: list[str] = []
     local = [t for t in LOCAL_TIERS if t in probe.tiers]
@@ -570,7 +687,6 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
     loads: dict[str, dict[int, list[float]]] = {}
     stores: dict[str, dict[int, list[float]]] = {"store": {}, "disk_write": {}}
     chunk_bytes = probe.chunk_bytes
-    archive_ok = "archive" in probe.tiers
     cold_dropped = False
     for k in plan.chunks if plan.tiers else []:
         for rep in range(runs):
@@ -621,23 +737,76 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
                     _expect(probe, prompt, ["disk"] * k, f"{what} from disk")
                     timed[label] = r = counted(probe.serve(prompt))
                     _hits(r, "disk", want, f"{what} from disk")
-            if archive_ok:
-                if probe.wait_archived(full):
-                    probe.clear(local)
-                    _expect(probe, prompt, ["archive"] * k, f"{what} from archive")
-                    r = counted(probe.serve(prompt))
-                    _hits(r, "archive", want, f"{what} from archive")
-                    timed["archive"] = Served(r.hit_tokens, r.load_s + r.hydrate_s, r.prefill_s, r.store_s)
-                else:
-                    archive_ok = False
-                    notes.append("archive: the engine has an archive but the chunks were not uploaded in "
-                                 "time; its entries are the analytic default")
             if keep:
                 for label, s in timed.items():
                     loads.setdefault(label, {}).setdefault(k, []).append(s.load_s)
 
+    archive = None
+    if plan.tiers and "archive" in probe.tiers:
+        archive = _measure_archive(probe, plan, fresh, counted, local, notes)
+        if archive is not None:
+            loads["archive"], loads["archive_hydrate"] = archive.pop("loads"), archive.pop("hydrates")
     return _profile(probe, plan, scenario, seconds, loads, stores, chunk_bytes, notes,
-                    cold_dropped=cold_dropped)
+                    cold_dropped=cold_dropped, archive=archive)
+
+
+def _measure_archive(probe: Probe, plan: Plan, fresh: _Prompts, counted: Callable[[Served], Served],
+                     local: list[str], notes: list[str]) -> dict[str, Any] | None:
+    """For each chunk count ``k``: clear the local tiers and run a pass (so the chunks referenced
+    before are held nowhere and nothing else is uploaded), serve a fresh prompt of ``k`` chunks,
+    run a pass (it uploads them: compress + PUT, the pass's counters), clear the local tiers,
+    check the lookup finds the chunks in the archive only, and serve the prompt again: its
+    ``load_s`` is a load of ``k`` archived chunks (fetch + verify + decompress + copy), the
+    archive counters' change over it the fetches' own seconds. Returns the samples and the
+    totals of the timed runs, or ``None`` (with a note) where the chunks did not reach the
+    archive."""
+    C = probe.chunk_size
+    out: dict[str, Any] = {"loads": {}, "hydrates": {}, "store": {}, "codec": None}
+    totals = dict.fromkeys(("uploads", "raw_bytes", "stored_bytes", "compress_s", "upload_s", "requests",
+                            *ARCHIVE_COUNTERS), 0.0)
+    for k in plan.chunks:
+        for rep in range(plan.warmup + plan.repeats):
+            keep = rep >= plan.warmup
+            probe.clear(local)
+            probe.archive_pass()
+            prompt = fresh(k * C + 1)
+            what = f"archive load of {k} chunks"
+            _expect(probe, prompt, [], what)
+            _hits(counted(probe.serve(prompt)), "gpu", 0, what)
+            did = probe.archive_pass()
+            if "disk" in probe.tiers:
+                probe.wait_on_disk(prompt[: k * C])    # else the CPU copy outlives the clear
+            probe.clear(local)
+            got = probe.lookup(prompt)
+            if got != ["archive"] * k:
+                errors = {kind: n for kind, n in (did.get("errors") or {}).items() if n}
+                notes.append(f"archive: after a pass the {k} chunks of a request were in "
+                             f"{_runs(got) or 'no tier'}, not all in the archive (the pass uploaded "
+                             f"{did.get('uploads')}, errors {errors or 'none'}; a TTL that ends at once "
+                             "does the same); load.archive, store.archive and the compression ratio "
+                             "are the analytic default")
+                return None
+            before = probe.counters()
+            r = counted(probe.serve(prompt))
+            after = probe.counters()
+            _hits(r, "archive", k * C, what)
+            out["codec"] = did.get("codec") or out["codec"]
+            if not keep:
+                continue
+            out["loads"].setdefault(k, []).append(r.load_s)
+            out["hydrates"].setdefault(k, []).append(r.hydrate_s)
+            totals["requests"] += 1
+            for key in ARCHIVE_COUNTERS:
+                totals[key] += after.get(key, 0.0) - before.get(key, 0.0)
+            if did["uploads"] == k:      # else a background pass uploaded them first: no store sample
+                out["store"].setdefault(k, []).append(did["compress_s"] + did["upload_s"])
+                totals["uploads"] += k
+                totals["raw_bytes"] += did["upload_bytes"]["raw"]
+                totals["stored_bytes"] += did["upload_bytes"]["stored"]
+                totals["compress_s"] += did["compress_s"]
+                totals["upload_s"] += did["upload_s"]
+    out["totals"] = totals
+    return out
 
 
 def _medians(samples: dict[int, list[float]]) -> tuple[list[int], list[float]]:
@@ -651,7 +820,8 @@ def _rel(pred: float, meas: float) -> float:
 
 def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
              loads: dict[str, dict[int, list[float]]], stores: dict[str, dict[int, list[float]]],
-             chunk_bytes: int | None, notes: list[str], *, cold_dropped: bool) -> Calibration:
+             chunk_bytes: int | None, notes: list[str], *, cold_dropped: bool,
+             archive: dict[str, Any] | None = None) -> Calibration:
     C = probe.chunk_size
     new = np.asarray(plan.new_tokens, np.float64)
     cached = np.asarray(plan.cached_tokens, np.float64)
@@ -701,6 +871,9 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
                      else default.disk_write_per_block}
     load["archive"] = entry("archive", default.arch_lat, default.arch_per_block)
     store["archive"] = {"per_block_s": default.arch_compress_per_block + default.arch_upload_per_block}
+    measured_archive = _archive_summary(archive)
+    if measured_archive is not None and measured_archive["uploads"]:
+        store["archive"] = {"per_block_s": measured_archive["store_s_per_chunk"]}
 
     if "disk" not in probe.tiers:
         notes.append("disk: the engine has no disk tier; load.disk and store.disk are the analytic "
@@ -711,13 +884,12 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
                      + "; the warm read (file in the page cache) is calibration.load.disk_warm. "
                      "store.disk is the per-chunk slope of the time from the request's end until "
                      "LMCache's asynchronous disk writes were done")
-    if "archive" not in fitted:
+    if "archive" not in probe.tiers:
         notes.append("archive: not measured (the engine has no archive tier); load.archive and "
                      "store.archive are the analytic default of the scenario's tiers.archive "
                      "(compression ratio, compress / decompress and network speeds not measured)")
-    else:
-        notes.append("load.archive is hydrate + load of archived chunks; store.archive (compress + "
-                     "upload) and the compression ratio are the analytic default")
+    elif measured_archive is not None:
+        notes += _archive_notes(probe, measured_archive)
     notes.append("load.gpu is the engine's GPU-cache copy, recorded but not charged (the simulator "
                  "charges GPU hits nothing)")
     if "cpu" in probe.tiers:
@@ -745,7 +917,8 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
             "date": today, **{k: str(v) for k, v in info.items()},
             "plan": {"new_tokens": plan.new_tokens, "cached_tokens": plan.cached_tokens,
                      "chunks": plan.chunks, "repeats": plan.repeats, "warmup": plan.warmup,
-                     "seed": plan.seed, "statistic": "median"},
+                     "seed": plan.seed, "statistic": "median",
+                     **({"salt": probe.prompt_salt} if probe.prompt_salt is not None else {})},
             "chunk_bytes": int(block_bytes),
             "analytic_fit": {"const_s": const, "per_token_s": per_token, "attn_s": attn,
                              "formula": "const_s + per_token_s*n + attn_s*n*(n+c), least squares on "
@@ -759,7 +932,80 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
         "load": load,
         "store": store,
     }
+    if measured_archive is not None:
+        doc["calibration"]["archive"] = measured_archive
+        if measured_archive["uploads"]:
+            doc["archive"] = {"compression_ratio": measured_archive["compression_ratio"]}
     return Calibration(doc, prefill_rows, load_rows, notes)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def _archive_summary(archive: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The archive's totals over the timed runs and what follows from them (``calibration.archive``):
+    ``compression_ratio = raw / stored`` bytes of the uploads, ``store_s_per_chunk = (compress_s +
+    upload_s) / uploads``, ``compress_gbps = raw / compress_s / 1e9``, ``decompress_gbps = fetches
+    · raw per chunk / decompress_s / 1e9`` (decompress + length and SHA-256 check, per fetch
+    thread), ``fetch_s_per_chunk = fetch_s / fetches`` (the GETs, concurrent within a request)."""
+    if archive is None:
+        return None
+    t = archive["totals"]
+    uploads, fetches = int(t["uploads"]), int(t["archive_fetches"])
+    raw_chunk = _ratio(t["raw_bytes"], uploads)
+    return {
+        "codec": archive["codec"], "requests": int(t["requests"]), "uploads": uploads,
+        "raw_bytes": int(t["raw_bytes"]), "stored_bytes": int(t["stored_bytes"]),
+        "compression_ratio": _ratio(t["raw_bytes"], t["stored_bytes"]),
+        "compress_s": t["compress_s"], "upload_s": t["upload_s"],
+        "store_s_per_chunk": _ratio(t["compress_s"] + t["upload_s"], uploads),
+        "compress_s_per_chunk": _ratio(t["compress_s"], uploads),
+        "upload_s_per_chunk": _ratio(t["upload_s"], uploads),
+        "compress_gbps": _ratio(t["raw_bytes"] / GB, t["compress_s"]),
+        "fetches": fetches, "fetch_bytes": int(t["archive_fetch_bytes"]),
+        "fetch_s": t["archive_fetch_s"], "decompress_s": t["archive_decompress_s"],
+        "fetch_s_per_chunk": _ratio(t["archive_fetch_s"], fetches),
+        "decompress_s_per_chunk": _ratio(t["archive_decompress_s"], fetches),
+        "decompress_gbps": (_ratio(fetches * raw_chunk / GB, t["archive_decompress_s"])
+                            if raw_chunk is not None else None),
+        "store_per_chunk": {k: float(np.median(v)) / k for k, v in sorted(archive["store"].items())},
+    }
+
+
+def _archive_notes(probe: Probe, a: dict[str, Any]) -> list[str]:
+    def gbps(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3g} GB/s"
+
+    notes = ["load.archive is the engine's load_s of a request whose chunks were in the archive only "
+             "(uploaded by an archive pass, then the local tiers cleared): fetch (concurrent GETs) + "
+             "verify + decompress + copy into the KV, fitted per_request_s + chunks x per_block_s; "
+             "hydrate_s, the archive's part of it, is calibration.load.archive_hydrate"]
+    if a["uploads"]:
+        notes.append(f"store.archive is compress + upload per chunk over {a['uploads']} uploads (the archive "
+                     "worker's compress_s + upload_s; a pass uploads one chunk after another); "
+                     f"archive.compression_ratio {a['compression_ratio']:.4g} is raw / stored bytes of "
+                     f"those uploads with codec {a['codec']}; compress {gbps(a['compress_gbps'])}, "
+                     f"decompress {gbps(a['decompress_gbps'])} (with the length and SHA-256 check, per "
+                     "fetch thread) are in calibration.archive")
+    else:
+        notes.append("store.archive and the compression ratio: not measured (a background pass uploaded "
+                     "the chunks before the calibration's own); store.archive is the analytic default")
+    notes.append(f"the archive was {probe.archive_where}: against another store (another region, a "
+                 "real network) fetches and uploads take other times")
+    if probe.random_weights:
+        notes.append("the compression ratio is of a random-weight model's KV (random token prompts): it "
+                     "compresses differently from a trained model's KV, whose values have structure a "
+                     "codec can use; calibrate with the real checkpoint (--model PATH) before trusting "
+                     "archive.compression_ratio")
+    else:
+        notes.append("the compression ratio is of the model's KV on random token prompts; real prompts' "
+                     "KV may compress differently")
+    if isinstance(probe, InProcessProbe):
+        notes.append("in-process the archive's TTL policy is a fixed TTL of "
+                     f"{CALIBRATION_TTL_S:.0f} s (TTLs are the objects' metadata; the times do not "
+                     "depend on them), and the objects written were deleted afterwards")
+    return notes
 
 
 def _nan_none(a: np.ndarray) -> list[list[float | None]]:
@@ -786,10 +1032,11 @@ def write_profile(cal: Calibration, path: Path) -> None:
 
 @contextlib.contextmanager
 def open_probe(*, engine: str | None, api_key: str | None, scenario: Any, model: str, device: str,
-               disk_path: str | Path | None):
+               disk_path: str | Path | None, archive: str | None = None,
+               archive_endpoint: str | None = None):
     """The probe the CLI asked for, closed on exit."""
     probe: Probe = (HTTPProbe(engine, api_key) if engine else
-                    InProcessProbe(scenario, model, device, disk_path))
+                    InProcessProbe(scenario, model, device, disk_path, archive, archive_endpoint))
     try:
         yield probe
     finally:

@@ -1,9 +1,10 @@
 """The engine over HTTP (FastAPI + uvicorn), OpenAI-compatible where it overlaps so the same
 client drives this engine or vLLM: ``POST /v1/completions``, ``GET /v1/models``, plus
-``POST /kv/lookup``, ``/kv/hydrate``, ``/kv/clear``, ``GET /healthz`` and ``GET /metrics``.
+``POST /kv/lookup``, ``/kv/hydrate``, ``/kv/clear``, ``/kv/archive``, ``GET /healthz`` and
+``GET /metrics``.
 
 Serving model: one worker thread owns the :class:`~simkv_replay.engine.KVEngine` and runs every
-job that touches it (completions, lookups, hydrations, clears) one at a time in arrival order
+job that touches it (completions, lookups, hydrations, clears, archive passes) one at a time in arrival order
 (FIFO, no batching); the HTTP handlers validate and tokenize on the event loop, enqueue, and
 await. A completion is the engine's prefill step (load the cached prefix tier by tier, prefill
 the rest, store) then greedy decoding of ``max_tokens`` tokens over the prompt's KV; generated
@@ -370,6 +371,29 @@ def _complete(engine: KVEngine, job: _Completion, ttft: Histogram) -> _Done:
     return done
 
 
+def archive_pass(archive: Any) -> dict[str, Any]:
+    """Run one pass of ``archive`` (an :class:`~simkv_replay.archive.ArchiveWorker`) now and say
+    what it did: the change of the worker's counters over it (uploads, their raw and stored bytes,
+    seconds compressing and in PUTs, refreshes, expirations, skipped candidates, errors by kind;
+    a background pass that finishes while this one waits for it is counted too), the index's
+    objects after it, the codec and the pass's wall seconds."""
+    before = archive.snapshot()
+    t0 = time.perf_counter()
+    archive.run_pass()
+    seconds = time.perf_counter() - t0
+    after = archive.snapshot()
+
+    def delta(key: str) -> Any:
+        return after[key] - before[key]
+
+    return {"passes": delta("passes"), "uploads": delta("uploads"),
+            "upload_bytes": {"raw": delta("upload_raw_bytes"), "stored": delta("upload_stored_bytes")},
+            "compress_s": delta("compress_s"), "upload_s": delta("upload_s"),
+            "refreshes": delta("refreshes"), "expirations": delta("expirations"), "skipped": delta("skipped"),
+            "errors": {k: after["errors"][k] - before["errors"][k] for k in after["errors"]},
+            "objects": after["objects"], "codec": archive.codec_name, "seconds": seconds}
+
+
 def _sse(data: Any) -> str:
     """One server-sent event."""
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
@@ -481,6 +505,14 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
                            "and --archive)", "not_implemented_error")
         n, seconds = await run(lambda: engine.hydrate(tokens))
         return {"hydrated_tokens": n, "seconds": seconds}
+
+    @app.post("/kv/archive")
+    async def kv_archive() -> dict:
+        if engine.archive is None:
+            raise APIError(501, "/kv/archive: this engine has no archive tier (tiers.archive.enabled "
+                           "and --archive)", "not_implemented_error")
+        archive = engine.archive
+        return await run(lambda: archive_pass(archive))
 
     @app.post("/kv/clear")
     async def kv_clear(body: ClearRequest) -> dict:

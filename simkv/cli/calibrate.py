@@ -73,6 +73,12 @@ def calibrate_cmd(
                                                "is one).")] = None,
     disk_path: Annotated[Path | None, typer.Option(
         help="Folder for LMCache's disk files (in-process; default: beside the output file).")] = None,
+    archive: Annotated[str | None, typer.Option(
+        help="Where tiers.archive is measured (in-process): s3://bucket/prefix or a folder; the "
+             "calibration writes into a folder of its own there and deletes it (default: a local "
+             "folder beside the disk files).")] = None,
+    archive_endpoint: Annotated[str | None, typer.Option(
+        help="S3 endpoint URL for --archive s3://... (any S3 API; default: AWS).")] = None,
     grid: Annotated[str | None, typer.Option(help="quick | full (default: quick on the CPU or over "
                                              "HTTP, full on a GPU).")] = None,
     new_tokens: Annotated[str | None, typer.Option(help="New tokens of the prefill grid, e.g. "
@@ -93,9 +99,10 @@ def calibrate_cmd(
         raise SimkvError(f"{out}: exists (pass --overwrite to replace it)")
     if not out.parent.is_dir():
         raise SimkvError(f"{out}: no such folder {out.parent}")
-    if engine is not None and (overrides or model != "tiny" or device or disk_path):
-        raise SimkvError("calibrate: --set, --model, --device and --disk-path are for --in-process "
-                         "(the server has its own)")
+    if engine is not None and (overrides or model != "tiny" or device or disk_path or archive
+                               or archive_endpoint):
+        raise SimkvError("calibrate: --set, --model, --device, --disk-path, --archive and "
+                         "--archive-endpoint are for --in-process (the server has its own)")
     lists = {k: _ints(f"--{k.replace('_', '-')}", v)
              for k, v in (("new_tokens", new_tokens), ("cached_tokens", cached_tokens), ("chunks", chunks))}
     cal_mod = _engine_module()
@@ -115,7 +122,8 @@ def calibrate_cmd(
     grid = grid or ("full" if device == "cuda" else "quick")
 
     with cal_mod.open_probe(engine=engine, api_key=api_key, scenario=scenario, model=model,
-                            device=device or "cpu", disk_path=disk_path or out.parent.resolve()) as probe:
+                            device=device or "cpu", disk_path=disk_path or out.parent.resolve(),
+                            archive=archive, archive_endpoint=archive_endpoint) as probe:
         plan = cal_mod.Plan.make(grid, probe.chunk_size, repeats=repeats, warmup=warmup, seed=seed, **lists)
         plan.check(probe.chunk_size, probe.context)
         total = cal_mod.steps(plan, probe.tiers, probe.wait_clears)

@@ -36,14 +36,15 @@ def new_policy_state(scenario: Scenario, block_tokens: int, block_bytes: int, hw
     """The scenario's :class:`PolicyState` for blocks of ``block_tokens`` tokens and
     ``block_bytes`` bytes: its TTL heuristic (``heuristic`` if given, else made from
     ``ttl.heuristic``; ``None`` for ``none``), archived size ``block_bytes /
-    compression_ratio``, GPU price per second, archive price per byte-second, sliding or
-    fixed TTLs, and a block's value from ``hw``. The simulator's caches and the real engine's
+    compression_ratio`` (``hw``'s: the scenario's unless a table profile measured it), GPU
+    price per second, archive price per byte-second, sliding or fixed TTLs, and a block's
+    value from ``hw``. The simulator's caches and the real engine's
     archive worker both build theirs here."""
     sc, a = scenario, scenario.tiers.archive
     if heuristic is None and sc.ttl.heuristic != "none":
         heuristic = make_heuristic(sc.ttl.heuristic, sc.ttl.params)
     return PolicyState(heuristic, block_tokens=block_tokens, block_bytes=block_bytes,
-                       archive_bytes=int(block_bytes / a.compression_ratio),
+                       archive_bytes=int(block_bytes / hw.compression_ratio(sc)),
                        gpu_cost_per_s=sc.hardware.gpu_cost_per_hour / 3600.0,
                        archive_cost_per_byte_s=a.price("gb_month") / GB / SECONDS_PER_MONTH,
                        sliding=sc.ttl.mode == "sliding",
@@ -105,7 +106,7 @@ class CacheBase:
         self.if_faster = sc.load_policy == "if_faster"
 
         t = sc.tiers
-        self.archive_bytes = int(self.block_bytes / t.archive.compression_ratio)
+        self.archive_bytes = int(self.block_bytes / self.hw.compression_ratio(sc))
         configs = [getattr(t, name) for name in TIER_NAMES]
         #: Per tier, indexed like TIER_NAMES: in use (the GPU tier always is), bytes a block
         #: occupies (the archive stores compressed blocks), capacity in blocks (None: unbounded).

@@ -8,7 +8,9 @@ A profile answers three questions, vectorised where the metrics need many answer
   disk and archive tiers (GPU hits cost nothing), CPU and disk write time per block, and the
   archive worker's compress + upload time per block;
 * a block's value (:meth:`HardwareProfile.block_value_s`): the GPU time one reuse of it saves,
-  defined from ``prefill`` alone so that it agrees with what the engine charges.
+  defined from ``prefill`` alone so that it agrees with what the engine charges;
+* the archive's compression ratio (:meth:`HardwareProfile.compression_ratio`): the scenario's
+  ``tiers.archive.compression_ratio`` unless a table profile carries a measured one.
 
 Two kinds are registered by name (:data:`PROFILES`): ``analytic`` (the fitted formula of the
 scenario's ``hardware.prefill_*`` keys, transfer times from the tiers' bandwidths) and
@@ -80,6 +82,11 @@ class HardwareProfile(ABC):
     @abstractmethod
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
         """The load and store times for blocks of ``block_bytes`` (``archive_bytes`` compressed)."""
+
+    def compression_ratio(self, scenario: Scenario) -> float:
+        """Raw / stored bytes of an archived block: the scenario's ``tiers.archive.compression_ratio``
+        (a table profile's measured ``archive.compression_ratio`` replaces it)."""
+        return scenario.tiers.archive.compression_ratio
 
     def check_block_size(self, block_size: int) -> None:
         """Refuse a trace whose block size the profile's per-block times were not made for."""
@@ -188,7 +195,8 @@ class TableProfile(HardwareProfile):
     grid (floored at 0); load and store times per block and per request as measured for the
     profile's ``block_size`` (the ``cpu`` entries are optional: needed only with a CPU tier;
     ``load.gpu``, written by ``simkv calibrate``, is the engine's GPU-cache copy time, recorded
-    but not charged: the simulator charges GPU hits nothing)."""
+    but not charged: the simulator charges GPU hits nothing); optionally the archive's measured
+    ``archive.compression_ratio``, which replaces the scenario's."""
 
     kind = "table"
 
@@ -211,6 +219,10 @@ class TableProfile(HardwareProfile):
             arch_compress_per_block=store["archive"]["per_block_s"], arch_upload_per_block=0.0,
             cpu_lat=cpu_load["per_request_s"], cpu_per_block=cpu_load["per_block_s"],
             cpu_write_per_block=store.get("cpu", {"per_block_s": 0.0})["per_block_s"])
+        self.ratio: float | None = (data.get("archive") or {}).get("compression_ratio")
+
+    def compression_ratio(self, scenario: Scenario) -> float:
+        return scenario.tiers.archive.compression_ratio if self.ratio is None else float(self.ratio)
 
     def _prefill(self, n: np.ndarray, cached: np.ndarray) -> np.ndarray:
         return bilinear(self.new, self.cached, self.seconds, n, cached)
@@ -225,7 +237,7 @@ class TableProfile(HardwareProfile):
 # -- the profile file ---------------------------------------------------------------------
 
 _TOP_KEYS = {"version", "kind", "model", "block_size", "measured_on", "fit_error", "notes",
-             "calibration", "prefill", "load", "store"}
+             "calibration", "prefill", "load", "store", "archive"}
 
 
 def _num(source: str, key: str, value: Any, allow_zero: bool = True) -> float:
@@ -301,6 +313,10 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
     for tier in [t for t in ("cpu", "disk", "archive") if t in store]:
         m = _mapping(source, f"store.{tier}", store[tier], ("per_block_s",))
         _num(source, f"store.{tier}.per_block_s", m["per_block_s"])
+    if "archive" in data:
+        m = _mapping(source, "archive", data["archive"], (), ("compression_ratio",))
+        if "compression_ratio" in m:
+            _num(source, "archive.compression_ratio", m["compression_ratio"], allow_zero=False)
     return data
 
 
