@@ -316,6 +316,7 @@ class KVEngine:
             "bytes_loaded": dict.fromkeys(TIERS, 0),
             "bytes_stored": dict.fromkeys(TIERS, 0),
             "archive_hydrations": 0,
+            "clock_late_requests": 0,
         }
 
         gpu = scenario.tiers.gpu
@@ -332,7 +333,8 @@ class KVEngine:
         config = LMCacheEngineConfig.from_defaults(
             chunk_size=self.chunk_size,
             local_cpu=cpu.enabled,
-            max_local_cpu_size=_gib(cpu, "tiers.cpu", self.chunk_bytes) if cpu.enabled else staging_bytes / GIB,
+            max_local_cpu_size=(_gib(cpu, "tiers.cpu", self.chunk_bytes) if cpu.enabled
+                                else staging_bytes / GIB),
             local_disk=f"file://{Path(disk_path).resolve()}/" if disk.enabled else None,
             max_local_disk_size=_gib(disk, "tiers.disk", self.chunk_bytes) if disk.enabled else 0.0,
             cache_policy=_lmcache_policy(scenario),
@@ -381,9 +383,13 @@ class KVEngine:
         fmt = ChunkFormat.of(self.kv, self.chunk_size, fingerprint)
         self.policy = new_policy_state(self.scenario, self.chunk_size, self._block_bytes, self._hw)
         clock = opts.clock or EngineClock(opts.clock_scale)
+        archived = int(self._block_bytes / a.compression_ratio)
+        tr = self._hw.transfers(self.scenario, self._block_bytes, archived)
+        busy = 0.0 if self.scenario.hardware.zero_service_time else (
+            tr.arch_compress_per_block + tr.arch_upload_per_block)
         try:
             self.archive = ArchiveWorker(store, self.policy, fmt, a.codec, a.interval_s, _Chunks(self),
-                                         self._lock, clock=clock)
+                                         self._lock, clock=clock, busy_per_upload_s=busy)
         except BaseException:
             store.close()
             raise
@@ -523,6 +529,22 @@ class KVEngine:
             if backend is not None and backend.contains(key, pin=False):
                 return tier
         return None
+
+    def advance(self, t: float) -> float:
+        """Trace clock (the archive's clock a :class:`~simkv_replay.archive.TraceClock`): engine
+        time moves to ``t``, the trace arrival of the request about to be served, after the
+        archive passes due at or before it ran (expiries apply at their deadlines). Time never
+        runs backwards: a request earlier than the clock is served at the clock's time and
+        counted in ``clock_late_requests``. Returns the time now. Without an archive the clock
+        only counts."""
+        with self._lock:
+            if self.archive is not None:
+                now = self.archive.advance(t)
+            else:
+                now = self._trace_now = max(getattr(self, "_trace_now", t), t)
+            if now > t:
+                self._counts["clock_late_requests"] += 1
+            return now
 
     def serve(self, tokens: Sequence[int], *, all_logits: bool = False,
               prompt_class: str | None = None) -> RequestResult:
