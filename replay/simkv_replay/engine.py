@@ -740,19 +740,24 @@ class KVEngine:
         """Admit the prompt's full chunks to the GPU cache in prompt order (those it served stay,
         already touched by :meth:`_touch`; the others, loaded from LMCache or the archive or
         computed, now sit in device memory), then write them through to LMCache
-        (:meth:`_write_through`). The cache is only changed after the loads, so admitting a chunk
+        (:meth:`_write_through`). A chunk the GPU cache served but evicted before its turn (a
+        cache smaller than the prompt: the admissions before it pushed it out) is admitted again
+        and written through, as the simulator does. The cache is only changed after the loads, so admitting a chunk
         never evicts one this request still reads."""
         c = self.chunk_size
         n_full = len(tokens) // c * c
         kv = [(layer.keys, layer.values) for layer in cache.layers]
+        written = list(sources)
         for m in range(n_full // c):
             key = keys[m].chunk_hash
-            if m < len(sources) and sources[m] == "gpu" and key in self.gpu_cache:
-                continue
+            if m < len(sources) and sources[m] == "gpu":
+                if key in self.gpu_cache:
+                    continue
+                written[m] = "gpu-evicted"   # admitted again, and written through like a computed chunk
             if key not in self.gpu_cache:
                 self._counts["bytes_stored"]["gpu"] += self.chunk_bytes
             self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
-        self._write_through(tokens, keys, sources, kv)
+        self._write_through(tokens, keys, written, kv)
         self._counts["archive_hydrations"] += sources.count("archive")
 
     def _write_through(self, tokens: list[int], keys: list, sources: list[str], kv: KVLayers) -> None:
@@ -764,13 +769,18 @@ class KVEngine:
         LMCache store (CPU put and disk write); a chunk the CPU holds is handed to the disk
         backend from the CPU's copy, so no staging buffer is allocated for it (an allocation in a
         full pool evicts). Whether the CPU holds a chunk is read when its turn comes, after the
-        stores before it."""
+        stores before it.
+
+        Deterministic: one chunk per store and each disk write done before the next chunk. LMCache
+        adds a chunk to the disk's eviction order when its asynchronous write finishes, so a
+        write still in flight when a later chunk of the request touches its own disk copy would
+        land after that touch (the simulator's order: the write first)."""
         cpu, disk = self._backends["cpu"], self._backends["disk"]
         n = len(tokens) // self.chunk_size
         src = [sources[m] if m < len(sources) else None for m in range(n)]
 
         def needs_store(m: int) -> bool:
-            return src[m] in (None, "archive") and (cpu is None or not cpu.contains(keys[m]))
+            return src[m] in (None, "archive", "gpu-evicted") and (cpu is None or not cpu.contains(keys[m]))
 
         m = 0
         while m < n:
@@ -779,9 +789,11 @@ class KVEngine:
                 continue
             if needs_store(m):
                 j = m + 1
-                while j < n and needs_store(j):
+                while j < n and needs_store(j) and not self.deterministic:
                     j += 1
                 self._store_lmcache(tokens, list(range(m, j)), kv)
+                if self.deterministic:
+                    self._drain_disk()
                 m = j
                 continue
             key = keys[m]                      # the CPU holds it (served from there, or held)
@@ -799,6 +811,8 @@ class KVEngine:
                         disk.submit_put_task(key, obj)
                     finally:
                         obj.ref_count_down()
+                    if self.deterministic:
+                        self._drain_disk()
             m += 1
 
     def _drain_disk(self, timeout_s: float = 60.0) -> None:
