@@ -1,7 +1,7 @@
 """The project's promise: hit tokens per tier identical between ``simkv run`` and a replay through
 the real engine, request by request, for the deterministic policies. Real parts throughout: the
 engine server (the tiny model on the CPU, real LMCache with its CPU and disk backends, an archive
-in a local folder or on moto's S3 server) on 127.0.0.1 with ``--clock trace``, ``simkv replay
+in a local folder) on 127.0.0.1 with ``--clock trace``, ``simkv replay
 --speed max --concurrency 1``, and the simulator on the same trace and scenario. The scenarios
 are small enough that every tier evicts (or, for the archive, that TTLs expire) many times."""
 
@@ -73,8 +73,7 @@ def _serve(scenario: Path, tmp: Path, archive: str | None = None, endpoint: str 
             "a = ArchiveOptions(sys.argv[2], endpoint_url=sys.argv[3] or None) if sys.argv[2] else None\n"
             "serve(load_scenario(sys.argv[1]), model='tiny', device='cpu', port=0, archive=a,\n"
             "      disk_path=sys.argv[4], clock='trace', on_ready=lambda url: print(url, flush=True))\n")
-    env = {**os.environ, "PYTHONHASHSEED": "0", "LMCACHE_LOG_LEVEL": "WARNING", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "LMCACHE_LOG_LEVEL": "WARNING"}
     log = tmp / "server.log"              # a file, not a pipe nobody reads (a full pipe blocks the server)
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-c", code, str(scenario), archive or "", endpoint or "",
@@ -138,7 +137,8 @@ def test_the_scenarios_evict_at_every_tier_and_expire_archive_objects(trace, tmp
 
     summary = run(_scenario(tmp_path, "three-tier-lru", "lru", cpu=32, disk=64), trace).summary
     assert all(summary[f"evictions_{t}"] > 0 for t in ("gpu", "cpu", "disk")), summary
-    summary = run(_scenario(tmp_path, "archive-static", "lru", cpu=None, disk=None, archive=True), trace).summary
+    archive = _scenario(tmp_path, "archive-static", "lru", cpu=None, disk=None, archive=True)
+    summary = run(archive, trace).summary
     assert summary["expirations_archive"] > 0 and summary["evictions_gpu"] > 0, summary
 
 

@@ -685,39 +685,42 @@ class KVEngine:
         archive chunks one concurrent fetch; a chunk either does not deliver ends the prefix.
         A run of LMCache chunks is of one tier: LMCache maps a retrieve's chunks to backends by
         prefix (the CPU's leading chunks, then the disk's), so a mixed run could be read from the
-        disk where the walk counted the CPU."""
+        disk where the walk counted the CPU. The CPU's runs are read first (see below); a chunk
+        that fails ends the prefix, and the runs after it are not read."""
         c = self.chunk_size
         hit = len(sources) * c
         kv = self._empty_kv(hit)
         hydrate_s = 0.0
-        i = 0
-        while i < len(sources):
-            if sources[i] == "gpu":
-                self.connector.scatter(kv, self.gpu_cache.chunks[keys[i].chunk_hash], i * c)
-                i += 1
+        runs: list[tuple[int, int]] = []              # [i, j): one tier each
+        for m, tier in enumerate(sources):
+            if runs and sources[runs[-1][0]] == tier and tier != "gpu":
+                runs[-1] = (runs[-1][0], m + 1)
+            else:
+                runs.append((m, m + 1))
+        # The CPU's chunks first: reading a disk chunk writes it back to the CPU (allocating there,
+        # which may evict), which in the simulator happens after the lookup, never before a read.
+        runs.sort(key=lambda r: sources[r[0]] != "cpu")
+        end = len(sources)                            # the first chunk that did not deliver
+        for i, j in runs:
+            if i >= end:
                 continue
-            j = i
-            if sources[i] == "archive":
-                while j < len(sources) and sources[j] == "archive":
-                    j += 1
+            tier = sources[i]
+            if tier == "gpu":
+                self.connector.scatter(kv, self.gpu_cache.chunks[keys[i].chunk_hash], i * c)
+            elif tier == "archive":
                 with _Timer(self.device) as t:
                     done = self._hydrate_run(kv, hashes, i, j)
                 hydrate_s += t.seconds
-                if done < j:                          # a failed fetch: the prefix ends there
-                    end = done * c
-                    return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv], hydrate_s
-                i = j
-                continue
-            while j < len(sources) and sources[j] == sources[i]:   # one tier per retrieve: LMCache
-                j += 1                                                # then reads each chunk where counted
-            mask = torch.zeros(j * c, dtype=torch.bool)
-            mask[i * c:] = True
-            got = self.lmcache.retrieve(tokens[: j * c], mask=mask, kvcaches=kv, req_id="simkv")
-            missing = (~got[i * c:]).nonzero()
-            if len(missing):                        # evicted since the lookup: the prefix ends
-                end = i * c + int(missing[0]) // c * c
-                return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv], hydrate_s
-            i = j
+                end = min(end, done)                  # a failed fetch: the prefix ends there
+            else:
+                mask = torch.zeros(j * c, dtype=torch.bool)
+                mask[i * c:] = True
+                got = self.lmcache.retrieve(tokens[: j * c], mask=mask, kvcaches=kv, req_id="simkv")
+                missing = (~got[i * c:]).nonzero()
+                if len(missing):                      # evicted since the lookup: the prefix ends
+                    end = min(end, i + int(missing[0]) // c)
+        if end < len(sources):
+            return end * c, [(k[:, :, :end * c], v[:, :, :end * c]) for k, v in kv], hydrate_s
         return hit, kv, hydrate_s
 
     def _touch(self, keys: list, sources: list[str]) -> None:
@@ -742,8 +745,8 @@ class KVEngine:
         computed, now sit in device memory), then write them through to LMCache
         (:meth:`_write_through`). A chunk the GPU cache served but evicted before its turn (a
         cache smaller than the prompt: the admissions before it pushed it out) is admitted again
-        and written through, as the simulator does. The cache is only changed after the loads, so admitting a chunk
-        never evicts one this request still reads."""
+        and written through, as the simulator does. The cache is only changed after the loads,
+        so admitting a chunk never evicts one this request still reads."""
         c = self.chunk_size
         n_full = len(tokens) // c * c
         kv = [(layer.keys, layer.values) for layer in cache.layers]
