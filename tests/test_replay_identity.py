@@ -118,7 +118,8 @@ def _assert_identical(got: pd.DataFrame, sim: pd.DataFrame) -> None:
     cols = list(HIT_COLUMNS)
     differ = (got[cols].to_numpy() != sim[cols].to_numpy()).any(axis=1)
     table = pd.concat({"sim": sim[cols], "engine": got[cols]}, axis=1)
-    assert not differ.any(), f"first divergence at request {int(np.argmax(differ))}:\n{table[differ].head()}"
+    first = int(np.argmax(differ))
+    assert not differ.any(), f"first divergence at request {first}:\n{table[differ].head().to_string()}"
 
 
 @pytest.mark.parametrize("eviction", ["lru", "fifo"])

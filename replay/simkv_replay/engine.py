@@ -711,7 +711,8 @@ class KVEngine:
                 with _Timer(self.device) as t:
                     done = self._hydrate_run(kv, hashes, i, j)
                 hydrate_s += t.seconds
-                end = min(end, done)                  # a failed fetch: the prefix ends there
+                if done < j:                          # a failed fetch: the prefix ends there
+                    end = min(end, done)
             else:
                 mask = torch.zeros(j * c, dtype=torch.bool)
                 mask[i * c:] = True
