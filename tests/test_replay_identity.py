@@ -100,6 +100,10 @@ def _replay_and_simulate(scenario: Path, trace: Path, tmp: Path, **serve_kw) -> 
 
     proc, url = _serve(scenario, tmp, **serve_kw)
     try:
+        import httpx
+
+        resp = httpx.post(f"{url}/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 0}, timeout=60)
+        assert resp.status_code == 400 and "arrival_s" in resp.json()["error"]["message"]
         out = tmp / "replay"
         done = simkv_cli("replay", str(scenario), "--trace", str(trace), "--engine", url, "--vocab-size",
                          str(TINY_VOCAB), "--speed", "max", "--concurrency", "1", "--max-tokens", "0",
