@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -416,11 +417,13 @@ class ArchiveOptions:
 
 @dataclass(slots=True)
 class IndexEntry:
-    """An archived chunk: its deadline (engine clock), stored and raw sizes, and metadata."""
+    """An archived chunk: its deadline (engine clock), stored size, metadata, and (trace clock)
+    the time its upload lands, before which lookups do not see it."""
 
     deadline: float
     stored_bytes: int
     meta: dict[str, str] = field(repr=False)
+    visible_from: float = -math.inf
 
 
 class EngineClock:
@@ -437,6 +440,21 @@ class EngineClock:
     def __call__(self) -> float:
         now = time.time()
         return self._t0 + (now - self._t0) * self.scale
+
+
+class TraceClock:
+    """Engine time set by the requests (``simkv engine serve --clock trace``): seconds on the
+    trace's time axis, the arrival time of the latest request (``arrival_s``), never running
+    backwards. With it the archive worker has no thread: :meth:`ArchiveWorker.advance` runs the
+    passes due before each request, at their own times, as the simulator's worker does."""
+
+    scale = 1.0
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass
@@ -473,7 +491,7 @@ class ArchiveWorker:
 
     def __init__(self, store: ArchiveStore, state: PolicyState, fmt: ChunkFormat, codec_name: str,
                  interval_s: float, source: ChunkSource, lock: threading.RLock, *,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, busy_per_upload_s: float = 0.0) -> None:
         self.store = store
         self.state = state
         self.fmt = fmt
@@ -483,6 +501,11 @@ class ArchiveWorker:
         self.source = source
         self.lock = lock
         self.clock: Callable[[], float] = clock or EngineClock()
+        #: Trace clock: the simulator's busy time of a pass per upload (compress + upload; 0 with
+        #: zero service time); a pass's uploads land that long after it, the next pass is due
+        #: ``interval_s`` after they landed. The first pass is due at ``interval_s``.
+        self.busy_per_upload_s = busy_per_upload_s
+        self.next_pass_s = (clock.now if isinstance(clock, TraceClock) else 0.0) + interval_s
         self.index: dict[int, IndexEntry] = {}
         self._index_lock = threading.Lock()
         self._pass_lock = threading.Lock()
@@ -558,21 +581,41 @@ class ArchiveWorker:
         return True
 
     def live(self, h: int, now: float | None = None) -> bool:
-        """Whether chunk ``h`` is in the archive and not past its deadline."""
+        """Whether chunk ``h`` is in the archive (its upload landed) and not past its deadline."""
         entry = self.index.get(h)
-        return entry is not None and entry.deadline > (self.clock() if now is None else now)
+        if entry is None:
+            return False
+        now = self.clock() if now is None else now
+        return entry.visible_from <= now < entry.deadline
 
     def archived_mask(self, ids: np.ndarray, now: float) -> np.ndarray:
         hashes = self.state.hashes[ids].tolist()
         return np.fromiter((self.live(h, now) for h in hashes), np.bool_, len(hashes))
 
     # -- the pass -------------------------------------------------------------------------
-    def run_pass(self) -> None:
-        """One pass now (see the class docstring). Passes never overlap."""
+    def advance(self, t: float) -> float:
+        """Trace clock: move engine time to ``t`` (never backwards; returns the time now), first
+        running, synchronously and at their own times, every pass due at or before ``t``."""
+        clock = self.clock
+        if not isinstance(clock, TraceClock):
+            raise TypeError("advance() needs the trace clock")
+        while self.next_pass_s <= t:
+            at = self.next_pass_s
+            clock.now = max(clock.now, at)
+            busy = self.run_pass(at)
+            self.next_pass_s = (at + busy) + self.interval_s
+        clock.now = max(clock.now, t)
+        return clock.now
+
+    def run_pass(self, now: float | None = None) -> float:
+        """One pass at ``now`` (default: the clock's now; see the class docstring). Passes never
+        overlap. Returns the pass's busy time in the simulator's terms (uploads decided ×
+        ``busy_per_upload_s``); on the trace clock its uploads land (become visible, their TTL
+        counting) that long after ``now``."""
         with self._pass_lock:
             if self._stale:
                 self.rebuild()
-            now = self.clock()
+            now = self.clock() if now is None else now
             self._expire(now)
             state, fmt = self.state, self.fmt
             with self.lock:
@@ -594,10 +637,13 @@ class ArchiveWorker:
                                            state.class_names[int(state.req_class[r])]))
             self._count("skipped", d.skipped)
             self._count("passes")
+            busy = int(d.upload.sum()) * self.busy_per_upload_s
+            land = now + busy if isinstance(self.clock, TraceClock) else None
             for h, ttl in refresh:
                 self._refresh(h, now + ttl, ttl)
             for up in uploads:
-                self._upload(up)
+                self._upload(up, land)
+            return busy
 
     def _expire(self, now: float) -> None:
         with self._index_lock:
@@ -635,11 +681,12 @@ class ArchiveWorker:
             self.state.archived(np.array([h], np.uint64), [deadline])
         self._count("refreshes")
 
-    def _upload(self, up: _Upload) -> None:
+    def _upload(self, up: _Upload, land: float | None = None) -> None:
+        """Compress and PUT one chunk; it lands now (``land``: at that engine time)."""
         t0 = time.perf_counter()
         body = self._compress(up.raw)
         t1 = time.perf_counter()
-        deadline = self.clock() + up.ttl
+        deadline = (self.clock() if land is None else land) + up.ttl
         meta = {"deadline": repr(deadline), "ttl": repr(up.ttl), "access-count": str(up.access_count),
                 "prompt-class": quote(up.prompt_class, safe=""), "codec": self.codec_name,
                 "raw-bytes": str(len(up.raw)), "sha256": hashlib.sha256(up.raw).hexdigest(),
@@ -651,7 +698,8 @@ class ArchiveWorker:
             return
         t2 = time.perf_counter()
         with self._index_lock:
-            self.index[up.hash] = IndexEntry(deadline, len(body), meta)
+            self.index[up.hash] = IndexEntry(deadline, len(body), meta,
+                                             -math.inf if land is None else land)
         with self.lock:
             self.state.archived(np.array([up.hash], np.uint64), [deadline])
         with self._count_lock:

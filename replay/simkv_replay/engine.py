@@ -233,15 +233,27 @@ def _count_evictions(backend: Any, tier: str, counts: dict[str, int], lock: thre
     policy.get_evict_candidates = counted
 
 
-def _gib(tier: TierCapacity, key: str) -> float:
-    """A tier's capacity in LMCache's unit (GiB: LMCache multiplies by ``1024**3``)."""
+#: LMCache's allocator rounds every object up to this many bytes (``AddressManager.ALIGN_BYTES``);
+#: its disk backend charges the same rounded ("physical") size against the disk's capacity.
+LMCACHE_ALIGN = 4096
+
+
+def lmcache_chunk_bytes(chunk_bytes: int) -> int:
+    """The bytes one chunk takes in LMCache's CPU pool and disk budget: ``chunk_bytes`` rounded up
+    to :data:`LMCACHE_ALIGN`."""
+    return -(-chunk_bytes // LMCACHE_ALIGN) * LMCACHE_ALIGN
+
+
+def _gib(tier: TierCapacity, key: str, chunk_bytes: int) -> float:
+    """A tier's capacity in LMCache's unit (GiB: LMCache multiplies by ``1024**3``).
+    ``capacity_blocks`` is that many chunks of :func:`lmcache_chunk_bytes` (exact: a power-of-two
+    division); ``capacity_bytes`` holds ``bytes // lmcache_chunk_bytes`` chunks."""
     from simkv.scenario import parse_bytes
 
+    if tier.capacity_blocks is not None:
+        return tier.capacity_blocks * lmcache_chunk_bytes(chunk_bytes) / GIB
     raw = parse_bytes(tier.capacity_bytes if tier.capacity_bytes is not None else tier.default_bytes,
                       f"{key}.capacity_bytes")
-    if tier.capacity_blocks is not None:
-        raise ScenarioError(f"{key}.capacity_blocks: the engine sizes LMCache in bytes; "
-                            f"set {key}.capacity_bytes")
     if raw is None:
         raise ScenarioError(f"{key}.capacity_bytes: LMCache needs a finite capacity")
     return raw / GIB
@@ -254,13 +266,17 @@ class KVEngine:
     enabled). ``staging_bytes``: LMCache's host buffer when ``tiers.cpu`` is off (LMCache
     allocates every chunk it stores or reads there first, so it must hold one request's chunks).
     ``archive``: where the archive lives (required when ``tiers.archive`` is enabled; a string
-    is a location, see :class:`~simkv_replay.archive.ArchiveOptions`).
+    is a location, see :class:`~simkv_replay.archive.ArchiveOptions`). ``deterministic``: every
+    request's LMCache disk writes are done, in order, before it returns (one disk I/O thread
+    and a wait), so the tiers' contents and eviction order depend on the requests alone, not on
+    thread timing (the trace clock's mode; see docs/system.md, "Simulation vs the real engine").
     Call :meth:`close` (or use it as a context manager) to drain the archive worker and
     release LMCache.
     """
 
     def __init__(self, scenario: Scenario, model: PreTrainedModel, *, disk_path: str | Path | None = None,
-                 staging_bytes: int = GIB, archive: ArchiveOptions | str | Path | None = None) -> None:
+                 staging_bytes: int = GIB, archive: ArchiveOptions | str | Path | None = None,
+                 deterministic: bool = False) -> None:
         if scenario.block_size is None:
             raise ScenarioError("block_size: the engine's chunk size; set it (e.g. --set block_size=256)")
         if scenario.tiers.disk.enabled and scenario.tiers.disk.write_policy != "write_through":
@@ -272,6 +288,7 @@ class KVEngine:
             log.info("PYTHONHASHSEED is not 0: LMCache keys chunks with Python's hash() without vLLM; "
                      "set PYTHONHASHSEED=0 before Python starts to keep keys stable across processes")
         self.scenario = scenario
+        self.deterministic = deterministic
         self.load_policy = scenario.load_policy
         self.model = model
         self.device = next(model.parameters()).device
@@ -299,6 +316,7 @@ class KVEngine:
             "bytes_loaded": dict.fromkeys(TIERS, 0),
             "bytes_stored": dict.fromkeys(TIERS, 0),
             "archive_hydrations": 0,
+            "clock_late_requests": 0,
         }
 
         gpu = scenario.tiers.gpu
@@ -315,12 +333,14 @@ class KVEngine:
         config = LMCacheEngineConfig.from_defaults(
             chunk_size=self.chunk_size,
             local_cpu=cpu.enabled,
-            max_local_cpu_size=_gib(cpu, "tiers.cpu") if cpu.enabled else staging_bytes / GIB,
+            max_local_cpu_size=(_gib(cpu, "tiers.cpu", self.chunk_bytes) if cpu.enabled
+                                else staging_bytes / GIB),
             local_disk=f"file://{Path(disk_path).resolve()}/" if disk.enabled else None,
-            max_local_disk_size=_gib(disk, "tiers.disk") if disk.enabled else 0.0,
+            max_local_disk_size=_gib(disk, "tiers.disk", self.chunk_bytes) if disk.enabled else 0.0,
             cache_policy=_lmcache_policy(scenario),
             lmcache_instance_id=self.instance_id,
             save_unfull_chunk=False,
+            extra_config={"disk_io_threads": 1} if deterministic else None,
         )
         metadata = LMCacheMetadata(
             model_name=f"simkv-replay/{model.config.model_type}", world_size=1, local_world_size=1,
@@ -363,9 +383,13 @@ class KVEngine:
         fmt = ChunkFormat.of(self.kv, self.chunk_size, fingerprint)
         self.policy = new_policy_state(self.scenario, self.chunk_size, self._block_bytes, self._hw)
         clock = opts.clock or EngineClock(opts.clock_scale)
+        archived = int(self._block_bytes / a.compression_ratio)
+        tr = self._hw.transfers(self.scenario, self._block_bytes, archived)
+        busy = 0.0 if self.scenario.hardware.zero_service_time else (
+            tr.arch_compress_per_block + tr.arch_upload_per_block)
         try:
             self.archive = ArchiveWorker(store, self.policy, fmt, a.codec, a.interval_s, _Chunks(self),
-                                         self._lock, clock=clock)
+                                         self._lock, clock=clock, busy_per_upload_s=busy)
         except BaseException:
             store.close()
             raise
@@ -510,6 +534,22 @@ class KVEngine:
                 return tier
         return None
 
+    def advance(self, t: float) -> float:
+        """Trace clock (the archive's clock a :class:`~simkv_replay.archive.TraceClock`): engine
+        time moves to ``t``, the trace arrival of the request about to be served, after the
+        archive passes due at or before it ran (expiries apply at their deadlines). Time never
+        runs backwards: a request earlier than the clock is served at the clock's time and
+        counted in ``clock_late_requests``. Returns the time now. Without an archive the clock
+        only counts."""
+        with self._lock:
+            if self.archive is not None:
+                now = self.archive.advance(t)
+            else:
+                now = self._trace_now = max(getattr(self, "_trace_now", t), t)
+            if now > t:
+                self._counts["clock_late_requests"] += 1
+            return now
+
     def serve(self, tokens: Sequence[int], *, all_logits: bool = False,
               prompt_class: str | None = None) -> RequestResult:
         """Serve one prompt: load its cached prefix tier by tier, prefill the rest, store it.
@@ -533,6 +573,7 @@ class KVEngine:
             k, _, _ = best_cut([TIERS.index(t) for t in sources], n, c, self._hw, self._transfers)
             sources = sources[:k]
 
+        self._touch(keys, sources)
         with _Timer(self.device) as load:
             hit, kv, hydrate_s = self._load(tokens, keys, hashes, sources)
         sources = sources[: hit // c]
@@ -553,6 +594,8 @@ class KVEngine:
 
         with _Timer(self.device) as store:
             self._store(tokens, keys, sources, out.past_key_values)
+        if self.deterministic:
+            self._drain_disk()
         if self.policy is not None:   # the simulator's events: the request, then its chunks
             self._lm_keys.update(zip(hashes, keys, strict=True))
             self.policy.accessed(np.array(hashes, np.uint64), self.policy.request(prompt_class, n))
@@ -643,61 +686,151 @@ class KVEngine:
               sources: list[str]) -> tuple[int, KVLayers, float]:
         """Fill KV tensors for the chunks in ``sources``; returns (tokens loaded, per-layer K/V,
         seconds spent on archive chunks). A run of LMCache chunks is one retrieve, a run of
-        archive chunks one concurrent fetch; a chunk either does not deliver ends the prefix."""
+        archive chunks one concurrent fetch; a chunk either does not deliver ends the prefix.
+        A run of LMCache chunks is of one tier: LMCache maps a retrieve's chunks to backends by
+        prefix (the CPU's leading chunks, then the disk's), so a mixed run could be read from the
+        disk where the walk counted the CPU. The CPU's runs are read first (see below); a chunk
+        that fails ends the prefix, and the runs after it are not read."""
         c = self.chunk_size
         hit = len(sources) * c
         kv = self._empty_kv(hit)
         hydrate_s = 0.0
-        i = 0
-        while i < len(sources):
-            if sources[i] == "gpu":
-                self.connector.scatter(kv, self.gpu_cache.chunks[keys[i].chunk_hash], i * c)
-                i += 1
+        runs: list[tuple[int, int]] = []              # [i, j): one tier each
+        for m, tier in enumerate(sources):
+            if runs and sources[runs[-1][0]] == tier and tier != "gpu":
+                runs[-1] = (runs[-1][0], m + 1)
+            else:
+                runs.append((m, m + 1))
+        # The CPU's chunks first: reading a disk chunk writes it back to the CPU (allocating there,
+        # which may evict), which in the simulator happens after the lookup, never before a read.
+        runs.sort(key=lambda r: sources[r[0]] != "cpu")
+        end = len(sources)                            # the first chunk that did not deliver
+        for i, j in runs:
+            if i >= end:
                 continue
-            j = i
-            if sources[i] == "archive":
-                while j < len(sources) and sources[j] == "archive":
-                    j += 1
+            tier = sources[i]
+            if tier == "gpu":
+                self.connector.scatter(kv, self.gpu_cache.chunks[keys[i].chunk_hash], i * c)
+            elif tier == "archive":
                 with _Timer(self.device) as t:
                     done = self._hydrate_run(kv, hashes, i, j)
                 hydrate_s += t.seconds
                 if done < j:                          # a failed fetch: the prefix ends there
-                    end = done * c
-                    return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv], hydrate_s
-                i = j
-                continue
-            while j < len(sources) and sources[j] in ("cpu", "disk"):
-                j += 1
-            mask = torch.zeros(j * c, dtype=torch.bool)
-            mask[i * c:] = True
-            got = self.lmcache.retrieve(tokens[: j * c], mask=mask, kvcaches=kv, req_id="simkv")
-            missing = (~got[i * c:]).nonzero()
-            if len(missing):                        # evicted since the lookup: the prefix ends
-                end = i * c + int(missing[0]) // c * c
-                return end, [(k[:, :, :end], v[:, :, :end]) for k, v in kv], hydrate_s
-            i = j
+                    end = min(end, done)
+            else:
+                mask = torch.zeros(j * c, dtype=torch.bool)
+                mask[i * c:] = True
+                got = self.lmcache.retrieve(tokens[: j * c], mask=mask, kvcaches=kv, req_id="simkv")
+                missing = (~got[i * c:]).nonzero()
+                if len(missing):                      # evicted since the lookup: the prefix ends
+                    end = min(end, i + int(missing[0]) // c)
+        if end < len(sources):
+            return end * c, [(k[:, :, :end * c], v[:, :, :end * c]) for k, v in kv], hydrate_s
         return hit, kv, hydrate_s
 
+    def _touch(self, keys: list, sources: list[str]) -> None:
+        """The lookup's side of a hit, as the simulator's: each chunk served by the GPU cache or
+        LMCache's CPU backend is an access for that tier's eviction order, in prompt order, before
+        anything is admitted. (LMCache's own CPU read does not touch its policy, and its vLLM path
+        touches every looked-up CPU chunk, the GPU's too, in reverse; the disk backend's read
+        touches its chunk, as here.)"""
+        cpu = self._backends["cpu"]
+        for m, tier in enumerate(sources):
+            key = keys[m]
+            if tier == "gpu":
+                self.gpu_cache.hit(key.chunk_hash, self._tick())
+            elif tier == "cpu" and cpu is not None:
+                with cpu.cpu_lock:
+                    if key in cpu.hot_cache:
+                        cpu.cache_policy.update_on_hit(key, cpu.hot_cache)
+
     def _store(self, tokens: list[int], keys: list, sources: list[str], cache: DynamicCache) -> None:
-        """Update the GPU cache chunk by chunk in prompt order (a hit for the chunks it served,
-        an admission for the chunks loaded from LMCache or the archive, or computed: they now
-        sit in device memory), then store the computed and the archive's full chunks into
-        LMCache. The cache is only changed after the loads, so admitting a chunk never evicts
-        one this request still reads."""
+        """Admit the prompt's full chunks to the GPU cache in prompt order (those it served stay,
+        already touched by :meth:`_touch`; the others, loaded from LMCache or the archive or
+        computed, now sit in device memory), then write them through to LMCache
+        (:meth:`_write_through`). A chunk the GPU cache served but evicted before its turn (a
+        cache smaller than the prompt: the admissions before it pushed it out) is admitted again
+        and written through, as the simulator does. The cache is only changed after the loads,
+        so admitting a chunk never evicts one this request still reads."""
         c = self.chunk_size
         n_full = len(tokens) // c * c
         kv = [(layer.keys, layer.values) for layer in cache.layers]
+        written = list(sources)
         for m in range(n_full // c):
             key = keys[m].chunk_hash
-            if m < len(sources) and sources[m] == "gpu" and key in self.gpu_cache:
-                self.gpu_cache.hit(key, self._tick())
-            else:
-                if key not in self.gpu_cache:
-                    self._counts["bytes_stored"]["gpu"] += self.chunk_bytes
-                self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
-        new = [m for m in range(n_full // c) if m >= len(sources) or sources[m] == "archive"]
-        self._store_lmcache(tokens, new, kv)
+            if m < len(sources) and sources[m] == "gpu":
+                if key in self.gpu_cache:
+                    continue
+                written[m] = "gpu-evicted"   # admitted again, and written through like a computed chunk
+            if key not in self.gpu_cache:
+                self._counts["bytes_stored"]["gpu"] += self.chunk_bytes
+            self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
+        self._write_through(tokens, keys, written, kv)
         self._counts["archive_hydrations"] += sources.count("archive")
+
+    def _write_through(self, tokens: list[int], keys: list, sources: list[str], kv: KVLayers) -> None:
+        """The simulator's ``write_through``, chunk by chunk in prompt order, for every chunk the
+        GPU cache did not serve: the CPU tier receives it unless it came from there (held already:
+        an access; else stored), the disk tier likewise unless it came from disk (LMCache's disk
+        backend touches a chunk it holds and writes one it lacks). Chunks read from disk were
+        written back to the CPU by LMCache's retrieve. A run of chunks the CPU lacks is one
+        LMCache store (CPU put and disk write); a chunk the CPU holds is handed to the disk
+        backend from the CPU's copy, so no staging buffer is allocated for it (an allocation in a
+        full pool evicts). Whether the CPU holds a chunk is read when its turn comes, after the
+        stores before it.
+
+        Deterministic: one chunk per store and each disk write done before the next chunk. LMCache
+        adds a chunk to the disk's eviction order when its asynchronous write finishes, so a
+        write still in flight when a later chunk of the request touches its own disk copy would
+        land after that touch (the simulator's order: the write first)."""
+        cpu, disk = self._backends["cpu"], self._backends["disk"]
+        n = len(tokens) // self.chunk_size
+        src = [sources[m] if m < len(sources) else None for m in range(n)]
+
+        def needs_store(m: int) -> bool:
+            return src[m] in (None, "archive", "gpu-evicted") and (cpu is None or not cpu.contains(keys[m]))
+
+        m = 0
+        while m < n:
+            if src[m] in ("gpu", "disk"):
+                m += 1
+                continue
+            if needs_store(m):
+                j = m + 1
+                while j < n and needs_store(j) and not self.deterministic:
+                    j += 1
+                self._store_lmcache(tokens, list(range(m, j)), kv)
+                if self.deterministic:
+                    self._drain_disk()
+                m = j
+                continue
+            key = keys[m]                      # the CPU holds it (served from there, or held)
+            assert cpu is not None
+            if src[m] != "cpu":
+                with cpu.cpu_lock:
+                    if key in cpu.hot_cache:
+                        cpu.cache_policy.update_on_hit(key, cpu.hot_cache)
+            if disk is not None:
+                obj = cpu.get_blocking(key)
+                if obj is not None:
+                    if not disk.contains(key):
+                        self._counts["bytes_stored"]["disk"] += self.chunk_bytes
+                    try:
+                        disk.submit_put_task(key, obj)
+                    finally:
+                        obj.ref_count_down()
+                    if self.deterministic:
+                        self._drain_disk()
+            m += 1
+
+    def _drain_disk(self, timeout_s: float = 60.0) -> None:
+        """Wait (at most ``timeout_s``) until LMCache's pending disk writes are done."""
+        disk = self._backends["disk"]
+        if disk is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while disk.disk_worker.put_tasks and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     def _store_lmcache(self, tokens: list[int], chunks: list[int], kv: KVLayers) -> None:
         """Store ``chunks`` (indices) of ``kv`` into LMCache: one store per run (LMCache's mask
@@ -765,14 +898,26 @@ class _Chunks(ChunkSource):
         chunk = e.gpu_cache.chunks.get(key.chunk_hash)
         if chunk is not None:
             return fmt.to_bytes(chunk)
-        for tier in ("cpu", "disk"):
-            backend = e._backends[tier]
-            obj = backend.get_blocking(key) if backend is not None else None
-            if obj is not None:
+        cpu, disk = e._backends["cpu"], e._backends["disk"]
+        obj = cpu.get_blocking(key) if cpu is not None else None   # no policy update
+        if obj is not None:
+            try:
+                return fmt.to_bytes(obj.tensor)
+            finally:
+                obj.ref_count_down()
+        if disk is not None:
+            # The file itself, not the backend's read: that would touch the disk's eviction order
+            # and allocate in LMCache's CPU pool (evicting there), which the simulator's worker,
+            # reading a block, does not. The file holds the chunk's bytes from its start.
+            with disk.disk_lock:
+                meta = disk.dict.get(key)
+            if meta is not None:
                 try:
-                    return fmt.to_bytes(obj.tensor)
-                finally:
-                    obj.ref_count_down()
+                    with open(meta.path, "rb") as f:
+                        raw = f.read(fmt.raw_bytes)
+                except OSError:
+                    return None
+                return raw if len(raw) == fmt.raw_bytes else None
         return None
 
 

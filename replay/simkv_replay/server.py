@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
+import math
 import queue
 import re
 import secrets
@@ -52,7 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from simkv.errors import SimkvError
 from simkv.scenario import Scenario
-from simkv_replay.archive import ArchiveOptions
+from simkv_replay.archive import ArchiveOptions, TraceClock
 from simkv_replay.engine import LOCAL_TIERS, TIERS, EngineError, KVEngine, RequestResult
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,7 @@ class CompletionRequest(_Body):
     model: str | None = None
     prompt_class: str | None = None
     request_id: str | None = None
+    arrival_s: float | None = None
 
 
 class PromptRequest(_Body):
@@ -295,6 +298,8 @@ class _Completion:
     tokens: list[int]
     max_tokens: int
     arrival: float
+    prompt_class: str | None = None
+    trace_arrival_s: float | None = None
     on_token: Callable[[int | None], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -346,7 +351,9 @@ def _complete(engine: KVEngine, job: _Completion, ttft: Histogram) -> _Done:
     ``job.on_token`` as soon as it exists (``None`` at the end)."""
     start = time.perf_counter()
     try:
-        result = engine.serve(job.tokens)
+        if job.trace_arrival_s is not None:   # the trace clock: the passes due first
+            engine.advance(job.trace_arrival_s)
+        result = engine.serve(job.tokens, prompt_class=job.prompt_class)
         ids: list[int] = []
         first = last = time.perf_counter()
         tokens = engine.decode(result, job.max_tokens)
@@ -401,9 +408,12 @@ def _sse(data: Any) -> str:
 
 # -- the app --------------------------------------------------------------------------------------
 def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str = "tiny",
-               tokenizer: Tokenizer | None = None) -> FastAPI:
+               tokenizer: Tokenizer | None = None, trace_clock: bool = False) -> FastAPI:
     """The HTTP app over ``engine``. Its lifespan starts the worker and, at shutdown, lets it
-    finish every queued job; the caller owns (and closes) the engine."""
+    finish every queued job; the caller owns (and closes) the engine. ``trace_clock``: every
+    completion must carry ``arrival_s`` (its trace arrival time, seconds), and the worker moves
+    the engine's clock there before serving it (:meth:`KVEngine.advance`); without it
+    ``arrival_s`` is ignored."""
     tokenizer = tokenizer or ByteTokenizer()
     worker = Worker()
     registry = CollectorRegistry()
@@ -533,7 +543,16 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
         rid = body.request_id or f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         name = body.model or model_name
-        job = _Completion(tokens, max_tokens, arrival=time.perf_counter())
+        arrival_s = None
+        if trace_clock:
+            arrival_s = body.arrival_s
+            if arrival_s is None:
+                raise APIError(400, "arrival_s: required: this engine runs on the trace clock "
+                               "(--clock trace); send each request's trace arrival time in seconds")
+            if not math.isfinite(arrival_s) or arrival_s < 0:
+                raise APIError(400, f"arrival_s: {arrival_s!r} is not a time (finite, >= 0)")
+        job = _Completion(tokens, max_tokens, arrival=time.perf_counter(), prompt_class=body.prompt_class,
+                          trace_arrival_s=arrival_s)
 
         def usage(done: _Done) -> dict:
             return usage_of(done, engine.chunk_size, engine.chunk_bytes)
@@ -632,26 +651,38 @@ def _graceful_signals() -> Iterator[None]:
 def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, api_key: str | None = None, disk_path: str | Path | None = None,
           archive: ArchiveOptions | str | Path | None = None, log_level: str = "warning",
-          on_ready: Callable[[str], None] | None = None) -> None:
+          on_ready: Callable[[str], None] | None = None, clock: str = "wall") -> None:
     """Build the model and the engine for ``scenario`` and serve them until SIGINT / SIGTERM:
     then stop accepting, finish the queued requests, close LMCache (the archive worker finishes
     its pass and runs a last one) and return. ``disk_path`` (LMCache's disk tier) defaults to a
     temporary folder removed at exit; ``archive`` (where ``tiers.archive`` lives: ``s3://bucket/
     prefix`` or a folder, see :class:`ArchiveOptions`) is required when the scenario enables it.
-    ``on_ready(url)`` is called once the server accepts connections."""
+    ``on_ready(url)`` is called once the server accepts connections. ``clock``: ``wall`` (engine
+    time is the wall clock, or ``archive.clock_scale`` times it; the archive worker is a thread)
+    or ``trace`` (engine time is each request's ``arrival_s``; the archive's passes run in the
+    worker before the request they precede; LMCache's disk writes are done before the next
+    request: see :meth:`KVEngine.advance`)."""
     import torch
     import uvicorn
 
     from simkv_replay.models import load_model
 
+    if clock not in ("wall", "trace"):
+        raise EngineError(f"--clock: {clock!r} is not wall or trace")
     sock = bind(host, port)
     url = url_of(sock)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="simkv-disk-") as tmp:
         hf_model = load_model(model, device)
         tokenizer = load_tokenizer(model)
-        with KVEngine(scenario, hf_model, disk_path=disk_path or tmp, archive=archive) as engine:
-            app = create_app(engine, api_key=api_key, model_name=model, tokenizer=tokenizer)
+        trace = clock == "trace"
+        if trace and archive is not None:
+            opts = archive if isinstance(archive, ArchiveOptions) else ArchiveOptions(archive)
+            archive = dataclasses.replace(opts, clock=TraceClock(), worker_thread=False)
+        with KVEngine(scenario, hf_model, disk_path=disk_path or tmp, archive=archive,
+                      deterministic=trace) as engine:
+            app = create_app(engine, api_key=api_key, model_name=model, tokenizer=tokenizer,
+                             trace_clock=trace)
             config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=None)
 
             class Server(uvicorn.Server):

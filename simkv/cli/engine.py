@@ -67,6 +67,12 @@ def serve_cmd(
     clock_scale: Annotated[float, typer.Option(
         help="Engine time runs this many times faster than the wall clock (TTLs and the archive "
              "interval shrink with it): set it to a replay's --speed.")] = 1.0,
+    clock: Annotated[str, typer.Option(
+        help="wall: engine time is the wall clock (times --clock-scale). trace: engine time is each "
+             "request's arrival_s (simkv replay sends it; a request without it is refused): the "
+             "archive's passes run before the request they precede at the simulator's times, and "
+             "LMCache's disk writes finish before the next request, so hits per tier match "
+             "simkv run's request by request (docs/system.md).")] = "wall",
     log_level: Annotated[str, typer.Option(help="Log level of the server and LMCache: "
                                            + ", ".join(LOG_LEVELS) + ".")] = "warning",
 ) -> None:
@@ -83,6 +89,11 @@ def serve_cmd(
         raise SimkvError(f"--device: {device!r} is not cpu or cuda")
     if not clock_scale > 0:
         raise SimkvError(f"--clock-scale: {clock_scale!r} must be > 0")
+    if clock not in ("wall", "trace"):
+        raise SimkvError(f"--clock: {clock!r} is not wall or trace")
+    if clock == "trace" and clock_scale != 1.0:
+        raise SimkvError("--clock-scale: the trace clock follows the requests' arrival_s; "
+                         "leave --clock-scale at 1 with --clock trace")
     if not archive_timeout > 0:
         raise SimkvError(f"--archive-timeout: {archive_timeout!r} must be > 0")
     sc = load_scenario(scenario, overrides or [])
@@ -101,7 +112,7 @@ def serve_cmd(
         where = ArchiveOptions(archive or "simkv-archive", endpoint_url=archive_endpoint,
                                region=archive_region, timeout_s=archive_timeout, clock_scale=clock_scale)
     serve(sc, model=model, device=device, host=host, port=port, api_key=api_key,
-          disk_path=disk_path, archive=where, log_level=log_level.lower(),
+          disk_path=disk_path, archive=where, log_level=log_level.lower(), clock=clock,
           on_ready=lambda url: console.print(f"simkv engine ({escape(model)}) serving at {url}",
                                              highlight=False, soft_wrap=True))
 

@@ -212,7 +212,8 @@ def _payload(tr: Trace, i: int, prompts: PromptBuilder, options: ReplayOptions,
     max_tokens = int(tr.output_tokens[i]) if options.max_tokens is None else options.max_tokens
     payload = {"prompt": tokens, "max_tokens": max_tokens, "stream": True,
                "stream_options": {"include_usage": True}, "temperature": 0,
-               "request_id": rid, "prompt_class": str(tr.table.column("prompt_class")[i])}
+               "request_id": rid, "prompt_class": str(tr.table.column("prompt_class")[i]),
+               "arrival_s": float(tr.arrival_s[i])}   # for simkv engine serve --clock trace
     if model:
         payload["model"] = model
     return payload
