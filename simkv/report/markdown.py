@@ -165,7 +165,7 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
     rows += [[("**" + label + "**") if over else label, value, detail]
              for label, value, detail, over in load_rows(s)]
     if measured and "cost_saved_dollars" not in s:
-        return rows + [["cost saved", "n/a", "not measured (simkv run the same trace and scenario "
+        return [*rows, ["cost saved", "n/a", "not measured (simkv run the same trace and scenario "
                         "for GPU time saved and archive dollars)"]]
     rows += [
         ["GPU time saved", fmt_seconds(g("gpu_seconds_saved", 0.0)),
