@@ -94,6 +94,33 @@ def test_run_report_skips_charts_that_do_not_apply(gen_trace: Trace, tmp_path: P
     assert "Not drawn" in md and "zero service time" in md
 
 
+def test_a_replay_report_shows_what_was_not_measured_as_na(run_dir: Path, tmp_path: Path) -> None:
+    """A replay's summary (``simkv replay``) has hits and TTFTs but no simulated duration, costs
+    or occupancy: its report says n/a for those, never $0 or 0 s, and keeps the CPU tier's hits."""
+    import shutil
+
+    d = tmp_path / "replay"
+    shutil.copytree(run_dir, d)
+    (d / "timeline.parquet").unlink()
+    full = json.loads((run_dir / "summary.json").read_text())
+    keep = ("scenario", "trace", "trace_source", "trace_sha256", "scenario_sha256", "simkv_version",
+            "requests", "block_size", "hit_tokens", "token_hit_rate", "token_hit_rate_by_class",
+            "block_hit_ratio", "request_full_hit_ratio", "request_any_hit_ratio",
+            *(f"token_hit_rate_{t}" for t in ("gpu", "cpu", "disk", "archive")),
+            *(f"ttft_p{p}_s" for p in (50, 90, 99)))
+    s = {k: full[k] for k in keep if k in full} | {"engine": "replay", "requests_failed": 0,
+                                                    "token_hit_rate_cpu": 0.125}
+    (d / "summary.json").write_text(json.dumps(s))
+    rep = write_report(d)
+    md = (d / "report.md").read_text()
+    assert md.startswith("# simkv replay report")
+    assert "measured by a replay" in md and "0 s simulated" not in md
+    assert "| cost saved | n/a |" in md and "$0" not in md and "| GPU time saved |" not in md
+    assert "cpu 12.50%" in md
+    assert not (d / "cost_breakdown.png").exists()
+    assert any(c.name == "cost_breakdown" and "replay" in c.note for c in rep.charts)
+
+
 def test_sweep_report_heatmap_capacity_chart_and_top_cells(ttl_sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     res = simkv_cli("report", str(ttl_sweep), "-o", str(out), "--objective", "cost_saved", "--top", "3")

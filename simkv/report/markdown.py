@@ -131,11 +131,14 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
     def g(k: str, default: Any = 0) -> Any:
         return s.get(k, default)
 
+    measured = "duration_s" not in s       # a replay: hits and TTFTs measured, no costs or occupancy
     rows = [
-        ["requests", f"{g('requests'):,}", f"{fmt_seconds(g('duration_s', 0.0))} simulated"],
+        ["requests", f"{g('requests'):,}",
+         "measured by a replay" if measured else f"{fmt_seconds(g('duration_s', 0.0))} simulated"],
         ["token hit rate", fmt_pct(g("token_hit_rate", 0.0)),
          " / ".join(f"{t} {fmt_pct(g(f'token_hit_rate_{t}', 0.0))}" for t in TIERS
-                    if t != "cpu" or g("insertions_cpu") or g("storage_peak_bytes_cpu"))],
+                    if t != "cpu" or g("insertions_cpu") or g("storage_peak_bytes_cpu")
+                    or g("token_hit_rate_cpu"))],
     ]
     by_class = s.get("token_hit_rate_by_class")
     if isinstance(by_class, dict) and by_class:
@@ -161,6 +164,9 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
                                       "transfer_dollars"))
     rows += [[("**" + label + "**") if over else label, value, detail]
              for label, value, detail, over in load_rows(s)]
+    if measured and "cost_saved_dollars" not in s:
+        return [*rows, ["cost saved", "n/a", "not measured (simkv run the same trace and scenario "
+                        "for GPU time saved and archive dollars)"]]
     rows += [
         ["GPU time saved", fmt_seconds(g("gpu_seconds_saved", 0.0)),
          fmt_dollars(g("gpu_dollars_saved", 0.0))],
@@ -176,7 +182,8 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
     """``report.md`` for one run."""
     s = run.summary
     desc = run.scenario.get("description") or ""
-    lines = [f"# simkv run report: {s.get('scenario', run.path.name)}", ""]
+    kind = "replay" if s.get("engine") == "replay" else "run"
+    lines = [f"# simkv {kind} report: {s.get('scenario', run.path.name)}", ""]
     if desc:
         lines += [f"{desc}", ""]
     lines += [f"- run directory: `{shown_path(run.path)}`",

@@ -184,6 +184,8 @@ def cost_breakdown(run: RunData, out: Path) -> Chart:
     transfer dollars, to the net cost saved."""
     name, title = "cost_breakdown", "Cost breakdown"
     s = run.summary
+    if "cost_saved_dollars" not in s:
+        return Chart(name, title, note="no costs in this run (a replay measures hits and TTFTs only)")
     gpu = float(s.get("gpu_dollars_saved", 0.0))
     parts = [("GPU time saved", gpu)]
     for key, label in (("archive_storage_dollars", "archive storage"),
