@@ -93,9 +93,11 @@ class Engine:
         return self.log.read_text()[-3000:]
 
     def stop(self) -> int:
+        """SIGTERM, then the engine drains: its archive worker finishes the pass in flight and
+        runs a last one (on the loaded CI machine, a backlog of S3 PUTs can take a minute)."""
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(60)
+            return self.proc.wait(240)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return -9
@@ -137,11 +139,6 @@ def test_sweep_to_fidelity_report(env, tmp_path) -> None:
                 "--warmup", "0")
         proc = subprocess.run([*SIMKV, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
                               env=env["env"])
-        if proc.returncode == 2 and "the disk writes did not finish" in proc.stderr:
-            # a known, intermittent failure of calibrate's wait for LMCache's asynchronous disk
-            # writes over HTTP (seen on the loaded 2-core machine); not this flow's to fix
-            pytest.xfail("simkv calibrate --engine: the wait for LMCache's disk writes timed out "
-                         "(known intermittent calibrate issue)")
         assert proc.returncode == 0, f"simkv {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
     finally:
         assert engine.stop() == 0, engine.tail()
