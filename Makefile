@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sim.py
 	$(BIN)/python bench/bench_curve.py
 	$(BIN)/python bench/bench_sweep.py
+	PYTHONHASHSEED=0 $(BIN)/python bench/bench_engine.py --server
 
 clean:
 	rm -rf $(VENV) runs

@@ -430,10 +430,10 @@ class KVEngine:
 
     def clear(self, tiers: Sequence[str] = LOCAL_TIERS, *, timeout_s: float = 30.0) -> dict[str, int]:
         """Drop the named local tiers' contents (for calibration and tests; never the archive);
-        returns the chunks dropped per tier. The disk tier first waits (at most ``timeout_s``)
-        for LMCache's pending asynchronous writes, so a chunk being written does not reappear
-        after the clear. LMCache 0.5.6's disk backend has no ``clear``: its chunks are removed
-        one by one."""
+        returns the chunks dropped per tier. Clearing the CPU or disk tier first waits (at most
+        ``timeout_s``) for LMCache's pending asynchronous disk writes, so a chunk being written
+        neither stays pinned in the CPU tier nor reappears on disk after the clear. LMCache
+        0.5.6's disk backend has no ``clear``: its chunks are removed one by one."""
         unknown = [t for t in tiers if t not in LOCAL_TIERS]
         if unknown:
             raise EngineError(f"tiers: {unknown[0]!r} is not a local tier ({', '.join(LOCAL_TIERS)})")
@@ -442,6 +442,13 @@ class KVEngine:
 
     def _clear(self, tiers: Sequence[str], timeout_s: float) -> dict[str, int]:
         out: dict[str, int] = {}
+        disk = self._backends["disk"]
+        if disk is not None and {"cpu", "disk"} & set(tiers):
+            # A pending disk write pins its CPU copy (the CPU clear skips pinned objects) and
+            # would re-create a cleared disk chunk: let them finish first.
+            deadline = time.monotonic() + timeout_s
+            while disk.disk_worker.put_tasks and time.monotonic() < deadline:
+                time.sleep(0.005)
         for tier in dict.fromkeys(tiers):
             if tier == "gpu":
                 out[tier] = self.gpu_cache.clear()
@@ -454,9 +461,6 @@ class KVEngine:
                 self.lmcache.clear(locations=[_BACKENDS["cpu"]])
                 out[tier] -= len(backend.hot_cache)
             else:
-                deadline = time.monotonic() + timeout_s
-                while backend.disk_worker.put_tasks and time.monotonic() < deadline:
-                    time.sleep(0.005)
                 out[tier] = 0
                 for key in list(backend.dict):
                     meta = backend.dict.get(key)

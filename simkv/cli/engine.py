@@ -104,3 +104,40 @@ def serve_cmd(
           disk_path=disk_path, archive=where, log_level=log_level.lower(),
           on_ready=lambda url: console.print(f"simkv engine ({escape(model)}) serving at {url}",
                                              highlight=False, soft_wrap=True))
+
+
+@engine_app.command("vllm")
+def vllm_cmd(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML (block_size, the GPU/CPU/disk tiers).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for lmcache.yaml and serve.sh.")],
+    overrides: SetOpt = None,
+    model: Annotated[str, typer.Option(help="The model folder vLLM serves (with --load-format dummy, "
+                                       "a folder with config.json is enough).")] = "models/llama-8b-shape",
+    disk_path: Annotated[str, typer.Option(help="Folder of LMCache's disk tier.")] = "/tmp/lmcache-disk",
+    host: Annotated[str, typer.Option(help="Address vLLM listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port vLLM listens on.")] = 8000,
+    real_weights: Annotated[bool, typer.Option(help="Load the folder's weights (default: random, "
+                                               "--load-format dummy).")] = False,
+) -> None:
+    """Write the vLLM + LMCache counterpart of a scenario (LMCache's config and the exact `vllm
+    serve` command, docs/vllm.md), so `simkv replay` can drive vLLM with the same tiers."""
+    import yaml
+
+    from simkv.fileio import make_dir
+    from simkv.replay.vllm import lmcache_config, shell_line, vllm_command
+    from simkv.scenario import load_scenario
+
+    sc = load_scenario(scenario, overrides or [])
+    config = lmcache_config(sc, disk_path)
+    argv = vllm_command(sc, model, host=host, port=port, dummy_weights=not real_weights)
+    make_dir(out)
+    config_file = out / "lmcache.yaml"
+    config_file.write_text(f"# LMCache configuration for {scenario} (simkv engine vllm)\n"
+                           + yaml.safe_dump(config, sort_keys=False))
+    line = shell_line(argv, str(config_file))
+    script = out / "serve.sh"
+    script.write_text(f"#!/usr/bin/env bash\n# vLLM + LMCache for {scenario} "
+                      f"(simkv engine vllm; docs/vllm.md)\nexec env {line}\n")
+    script.chmod(0o755)
+    console.print(f"wrote {escape(str(config_file))} and {escape(str(out / 'serve.sh'))}:", highlight=False)
+    console.print(escape(line), highlight=False, soft_wrap=True)

@@ -1,0 +1,93 @@
+"""The vLLM + LMCache counterpart of a scenario: LMCache's configuration file and the exact
+``vllm serve`` command, so ``simkv replay`` can drive vLLM with the tiers the simulator models.
+
+What maps (docs/vllm.md): ``block_size`` → LMCache ``chunk_size``; ``tiers.cpu`` →
+``local_cpu`` / ``max_local_cpu_size`` (GB, LMCache's unit is GiB: ``bytes / 2**30``);
+``tiers.disk`` → ``local_disk`` / ``max_local_disk_size``; the CPU/disk ``eviction`` →
+``cache_policy``; ``tiers.gpu`` → vLLM's own prefix cache of ``--num-gpu-blocks-override N``
+blocks of ``--block-size`` tokens, ``N = capacity_bytes // (vllm_block × bytes per token)``
+(the scenario's ``model`` gives the bytes per token). What cannot map is refused naming the key:
+the archive (vLLM has none), a GPU eviction other than LRU (vLLM's prefix cache is LRU),
+``load_policy: if_faster``, CPU and disk evictions that differ (LMCache applies one policy)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from simkv.errors import ScenarioError
+from simkv.scenario import Scenario, TierCapacity
+from simkv.scenario.tiers import parse_bytes
+
+GIB = 1024**3
+#: LMCache's eviction policies (its ``cache_policy`` names, lower case).
+LMCACHE_POLICIES = ("lru", "lfu", "fifo", "mru")
+
+
+def _bytes(tier: TierCapacity, key: str, bytes_per_block: int) -> int | None:
+    if tier.capacity_blocks is not None:
+        return tier.capacity_blocks * bytes_per_block
+    raw = tier.capacity_bytes if tier.capacity_bytes is not None else tier.default_bytes
+    return parse_bytes(raw, f"{key}.capacity_bytes")
+
+
+def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
+    """LMCache's YAML configuration (``LMCACHE_CONFIG_FILE``) for the scenario's CPU and disk tiers."""
+    if scenario.block_size is None:
+        raise ScenarioError("block_size: LMCache's chunk_size, which must equal the replayed trace's; "
+                            "set it (e.g. --set block_size=256)")
+    block_bytes = scenario.block_size * scenario.model.bytes_per_token
+    cpu, disk = scenario.tiers.cpu, scenario.tiers.disk
+    policies = {t.eviction for t in (cpu, disk) if t.enabled}
+    if len(policies) > 1:
+        raise ScenarioError("tiers.cpu.eviction and tiers.disk.eviction differ; LMCache applies one "
+                            "policy to both")
+    policy = policies.pop() if policies else "lru"
+    if policy not in LMCACHE_POLICIES:
+        raise ScenarioError(f"tiers.cpu.eviction: {policy!r} is not one of LMCache's policies "
+                            f"({', '.join(LMCACHE_POLICIES)})")
+    config: dict[str, Any] = {"chunk_size": scenario.block_size, "local_cpu": cpu.enabled,
+                              "save_unfull_chunk": False, "cache_policy": policy.upper()}
+    for name, tier in (("cpu", cpu), ("disk", disk)):
+        if not tier.enabled:
+            continue
+        size = _bytes(tier, f"tiers.{name}", block_bytes)
+        if size is None:
+            raise ScenarioError(f"tiers.{name}.capacity_bytes: LMCache needs a finite capacity")
+        config[f"max_local_{name}_size"] = round(size / GIB, 3)
+    if disk.enabled:
+        config["local_disk"] = f"file://{disk_path.rstrip('/')}/"
+    return config
+
+
+def vllm_command(scenario: Scenario, model: str, *, host: str = "127.0.0.1", port: int = 8000,
+                 vllm_block: int = 16, dummy_weights: bool = True) -> list[str]:
+    """The ``vllm serve`` argv for the scenario (LMCache's connector, per-request cached-token
+    details, the GPU tier as vLLM's prefix cache, one request at a time as the simulator's queue)."""
+    if scenario.tiers.archive.enabled:
+        raise ScenarioError("tiers.archive.enabled: vLLM has no archive tier; replay a scenario "
+                            "without one against vLLM (--set tiers.archive.enabled=false)")
+    if scenario.tiers.gpu.eviction != "lru":
+        raise ScenarioError(f"tiers.gpu.eviction: {scenario.tiers.gpu.eviction!r}; vLLM's prefix "
+                            "cache evicts LRU")
+    if scenario.load_policy != "always":
+        raise ScenarioError(f"load_policy: {scenario.load_policy!r}; LMCache's connector always loads "
+                            "what it holds")
+    argv = ["vllm", "serve", model]
+    if dummy_weights:
+        argv += ["--load-format", "dummy"]
+    argv += ["--skip-tokenizer-init",
+             "--kv-transfer-config", '{"kv_connector":"LMCacheConnectorV1","kv_role":"kv_both"}',
+             "--enable-prompt-tokens-details", "--enable-prefix-caching", "--block-size", str(vllm_block)]
+    per_token = scenario.model.bytes_per_token
+    gpu = _bytes(scenario.tiers.gpu, "tiers.gpu", (scenario.block_size or 1) * per_token)
+    if gpu is not None:
+        argv += ["--num-gpu-blocks-override", str(max(1, gpu // (vllm_block * per_token)))]
+    argv += ["--max-num-seqs", "1", "--no-enable-chunked-prefill", "--host", host, "--port", str(port)]
+    return argv
+
+
+def shell_line(argv: list[str], config_file: str) -> str:
+    """The command as one shell line, with LMCache's environment."""
+    return (f"PYTHONHASHSEED=0 LMCACHE_CONFIG_FILE={shlex.quote(config_file)} "
+            + " ".join(shlex.quote(a) for a in argv))

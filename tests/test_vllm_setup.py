@@ -1,0 +1,75 @@
+"""``simkv engine vllm``: a scenario's vLLM + LMCache counterpart (LMCache's config, the exact
+``vllm serve`` argv), and the settings that cannot map refused naming their key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from simkv.errors import ScenarioError
+from simkv.replay.vllm import lmcache_config, vllm_command
+from simkv.scenario import scenario_from_dict
+from tests.conftest import simkv_cli
+from tests.test_cli import assert_user_error
+
+PER_TOKEN = 2 * 32 * 8 * 128 * 2          # the default model (Llama-3-8B shape, bf16): 128 KiB
+
+
+def scenario(**extra):
+    base = {"block_size": 256,
+            "tiers": {"gpu": {"capacity_bytes": "2GiB"},
+                      "cpu": {"enabled": True, "capacity_bytes": "48GiB"},
+                      "disk": {"enabled": True, "capacity_bytes": "500GiB"}}}
+    base.update(extra)
+    return scenario_from_dict(base)
+
+
+def test_the_tiers_map_onto_lmcache_and_vllm() -> None:
+    sc = scenario()
+    assert sc.model.bytes_per_token == PER_TOKEN
+    assert lmcache_config(sc, "/nvme/lm") == {
+        "chunk_size": 256, "local_cpu": True, "save_unfull_chunk": False, "cache_policy": "LRU",
+        "max_local_cpu_size": 48.0, "max_local_disk_size": 500.0, "local_disk": "file:///nvme/lm/"}
+    argv = vllm_command(sc, "m")
+    blocks = argv[argv.index("--num-gpu-blocks-override") + 1]
+    assert int(blocks) == 2 * 1024**3 // (16 * PER_TOKEN) == 1024
+    for flag in ("--enable-prompt-tokens-details", "--skip-tokenizer-init", "--kv-transfer-config"):
+        assert flag in argv
+    assert argv[argv.index("--max-num-seqs") + 1] == "1"
+
+
+def test_an_unlimited_gpu_tier_leaves_vllm_its_default() -> None:
+    argv = vllm_command(scenario(tiers={"gpu": {"capacity_bytes": "unlimited"}}), "m")
+    assert "--num-gpu-blocks-override" not in argv
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ({"tiers": {"archive": {"enabled": True}}, "ttl": {"heuristic": "static"}},
+     "tiers.archive.enabled"),
+    ({"tiers": {"gpu": {"eviction": "lfu"}}}, "tiers.gpu.eviction"),
+    ({"load_policy": "if_faster"}, "load_policy"),
+])
+def test_what_vllm_cannot_do_is_refused(extra, key) -> None:
+    with pytest.raises(ScenarioError, match=key):
+        vllm_command(scenario(**extra), "m")
+
+
+def test_lmcache_refuses_two_policies_and_an_unbounded_tier() -> None:
+    two = scenario(tiers={"cpu": {"enabled": True, "capacity_bytes": "1GiB", "eviction": "lru"},
+                          "disk": {"enabled": True, "capacity_bytes": "1GiB", "eviction": "fifo"}})
+    with pytest.raises(ScenarioError, match="differ"):
+        lmcache_config(two, "/d")
+    with pytest.raises(ScenarioError, match=r"tiers\.cpu\.capacity_bytes"):
+        lmcache_config(scenario(tiers={"cpu": {"enabled": True, "capacity_bytes": "unlimited"}}), "/d")
+
+
+def test_cli_writes_the_config_and_the_script(tmp_path) -> None:
+    proc = simkv_cli("engine", "vllm", "scenarios/default.yaml", "-o", str(tmp_path / "v"),
+                     "--set", "block_size=256", "--set", "load_policy=always")
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load((tmp_path / "v" / "lmcache.yaml").read_text())
+    assert config["chunk_size"] == 256 and config["local_disk"].startswith("file://")
+    script = (tmp_path / "v" / "serve.sh").read_text()
+    assert "vllm serve" in script and f"LMCACHE_CONFIG_FILE={tmp_path / 'v' / 'lmcache.yaml'}" in script
+    assert_user_error(simkv_cli("engine", "vllm", "scenarios/four-tier.yaml", "-o", str(tmp_path / "w"),
+                                "--set", "block_size=256"), "tiers.archive.enabled")
