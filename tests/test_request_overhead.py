@@ -122,6 +122,8 @@ def test_request_overhead_is_worker_time_in_the_queue_and_latency_outside_it(tmp
                       + o["per_request_s"] + blocks * (o["per_block_s"] + o["store_per_block_s"]))
     assert np.allclose(r["gpu_seconds_saved"], nocache_worker - service, rtol=1e-9, atol=1e-15)
     assert s["gpu_seconds_saved"] == pytest.approx(float(r["gpu_seconds_saved"].sum()), rel=1e-9)
+    assert s["gpu_busy_s"] == pytest.approx(float(service.sum()), rel=1e-9)
+    assert s["gpu_busy_s"] > base.summary["gpu_busy_s"]
 
 
 def test_loads_from_the_cpu_tier_pay_the_gpu_admission(tmp_path: Path) -> None:
@@ -144,3 +146,17 @@ def test_a_zero_request_section_changes_nothing(tmp_path: Path) -> None:
     b = _run(_profile(tmp_path, "b.yaml", request=dict.fromkeys(REQUEST_KEYS, 0.0)), tr)
     cols = ["queue_s", "load_s", "prefill_s", "ttft_s", "ttft_nocache_s", "gpu_seconds_saved"]
     assert a.requests[cols].equals(b.requests[cols])
+
+
+def test_stores_that_evict_from_disk_pay_the_disk_eviction(tmp_path: Path) -> None:
+    """LMCache evicts inside the store: a request pays ``disk_evict_per_block_s`` for each block
+    its stores push out of a full disk tier (held + stored − capacity, at most stored)."""
+    tr = make_trace([[1, 2], [3, 4], [5], [4]], block_size=B, arrivals=[0.0, 10.0, 20.0, 30.0])
+    block = B * 131072
+    res = _run(_profile(tmp_path, request={"disk_evict_per_block_s": 1.0}), tr,
+               gpu={"capacity_bytes": block}, disk={"enabled": True, "capacity_bytes": 2 * block})
+    r = res.requests
+    extra = r["ttft_s"] - (r["queue_s"] + r["load_s"] + r["prefill_s"])
+    # held before: 0, 2, 2, 2 blocks; stored: 2, 2, 1, 0 (block 4 is a disk hit)
+    assert r["disk_hit_tokens"].tolist() == [0, 0, 0, B]
+    assert extra.tolist() == pytest.approx([0.0, 2.0, 1.0, 0.0], abs=1e-12)

@@ -76,11 +76,15 @@ class RequestOverhead:
 
     * in the engine's worker, before the first token (so the next request waits for it too):
       ``service_s = per_request_s + blocks·per_block_s + stored·store_per_block_s +
-      admitted·admit_per_block_s``, ``blocks`` = the prompt's full blocks (hashed and looked
-      up), ``stored`` = those it computed or fetched from the archive (the engine stores them
-      into the GPU cache and LMCache), ``admitted`` = those loaded from the CPU or disk tier
-      (copied into the GPU cache); ``per_request_s`` and ``per_block_s`` are the worker's
-      time outside the load, prefill and store (hashing, the walk, the first token);
+      admitted·admit_per_block_s + evicted·disk_evict_per_block_s``, ``blocks`` = the
+      prompt's full blocks (hashed and looked up), ``stored`` = those it computed or fetched
+      from the archive (the engine stores them into the GPU cache and LMCache), ``admitted`` =
+      those loaded from the CPU or disk tier (copied into the GPU cache), ``evicted`` = the
+      disk blocks its stores evict (LMCache evicts inside the store, a scan of its disk index
+      and a file removal per chunk; estimated when the request starts as ``min(stored,
+      disk blocks held + stored − disk capacity)``, at least 0); ``per_request_s`` and
+      ``per_block_s`` are the worker's time outside the load, prefill and store (hashing, the
+      walk, the first token);
     * ``latency_s = latency_const_s + tokens·latency_per_token_s`` outside the worker (HTTP,
       JSON, validation, the event loops): in the TTFT the client measures, not in the queue."""
 
@@ -88,6 +92,7 @@ class RequestOverhead:
     per_block_s: float = 0.0
     store_per_block_s: float = 0.0
     admit_per_block_s: float = 0.0
+    disk_evict_per_block_s: float = 0.0
     latency_const_s: float = 0.0
     latency_per_token_s: float = 0.0
 
@@ -95,10 +100,10 @@ class RequestOverhead:
     def any(self) -> bool:
         return any(getattr(self, k) for k in REQUEST_KEYS)
 
-    def service_s(self, blocks: Any, stored: Any, admitted: Any) -> Any:
+    def service_s(self, blocks: Any, stored: Any, admitted: Any, evicted: Any = 0) -> Any:
         """The worker's time (scalars or arrays)."""
         return (self.per_request_s + blocks * self.per_block_s + stored * self.store_per_block_s
-                + admitted * self.admit_per_block_s)
+                + admitted * self.admit_per_block_s + evicted * self.disk_evict_per_block_s)
 
     def latency_s(self, tokens: Any) -> Any:
         """The time outside the worker for prompts of ``tokens`` tokens (scalars or arrays)."""
@@ -107,7 +112,7 @@ class RequestOverhead:
 
 #: The keys of a table profile's ``request`` section (each optional, 0 when absent).
 REQUEST_KEYS = ("per_request_s", "per_block_s", "store_per_block_s", "admit_per_block_s",
-                "latency_const_s", "latency_per_token_s")
+                "disk_evict_per_block_s", "latency_const_s", "latency_per_token_s")
 
 
 class HardwareProfile(ABC):

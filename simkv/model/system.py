@@ -147,8 +147,13 @@ class TieredCache(CacheBase):
             tiers[src].hit(blocks[i], lo + i)  # type: ignore[union-attr]
         if self.overhead.any and not self.zero_time:
             # stored: computed or hydrated full blocks; admitted: copied up from the CPU or disk
-            plan.overhead_s = self.overhead.service_s(len(blocks), len(blocks) - k + counts[ARCHIVE],
-                                                      counts[CPU] + counts[DISK])
+            stored = len(blocks) - k + counts[ARCHIVE]
+            evicted = 0
+            cap = self.capacity[DISK]
+            if self.overhead.disk_evict_per_block_s and self.disk is not None and cap is not None:
+                evicted = min(stored, max(0, len(self.disk.members) + stored - cap))
+            plan.overhead_s = self.overhead.service_s(len(blocks), stored, counts[CPU] + counts[DISK],
+                                                      evicted)
         if counts[ARCHIVE]:
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
