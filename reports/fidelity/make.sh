@@ -35,10 +35,11 @@ run "$SIMKV" trace gen -o "$TRACE" --seed 0 --requests 1000 --set block_size=16 
   python=$(dirname "$(command -v "$SIMKV" || echo "$SIMKV")")/python
   "$python" -c 'import sys, torch, transformers, lmcache, numpy, simkv
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| transformers", transformers.__version__,
-      "| lmcache", getattr(lmcache, "__version__", "0.5.6"), "| numpy", numpy.__version__, "| simkv", simkv.__version__)
-print("torch threads", torch.get_num_threads())'
+      "| lmcache", getattr(lmcache, "__version__", "0.5.6"), "| numpy", numpy.__version__, "| simkv", simkv.__version__)' \
+    2> /dev/null
+  echo "engine server: OMP_NUM_THREADS=1 (one torch thread)"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} > "$OUT/machine.txt" 2>&1
+} > "$OUT/machine.txt"
 
 # The engine: a server on a free port, stopped (SIGTERM, graceful) when this script exits. torch
 # gets one thread (OMP_NUM_THREADS=1): on 2 shared cores the engine's worker, its event loop and
@@ -72,7 +73,11 @@ rm -rf "$OUT/sim" "$OUT/replay"
 run "$SIMKV" run "$SCENARIO" -t "$TRACE" "${SET[@]}" -o "$OUT/sim"
 # The trace's own speed (1), sized so the server is busy about half the time (README.md): the queue
 # does not run away, and the simulator sees the same arrival times (it models the queue).
+# The machine's 1-minute load average every 10 s of the replay (other users' work included).
+(while sleep 10; do echo "$(date -u +%T) $(cut -d' ' -f1 /proc/loadavg)"; done > "$OUT/loadavg.txt") &
+SAMPLER=$!
 run "$SIMKV" replay "$SCENARIO" --engine "$URL" -t "$TRACE" "${SET[@]}" -o "$OUT/replay" --speed 1
+kill $SAMPLER
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
 run "$SIMKV" validate "$OUT/sim" "$OUT/replay" -o "$OUT" -t "$TRACE"
 # What each term of the time model changes (same replay, the profile cut down step by step).
