@@ -127,6 +127,26 @@ def test_calibration_writes_a_table_profile_load_profile_accepts(calibrated: tup
     assert "table LOO err" in stdout and "disk_cold" in stdout
 
 
+def test_calibration_measures_what_a_request_costs_besides_loads_and_prefill(
+        calibrated: tuple[Path, str]) -> None:
+    """In-process: the worker's rest and the stores (no HTTP, so no latency outside it)."""
+    out, _ = calibrated
+    doc = yaml.safe_load(out.read_text())
+    cal = doc["calibration"]
+    req = doc["request"]
+    assert set(req) == {"per_request_s", "per_block_s", "store_per_block_s", "admit_per_block_s",
+                        "disk_evict_per_block_s"}
+    assert req["store_per_block_s"] == cal["store"]["store"]["per_block_s"] >= 0
+    assert req["admit_per_block_s"] == cal["store"]["admit"]["per_block_s"]
+    assert req["per_request_s"] == pytest.approx(cal["request"]["rest"]["per_request_s"]
+                                                 + cal["store"]["store"]["per_request_s"])
+    # the rest was measured on prompts of every grid length and the longest (48 + 32 tokens)
+    assert cal["request"]["rest"]["chunks"] == [0, 1, 3, 5]
+    assert all(v >= 0 for v in req.values()) and req["per_request_s"] > 0
+    assert "latency_* is not measured" in doc["notes"]
+    assert load_profile(out).overhead.any
+
+
 def test_table_is_exact_at_grid_points_and_fit_errors_match(calibrated: tuple[Path, str]) -> None:
     out, _ = calibrated
     prof = load_profile(out)
@@ -340,6 +360,12 @@ def test_http_probe_calibrates_a_running_server_with_an_s3_archive(tmp_path: Pat
         a = _check_archive_entries(doc)
         objects = client.list_objects_v2(Bucket="kv-calibrate", Prefix="calib/").get("Contents", [])
         assert len(objects) >= a["uploads"]
+        # Over HTTP the latency outside the worker is measured too (client TTFT - server TTFT).
+        from simkv.model.hardware import REQUEST_KEYS
+
+        assert set(doc["request"]) == set(REQUEST_KEYS)
+        assert doc["request"]["latency_const_s"] + doc["request"]["latency_per_token_s"] > 0
+        assert doc["calibration"]["request"]["latency"]["chunks"] == [1, 16, 32]
         assert isinstance(load_profile(out), TableProfile)
     finally:
         srv.terminate()

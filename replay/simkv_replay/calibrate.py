@@ -20,13 +20,19 @@ lookup before each timed run checks the chunks are exactly where the measurement
   fitted ``load = per_request_s + chunks·per_block_s`` (least squares, both >= 0).
 * store: ``store_s`` of the run that computed the chunks (GPU cache + LMCache CPU copy) and,
   with a disk tier, the time from the run's end until LMCache's asynchronous disk writes are
-  done; the per-chunk slope of each.
+  done; the per-chunk slope of each; and ``store_s`` of the run that loaded them from the CPU
+  tier (their copy into the GPU cache: ``admit``).
 * the archive, where the engine has one (:func:`_measure_archive`): a request's chunks are
   uploaded by an archive pass the probe triggers, the local tiers cleared, and the request
   served again from the archive alone: ``archive`` is its ``load_s`` (fetch + verify +
   decompress + copy), fitted like the other loads; the pass's compress + upload seconds per
   chunk, the uploads' raw / stored bytes (the codec's ratio on the model's real KV), and the
   compress and decompress speeds from the archive's counters.
+* the request overhead (the profile's ``request`` section, what a request costs besides its
+  loads, prefill and stores): on fresh prompts of every grid length, served as the replay sends
+  them (:meth:`Probe.serve_timed`), the worker's rest ``ttft − queue − load − prefill − store``
+  fitted against the prompt's chunks, and (over HTTP) the latency outside the worker, the
+  client's TTFT minus the server's, fitted against its tokens.
 """
 
 from __future__ import annotations
@@ -144,6 +150,11 @@ class Served:
     store_s: float
     hydrate_s: float = 0.0
     bytes_loaded: dict[str, int] = field(default_factory=dict)
+    #: The server's queue and arrival → first token (in-process: 0 and the serve's wall time).
+    queue_s: float | None = None
+    ttft_s: float | None = None
+    #: Send → first streamed token at the client (over HTTP, from :meth:`Probe.serve_timed`).
+    client_ttft_s: float | None = None
 
 
 class Probe(ABC):
@@ -165,6 +176,11 @@ class Probe(ABC):
 
     @abstractmethod
     def serve(self, tokens: list[int]) -> Served: ...
+
+    def serve_timed(self, tokens: list[int]) -> Served:
+        """Serve ``tokens`` as a replay sends a request (over HTTP: streamed, one token), with
+        ``ttft_s`` (and ``client_ttft_s`` where there is a client) set."""
+        return self.serve(tokens)
 
     @abstractmethod
     def lookup(self, tokens: list[int]) -> list[str]: ...
@@ -196,6 +212,10 @@ class Probe(ABC):
     def counters(self) -> dict[str, float]:
         """The engine's archive fetch counters (:data:`ARCHIVE_COUNTERS`), cumulative."""
         return {}
+
+    def disk_evictions(self) -> int | None:
+        """Chunks the disk tier has evicted so far (``None``: not known)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Provenance: device, versions, model shape."""
@@ -309,9 +329,12 @@ class InProcessProbe(Probe):
         return {k: float(c[k]) for k in ARCHIVE_COUNTERS if k in c}
 
     def serve(self, tokens: list[int]) -> Served:
+        t0 = time.perf_counter()
         r = self.engine.serve(tokens)
+        wall = time.perf_counter() - t0
         return Served(dict(r.hit_tokens), r.load_s, r.prefill_s, r.store_s, r.hydrate_s,
-                      {t: n // self.chunk_size * self.chunk_bytes for t, n in r.hit_tokens.items()})
+                      {t: n // self.chunk_size * self.chunk_bytes for t, n in r.hit_tokens.items()},
+                      queue_s=0.0, ttft_s=wall)
 
     def lookup(self, tokens: list[int]) -> list[str]:
         return self.engine.lookup(tokens)
@@ -355,6 +378,9 @@ class InProcessProbe(Probe):
                 raise CalibrationError(f"LMCache's disk writes did not finish in {timeout:.0f} s")
             time.sleep(0.0002)
         return time.perf_counter() - t0
+
+    def disk_evictions(self) -> int | None:
+        return int(self.engine.counters()["evictions"].get("disk", 0))
 
     def drop_disk_cache(self) -> bool:
         if not hasattr(os, "posix_fadvise"):
@@ -427,7 +453,10 @@ class HTTPProbe(Probe):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         models = self._call("GET", "/v1/models")
-        self.model_name = str((models.get("data") or [{}])[0].get("id", "unknown"))
+        first = (models.get("data") or [{}])[0]
+        self.model_name = str(first.get("id", "unknown"))
+        context = first.get("max_model_len")
+        self.context = context if isinstance(context, int) and context > 0 else None
         from simkv_replay.models import SHAPES
 
         self.random_weights = True if self.model_name in SHAPES else None
@@ -480,11 +509,52 @@ class HTTPProbe(Probe):
 
     def serve(self, tokens: list[int]) -> Served:
         out = self._call("POST", "/v1/completions", {"prompt": tokens, "max_tokens": 0})
-        s = out["usage"]["simkv"]
+        return self._served(out["usage"])
+
+    @staticmethod
+    def _served(usage: dict[str, Any]) -> Served:
+        s = usage["simkv"]
         src = s["tokens_by_source"]
+
+        def num(key: str) -> float | None:
+            return float(s[key]) if isinstance(s.get(key), int | float) else None
+
         return Served({t: int(src.get(t, 0)) for t in (*LOCAL_TIERS, "archive")}, float(s["load_s"]),
                       float(s["prefill_s"]), float(s["store_s"]), float(s.get("hydrate_s") or 0.0),
-                      {t: int(v) for t, v in (s.get("bytes_loaded") or {}).items()})
+                      {t: int(v) for t, v in (s.get("bytes_loaded") or {}).items()},
+                      queue_s=num("queue_s"), ttft_s=num("ttft_s"))
+
+    def serve_timed(self, tokens: list[int]) -> Served:
+        """A streamed completion of one token with the usage chunk, as ``simkv replay`` sends
+        it; ``client_ttft_s`` is send → first streamed token, as the replay measures it."""
+        import json
+
+        import httpx
+
+        body = {"prompt": tokens, "max_tokens": 1, "stream": True, "stream_options": {"include_usage": True}}
+        first = usage = None
+        try:
+            t0 = time.perf_counter()
+            with self.client.stream("POST", "/v1/completions", json=body) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise CalibrationError(f"--engine {self.url}: /v1/completions (stream): HTTP "
+                                           f"{r.status_code}: {r.text[:200]}")
+                for line in r.iter_lines():
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                        continue
+                    chunk = json.loads(line[5:])
+                    if chunk.get("choices") and first is None:
+                        first = time.perf_counter() - t0
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+        except httpx.HTTPError as exc:
+            raise CalibrationError(f"--engine {self.url}: /v1/completions (stream): {exc}") from None
+        if usage is None or first is None:
+            raise CalibrationError(f"--engine {self.url}: a streamed completion sent no token or no usage")
+        served = self._served(usage)
+        served.client_ttft_s = first
+        return served
 
     def lookup(self, tokens: list[int]) -> list[str]:
         return list(self._call("POST", "/kv/lookup", {"prompt": tokens})["tiers"])
@@ -524,6 +594,13 @@ class HTTPProbe(Probe):
             if key in ARCHIVE_COUNTERS and name == f"simkv_{key}_total":
                 out[key] = float(value)
         return out
+
+    def disk_evictions(self) -> int | None:
+        text = self.client.get("/metrics").text
+        for line in text.splitlines():
+            if line.startswith('simkv_evictions_total{tier="disk"}'):
+                return int(float(line.split()[-1]))
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"device": f"engine at {self.url} (device and versions are not reported by the API)",
@@ -639,7 +716,18 @@ def steps(plan: Plan, tiers: Sequence[str], wait_clears: bool = False) -> int:
     prefill = sum(2 if c else 1 for c in plan.cached_tokens) * len(plan.new_tokens) * runs
     per_load = 1 + len([t for t in ("gpu", "cpu") if t in tiers]) + (2 if "disk" in tiers else 0) \
         + (2 if "archive" in tiers else 0) + (2 if "disk" in tiers and wait_clears else 0)
-    return prefill + (per_load * len(plan.chunks) * runs if plan.tiers else 0)
+    loads = per_load * len(plan.chunks) * runs if plan.tiers else 0
+    full = len(plan.chunks) * runs if plan.tiers and "disk" in tiers else 0
+    return prefill + loads + len(overhead_lengths(plan)) * runs + full
+
+
+def overhead_lengths(plan: Plan, context: int | None = None) -> list[int]:
+    """Prompt lengths of the request-overhead measurement: the grid's new-token counts and its
+    longest prompt (new + cached), one token short of ``context`` at most (one is generated)."""
+    longest = plan.new_tokens[-1] + plan.cached_tokens[-1]
+    if context is not None:
+        longest = min(longest, context - 1)
+    return sorted({*(n for n in plan.new_tokens if n <= longest), longest})
 
 
 def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
@@ -685,7 +773,7 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
 
     # Loads per tier, stores.
     loads: dict[str, dict[int, list[float]]] = {}
-    stores: dict[str, dict[int, list[float]]] = {"store": {}, "disk_write": {}}
+    stores: dict[str, dict[int, list[float]]] = {"store": {}, "disk_write": {}, "admit": {}}
     chunk_bytes = probe.chunk_bytes
     cold_dropped = False
     for k in plan.chunks if plan.tiers else []:
@@ -728,6 +816,8 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
                 _expect(probe, prompt, ["cpu"] * k, f"{what} from cpu")
                 timed["cpu"] = r = counted(probe.serve(prompt))
                 _hits(r, "cpu", want, f"{what} from cpu")
+                if keep:
+                    stores["admit"].setdefault(k, []).append(r.store_s)
             if "disk" in probe.tiers:
                 probe.wait_on_disk(full)
                 for label in ("disk_cold", "disk_warm"):
@@ -746,6 +836,42 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
         archive = _measure_archive(probe, plan, fresh, counted, local, notes)
         if archive is not None:
             loads["archive"], loads["archive_hydrate"] = archive.pop("loads"), archive.pop("hydrates")
+
+    # The request overhead: fresh prompts (misses), served as the replay sends them.
+    rest: dict[int, list[float]] = {}
+    latency: dict[int, list[float]] = {}
+    for n in overhead_lengths(plan, probe.context):
+        for rep in range(runs):
+            probe.clear(local)
+            r = counted(probe.serve_timed(fresh(n)))
+            if rep < plan.warmup or r.ttft_s is None:
+                continue
+            rest.setdefault(n // C, []).append(r.ttft_s - (r.queue_s or 0.0) - r.load_s - r.prefill_s
+                                               - r.store_s)
+            if r.client_ttft_s is not None:
+                latency.setdefault(n, []).append(r.client_ttft_s - r.ttft_s)
+    stores["rest"], stores["latency"] = rest, latency
+
+    # Stores into full tiers: LMCache evicts inside the store (the disk backend scans its index
+    # and removes a file per chunk). Fill the disk tier with fresh prompts until it evicts, then
+    # time stores of k computed chunks, each of which now evicts one disk chunk.
+    if "disk" in probe.tiers and plan.tiers and probe.disk_evictions() is not None:
+        probe.clear(local)
+        fill = min(probe.context or 4096, 4096) - 1
+        start = probe.disk_evictions() or 0
+        for _ in range(10_000):
+            probe.serve(fresh(fill))
+            if (probe.disk_evictions() or 0) > start:
+                break
+        full: dict[int, list[float]] = {}
+        for k in plan.chunks:
+            for rep in range(runs):
+                r = counted(probe.serve(fresh(k * C + 1)))
+                if rep >= plan.warmup:
+                    full.setdefault(k, []).append(r.store_s)
+        stores["store_full"] = full
+        probe.clear(local)
+
     return _profile(probe, plan, scenario, seconds, loads, stores, chunk_bytes, notes,
                     cold_dropped=cold_dropped, archive=archive)
 
@@ -874,6 +1000,18 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
     measured_archive = _archive_summary(archive)
     if measured_archive is not None and measured_archive["uploads"]:
         store["archive"] = {"per_block_s": measured_archive["store_s_per_chunk"]}
+    request = _request_section(fitted)
+    if request:
+        notes.append(
+            "request: the engine's time per request besides loads, prefill and stores: per_request_s + "
+            "per_block_s x chunks is the worker's rest (ttft - queue - load - prefill - store of fresh "
+            "prompts) plus the store's intercept; store_per_block_s is the store slope of computed "
+            "chunks, admit_per_block_s that of chunks loaded from the CPU tier; disk_evict_per_block_s "
+            "is the store slope with the tiers full (every stored chunk evicts one from disk) minus "
+            "store_per_block_s; " + ("latency_* is the client's TTFT minus the server's (streamed, one "
+                                     "token, as simkv replay sends), by prompt tokens (calibration."
+                                     "request.latency's chunks are tokens)" if "latency" in fitted else
+                                     "measured in-process (no HTTP): latency_* is not measured"))
 
     if "disk" not in probe.tiers:
         notes.append("disk: the engine has no disk tier; load.disk and store.disk are the analytic "
@@ -890,8 +1028,8 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
                      "(compression ratio, compress / decompress and network speeds not measured)")
     elif measured_archive is not None:
         notes += _archive_notes(probe, measured_archive)
-    notes.append("load.gpu is the engine's GPU-cache copy, recorded but not charged (the simulator "
-                 "charges GPU hits nothing)")
+    notes.append("load.gpu is the engine's GPU-cache copy (KV chunks copied out of the GPU cache "
+                 "into the request's KV), charged to GPU hits")
     if "cpu" in probe.tiers:
         notes.append("store.cpu is the per-chunk slope of the engine's store_s (GPU cache + LMCache "
                      "CPU copy, disk writes queued)")
@@ -924,13 +1062,15 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
                              "formula": "const_s + per_token_s*n + attn_s*n*(n+c), least squares on "
                                         "relative residuals, constants >= 0",
                              "prefill_rel": a_err.tolist()},
-            "load": {k: v for k, v in fitted.items() if k not in ("store", "disk_write")},
-            "store": {k: v for k, v in fitted.items() if k in ("store", "disk_write")},
+            "load": {k: v for k, v in fitted.items() if k not in _STORE_LABELS},
+            "store": {k: v for k, v in fitted.items() if k in ("store", "disk_write", "admit", "store_full")},
+            "request": {k: v for k, v in fitted.items() if k in ("rest", "latency")},
         },
         "prefill": {"new_tokens": [int(v) for v in new], "cached_tokens": [int(v) for v in cached],
                     "seconds": seconds.tolist()},
         "load": load,
         "store": store,
+        **({"request": request} if request else {}),
     }
     if measured_archive is not None:
         doc["calibration"]["archive"] = measured_archive
@@ -1006,6 +1146,27 @@ def _archive_notes(probe: Probe, a: dict[str, Any]) -> list[str]:
                      f"{CALIBRATION_TTL_S:.0f} s (TTLs are the objects' metadata; the times do not "
                      "depend on them), and the objects written were deleted afterwards")
     return notes
+
+
+_STORE_LABELS = ("store", "disk_write", "admit", "store_full", "rest", "latency")
+
+
+def _request_section(fitted: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The profile's ``request`` section from the fitted lines (empty: nothing measured)."""
+    if "rest" not in fitted:
+        return {}
+    rest, store = fitted["rest"], fitted.get("store", {})
+    out = {"per_request_s": rest["per_request_s"] + store.get("per_request_s", 0.0),
+           "per_block_s": rest["per_block_s"],
+           "store_per_block_s": store.get("per_block_s", 0.0),
+           "admit_per_block_s": fitted.get("admit", {}).get("per_block_s", 0.0)}
+    if "store_full" in fitted:
+        slope = fitted["store_full"]["per_block_s"]
+        out["disk_evict_per_block_s"] = max(slope - out["store_per_block_s"], 0.0)
+    if "latency" in fitted:
+        out |= {"latency_const_s": fitted["latency"]["per_request_s"],
+                "latency_per_token_s": fitted["latency"]["per_block_s"]}
+    return out
 
 
 def _nan_none(a: np.ndarray) -> list[list[float | None]]:

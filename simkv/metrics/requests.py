@@ -56,6 +56,10 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     archive_request_dollars − transfer_dollars``; ``request_cost_dollars`` is the sum of the
     three archive columns; ``archive_objects`` counts the PUTs charged (uploads and refresh
     COPYs, each a new object).
+
+    ``ttft_s = queue_s + load_s + prefill_s`` (+ the table profile's request overhead where it
+    has one: the worker's stores and fixed time, and the latency outside the worker; the
+    no-cache baseline pays them too, storing every block; :class:`~simkv.model.hardware.RequestOverhead`).
     """
     B = trace.block_size
     arrival = trace.arrival_s
@@ -69,8 +73,20 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     prefill = np.asarray(log.prefill_s)
     hw = scenario.hardware
     service_nocache = prefill_array(hw, n_tokens, np.zeros_like(n_tokens))
+    service = load + prefill
+    # A table profile's request overhead: the worker's other time (stores, the rest) is service
+    # time, the latency outside it is TTFT only; without one both are 0 and nothing changes.
+    overhead = cache.overhead
+    ttft = start - arrival + load + prefill
+    if overhead.any and not hw.zero_service_time:
+        service = service + np.asarray(log.overhead_s)
+        ttft = ttft + np.asarray(log.overhead_s) + overhead.latency_s(n_tokens)
+        service_nocache = service_nocache + overhead.service_s(blocks, blocks, 0)
     start_nocache = fifo_start_times(arrival, service_nocache, hw.gpus)
-    gpu_saved_s = service_nocache - (load + prefill)
+    ttft_nocache = start_nocache - arrival + service_nocache
+    if overhead.any and not hw.zero_service_time:
+        ttft_nocache = ttft_nocache + overhead.latency_s(n_tokens)
+    gpu_saved_s = service_nocache - service
     a = scenario.tiers.archive
     fetched = arch_b * cache.archive_bytes
     storage_cost = archive_storage_dollars(scenario, cache)
@@ -91,8 +107,8 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
         "queue_s": start - arrival,
         "load_s": load,
         "prefill_s": prefill,
-        "ttft_s": start - arrival + load + prefill,
-        "ttft_nocache_s": start_nocache - arrival + service_nocache,
+        "ttft_s": ttft,
+        "ttft_nocache_s": ttft_nocache,
         **{f"{t}_loaded_bytes": tier_blocks[t] * _block_bytes(cache, t) for t in LOAD_TIERS},
         "gpu_seconds_saved": gpu_saved_s,
         "gpu_dollars_saved": gpu_saved_dollars,

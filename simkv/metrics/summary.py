@@ -170,7 +170,8 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
     below is work per second of that span, so a value ≥ 1 means the resource cannot keep up
     with the arrivals, whatever happens after the last one:
 
-    * ``gpu_busy_s`` = Σ (load + prefill) over requests (a GPU is busy while it loads);
+    * ``gpu_busy_s`` = Σ (load + prefill) over requests (a GPU is busy while it loads; with a
+      table profile's ``request`` section, + the worker's stores and fixed time);
       ``gpu_utilization`` = gpu_busy_s / (arrival_span_s × gpus); ≥ 1: the FIFO queue
       grows without bound and TTFT percentiles measure that queue, not the cache;
       ``gpus_suggested`` = the least N with gpu_busy_s / (arrival_span_s × N) ≤ 0.85;
@@ -196,6 +197,11 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
     span = last - first
     gpus = scenario.hardware.gpus
     busy = float((requests["load_s"] + requests["prefill_s"]).sum())
+    overhead = cache.overhead
+    if overhead.any and not scenario.hardware.zero_service_time:   # + the worker's other time
+        worker = (requests["ttft_s"] - requests["queue_s"] - requests["load_s"] - requests["prefill_s"]
+                  - overhead.latency_s(requests["input_tokens"].to_numpy()))
+        busy += float(worker.sum())
     util = _share(busy, span * gpus)
     disk_cfg, arch_cfg = scenario.tiers.disk, scenario.tiers.archive
     disk_demand = _share(cache.disk_writes * cache.block_bytes, span * disk_cfg.write_gbps * GB)

@@ -57,14 +57,20 @@ def best_cut(sources: list[int], n_tokens: int, block_size: int, hw: HardwarePro
     """``load_policy: if_faster``: ``argmin_k load(sources[:k]) + prefill(n - k·B, k·B)`` over
     a prefix whose blocks come from tiers ``sources`` (TIER_NAMES indices), the longest ``k``
     on ties; returns ``(k, load_s, prefill_s)``. A tier's latency is paid once, by its first
-    block. The simulator's reference cache and the real engine both cut here."""
+    block (GPU blocks cost ``load.gpu`` of a table profile, else nothing). The simulator's
+    reference cache and the real engine both cut here."""
     B = block_size
     best_k, best_load, best_prefill = 0, 0.0, hw.prefill_s(n_tokens, 0)
     best = best_prefill
     load = 0.0
-    seen_cpu = seen_disk = seen_arch = False
+    seen_gpu = seen_cpu = seen_disk = seen_arch = False
+    gpu_costs = bool(tr.gpu_lat or tr.gpu_per_block)
     for k, src in enumerate(sources, start=1):
-        if src == CPU:
+        if src == GPU:
+            if gpu_costs:
+                load += tr.gpu_per_block + (0.0 if seen_gpu else tr.gpu_lat)
+                seen_gpu = True
+        elif src == CPU:
             load += tr.cpu_per_block + (0.0 if seen_cpu else tr.cpu_lat)
             seen_cpu = True
         elif src == DISK:
@@ -90,6 +96,7 @@ class Plan:
     prefill_s: float
     tier_blocks: list[int] = field(default_factory=lambda: [0] * len(TIER_NAMES))
     used: int = 0  # prefix blocks used (after any if_faster cut)
+    overhead_s: float = 0.0  # the worker's time besides load and prefill (RequestOverhead.service_s)
 
 
 class CacheBase:
@@ -130,6 +137,11 @@ class CacheBase:
         self._arch_per_block = tr.arch_per_block
         self._arch_compress_per_block = tr.arch_compress_per_block
         self._arch_upload_per_block = tr.arch_upload_per_block
+        self._gpu_lat = tr.gpu_lat
+        self._gpu_per_block = tr.gpu_per_block
+        self._gpu_costs = bool(tr.gpu_lat or tr.gpu_per_block)
+        #: What a request costs besides load and prefill (a table profile's ``request``).
+        self.overhead = self.hw.overhead
         a = t.archive
         self.cpu_free_at = 0.0  # when the CPU's copy queue drains
         self.disk_free_at = 0.0  # when the disk's write queue drains

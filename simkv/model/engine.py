@@ -5,8 +5,10 @@ Each GPU is one process that serves requests in arrival order::
     take the next request → wait until it has arrived → look up its prefix in the tiers
         → load the hit blocks and prefill the rest (one timeout) → store its blocks
 
-so ``TTFT = queueing + load time of the hit blocks + prefill time of the rest``, exactly as
-for a FIFO multi-server queue. Tier state changes are plain calls on the cache
+so ``TTFT = queueing + load time of the hit blocks + prefill time of the rest`` (plus, with a
+table profile's ``request`` section, the worker's other time before the first token, which the
+next request waits for too, and the latency outside the worker), exactly as for a FIFO
+multi-server queue. Tier state changes are plain calls on the cache
 (a :class:`~simkv.model.cache_base.CacheBase`: the reference tiers or the compiled ones); the
 only events are an idle GPU's wait for the next arrival, the service timeout and the worker's
 ticks: at most two events per request.
@@ -29,9 +31,9 @@ class RequestLog:
     """Per-request outcomes, indexed by the request's row in the trace (compact arrays:
     eight bytes a value, for traces of millions of requests). Per tier (``TIER_NAMES``):
     ``<tier>_blocks``, the prefix blocks it served, and ``<tier>_bytes``, the bytes it held
-    after the request."""
+    after the request. ``overhead_s``: the worker's time besides load and prefill."""
 
-    FLOATS = ("start_s", "load_s", "prefill_s")
+    FLOATS = ("start_s", "load_s", "prefill_s", "overhead_s")
     INTS = ("prefix_blocks", *(f"{t}_blocks" for t in TIER_NAMES), *(f"{t}_bytes" for t in TIER_NAMES))
 
     def __init__(self, n: int) -> None:
@@ -68,12 +70,15 @@ def simulate(
             start = env.now
             plan = cache.begin(r, start)
             service = plan.load_s + plan.prefill_s
+            if plan.overhead_s:
+                service += plan.overhead_s
             if service > 0.0:
                 yield env.timeout(service)
             cache.finish(r, plan, env.now)
             log.start_s[r] = start
             log.load_s[r] = plan.load_s
             log.prefill_s[r] = plan.prefill_s
+            log.overhead_s[r] = plan.overhead_s
             log.prefix_blocks[r] = plan.prefix_blocks
             for column, value in zip(tier_blocks, plan.tier_blocks, strict=True):
                 column[r] = value

@@ -5,8 +5,11 @@ A profile answers three questions, vectorised where the metrics need many answer
 * ``prefill(n, c)``: seconds to prefill ``n`` new tokens after ``c`` cached ones (at least
   one token is always computed, so ``n`` is ``max(n, 1)``);
 * the transfer times (:class:`Transfers`): per-request and per-block load time of the CPU,
-  disk and archive tiers (GPU hits cost nothing), CPU and disk write time per block, and the
+  disk and archive tiers (and of GPU hits: nothing, unless a table profile measured the
+  engine's GPU-cache copy as ``load.gpu``), CPU and disk write time per block, and the
   archive worker's compress + upload time per block;
+* what a request costs besides its loads and prefill (:class:`RequestOverhead`: a table
+  profile's optional ``request`` section, nothing otherwise);
 * a block's value (:meth:`HardwareProfile.block_value_s`): the GPU time one reuse of it saves,
   defined from ``prefill`` alone so that it agrees with what the engine charges;
 * the archive's compression ratio (:meth:`HardwareProfile.compression_ratio`): the scenario's
@@ -45,7 +48,9 @@ GB = 1e9
 class Transfers:
     """Seconds: ``*_lat`` once per request that loads from the tier, ``*_per_block`` per block.
 
-    Load time of a request = ``cpu_lat + n_cpu·cpu_per_block`` (if it loads any CPU block)
+    Load time of a request = ``gpu_lat + n_gpu·gpu_per_block`` (if it hits any GPU block; both
+    0 except in a table profile with ``load.gpu``) ``+ cpu_lat + n_cpu·cpu_per_block`` (if it
+    loads any CPU block)
     ``+ disk_lat + n_disk·disk_per_block`` (if any disk block) ``+ arch_lat +
     n_arch·arch_per_block`` (if any archive block); CPU and disk writes each queue behind
     each other at ``cpu_write_per_block`` / ``disk_write_per_block``; an archive pass is busy
@@ -62,6 +67,54 @@ class Transfers:
     cpu_lat: float = 0.0
     cpu_per_block: float = 0.0
     cpu_write_per_block: float = 0.0
+    gpu_lat: float = 0.0
+    gpu_per_block: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestOverhead:
+    """Seconds a request costs besides its loads and prefill (a table profile's ``request``
+    section, measured by ``simkv calibrate`` against a server; all 0 without it):
+
+    * in the engine's worker, before the first token (so the next request waits for it too):
+      ``service_s = per_request_s + blocks·per_block_s + stored·store_per_block_s +
+      admitted·admit_per_block_s + evicted·disk_evict_per_block_s``, ``blocks`` = the
+      prompt's full blocks (hashed and looked up), ``stored`` = those it computed or fetched
+      from the archive (the engine stores them into the GPU cache and LMCache), ``admitted`` =
+      those loaded from the CPU or disk tier (copied into the GPU cache), ``evicted`` = the
+      disk blocks its stores evict (LMCache evicts inside the store, a scan of its disk index
+      and a file removal per chunk; estimated when the request starts as ``min(stored,
+      disk blocks held + stored − disk capacity)``, at least 0); ``per_request_s`` and
+      ``per_block_s`` are the worker's time outside the load, prefill and store (hashing, the
+      walk, the first token);
+    * ``latency_s = latency_const_s + tokens·latency_per_token_s`` outside the worker (HTTP,
+      JSON, validation, the event loops): in the TTFT the client measures, not in the queue."""
+
+    per_request_s: float = 0.0
+    per_block_s: float = 0.0
+    store_per_block_s: float = 0.0
+    admit_per_block_s: float = 0.0
+    disk_evict_per_block_s: float = 0.0
+    latency_const_s: float = 0.0
+    latency_per_token_s: float = 0.0
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, k) for k in REQUEST_KEYS)
+
+    def service_s(self, blocks: Any, stored: Any, admitted: Any, evicted: Any = 0) -> Any:
+        """The worker's time (scalars or arrays)."""
+        return (self.per_request_s + blocks * self.per_block_s + stored * self.store_per_block_s
+                + admitted * self.admit_per_block_s + evicted * self.disk_evict_per_block_s)
+
+    def latency_s(self, tokens: Any) -> Any:
+        """The time outside the worker for prompts of ``tokens`` tokens (scalars or arrays)."""
+        return self.latency_const_s + tokens * self.latency_per_token_s
+
+
+#: The keys of a table profile's ``request`` section (each optional, 0 when absent).
+REQUEST_KEYS = ("per_request_s", "per_block_s", "store_per_block_s", "admit_per_block_s",
+                "disk_evict_per_block_s", "latency_const_s", "latency_per_token_s")
 
 
 class HardwareProfile(ABC):
@@ -74,6 +127,8 @@ class HardwareProfile(ABC):
 
     def __init__(self, zero_service_time: bool = False) -> None:
         self.zero = zero_service_time
+        #: What a request costs besides loads and prefill (0 with ``zero_service_time``).
+        self.overhead = RequestOverhead()
 
     @abstractmethod
     def _prefill(self, n: np.ndarray, cached: np.ndarray) -> np.ndarray:
@@ -194,8 +249,9 @@ class TableProfile(HardwareProfile):
     bilinear between grid points and linearly extrapolated from the outermost cell beyond the
     grid (floored at 0); load and store times per block and per request as measured for the
     profile's ``block_size`` (the ``cpu`` entries are optional: needed only with a CPU tier;
-    ``load.gpu``, written by ``simkv calibrate``, is the engine's GPU-cache copy time, recorded
-    but not charged: the simulator charges GPU hits nothing); optionally the archive's measured
+    ``load.gpu``, written by ``simkv calibrate``, is the engine's GPU-cache copy time, charged to
+    GPU hits like any tier's load; without it GPU hits cost nothing); the optional ``request``
+    section is the :class:`RequestOverhead`; optionally the archive's measured
     ``archive.compression_ratio``, which replaces the scenario's."""
 
     kind = "table"
@@ -218,7 +274,11 @@ class TableProfile(HardwareProfile):
             arch_lat=load["archive"]["per_request_s"], arch_per_block=load["archive"]["per_block_s"],
             arch_compress_per_block=store["archive"]["per_block_s"], arch_upload_per_block=0.0,
             cpu_lat=cpu_load["per_request_s"], cpu_per_block=cpu_load["per_block_s"],
-            cpu_write_per_block=store.get("cpu", {"per_block_s": 0.0})["per_block_s"])
+            cpu_write_per_block=store.get("cpu", {"per_block_s": 0.0})["per_block_s"],
+            **({"gpu_lat": load["gpu"]["per_request_s"], "gpu_per_block": load["gpu"]["per_block_s"]}
+               if "gpu" in load else {}))
+        if "request" in data and not zero_service_time:
+            self.overhead = RequestOverhead(**{k: float(v) for k, v in data["request"].items()})
         self.ratio: float | None = (data.get("archive") or {}).get("compression_ratio")
 
     def compression_ratio(self, scenario: Scenario) -> float:
@@ -237,7 +297,7 @@ class TableProfile(HardwareProfile):
 # -- the profile file ---------------------------------------------------------------------
 
 _TOP_KEYS = {"version", "kind", "model", "block_size", "measured_on", "fit_error", "notes",
-             "calibration", "prefill", "load", "store", "archive"}
+             "calibration", "prefill", "load", "store", "archive", "request"}
 
 
 def _num(source: str, key: str, value: Any, allow_zero: bool = True) -> float:
@@ -317,6 +377,10 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
         m = _mapping(source, "archive", data["archive"], (), ("compression_ratio",))
         if "compression_ratio" in m:
             _num(source, "archive.compression_ratio", m["compression_ratio"], allow_zero=False)
+    if "request" in data:
+        m = _mapping(source, "request", data["request"], (), REQUEST_KEYS)
+        for k, v in m.items():
+            _num(source, f"request.{k}", v)
     return data
 
 

@@ -145,6 +145,15 @@ class TieredCache(CacheBase):
         for i, src in enumerate(sources):
             counts[src] += 1
             tiers[src].hit(blocks[i], lo + i)  # type: ignore[union-attr]
+        if self.overhead.any and not self.zero_time:
+            # stored: computed or hydrated full blocks; admitted: copied up from the CPU or disk
+            stored = len(blocks) - k + counts[ARCHIVE]
+            evicted = 0
+            cap = self.capacity[DISK]
+            if self.overhead.disk_evict_per_block_s and self.disk is not None and cap is not None:
+                evicted = min(stored, max(0, len(self.disk.members) + stored - cap))
+            plan.overhead_s = self.overhead.service_s(len(blocks), stored, counts[CPU] + counts[DISK],
+                                                      evicted)
         if counts[ARCHIVE]:
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
@@ -162,6 +171,10 @@ class TieredCache(CacheBase):
         n_disk = sources.count(DISK)
         n_arch = sources.count(ARCHIVE)
         t = 0.0
+        if self._gpu_costs:
+            n_gpu = sources.count(GPU)
+            if n_gpu:
+                t += self._gpu_lat + n_gpu * self._gpu_per_block
         if n_cpu:
             t += self._cpu_lat + n_cpu * self._cpu_per_block
         if n_disk:
