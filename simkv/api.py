@@ -111,14 +111,11 @@ def check_block_size(scenario: Scenario, trace: Trace) -> None:
                             f"{trace.path or ''} has block_size {trace.block_size}")
 
 
-def run(
-    scenario: Scenario | str | Path,
-    trace: Trace | str | Path | None = None,
-    *,
-    overrides: list[str] | None = None,
-    progress: Callable[[int], Any] | None = None,
-) -> Result:
-    """Simulate ``trace`` under ``scenario`` (a :class:`Scenario` or a YAML path)."""
+def resolve_inputs(scenario: Scenario | str | Path, trace: Trace | str | Path | None,
+                   overrides: list[str] | None = None) -> tuple[Scenario, Trace]:
+    """The scenario (loaded from a YAML path, ``overrides`` applied) and its trace (``trace``, or
+    the scenario's own, relative to the scenario file), their block sizes checked to agree:
+    what ``run`` and ``replay`` start from."""
     scenario_path = None
     if isinstance(scenario, str | Path):
         scenario_path = Path(scenario)
@@ -127,6 +124,18 @@ def run(
         scenario = scenario.with_overrides(overrides)
     tr = resolve_trace(scenario, trace, scenario_path)
     check_block_size(scenario, tr)
+    return scenario, tr
+
+
+def run(
+    scenario: Scenario | str | Path,
+    trace: Trace | str | Path | None = None,
+    *,
+    overrides: list[str] | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> Result:
+    """Simulate ``trace`` under ``scenario`` (a :class:`Scenario` or a YAML path)."""
+    scenario, tr = resolve_inputs(scenario, trace, overrides)
     engine, skipped = select_engine(scenario)
     rec = ENGINES.get(engine).run(scenario, tr, progress)
     requests = request_frame(tr, scenario, rec.cache, rec.log)

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from simkv import __version__
-from simkv.api import check_block_size, check_run_dir, clear_run_dir, resolve_trace
+from simkv.api import check_run_dir, clear_run_dir, resolve_inputs
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
 from simkv.metrics.schema import (
@@ -42,7 +42,7 @@ from simkv.metrics.summary import hit_metrics, ttft_metrics
 from simkv.model.system import TIER_NAMES
 from simkv.replay.pacing import Send, pace
 from simkv.replay.parts import REPLAY_COLUMNS, PartWriter, read_parts
-from simkv.scenario import Scenario, load_scenario
+from simkv.scenario import Scenario
 from simkv.traces.prompts import PromptBuilder
 from simkv.traces.schema import Trace
 
@@ -106,14 +106,7 @@ def replay(scenario: Scenario | str | Path, trace: Trace | str | Path | None, ou
     ``on_start(total, done)`` is called once the engine answered; ``progress(1)`` per row.
     Failed requests are rows with ``error`` set; an engine that does not answer at the start
     is a :class:`~simkv.replay.client.EngineUnreachable` before any row."""
-    scenario_path = None
-    if isinstance(scenario, str | Path):
-        scenario_path = Path(scenario)
-        scenario = load_scenario(scenario_path, overrides)
-    elif overrides:
-        scenario = scenario.with_overrides(overrides)
-    tr = resolve_trace(scenario, trace, scenario_path)
-    check_block_size(scenario, tr)
+    scenario, tr = resolve_inputs(scenario, trace, overrides)
     out = Path(out)
     prepare_out(out, options.resume)
     hashes = (trace_sha256(tr), scenario_sha256(scenario))
