@@ -36,7 +36,7 @@ run: $(STAMP)
 
 ## The test suite (what CI runs): unit and property tests, the golden-file regression, lint.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 	$(BIN)/simkv regress
 	$(BIN)/ruff check simkv tests bench replay
 

@@ -193,7 +193,7 @@ def test_sweep_to_fidelity_report(env, tmp_path) -> None:
     assert same_total.sum() == fid["hits"]["total_identical"]
 
     report = (d / "replay" / "report.md").read_text()
-    assert "report.md" in rep.stdout and "| **cost saved** | **$0**" not in report
+    assert "report.md" in rep.stdout.replace("\n", "") and "| **cost saved** | **$0**" not in report
     print(f"end-to-end flow: {time.monotonic() - t0:.1f} s; "
           f"hits identical in every tier {fid['hits']['identical']}/{n}, same total "
           f"{fid['hits']['total_identical']}/{n}", file=sys.stderr)
