@@ -17,7 +17,9 @@ random prompts (a fixed seed), checked with ``lookup`` to come from the tier it 
 * logits: a prefill continued from KV loaded from each tier equals the full prefill's (max abs
   difference);
 * server (``--server``, tiny shape): requests/s and p50 TTFT at the client for miss and hit
-  requests over real HTTP, and the server's overhead = client TTFT / (in-process load + prefill).
+  requests over real HTTP; the server's overhead = client TTFT / the engine's own load + prefill
+  (as the server reports them), and a miss's client TTFT / a bare in-process prefill of the
+  same tokens (no tiers, no server).
 """
 
 from __future__ import annotations
@@ -169,6 +171,10 @@ def bench_server(model: Any, sc: Any, prompts: Prompts, n: int, repeat: int, dis
                 out[kind] = {"requests_per_s": repeat / elapsed, "p50_ttft_s": median(ttfts),
                              "p50_engine_s": median(inner),
                              "overhead_ratio": median(ttfts) / median(inner)}
+        # A bare in-process prefill of the same number of tokens (no tiers, no server).
+        bare = bench_prefill(model, prompts, [n], repeat)[n]
+        out["bare_prefill_s"] = bare
+        out["miss"]["vs_bare_ratio"] = out["miss"]["p50_ttft_s"] / bare
     finally:
         server.should_exit = True
         thread.join(10)
@@ -229,7 +235,11 @@ def print_shape(shape: str, e: dict[str, Any]) -> None:
     ratio = ld["cpu"]["ttft_s"] / ld["miss_ttft_s"]
     print(f"  miss  TTFT {ld['miss_ttft_s'] * 1e3:.2f} ms  (CPU hit / miss = {ratio:.3f})")
     if "server" in e:
-        for kind, s in e["server"].items():
+        bare = e["server"]["bare_prefill_s"]
+        print(f"bare in-process prefill of the same tokens: {bare * 1e3:.2f} ms; a miss over HTTP "
+              f"takes x{e['server']['miss']['vs_bare_ratio']:.2f} of it")
+        for kind in ("miss", "hit"):
+            s = e["server"][kind]
             print(f"server {kind:4s}: {s['requests_per_s']:.1f} req/s, p50 TTFT "
                   f"{s['p50_ttft_s'] * 1e3:.2f} ms at the client vs {s['p50_engine_s'] * 1e3:.2f} ms "
                   f"in the engine: overhead x{s['overhead_ratio']:.2f}")
