@@ -485,7 +485,7 @@ class HTTPProbe(Probe):
     def _discover_tiers(self) -> tuple[str, ...]:
         """The API does not list the engine's tiers: serve one chunk, clear the GPU cache and
         see where it is (CPU, or disk once written); the archive where ``/kv/hydrate`` is not
-        501 (not built)."""
+        501 (no archive tier)."""
         rng = np.random.default_rng(2**31 - 1)
         probe = rng.integers(1, 512, self.chunk_size + 1).tolist()
         self.serve(probe)
