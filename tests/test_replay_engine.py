@@ -209,16 +209,22 @@ def test_bad_configuration_and_input_are_user_errors(model, make_engine, tmp_pat
 
 
 @pytest.mark.gpu
-def test_connector_round_trip_on_cuda(tmp_path):
+@pytest.mark.parametrize("tier", ["gpu", "cpu", "disk"])
+def test_prefill_continued_from_each_tier_on_cuda(tmp_path, tier):
+    """On a GPU (bf16, our connector's pinned batched copies): KV loaded from each tier continues
+    the prefill with the logits of a full prefill (bf16 kernels differ by shape: a tolerance)."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     gpu_model = load_model("tiny", "cuda")
-    with KVEngine(scenario(), gpu_model, disk_path=tmp_path) as engine:
-        tokens = prompt(9, 2 * CHUNK + 3)
+    sc = scenario(gpu_chunks=None if tier == "gpu" else 0)
+    with KVEngine(sc, gpu_model, disk_path=tmp_path) as engine:
+        tokens = prompt(9, 3 * CHUNK + 3)
         engine.serve(tokens)
+        if tier == "disk":
+            engine.clear(["cpu"])
         result = engine.serve(tokens, all_logits=True)
-        assert result.hit_tokens["cpu"] == 2 * CHUNK
-        full = _full_logits(gpu_model, tokens)[2 * CHUNK:]
+        assert result.hit_tokens[tier] == 3 * CHUNK
+        full = _full_logits(gpu_model, tokens)[3 * CHUNK:]
         torch.testing.assert_close(result.logits.float(), full.float(), rtol=2e-2, atol=2e-2)
 
 
