@@ -69,13 +69,13 @@ from lmcache.v1.cache_engine import LMCacheEngine, LMCacheEngineBuilder
 from lmcache.v1.config import LMCacheEngineConfig
 from lmcache.v1.metadata import LMCacheMetadata
 from lmcache.v1.standalone.manager import StandaloneLMCacheManager
-from lmcache.v1.storage_backend.cache_policy import POLICY_MAPPING
 from transformers import DynamicCache, PreTrainedModel
 
 from simkv.errors import ScenarioError, SimkvError
 from simkv.model.cache_base import TIER_NAMES, best_cut, new_policy_state
 from simkv.policies.eviction import EVICTION_POLICIES, EvictionPolicy
 from simkv.policies.state import PolicyState
+from simkv.replay.vllm import lmcache_policy
 from simkv.scenario import Scenario, TierCapacity
 from simkv_replay.archive import (
     ArchiveError,
@@ -197,22 +197,6 @@ class _Timer:
             self.seconds = self._start.elapsed_time(self._end) / 1000.0
         else:
             self.seconds = time.perf_counter() - self._t0
-
-
-def _lmcache_policy(scenario: Scenario) -> str:
-    """LMCache's ``cache_policy`` from the enabled CPU / disk tiers' ``eviction`` (one policy
-    serves both backends in LMCache, so they must agree)."""
-    tiers = [(f"tiers.{name}", getattr(scenario.tiers, name)) for name in ("cpu", "disk")
-             if getattr(scenario.tiers, name).enabled]
-    names = {t.eviction for _, t in tiers}
-    if len(names) > 1:
-        raise ScenarioError("tiers.cpu.eviction and tiers.disk.eviction differ; LMCache applies one "
-                            "policy to both backends")
-    name = names.pop() if names else "lru"
-    if name.upper() not in POLICY_MAPPING:
-        raise ScenarioError(f"{tiers[0][0]}.eviction: {name!r} is not one of LMCache's policies "
-                            f"({', '.join(p.lower() for p in POLICY_MAPPING)})")
-    return name.upper()
 
 
 def _count_evictions(backend: Any, tier: str, counts: dict[str, int], lock: threading.Lock) -> None:
@@ -337,7 +321,7 @@ class KVEngine:
                                 else staging_bytes / GIB),
             local_disk=f"file://{Path(disk_path).resolve()}/" if disk.enabled else None,
             max_local_disk_size=_gib(disk, "tiers.disk", self.chunk_bytes) if disk.enabled else 0.0,
-            cache_policy=_lmcache_policy(scenario),
+            cache_policy=lmcache_policy(scenario),
             lmcache_instance_id=self.instance_id,
             save_unfull_chunk=False,
             extra_config={"disk_io_threads": 1} if deterministic else None,

@@ -20,7 +20,7 @@ from simkv.scenario import Scenario, TierCapacity
 from simkv.scenario.tiers import parse_bytes
 
 GIB = 1024**3
-#: LMCache's eviction policies (its ``cache_policy`` names, lower case).
+#: LMCache 0.5.6's eviction policies (its ``cache_policy`` names, lower case).
 LMCACHE_POLICIES = ("lru", "lfu", "fifo", "mru")
 
 
@@ -31,6 +31,23 @@ def _bytes(tier: TierCapacity, key: str, bytes_per_block: int) -> int | None:
     return parse_bytes(raw, f"{key}.capacity_bytes")
 
 
+def lmcache_policy(scenario: Scenario) -> str:
+    """LMCache's ``cache_policy`` from the enabled CPU / disk tiers' ``eviction`` (one policy
+    serves both backends in LMCache, so they must agree); what simkv's engine and vLLM's LMCache
+    connector are configured with."""
+    tiers = [(f"tiers.{name}", getattr(scenario.tiers, name)) for name in ("cpu", "disk")
+             if getattr(scenario.tiers, name).enabled]
+    names = {t.eviction for _, t in tiers}
+    if len(names) > 1:
+        raise ScenarioError("tiers.cpu.eviction and tiers.disk.eviction differ; LMCache applies one "
+                            "policy to both backends")
+    name = names.pop() if names else "lru"
+    if name not in LMCACHE_POLICIES:
+        raise ScenarioError(f"{tiers[0][0]}.eviction: {name!r} is not one of LMCache's policies "
+                            f"({', '.join(LMCACHE_POLICIES)})")
+    return name.upper()
+
+
 def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
     """LMCache's YAML configuration (``LMCACHE_CONFIG_FILE``) for the scenario's CPU and disk tiers."""
     if scenario.block_size is None:
@@ -38,16 +55,8 @@ def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
                             "set it (e.g. --set block_size=256)")
     block_bytes = scenario.block_size * scenario.model.bytes_per_token
     cpu, disk = scenario.tiers.cpu, scenario.tiers.disk
-    policies = {t.eviction for t in (cpu, disk) if t.enabled}
-    if len(policies) > 1:
-        raise ScenarioError("tiers.cpu.eviction and tiers.disk.eviction differ; LMCache applies one "
-                            "policy to both")
-    policy = policies.pop() if policies else "lru"
-    if policy not in LMCACHE_POLICIES:
-        raise ScenarioError(f"tiers.cpu.eviction: {policy!r} is not one of LMCache's policies "
-                            f"({', '.join(LMCACHE_POLICIES)})")
     config: dict[str, Any] = {"chunk_size": scenario.block_size, "local_cpu": cpu.enabled,
-                              "save_unfull_chunk": False, "cache_policy": policy.upper()}
+                              "save_unfull_chunk": False, "cache_policy": lmcache_policy(scenario)}
     for name, tier in (("cpu", cpu), ("disk", disk)):
         if not tier.enabled:
             continue
