@@ -340,34 +340,7 @@ class InProcessProbe(Probe):
         return self.engine.lookup(tokens)
 
     def clear(self, tiers: Sequence[str]) -> None:
-        e = self.engine
-        disk = e._backends["disk"]
-        if "cpu" in tiers and disk is not None:
-            # A chunk's CPU copy and its pending disk write share one LMCache buffer, which the
-            # CPU backend's clear skips while the write holds it: let the writes land first.
-            deadline = time.monotonic() + 60
-            while disk.disk_worker.put_tasks and time.monotonic() < deadline:
-                time.sleep(0.001)
-        if hasattr(e, "clear"):               # the engine's own, where it has one
-            e.clear(list(tiers))
-            return
-        if "gpu" in tiers:
-            from simkv_replay.engine import GPUPrefixCache
-
-            old = e.gpu_cache
-            e.gpu_cache = GPUPrefixCache(old.capacity, type(old.policy)(None))
-            e.gpu_cache.evictions = old.evictions
-        if "cpu" in tiers and e._backends["cpu"] is not None:
-            e.lmcache.clear(locations=["LocalCPUBackend"])
-        disk = e._backends["disk"]
-        if "disk" in tiers and disk is not None:
-            # LMCache's disk backend has no clear(): let its queued writes land, then remove
-            # every chunk (its file too) through the backend's own remove().
-            deadline = time.monotonic() + 60
-            while disk.disk_worker.put_tasks and time.monotonic() < deadline:
-                time.sleep(0.001)
-            for key in list(disk.dict):
-                disk.remove(key)
+        self.engine.clear(list(tiers))        # waits for LMCache's pending disk writes first
 
     def wait_on_disk(self, tokens: list[int], timeout: float = 60.0) -> float:
         disk = self.engine._backends["disk"]
