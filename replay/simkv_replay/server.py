@@ -59,8 +59,6 @@ from simkv_replay.engine import LOCAL_TIERS, TIERS, EngineError, KVEngine, Reque
 
 log = logging.getLogger(__name__)
 
-#: Where a cached prompt token can come from, in walk order.
-SOURCES = TIERS
 #: vLLM's TTFT histogram buckets (seconds).
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -318,13 +316,10 @@ def usage_of(done: _Done, chunk_size: int, chunk_bytes: int) -> dict[str, Any]:
     (prompt tokens not computed = ``prompt_tokens - computed - recomputed``: a prompt served
     entirely from the tiers recomputes its last token, as vLLM does) and ours
     under ``simkv``. ``bytes_loaded[tier] = tokens from that tier / chunk_size * chunk_bytes``
-    unless the engine reports the request's bytes itself."""
+    (as the engine's counters count them)."""
     r = done.result
-    by_source = {s: int(r.hit_tokens.get(s, 0)) for s in SOURCES}
+    by_source = {s: int(r.hit_tokens[s]) for s in TIERS}
     by_source["computed"] = int(r.computed_tokens)
-    loaded = getattr(r, "bytes_loaded", None)
-    if not isinstance(loaded, dict):
-        loaded = {s: by_source[s] // chunk_size * chunk_bytes for s in SOURCES}
     return {
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": len(done.ids),
@@ -334,10 +329,10 @@ def usage_of(done: _Done, chunk_size: int, chunk_bytes: int) -> dict[str, Any]:
         "simkv": {
             "tokens_by_source": by_source,
             "recomputed_tokens": r.recomputed_tokens,
-            "bytes_loaded": {s: int(loaded.get(s, 0)) for s in SOURCES},
+            "bytes_loaded": {s: by_source[s] // chunk_size * chunk_bytes for s in TIERS},
             "queue_s": done.queue_s,
             "load_s": r.load_s,
-            "hydrate_s": float(getattr(r, "hydrate_s", 0.0)),
+            "hydrate_s": r.hydrate_s,
             "prefill_s": r.prefill_s,
             "store_s": r.store_s,
             "decode_s": done.decode_s,
@@ -504,7 +499,7 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
         tiers = await run(lambda: engine.lookup(tokens))
         c = engine.chunk_size
         return {"prompt_tokens": len(tokens), "chunk_size": c, "tiers": tiers,
-                "tokens_by_source": {s: tiers.count(s) * c for s in SOURCES},
+                "tokens_by_source": {s: tiers.count(s) * c for s in TIERS},
                 "cached_tokens": len(tiers) * c}
 
     @app.post("/kv/hydrate")
