@@ -52,7 +52,8 @@ def test_single_instant_trace_rates_are_undefined() -> None:
 
 
 def test_summary_percentiles_of_nothing_are_undefined() -> None:
-    from simkv.metrics.summary import _percentiles, _ratio
+    from simkv.metrics.summary import _percentiles
+    from simkv.metrics.summary import ratio as _ratio
 
     assert _percentiles(np.array([]), "ttft") == {"ttft_p50_s": None, "ttft_p90_s": None,
                                                   "ttft_p99_s": None}

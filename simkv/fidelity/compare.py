@@ -29,9 +29,9 @@ import pandas as pd
 
 from simkv.errors import SimkvError
 from simkv.metrics.schema import read_requests, request_metadata
+from simkv.metrics.summary import percentiles, ratio
 from simkv.model.system import TIER_NAMES
 
-PERCENTILES = (50, 90, 99)
 HIT_COLUMNS = tuple(f"{t}_hit_tokens" for t in TIER_NAMES)
 
 
@@ -93,9 +93,7 @@ def check_same_inputs(sim: Side, meas: Side, *, ignore_scenario: bool = False) -
 
 
 def _pct(values: np.ndarray) -> dict[str, float | None]:
-    if len(values) == 0:
-        return {f"p{p}": None for p in PERCENTILES}
-    return {f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)}
+    return {f"p{p}": q for p, q in percentiles(values).items()}
 
 
 def rel_error(sim: float | None, meas: float | None) -> float | None:
@@ -105,15 +103,11 @@ def rel_error(sim: float | None, meas: float | None) -> float | None:
     return (sim - meas) / meas
 
 
-def _rate(hits: float, tokens: float) -> float | None:
-    return float(hits) / float(tokens) if tokens else None
-
-
 def _rate_figures(sim: pd.DataFrame, meas: pd.DataFrame, tokens: float) -> dict[str, Any]:
     """Total and per-tier token hit rates of both sides, with ``error = sim − measured``."""
 
     def fig(col: str) -> dict[str, float | None]:
-        s, m = _rate(sim[col].sum(), tokens), _rate(meas[col].sum(), tokens)
+        s, m = ratio(sim[col].sum(), tokens), ratio(meas[col].sum(), tokens)
         return {"sim": s, "measured": m, "error": None if s is None or m is None else s - m}
 
     return {"total": fig("hit_tokens"), "by_tier": {t: fig(f"{t}_hit_tokens") for t in TIER_NAMES}}

@@ -22,20 +22,24 @@ if TYPE_CHECKING:
 PERCENTILES = (50, 90, 99)
 
 
-def _ratio(num: float, den: float) -> float | None:
+def ratio(num: float, den: float) -> float | None:
     """``num / den``; ``None`` (undefined: ``null`` in JSON, ``n/a`` on screen) when ``den``
     is 0, e.g. the hit rate of a trace whose prompts are all shorter than a block. Never 0,
     which would read as a measured value."""
     return float(num) / float(den) if den else None
 
 
-def _percentiles(values: np.ndarray, prefix: str) -> dict[str, float | None]:
-    """Linear-interpolated percentiles (numpy's default), e.g. ``ttft_p90_s``; ``None``
+def percentiles(values: np.ndarray) -> dict[int, float | None]:
+    """Linear-interpolated :data:`PERCENTILES` (numpy's default) by percent; ``None``
     (undefined) for no values."""
     if len(values) == 0:
-        return {f"{prefix}_p{p}_s": None for p in PERCENTILES}
-    qs = np.percentile(values, PERCENTILES)
-    return {f"{prefix}_p{p}_s": float(q) for p, q in zip(PERCENTILES, qs, strict=True)}
+        return dict.fromkeys(PERCENTILES)
+    return {p: float(q) for p, q in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)}
+
+
+def _percentiles(values: np.ndarray, prefix: str) -> dict[str, float | None]:
+    """:func:`percentiles` keyed as in the summary, e.g. ``ttft_p90_s``."""
+    return {f"{prefix}_p{p}_s": q for p, q in percentiles(values).items()}
 
 
 def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dict[str, Any]:
@@ -54,12 +58,12 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
     for tier in run.tiers:
         name, ev, ex, byte_s = tier.name, tier.evictions, tier.expirations, tier.byte_seconds
         out[f"evictions_{name}"] = ev
-        out[f"evictions_per_s_{name}"] = _ratio(ev, duration)
-        out[f"evictions_per_request_{name}"] = _ratio(ev, n)
+        out[f"evictions_per_s_{name}"] = ratio(ev, duration)
+        out[f"evictions_per_request_{name}"] = ratio(ev, n)
         out[f"expirations_{name}"] = ex
-        out[f"expirations_per_s_{name}"] = _ratio(ex, duration)
+        out[f"expirations_per_s_{name}"] = ratio(ex, duration)
         out[f"insertions_{name}"] = tier.insertions
-        out[f"storage_mean_bytes_{name}"] = _ratio(byte_s, duration)
+        out[f"storage_mean_bytes_{name}"] = ratio(byte_s, duration)
         out[f"storage_peak_bytes_{name}"] = tier.peak_bytes
         out[f"storage_gb_hours_{name}"] = byte_s / 1e9 / 3600.0
 
@@ -113,13 +117,13 @@ def hit_metrics(requests: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {
         "input_tokens": input_tokens,
         "hit_tokens": None if hit is None else int(hit),
-        "token_hit_rate": None if hit is None else _ratio(hit, input_tokens),
+        "token_hit_rate": None if hit is None else ratio(hit, input_tokens),
     }
     for tier in TIER_NAMES:
         tier_hit = _known_sum(requests[f"{tier}_hit_tokens"])
-        out[f"token_hit_rate_{tier}"] = None if tier_hit is None else _ratio(tier_hit, input_tokens)
+        out[f"token_hit_rate_{tier}"] = None if tier_hit is None else ratio(tier_hit, input_tokens)
     out["token_hit_rate_by_class"] = {
-        str(c): None if (h := _known_sum(g["hit_tokens"])) is None else _ratio(h, g["input_tokens"].sum())
+        str(c): None if (h := _known_sum(g["hit_tokens"])) is None else ratio(h, g["input_tokens"].sum())
         for c, g in requests.groupby("prompt_class", sort=True)
     }
     if requests["hit_blocks"].isna().any():
@@ -127,9 +131,9 @@ def hit_metrics(requests: pd.DataFrame) -> dict[str, Any]:
         return out
     blocks = requests["blocks"].to_numpy()
     hit_blocks = requests["hit_blocks"].to_numpy()
-    out["block_hit_ratio"] = _ratio(hit_blocks.sum(), blocks.sum())
-    out["request_full_hit_ratio"] = _ratio(((hit_blocks == blocks) & (blocks > 0)).sum(), n)
-    out["request_any_hit_ratio"] = _ratio((hit_blocks > 0).sum(), n)
+    out["block_hit_ratio"] = ratio(hit_blocks.sum(), blocks.sum())
+    out["request_full_hit_ratio"] = ratio(((hit_blocks == blocks) & (blocks > 0)).sum(), n)
+    out["request_any_hit_ratio"] = ratio((hit_blocks > 0).sum(), n)
     return out
 
 
