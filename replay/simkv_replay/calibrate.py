@@ -552,28 +552,25 @@ class HTTPProbe(Probe):
     def archive_pass(self) -> dict[str, Any]:
         return self._call("POST", "/kv/archive")
 
-    def counters(self) -> dict[str, float]:
-        """The archive's counters from ``/metrics`` (``simkv_<key>_total``, unlabelled)."""
+    def _metrics(self) -> dict[str, float]:
+        """The server's ``/metrics`` samples (``{'name{labels}': value}``)."""
         import httpx
 
+        from simkv.replay.client import parse_metrics
+
         try:
-            text = self.client.get("/metrics").text
+            return parse_metrics(self.client.get("/metrics").text)
         except httpx.HTTPError as exc:
             raise CalibrationError(f"--engine {self.url}: /metrics: {exc}") from None
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            key = name.removeprefix("simkv_").removesuffix("_total")
-            if key in ARCHIVE_COUNTERS and name == f"simkv_{key}_total":
-                out[key] = float(value)
-        return out
+
+    def counters(self) -> dict[str, float]:
+        """The archive's counters from ``/metrics`` (``simkv_<key>_total``, unlabelled)."""
+        m = self._metrics()
+        return {k: m[f"simkv_{k}_total"] for k in ARCHIVE_COUNTERS if f"simkv_{k}_total" in m}
 
     def disk_evictions(self) -> int | None:
-        text = self.client.get("/metrics").text
-        for line in text.splitlines():
-            if line.startswith('simkv_evictions_total{tier="disk"}'):
-                return int(float(line.split()[-1]))
-        return None
+        v = self._metrics().get('simkv_evictions_total{tier="disk"}')
+        return None if v is None else int(v)
 
     def describe(self) -> dict[str, Any]:
         return {"device": f"engine at {self.url} (device and versions are not reported by the API)",
