@@ -38,8 +38,8 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "replay")]
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from simkv_replay.calibrate import FreshPrompts as Prompts  # noqa: E402
 from simkv_replay.engine import KVEngine  # noqa: E402
 from simkv_replay.models import kv_shape_of, load_model  # noqa: E402
 
@@ -52,17 +52,6 @@ def scenario(chunk: int, gpu_bytes: str, cpu_bytes: str, disk_bytes: str) -> Any
         "tiers": {"gpu": {"capacity_bytes": gpu_bytes},
                   "cpu": {"enabled": True, "capacity_bytes": cpu_bytes},
                   "disk": {"enabled": True, "capacity_bytes": disk_bytes}}})
-
-
-class Prompts:
-    """Fresh random prompts within the vocabulary (never shared by accident)."""
-
-    def __init__(self, vocab: int, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.vocab = vocab
-
-    def __call__(self, n: int) -> list[int]:
-        return self.rng.integers(0, self.vocab, n).tolist()
 
 
 def median(xs: list[float]) -> float:
@@ -203,7 +192,7 @@ def main() -> None:
                               "torch": torch.__version__, "repeat": args.repeat, "shapes": {}}
     for shape in shapes:
         model = load_model(shape, device)
-        prompts = Prompts(model.config.vocab_size)
+        prompts = Prompts(model.config.vocab_size, seed=0)
         entry: dict[str, Any] = {"prefill_s": bench_prefill(model, prompts, prefill_tokens, args.repeat)}
         with tempfile.TemporaryDirectory() as tmp:
             kv_bytes = args.load_tokens * kv_shape_of(model).bytes_per_token

@@ -652,7 +652,7 @@ class Calibration:
     notes: list[str]
 
 
-class _Prompts:
+class FreshPrompts:
     """Fresh prompts: ``numpy.random.default_rng(seed)`` token ids in ``[1, vocab)`` (the seed
     ``[seed, salt]`` with a salt)."""
 
@@ -714,7 +714,7 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
         raise CalibrationError(f"tiers.gpu.capacity_bytes: the GPU cache holds {probe.gpu_chunks} chunks, "
                                f"the calibration needs {need} there (raise it, or shrink --cached-tokens "
                                "/ --chunks)")
-    fresh = _Prompts(probe.vocab_size, plan.seed, probe.prompt_salt)
+    fresh = FreshPrompts(probe.vocab_size, plan.seed, probe.prompt_salt)
     runs = plan.warmup + plan.repeats
     notes: list[str] = []
     local = [t for t in LOCAL_TIERS if t in probe.tiers]
@@ -846,7 +846,7 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
                     cold_dropped=cold_dropped, archive=archive)
 
 
-def _measure_archive(probe: Probe, plan: Plan, fresh: _Prompts, counted: Callable[[Served], Served],
+def _measure_archive(probe: Probe, plan: Plan, fresh: FreshPrompts, counted: Callable[[Served], Served],
                      local: list[str], notes: list[str]) -> dict[str, Any] | None:
     """For each chunk count ``k``: clear the local tiers and run a pass (so the chunks referenced
     before are held nowhere and nothing else is uploaded), serve a fresh prompt of ``k`` chunks,
