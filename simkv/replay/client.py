@@ -40,10 +40,6 @@ class Outcome:
     error: str | None = None
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
 def _error_message(body: bytes) -> str:
     """The ``error.message`` of an OpenAI-style error body, else the body's start."""
     text = body.decode(errors="replace")
