@@ -25,7 +25,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from simkv_replay.engine import KVEngine  # noqa: E402
 from simkv_replay.models import SHAPES, load_model  # noqa: E402
-from simkv_replay.server import bind, create_app, url_of  # noqa: E402
+from simkv_replay.server import bind, create_app, server_config, url_of  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402
@@ -57,9 +57,10 @@ def server(tmp_path_factory):
 
 @contextmanager
 def running(app):
-    """``app`` served by uvicorn on a free port of 127.0.0.1 in a background thread: its URL."""
+    """``app`` served by uvicorn (as ``simkv engine serve`` serves it) on a free port of
+    127.0.0.1 in a background thread: its URL."""
     sock = bind("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    srv = uvicorn.Server(server_config(app))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -389,7 +390,8 @@ def test_engine_serve_command_serves_then_drains_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "Traceback" not in proc.stderr.read()
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and "warning:" not in stderr     # loopback, with a key
 
 
 def test_engine_serve_command_user_errors(tmp_path):
@@ -399,6 +401,9 @@ def test_engine_serve_command_user_errors(tmp_path):
     assert_user_error(run(str(sc), "--set", "tiers.gpu.bogus=1"), "tiers.gpu.bogus")
     assert_user_error(run(str(_scenario_file(tmp_path, "no-chunk.yaml", block_size=None))), "block_size")
     assert_user_error(run(str(sc), "--log-level", "loud"), "--log-level")
+    assert_user_error(run(str(sc), "--max-body", "lots"), "--max-body", "'lots' is not a size")
+    assert_user_error(run(str(sc), "--max-body", "0"), "--max-body", "must be a size > 0")
+    assert_user_error(run(str(sc), "--read-timeout", "0"), "--read-timeout", "must be > 0")
     with bind("127.0.0.1", 0) as taken:
         taken.listen()
         port = str(taken.getsockname()[1])
