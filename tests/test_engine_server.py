@@ -117,6 +117,26 @@ def metrics(client) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(r.text) for s in family.samples}
 
 
+#: The levels in ``/metrics`` (what is there now): gauges, named without ``_total``.
+LEVELS = {"simkv_queue_depth", "simkv_tier_bytes", "simkv_archive_objects", "simkv_archive_stored_bytes",
+          "simkv_archive_compression_ratio"}
+
+
+def assert_metric_types(client) -> None:
+    """Levels are gauges (no ``_total``), the engine's other values counters (``_total``);
+    prometheus_client's ``*_created`` timestamps aside."""
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)
+                if f.name.startswith("simkv_") and not f.name.endswith("_created")}
+    for name, family in families.items():
+        if name in LEVELS:
+            assert family.type == "gauge" and all(s.name == name for s in family.samples), name
+        elif family.type == "counter":
+            assert all(s.name == f"{name}_total" for s in family.samples), name
+        else:
+            assert family.type == "histogram" and name == "simkv_ttft_seconds", (name, family.type)
+    assert {"simkv_queue_depth", "simkv_tier_bytes", "simkv_requests", "simkv_bytes_stored"} <= set(families)
+
+
 def greedy(model, tokens: list[int], n: int) -> list[int]:
     with torch.inference_mode():
         out = model.generate(torch.tensor([tokens]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
@@ -207,7 +227,7 @@ def test_hits_per_tier_agree_with_lookup_and_clear(client):
     assert served["disk"] == 4 * CHUNK and served["computed"] == 0
 
 
-def test_metrics_follow_the_requests(client):
+def test_metrics_follow_the_requests(client, server):
     m0 = metrics(client)
     p = prompt(4, 2 * CHUNK + 1)
     complete(client, {"prompt": p, "max_tokens": 2})
@@ -227,6 +247,10 @@ def test_metrics_follow_the_requests(client):
     assert delta("simkv_ttft_seconds_count") == 2
     assert delta("simkv_request_errors_total", code="400") == 1
     assert m1[("simkv_queue_depth", ())] == 0
+    engine = server[1].state.engine
+    assert m1[("simkv_tier_bytes", (("tier", "gpu"),))] == len(engine.gpu_cache) * CHUNK_BYTES > 0
+    assert m1[("simkv_tier_bytes", (("tier", "archive"),))] == 0
+    assert_metric_types(client)
 
     # More chunks than every tier holds: each tier evicts (LMCache's CPU and disk backends too).
     for seed in range(3):
@@ -345,7 +369,13 @@ def test_kv_archive_runs_one_pass_and_says_what_it_did(tmp_path):
             assert did["compress_s"] > 0 and did["upload_s"] > 0 and did["seconds"] > 0
             assert did["codec"] == "zlib" and not any(did["errors"].values())
             assert len(list((tmp_path / "archive").rglob("*.meta.json"))) == 3
-            assert metrics(c)[("simkv_archive_uploads_total", ())] == 3
+            m = metrics(c)
+            assert m[("simkv_archive_uploads_total", ())] == 3 and m[("simkv_archive_objects", ())] == 3
+            assert m[("simkv_bytes_stored_total", (("tier", "archive"),))] == 3 * CHUNK_BYTES    # raw
+            assert m[("simkv_tier_bytes", (("tier", "archive"),))] == did["upload_bytes"]["stored"]
+            stored = did["upload_bytes"]["stored"]
+            assert m[("simkv_archive_upload_bytes_total", (("kind", "stored"),))] == stored
+            assert_metric_types(c)
             c.post("/kv/clear", json={"tiers": ["gpu", "cpu", "disk"]})
             assert lookup(c, p)["tiers"] == ["archive"] * 3
             again = c.post("/kv/archive").json()      # nothing new was referenced
