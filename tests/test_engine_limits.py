@@ -22,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 
 from simkv_replay.engine import KVEngine  # noqa: E402
 from simkv_replay.models import load_model  # noqa: E402
-from simkv_replay.server import MAX_NAME_CHARS, Limits, create_app  # noqa: E402
+from simkv_replay.server import MAX_NAME_CHARS, Limits, create_app, is_loopback  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402
@@ -51,8 +51,7 @@ def client(server):
 
 def connect(url: str) -> socket.socket:
     parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=15)
-    return sock
+    return socket.create_connection((parts.hostname, parts.port), timeout=15)
 
 
 def head(path: str, **headers: str) -> bytes:
@@ -197,17 +196,28 @@ def test_a_request_whose_client_left_before_it_was_served_is_skipped(server, cli
     assert errors(client, 499) == gone0 + 1
 
 
+def test_is_loopback():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "127.1.2.3"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.0.2.1", "no-such-host.invalid"))
+
+
 def test_an_exposed_address_without_an_api_key_warns_at_start(tmp_path):
+    """The real command on 0.0.0.0 without a key: one warning line on stderr; its --max-body
+    is the server's limit."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.Popen([*SIMKV, "engine", "serve", str(_scenario_file(tmp_path)), "--host", "0.0.0.0",
-                             "--port", "0", "--disk-path", str(tmp_path / "disk")],
+                             "--port", "0", "--disk-path", str(tmp_path / "disk"), "--max-body", "1KiB"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready = proc.stdout.readline()
+        assert "serving at http://0.0.0.0:" in ready, ready
+        port = ready.rsplit(":", 1)[1].strip()
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", content=b" " * 1025,
+                       headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code == 413 and "limit of 1024 bytes" in r.json()["error"]["message"]
     finally:
         proc.kill()
         proc.wait()
-    assert "serving at http://0.0.0.0:" in ready, ready
     warnings = [ln for ln in proc.stderr.read().splitlines() if ln.startswith("warning:")]
     assert warnings == ["warning: --host 0.0.0.0 without --api-key: anyone who can reach this address "
                         "can use the engine (set --api-key or SIMKV_API_KEY)"]
