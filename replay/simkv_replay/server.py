@@ -14,6 +14,11 @@ with ``ignore_eos``), so ``finish_reason`` is always ``length``. Times in ``usag
 ``prefill_s`` / ``store_s`` from the engine; ``decode_s`` first token → last token;
 ``ttft_s`` arrival → first token (the end of the prefill step when ``max_tokens`` is 0).
 
+Limits (:class:`Limits`, replay/README.md): the body's size and read time (the middleware
+:class:`_Guard`, which reads every body before the app sees it), the headers' read time
+(:class:`_H11Protocol`, through :func:`server_config`) and the length of names; a job whose
+client disconnected before the worker started it is never run.
+
 Text prompts: a checkpoint folder's own tokenizer (with its special tokens, as vLLM's
 completions do); the named random-weight shapes (and a checkpoint without a tokenizer) use
 :class:`ByteTokenizer` (a prompt's UTF-8 bytes are its token ids).
