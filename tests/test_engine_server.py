@@ -25,7 +25,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from simkv_replay.engine import KVEngine  # noqa: E402
 from simkv_replay.models import SHAPES, load_model  # noqa: E402
-from simkv_replay.server import bind, create_app, url_of  # noqa: E402
+from simkv_replay.server import bind, create_app, server_config, url_of  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402
@@ -57,9 +57,10 @@ def server(tmp_path_factory):
 
 @contextmanager
 def running(app):
-    """``app`` served by uvicorn on a free port of 127.0.0.1 in a background thread: its URL."""
+    """``app`` served by uvicorn (as ``simkv engine serve`` serves it) on a free port of
+    127.0.0.1 in a background thread: its URL."""
     sock = bind("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    srv = uvicorn.Server(server_config(app))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -114,6 +115,26 @@ def metrics(client) -> dict[tuple[str, tuple], float]:
     assert r.status_code == 200
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+#: The levels in ``/metrics`` (what is there now): gauges, named without ``_total``.
+LEVELS = {"simkv_queue_depth", "simkv_tier_bytes", "simkv_archive_objects", "simkv_archive_stored_bytes",
+          "simkv_archive_compression_ratio"}
+
+
+def assert_metric_types(client) -> None:
+    """Levels are gauges (no ``_total``), the engine's other values counters (``_total``);
+    prometheus_client's ``*_created`` timestamps aside."""
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)
+                if f.name.startswith("simkv_") and not f.name.endswith("_created")}
+    for name, family in families.items():
+        if name in LEVELS:
+            assert family.type == "gauge" and all(s.name == name for s in family.samples), name
+        elif family.type == "counter":
+            assert all(s.name == f"{name}_total" for s in family.samples), name
+        else:
+            assert family.type == "histogram" and name == "simkv_ttft_seconds", (name, family.type)
+    assert {"simkv_queue_depth", "simkv_tier_bytes", "simkv_requests", "simkv_bytes_stored"} <= set(families)
 
 
 def greedy(model, tokens: list[int], n: int) -> list[int]:
@@ -206,7 +227,7 @@ def test_hits_per_tier_agree_with_lookup_and_clear(client):
     assert served["disk"] == 4 * CHUNK and served["computed"] == 0
 
 
-def test_metrics_follow_the_requests(client):
+def test_metrics_follow_the_requests(client, server):
     m0 = metrics(client)
     p = prompt(4, 2 * CHUNK + 1)
     complete(client, {"prompt": p, "max_tokens": 2})
@@ -226,6 +247,10 @@ def test_metrics_follow_the_requests(client):
     assert delta("simkv_ttft_seconds_count") == 2
     assert delta("simkv_request_errors_total", code="400") == 1
     assert m1[("simkv_queue_depth", ())] == 0
+    engine = server[1].state.engine
+    assert m1[("simkv_tier_bytes", (("tier", "gpu"),))] == len(engine.gpu_cache) * CHUNK_BYTES > 0
+    assert m1[("simkv_tier_bytes", (("tier", "archive"),))] == 0
+    assert_metric_types(client)
 
     # More chunks than every tier holds: each tier evicts (LMCache's CPU and disk backends too).
     for seed in range(3):
@@ -344,7 +369,13 @@ def test_kv_archive_runs_one_pass_and_says_what_it_did(tmp_path):
             assert did["compress_s"] > 0 and did["upload_s"] > 0 and did["seconds"] > 0
             assert did["codec"] == "zlib" and not any(did["errors"].values())
             assert len(list((tmp_path / "archive").rglob("*.meta.json"))) == 3
-            assert metrics(c)[("simkv_archive_uploads_total", ())] == 3
+            m = metrics(c)
+            assert m[("simkv_archive_uploads_total", ())] == 3 and m[("simkv_archive_objects", ())] == 3
+            assert m[("simkv_bytes_stored_total", (("tier", "archive"),))] == 3 * CHUNK_BYTES    # raw
+            assert m[("simkv_tier_bytes", (("tier", "archive"),))] == did["upload_bytes"]["stored"]
+            stored = did["upload_bytes"]["stored"]
+            assert m[("simkv_archive_upload_bytes_total", (("kind", "stored"),))] == stored
+            assert_metric_types(c)
             c.post("/kv/clear", json={"tiers": ["gpu", "cpu", "disk"]})
             assert lookup(c, p)["tiers"] == ["archive"] * 3
             again = c.post("/kv/archive").json()      # nothing new was referenced
@@ -389,7 +420,8 @@ def test_engine_serve_command_serves_then_drains_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "Traceback" not in proc.stderr.read()
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and "warning:" not in stderr     # loopback, with a key
 
 
 def test_engine_serve_command_user_errors(tmp_path):
@@ -399,6 +431,9 @@ def test_engine_serve_command_user_errors(tmp_path):
     assert_user_error(run(str(sc), "--set", "tiers.gpu.bogus=1"), "tiers.gpu.bogus")
     assert_user_error(run(str(_scenario_file(tmp_path, "no-chunk.yaml", block_size=None))), "block_size")
     assert_user_error(run(str(sc), "--log-level", "loud"), "--log-level")
+    assert_user_error(run(str(sc), "--max-body", "lots"), "--max-body", "'lots' is not a size")
+    assert_user_error(run(str(sc), "--max-body", "0"), "--max-body", "must be a size > 0")
+    assert_user_error(run(str(sc), "--read-timeout", "0"), "--read-timeout", "must be > 0")
     with bind("127.0.0.1", 0) as taken:
         taken.listen()
         port = str(taken.getsockname()[1])

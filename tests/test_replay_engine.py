@@ -243,6 +243,7 @@ def test_counters_add_up(make_engine):
     assert after["prompt_tokens_by_source"]["computed"] == first.computed_tokens + second.computed_tokens
     assert after["bytes_loaded"]["gpu"] == 4 * _chunk_bytes()
     assert after["bytes_stored"]["gpu"] == 4 * _chunk_bytes() == after["bytes_stored"]["cpu"]
+    assert after["tier_bytes"]["gpu"] == 4 * _chunk_bytes() == after["tier_bytes"]["cpu"]    # held now
     assert snap["prompt_tokens_by_source"]["gpu"] == 0
 
 

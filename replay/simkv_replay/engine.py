@@ -407,7 +407,9 @@ class KVEngine:
         ``prompt_tokens_by_source`` (tiers and ``computed``), ``bytes_loaded`` / ``bytes_stored``
         per tier (KV bytes of the hosted model; the archive's raw bytes hydrated / uploaded),
         ``evictions`` per tier in chunks (the GPU cache's, and LMCache's CPU and disk backends' own
-        evictions; :func:`_count_evictions`; :meth:`clear` is not counted), ``requests``.
+        evictions; :func:`_count_evictions`; :meth:`clear` is not counted), ``requests``, and the
+        gauge ``tier_bytes`` (KV bytes each tier holds now: its chunks x ``chunk_bytes``; the
+        archive's: the stored bytes of its index's objects).
 
         With an archive: ``expirations`` (``{"archive": n}``, objects deleted at their deadline),
         ``archive_uploads``, ``archive_upload_bytes`` (``{"raw": , "stored": }``),
@@ -424,8 +426,14 @@ class KVEngine:
         out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
         with self._evictions_lock:
             out["evictions"] = {"gpu": self.gpu_cache.evictions, **self._lmcache_evictions}
+        cpu, disk = self._backends["cpu"], self._backends["disk"]
+        held = {"gpu": len(self.gpu_cache), "cpu": 0 if cpu is None else len(cpu.hot_cache),
+                "disk": 0 if disk is None else len(disk.dict)}
+        out["tier_bytes"] = {**{t: n * self.chunk_bytes for t, n in held.items()}, "archive": 0}
         if self.archive is not None:
             a = self.archive.snapshot()
+            out["bytes_stored"]["archive"] = a["upload_raw_bytes"]
+            out["tier_bytes"]["archive"] = a["stored_bytes"]
             out["expirations"] = {"archive": a["expirations"]}
             out["archive_uploads"] = a["uploads"]
             out["archive_upload_bytes"] = {"raw": a["upload_raw_bytes"], "stored": a["upload_stored_bytes"]}

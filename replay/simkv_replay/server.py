@@ -14,6 +14,11 @@ with ``ignore_eos``), so ``finish_reason`` is always ``length``. Times in ``usag
 ``prefill_s`` / ``store_s`` from the engine; ``decode_s`` first token → last token;
 ``ttft_s`` arrival → first token (the end of the prefill step when ``max_tokens`` is 0).
 
+Limits (:class:`Limits`, replay/README.md): the body's size and read time (the middleware
+:class:`_Guard`, which reads every body before the app sees it), the headers' read time
+(:class:`_H11Protocol`, through :func:`server_config`) and the length of names; a job whose
+client disconnected before the worker started it is never run.
+
 Text prompts: a checkpoint folder's own tokenizer (with its special tokens, as vLLM's
 completions do); the named random-weight shapes (and a checkpoint without a tokenizer) use
 :class:`ByteTokenizer` (a prompt's UTF-8 bytes are its token ids).
@@ -24,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
+import ipaddress
 import json
 import logging
 import math
@@ -42,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
+import h11
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -49,8 +58,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from simkv.errors import SimkvError
 from simkv.scenario import Scenario
@@ -62,19 +72,44 @@ log = logging.getLogger(__name__)
 #: vLLM's TTFT histogram buckets (seconds).
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-#: The label of each dict-valued engine counter in ``/metrics`` (others: ``tier``).
-COUNTER_LABELS = {"prompt_tokens_by_source": "source", "archive_errors": "kind"}
+#: The label of each dict-valued engine value in ``/metrics`` (others: ``tier``).
+COUNTER_LABELS = {"prompt_tokens_by_source": "source", "archive_errors": "kind",
+                  "archive_upload_bytes": "kind"}
+#: Engine values that are levels (what is there now), not running totals: Prometheus gauges,
+#: named without ``_total``.
+GAUGES = {"tier_bytes": "KV bytes each tier holds now (the archive: the stored, compressed bytes of "
+                        "the objects in its index).",
+          "archive_objects": "Objects in the archive's index now.",
+          "archive_stored_bytes": "Stored (compressed) bytes of the objects in the archive's index now.",
+          "archive_compression_ratio": "Raw / stored bytes over all archive uploads (0 before the first)."}
 COUNTER_HELP = {
     "requests": "Completions served by the engine.",
     "prompt_tokens_by_source": "Prompt tokens by where their KV came from (a tier, or computed).",
     "bytes_loaded": "KV bytes loaded from each tier into the prefill.",
-    "bytes_stored": "KV bytes stored into each tier.",
+    "bytes_stored": "KV bytes stored into each tier (the archive: raw bytes uploaded).",
     "evictions": "Chunks evicted from each tier by its capacity policy.",
     "expirations": "Chunks expired from each tier by their TTL.",
     "archive_uploads": "Chunks uploaded to the archive.",
     "archive_fetches": "Chunks fetched from the archive.",
     "archive_errors": "Archive operations that failed, by kind.",
 }
+#: HTTP status of a request whose client closed the connection before the worker started it
+#: (nginx's "client closed request"): never sent, only counted.
+CLIENT_CLOSED = 499
+#: The longest ``request_id``, ``model``, ``prompt_class`` or tier name accepted (characters).
+MAX_NAME_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection or request may cost the server. ``max_body_bytes``: the largest
+    request body (a larger ``Content-Length`` is refused before any of the body is read, a
+    chunked body once it passes the limit: 413). ``read_timeout_s``: a connection has this long
+    to send a request's complete headers (from its opening, or from the previous response;
+    else it is closed), and then this long again for the body (else 408)."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    read_timeout_s: float = 10.0
 
 
 class APIError(Exception):
@@ -141,6 +176,22 @@ def load_tokenizer(spec: str) -> Tokenizer:
 
 
 # -- request bodies -------------------------------------------------------------------------------
+def check_text(text: str) -> str:
+    """``text`` if it can be encoded as UTF-8 (JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which cannot), else a :class:`ValueError` naming the character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text: a lone UTF-16 surrogate at character "
+                         f"{exc.start}") from None
+    return text
+
+
+#: A free string a client names something with (echoed back): short; pydantic refuses lone
+#: surrogates in a ``str`` field itself.
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -154,9 +205,9 @@ class CompletionRequest(_Body):
     max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    model: str | None = None
-    prompt_class: str | None = None
-    request_id: str | None = None
+    model: Name | None = None
+    prompt_class: Name | None = None
+    request_id: Name | None = None
     arrival_s: float | None = None
 
 
@@ -165,7 +216,7 @@ class PromptRequest(_Body):
 
 
 class ClearRequest(_Body):
-    tiers: list[str] = Field(default_factory=lambda: list(TIERS))
+    tiers: list[Name] = Field(default_factory=lambda: list(TIERS), max_length=16)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -232,10 +283,10 @@ def _metric_name(key: str) -> str:
 
 class EngineCollector(Collector):
     """``/metrics`` from :meth:`KVEngine.counters` at scrape time: a number becomes the counter
-    ``simkv_<key>_total``, a dict ``{label: number}`` the same counter with the label named by
-    :data:`COUNTER_LABELS` (``tier`` by default); plus the worker's queue depth (a gauge). The
-    snapshot is read on the event loop, not through the worker, so a scrape never waits behind
-    a long request."""
+    ``simkv_<key>_total`` (the gauge ``simkv_<key>`` for the levels of :data:`GAUGES`), a dict
+    ``{label: number}`` the same with the label named by :data:`COUNTER_LABELS` (``tier`` by
+    default); plus the worker's queue depth (a gauge). The snapshot is read on the event loop,
+    not through the worker, so a scrape never waits behind a long request."""
 
     def __init__(self, engine: KVEngine, worker: Worker) -> None:
         self.engine = engine
@@ -243,14 +294,15 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         for key, value in self.engine.counters().items():
-            doc = COUNTER_HELP.get(key, f"The engine's counter {key}.")
+            kind = GaugeMetricFamily if key in GAUGES else CounterMetricFamily
+            doc = GAUGES.get(key) or COUNTER_HELP.get(key, f"The engine's counter {key}.")
             if isinstance(value, dict):
                 label = COUNTER_LABELS.get(key, "tier")
-                family = CounterMetricFamily(_metric_name(key), doc, labels=[label])
+                family = kind(_metric_name(key), doc, labels=[label])
                 for name, n in value.items():
                     family.add_metric([str(name)], float(n))
             elif isinstance(value, int | float) and not isinstance(value, bool):
-                family = CounterMetricFamily(_metric_name(key), doc, value=float(value))
+                family = kind(_metric_name(key), doc, value=float(value))
             else:
                 continue
             yield family
@@ -260,32 +312,78 @@ class EngineCollector(Collector):
 
 
 class _Guard:
-    """ASGI middleware: the API key (every path but ``/healthz``) and the count of error
-    responses by status code."""
+    """ASGI middleware in front of every request: the API key (every path but ``/healthz``), the
+    body's size limit and read timeout (:class:`Limits`; the body is read here, in full, before
+    the app sees it) and the count of error responses by status code."""
 
-    def __init__(self, app: Any, api_key: str | None, errors: Counter) -> None:
+    def __init__(self, app: Any, api_key: str | None, errors: Counter, limits: Limits) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
         self.errors = errors
+        self.limits = limits
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.expected is not None and scope["path"] != "/healthz":
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not secrets.compare_digest(auth, self.expected):
-                self.errors.labels(code="401").inc()
-                await error_response(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                                     "authentication_error")(scope, receive, send)
-                return
 
         async def counting_send(message: dict) -> None:
             if message["type"] == "http.response.start" and message["status"] >= 400:
                 self.errors.labels(code=str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        async def refuse(status: int, message: str, kind: str, close: bool = True) -> None:
+            """An error response; with ``close``, the connection is closed after it (the rest of
+            the body unread)."""
+            response = error_response(status, message, kind)
+            if close:
+                response.headers["connection"] = "close"
+            await response(scope, receive, counting_send)
+
+        headers = dict(scope.get("headers") or [])
+        limit = self.limits.max_body_bytes
+        too_big = (f"the request body is larger than the server's limit of {limit} bytes "
+                   "(simkv engine serve --max-body)")
+        if int(headers.get(b"content-length", b"0")) > limit:     # h11 checked it is a number
+            await refuse(413, too_big, "request_too_large")
+            return
+        if self.expected is not None and scope["path"] != "/healthz" \
+                and not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+            await refuse(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error",
+                         close=False)
+            return
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self.limits.read_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":      # the client left
+                        return
+                    body += message.get("body", b"")
+                    if len(body) > limit or not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await refuse(408, f"the request body did not arrive within {self.limits.read_timeout_s:g} s "
+                         "(simkv engine serve --read-timeout)", "request_timeout")
+            return
+        if len(body) > limit:
+            await refuse(413, too_big, "request_too_large")
+            return
+        pending = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+        del body
+
+        async def replay() -> dict:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, counting_send)
+
+
+async def _cancel_when_gone(request: Request, future: concurrent.futures.Future) -> bool:
+    """Wait until the client disconnects, then cancel ``future`` unless the worker has started
+    it; returns whether it was cancelled (so never run)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    return future.cancel()
 
 
 # -- completions ----------------------------------------------------------------------------------
@@ -403,12 +501,14 @@ def _sse(data: Any) -> str:
 
 # -- the app --------------------------------------------------------------------------------------
 def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str = "tiny",
-               tokenizer: Tokenizer | None = None, trace_clock: bool = False) -> FastAPI:
+               tokenizer: Tokenizer | None = None, trace_clock: bool = False,
+               limits: Limits = Limits()) -> FastAPI:
     """The HTTP app over ``engine``. Its lifespan starts the worker and, at shutdown, lets it
     finish every queued job; the caller owns (and closes) the engine. ``trace_clock``: every
     completion must carry ``arrival_s`` (its trace arrival time, seconds), and the worker moves
     the engine's clock there before serving it (:meth:`KVEngine.advance`); without it
-    ``arrival_s`` is ignored."""
+    ``arrival_s`` is ignored. ``limits``: the body's (here) and the headers' (serve it with
+    :func:`server_config`)."""
     tokenizer = tokenizer or ByteTokenizer()
     worker = Worker()
     registry = CollectorRegistry()
@@ -433,7 +533,8 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
     app.state.engine = engine
     app.state.worker = worker
     app.state.registry = registry
-    app.add_middleware(_Guard, api_key=api_key, errors=errors)
+    app.state.limits = limits
+    app.add_middleware(_Guard, api_key=api_key, errors=errors, limits=limits)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -448,10 +549,17 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return error_response(exc.status_code, str(exc.detail), kind)
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+
     def prompt_tokens(prompt: Any) -> list[int]:
         """A prompt (text or token ids) as checked token ids."""
         if isinstance(prompt, str):
-            tokens = tokenizer.encode(prompt)
+            try:
+                tokens = tokenizer.encode(check_text(prompt))
+            except ValueError as exc:
+                raise APIError(400, f"prompt: {exc}") from None
         elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool)
                                               for t in prompt):
             tokens = prompt
@@ -465,10 +573,18 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
                                f"vocabulary [0, {vocab})")
         return tokens
 
-    async def run(fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` in the worker; engine errors become 400, anything else 500."""
+    async def run(fn: Callable[[], Any], request: Request) -> Any:
+        """Run ``fn`` in the worker; engine errors become 400, anything else 500. A job whose
+        client disconnects before the worker starts it is never run: 499 (counted, not sent)."""
+        future = worker.submit(fn)
+        gone = asyncio.ensure_future(_cancel_when_gone(request, future))
         try:
-            return await asyncio.wrap_future(worker.submit(fn))
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if gone.done() and not gone.cancelled() and gone.result():
+                raise APIError(CLIENT_CLOSED, "the client closed the connection before the engine "
+                               "started the request", "client_closed_request") from None
+            raise
         except APIError:
             raise
         except SimkvError as exc:
@@ -476,6 +592,8 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
         except Exception as exc:
             log.exception("the engine failed on a request")
             raise APIError(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error") from None
+        finally:
+            gone.cancel()
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -494,42 +612,42 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/kv/lookup")
-    async def kv_lookup(body: PromptRequest) -> dict:
+    async def kv_lookup(body: PromptRequest, request: Request) -> dict:
         tokens = prompt_tokens(body.prompt)
-        tiers = await run(lambda: engine.lookup(tokens))
+        tiers = await run(lambda: engine.lookup(tokens), request)
         c = engine.chunk_size
         return {"prompt_tokens": len(tokens), "chunk_size": c, "tiers": tiers,
                 "tokens_by_source": {s: tiers.count(s) * c for s in TIERS},
                 "cached_tokens": len(tiers) * c}
 
     @app.post("/kv/hydrate")
-    async def kv_hydrate(body: PromptRequest) -> dict:
+    async def kv_hydrate(body: PromptRequest, request: Request) -> dict:
         tokens = prompt_tokens(body.prompt)
         if engine.archive is None:
             raise APIError(501, "/kv/hydrate: this engine has no archive tier (tiers.archive.enabled "
                            "and --archive)", "not_implemented_error")
-        n, seconds = await run(lambda: engine.hydrate(tokens))
+        n, seconds = await run(lambda: engine.hydrate(tokens), request)
         return {"hydrated_tokens": n, "seconds": seconds}
 
     @app.post("/kv/archive")
-    async def kv_archive() -> dict:
+    async def kv_archive(request: Request) -> dict:
         if engine.archive is None:
             raise APIError(501, "/kv/archive: this engine has no archive tier (tiers.archive.enabled "
                            "and --archive)", "not_implemented_error")
         archive = engine.archive
-        return await run(lambda: archive_pass(archive))
+        return await run(lambda: archive_pass(archive), request)
 
     @app.post("/kv/clear")
-    async def kv_clear(body: ClearRequest) -> dict:
+    async def kv_clear(body: ClearRequest, request: Request) -> dict:
         for tier in body.tiers:
             if tier == "archive":
                 raise APIError(400, "tiers: /kv/clear never touches the archive")
             if tier not in LOCAL_TIERS:
                 raise APIError(400, f"tiers: {tier!r} is not a local tier ({', '.join(LOCAL_TIERS)})")
-        return {"cleared": await run(lambda: engine.clear(body.tiers))}
+        return {"cleared": await run(lambda: engine.clear(body.tiers), request)}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Response:
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         tokens = prompt_tokens(body.prompt)
         if context is not None and len(tokens) + max_tokens > context:
@@ -553,7 +671,7 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
             return usage_of(done, engine.chunk_size, engine.chunk_bytes)
 
         if not body.stream:
-            done = await run(lambda: _complete(engine, job, ttft))
+            done = await run(lambda: _complete(engine, job, ttft), request)
             return JSONResponse({
                 "id": rid, "object": "text_completion", "created": created, "model": name,
                 "choices": [{"index": 0, "text": tokenizer.decode(done.ids), "token_ids": done.ids,
@@ -563,9 +681,15 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
         loop = asyncio.get_running_loop()
         tokens_q: asyncio.Queue[int | None] = asyncio.Queue()
         job.on_token = lambda t: loop.call_soon_threadsafe(tokens_q.put_nowait, t)
-        future = asyncio.ensure_future(run(lambda: _complete(engine, job, ttft)))
-        first = await tokens_q.get()
-        if first is None and future.done() is False:
+        future = asyncio.ensure_future(run(lambda: _complete(engine, job, ttft), request))
+        first_token = asyncio.ensure_future(tokens_q.get())
+        await asyncio.wait({first_token, future}, return_when=asyncio.FIRST_COMPLETED)
+        if first_token.done():
+            first = first_token.result()
+        else:                                  # the job ended without a token (it was skipped)
+            first_token.cancel()
+            first = None
+        if first is None and not future.done():
             await asyncio.wait({future})
         if first is None and future.exception() is not None:
             job.cancelled.set()
@@ -625,9 +749,64 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback one (only this machine can
+    connect); an unresolvable name counts as not."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _H11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline on a request's headers: a connection
+    that has not sent a request's complete headers ``read_timeout_s`` after it opened, or after
+    the previous response, is closed. (uvicorn's ``timeout_keep_alive`` closes an idle
+    connection, but one that sent part of a request waits forever; h11 caps the headers' size.)"""
+
+    def __init__(self, *args: Any, read_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_timeout_s = read_timeout_s
+        self._headers_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_headers_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_headers_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_headers_timer(self) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+        self._headers_timer = self.loop.call_later(self.read_timeout_s, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._headers_timer = None
+        between_requests = self.cycle is None or self.cycle.response_complete
+        if between_requests and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_config(app: FastAPI, log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn's configuration for ``app``: its lifespan on, the headers' deadline of its
+    :class:`Limits` (:class:`_H11Protocol`), and no limit on the graceful shutdown (the queued
+    requests finish)."""
+    limits: Limits = app.state.limits
+    return uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=None,
+                          http=functools.partial(_H11Protocol, read_timeout_s=limits.read_timeout_s))
 
 
 @contextmanager
@@ -646,7 +825,8 @@ def _graceful_signals() -> Iterator[None]:
 def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, api_key: str | None = None, disk_path: str | Path | None = None,
           archive: ArchiveOptions | str | Path | None = None, log_level: str = "warning",
-          on_ready: Callable[[str], None] | None = None, clock: str = "wall") -> None:
+          on_ready: Callable[[str], None] | None = None, clock: str = "wall",
+          limits: Limits = Limits()) -> None:
     """Build the model and the engine for ``scenario`` and serve them until SIGINT / SIGTERM:
     then stop accepting, finish the queued requests, close LMCache (the archive worker finishes
     its pass and runs a last one) and return. ``disk_path`` (LMCache's disk tier) defaults to a
@@ -656,9 +836,8 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
     time is the wall clock, or ``archive.clock_scale`` times it; the archive worker is a thread)
     or ``trace`` (engine time is each request's ``arrival_s``; the archive's passes run in the
     worker before the request they precede; LMCache's disk writes are done before the next
-    request: see :meth:`KVEngine.advance`)."""
+    request: see :meth:`KVEngine.advance`). ``limits``: what a connection or request may cost."""
     import torch
-    import uvicorn
 
     from simkv_replay.models import load_model
 
@@ -677,8 +856,8 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
         with KVEngine(scenario, hf_model, disk_path=disk_path or tmp, archive=archive,
                       deterministic=trace) as engine:
             app = create_app(engine, api_key=api_key, model_name=model, tokenizer=tokenizer,
-                             trace_clock=trace)
-            config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=None)
+                             trace_clock=trace, limits=limits)
+            config = server_config(app, log_level)
 
             class Server(uvicorn.Server):
                 async def startup(self, sockets: list[socket.socket] | None = None) -> None:

@@ -6,6 +6,7 @@ only once the scenario is known to be valid: a bad scenario fails fast with one 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from simkv.cli.console import SetOpt, console
+from simkv.cli.console import SetOpt, console, err_console
 from simkv.errors import SimkvError
 
 engine_app = typer.Typer(help="The real engine (replay/): a model behind the scenario's tiers, "
@@ -75,11 +76,17 @@ def serve_cmd(
              "simkv run's request by request (docs/system.md).")] = "wall",
     log_level: Annotated[str, typer.Option(help="Log level of the server and LMCache: "
                                            + ", ".join(LOG_LEVELS) + ".")] = "warning",
+    max_body: Annotated[str, typer.Option(
+        help="Largest request body (e.g. 4MiB, 65536); a larger one gets 413.")] = "4MiB",
+    read_timeout: Annotated[float, typer.Option(
+        help="Seconds a connection has to send a request's headers (from its opening or the "
+             "previous response; else it is closed), and again for its body (else 408).")] = 10.0,
 ) -> None:
     """Serve the engine over HTTP (OpenAI-style /v1/completions, /kv/*, /metrics) until Ctrl-C or
     SIGTERM, which finish the queued requests and exit 0. Requests are served one at a time in
     arrival order by one worker."""
     from simkv.scenario import load_scenario
+    from simkv.scenario.tiers import parse_bytes
 
     if log_level.lower() not in LOG_LEVELS:
         raise SimkvError(f"--log-level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -96,6 +103,11 @@ def serve_cmd(
                          "leave --clock-scale at 1 with --clock trace")
     if not archive_timeout > 0:
         raise SimkvError(f"--archive-timeout: {archive_timeout!r} must be > 0")
+    if not 0 < read_timeout < math.inf:
+        raise SimkvError(f"--read-timeout: {read_timeout!r} must be > 0 seconds")
+    max_body_bytes = parse_bytes(max_body, "--max-body")
+    if not max_body_bytes:
+        raise SimkvError(f"--max-body: {max_body!r} must be a size > 0")
     sc = load_scenario(scenario, overrides or [])
     if sc.block_size is None:
         raise SimkvError(f"{scenario}: block_size: the engine's chunk size; set it "
@@ -105,14 +117,19 @@ def serve_cmd(
     _stable_hash_seed()
 
     from simkv_replay.archive import ArchiveOptions
-    from simkv_replay.server import serve
+    from simkv_replay.server import Limits, is_loopback, serve
 
+    if api_key is None and not is_loopback(host):
+        err_console.print(f"warning: --host {escape(host)} without --api-key: anyone who can reach this "
+                          "address can use the engine (set --api-key or SIMKV_API_KEY)",
+                          highlight=False, soft_wrap=True)
     where = None
     if sc.tiers.archive.enabled:
         where = ArchiveOptions(archive or "simkv-archive", endpoint_url=archive_endpoint,
                                region=archive_region, timeout_s=archive_timeout, clock_scale=clock_scale)
     serve(sc, model=model, device=device, host=host, port=port, api_key=api_key,
           disk_path=disk_path, archive=where, log_level=log_level.lower(), clock=clock,
+          limits=Limits(max_body_bytes=max_body_bytes, read_timeout_s=read_timeout),
           on_ready=lambda url: console.print(f"simkv engine ({escape(model)}) serving at {url}",
                                              highlight=False, soft_wrap=True))
 
