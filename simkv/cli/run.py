@@ -44,6 +44,10 @@ def run_cmd(
         result.write(out)
     for line in overload_warnings(result.summary):
         err_console.print(f"[yellow]warning: {escape(line)}[/]", highlight=False, soft_wrap=True)
+    if out is None:
+        err_console.print("note: nothing was saved; add -o DIR to write requests.parquet, "
+                          "timeline.parquet, summary.json and scenario.yaml (then 'simkv report "
+                          "DIR' draws the charts)", highlight=False, soft_wrap=True)
     if as_json:
         console.print_json(json.dumps(result.summary))
         return
