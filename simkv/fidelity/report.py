@@ -182,6 +182,10 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
             extra = f"block {d['block']}" if "block" in d else ""
             if "stored_by" in d:
                 extra += f", stored by `{d['stored_by']}`"
+            if "write_not_landed" in d:
+                wl = d["write_not_landed"]
+                extra += (f"; arrived {fmt_seconds(wl['gap_s'])} after it on the {wl['missed_on']} "
+                          f"side, the {wl['tier']} write takes {fmt_seconds(wl['write_s'])}")
             rows.append([f"`{d['request_id']}`", fmt_seconds(d["arrival_s"]), tiers, d["cause"], extra])
         lines += ["First requests whose hits diverge (tier: simulated vs measured tokens):", "",
                   md_table(["request", "arrival", "tiers", "likely cause", "where"], rows), "",
