@@ -393,3 +393,12 @@ def test_run_with_out_does_not_say_nothing_was_saved(tmp_path: Path) -> None:
     proc = simkv_cli("run", str(DEFAULT), "--trace", str(SMALL_TRACE), "-o", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr
     assert "nothing was saved" not in proc.stderr
+
+
+def test_run_says_why_a_configured_tier_served_nothing() -> None:
+    proc = simkv_cli("run", str(SCENARIOS / "three-tier-adaptive.yaml"), "--trace", str(SMALL_TRACE),
+                     "--set", "tiers.archive.request_latency_s=5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["archive_gets"] == 0
+    (note,) = [ln for ln in proc.stderr.splitlines() if "served 0 hit tokens" in ln]
+    assert note.startswith("note: the archive tier") and "load_policy if_faster" in note

@@ -340,3 +340,54 @@ def test_by_class_chart_is_skipped_for_a_classless_trace(tmp_path: Path) -> None
     assert chart.skipped and not (d / "hit_rate_by_class_tier.png").exists()
     assert "every request is of class 'chat'" in chart.note
     assert chart.note in rep.path.read_text()
+
+
+# -- issue 17 item 10: a configured tier that serves nothing says why ------------------------------
+
+SMALL = ROOT / "traces" / "small.parquet"
+
+
+def test_an_archive_slower_than_recomputing_says_so_with_its_numbers(tmp_path: Path) -> None:
+    """if_faster with a 5 s archive request latency: 0 GETs; the hint compares the archive's
+    load time per block with the prefill time per block, both from the time model."""
+    from simkv.report.data import fmt_seconds
+    from simkv.report.tiers import idle_tier_hints, time_model
+
+    hints = {}
+    for latency in (5, 10):
+        res = run(THREE_TIER, SMALL, overrides=[f"tiers.archive.request_latency_s={latency}"])
+        s = res.summary
+        assert s["archive_puts"] > 0 and s["archive_gets"] == 0 and s["token_hit_rate_archive"] == 0
+        (hint,) = idle_tier_hints(s, res.scenario)
+        blocks = int(s["input_tokens"] / s["requests"] // s["block_size"])
+        model = time_model(res.scenario, s["block_size"])
+        load, prefill = model.load_s("archive", blocks) / blocks, model.prefill_s(blocks) / blocks
+        assert load > prefill
+        assert f"{s['archive_puts']:,} PUTs (0 GETs)" in hint and "if_faster" in hint
+        assert f"takes {fmt_seconds(load)} per block" in hint
+        assert f"recomputing takes {fmt_seconds(prefill)} per block" in hint
+        hints[latency] = hint
+    assert hints[5] != hints[10]  # the numbers, not a fixed sentence
+    d = res.write(tmp_path / "run")
+    md = write_report(d).path.read_text()
+    assert "A configured tier served nothing" in md and "recomputing takes" in md
+
+
+def test_an_archive_whose_ttl_expires_everything_says_so() -> None:
+    from simkv.report.tiers import idle_tier_hints
+
+    res = run(THREE_TIER, SMALL, overrides=["load_policy=always", "ttl.heuristic=static",
+                                            "ttl.params={ttl: 0.001}", "ttl.mode=fixed"])
+    s = res.summary
+    (hint,) = idle_tier_hints(s, res.scenario)
+    assert f"{s['expirations_archive']:,} of its blocks expired" in hint and "TTL" in hint
+
+
+def test_tiers_that_serve_hits_get_no_hint(tmp_path: Path) -> None:
+    from simkv.report.tiers import idle_tier_hints
+
+    res = run(THREE_TIER, SMALL)
+    s = res.summary
+    assert s["token_hit_rate_disk"] > 0 and s["token_hit_rate_archive"] > 0
+    assert idle_tier_hints(s, res.scenario) == []
+    assert "A configured tier served nothing" not in write_report(res.write(tmp_path / "r")).path.read_text()

@@ -178,6 +178,21 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def idle_hints(run: RunData) -> list[str]:
+    """:func:`simkv.report.tiers.idle_tier_hints` for a run directory (none for a replay, or
+    when its ``scenario.yaml`` no longer loads)."""
+    from simkv.report.tiers import idle_tier_hints
+    from simkv.scenario import load_scenario
+
+    path = run.path / "scenario.yaml"
+    if "duration_s" not in run.summary or not path.is_file():
+        return []
+    try:
+        return idle_tier_hints(run.summary, load_scenario(path))
+    except SimkvError:
+        return []
+
+
 def run_markdown(run: RunData, charts: list[Chart]) -> str:
     """``report.md`` for one run."""
     s = run.summary
@@ -195,6 +210,11 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
         lines += ["> [!WARNING]", "> **The simulated system is overloaded.** These numbers describe a "
                   "system that cannot keep up with the trace:", ">"]
         lines += [f"> - {w}" for w in warnings]
+        lines += [""]
+    idle = idle_hints(run)
+    if idle:
+        lines += ["> [!NOTE]", "> **A configured tier served nothing.**", ">"]
+        lines += [f"> - {h[:1].upper() + h[1:]}" for h in idle]
         lines += [""]
     lines += ["## Headline metrics", "",
               md_table(["metric", "value", "detail"], headline_rows(s), ["l", "r", "l"]), "",

@@ -111,9 +111,9 @@ def idle_tier_hints(summary: dict[str, Any], scenario: Scenario) -> list[str]:
             continue
         if model is None:
             model = time_model(scenario, block_size)
-        what = (f"{tier} tier served 0 hit tokens though {written:,} blocks were written to it"
-                + (f" ({summary.get('archive_puts', 0):,} PUTs, {summary.get('archive_gets', 0):,} "
-                   f"GETs)" if tier == "archive" else ""))
+        what = (f"the archive tier served 0 hit tokens though it took {written:,} PUTs "
+                f"({int(summary.get('archive_gets') or 0):,} GETs)" if tier == "archive" else
+                f"the {tier} tier served 0 hit tokens though {written:,} blocks were written to it")
         out.append(f"{what}: {_idle_cause(tier, summary, scenario, model, written)}")
     return out
 
@@ -128,11 +128,11 @@ def _idle_cause(tier: str, s: dict[str, Any], sc: Scenario, model: TimeModel, wr
         return (f"with load_policy if_faster, loading from {tier} takes {_fmt_s(load)} per block "
                 f"but recomputing takes {_fmt_s(prefill)} per block (a {blocks:,}-block prompt, "
                 f"the trace's mean), so every hit was recomputed instead; make the tier faster "
-                f"or set load_policy=always to measure it")
+                f"or set load_policy=always to use it anyway")
     expired = int(s.get(f"expirations_{tier}") or 0)
     evicted = int(s.get(f"evictions_{tier}") or 0)
     if expired and expired >= evicted:
-        return (f"{expired:,} of its blocks expired (TTL) before they were asked for again: the "
+        return (f"{expired:,} of its blocks expired (TTL) before any was asked for again: the "
                 f"TTL is shorter than the trace's reuse gaps; raise the TTL (ttl.params)")
     if evicted and evicted >= 0.5 * written:
         return (f"it evicted {evicted:,} blocks of the {written:,} written, so its capacity is too "
