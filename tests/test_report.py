@@ -391,3 +391,19 @@ def test_tiers_that_serve_hits_get_no_hint(tmp_path: Path) -> None:
     assert s["token_hit_rate_disk"] > 0 and s["token_hit_rate_archive"] > 0
     assert idle_tier_hints(s, res.scenario) == []
     assert "A configured tier served nothing" not in write_report(res.write(tmp_path / "r")).path.read_text()
+
+
+def test_curve_charts_share_the_duration_and_log_axes() -> None:
+    """`simkv curve ttl`: TTLs in human units on round durations, no "(s)"; `simkv curve
+    capacity`: a log axis from a ratio of 10, as the sweep charts."""
+    from simkv.report.curves import curve_figure
+
+    ttl = pd.DataFrame({"ttl_s": [1.0, 10.0, 60.0, 600.0, 3600.0, 14400.0],
+                        "token_hit_rate": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    fig = curve_figure(ttl, "ttl_s", "ttl")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert ax.get_xscale() == "log" and "(s)" not in ax.get_xlabel() and "(s," not in ax.get_xlabel()
+    assert labels(ax.xaxis) == ["1 s", "10 s", "1 min", "10 min", "1 h", "4 h"]
+    cap = pd.DataFrame({"capacity_blocks": [100, 400, 1500], "token_hit_rate": [0.1, 0.3, 0.5]})
+    assert curve_figure(cap, "capacity_blocks", "cap").axes[0].get_xscale() == "log"

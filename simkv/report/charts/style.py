@@ -163,6 +163,20 @@ def duration_label(seconds: float) -> str:
     return f"{fmt_param(round(seconds, 2))} s"
 
 
+#: Round durations a log time axis is ticked at: 1 s to 30 d.
+ROUND_DURATIONS_S = (1, 10, 60, 600, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)
+
+
+def duration_axis(axis: Axis, lo: float, hi: float) -> None:
+    """Tick a log axis of seconds over ``[lo, hi]`` at round durations (``1 min``, ``1 h``,
+    ``1 d``) when at least three fall inside, labelled by :func:`duration_label`."""
+    ticks = [t for t in ROUND_DURATIONS_S if lo <= t <= hi]
+    if len(ticks) >= 3:
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: duration_label(v)))
+
+
 def param_tick(key: str, value: float) -> str:
     """A swept value as an axis tick: durations in human units, anything else as is."""
     return duration_label(float(value)) if is_duration_key(key) else fmt_param(value)
