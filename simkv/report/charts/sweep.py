@@ -143,7 +143,7 @@ def objective_heatmap(sweep: SweepData, objective: Objective, out: Path) -> Char
             if v == best_value:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
     xticks = [param_tick(xkey, v) for v in allx]
-    ax.set_xticks(range(nx), xticks, rotation=45 if nx > 8 or max(map(len, xticks)) > 5 else 0,
+    ax.set_xticks(range(nx), xticks, rotation=45 if nx > 8 or max(map(len, xticks)) > 8 else 0,
                   ha="right" if nx > 8 else "center")
     ax.set_yticks(range(ny), [param_tick(ykey, v) for v in ally])
     ax.set_xlabel(param_label(xkey))
