@@ -357,3 +357,48 @@ def test_bad_ttl_plugin(plugin_dir: Path, name: str, needles: list[str]) -> None
 def test_bad_eviction_plugin(plugin_dir: Path, name: str, needles: list[str]) -> None:
     proc = run_plugin(plugin_dir, f"tiers.gpu.eviction={name}", "tiers.gpu.capacity_bytes=1GiB")
     assert_user_error(proc, "tiers.gpu.eviction", name, *needles)
+
+
+# -- issue 17 item 10: --version, plain flags, run without -o ------------------------------------
+
+
+def test_version_prints_and_exits_0() -> None:
+    from simkv import __version__
+
+    proc = simkv_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"simkv {__version__}"
+
+
+@pytest.mark.parametrize("command", [["run"], ["replay"], ["trace", "stats"], ["validate"], ["sweep"]])
+def test_flags_take_no_value_in_help(command: list[str]) -> None:
+    """A flag (--json, --gate, --help, ...) is shown without a value type: it takes none."""
+    proc = simkv_cli(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "<bool>" not in proc.stdout, proc.stdout
+    if command[0] in ("run", "replay", "trace"):
+        line = next(ln for ln in proc.stdout.splitlines() if "--json" in ln)
+        assert "<" not in line, line
+
+
+def test_run_without_out_says_nothing_was_saved() -> None:
+    proc = simkv_cli("run", str(DEFAULT), "--trace", str(SMALL_TRACE), "--json")
+    assert proc.returncode == 0, proc.stderr
+    json.loads(proc.stdout)  # stdout stays pure JSON
+    note = [ln for ln in proc.stderr.splitlines() if "nothing was saved" in ln]
+    assert len(note) == 1 and "-o DIR" in note[0], proc.stderr
+
+
+def test_run_with_out_does_not_say_nothing_was_saved(tmp_path: Path) -> None:
+    proc = simkv_cli("run", str(DEFAULT), "--trace", str(SMALL_TRACE), "-o", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing was saved" not in proc.stderr
+
+
+def test_run_says_why_a_configured_tier_served_nothing() -> None:
+    proc = simkv_cli("run", str(SCENARIOS / "three-tier-adaptive.yaml"), "--trace", str(SMALL_TRACE),
+                     "--set", "tiers.archive.request_latency_s=5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["archive_gets"] == 0
+    (note,) = [ln for ln in proc.stderr.splitlines() if "served 0 hit tokens" in ln]
+    assert note.startswith("note: the archive tier") and "load_policy if_faster" in note

@@ -447,15 +447,47 @@ def test_other_sweep_in_directory_is_refused(trace_path: Path, tmp_path: Path) -
     for needle in (str(out), "different sweep", str(other), "tiers.gpu.capacity_bytes", "--overwrite"):
         assert needle in proc.stderr.replace("\n", ""), needle
     assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == before
-    # The same base with another grid reuses the cells; --overwrite discards the old sweep.
+    # The same base with another grid (--force) reuses the cells; --overwrite discards the old sweep.
     assert simkv_cli(*args[:-4], "--grid", "ttl.params.alpha=1,3", "--workers", "1",
-                     "--trace", str(trace_path)).returncode == 0
+                     "--trace", str(trace_path), "--force").returncode == 0
     proc = simkv_cli(*args, "--trace", str(other), "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert len(list((out / "cells").glob("*.json"))) == 2
     assert pd.read_parquet(out / "sweep.parquet")["requests"].tolist() == [200, 200]
     written = yaml.safe_load((out / "scenario.yaml").read_text())["trace"]
     assert not Path(written).is_absolute() and (out / written).resolve() == other.resolve()
+
+
+def test_another_grid_in_a_sweep_directory_is_refused_unless_forced(trace_path: Path,
+                                                                     tmp_path: Path) -> None:
+    """Re-sweeping a directory over another grid would silently replace its winner.yaml: refused
+    with one line naming the directory and the differing axis; --force re-sweeps; a resume of
+    the same grid (in another axis order) still goes ahead."""
+    out = tmp_path / "out"
+    base = ["sweep", str(SCENARIO), "-o", str(out), "--trace", str(trace_path), "--workers", "1",
+            "--objective", "token_hit_rate"]
+    grid = ["--grid", "ttl.params.alpha=1,2", "--grid", "ttl.params.base_ttl=60,600"]
+    assert simkv_cli(*base, *grid).returncode == 0
+    winner = (out / "winner.yaml").read_bytes()
+    table = (out / "sweep.parquet").read_bytes()
+    proc = simkv_cli(*base, "--grid", "ttl.params.alpha=1,3", "--grid", "ttl.params.base_ttl=60,600")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in (str(out), "another grid", "ttl.params.alpha: 1,2 -> 1,3", "--force"):
+        assert needle in lines[0], needle
+    assert "base_ttl" not in lines[0]  # only the axis that differs
+    assert (out / "winner.yaml").read_bytes() == winner and (out / "sweep.parquet").read_bytes() == table
+    # the same grid, axes in another order: a resume, nothing runs
+    again = simkv_cli(*base, "--grid", "ttl.params.base_ttl=600,60", "--grid", "ttl.params.alpha=2,1")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "timing.json").read_text())["ran"] == []
+    # --force: the new grid runs, reusing the cells it shares with the old one
+    forced = simkv_cli(*base, "--grid", "ttl.params.alpha=1,3", "--grid", "ttl.params.base_ttl=60,600",
+                       "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert len(json.loads((out / "timing.json").read_text())["ran"]) == 2
+    assert sorted(pd.read_parquet(out / "sweep.parquet")["ttl.params.alpha"].unique()) == [1, 3]
 
 
 # -- the driver's end is the workers' end; a bad Ray address fails fast ----------------------

@@ -123,3 +123,48 @@ def test_validate_checks_every_file(tmp_path: Path) -> None:
     proc = simkv_cli("trace", "validate", str(good), str(good), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 2
+
+
+# -- issue 17 item 10: a disk write that had not landed is write timing, not eviction ------------
+
+
+def _diverging(tmp_path: Path, second_arrival: float, measured: list[str]) -> dict:
+    """Request r0 stores blocks 1-8 at 0 s, r1 pushes them out of an 8-block GPU tier at 1 s, r2
+    asks for them again at ``second_arrival`` from the disk (write-through). The simulated run
+    uses the default scenario; the "measured" one the same with ``measured`` overrides."""
+    from simkv.api import run
+    from simkv.fidelity import validate
+
+    a, b = list(range(1, 9)), list(range(101, 109))
+    path = write_trace(make_trace([a, b, a], block_size=16, arrivals=[0.0, 1.0, second_arrival]),
+                       tmp_path / "t.parquet")
+    common = ["tiers.gpu.capacity_bytes=null", "tiers.gpu.capacity_blocks=8", "load_policy=always"]
+    scenario = ROOT / "scenarios" / "default.yaml"
+    run(scenario, path, overrides=common).write(tmp_path / "sim")
+    run(scenario, path, overrides=[*common, *measured]).write(tmp_path / "meas")
+    return validate(tmp_path / "sim", tmp_path / "meas", tmp_path / "v", ignore_scenario=True).data
+
+
+def test_a_disk_write_not_landed_yet_is_write_timing(tmp_path: Path) -> None:
+    """A slow disk on the measured side: r2 arrives 1.5 s after r0's prefill, before r0's 16 MiB
+    reached the disk at 10 MB/s (1.7 s), so it hits fewer disk blocks there: write timing."""
+    d = _diverging(tmp_path, 1.5, ["tiers.disk.write_gbps=0.01"])
+    (first,) = d["divergence"]["first"]
+    assert first["request_id"] == "r2" and first["stored_by"] == "r0"
+    assert first["tiers"][0]["tier"] == "disk" and first["tiers"][0]["sim"] > first["tiers"][0]["measured"]
+    assert first["store_in_flight"] == {"sim": False, "measured": False}  # the prefills had ended
+    assert first["cause"] == "write_timing", first
+    landed = first["write_not_landed"]
+    assert landed["tier"] == "disk" and landed["missed_on"] == "measured"
+    assert landed["gap_s"] < landed["write_s"]
+    assert landed["write_s"] >= 8 * 16 * 131072 / 0.01e9  # r0's 8 blocks at 10 MB/s
+    md = (tmp_path / "v" / "fidelity.md").read_text()
+    assert "| write_timing |" in md and "the disk write takes" in md
+
+
+def test_a_block_evicted_long_after_its_write_is_eviction(tmp_path: Path) -> None:
+    """The control: a 4-block disk on the measured side and r2 arriving 9 s after every write
+    landed: the block was evicted, not in flight."""
+    d = _diverging(tmp_path, 10.0, ["tiers.disk.capacity_bytes=null", "tiers.disk.capacity_blocks=4"])
+    (first,) = d["divergence"]["first"]
+    assert first["cause"] == "eviction" and "write_not_landed" not in first

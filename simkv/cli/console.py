@@ -1,18 +1,22 @@
-"""What the commands share: the consoles, option types, the progress bar, the error line and
-the interrupt handler."""
+"""What the commands share: the consoles, option types, the progress bar, the error line, the
+notes after a run and the interrupt handler."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from simkv.errors import Interrupted
+
+if TYPE_CHECKING:
+    from simkv.api import Result
 
 # emoji=False: a user string such as "trace.jsonl:100:" must not print as an emoji.
 console = Console(emoji=False)
@@ -53,6 +57,19 @@ def progress_bar(label: str, *, step: int = 2048,
                 pending[0] = 0
 
         yield advance
+
+
+def run_notes(result: Result, out: Path | None) -> None:
+    """Notes on stderr after ``simkv run``: why a configured tier served nothing
+    (:func:`simkv.report.tiers.idle_tier_hints`), and that nothing was saved without ``-o``."""
+    from simkv.report.tiers import idle_tier_hints
+
+    for line in idle_tier_hints(result.summary, result.scenario):
+        err_console.print(f"[yellow]note: {escape(line)}[/]", highlight=False, soft_wrap=True)
+    if out is None:
+        err_console.print("note: nothing was saved; add -o DIR to write requests.parquet, "
+                          "timeline.parquet, summary.json and scenario.yaml (then 'simkv report "
+                          "DIR' draws the charts)", highlight=False, soft_wrap=True)
 
 
 def print_error(message: str) -> None:

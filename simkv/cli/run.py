@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar
+from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar, run_notes
 from simkv.errors import SimkvError
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def run_cmd(
         result.write(out)
     for line in overload_warnings(result.summary):
         err_console.print(f"[yellow]warning: {escape(line)}[/]", highlight=False, soft_wrap=True)
+    run_notes(result, out)
     if as_json:
         console.print_json(json.dumps(result.summary))
         return

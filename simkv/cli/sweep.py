@@ -40,6 +40,9 @@ def sweep_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the results of a "
                                             "different sweep (other base scenario, trace or "
                                             "--set) already in DIR.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Re-sweep DIR with another grid (the "
+                                        "cells of the same base are reused; sweep.parquet and "
+                                        "winner.yaml are replaced).")] = False,
     top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
     overrides: SetOpt = None,
 ) -> None:
@@ -57,12 +60,12 @@ def sweep_cmd(
     cells = (Grid.from_file(grid_file) if grid_file else Grid()) + Grid.from_specs(grid or [])
     obj, cons = parse_objective(objective, maximize, constraint or [])
     opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed,  # type: ignore[arg-type]
-                        overwrite)
+                        overwrite, force)
     plan = plan_sweep(scenario, trace, cells, overrides or [])
     check_objective(plan, obj, cons)  # a misspelt metric fails now, not after every cell ran
     if out.exists() and not out.is_dir():
         make_dir(out)  # a bad -o fails (one line) before anything is printed
-    check_sweep_dir(plan, out, overwrite)
+    check_sweep_dir(plan, out, overwrite, force)
     console.print(f"sweep [bold]{escape(plan.base.name)}[/]: {len(plan.cells)} cells over "
                   f"{escape(', '.join(plan.grid.keys)) or 'no keys'} on "
                   f"{escape(str(plan.trace.path))} ({escape(backend)} backend)", highlight=False)

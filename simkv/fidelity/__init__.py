@@ -16,7 +16,7 @@ from typing import Any
 
 from simkv.errors import SimkvError
 from simkv.fidelity.compare import check_same_inputs, figures, join, load_side
-from simkv.fidelity.diagnose import divergences, find_trace, hit_agreement
+from simkv.fidelity.diagnose import divergences, find_trace, hit_agreement, write_delays
 from simkv.fidelity.report import markdown, tier_hits, ttft_error_cdf, ttft_scatter
 from simkv.fileio import atomic_write, make_dir
 from simkv.report.charts import Chart
@@ -132,7 +132,8 @@ def validate(sim_dir: str | Path, replay_dir: str | Path, out_dir: str | Path, *
                             for r, e in joined.failed.head(examples).itertuples(index=False)],
         **figures(joined),
         "hits": hit_agreement(joined.frame),
-        "divergence": divergences(joined.frame, tr, block, chunk, examples),
+        "divergence": divergences(joined.frame, tr, block, chunk, examples,
+                                  write_delays([sim, meas], block)),
         "trace_note": note,
     }
     data["targets"] = evaluate_targets(data, targets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ from simkv.errors import SimkvError
 from simkv.fidelity.compare import HIT_COLUMNS, Side
 from simkv.model.system import TIER_NAMES
 from simkv.traces.schema import Trace, read_trace
+
+#: ``delay(tier, blocks)``: seconds from a prefill to that many blocks being readable in the
+#: tier (``None``: unknown); see :func:`write_delays`.
+WriteDelay = Callable[[str, int], float | None]
 
 CAUSES: dict[str, str] = {
     "tier_placement": (
@@ -38,11 +43,14 @@ CAUSES: dict[str, str] = {
         "cold at the start, or the replay's prompts do not reproduce the trace's block hashes "
         "(prompt derivation, tokenizer, chunk hashing). The simulator can never hit such a block."),
     "write_timing": (
-        "the request that last stored the block had finished its prefill when this one arrived "
-        "on one side but not on the other (each side's own arrival + TTFT): the store was still "
-        "in flight on one side, so whether it counts depends on when each system makes a block "
-        "visible (the simulator: after the prefill). "
-        "Based on TTFT as the store time; cannot see an asynchronous write (disk) finishing later."),
+        "the block's last store had not landed on one side when this request arrived: either "
+        "the request that stored it had not finished its prefill on one side (each side's own "
+        "arrival + TTFT), or the tier the other side served it from (CPU, disk, archive) is "
+        "written asynchronously and the request arrived sooner after that prefill than the "
+        "write takes (the scenario's write time for the blocks that request stored, the "
+        "simulated run's longest disk write lag, the archive worker's interval plus its "
+        "upload). Whether it counts depends on when each system makes a block visible. "
+        "Cannot tell when the write actually landed, only that it may not have."),
     "eviction": (
         "the block's last store was complete on both sides (or in flight on both, so an older "
         "copy served the hit) but one side no longer held it: "
@@ -126,11 +134,57 @@ def _previous_holder(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     return prev, rows
 
 
+def write_delays(sides: list[Side], block_size: int | None) -> WriteDelay:
+    """The longest time from a request's prefill to ``n`` of its blocks being readable in a
+    lower tier, over the results directories' scenarios (their hardware profiles' write
+    times); for the disk at least a simulated run's longest write lag (``disk_write_lag_max_s``,
+    queueing included). ``None`` for a tier no scenario enables, or without a scenario."""
+    from simkv.report.tiers import run_time_model
+
+    models = [m for m in (run_time_model(s.path, block_size) for s in sides) if m is not None]
+    lag = max([float(s.summary.get("disk_write_lag_max_s") or 0.0) for s in sides] or [0.0])
+
+    def delay(tier: str, blocks: int) -> float | None:
+        known = [m.write_delay_s(tier, blocks) for m in models
+                 if tier != "gpu" and getattr(m.scenario.tiers, tier).enabled]
+        if not known:
+            return None
+        return max([*known, lag]) if tier == "disk" else max(known)
+
+    return delay
+
+
+def _write_not_landed(rec: pd.Series, w: pd.Series, B: int,
+                      write_delay: WriteDelay | None) -> dict[str, Any] | None:
+    """Whether a lower tier that served more of request ``rec`` on one side may not yet have
+    held the block on the other: ``rec`` arrived there sooner after the storing request ``w``'s
+    prefill than the tier's write of ``w``'s blocks takes. The tier, the side that missed, the
+    gap and the write time, or ``None``."""
+    if write_delay is None:
+        return None
+    for tier in TIER_NAMES[1:]:
+        s_t, m_t = int(rec[f"sim_{tier}_hit_tokens"]), int(rec[f"meas_{tier}_hit_tokens"])
+        if s_t == m_t:
+            continue
+        side = "meas" if s_t > m_t else "sim"
+        stored = max(int(w[f"{p}_input_tokens"]) // B - int(w[f"{p}_hit_tokens"]) // B
+                     for p in ("sim", "meas"))
+        delay = write_delay(tier, max(stored, 1))
+        gap = float(rec[f"{side}_arrival_s"]) - float(w[f"{side}_arrival_s"] + w[f"{side}_ttft_s"])
+        if delay is not None and gap < delay:
+            return {"tier": tier, "missed_on": "sim" if side == "sim" else "measured",
+                    "gap_s": gap, "write_s": delay}
+    return None
+
+
 def divergences(frame: pd.DataFrame, trace: Trace | None, block_size: int | None,
-                chunk_size: int | None, limit: int = 10) -> dict[str, Any]:
+                chunk_size: int | None, limit: int = 10,
+                write_delay: WriteDelay | None = None) -> dict[str, Any]:
     """The first ``limit`` requests (in the simulated run's order) whose per-tier hit tokens
     differ, each with the tiers that differ and a likely cause; and the count of each cause
-    over all differing requests."""
+    over all differing requests. ``write_delay`` (:func:`write_delays`) tells a block whose
+    asynchronous write to a lower tier had not landed yet (``write_timing``) from one that
+    tier no longer held (``eviction``)."""
     diff = np.zeros(len(frame), bool)
     for col in HIT_COLUMNS:
         diff |= frame[f"sim_{col}"].to_numpy() != frame[f"meas_{col}"].to_numpy()
@@ -173,7 +227,11 @@ def divergences(frame: pd.DataFrame, trace: Trace | None, block_size: int | None
                 flight = {side: float(w[f"{side}_arrival_s"] + w[f"{side}_ttft_s"])
                           > float(rec[f"{side}_arrival_s"]) for side in ("sim", "meas")}
                 detail["store_in_flight"] = {"sim": flight["sim"], "measured": flight["meas"]}
-                cause = "write_timing" if flight["sim"] != flight["meas"] else "eviction"
+                landing = None if flight["sim"] != flight["meas"] else _write_not_landed(
+                    rec, w, B, write_delay)
+                if landing:
+                    detail["write_not_landed"] = landing
+                cause = "write_timing" if flight["sim"] != flight["meas"] or landing else "eviction"
         causes[cause] = causes.get(cause, 0) + 1
         if len(first) < limit:
             tiers = [{"tier": t, "sim": int(rec[f"sim_{t}_hit_tokens"]),

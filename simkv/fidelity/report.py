@@ -8,11 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
+from matplotlib.ticker import PercentFormatter
 
 from simkv.fidelity.compare import request_rel_errors
 from simkv.model.system import TIER_NAMES
-from simkv.report.charts.style import TIER_COLOR, TIER_LABEL, Chart, new_figure, save_png, set_title, styled
+from simkv.report.charts.style import (
+    TIER_COLOR,
+    TIER_LABEL,
+    Chart,
+    new_figure,
+    readable_log_axis,
+    save_png,
+    set_title,
+    styled,
+)
 from simkv.report.data import fmt_num, fmt_pct, fmt_seconds
 from simkv.report.markdown import md_table, shown_path
 
@@ -34,14 +43,13 @@ def ttft_scatter(frame: Any, out: Path) -> Chart:
     ax.plot([lo, hi], [lo, hi], color="black", ls="--", lw=1.2, label="y = x (exact)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):  # plain numbers: the report style parses no TeX
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(NullFormatter())
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers, at least three of them
+        readable_log_axis(axis, lo, hi)
     ax.set_xlabel("measured TTFT (ms, log scale)")
     ax.set_ylabel("simulated TTFT (ms, log scale)")
     set_title(ax, title, f"{(~ok).sum():,} requests with a zero TTFT left out" if (~ok).any() else "")
     ax.legend(loc="upper left")
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 @styled
@@ -64,7 +72,7 @@ def ttft_error_cdf(frame: Any, out: Path) -> Chart:
     ax.set_ylabel("requests with error ≤ x (%)")
     set_title(ax, title)
     ax.legend(loc="lower right")
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 @styled
@@ -87,7 +95,7 @@ def tier_hits(fig_data: dict[str, Any], out: Path) -> Chart:
     ax.set_ylabel("share of input tokens served from the tier (%)")
     set_title(ax, title)
     ax.legend(loc="upper right")
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 # -- markdown ----------------------------------------------------------------------------------
@@ -174,6 +182,10 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
             extra = f"block {d['block']}" if "block" in d else ""
             if "stored_by" in d:
                 extra += f", stored by `{d['stored_by']}`"
+            if "write_not_landed" in d:
+                wl = d["write_not_landed"]
+                extra += (f"; arrived {fmt_seconds(wl['gap_s'])} after it on the {wl['missed_on']} "
+                          f"side, the {wl['tier']} write takes {fmt_seconds(wl['write_s'])}")
             rows.append([f"`{d['request_id']}`", fmt_seconds(d["arrival_s"]), tiers, d["cause"], extra])
         lines += ["First requests whose hits diverge (tier: simulated vs measured tokens):", "",
                   md_table(["request", "arrival", "tiers", "likely cause", "where"], rows), "",

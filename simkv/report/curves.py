@@ -15,10 +15,8 @@ from simkv.curves import GIB, CurveRun
 from simkv.fileio import atomic_write, make_dir
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from rich.table import Table
-
-#: :func:`plot_curve` uses a log x-axis when ``max(x) / min(x > 0)`` exceeds this.
-LOG_AXIS_SPAN = 50.0
 
 
 def write_curve(kind: str, df: pd.DataFrame, out_dir: Path, trace_name: str,
@@ -61,48 +59,55 @@ def curve_table(run: CurveRun) -> Table:
     return table
 
 
-def plot_curve(df: pd.DataFrame, x: str, path: str | Path, title: str,
-               block_bytes: int | None = None) -> Path:
-    """Token hit rate (%) against ``x`` (``capacity_blocks`` or ``ttl_s``) as a PNG.
+def curve_figure(df: pd.DataFrame, x: str, title: str, block_bytes: int | None = None) -> Figure:
+    """Token hit rate (%) against ``x`` (``capacity_blocks`` or ``ttl_s``).
 
-    Markers at the computed points; a log x-axis when the points span about two decades
-    or more (ratio > :data:`LOG_AXIS_SPAN`, so the default 1%-100% capacities get one);
-    for capacity, a GiB axis on top when ``block_bytes`` is given.
+    Markers at the computed points; a log x-axis when the points span a decade or more
+    (:func:`simkv.report.charts.style.is_wide`, as every report chart); TTLs in human units
+    (``1 min``, ``4 h``); for capacity, a GiB axis on top when ``block_bytes`` is given.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
+
+    from simkv.report.charts.style import duration_axis, duration_label, is_wide
 
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 and v == int(v) else f"{v:,g}")
 
     xs = df[x].to_numpy(dtype=float)
     ys = df["token_hit_rate"].to_numpy(dtype=float) * 100.0
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=130)
+    fig = Figure(figsize=(8, 5), dpi=130)
+    ax = fig.subplots()
     ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5)
     pos = xs[xs > 0]
-    log = len(pos) > 1 and pos.max() / pos.min() > LOG_AXIS_SPAN
+    log = is_wide(pos)
     if log:
         ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(plain)
     if x == "capacity_blocks":
-        ax.set_xlabel("GPU tier capacity (blocks)")
+        ax.xaxis.set_major_formatter(plain)
+        ax.set_xlabel("GPU tier capacity (blocks" + (", log scale)" if log else ")"))
         if block_bytes:
             sec = ax.secondary_xaxis("top", functions=(lambda b: b * block_bytes / GIB,
                                                        lambda g: g * GIB / block_bytes))
             sec.set_xlabel(f"GPU tier capacity (GiB, {block_bytes / 2**20:g} MiB per block)")
             sec.xaxis.set_major_formatter(plain)
     else:
-        ax.set_xlabel("TTL (s, sliding)")
+        if log:
+            duration_axis(ax.xaxis, float(pos.min()), float(pos.max()))
+        else:
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: duration_label(v)))
+        ax.set_xlabel("TTL (sliding" + (", log scale)" if log else ")"))
     ax.set_ylabel("Token hit rate (%)")
     ax.set_ylim(0, max(100.0, float(ys.max()) if len(ys) else 100.0))
     ax.set_title(title)
     ax.grid(True, which="major", linestyle="--", alpha=0.5)
     fig.tight_layout()
+    return fig
+
+
+def plot_curve(df: pd.DataFrame, x: str, path: str | Path, title: str,
+               block_bytes: int | None = None) -> Path:
+    """:func:`curve_figure` saved as a PNG at ``path``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    curve_figure(df, x, title, block_bytes).savefig(out)
     return out
-

@@ -18,7 +18,7 @@ from simkv.fileio import atomic_write, make_dir
 from simkv.metrics.summary import overload_warnings
 from simkv.model.system import TIER_NAMES
 from simkv.report.charts import Chart, run_charts, sweep_charts
-from simkv.report.console import load_rows
+from simkv.report.console import OVERLOAD_CAPTION, load_rows, overload_flags
 from simkv.report.data import (
     Objective,
     RunData,
@@ -178,6 +178,21 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def idle_hints(run: RunData) -> list[str]:
+    """:func:`simkv.report.tiers.idle_tier_hints` for a run directory (none for a replay, or
+    when its ``scenario.yaml`` no longer loads)."""
+    from simkv.report.tiers import idle_tier_hints
+    from simkv.scenario import load_scenario
+
+    path = run.path / "scenario.yaml"
+    if "duration_s" not in run.summary or not path.is_file():
+        return []
+    try:
+        return idle_tier_hints(run.summary, load_scenario(path))
+    except SimkvError:
+        return []
+
+
 def run_markdown(run: RunData, charts: list[Chart]) -> str:
     """``report.md`` for one run."""
     s = run.summary
@@ -195,6 +210,11 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
         lines += ["> [!WARNING]", "> **The simulated system is overloaded.** These numbers describe a "
                   "system that cannot keep up with the trace:", ">"]
         lines += [f"> - {w}" for w in warnings]
+        lines += [""]
+    idle = idle_hints(run)
+    if idle:
+        lines += ["> [!NOTE]", "> **A configured tier served nothing.**", ">"]
+        lines += [f"> - {h[:1].upper() + h[1:]}" for h in idle]
         lines += [""]
     lines += ["## Headline metrics", "",
               md_table(["metric", "value", "detail"], headline_rows(s), ["l", "r", "l"]), "",
@@ -224,8 +244,8 @@ def top_cells(sweep: SweepData, objective: Objective, n: int) -> pd.DataFrame:
 
 
 def top_cells_table(sweep: SweepData, objective: Objective, n: int) -> str:
-    """The top cells as a Markdown table: rank, cell, swept parameters, objective, and the
-    headline metrics."""
+    """The top cells as a Markdown table: rank, cell, swept parameters, objective, the
+    headline metrics and, where a cell overloads a resource, the console's ``warn`` column."""
     best = top_cells(sweep, objective, n)
     metrics = [objective.metric] + [m for m in TOP_COLUMNS if m != objective.metric and m in best.columns]
     header = ["rank"] + (["cell"] if "cell_id" in best.columns else []) + list(sweep.params)
@@ -238,7 +258,13 @@ def top_cells_table(sweep: SweepData, objective: Objective, n: int) -> str:
         row += [fmt_metric(m, r[m]) for m in metrics]
         rows.append(row)
     align = ["r"] + (["l"] if "cell_id" in best.columns else []) + ["l"] * len(sweep.params)
-    return md_table(header, rows, align + ["r"] * len(metrics))
+    align += ["r"] * len(metrics)
+    flags = [overload_flags(v) for v in best["overload"]] if "overload" in best.columns else []
+    if any(flags):  # the console's warn column and its caption
+        header.append("warn")
+        rows = [[*r, f] for r, f in zip(rows, flags, strict=True)]
+        return md_table(header, rows, [*align, "l"]) + f"\n\n{OVERLOAD_CAPTION}"
+    return md_table(header, rows, align)
 
 
 def sweep_markdown(sweep: SweepData, objective: Objective, charts: list[Chart], top: int) -> str:

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from simkv.report.console import OVERLOAD_CAPTION, overload_flags
 from simkv.report.data import fmt_metric
 from simkv.sweep.core import SweepProgress
 from simkv.sweep.winner import Constraint, Direction, Winner, resolve_column
@@ -138,8 +139,7 @@ def top_cells_table(df: pd.DataFrame, n: int = 10, objective: tuple[str, Directi
         table.add_column(_header(SHORT.get(m, m)), justify="right", no_wrap=True)
     if overload:
         table.add_column("warn", style="yellow")
-        table.caption = ("warn: gpu = GPU utilisation >= 1 (TTFT measures an unbounded queue); "
-                         "disk / archive = its writes fall behind (see summary.json)")
+        table.caption = escape(OVERLOAD_CAPTION)
     for label, row in shown.iterrows():
         mark = "★" if winner is not None and row["cell_id"] == winner.cell_id else " "
         style = None if feasible[label] else "dim"
@@ -148,7 +148,6 @@ def top_cells_table(df: pd.DataFrame, n: int = 10, objective: tuple[str, Directi
             values[0] = f"[red]{_fmt(row['status'])}[/]"  # a failed cell has no metrics
         cells = [mark + str(row["cell_id"]), *(_fmt(row[c]) for c in params), *values]
         if overload:
-            flag = row["overload"]
-            cells.append("" if pd.isna(flag) else escape(str(flag).replace(",", ", ")))
+            cells.append(escape(overload_flags(row["overload"])))
         table.add_row(*cells, style=style)
     return table

@@ -69,6 +69,7 @@ class SweepOptions:
     cell_outputs: bool = False
     retry_failed: bool = False
     overwrite: bool = False
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "ray"):
@@ -180,7 +181,7 @@ def run_plan(plan: SweepPlan, out_dir: str | Path, opts: SweepOptions | None = N
         backends.probe_ray_address(opts.ray_address)  # before anything is written
     if out.exists() and not out.is_dir():
         raise SimkvError(f"{out}: exists and is not a directory (the sweep directory)")
-    check_sweep_dir(plan, out, opts.overwrite)
+    check_sweep_dir(plan, out, opts.overwrite, opts.force)
     try:
         cells_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -246,6 +247,7 @@ def sweep(
     retry_failed: bool = False,
     overwrite: bool = False,
     progress: Callable[[SweepProgress], Any] | None = None,
+    force: bool = False,
 ) -> pd.DataFrame:
     """Simulate ``trace`` under ``scenario`` for every cell of ``grid`` and return the
     sweep table (also written to ``out_dir/sweep.parquet``).
@@ -253,9 +255,10 @@ def sweep(
     ``grid``: a :class:`Grid`, a mapping ``key → values`` or ``key=v1,v2`` strings;
     ``overrides``: ``--set`` style overrides of the base scenario. Cells already done in
     ``out_dir`` are not run again (errored ones only with ``retry_failed``); ``out_dir``
-    holding another sweep's results is refused unless ``overwrite``.
+    holding another sweep's results is refused unless ``overwrite``, and one holding a sweep
+    of the same base over another grid unless ``force``.
     """
-    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed, overwrite)
+    opts = SweepOptions(backend, workers, ray_address, cell_outputs, retry_failed, overwrite, force)
     plan = plan_sweep(scenario, trace, grid, overrides)
     return run_plan(plan, out_dir, opts, progress)
 

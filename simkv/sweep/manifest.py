@@ -81,20 +81,51 @@ def code_changed(out_dir: str | Path) -> bool:
     return path.exists() and load_manifest(out_dir).get("code") not in (None, code_digest())
 
 
-def check_sweep_dir(plan: SweepPlan, out: Path, overwrite: bool = False) -> None:
+def grid_differences(old: dict[str, Any], plan: SweepPlan) -> list[str]:
+    """How ``plan``'s grid differs from the one a sweep manifest recorded, one ``key: old ->
+    new`` per differing axis (empty: the same cells, in whatever axis or value order)."""
+    from simkv.sweep.grid import Grid
+
+    recorded = old.get("grid")
+    if not isinstance(recorded, dict):
+        return []  # a manifest from before grids were recorded: nothing to compare
+    try:
+        before = Grid.from_mapping(recorded, "sweep.yaml grid")
+    except SimkvError:
+        return ["the recorded grid is unreadable"]
+    if {c.id for c in before.cells()} == {c.id for c in plan.cells}:
+        return []
+    now = plan.grid.to_dict()
+
+    def values(v: list[Any] | None) -> str:
+        return ",".join(map(str, v)) if v else "(not swept)"
+
+    return [f"{k}: {values(recorded.get(k))} -> {values(now.get(k))}"
+            for k in dict.fromkeys([*recorded, *now])
+            if sorted(map(str, recorded.get(k) or [])) != sorted(map(str, now.get(k) or []))]
+
+
+def check_sweep_dir(plan: SweepPlan, out: Path, overwrite: bool = False, force: bool = False) -> None:
     """Refuse to run ``plan`` into a directory holding results of a different sweep (another
     base scenario, trace or --set overrides: its cell records would be discarded), naming
-    what differs; with ``overwrite`` remove those results instead. Results of the same base
-    (a resume, or a changed grid) are kept and reused; cells of the same sweep made by other
-    simkv code (:func:`code_digest`) are not reused: they all run again."""
+    what differs; with ``overwrite`` remove those results instead. A sweep of the same base
+    over another grid would replace the directory's ``sweep.parquet`` and ``winner.yaml``:
+    refused too, naming the differing axes, unless ``force`` (its cells are then reused). A
+    resume (the same grid) goes ahead; cells of the same sweep made by other simkv code
+    (:func:`code_digest`) are not reused: they all run again."""
     if not (out / "sweep.yaml").exists():
         return
     old = load_manifest(out)
     cells_dir = out / "cells"
-    if old.get("fingerprint") == plan.fingerprint or not any(cells_dir.glob("*.json")):
+    if not any(cells_dir.glob("*.json")):
         return
-    diffs = _manifest_differences(old, plan, out)
+    diffs = [] if old.get("fingerprint") == plan.fingerprint else _manifest_differences(old, plan, out)
     if not diffs:
+        grid = grid_differences(old, plan)
+        if grid and not (force or overwrite):
+            raise SimkvError(f"{out}: holds a sweep over another grid ({'; '.join(grid)}); its "
+                             "sweep.parquet and winner.yaml would be replaced: use another -o "
+                             "directory, or --force to re-sweep it with this grid")
         return
     if not overwrite:
         raise SimkvError(f"{out}: holds the results of a different sweep ("

@@ -6,7 +6,7 @@ skipped with the reason, never drawn empty.
 """
 
 from simkv.report.charts.run import run_charts
-from simkv.report.charts.style import Chart
-from simkv.report.charts.sweep import sweep_charts, tick_decimals
+from simkv.report.charts.style import Chart, tick_decimals
+from simkv.report.charts.sweep import sweep_charts
 
 __all__ = ["Chart", "run_charts", "sweep_charts", "tick_decimals"]

@@ -16,6 +16,7 @@ from simkv.report.charts.style import (
     TIER_LABEL,
     TIERS,
     Chart,
+    dollar_ticks,
     legend_outside,
     new_figure,
     save_png,
@@ -126,7 +127,7 @@ def occupancy_and_hit_rate(run: RunData, out: Path) -> Chart:
     ax_hit.set_xlim(edges[0], edges[-1])
     legend_outside(ax_hit)
     fig.suptitle(f"{title}: {run.summary.get('scenario', '')}")
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 @styled
@@ -175,7 +176,7 @@ def ttft_cdf(run: RunData, out: Path) -> Chart:
     ax.set_ylabel("requests with TTFT ≤ x (%)")
     ax.set_title(f"{title}: {run.summary.get('scenario', '')}")
     ax.legend(loc="lower right")
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 @styled
@@ -219,7 +220,7 @@ def cost_breakdown(run: RunData, out: Path) -> Chart:
     lo, hi = min(levels), max(levels)
     ax.set_ylim(lo - 0.12 * span if lo < 0 else 0, hi + 0.12 * span)
     ax.set_xticks(range(len(labels)), labels)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_dollars(v)))
+    dollar_ticks(ax.yaxis)
     ax.set_ylabel("US dollars ($)")
     gpu_s = float(s.get("gpu_seconds_saved", 0.0))
     rate = run.scenario.get("hardware", {}).get("gpu_cost_per_hour") if run.scenario else None
@@ -230,7 +231,7 @@ def cost_breakdown(run: RunData, out: Path) -> Chart:
     set_title(ax, f"{title} over the {dur} trace: {s.get('scenario', '')}", detail)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     ax.grid(axis="x", visible=False)
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 def _bar_label(ax: Axes, x: float, y: float, text: str, *, above: bool) -> None:
@@ -263,6 +264,10 @@ def hit_rate_breakdown(run: RunData, out: Path) -> Chart:
     classes = list(next(iter(rates.values())).index) if rates else []
     if not tiers or not classes:
         return Chart(name, title, note="no token was served from any tier")
+    if len(classes) <= 2:  # one class (or none) beside "all": the bars would repeat each other
+        only = f"every request is of class {classes[0]!r}" if len(classes) == 2 else "no prompt class"
+        return Chart(name, title, note=f"{only} in this trace; the hit rate by tier is in the "
+                                       "headline metrics")
 
     fig = new_figure()
     ax = fig.subplots()
@@ -291,7 +296,7 @@ def hit_rate_breakdown(run: RunData, out: Path) -> Chart:
     ax.grid(axis="x", visible=False)
     if len(tiers) > 1 or share is not None:
         legend_outside(ax)
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 def run_charts(run: RunData, out: Path) -> list[Chart]:

@@ -1,10 +1,9 @@
 """The charts of a sweep report: the objective heatmap, hit rate vs capacity, the objective
-along one swept parameter."""
+along one swept parameter, the objective per value of categorical parameters."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,21 +11,33 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, PercentFormatter
 
-from simkv.report.charts.style import GIB, Chart, new_figure, save_png, set_title, styled
-from simkv.report.data import Objective, SweepData, fmt_dollars, fmt_param, is_fraction, metric_label
+from simkv.report.charts.style import (
+    GIB,
+    Chart,
+    dollar_ticks,
+    is_duration_key,
+    new_figure,
+    param_tick,
+    percent_ticks,
+    save_png,
+    set_title,
+    styled,
+    value_axis,
+)
+from simkv.report.data import Objective, SweepData, fmt_dollars, is_fraction, metric_label
 
 
 def param_label(key: str) -> str:
-    """A swept key with its unit: ``ttl.params.base_ttl (s)``."""
+    """A swept key with its unit: ``tiers.gpu.capacity_bytes (GiB)``; durations carry their
+    unit on each tick (``4 h``), so their label has none."""
     last = key.rsplit(".", 1)[-1]
     if last.endswith("capacity_bytes"):
         return f"{key} (GiB)"
     if last.endswith("capacity_blocks"):
         return f"{key} (blocks)"
-    if last.endswith("ttl") or last.endswith("_s"):
-        return f"{key} (s)"
+    if is_duration_key(key):
+        return key
     if last.endswith("_gbps"):
         return f"{key} (GB/s)"
     return key
@@ -113,10 +124,10 @@ def objective_heatmap(sweep: SweepData, objective: Objective, out: Path) -> Char
     cb = fig.colorbar(img, ax=ax, pad=0.02)
     cb.set_label(objective.label)
     if objective.metric.endswith("_dollars"):
-        cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_dollars(v)))
+        dollar_ticks(cb.ax.yaxis)
     decimals = _percent_decimals(vmax - vmin)
     if is_fraction(objective.metric):
-        cb.ax.yaxis.set_major_formatter(PercentFormatter(decimals=decimals))
+        percent_ticks(cb.ax.yaxis)
     best_value = objective.best(pd.Series(values[np.isfinite(values)])) if finite.size else math.nan
     for i in range(ny):
         for j in range(nx):
@@ -131,10 +142,10 @@ def objective_heatmap(sweep: SweepData, objective: Objective, out: Path) -> Char
                     fontsize=10, color="black" if lum > 0.5 else "white")
             if v == best_value:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
-    ax.set_xticks(range(nx), [fmt_param(v) for v in allx],
-                  rotation=45 if nx > 8 or max(len(fmt_param(v)) for v in allx) > 5 else 0,
+    xticks = [param_tick(xkey, v) for v in allx]
+    ax.set_xticks(range(nx), xticks, rotation=45 if nx > 8 or max(map(len, xticks)) > 8 else 0,
                   ha="right" if nx > 8 else "center")
-    ax.set_yticks(range(ny), [fmt_param(v) for v in ally])
+    ax.set_yticks(range(ny), [param_tick(ykey, v) for v in ally])
     ax.set_xlabel(param_label(xkey))
     ax.set_ylabel(param_label(ykey))
     ax.grid(False)
@@ -144,7 +155,7 @@ def objective_heatmap(sweep: SweepData, objective: Objective, out: Path) -> Char
         legend += "; *: some cells of this point failed"
     set_title(ax, f"{_cap(metric_label(objective.metric))} over {ykey} × {xkey}",
            _cap(note.strip(" ()")), legend)
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 def _cap(text: str) -> str:
@@ -157,21 +168,6 @@ def _percent_decimals(spread_pct: float) -> int:
     if not spread_pct > 0:
         return 1
     return int(min(4, max(1, math.ceil(-math.log10(spread_pct)) + 1)))
-
-
-def tick_decimals(ticks: Sequence[float]) -> int:
-    """The fewest decimals (at most 6) that print every tick exactly, so adjacent ticks never
-    read the same (``37.40, 37.42, 37.44`` → 2; ``0.25`` steps → 2; whole steps → 0)."""
-    t = np.asarray(ticks, dtype=np.float64)
-    steps = np.diff(np.sort(t))
-    steps = steps[steps > 0]
-    if not len(steps):
-        return 1
-    tol = 1e-6 * float(steps.min())
-    for d in range(7):
-        if np.all(np.abs(t - np.round(t, d)) <= tol):
-            return d
-    return 6
 
 
 def _cell_text(metric: str, v: float, decimals: int = 1) -> str:
@@ -215,24 +211,16 @@ def hit_rate_vs_capacity(sweep: SweepData, out: Path, metric: str = "token_hit_r
         line = sub.groupby("x")["v"].max().sort_index()
         ax.plot(line.index, line.to_numpy(), marker="o", ms=5, lw=1.8, color=f"C{i}",
                 label=f"{policy} = {group}" if policy else "all cells")
-    xs = np.sort(frame["x"].dropna().unique())
-    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 20:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(xs))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
-        crowded = len(xs) > 1 and float(np.min(np.diff(np.log10(xs)))) < 0.25
-        if crowded:
-            ax.tick_params(axis="x", labelrotation=45)
+    log = value_axis(ax, cap, frame["x"].dropna().unique())
     ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-    ax.set_xlabel(param_label(cap))
+    percent_ticks(ax.yaxis)
+    ax.set_xlabel(param_label(cap) + (", log scale" if log else ""))
     ax.set_ylabel(metric_label(metric))
     note = others_note(sweep, [cap] + ([policy] if policy else []), "best")
     set_title(ax, f"{title}{' per eviction policy' if policy else ''}", _cap(note.strip(" ()")))
     if policy:
         ax.legend(loc="lower right")
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 @styled
@@ -259,18 +247,59 @@ def objective_vs_param(sweep: SweepData, objective: Objective, out: Path) -> Cha
         line = sub.groupby("x")["v"].agg(_best_over(objective)).sort_index()
         ax.plot(line.index, line.to_numpy(), marker="o", ms=5, lw=1.8, color=f"C{i}",
                 label=f"{group} = {g}" if group else "all cells")
-    decimals = tick_decimals(ax.get_yticks())
     if is_fraction(objective.metric):
-        ax.yaxis.set_major_formatter(PercentFormatter(decimals=decimals))
+        percent_ticks(ax.yaxis)
     elif objective.metric.endswith("_dollars"):
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"${v:,.{decimals}f}"))
-    ax.set_xlabel(param_label(key))
+        dollar_ticks(ax.yaxis)
+    log = value_axis(ax, key, frame["x"].dropna().unique())
+    ax.set_xlabel(param_label(key) + (", log scale" if log else ""))
     ax.set_ylabel(objective.label)
     note = others_note(sweep, [key] + ([group] if group else []), "best")
     set_title(ax, f"{_cap(metric_label(objective.metric))} vs {key}", _cap(note.strip(" ()")))
     if group:
         ax.legend(loc="best")
-    return Chart(name, f"{_cap(metric_label(objective.metric))} vs {key}", save_png(fig, out, name))
+    return Chart(name, f"{_cap(metric_label(objective.metric))} vs {key}", save_png(fig, out, name),
+                 figure=fig)
+
+
+@styled
+def objective_by_value(sweep: SweepData, objective: Objective, out: Path) -> Chart:
+    """For a sweep over categorical parameters only (``tiers.gpu.eviction=lru,fifo``): one bar
+    per value of each, the best cell over the other parameters, the best bar outlined."""
+    name = "objective_by_value"
+    title = f"{_cap(metric_label(objective.metric))} per swept value"
+    keys = [k for k in sweep.categorical if sweep.cells[k].nunique() > 1]
+    if not keys or any(sweep.numeric[k].nunique() > 1 for k in sweep.numeric):
+        return Chart(name, title, note="applies to a sweep over categorical parameters only")
+    ok = sweep.ok
+    if ok.empty or objective.metric not in ok.columns:
+        return Chart(name, title, note="no successful cell")
+    scale = 100 if is_fraction(objective.metric) else 1
+    fig = new_figure(9.0, 1.0 + 4.0 * len(keys))
+    axes = fig.subplots(len(keys), 1, squeeze=False)[:, 0]
+    for ax, key in zip(axes, keys, strict=True):
+        values = (ok[objective.metric].astype(float) * scale).groupby(ok[key].astype(str), sort=True)
+        best = values.agg(_best_over(objective))
+        bars = ax.bar(range(len(best)), best.to_numpy(), width=0.6,
+                      color=[f"C{i}" for i in range(len(best))])
+        decimals = _percent_decimals(float(best.max() - best.min()))
+        ax.bar_label(bars, [_cell_text(objective.metric, v / scale, decimals) for v in best], fontsize=10)
+        top = int(np.argmax(best.to_numpy()) if objective.direction == "max" else np.argmin(best.to_numpy()))
+        bars[top].set_edgecolor("red")
+        bars[top].set_linewidth(2.5)
+        ax.set_xticks(range(len(best)), list(best.index))
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective.label)
+        if is_fraction(objective.metric):
+            percent_ticks(ax.yaxis)
+        elif objective.metric.endswith("_dollars"):
+            dollar_ticks(ax.yaxis)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.grid(axis="x", visible=False)
+        note = others_note(sweep, [key], "best")
+        set_title(ax, f"{_cap(metric_label(objective.metric))} per {key}",
+                  _cap(note.strip(" ()")) + ("; " if note else "") + "red outline: best")
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
 
 
 def sweep_charts(sweep: SweepData, objective: Objective, out: Path) -> list[Chart]:
@@ -278,4 +307,5 @@ def sweep_charts(sweep: SweepData, objective: Objective, out: Path) -> list[Char
     from simkv.report.charts.tradeoff import ttl_tradeoff  # it builds on this module's helpers
 
     return [objective_heatmap(sweep, objective, out), ttl_tradeoff(sweep, out),
-            hit_rate_vs_capacity(sweep, out), objective_vs_param(sweep, objective, out)]
+            hit_rate_vs_capacity(sweep, out), objective_vs_param(sweep, objective, out),
+            objective_by_value(sweep, objective, out)]

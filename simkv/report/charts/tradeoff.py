@@ -1,8 +1,8 @@
 """The TTL trade-off chart of a sweep: what a longer archive TTL buys and what it costs.
 
 For a sweep over a TTL parameter (``ttl.params.base_ttl``, ``ttl.params.ttl``, ...) with the
-archive enabled, three panels share a logarithmic TTL axis, one line per value of the other
-swept numeric parameter (``alpha``), the best over any further ones:
+archive enabled, three panels share a TTL axis (logarithmic when the TTLs span a decade), one
+line per value of the other swept numeric parameter (``alpha``), the best over any further ones:
 
 * archive token hit rate (tokens served from the archive / input tokens): what the TTL buys;
 * archive dollars (storage + requests + transfer): what it costs;
@@ -16,21 +16,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentFormatter
 
-from simkv.report.charts.style import Chart, new_figure, save_png, styled
-from simkv.report.charts.sweep import axis_values, others_note, param_label, tick_decimals
+from simkv.report.charts.style import (
+    Chart,
+    dollar_ticks,
+    duration_label,
+    new_figure,
+    percent_ticks,
+    save_png,
+    styled,
+    value_axis,
+)
+from simkv.report.charts.sweep import axis_values, others_note, param_label
 from simkv.report.data import SweepData, fmt_param
 
 ARCHIVE_DOLLARS = ("archive_storage_dollars", "archive_request_dollars", "transfer_dollars")
-
-
-def duration_label(seconds: float) -> str:
-    """A TTL tick: ``60`` → ``1 min``, ``14400`` → ``4 h``, ``86400`` → ``1 d``."""
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{fmt_param(round(seconds / size, 2))} {unit}"
-    return f"{fmt_param(round(seconds, 2))} s"
 
 
 def ttl_key(sweep: SweepData) -> str | None:
@@ -79,22 +79,13 @@ def ttl_tradeoff(sweep: SweepData, out: Path) -> Chart:
     axes[2].plot([top["ttl"]], [top["saved"]], marker="*", ms=16, color="black", ls="none",
                  label=f"best: {duration_label(top['ttl'])}" + (f", {group.rsplit('.', 1)[-1]} = "
                                                               f"{fmt_param(top['g'])}" if group else ""))
-    ticks = sorted(frame["ttl"].unique())
     for ax, (col, ylabel) in zip(axes, panels, strict=True):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: duration_label(v)))
+        log = value_axis(ax, key, frame["ttl"].unique())
         ax.set_ylabel(ylabel)
-        decimals = tick_decimals(ax.get_yticks())
-        if col == "hits":
-            ax.yaxis.set_major_formatter(PercentFormatter(decimals=decimals))
-        else:
-            ax.yaxis.set_major_formatter(FuncFormatter(
-                lambda v, _, d=decimals: f"{'-' if v < 0 else ''}${abs(v):,.{d}f}"))
+        (percent_ticks if col == "hits" else dollar_ticks)(ax.yaxis)
     axes[0].legend(loc="best")
     axes[2].legend(loc="best")
-    axes[2].set_xlabel(param_label(key) + ", log scale")
+    axes[2].set_xlabel(param_label(key) + (", log scale" if log else ""))
     note = others_note(sweep, [key] + ([group] if group else []), "best cost saved")
     axes[0].set_title(title + note, fontsize=12)
-    return Chart(name, title, save_png(fig, out, name))
+    return Chart(name, title, save_png(fig, out, name), figure=fig)
