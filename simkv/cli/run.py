@@ -11,6 +11,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar
+from simkv.cli.slicing import (
+    EndOpt,
+    LimitOpt,
+    SampleByOpt,
+    SampleOpt,
+    SampleSeedOpt,
+    StartOpt,
+    trace_slice,
+)
 from simkv.errors import SimkvError
 
 if TYPE_CHECKING:
@@ -26,19 +35,33 @@ def run_cmd(
     overrides: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of "
                                           "the table.")] = False,
+    limit: LimitOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    sample: SampleOpt = None,
+    sample_by: SampleByOpt = "session",
+    sample_seed: SampleSeedOpt = 0,
 ) -> None:
-    """Simulate a trace under a scenario; write per-request rows, timeline and summary.json."""
+    """Simulate a trace under a scenario; write per-request rows, timeline and summary.json.
+
+    A progress bar shows on stderr when it is a terminal (not with --json)."""
     import time
+    from contextlib import nullcontext
 
     from simkv.api import check_run_dir, run
     from simkv.metrics.summary import overload_warnings
     from simkv.report.console import summary_table
 
+    spec = trace_slice(limit, start, end, sample, sample_by, sample_seed)
     if out is not None:
         check_run_dir(out)  # before simulating, not after
     t0 = time.perf_counter()
-    with progress_bar("simulating") as advance:
-        result = run(scenario, trace, overrides=overrides or [], progress=advance)
+    total: list[int | None] = [None]
+    bar = (nullcontext(lambda n: None) if as_json
+           else progress_bar("simulating", step=256, total=lambda: total[0]))
+    with bar as advance:
+        result = run(scenario, trace, overrides=overrides or [], progress=advance,
+                     on_start=lambda n: total.__setitem__(0, n), trace_slice=spec)
     wall = time.perf_counter() - t0
     if out is not None:
         result.write(out)

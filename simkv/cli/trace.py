@@ -10,6 +10,15 @@ import typer
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, console, err_console
+from simkv.cli.slicing import (
+    EndOpt,
+    LimitOpt,
+    SampleByOpt,
+    SampleOpt,
+    SampleSeedOpt,
+    StartOpt,
+    trace_slice,
+)
 from simkv.errors import SimkvError
 
 trace_app = typer.Typer(help="Generate, import, export, inspect and validate Parquet traces.",
@@ -47,14 +56,24 @@ def trace_import(
     block_size: Annotated[int | None, typer.Option(help="Tokens per block (agent logs; "
                                                    "mooncake is fixed at 512).")] = None,
     model: Annotated[str | None, typer.Option(help="Keep only this model_name (lmcache).")] = None,
+    limit: LimitOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    sample: SampleOpt = None,
+    sample_by: SampleByOpt = "session",
+    sample_seed: SampleSeedOpt = 0,
 ) -> None:
-    """Import a Mooncake JSONL trace, LMCache lookup-hash logs or an agent-call log."""
+    """Import a Mooncake JSONL trace, LMCache lookup-hash logs or an agent-call log; the slice
+    options keep part of it (the same rows 'simkv run' and 'simkv replay' keep with them)."""
     from simkv.traces.importers import import_trace
     from simkv.traces.schema import write_trace
 
-    trace = import_trace(kind, inputs, sort=sort, block_size=block_size, model=model)
+    spec = trace_slice(limit, start, end, sample, sample_by, sample_seed)
+    trace = import_trace(kind, inputs, sort=sort, block_size=block_size, model=model, trace_slice=spec)
     write_trace(trace, out)
-    console.print(f"imported {len(trace):,} requests ({escape(kind)}) to [bold]{escape(str(out))}[/]")
+    sliced = f" (a slice: {spec.describe()})" if spec else ""
+    console.print(f"imported {len(trace):,} requests ({escape(kind)}){escape(sliced)} to "
+                  f"[bold]{escape(str(out))}[/]", highlight=False)
 
 
 @trace_app.command("stats")
