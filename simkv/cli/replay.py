@@ -14,16 +14,9 @@ import typer
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar
-from simkv.cli.slicing import (
-    EndOpt,
-    LimitOpt,
-    SampleByOpt,
-    SampleOpt,
-    SampleSeedOpt,
-    StartOpt,
-    trace_slice,
-)
+from simkv.cli.slicing import slice_options
 from simkv.errors import Interrupted, SimkvError
+from simkv.traces.slicing import TraceSlice
 
 
 def _speed(text: str) -> float | None:
@@ -46,6 +39,7 @@ def _max_tokens(text: str) -> int | None:
     return int(text)
 
 
+@slice_options
 def replay_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML (the one the engine serves).")],
     engine: Annotated[str, typer.Option("--engine", help="Base URL of the OpenAI-compatible server, "
@@ -77,12 +71,7 @@ def replay_cmd(
     flush_seconds: Annotated[float, typer.Option(min=0.0, help="... or this many seconds.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of "
                                           "the table.")] = False,
-    limit: LimitOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    sample: SampleOpt = None,
-    sample_by: SampleByOpt = "session",
-    sample_seed: SampleSeedOpt = 0,
+    trace_slice: TraceSlice | None = None,
 ) -> None:
     """Replay a trace through a real engine at its arrival times; write per-request rows (the
     schema of 'simkv run'), summary.json and replay.json. Exit 1 when any request failed."""
@@ -92,7 +81,6 @@ def replay_cmd(
                             max_tokens=_max_tokens(max_tokens), api_key=api_key, timeout_s=timeout,
                             vocab_size=vocab_size, resume=resume, flush_rows=flush_rows,
                             flush_s=flush_seconds, skip_too_long=skip_too_long)
-    spec = trace_slice(limit, start, end, sample, sample_by, sample_seed)
     totals: list[int | None] = [None]
 
     def started(total: int, served: int, retried: int) -> None:
@@ -103,7 +91,7 @@ def replay_cmd(
                               highlight=False)
 
     with progress_bar("replaying", step=1, total=lambda: totals[0]) as advance:
-        result = replay(scenario, trace, out, options, overrides=overrides or [], trace_slice=spec,
+        result = replay(scenario, trace, out, options, overrides=overrides or [], trace_slice=trace_slice,
                         progress=advance, on_start=started)
     if result.interrupted:
         err_console.print(

@@ -11,16 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar
-from simkv.cli.slicing import (
-    EndOpt,
-    LimitOpt,
-    SampleByOpt,
-    SampleOpt,
-    SampleSeedOpt,
-    StartOpt,
-    trace_slice,
-)
+from simkv.cli.slicing import slice_options
 from simkv.errors import SimkvError
+from simkv.traces.slicing import TraceSlice
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -28,6 +21,7 @@ if TYPE_CHECKING:
     from simkv.regress import CaseResult
 
 
+@slice_options
 def run_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     trace: TraceOpt = None,
@@ -35,12 +29,7 @@ def run_cmd(
     overrides: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of "
                                           "the table.")] = False,
-    limit: LimitOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    sample: SampleOpt = None,
-    sample_by: SampleByOpt = "session",
-    sample_seed: SampleSeedOpt = 0,
+    trace_slice: TraceSlice | None = None,
 ) -> None:
     """Simulate a trace under a scenario; write per-request rows, timeline and summary.json.
 
@@ -52,7 +41,6 @@ def run_cmd(
     from simkv.metrics.summary import overload_warnings
     from simkv.report.console import summary_table
 
-    spec = trace_slice(limit, start, end, sample, sample_by, sample_seed)
     if out is not None:
         check_run_dir(out)  # before simulating, not after
     t0 = time.perf_counter()
@@ -61,7 +49,7 @@ def run_cmd(
            else progress_bar("simulating", step=256, total=lambda: total[0]))
     with bar as advance:
         result = run(scenario, trace, overrides=overrides or [], progress=advance,
-                     on_start=lambda n: total.__setitem__(0, n), trace_slice=spec)
+                     on_start=lambda n: total.__setitem__(0, n), trace_slice=trace_slice)
     wall = time.perf_counter() - t0
     if out is not None:
         result.write(out)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 
 from simkv.errors import SimkvError
 from simkv.traces.schema import Trace
@@ -80,6 +79,8 @@ def slice_rows(trace: Trace, spec: TraceSlice) -> np.ndarray:
     if spec.end_s is not None:
         rows = rows[t[rows] < spec.end_s]
     if spec.sample is not None and len(rows):
+        import pandas as pd
+
         if spec.sample_by == "session":
             sessions = trace.column("session_id")[rows]
             keys = np.where(sessions == "", "\0" + pd.Series(rows).astype(str).to_numpy(), sessions)
