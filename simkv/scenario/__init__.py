@@ -168,8 +168,8 @@ class Scenario:
     def relative_to(self, directory: str | Path) -> Scenario:
         """This scenario as written into ``directory``: ``trace`` and ``hardware.profile``
         relative to it. A scenario file's relative paths resolve against its own directory
-        (after the working directory, for the trace), so the written file runs from any
-        working directory and still does when the tree moves to another machine."""
+        first, so the written file runs from any working directory and still does when the
+        tree moves to another machine."""
         def rel(path: str | None) -> str | None:
             if path is None:
                 return None
