@@ -25,6 +25,7 @@ from simkv.metrics.schema import request_table, scenario_sha256, trace_sha256, w
 from simkv.model.engines import ENGINES, select_engine
 from simkv.scenario import Scenario, load_scenario
 from simkv.traces.schema import Trace, read_trace
+from simkv.traces.slicing import TraceSlice, slice_trace
 
 
 @dataclass
@@ -90,18 +91,28 @@ def clear_run_dir(out: Path) -> None:
 
 def resolve_trace(scenario: Scenario, trace: Trace | str | Path | None,
                   scenario_path: Path | None = None) -> Trace:
-    """The trace to run: the argument, else the scenario's ``trace`` key (relative to the
-    working directory, or else to the scenario file)."""
+    """The trace to run: the argument, else the scenario's ``trace`` key (made absolute by
+    :func:`~simkv.scenario.load_scenario` when it lies beside the scenario file, else relative to
+    the working directory). A missing file is a :class:`SimkvError` naming where it looked."""
     if isinstance(trace, Trace):
         return trace
     if trace is None:
         if scenario.trace is None:
             raise SimkvError("no trace given: pass --trace or set 'trace' in the scenario")
         trace = Path(scenario.trace)
-        if not trace.exists() and scenario_path is not None and not trace.is_absolute():
-            alt = scenario_path.parent / trace
-            trace = alt if alt.exists() else trace
+        if not trace.exists() and not trace.is_absolute():
+            looked = [str(trace.resolve())]
+            if scenario_path is not None:
+                looked.insert(0, str((scenario_path.parent / trace).resolve()))
+            raise SimkvError(f"{scenario_path or 'scenario'}: trace {scenario.trace}: no such file "
+                             f"(looked for {' and '.join(dict.fromkeys(looked))})")
     return read_trace(trace)
+
+
+def slice_summary(trace_slice: TraceSlice | None) -> dict[str, str]:
+    """``{"trace_slice": ...}`` for a sliced run or replay, nothing for a whole trace (so a
+    whole trace's summary is what it always was)."""
+    return {} if trace_slice is None or trace_slice.is_whole else {"trace_slice": trace_slice.describe()}
 
 
 def check_block_size(scenario: Scenario, trace: Trace) -> None:
@@ -112,17 +123,18 @@ def check_block_size(scenario: Scenario, trace: Trace) -> None:
 
 
 def resolve_inputs(scenario: Scenario | str | Path, trace: Trace | str | Path | None,
-                   overrides: list[str] | None = None) -> tuple[Scenario, Trace]:
+                   overrides: list[str] | None = None,
+                   trace_slice: TraceSlice | None = None) -> tuple[Scenario, Trace]:
     """The scenario (loaded from a YAML path, ``overrides`` applied) and its trace (``trace``, or
-    the scenario's own, relative to the scenario file), their block sizes checked to agree:
-    what ``run`` and ``replay`` start from."""
+    the scenario's own, relative to the scenario file; cut to ``trace_slice``), their block
+    sizes checked to agree: what ``run`` and ``replay`` start from."""
     scenario_path = None
     if isinstance(scenario, str | Path):
         scenario_path = Path(scenario)
         scenario = load_scenario(scenario_path, overrides)
     elif overrides:
         scenario = scenario.with_overrides(overrides)
-    tr = resolve_trace(scenario, trace, scenario_path)
+    tr = slice_trace(resolve_trace(scenario, trace, scenario_path), trace_slice)
     check_block_size(scenario, tr)
     return scenario, tr
 
@@ -133,9 +145,15 @@ def run(
     *,
     overrides: list[str] | None = None,
     progress: Callable[[int], Any] | None = None,
+    on_start: Callable[[int], Any] | None = None,
+    trace_slice: TraceSlice | None = None,
 ) -> Result:
-    """Simulate ``trace`` under ``scenario`` (a :class:`Scenario` or a YAML path)."""
-    scenario, tr = resolve_inputs(scenario, trace, overrides)
+    """Simulate ``trace`` under ``scenario`` (a :class:`Scenario` or a YAML path), or the slice
+    ``trace_slice`` of it (:mod:`simkv.traces.slicing`; the summary's ``trace_slice`` says which).
+    ``on_start(requests)`` is called once the trace is read; ``progress(n)`` as requests finish."""
+    scenario, tr = resolve_inputs(scenario, trace, overrides, trace_slice)
+    if on_start is not None:
+        on_start(len(tr))
     engine, skipped = select_engine(scenario)
     rec = ENGINES.get(engine).run(scenario, tr, progress)
     requests = request_frame(tr, scenario, rec.cache, rec.log)
@@ -143,6 +161,7 @@ def run(
         "scenario": scenario.name,
         "trace": os.path.normpath(tr.path) if tr.path else None,
         "trace_source": tr.source,
+        **slice_summary(trace_slice),
         "trace_sha256": trace_sha256(tr),
         "scenario_sha256": scenario_sha256(scenario),
         "engine": engine,

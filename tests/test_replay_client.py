@@ -297,18 +297,170 @@ def test_an_interrupted_replay_resumes_with_each_request_once(files, engine, tmp
     assert len(json.loads((out / "replay.json").read_text())["sessions"]) == 2
 
 
-def test_failed_requests_are_rows_with_their_error(files, engine, tmp_path) -> None:
-    """More tokens asked for than the tiny model's context: the server answers 400 to every
-    request; each is a row with the error and null measurements, and the replay completes."""
-    proc = simkv_cli("replay", str(files["scenario"]), "--trace", str(files["trace"]), "--engine", engine,
-                     "--max-tokens", "100000", "--speed", "max", "-o", str(tmp_path / "out"))
+def test_requests_longer_than_the_engine_context_are_refused_or_skipped(files, engine, tmp_path) -> None:
+    """More tokens asked for than the tiny model's context (its max_model_len, 4096, from GET
+    /v1/models): refused before any request is sent, in one line; with --skip-too-long every
+    request is a skipped row with its reason, and the replay completes (exit 0)."""
+    args = ("replay", str(files["scenario"]), "--trace", str(files["trace"]), "--engine", engine,
+            "--max-tokens", "100000", "--speed", "max")
+    refused = simkv_cli(*args, "-o", str(tmp_path / "refused"))
+    assert_user_error(refused, "41 of 41 requests", "max_model_len of 4,096", "--skip-too-long")
+    assert part_files(tmp_path / "refused") == []
+    proc = simkv_cli(*args, "--skip-too-long", "-o", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
-    assert "failed" in proc.stderr
+    assert "41 request(s) skipped" in proc.stderr
     got = read_requests(tmp_path / "out" / "requests.parquet")
-    assert len(got) == 41 and got["error"].str.startswith("HTTP 400").all()
+    assert len(got) == 41 and got["error"].str.startswith("skipped: ").all()
+    assert got["error"].str.contains("max_model_len 4096").all()
     assert got[["ttft_s", "hit_tokens", "gpu_hit_tokens"]].isna().all().all()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["requests_failed"] == 41 and summary["token_hit_rate"] is None
+    assert summary["requests_skipped"] == 41 and summary["requests_failed"] == 0
+    assert summary["token_hit_rate"] is None
+
+
+class FlakyEngine:
+    """A real OpenAI-style HTTP server on 127.0.0.1 that answers 503 to its first ``fail_first``
+    completions (an engine that crashed and came back) and serves the rest with one streamed
+    token; it reports ``max_model_len`` and records the request ids it was sent."""
+
+    def __init__(self, fail_first: int = 0, max_model_len: int = 4096) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.fail_first, self.max_model_len = fail_first, max_model_len
+        self.sent: list[str] = []
+        lock = threading.Lock()
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _json(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    self._json(200, {"data": [{"id": "flaky", "max_model_len": engine.max_model_len,
+                                               "vocab_size": TINY_VOCAB}]})
+                else:
+                    self._json(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/completions":
+                    self._json(404, {"error": {"message": "not found"}})
+                    return
+                with lock:
+                    engine.sent.append(body["request_id"])
+                    fail = len(engine.sent) <= engine.fail_first
+                if fail:
+                    self._json(503, {"error": {"message": "engine crashed"}})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": 1,
+                         "prompt_tokens_details": {"cached_tokens": 0}}
+                for event in ({"choices": [{"text": "x", "index": 0}]}, {"choices": [], "usage": usage}):
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128          # the replay opens up to 64 connections at once
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlakyEngine:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_resume_retries_the_failed_requests_and_a_failed_replay_exits_1(files, tmp_path) -> None:
+    """An engine that fails the first 5 requests: the replay writes every row, says how many
+    failed and how to retry, and exits 1; --resume sends only those 5 again, their new rows
+    replace the failed ones (one row per request, trace order) and it exits 0. parts/ keeps
+    both attempts."""
+    out = tmp_path / "out"
+    with FlakyEngine(fail_first=5) as server:
+        first = _replay(files, server.url, out, "--speed", "max", "--concurrency", "1")
+        assert first.returncode == 1, first.stderr
+        assert "Traceback" not in first.stderr
+        assert "5 of 41 request(s) failed" in first.stderr and "--resume" in first.stderr
+        got = read_requests(out / "requests.parquet")
+        failed = got.loc[got["error"].notna(), "request_id"].tolist()
+        assert failed == server.sent[:5] and got["error"].dropna().eq("HTTP 503: engine crashed").all()
+        assert json.loads((out / "summary.json").read_text())["requests_failed"] == 5
+
+        again = _replay(files, server.url, out, "--resume", "--speed", "max")
+        assert again.returncode == 0, again.stderr
+        assert "36 of 41 requests already served; retrying 5" in again.stderr
+        assert sorted(server.sent[41:]) == sorted(failed)
+    got = read_requests(out / "requests.parquet")
+    assert got["error"].isna().all() and got["ttft_s"].notna().all()
+    assert got["request_id"].tolist() == pq.read_table(files["trace"]).column("request_id").to_pylist()
+    extra = pd.read_parquet(out / "replay_requests.parquet")
+    assert set(extra.loc[extra["session"] == 1, "request_id"]) == set(failed)
+    rows = pd.concat([pq.read_table(p).to_pandas() for p in part_files(out)])
+    assert len(rows) == 46 and rows["error"].notna().sum() == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests_failed"] == 0 and summary["requests"] == 41
+
+
+def test_too_long_requests_are_skipped_explicitly_and_the_rest_served(files, tmp_path) -> None:
+    """An engine whose context is shorter than some prompts: with --skip-too-long those are
+    skipped rows (never sent), the others served; --resume with a longer context sends them."""
+    n = pq.read_table(files["trace"]).column("input_tokens").to_numpy()
+    ids = pq.read_table(files["trace"]).column("request_id").to_pylist()
+    context = int(np.median(n))
+    long_ids = [rid for rid, k in zip(ids, n, strict=True) if k + 1 > context]
+    out = tmp_path / "out"
+    with FlakyEngine(max_model_len=context) as server:
+        refused = _replay(files, server.url, out, "--speed", "max")
+        assert_user_error(refused, f"{len(long_ids)} of 41 requests", f"max_model_len of {context}",
+                          f"needs {n.max()} + 1")
+        proc = _replay(files, server.url, out, "--speed", "max", "--skip-too-long")
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(server.sent) == sorted(set(ids) - set(long_ids))
+    got = read_requests(out / "requests.parquet")
+    assert got.loc[got["error"].notna(), "request_id"].tolist() == long_ids
+    assert json.loads((out / "summary.json").read_text())["requests_skipped"] == len(long_ids)
+    with FlakyEngine(max_model_len=4096) as server:
+        again = _replay(files, server.url, out, "--speed", "max", "--resume")
+        assert again.returncode == 0, again.stderr
+        assert sorted(server.sent) == sorted(long_ids)
+    assert read_requests(out / "requests.parquet")["error"].isna().all()
+
+
+def test_a_replay_of_a_slice_joins_the_run_of_the_same_slice(files, tmp_path) -> None:
+    from simkv.api import run
+    from simkv.traces.slicing import TraceSlice
+
+    spec = TraceSlice(limit=7, sample=0.5, sample_by="request", seed=1)
+    with FlakyEngine() as server:
+        proc = _replay(files, server.url, tmp_path / "out", "--speed", "max", "--concurrency", "1",
+                       "--limit", "7", "--sample", "0.5", "--sample-by", "request", "--sample-seed", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert len(server.sent) == 7
+    sim = run(files["scenario"], files["trace"], trace_slice=spec)
+    meta = request_metadata(tmp_path / "out" / "requests.parquet")
+    assert meta["trace_sha256"] == sim.summary["trace_sha256"]
+    got = read_requests(tmp_path / "out" / "requests.parquet")
+    assert got["request_id"].tolist() == sim.requests["request_id"].tolist() == server.sent
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["trace_slice"] == sim.summary["trace_slice"]
 
 
 def test_a_vocabulary_the_engine_contradicts_is_refused(files, engine, tmp_path) -> None:

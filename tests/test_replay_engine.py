@@ -263,3 +263,18 @@ def test_a_fully_cached_prompt_is_served_from_its_tiers(make_engine):
     cpu = engine.serve(p)
     assert cpu.hit_tokens["cpu"] == 4 * CHUNK and cpu.recomputed_tokens == 1
     torch.testing.assert_close(cpu.logits, first.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_the_tiny_long_shape_serves_prompts_beyond_the_tiny_context():
+    """``tiny-long``: the tiny shape with a context long enough for Mooncake's prompts."""
+    from simkv_replay.models import kv_shape_of
+
+    long, tiny = load_model("tiny-long"), load_model("tiny")
+    assert long.config.max_position_embeddings >= 32768 > tiny.config.max_position_embeddings
+    assert kv_shape_of(long) == kv_shape_of(tiny)
+    assert {k: v for k, v in SHAPES["tiny-long"].items() if k != "max_position_embeddings"} == \
+        {k: v for k, v in SHAPES["tiny"].items() if k != "max_position_embeddings"}
+    ids = torch.randint(0, long.config.vocab_size, (1, 5000))
+    with torch.inference_mode():
+        logits = long(input_ids=ids, logits_to_keep=1).logits
+    assert logits.shape == (1, 1, long.config.vocab_size) and torch.isfinite(logits).all()

@@ -21,12 +21,16 @@ class ModelError(SimkvError):
     """An unknown model shape, or a checkpoint folder that cannot be loaded."""
 
 
-#: Named shapes: LlamaConfig keyword arguments. ``tiny`` is for CPU tests; ``llama-1b`` and
-#: ``llama-8b`` are the Llama-3.2-1B and Llama-3-8B shapes the H100 prefill profile was measured on.
+#: Named shapes: LlamaConfig keyword arguments. ``tiny`` is for CPU tests; ``tiny-long`` is
+#: ``tiny`` with a 131072-token context, for CPU replays of long real traces (Mooncake prompts:
+#: attention makes a prefill quadratic in its length, about 10 s for 32768 tokens on one CPU
+#: core); ``llama-1b`` and ``llama-8b`` are the Llama-3.2-1B and Llama-3-8B shapes the H100
+#: prefill profile was measured on.
+_TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                 max_position_embeddings=4096),
+    "tiny": dict(_TINY, max_position_embeddings=4096),
+    "tiny-long": dict(_TINY, max_position_embeddings=131072),
     "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                      num_attention_heads=32, num_key_value_heads=8, head_dim=64,
                      max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True),

@@ -47,8 +47,8 @@ def _stable_hash_seed() -> None:
 def serve_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML (block_size and the tiers).")],
     overrides: SetOpt = None,
-    model: Annotated[str, typer.Option(help="A shape with random weights (tiny, llama-1b, llama-8b) "
-                                       "or a local checkpoint folder.")] = "tiny",
+    model: Annotated[str, typer.Option(help="A shape with random weights (tiny, tiny-long, llama-1b, "
+                                       "llama-8b) or a local checkpoint folder.")] = "tiny",
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,

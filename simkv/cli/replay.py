@@ -1,4 +1,8 @@
-"""``simkv replay``: a trace through a real engine over HTTP (simkv's, or vLLM)."""
+"""``simkv replay``: a trace through a real engine over HTTP (simkv's, or vLLM).
+
+Exit status: 0 when every request was served (or skipped with --skip-too-long), 1 when any
+request's latest row failed (the results are written; ``--resume`` retries them), 2 on a user
+error before any row, 130 when interrupted."""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import typer
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar
+from simkv.cli.slicing import slice_options
 from simkv.errors import Interrupted, SimkvError
+from simkv.traces.slicing import TraceSlice
 
 
 def _speed(text: str) -> float | None:
@@ -33,6 +39,7 @@ def _max_tokens(text: str) -> int | None:
     return int(text)
 
 
+@slice_options
 def replay_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML (the one the engine serves).")],
     engine: Annotated[str, typer.Option("--engine", help="Base URL of the OpenAI-compatible server, "
@@ -53,33 +60,39 @@ def replay_cmd(
     vocab_size: Annotated[int | None, typer.Option(
         "--vocab-size", min=2, help="Token ids are drawn below this (default: the server's, "
         "else 32000).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted replay in -o: "
-                                         "requests with a row are not sent again.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a replay in -o: requests "
+                                         "served are not sent again; failed or skipped ones are "
+                                         "retried (their new row replaces the old).")] = False,
+    skip_too_long: Annotated[bool, typer.Option(
+        "--skip-too-long", help="Record requests longer than the engine's max_model_len as "
+        "skipped rows instead of refusing the replay.")] = False,
     flush_rows: Annotated[int, typer.Option(min=1, help="Write the rows measured as a part every "
                                             "this many rows ...")] = 64,
     flush_seconds: Annotated[float, typer.Option(min=0.0, help="... or this many seconds.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of "
                                           "the table.")] = False,
+    trace_slice: TraceSlice | None = None,
 ) -> None:
     """Replay a trace through a real engine at its arrival times; write per-request rows (the
-    schema of 'simkv run'), summary.json and replay.json."""
+    schema of 'simkv run'), summary.json and replay.json. Exit 1 when any request failed."""
     from simkv.replay.driver import ReplayOptions, replay
 
     options = ReplayOptions(engine_url=engine, speed=_speed(speed), concurrency=concurrency,
                             max_tokens=_max_tokens(max_tokens), api_key=api_key, timeout_s=timeout,
                             vocab_size=vocab_size, resume=resume, flush_rows=flush_rows,
-                            flush_s=flush_seconds)
+                            flush_s=flush_seconds, skip_too_long=skip_too_long)
     totals: list[int | None] = [None]
 
-    def start(total: int, done: int) -> None:
-        totals[0] = total - done
-        if done:
-            err_console.print(f"resuming: {done:,} of {total:,} requests already have a row",
+    def started(total: int, served: int, retried: int) -> None:
+        totals[0] = total - served
+        if served or retried:
+            again = f"; retrying {retried:,} that failed or were skipped" if retried else ""
+            err_console.print(f"resuming: {served:,} of {total:,} requests already served{again}",
                               highlight=False)
 
     with progress_bar("replaying", step=1, total=lambda: totals[0]) as advance:
-        result = replay(scenario, trace, out, options, overrides=overrides or [], progress=advance,
-                        on_start=start)
+        result = replay(scenario, trace, out, options, overrides=overrides or [], trace_slice=trace_slice,
+                        progress=advance, on_start=started)
     if result.interrupted:
         err_console.print(
             f"[yellow]interrupted: {result.sent:,} rows measured in this session are kept in "
@@ -87,17 +100,23 @@ def replay_cmd(
             highlight=False, soft_wrap=True)
         raise Interrupted
     summary = result.summary or {}
+    failed, skipped = summary.get("requests_failed", 0), summary.get("requests_skipped", 0)
     if as_json:
         console.print_json(json.dumps(summary))
-        return
-    from simkv.report.data import fmt_pct, fmt_seconds
+    else:
+        from simkv.report.data import fmt_pct, fmt_seconds
 
-    failed = summary.get("requests_failed", 0)
-    console.print(f"{summary.get('requests', 0):,} requests ({result.sent:,} sent now, "
-                  f"{failed:,} failed); token hit rate {fmt_pct(summary.get('token_hit_rate'))}, "
-                  f"TTFT p50 {fmt_seconds(summary.get('ttft_p50_s'))} p90 "
-                  f"{fmt_seconds(summary.get('ttft_p90_s'))} (client); results in "
-                  f"[bold]{escape(str(out))}[/]", highlight=False)
+        console.print(f"{summary.get('requests', 0):,} requests ({result.sent:,} sent now, "
+                      f"{failed:,} failed, {skipped:,} skipped); token hit rate "
+                      f"{fmt_pct(summary.get('token_hit_rate'))}, TTFT p50 "
+                      f"{fmt_seconds(summary.get('ttft_p50_s'))} p90 "
+                      f"{fmt_seconds(summary.get('ttft_p90_s'))} "
+                      f"(client); results in [bold]{escape(str(out))}[/]", highlight=False)
+    if skipped:
+        err_console.print(f"[yellow]{skipped:,} request(s) skipped: longer than the engine's "
+                          f"max_model_len (see the 'error' column)[/]", highlight=False, soft_wrap=True)
     if failed:
-        err_console.print(f"[yellow]warning: {failed:,} request(s) failed; see the 'error' column of "
-                          f"{escape(str(out / 'requests.parquet'))}[/]", highlight=False)
+        err_console.print(f"[red]{failed:,} of {summary.get('requests', 0):,} request(s) failed[/] (the "
+                          f"'error' column of {escape(str(out / 'requests.parquet'))}); retry them "
+                          "with the same command and --resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)

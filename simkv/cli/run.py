@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar, run_notes
+from simkv.cli.slicing import slice_options
 from simkv.errors import SimkvError
+from simkv.traces.slicing import TraceSlice
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from simkv.regress import CaseResult
 
 
+@slice_options
 def run_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     trace: TraceOpt = None,
@@ -26,9 +29,13 @@ def run_cmd(
     overrides: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of "
                                           "the table.")] = False,
+    trace_slice: TraceSlice | None = None,
 ) -> None:
-    """Simulate a trace under a scenario; write per-request rows, timeline and summary.json."""
+    """Simulate a trace under a scenario; write per-request rows, timeline and summary.json.
+
+    A progress bar shows on stderr when it is a terminal (not with --json)."""
     import time
+    from contextlib import nullcontext
 
     from simkv.api import check_run_dir, run
     from simkv.metrics.summary import overload_warnings
@@ -37,8 +44,12 @@ def run_cmd(
     if out is not None:
         check_run_dir(out)  # before simulating, not after
     t0 = time.perf_counter()
-    with progress_bar("simulating") as advance:
-        result = run(scenario, trace, overrides=overrides or [], progress=advance)
+    total: list[int | None] = [None]
+    bar = (nullcontext(lambda n: None) if as_json
+           else progress_bar("simulating", step=256, total=lambda: total[0]))
+    with bar as advance:
+        result = run(scenario, trace, overrides=overrides or [], progress=advance,
+                     on_start=lambda n: total.__setitem__(0, n), trace_slice=trace_slice)
     wall = time.perf_counter() - t0
     if out is not None:
         result.write(out)

@@ -10,7 +10,9 @@ import typer
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, console, err_console
+from simkv.cli.slicing import slice_options
 from simkv.errors import SimkvError
+from simkv.traces.slicing import TraceSlice
 
 trace_app = typer.Typer(help="Generate, import, export, inspect and validate Parquet traces.",
                         no_args_is_help=True)
@@ -38,6 +40,7 @@ def trace_gen(
 
 
 @trace_app.command("import")
+@slice_options
 def trace_import(
     kind: Annotated[str, typer.Argument(help="Source format: mooncake | lmcache | agent.")],
     inputs: Annotated[list[Path], typer.Argument(help="Input file(s) or directory.")],
@@ -47,14 +50,18 @@ def trace_import(
     block_size: Annotated[int | None, typer.Option(help="Tokens per block (agent logs; "
                                                    "mooncake is fixed at 512).")] = None,
     model: Annotated[str | None, typer.Option(help="Keep only this model_name (lmcache).")] = None,
+    trace_slice: TraceSlice | None = None,
 ) -> None:
-    """Import a Mooncake JSONL trace, LMCache lookup-hash logs or an agent-call log."""
+    """Import a Mooncake JSONL trace, LMCache lookup-hash logs or an agent-call log; the slice
+    options keep part of it (the same rows 'simkv run' and 'simkv replay' keep with them)."""
     from simkv.traces.importers import import_trace
     from simkv.traces.schema import write_trace
 
-    trace = import_trace(kind, inputs, sort=sort, block_size=block_size, model=model)
+    trace = import_trace(kind, inputs, sort=sort, block_size=block_size, model=model, trace_slice=trace_slice)
     write_trace(trace, out)
-    console.print(f"imported {len(trace):,} requests ({escape(kind)}) to [bold]{escape(str(out))}[/]")
+    sliced = f" (a slice: {trace_slice.describe()})" if trace_slice else ""
+    console.print(f"imported {len(trace):,} requests ({escape(kind)}){escape(sliced)} to "
+                  f"[bold]{escape(str(out))}[/]", highlight=False)
 
 
 @trace_app.command("stats")

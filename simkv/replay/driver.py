@@ -4,10 +4,18 @@ requests at their arrival times and write what it measured as a run directory wh
 
 Files in the output directory: ``parts/`` (the rows as measured, appended; see
 :mod:`simkv.replay.parts`), then, once every request has a row, ``requests.parquet`` (the
-per-request schema, trace order), ``replay_requests.parquet`` (the replay's own columns),
+per-request schema, trace order, each request's latest row), ``replay_requests.parquet``
+(the replay's own columns),
 ``summary.json`` (the hit and TTFT metrics computed from the served rows, as ``simkv run``
 computes them), ``scenario.yaml`` and ``replay.json`` (engine, pacing, per session the
 server's ``/metrics`` counters before and after and their deltas, errors).
+
+``--resume`` sends the requests with no row and retries those whose latest row failed (or was
+skipped); a retried request's new row replaces the failed one in ``requests.parquet``, and
+``parts/`` keeps every attempt. Before sending anything, each request's prompt plus the tokens
+it asks for is checked against the engine's ``max_model_len`` (``GET /v1/models``): requests
+that exceed it are refused, or with ``skip_too_long`` recorded as rows whose ``error`` starts
+with :data:`SKIPPED`.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from simkv import __version__
-from simkv.api import check_run_dir, clear_run_dir, resolve_inputs
+from simkv.api import check_run_dir, clear_run_dir, resolve_inputs, slice_summary
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
 from simkv.metrics.schema import (
@@ -45,9 +53,12 @@ from simkv.replay.parts import REPLAY_COLUMNS, PartWriter, read_parts
 from simkv.scenario import Scenario
 from simkv.traces.prompts import PromptBuilder
 from simkv.traces.schema import Trace
+from simkv.traces.slicing import TraceSlice
 
 #: The vocabulary assumed when the server does not report one (the Llama-2-sized shapes').
 DEFAULT_VOCAB = 32000
+#: How the ``error`` of a request skipped before sending starts (it was never sent).
+SKIPPED = "skipped: "
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,8 @@ class ReplayOptions:
     allows); ``max_tokens`` per request (``None``: the trace's ``output_tokens``);
     ``vocab_size`` (``None``: the server's, else :data:`DEFAULT_VOCAB`); ``timeout_s`` per
     request (send → end of stream); rows are flushed every ``flush_rows`` rows or
-    ``flush_s`` seconds."""
+    ``flush_s`` seconds; ``skip_too_long``: record requests longer than the engine's context as
+    skipped rows instead of refusing the replay."""
 
     engine_url: str
     speed: float | None = 1.0
@@ -68,13 +80,16 @@ class ReplayOptions:
     resume: bool = False
     flush_rows: int = 64
     flush_s: float = 5.0
+    skip_too_long: bool = False
 
 
 @dataclass
 class ReplayResult:
     """What a replay session did: rows it measured (``sent``), of which ``errors`` failed,
-    requests already done before it (``resumed``); ``interrupted``: stopped by Ctrl-C (no final
-    files then; the rows are in ``out/parts``); ``summary``: the final summary otherwise."""
+    requests already served before it (``resumed``), earlier failed or skipped ones sent again
+    (``retried``), ones skipped as too long (``skipped``); ``interrupted``: stopped by Ctrl-C (no
+    final files then; the rows are in ``out/parts``); ``summary``: the final summary otherwise
+    (its ``requests_failed`` counts the requests whose latest row failed)."""
 
     out: Path
     sent: int
@@ -82,6 +97,8 @@ class ReplayResult:
     resumed: int
     interrupted: bool
     summary: dict[str, Any] | None
+    retried: int = 0
+    skipped: int = 0
 
 
 def prepare_out(out: Path, resume: bool) -> None:
@@ -99,35 +116,64 @@ def prepare_out(out: Path, resume: bool) -> None:
 
 def replay(scenario: Scenario | str | Path, trace: Trace | str | Path | None, out: str | Path,
            options: ReplayOptions, *, overrides: list[str] | None = None,
+           trace_slice: TraceSlice | None = None,
            progress: Callable[[int], Any] | None = None,
-           on_start: Callable[[int, int], Any] | None = None) -> ReplayResult:
-    """Replay ``trace`` (default: the scenario's) through ``options.engine_url`` into ``out``.
+           on_start: Callable[[int, int, int], Any] | None = None) -> ReplayResult:
+    """Replay ``trace`` (default: the scenario's), or its slice ``trace_slice``, through
+    ``options.engine_url`` into ``out``.
 
-    ``on_start(total, done)`` is called once the engine answered; ``progress(1)`` per row.
-    Failed requests are rows with ``error`` set; an engine that does not answer at the start
-    is a :class:`~simkv.replay.client.EngineUnreachable` before any row."""
-    scenario, tr = resolve_inputs(scenario, trace, overrides)
+    ``on_start(total, served, retried)`` is called once the engine answered; ``progress(1)`` per
+    row. Failed requests are rows with ``error`` set; an engine that does not answer at the
+    start is a :class:`~simkv.replay.client.EngineUnreachable` before any row, and requests
+    longer than its context a :class:`SimkvError` (unless ``options.skip_too_long``)."""
+    scenario, tr = resolve_inputs(scenario, trace, overrides, trace_slice)
     out = Path(out)
     prepare_out(out, options.resume)
     hashes = (trace_sha256(tr), scenario_sha256(scenario))
-    done = read_parts(out, *hashes)
-    done_ids = set(done["request_id"])
+    latest = read_parts(out, *hashes).drop_duplicates("request_id", keep="last")
+    served = set(latest.loc[latest[ERROR_COLUMN].isna(), "request_id"])
     ids = tr.table.column("request_id").to_pylist()
-    todo = [i for i, rid in enumerate(ids) if rid not in done_ids]
+    todo = [i for i, rid in enumerate(ids) if rid not in served]
+    retried = len(latest) - len(served)
     make_dir(out)
     session = _next_session(out)
-    record, sent, errors, interrupted = asyncio.run(
-        _session(tr, scenario, out, hashes, options, todo, len(ids) - len(todo), session, progress, on_start))
+    record, counts, interrupted = asyncio.run(
+        _session(tr, scenario, out, hashes, options, todo, (len(ids) - len(todo), retried), session,
+                 progress, on_start))
     _append_session(out, options, record)
-    if interrupted:
-        return ReplayResult(out, sent, errors, len(ids) - len(todo), True, None)
-    summary = finalize(out, tr, scenario, options)
-    return ReplayResult(out, sent, errors, len(ids) - len(todo), False, summary)
+    summary = None if interrupted else finalize(out, tr, scenario, options, trace_slice)
+    return ReplayResult(out, counts["sent"], counts["errors"], len(ids) - len(todo), interrupted, summary,
+                        retried, counts["skipped"])
+
+
+def request_budget(tr: Trace, i: int, options: ReplayOptions) -> int:
+    """Tokens request ``i`` asks to generate (``max_tokens``)."""
+    return int(tr.output_tokens[i]) if options.max_tokens is None else options.max_tokens
+
+
+def too_long(tr: Trace, todo: list[int], options: ReplayOptions, context: Any) -> list[int]:
+    """The requests of ``todo`` whose prompt plus ``max_tokens`` exceed the engine's context
+    ``context`` (its ``max_model_len``; none when it reports none)."""
+    if not isinstance(context, int) or isinstance(context, bool) or context <= 0:
+        return []
+    return [i for i in todo if int(tr.input_tokens[i]) + request_budget(tr, i, options) > context]
+
+
+def _refuse_too_long(tr: Trace, over: list[int], todo: list[int], options: ReplayOptions,
+                     context: int, url: str) -> None:
+    longest = max(over, key=lambda i: int(tr.input_tokens[i]) + request_budget(tr, i, options))
+    raise SimkvError(
+        f"{url}: {len(over):,} of {len(todo):,} requests exceed the engine's max_model_len of "
+        f"{context:,} tokens (the longest, {tr.table.column('request_id')[longest]}, needs "
+        f"{int(tr.input_tokens[longest]):,} + {request_budget(tr, longest, options):,}); serve a "
+        "model with a longer context, slice the trace, or pass --skip-too-long to record them as "
+        "skipped rows")
 
 
 async def _session(tr: Trace, scenario: Scenario, out: Path, hashes: tuple[str, str], options: ReplayOptions,
-                   todo: list[int], resumed: int, session: int, progress: Callable[[int], Any] | None,
-                   on_start: Callable[[int, int], Any] | None) -> tuple[dict[str, Any], int, int, bool]:
+                   todo: list[int], resumed: tuple[int, int], session: int,
+                   progress: Callable[[int], Any] | None, on_start: Callable[[int, int, int], Any] | None,
+                   ) -> tuple[dict[str, Any], dict[str, int], bool]:
     import httpx
 
     from simkv.replay import client as cl
@@ -139,18 +185,31 @@ async def _session(tr: Trace, scenario: Scenario, out: Path, hashes: tuple[str, 
                                  limits=limits) as client:
         model = await cl.probe(client, url)
         vocab = _vocab_size(model, options.vocab_size)
+        context = model.get("max_model_len")
+        over = too_long(tr, todo, options, context)
+        if over and not options.skip_too_long:
+            _refuse_too_long(tr, over, todo, options, context, url)
         chunk = await cl.chunk_size(client, url)
         if chunk is not None and chunk != tr.block_size:
             raise SimkvError(f"{url}: the engine's chunk size is {chunk} but the trace has block_size "
                              f"{tr.block_size}; serve it with --set block_size={tr.block_size}")
         before = await cl.scrape(client, url)
         if on_start:
-            on_start(len(todo) + resumed, resumed)
+            on_start(len(todo) + resumed[0], *resumed)
         writer = PartWriter(out, *hashes, every_rows=options.flush_rows, every_s=options.flush_s)
-        counts = {"sent": 0, "errors": 0}
+        counts = {"sent": 0, "errors": 0, "skipped": len(over)}
         t0 = time.monotonic()
         model_name = model.get("id")
         prompts = PromptBuilder(tr, vocab)
+        for i in over:
+            need = int(tr.input_tokens[i]) + request_budget(tr, i, options)
+            reason = f"{SKIPPED}{need} tokens (prompt + max_tokens) exceed max_model_len {context}"
+            writer.add(_row(tr, i, cl.Outcome(error=reason), None, t0, session))
+            if progress:
+                progress(1)
+        if over:
+            skip = set(over)
+            todo = [i for i in todo if i not in skip]
 
         async def send(s: Send) -> None:
             i = todo[s.index]
@@ -182,11 +241,12 @@ async def _session(tr: Trace, scenario: Scenario, out: Path, hashes: tuple[str, 
         wall = time.monotonic() - t0
         after = None if interrupted else await cl.scrape(client, url)
     record = {"session": session, "started_unix_s": time.time() - wall, "wall_s": wall,
-              "requests_sent": counts["sent"], "errors": counts["errors"], "interrupted": interrupted,
+              "requests_sent": counts["sent"], "errors": counts["errors"], "skipped": counts["skipped"],
+              "retried": resumed[1], "interrupted": interrupted, "max_model_len": context,
               "vocab_size": vocab, "engine_chunk_size": chunk, "model": model_name,
               "metrics_before": before, "metrics_after": after,
               "metrics_delta": cl.metric_deltas(before, after)}
-    return record, counts["sent"], counts["errors"], interrupted
+    return record, counts, interrupted
 
 
 def _vocab_size(model: dict[str, Any], option: int | None) -> int:
@@ -202,8 +262,7 @@ def _payload(tr: Trace, i: int, prompts: PromptBuilder, options: ReplayOptions,
              model: str | None) -> dict[str, Any]:
     rid = str(tr.table.column("request_id")[i])
     tokens = prompts.tokens(i).tolist()
-    max_tokens = int(tr.output_tokens[i]) if options.max_tokens is None else options.max_tokens
-    payload = {"prompt": tokens, "max_tokens": max_tokens, "stream": True,
+    payload = {"prompt": tokens, "max_tokens": request_budget(tr, i, options), "stream": True,
                "stream_options": {"include_usage": True}, "temperature": 0,
                "request_id": rid, "prompt_class": str(tr.table.column("prompt_class")[i]),
                "arrival_s": float(tr.arrival_s[i])}   # for simkv engine serve --clock trace
@@ -217,16 +276,17 @@ def _num(d: dict[str, Any] | None, key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def _row(tr: Trace, i: int, o: Any, s: Send, t0: float, session: int) -> dict[str, Any]:
+def _row(tr: Trace, i: int, o: Any, s: Send | None, t0: float, session: int) -> dict[str, Any]:
     """One request's row: the trace's columns, what the client measured, what the server
     reported (``usage.simkv``: simkv's engine; else ``prompt_tokens_details.cached_tokens``);
-    every other column null (unknown), never 0."""
+    every other column null (unknown), never 0. ``s`` is ``None`` for a request not sent."""
     B = tr.block_size
     n = int(tr.input_tokens[i])
     row: dict[str, Any] = dict.fromkeys((*REQUEST_COLUMNS, *REPLAY_COLUMNS))
     row.update(request_id=str(tr.table.column("request_id")[i]), arrival_s=float(tr.arrival_s[i]),
                prompt_class=str(tr.table.column("prompt_class")[i]), input_tokens=n, blocks=n // B,
-               sent_s=s.sent_s - t0, send_lag_s=s.lag_s, total_s=o.total_s, http_status=o.status,
+               sent_s=None if s is None else s.sent_s - t0, send_lag_s=None if s is None else s.lag_s,
+               total_s=o.total_s, http_status=o.status,
                completion_tokens=o.completion_tokens, session=session)
     if o.error is not None:
         row[ERROR_COLUMN] = o.error
@@ -261,11 +321,13 @@ def _row(tr: Trace, i: int, o: Any, s: Send, t0: float, session: int) -> dict[st
     return row
 
 
-def finalize(out: Path, tr: Trace, scenario: Scenario, options: ReplayOptions) -> dict[str, Any]:
+def finalize(out: Path, tr: Trace, scenario: Scenario, options: ReplayOptions,
+             trace_slice: TraceSlice | None = None) -> dict[str, Any]:
     """Once every request has a row: write ``requests.parquet`` (trace order, one row per
-    request), ``replay_requests.parquet``, ``summary.json`` and ``scenario.yaml``."""
+    request: its latest, so a retry replaces a failure), ``replay_requests.parquet``,
+    ``summary.json`` and ``scenario.yaml``."""
     hashes = (trace_sha256(tr), scenario_sha256(scenario))
-    rows = read_parts(out, *hashes).drop_duplicates("request_id", keep="first")
+    rows = read_parts(out, *hashes).drop_duplicates("request_id", keep="last")
     order = {rid: k for k, rid in enumerate(tr.table.column("request_id").to_pylist())}
     rows = rows.assign(_order=rows["request_id"].map(order)).sort_values("_order", kind="stable")
     rows = rows.drop(columns="_order").reset_index(drop=True)
@@ -275,30 +337,34 @@ def finalize(out: Path, tr: Trace, scenario: Scenario, options: ReplayOptions) -
     atomic_write(out / "requests.parquet", lambda p: write_requests(table, p))
     extra = rows[["request_id", *REPLAY_COLUMNS]]
     atomic_write(out / "replay_requests.parquet", lambda p: extra.to_parquet(p, index=False))
-    summary = replay_summary(rows, tr, scenario, options)
+    summary = replay_summary(rows, tr, scenario, options, trace_slice)
     atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     ran = replace(scenario, trace=os.path.normpath(tr.path) if tr.path else None).relative_to(out)
     atomic_write(out / "scenario.yaml", lambda p: p.write_text(ran.to_yaml()))
     return summary
 
 
-def replay_summary(rows: pd.DataFrame, tr: Trace, scenario: Scenario,
-                   options: ReplayOptions) -> dict[str, Any]:
-    """The summary of a replay: identification as ``simkv run`` writes it, counts, and the hit
-    and TTFT metrics of the served rows (:func:`~simkv.metrics.summary.hit_metrics`,
-    :func:`~simkv.metrics.summary.ttft_metrics`; ``ttft_s`` measured at the client)."""
+def replay_summary(rows: pd.DataFrame, tr: Trace, scenario: Scenario, options: ReplayOptions,
+                   trace_slice: TraceSlice | None = None) -> dict[str, Any]:
+    """The summary of a replay: identification as ``simkv run`` writes it, counts (failed: sent
+    and failed; skipped: never sent), and the hit and TTFT metrics of the served rows
+    (:func:`~simkv.metrics.summary.hit_metrics`, :func:`~simkv.metrics.summary.ttft_metrics`;
+    ``ttft_s`` measured at the client)."""
     served = rows[rows[ERROR_COLUMN].isna()]
+    skipped = int(rows[ERROR_COLUMN].str.startswith(SKIPPED).fillna(False).sum())
     return {
         "scenario": scenario.name,
         "trace": os.path.normpath(tr.path) if tr.path else None,
         "trace_source": tr.source,
+        **slice_summary(trace_slice),
         "trace_sha256": trace_sha256(tr),
         "scenario_sha256": scenario_sha256(scenario),
         "engine": "replay",
         "engine_url": options.engine_url,
         "simkv_version": __version__,
         "requests": len(rows),
-        "requests_failed": int(len(rows) - len(served)),
+        "requests_failed": int(len(rows) - len(served) - skipped),
+        "requests_skipped": skipped,
         "block_size": tr.block_size,
         **hit_metrics(served),
         **ttft_metrics(served),

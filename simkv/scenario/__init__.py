@@ -168,8 +168,8 @@ class Scenario:
     def relative_to(self, directory: str | Path) -> Scenario:
         """This scenario as written into ``directory``: ``trace`` and ``hardware.profile``
         relative to it. A scenario file's relative paths resolve against its own directory
-        (after the working directory, for the trace), so the written file runs from any
-        working directory and still does when the tree moves to another machine."""
+        first, so the written file runs from any working directory and still does when the
+        tree moves to another machine."""
         def rel(path: str | None) -> str | None:
             if path is None:
                 return None
@@ -203,6 +203,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     resolve_profile_path(data, path)
+    resolve_trace_path(data, path)
     try:
         return scenario_from_dict(data)
     except ScenarioError as exc:
@@ -217,5 +218,23 @@ def resolve_profile_path(data: dict[str, Any], scenario_path: Path) -> None:
     profile = hw.get("profile") if isinstance(hw, dict) else None
     if not isinstance(profile, str) or Path(profile).is_absolute():
         return
-    beside = scenario_path.parent / profile
-    hw["profile"] = str((beside if beside.exists() else Path(profile)).resolve())
+    hw["profile"] = str(_beside(profile, scenario_path).resolve())
+
+
+def resolve_trace_path(data: dict[str, Any], scenario_path: Path) -> None:
+    """Make a relative ``trace`` absolute in place when the file lies beside the scenario file
+    (so a scenario runs from any working directory); else leave it relative to the working
+    directory (``trace`` is not part of the scenario's hash: the trace's content is)."""
+    trace = data.get("trace")
+    if not isinstance(trace, str) or Path(trace).is_absolute():
+        return
+    beside = _beside(trace, scenario_path)
+    if beside.exists():
+        data["trace"] = str(beside.resolve())
+
+
+def _beside(relative: str, scenario_path: Path) -> Path:
+    """``relative`` against the scenario file's directory if a file is there, else as given
+    (against the working directory)."""
+    beside = scenario_path.parent / relative
+    return beside if beside.exists() else Path(relative)

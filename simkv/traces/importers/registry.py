@@ -12,6 +12,7 @@ from pathlib import Path
 from simkv.errors import SimkvError
 from simkv.policies.registry import Registry
 from simkv.traces.schema import Trace
+from simkv.traces.slicing import TraceSlice, slice_trace
 
 Importer = Callable[[list[Path], bool, int | None, str | None], Trace]
 
@@ -30,8 +31,11 @@ def no_model(kind: str, model: str | None) -> None:
 
 
 def import_trace(kind: str, inputs: list[Path], *, sort: bool = False,
-                 block_size: int | None = None, model: str | None = None) -> Trace:
-    """Import ``inputs`` of format ``kind`` (a name in :data:`IMPORTERS`) as a validated trace.
+                 block_size: int | None = None, model: str | None = None,
+                 trace_slice: TraceSlice | None = None) -> Trace:
+    """Import ``inputs`` of format ``kind`` (a name in :data:`IMPORTERS`) as a validated trace,
+    or the slice ``trace_slice`` of it (taken after the import: the same rows as slicing the
+    whole imported trace).
 
     Options that do not apply to the kind are errors rather than being ignored. LMCache logs
     are always merged by timestamp (as LMCache does), whatever ``sort`` says.
@@ -41,4 +45,4 @@ def import_trace(kind: str, inputs: list[Path], *, sort: bool = False,
     importer = IMPORTERS.get(kind)
     if not inputs:
         raise SimkvError(f"{kind} import needs an input path")
-    return importer([Path(p) for p in inputs], sort, block_size, model)
+    return slice_trace(importer([Path(p) for p in inputs], sort, block_size, model), trace_slice)
