@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import subprocess
 import sys
@@ -210,6 +211,37 @@ def test_default_preset_is_the_canned_trace(tmp_path: Path) -> None:
     assert cfg == generator_config(seed=0, n_requests=3000, preset=DEFAULT_PRESET)
     out = write_trace(generate(cfg), tmp_path / "small.parquet")
     assert out.read_bytes() == CANNED_SMALL.read_bytes()
+
+
+def _dispatched_cpu_features() -> list[str]:
+    """The SIMD targets numpy would dispatch to on this CPU (above its baseline)."""
+    from numpy._core import _multiarray_umath as umath
+
+    return [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
+
+
+def test_same_bytes_with_and_without_simd_kernels(tmp_path: Path) -> None:
+    """numpy picks ufunc kernels by CPU (AVX-512 exp/power differ in the last bit): the trace
+    must not depend on which, so the same seed gives the same bytes on every machine."""
+    features = _dispatched_cpu_features()
+    if not features:
+        pytest.skip("numpy dispatches no SIMD kernels above its baseline on this CPU")
+    # Both presets: agents (lognormal times) and long-horizon (Zipf powers, Pareto, cos).
+    script = ("import sys\n"
+              "from simkv.traces.generator import generate, generator_config\n"
+              "from simkv.traces.schema import write_trace\n"
+              "write_trace(generate(generator_config(seed=5, n_requests=500)), sys.argv[1])\n"
+              "write_trace(generate(generator_config(seed=0, n_requests=1000, "
+              "preset='long-horizon')), sys.argv[2])\n")
+    outputs = []
+    for name, disabled in (("simd", None), ("baseline", " ".join(features))):
+        env = {k: v for k, v in os.environ.items() if k != "NPY_DISABLE_CPU_FEATURES"}
+        if disabled:
+            env["NPY_DISABLE_CPU_FEATURES"] = disabled
+        files = [tmp_path / f"{name}-agents.parquet", tmp_path / f"{name}-lh.parquet"]
+        subprocess.run([sys.executable, "-c", script, *map(str, files)], env=env, check=True)
+        outputs.append([f.read_bytes() for f in files])
+    assert outputs[0] == outputs[1]
 
 
 def test_preset_same_seed_same_bytes(tmp_path: Path) -> None:

@@ -47,10 +47,12 @@ session's context once (up to its last call in the trace) and slices it per call
 cost follows the distinct context, not Σ prompt blocks (about 5x fewer hashes on the defaults).
 
 One ``numpy.random.default_rng(seed)`` drives everything, consumed in a fixed order, so a
-configuration maps to one byte-identical Parquet file. A feature that is off (no tenants, no
-pauses, no scheduled agents, no daily cycle) draws nothing, so the ``agents`` preset (the
-defaults) still makes the canned traces byte for byte. Named parameter sets (``agents``,
-``long-horizon``) are in :mod:`simkv.traces.presets`.
+configuration maps to one byte-identical Parquet file, on any CPU: ``exp``, powers and ``cos``
+are the C library's scalar functions, never numpy's ufuncs, whose kernels numpy picks by CPU
+(its AVX-512 ``exp`` and ``power`` differ from the others in the last bit). A feature that
+is off (no tenants, no pauses, no scheduled agents, no daily cycle) draws nothing, so the
+``agents`` preset (the defaults) still makes the canned traces byte for byte. Named
+parameter sets (``agents``, ``long-horizon``) are in :mod:`simkv.traces.presets`.
 """
 
 from simkv.traces.generator.config import GeneratorConfig, generator_config

@@ -4,6 +4,7 @@ from one seeded rng, then hashed and assembled into a trace."""
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +38,24 @@ AGENT_CATALOGUE: tuple[tuple[str, tuple[str, ...]], ...] = (
 _MAX_EMPTY_SESSIONS = 1000
 
 
+def _exp(values: np.ndarray) -> np.ndarray:
+    """``exp`` of each value through the C library's scalar ``exp`` (``math.exp``).
+
+    Not ``np.exp``: numpy picks its kernel by CPU (AVX-512 has its own), and those kernels
+    differ from each other in the last bit, so one seed gave different traces on different
+    machines. The scalar C ``exp`` is what numpy's non-AVX-512 kernels call for float64.
+    """
+    return np.fromiter((math.exp(v) for v in values.tolist()), dtype=np.float64, count=len(values))
+
+
 def _zipf_cdf(n: int, s: float) -> np.ndarray:
-    """CDF of P(rank r) ∝ (r + 1)^-s over ranks 0..n-1 (empty for n = 0)."""
-    weights = np.arange(1, n + 1, dtype=np.float64) ** -s
+    """CDF of P(rank r) ∝ (r + 1)^-s over ranks 0..n-1 (empty for n = 0).
+
+    The powers are scalar C ``pow`` (``1 / r`` for s = 1), not ``np.power``, whose AVX-512
+    kernel differs in the last bit (see :func:`_exp`).
+    """
+    weights = np.fromiter((1.0 / r if s == 1 else float(r) ** -s for r in range(1, n + 1)),
+                          dtype=np.float64, count=n)
     return np.cumsum(weights / weights.sum()) if n else weights
 
 
@@ -106,11 +122,11 @@ class _Workload:
         if median <= 0:
             return [0] * n
         sigma = self.cfg.length_sigma if sigma is None else sigma
-        return np.maximum(1, np.rint(median * np.exp(sigma * z))).astype(np.int64).tolist()
+        return np.maximum(1, np.rint(median * _exp(sigma * z))).astype(np.int64).tolist()
 
     def _seconds(self, median: float, n: int, sigma: float = 1.0) -> np.ndarray:
         """Lognormal durations with the given median: ``median · exp(σ·Z)``."""
-        return median * np.exp(sigma * self.rng.standard_normal(n))
+        return median * _exp(sigma * self.rng.standard_normal(n))
 
     def _gaps_after_turns(self, n_turns: int, scheduled: bool) -> np.ndarray:
         """Seconds from a turn's answer to the next turn.
@@ -287,8 +303,8 @@ class _Workload:
         peak_rate = cfg.session_rate_per_s * (1.0 + amp)
         while True:
             t += float(rng.exponential(1.0 / peak_rate))
-            phase = 2.0 * np.pi * (t - cfg.diurnal_peak_s) / 86400.0
-            if rng.random() * (1.0 + amp) < 1.0 + amp * np.cos(phase):
+            phase = 2.0 * math.pi * (t - cfg.diurnal_peak_s) / 86400.0
+            if rng.random() * (1.0 + amp) < 1.0 + amp * math.cos(phase):
                 return t
 
     def block_hashes(self, order: np.ndarray) -> list[np.ndarray]:
