@@ -195,7 +195,8 @@ def test_cli_gen_bad_override(tmp_path: Path) -> None:
 
 # -- presets -------------------------------------------------------------------------------
 
-CANNED_SMALL = Path(__file__).resolve().parents[1] / "traces" / "small.parquet"
+ROOT = Path(__file__).resolve().parents[1]
+CANNED_SMALL = ROOT / "traces" / "small.parquet"
 
 
 def _session_calls(trace: Trace) -> dict[str, list[dict]]:
@@ -242,6 +243,22 @@ def test_same_bytes_with_and_without_simd_kernels(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", script, *map(str, files)], env=env, check=True)
         outputs.append([f.read_bytes() for f in files])
     assert outputs[0] == outputs[1]
+
+
+def test_readme_tutorial_trace_gen_leaves_the_checkout_clean(tmp_path: Path) -> None:
+    """The tutorial's ``trace gen`` writes outside traces/ (an ignored runs/), and what it
+    writes is the canned trace the next steps read."""
+    readme = (ROOT / "README.md").read_text()
+    (command,) = re.findall(r"^\.venv/bin/simkv trace gen .*$", readme, flags=re.MULTILINE)
+    args = command.split()[1:]
+    out = Path(args[args.index("-o") + 1])
+    assert out.parts[0] == "runs", command  # runs/ is in .gitignore
+    proc = subprocess.run([SIMKV, *args], cwd=tmp_path, capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    canned = re.search(rf"^cmp {re.escape(str(out))} (\S+)", readme, flags=re.MULTILINE)
+    assert canned, "the tutorial compares its trace with the canned one"
+    assert (tmp_path / out).read_bytes() == (ROOT / canned.group(1)).read_bytes()
 
 
 def test_preset_same_seed_same_bytes(tmp_path: Path) -> None:
