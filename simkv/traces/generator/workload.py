@@ -390,7 +390,7 @@ def _build(cfg: GeneratorConfig, segments: list[list[tuple[str, int]]] | None = 
         if sum(len(p) for p in parts) >= ROW_GROUP_ROWS:
             joined = pa.concat_tables(parts).combine_chunks()
             chunks.append(joined.slice(0, ROW_GROUP_ROWS))
-            parts = [joined.slice(ROW_GROUP_ROWS)]
+            parts = [joined.slice(ROW_GROUP_ROWS)] if len(joined) > ROW_GROUP_ROWS else []
     if parts:
         chunks.append(pa.concat_tables(parts).combine_chunks())
     return validate_table(pa.concat_tables(chunks), block_size=cfg.block_size, source=_source(cfg))
