@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import itertools
+import os
+import pty
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from simkv.errors import ScenarioError
 from simkv.scenario import Hardware
+from simkv.traces import schema
 from simkv.traces.generator import (
     PROMPT_CLASSES,
     GeneratorConfig,
     generate,
     generate_with_segments,
     generator_config,
+    workload,
 )
 from simkv.traces.hashing import chain_block_hashes
 from simkv.traces.presets import DEFAULT_PRESET, PRESETS
@@ -133,6 +138,28 @@ def test_block_hashes_are_chain_of_segments() -> None:
     assert trace.table.equals(generate(cfg).table)
 
 
+def test_parts_and_row_groups_do_not_change_the_trace(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator makes the trace part by part (sessions spanning parts are hashed again)
+    and joins the parts into one chunk per row group: neither changes a byte."""
+    cfg = generator_config(seed=0, n_requests=1200, preset="long-horizon")
+    whole = generate(cfg)
+    monkeypatch.setattr(workload, "PART_ROWS", 70)
+    monkeypatch.setattr(workload, "ROW_GROUP_ROWS", 256)
+    monkeypatch.setattr(schema, "ROW_GROUP_ROWS", 256)
+    trace, segments = generate_with_segments(cfg)
+    assert trace.table.equals(whole.table)
+    assert [c.num_chunks for c in trace.table.columns] == [5] * trace.table.num_columns
+    rows = _rows(trace)
+    for i in range(0, len(rows), 13):
+        assert chain_block_hashes(segments[i], cfg.block_size) == rows[i]["block_hashes"]
+    one_chunk = Trace(trace.table.combine_chunks(), trace.block_size, trace.source)
+    a = write_trace(trace, tmp_path / "parts.parquet")
+    b = write_trace(one_chunk, tmp_path / "one.parquet")
+    assert pq.ParquetFile(a).num_row_groups == 5
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_overrides_apply() -> None:
     cfg = generator_config(seed=2, n_requests=200,
                            overrides=["rag_prob=0", "block_size=128", "model=m-x"])
@@ -183,6 +210,46 @@ def test_cli_gen(tmp_path: Path) -> None:
     assert out.read_bytes() == again.read_bytes()
 
 
+_TERMINAL_ENV = {**os.environ, "TERM": "xterm", "COLUMNS": "100"}
+
+
+def _gen_with_terminal_stderr(out: Path, *extra: str) -> tuple[str, str]:
+    """Run ``simkv trace gen`` with stderr on a pseudo-terminal; return (stdout, stderr)."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([SIMKV, "trace", "gen", "-o", str(out), "--seed", "3", "--requests",
+                             "200", *extra], stdout=subprocess.PIPE, stderr=secondary,
+                            env=_TERMINAL_ENV)
+    os.close(secondary)
+    stderr = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        stderr += chunk
+    stdout = proc.stdout.read() if proc.stdout else b""
+    assert proc.wait() == 0, stderr
+    os.close(primary)
+    return stdout.decode(), stderr.decode(errors="replace")
+
+
+def test_cli_gen_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    """The progress bar goes to stderr on a terminal, never to stdout, and --quiet hides it."""
+    plain = subprocess.run([SIMKV, "trace", "gen", "-o", str(tmp_path / "a.parquet"), "--seed",
+                            "3", "--requests", "200"], capture_output=True, text=True, check=True,
+                           env=_TERMINAL_ENV)
+    assert "generating" not in plain.stdout + plain.stderr
+    stdout, stderr = _gen_with_terminal_stderr(tmp_path / "b.parquet")
+    assert "generating" in stderr
+    assert stdout == plain.stdout.replace("a.parquet", "b.parquet")
+    stdout, stderr = _gen_with_terminal_stderr(tmp_path / "c.parquet", "--quiet")
+    assert "generating" not in stderr
+    assert stdout == plain.stdout.replace("a.parquet", "c.parquet")
+    assert (tmp_path / "b.parquet").read_bytes() == (tmp_path / "a.parquet").read_bytes()
+
+
 def test_cli_gen_bad_override(tmp_path: Path) -> None:
     proc = subprocess.run([SIMKV, "trace", "gen", "-o", str(tmp_path / "x.parquet"),
                            "--set", "nosuch=1"], capture_output=True, text=True, check=False)
@@ -194,7 +261,8 @@ def test_cli_gen_bad_override(tmp_path: Path) -> None:
 
 # -- presets -------------------------------------------------------------------------------
 
-CANNED_SMALL = Path(__file__).resolve().parents[1] / "traces" / "small.parquet"
+ROOT = Path(__file__).resolve().parents[1]
+CANNED_SMALL = ROOT / "traces" / "small.parquet"
 
 
 def _session_calls(trace: Trace) -> dict[str, list[dict]]:
@@ -210,6 +278,53 @@ def test_default_preset_is_the_canned_trace(tmp_path: Path) -> None:
     assert cfg == generator_config(seed=0, n_requests=3000, preset=DEFAULT_PRESET)
     out = write_trace(generate(cfg), tmp_path / "small.parquet")
     assert out.read_bytes() == CANNED_SMALL.read_bytes()
+
+
+def _dispatched_cpu_features() -> list[str]:
+    """The SIMD targets numpy would dispatch to on this CPU (above its baseline)."""
+    from numpy._core import _multiarray_umath as umath
+
+    return [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
+
+
+def test_same_bytes_with_and_without_simd_kernels(tmp_path: Path) -> None:
+    """numpy picks ufunc kernels by CPU (AVX-512 exp/power differ in the last bit): the trace
+    must not depend on which, so the same seed gives the same bytes on every machine."""
+    features = _dispatched_cpu_features()
+    if not features:
+        pytest.skip("numpy dispatches no SIMD kernels above its baseline on this CPU")
+    # Both presets: agents (lognormal times) and long-horizon (Zipf powers, Pareto, cos).
+    script = ("import sys\n"
+              "from simkv.traces.generator import generate, generator_config\n"
+              "from simkv.traces.schema import write_trace\n"
+              "write_trace(generate(generator_config(seed=5, n_requests=500)), sys.argv[1])\n"
+              "write_trace(generate(generator_config(seed=0, n_requests=1000, "
+              "preset='long-horizon')), sys.argv[2])\n")
+    outputs = []
+    for name, disabled in (("simd", None), ("baseline", " ".join(features))):
+        env = {k: v for k, v in os.environ.items() if k != "NPY_DISABLE_CPU_FEATURES"}
+        if disabled:
+            env["NPY_DISABLE_CPU_FEATURES"] = disabled
+        files = [tmp_path / f"{name}-agents.parquet", tmp_path / f"{name}-lh.parquet"]
+        subprocess.run([sys.executable, "-c", script, *map(str, files)], env=env, check=True)
+        outputs.append([f.read_bytes() for f in files])
+    assert outputs[0] == outputs[1]
+
+
+def test_readme_tutorial_trace_gen_leaves_the_checkout_clean(tmp_path: Path) -> None:
+    """The tutorial's ``trace gen`` writes outside traces/ (an ignored runs/), and what it
+    writes is the canned trace the next steps read."""
+    readme = (ROOT / "README.md").read_text()
+    (command,) = re.findall(r"^\.venv/bin/simkv trace gen .*$", readme, flags=re.MULTILINE)
+    args = command.split()[1:]
+    out = Path(args[args.index("-o") + 1])
+    assert out.parts[0] == "runs", command  # runs/ is in .gitignore
+    proc = subprocess.run([SIMKV, *args], cwd=tmp_path, capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    canned = re.search(rf"^cmp {re.escape(str(out))} (\S+)", readme, flags=re.MULTILINE)
+    assert canned, "the tutorial compares its trace with the canned one"
+    assert (tmp_path / out).read_bytes() == (ROOT / canned.group(1)).read_bytes()
 
 
 def test_preset_same_seed_same_bytes(tmp_path: Path) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from simkv.cli.console import SetOpt, console, err_console
+from simkv.cli.console import SetOpt, console, err_console, progress_bar
 from simkv.cli.slicing import slice_options
 from simkv.errors import SimkvError
 from simkv.traces.slicing import TraceSlice
@@ -26,6 +27,8 @@ def trace_gen(
     preset: Annotated[str, typer.Option(help="Workload preset: agents, long-horizon (see "
                                         "traces/README.md); --set applies on top.")] = "agents",
     overrides: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (it is drawn on "
+                                        "stderr, and only on a terminal).")] = False,
 ) -> None:
     """Generate a synthetic agent trace (seeded, byte-for-byte reproducible)."""
     from simkv.traces.generator import generate, generator_config
@@ -33,7 +36,10 @@ def trace_gen(
     from simkv.traces.stats import print_stats, trace_stats
 
     cfg = generator_config(seed=seed, n_requests=requests, overrides=overrides or [], preset=preset)
-    trace = generate(cfg)
+    bar = nullcontext(None) if quiet else progress_bar("generating", step=1,
+                                                       total=lambda: cfg.n_requests)
+    with bar as advance:
+        trace = generate(cfg, progress=advance)
     write_trace(trace, out)
     console.print(f"wrote {len(trace):,} requests (preset {escape(preset)}) to [bold]{escape(str(out))}[/]")
     print_stats(trace_stats(trace), console=console)

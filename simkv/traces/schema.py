@@ -353,6 +353,10 @@ def read_trace(path: str | Path) -> Trace:
     return trace
 
 
+#: Rows per Parquet row group of a written trace.
+ROW_GROUP_ROWS = 1 << 17
+
+
 def write_trace(trace: Trace, path: str | Path) -> Path:
     """Write a trace as Parquet, atomically (temp file + rename). Same trace → same bytes."""
     path = Path(path)
@@ -361,5 +365,5 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     make_dir(path.parent, "directory of the trace")
     table = trace.table.replace_schema_metadata(trace.metadata())
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
-                                                  row_group_size=1 << 17))
+                                                  row_group_size=ROW_GROUP_ROWS))
     return path

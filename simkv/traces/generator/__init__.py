@@ -46,11 +46,18 @@ chain(S)[:L//B]`` where ``L`` is the prefix's token count. The generator therefo
 session's context once (up to its last call in the trace) and slices it per call: the hashing
 cost follows the distinct context, not Σ prompt blocks (about 5x fewer hashes on the defaults).
 
+The trace is made in parts of ``PART_ROWS`` requests, in arrival order: sessions start in
+time order, so a generated call is final once the next session starts after it. A session's
+prompt is kept only until its last call is in a part, and a session whose calls span parts is
+hashed again for the later part, so memory follows the sessions in flight, not the trace.
+
 One ``numpy.random.default_rng(seed)`` drives everything, consumed in a fixed order, so a
-configuration maps to one byte-identical Parquet file. A feature that is off (no tenants, no
-pauses, no scheduled agents, no daily cycle) draws nothing, so the ``agents`` preset (the
-defaults) still makes the canned traces byte for byte. Named parameter sets (``agents``,
-``long-horizon``) are in :mod:`simkv.traces.presets`.
+configuration maps to one byte-identical Parquet file, on any CPU: ``exp``, powers and ``cos``
+are the C library's scalar functions, never numpy's ufuncs, whose kernels numpy picks by CPU
+(its AVX-512 ``exp`` and ``power`` differ from the others in the last bit). A feature that
+is off (no tenants, no pauses, no scheduled agents, no daily cycle) draws nothing, so the
+``agents`` preset (the defaults) still makes the canned traces byte for byte. Named
+parameter sets (``agents``, ``long-horizon``) are in :mod:`simkv.traces.presets`.
 """
 
 from simkv.traces.generator.config import GeneratorConfig, generator_config

@@ -4,15 +4,19 @@ from one seeded rng, then hashed and assembled into a trace."""
 from __future__ import annotations
 
 import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from simkv.errors import ScenarioError
 from simkv.traces.generator.config import GeneratorConfig
 from simkv.traces.hashing import chain_block_hashes
-from simkv.traces.schema import Trace, build_table
+from simkv.traces.schema import REQUIRED_FIELDS, ROW_GROUP_ROWS, Trace, build_table, validate_table
 
 CHAT = "chat"
 TOOL = "tool"
@@ -37,9 +41,24 @@ AGENT_CATALOGUE: tuple[tuple[str, tuple[str, ...]], ...] = (
 _MAX_EMPTY_SESSIONS = 1000
 
 
+def _exp(values: np.ndarray) -> np.ndarray:
+    """``exp`` of each value through the C library's scalar ``exp`` (``math.exp``).
+
+    Not ``np.exp``: numpy picks its kernel by CPU (AVX-512 has its own), and those kernels
+    differ from each other in the last bit, so one seed gave different traces on different
+    machines. The scalar C ``exp`` is what numpy's non-AVX-512 kernels call for float64.
+    """
+    return np.fromiter((math.exp(v) for v in values.tolist()), dtype=np.float64, count=len(values))
+
+
 def _zipf_cdf(n: int, s: float) -> np.ndarray:
-    """CDF of P(rank r) ∝ (r + 1)^-s over ranks 0..n-1 (empty for n = 0)."""
-    weights = np.arange(1, n + 1, dtype=np.float64) ** -s
+    """CDF of P(rank r) ∝ (r + 1)^-s over ranks 0..n-1 (empty for n = 0).
+
+    The powers are scalar C ``pow`` (``1 / r`` for s = 1), not ``np.power``, whose AVX-512
+    kernel differs in the last bit (see :func:`_exp`).
+    """
+    weights = np.fromiter((1.0 / r if s == 1 else float(r) ** -s for r in range(1, n + 1)),
+                          dtype=np.float64, count=n)
     return np.cumsum(weights / weights.sum()) if n else weights
 
 
@@ -51,22 +70,35 @@ class _AgentType:
     schema_tokens: tuple[int, ...]  # per version, oldest first
 
 
-@dataclass
-class _Calls:
-    """Column buffers of the generated calls, in generation order (session after session)."""
+@dataclass(eq=False)
+class _Session:
+    """A session's prompt segments, kept while calls of it are still to be written.
 
-    arrival_s: list[float] = field(default_factory=list)
-    request_id: list[str] = field(default_factory=list)
-    session_id: list[str] = field(default_factory=list)
-    prompt_class: list[str] = field(default_factory=list)
-    input_tokens: list[int] = field(default_factory=list)
-    output_tokens: list[int] = field(default_factory=list)
-    tool_name: list[str | None] = field(default_factory=list)
-    parent_request_id: list[str | None] = field(default_factory=list)
-    prompt_key: list[str] = field(default_factory=list)
-    # Not columns: the prompt of call i is session_segments[segment_owner[i]][:n_segments[i]].
-    n_segments: list[int] = field(default_factory=list)
-    segment_owner: list[int] = field(default_factory=list)
+    ``hashes`` are the block hashes of ``segments[:hashed]`` (each call's blocks are their
+    leading ``input_tokens // block_size``: the prefix property of the module docstring).
+    """
+
+    segments: list[tuple[str, int]]
+    unwritten: int = 0  # calls generated and not yet in a part of the trace
+    hashed: int = 0
+    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    """One generated call: a row of the trace, and its prompt as ``segments[:n_segments]``."""
+
+    arrival_s: float
+    request_id: str
+    session_id: str
+    prompt_class: str
+    input_tokens: int
+    output_tokens: int
+    tool_name: str | None
+    parent_request_id: str | None
+    prompt_key: str
+    n_segments: int
+    session: _Session
 
 
 class _Workload:
@@ -81,8 +113,10 @@ class _Workload:
         # configuration without tenants is what it was before tenants existed.
         self.tenant_tokens = self._lengths(cfg.tenant_context_tokens, cfg.n_tenants, sigma=0.5)
         self.tenant_cdf = _zipf_cdf(cfg.n_tenants, cfg.tenant_zipf_s)
-        self.calls = _Calls()
-        self.session_segments: list[list[tuple[str, int]]] = []
+        # Generated calls not yet released, a heap by (arrival, generation order): sessions
+        # start in time order, so a call is final once the next session starts after it.
+        self.pending: list[tuple[float, int, _Call]] = []
+        self.generated = 0
 
     def _agent_types(self) -> list[_AgentType]:
         cfg = self.cfg
@@ -106,11 +140,11 @@ class _Workload:
         if median <= 0:
             return [0] * n
         sigma = self.cfg.length_sigma if sigma is None else sigma
-        return np.maximum(1, np.rint(median * np.exp(sigma * z))).astype(np.int64).tolist()
+        return np.maximum(1, np.rint(median * _exp(sigma * z))).astype(np.int64).tolist()
 
     def _seconds(self, median: float, n: int, sigma: float = 1.0) -> np.ndarray:
         """Lognormal durations with the given median: ``median · exp(σ·Z)``."""
-        return median * np.exp(sigma * self.rng.standard_normal(n))
+        return median * _exp(sigma * self.rng.standard_normal(n))
 
     def _gaps_after_turns(self, n_turns: int, scheduled: bool) -> np.ndarray:
         """Seconds from a turn's answer to the next turn.
@@ -142,8 +176,7 @@ class _Workload:
         sid = f"s{index}"
         tag = f"seed{cfg.seed}/{sid}"  # session-unique content is unique to this trace too
         segments: list[tuple[str, int]] = [(f"system/{agent.name}", agent.system_tokens)]
-        owner = len(self.session_segments)
-        self.session_segments.append(segments)
+        owner = _Session(segments)
         if rng.random() < cfg.batch_prob:
             return self._one_off(sid, tag, start_s, agent, segments, owner)
 
@@ -208,7 +241,7 @@ class _Workload:
         return len(made)
 
     def _one_off(self, sid: str, tag: str, start_s: float, agent: _AgentType,
-                 segments: list[tuple[str, int]], owner: int) -> int:
+                 segments: list[tuple[str, int]], owner: _Session) -> int:
         """A one-off call: the agent's system prompt and a document nobody else sends.
 
         Its ``prompt_key`` is ``<agent>@system``: it shares the system prompt only.
@@ -227,51 +260,39 @@ class _Workload:
 
     def _emit(self, *, arrival_s: float, request_id: str, session_id: str, prompt_class: str,
               input_tokens: int, output_tokens: int, tool_name: str | None, parent: str | None,
-              prompt_key: str, n_segments: int, owner: int) -> None:
-        c = self.calls
-        c.arrival_s.append(arrival_s)
-        c.request_id.append(request_id)
-        c.session_id.append(session_id)
-        c.prompt_class.append(prompt_class)
-        c.input_tokens.append(input_tokens)
-        c.output_tokens.append(output_tokens)
-        c.tool_name.append(tool_name)
-        c.parent_request_id.append(parent)
-        c.prompt_key.append(prompt_key)
-        c.n_segments.append(n_segments)
-        c.segment_owner.append(owner)
+              prompt_key: str, n_segments: int, owner: _Session) -> None:
+        call = _Call(arrival_s, request_id, session_id, prompt_class, input_tokens, output_tokens,
+                     tool_name, parent, prompt_key, n_segments, owner)
+        owner.unwritten += 1
+        heapq.heappush(self.pending, (arrival_s, self.generated, call))
+        self.generated += 1
 
     # -- the whole trace -----------------------------------------------------------------
 
-    def run(self) -> np.ndarray:
-        """Start sessions until no later session can land among the first ``n_requests``.
+    def calls(self) -> Iterator[_Call]:
+        """The trace's ``n_requests`` calls by arrival (ties in generation order: session, then
+        turn, then call): the first ones of all the sessions that can contribute.
 
-        Returns the indices (into the call buffers) of the trace's requests, by arrival.
+        Sessions start in time order and a session's calls come at or after its start, so a
+        generated call that arrives before the next session's start is final: it is released
+        then, and the generator starts sessions until ``n_requests`` calls are released.
         """
         cfg = self.cfg
         n = cfg.n_requests
-        # Max-heap (negated) of the n earliest arrivals so far: its top is the n-th arrival,
-        # the time after which a newly started session can no longer contribute.
-        earliest: list[float] = []
-        start, index, empty = 0.0, 0, 0
-        while len(earliest) < n or start <= -earliest[0]:
-            first = len(self.calls.arrival_s)
+        start, index, empty, released = 0.0, 0, 0, 0
+        while released < n:
             made = self.session(index, start)
             empty = 0 if made else empty + 1
             if empty >= _MAX_EMPTY_SESSIONS:
                 raise ScenarioError(
                     f"max_context_tokens: {cfg.max_context_tokens} is smaller than the first "
                     f"prompt of {_MAX_EMPTY_SESSIONS} sessions in a row; raise it")
-            for a in self.calls.arrival_s[first:]:
-                if len(earliest) < n:
-                    heapq.heappush(earliest, -a)
-                elif a < -earliest[0]:
-                    heapq.heapreplace(earliest, -a)
             index += 1
             start = self._next_start(start)
-        arrival = np.asarray(self.calls.arrival_s, dtype=np.float64)
-        # Stable: ties keep generation order (session, then turn, then call).
-        return np.argsort(arrival, kind="stable")[:n]
+            while self.pending and self.pending[0][0] < start and released < n:
+                yield heapq.heappop(self.pending)[2]
+                released += 1
+        self.pending.clear()
 
     def _next_start(self, t: float) -> float:
         """The next session start after ``t``: Poisson, or with a daily cycle by thinning.
@@ -287,59 +308,100 @@ class _Workload:
         peak_rate = cfg.session_rate_per_s * (1.0 + amp)
         while True:
             t += float(rng.exponential(1.0 / peak_rate))
-            phase = 2.0 * np.pi * (t - cfg.diurnal_peak_s) / 86400.0
-            if rng.random() * (1.0 + amp) < 1.0 + amp * np.cos(phase):
+            phase = 2.0 * math.pi * (t - cfg.diurnal_peak_s) / 86400.0
+            if rng.random() * (1.0 + amp) < 1.0 + amp * math.cos(phase):
                 return t
 
-    def block_hashes(self, order: np.ndarray) -> list[np.ndarray]:
-        """The block hashes of the calls ``order``, hashing each session's context once.
+    def part(self, calls: list[_Call], segments: list[list[tuple[str, int]]] | None = None,
+             ) -> pa.Table:
+        """The rows of ``calls`` as a table of the trace schema, hashing each session's context
+        once per part, up to its longest call in the part (a session whose calls span parts
+        is hashed again, further); a session is dropped once all its calls are written.
 
-        A session is hashed up to its longest kept prompt; every kept call's blocks are the
-        leading ``input_tokens // block_size`` hashes of that (the prefix property above).
+        ``segments``, if given, receives each call's prompt as its list of segments.
         """
-        c, bs = self.calls, self.cfg.block_size
-        longest: dict[int, int] = {}
-        for i in order.tolist():
-            owner = c.segment_owner[i]
-            longest[owner] = max(longest.get(owner, 0), c.n_segments[i])
-        hashes = {
-            owner: np.asarray(chain_block_hashes(self.session_segments[owner][:n], bs),
-                              dtype=np.uint64)
-            for owner, n in longest.items()
+        cfg, bs = self.cfg, self.cfg.block_size
+        longest: dict[_Session, int] = {}
+        for call in calls:
+            longest[call.session] = max(longest.get(call.session, 0), call.n_segments)
+        for session, n_segments in longest.items():
+            if n_segments > session.hashed:
+                session.hashes = np.asarray(chain_block_hashes(session.segments[:n_segments], bs),
+                                            dtype=np.uint64)
+                session.hashed = n_segments
+        n_blocks = np.fromiter((c.input_tokens // bs for c in calls), dtype=np.int64,
+                               count=len(calls))
+        offsets = np.zeros(len(calls) + 1, dtype=np.int32)
+        np.cumsum(n_blocks, out=offsets[1:])
+        blocks = np.concatenate([c.session.hashes[:k] for c, k in zip(calls, n_blocks.tolist(),
+                                                                     strict=True)]
+                                or [np.zeros(0, np.uint64)])
+        if segments is not None:
+            segments.extend(c.session.segments[: c.n_segments] for c in calls)
+        for call in calls:
+            call.session.unwritten -= 1
+            if not call.session.unwritten:  # all its calls written: free its prompt
+                call.session.segments, call.session.hashes = [], blocks[:0]
+
+        def column(name: str) -> list[Any]:
+            return [getattr(c, name) for c in calls]
+
+        columns: dict[str, Any] = {
+            "arrival_s": np.asarray(column("arrival_s"), dtype=np.float64),
+            "request_id": column("request_id"),
+            "session_id": column("session_id"),
+            "prompt_class": column("prompt_class"),
+            "input_tokens": np.asarray(column("input_tokens"), dtype=np.int32),
+            "output_tokens": np.asarray(column("output_tokens"), dtype=np.int32),
+            "block_hashes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(blocks),
+                                                     type=_BLOCK_HASHES_TYPE),
+            "model": [cfg.model] * len(calls),
+            "tool_name": column("tool_name"),
+            "parent_request_id": column("parent_request_id"),
+            "prompt_key": column("prompt_key"),
         }
-        return [hashes[c.segment_owner[i]][: c.input_tokens[i] // bs] for i in order.tolist()]
+        return build_table(columns, block_size=bs, source=_source(cfg)).table
 
 
-def _build(cfg: GeneratorConfig) -> tuple[Trace, _Workload, np.ndarray]:
+_BLOCK_HASHES_TYPE = next(f.type for f in REQUIRED_FIELDS if f.name == "block_hashes")
+
+#: Rows generated and hashed at a time; the progress callback is called once per part.
+PART_ROWS = 1 << 14
+
+
+def _source(cfg: GeneratorConfig) -> str:
+    return f"simkv-gen:seed={cfg.seed}"
+
+
+def _build(cfg: GeneratorConfig, segments: list[list[tuple[str, int]]] | None = None,
+           progress: Callable[[int], None] | None = None) -> Trace:
+    """Generate ``cfg``'s trace part by part; the parts are joined into chunks of
+    ``ROW_GROUP_ROWS`` rows, one per Parquet row group, so the file's bytes do not depend on
+    the part size."""
     cfg.check()
     work = _Workload(cfg)
-    order = work.run()
-    c = work.calls
-
-    def take(values: list[Any]) -> list[Any]:
-        return [values[i] for i in order]
-
-    columns: dict[str, Any] = {
-        "arrival_s": np.asarray(c.arrival_s, dtype=np.float64)[order],
-        "request_id": take(c.request_id),
-        "session_id": take(c.session_id),
-        "prompt_class": take(c.prompt_class),
-        "input_tokens": np.asarray(c.input_tokens, dtype=np.int32)[order],
-        "output_tokens": np.asarray(c.output_tokens, dtype=np.int32)[order],
-        "block_hashes": work.block_hashes(order),
-        "model": [cfg.model] * len(order),
-        "tool_name": take(c.tool_name),
-        "parent_request_id": take(c.parent_request_id),
-        "prompt_key": take(c.prompt_key),
-    }
-    trace = build_table(columns, block_size=cfg.block_size,
-                        source=f"simkv-gen:seed={cfg.seed}")
-    return trace, work, order
+    calls = work.calls()
+    parts: list[pa.Table] = []
+    chunks: list[pa.Table] = []
+    while batch := list(itertools.islice(calls, PART_ROWS)):
+        parts.append(work.part(batch, segments))
+        if progress is not None:
+            progress(len(batch))
+        if sum(len(p) for p in parts) >= ROW_GROUP_ROWS:
+            joined = pa.concat_tables(parts).combine_chunks()
+            chunks.append(joined.slice(0, ROW_GROUP_ROWS))
+            parts = [joined.slice(ROW_GROUP_ROWS)] if len(joined) > ROW_GROUP_ROWS else []
+    if parts:
+        chunks.append(pa.concat_tables(parts).combine_chunks())
+    return validate_table(pa.concat_tables(chunks), block_size=cfg.block_size, source=_source(cfg))
 
 
-def generate(cfg: GeneratorConfig) -> Trace:
-    """Generate the trace of ``cfg``: same configuration, same bytes through ``write_trace``."""
-    return _build(cfg)[0]
+def generate(cfg: GeneratorConfig, progress: Callable[[int], None] | None = None) -> Trace:
+    """Generate the trace of ``cfg``: same configuration, same bytes through ``write_trace``.
+
+    ``progress(n)``, if given, is called as each ``n`` more requests are generated.
+    """
+    return _build(cfg, progress=progress)
 
 
 def generate_with_segments(cfg: GeneratorConfig) -> tuple[Trace, list[list[tuple[str, int]]]]:
@@ -348,7 +410,5 @@ def generate_with_segments(cfg: GeneratorConfig) -> tuple[Trace, list[list[tuple
     For tests and debugging: ``chain_block_hashes(segments[i], block_size)`` equals row
     ``i``'s ``block_hashes``.
     """
-    trace, work, order = _build(cfg)
-    c = work.calls
-    segments = [work.session_segments[c.segment_owner[i]][: c.n_segments[i]] for i in order]
-    return trace, segments
+    segments: list[list[tuple[str, int]]] = []
+    return _build(cfg, segments), segments
