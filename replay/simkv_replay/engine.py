@@ -24,6 +24,10 @@ served by their tiers (as the simulator and LMCache's simulator count them), and
 and chunks loaded from LMCache are admitted to the GPU cache (they now sit in device memory).
 Chunks served by the GPU cache are not written back to LMCache.
 
+Every chunk read back from LMCache's disk is verified against the digest of its write, and a
+failed disk write leaves the chunk off the disk instead of wedging LMCache
+(:mod:`simkv_replay.integrity`): a bad chunk ends the prefix there, like a missing one.
+
 Which LMCache tier served a chunk: the walk asks each backend's ``contains`` (no pinning, no
 side effects) before the retrieve, and LMCache's retrieve reads from the first backend holding
 the chunk (CPU before disk), so a chunk the CPU backend holds is counted ``cpu``, else ``disk``.

@@ -231,9 +231,11 @@ class DiskGuard:
 
 
 # -- LMCache's log ------------------------------------------------------------------------------
-#: LMCache's messages (templates) repeated in a busy loop while its CPU pool is full.
+#: Messages (templates) that can come by the thousand: LMCache's, repeated in a busy loop while
+#: its CPU pool is full, and ours, one per bad chunk of a damaged disk.
 _NOISY = {"lmcache.v1.memory_management": "Failed to allocate memory block",
-          "lmcache.v1.storage_backend.local_cpu_backend": "No eviction candidates found"}
+          "lmcache.v1.storage_backend.local_cpu_backend": "No eviction candidates found",
+          __name__: "disk tier: chunk"}
 
 
 class _RateLimit(logging.Filter):
@@ -274,7 +276,7 @@ def lmcache_alloc_failures() -> int:
 
 
 def install_log_filters() -> None:
-    """Count and rate-limit LMCache's busy-loop warnings (idempotent)."""
+    """Count and rate-limit the warnings of :data:`_NOISY` (idempotent)."""
     for name, prefix in _NOISY.items():
         if name not in _filters:
             _filters[name] = _RateLimit(prefix)
