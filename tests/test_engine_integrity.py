@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -212,23 +213,18 @@ def test_a_disk_path_that_is_a_file_or_under_one_is_one_line_and_exit_2(tmp_path
         assert_user_error(done, f"--disk-path: {path}")
 
 
-def test_a_failed_lmcache_init_leaves_no_thread_behind(tmp_path):
-    """LMCache's own init failure (its disk folder check bypassed): the process still exits."""
+def test_a_failed_lmcache_init_leaves_no_thread_behind(model, tmp_path, monkeypatch):
+    """LMCache's own init failure (the engine's folder check bypassed): no thread of it is left
+    that would keep the process from exiting."""
+    import simkv_replay.engine as engine_module
+
     (tmp_path / "a-file").write_text("")
-    script = f"""
-import simkv_replay.engine as E
-from simkv.scenario import scenario_from_dict
-from simkv_replay.models import load_model
-E.check_disk_folder = lambda p: p
-try:
-    E.KVEngine(scenario_from_dict({tiers()!r}), load_model("tiny", "cpu"),
-               disk_path={str(tmp_path / "a-file")!r})
-except E.EngineError as exc:
-    print("refused:", exc)
-"""
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "LMCACHE_LOG_LEVEL": "CRITICAL"})
-    assert done.returncode == 0 and "refused: LMCache's engine is not healthy" in done.stdout, done.stderr
+    monkeypatch.setattr(engine_module, "check_disk_folder", lambda path: path)
+    before = set(threading.enumerate())
+    with pytest.raises(engine_module.EngineError, match="not healthy"):
+        KVEngine(scenario_from_dict(tiers()), model, disk_path=tmp_path / "a-file")
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]
+    assert left == []
 
 
 def test_lmcache_allocation_failures_are_counted_and_shown_once_in_a_while(engine):
