@@ -24,6 +24,10 @@ served by their tiers (as the simulator and LMCache's simulator count them), and
 and chunks loaded from LMCache are admitted to the GPU cache (they now sit in device memory).
 Chunks served by the GPU cache are not written back to LMCache.
 
+Every chunk read back from LMCache's disk is verified against the digest of its write, and a
+failed disk write leaves the chunk off the disk instead of wedging LMCache
+(:mod:`simkv_replay.integrity`): a bad chunk ends the prefix there, like a missing one.
+
 Which LMCache tier served a chunk: the walk asks each backend's ``contains`` (no pinning, no
 side effects) before the retrieve, and LMCache's retrieve reads from the first backend holding
 the chunk (CPU before disk), so a chunk the CPU backend holds is counted ``cpu``, else ``disk``.
@@ -52,6 +56,7 @@ After :meth:`KVEngine.serve`, :meth:`KVEngine.decode` generates greedily over th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -90,6 +95,7 @@ from simkv_replay.archive import (
     open_store,
 )
 from simkv_replay.connector import HFKVConnector, KVLayers
+from simkv_replay.integrity import DiskGuard, check_disk_folder, install_log_filters, lmcache_alloc_failures
 from simkv_replay.models import KVShape, kv_shape_of
 
 log = logging.getLogger(__name__)
@@ -313,6 +319,10 @@ class KVEngine:
         cpu, disk = scenario.tiers.cpu, scenario.tiers.disk
         if disk.enabled and disk_path is None:
             raise ScenarioError("tiers.disk.enabled: the engine needs a folder for LMCache's disk backend")
+        if disk.enabled:
+            disk_path = check_disk_folder(disk_path)    # LMCache's own failure would hang the process
+        install_log_filters()
+        self._alloc_failures0 = lmcache_alloc_failures()
         self.instance_id = f"simkv-{uuid.uuid4().hex[:12]}"
         config = LMCacheEngineConfig.from_defaults(
             chunk_size=self.chunk_size,
@@ -331,6 +341,7 @@ class KVEngine:
             worker_id=0, local_worker_id=0, kv_dtype=self.kv.dtype,
             kv_shape=self.kv.lmcache_kv_shape(self.chunk_size), chunk_size=self.chunk_size)
         self.connector = HFKVConnector(self.kv, self.device)
+        threads = set(threading.enumerate())
         self._manager = StandaloneLMCacheManager(
             config=config, metadata=metadata, gpu_connector=self.connector,
             broadcast_fn=mock_up_broadcast_fn, broadcast_object_fn=mock_up_broadcast_object_fn)
@@ -339,6 +350,7 @@ class KVEngine:
         # The manager logs and swallows init errors, then stores nothing: refuse to run so.
         if lmc is None or not lmc.is_healthy():
             self.close()
+            _stop_event_loops(set(threading.enumerate()) - threads)
             raise EngineError("LMCache's engine is not healthy after init (see LMCache's log above)")
         self.lmcache: LMCacheEngine = lmc
         assert lmc.storage_manager is not None
@@ -346,6 +358,7 @@ class KVEngine:
                           for tier, name in _BACKENDS.items()}
         if not cpu.enabled:
             self._backends["cpu"] = None   # LMCache's CPU backend is then only its allocator
+        self._disk_guard = DiskGuard(self._backends["disk"]) if self._backends["disk"] is not None else None
         self._lmcache_evictions = dict.fromkeys(_BACKENDS, 0)
         self._evictions_lock = threading.Lock()
         for tier, backend in self._backends.items():
@@ -410,6 +423,13 @@ class KVEngine:
         evictions; :func:`_count_evictions`; :meth:`clear` is not counted), ``requests``, and the
         gauge ``tier_bytes`` (KV bytes each tier holds now: its chunks x ``chunk_bytes``; the
         archive's: the stored bytes of its index's objects).
+        ``bytes_stored["disk"]`` counts the chunks whose disk write landed (LMCache writes
+        asynchronously: it lags the requests by the writes in flight). With a disk tier:
+        ``disk_errors`` (``{kind: n}``: chunks not served because their file was ``unreadable``,
+        of the wrong ``length``, failed its ``checksum`` or had no digest (``unverified``), and
+        disk writes that failed (``write``); :mod:`simkv_replay.integrity`).
+        ``lmcache_alloc_failures``: LMCache's failed CPU-pool allocations (each one a warning
+        LMCache logs in a busy loop; the console shows one per 10 s).
 
         With an archive: ``expirations`` (``{"archive": n}``, objects deleted at their deadline),
         ``archive_uploads``, ``archive_upload_bytes`` (``{"raw": , "stored": }``),
@@ -424,6 +444,10 @@ class KVEngine:
         (objects of another layout left out of the index), and the gauges
         ``archive_objects`` / ``archive_stored_bytes`` (the index now)."""
         out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
+        if self._disk_guard is not None:
+            out["disk_errors"], stored, _ = self._disk_guard.counts()
+            out["bytes_stored"]["disk"] = stored * self.chunk_bytes
+        out["lmcache_alloc_failures"] = lmcache_alloc_failures() - self._alloc_failures0
         with self._evictions_lock:
             out["evictions"] = {"gpu": self.gpu_cache.evictions, **self._lmcache_evictions}
         cpu, disk = self._backends["cpu"], self._backends["disk"]
@@ -443,6 +467,16 @@ class KVEngine:
                       "fetch_s", "decompress_s", "errors", "rejected_objects", "objects", "stored_bytes"):
                 out[f"archive_{k}"] = a[k]
         return out
+
+    def health(self) -> list[str]:
+        """Why the engine is degraded (it serves, by recompute, but a tier does not work), or
+        nothing: the disk tier while its last write failed (full or failing filesystem)."""
+        if self._disk_guard is None:
+            return []
+        write_error = self._disk_guard.counts()[2]
+        if write_error is None:
+            return []
+        return [f"disk tier: writes fail ({write_error}); chunks are not stored on disk"]
 
     def clear(self, tiers: Sequence[str] = LOCAL_TIERS, *, timeout_s: float = 30.0) -> dict[str, int]:
         """Drop the named local tiers' contents (for calibration and tests; never the archive);
@@ -477,12 +511,8 @@ class KVEngine:
                 self.lmcache.clear(locations=[_BACKENDS["cpu"]])
                 out[tier] -= len(backend.hot_cache)
             else:
-                out[tier] = 0
-                for key in list(backend.dict):
-                    meta = backend.dict.get(key)
-                    if meta is not None and backend.remove(key, force=True):
-                        backend.current_cache_size -= meta.size   # remove() leaves it to its caller
-                        out[tier] += 1
+                assert self._disk_guard is not None
+                out[tier] = sum(self._disk_guard.drop(key) for key in list(backend.dict))
         return out
 
     # -- the walk -------------------------------------------------------------------------------
@@ -805,8 +835,6 @@ class KVEngine:
             if disk is not None:
                 obj = cpu.get_blocking(key)
                 if obj is not None:
-                    if not disk.contains(key):
-                        self._counts["bytes_stored"]["disk"] += self.chunk_bytes
                     try:
                         disk.submit_put_task(key, obj)
                     finally:
@@ -832,9 +860,8 @@ class KVEngine:
             mask = torch.zeros(b * c, dtype=torch.bool)
             mask[a * c:] = True
             self.lmcache.store(tokens[: b * c], mask=mask, kvcaches=kv, req_id="simkv")
-        for tier in ("cpu", "disk"):
-            if self._backends[tier] is not None:
-                self._counts["bytes_stored"][tier] += len(chunks) * self.chunk_bytes
+        if self._backends["cpu"] is not None:         # the disk's: counted as its writes land
+            self._counts["bytes_stored"]["cpu"] += len(chunks) * self.chunk_bytes
 
     def _admit(self, tokens: list[int], keys: list, chunks: list[int], kv: KVLayers) -> None:
         """Hydrated ``chunks`` (indices) of ``kv`` into the GPU cache and LMCache."""
@@ -850,6 +877,17 @@ class KVEngine:
     def _tick(self) -> int:
         self._ref += 1
         return self._ref
+
+
+def _stop_event_loops(threads: set[threading.Thread]) -> None:
+    """Stop the asyncio loops LMCache started in ``threads`` and left running after a failed
+    init (its storage manager's loop thread is not a daemon: the process would never exit)."""
+    for thread in threads:
+        args = getattr(thread, "_args", ())
+        loop = next((a for a in args if isinstance(a, asyncio.AbstractEventLoop)), None)
+        if loop is not None and thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
 
 
 def _runs(chunks: list[int]) -> list[tuple[int, int]]:
@@ -890,26 +928,21 @@ class _Chunks(ChunkSource):
         chunk = e.gpu_cache.chunks.get(key.chunk_hash)
         if chunk is not None:
             return fmt.to_bytes(chunk)
-        cpu, disk = e._backends["cpu"], e._backends["disk"]
+        cpu = e._backends["cpu"]
         obj = cpu.get_blocking(key) if cpu is not None else None   # no policy update
         if obj is not None:
             try:
                 return fmt.to_bytes(obj.tensor)
             finally:
                 obj.ref_count_down()
-        if disk is not None:
+        if e._disk_guard is not None:
             # The file itself, not the backend's read: that would touch the disk's eviction order
             # and allocate in LMCache's CPU pool (evicting there), which the simulator's worker,
-            # reading a block, does not. The file holds the chunk's bytes from its start.
-            with disk.disk_lock:
-                meta = disk.dict.get(key)
-            if meta is not None:
-                try:
-                    with open(meta.path, "rb") as f:
-                        raw = f.read(fmt.raw_bytes)
-                except OSError:
-                    return None
-                return raw if len(raw) == fmt.raw_bytes else None
+            # reading a block, does not. The file holds the chunk's bytes from its start; it is
+            # verified against the digest of its write (a bad one is dropped and counted).
+            raw = e._disk_guard.read_bytes(key)
+            if raw is not None and len(raw) >= fmt.raw_bytes:
+                return raw[:fmt.raw_bytes]
         return None
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -39,7 +40,6 @@ import re
 import secrets
 import signal
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -66,6 +66,7 @@ from simkv.errors import SimkvError
 from simkv.scenario import Scenario
 from simkv_replay.archive import ArchiveOptions, TraceClock
 from simkv_replay.engine import LOCAL_TIERS, TIERS, EngineError, KVEngine, RequestResult
+from simkv_replay.integrity import default_disk_folder
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 #: The label of each dict-valued engine value in ``/metrics`` (others: ``tier``).
 COUNTER_LABELS = {"prompt_tokens_by_source": "source", "archive_errors": "kind",
-                  "archive_upload_bytes": "kind"}
+                  "archive_upload_bytes": "kind", "disk_errors": "kind"}
 #: Engine values that are levels (what is there now), not running totals: Prometheus gauges,
 #: named without ``_total``.
 GAUGES = {"tier_bytes": "KV bytes each tier holds now (the archive: the stored, compressed bytes of "
@@ -92,6 +93,9 @@ COUNTER_HELP = {
     "archive_uploads": "Chunks uploaded to the archive.",
     "archive_fetches": "Chunks fetched from the archive.",
     "archive_errors": "Archive operations that failed, by kind.",
+    "disk_errors": "Disk-tier chunks not served (unreadable, length, checksum, unverified) and disk "
+                   "writes that failed (write), by kind.",
+    "lmcache_alloc_failures": "LMCache's failed CPU-pool allocations.",
 }
 #: HTTP status of a request whose client closed the connection before the worker started it
 #: (nginx's "client closed request"): never sent, only counted.
@@ -597,8 +601,13 @@ def create_app(engine: KVEngine, *, api_key: str | None = None, model_name: str 
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        """503 when nothing can be served; 200 ``{"status": "degraded", "reasons": [...]}`` while
+        a tier fails and requests go on by recompute (``KVEngine.health``); else ``ok``."""
         if not worker.alive:
             return error_response(503, "the engine's worker is not running", "service_unavailable")
+        reasons = engine.health()
+        if reasons:
+            return JSONResponse({"status": "degraded", "reasons": reasons})
         return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
@@ -846,14 +855,14 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
     sock = bind(host, port)
     url = url_of(sock)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory(prefix="simkv-disk-") as tmp:
+    with default_disk_folder() if disk_path is None else contextlib.nullcontext(disk_path) as tmp:
         hf_model = load_model(model, device)
         tokenizer = load_tokenizer(model)
         trace = clock == "trace"
         if trace and archive is not None:
             opts = archive if isinstance(archive, ArchiveOptions) else ArchiveOptions(archive)
             archive = dataclasses.replace(opts, clock=TraceClock(), worker_thread=False)
-        with KVEngine(scenario, hf_model, disk_path=disk_path or tmp, archive=archive,
+        with KVEngine(scenario, hf_model, disk_path=tmp, archive=archive,
                       deterministic=trace) as engine:
             app = create_app(engine, api_key=api_key, model_name=model, tokenizer=tokenizer,
                              trace_clock=trace, limits=limits)

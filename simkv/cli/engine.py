@@ -56,7 +56,8 @@ def serve_cmd(
         "--api-key", envvar="SIMKV_API_KEY",
         help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz.")] = None,
     disk_path: Annotated[Path | None, typer.Option(
-        help="Folder of LMCache's disk tier (default: a temporary folder removed at exit).")] = None,
+        help="Folder of LMCache's disk tier (default: a temporary folder simkv-disk-* removed at "
+             "exit; those of engines that died are removed at the next start).")] = None,
     archive: Annotated[str | None, typer.Option(
         help="Where tiers.archive lives: s3://bucket/prefix or a folder (default: the folder "
              "simkv-archive in the current directory). Kept across restarts.")] = None,
@@ -113,6 +114,13 @@ def serve_cmd(
         raise SimkvError(f"{scenario}: block_size: the engine's chunk size; set it "
                          "(e.g. --set block_size=256)")
     _require_engine()
+    if disk_path is not None and sc.tiers.disk.enabled:
+        from simkv_replay.integrity import check_disk_folder
+
+        try:
+            check_disk_folder(disk_path)
+        except SimkvError as exc:
+            raise SimkvError(f"--disk-path: {exc}") from None
     os.environ.setdefault("LMCACHE_LOG_LEVEL", log_level.upper())
     _stable_hash_seed()
 
