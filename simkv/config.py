@@ -2,13 +2,21 @@
 
 One mechanism serves every configuration in simkv (the scenario, the generator's
 parameters): :func:`from_dict` builds a dataclass from a mapping, checking every key and
-coercing every value to the field's annotated type; :func:`apply_overrides` applies
+every value against the field's annotated type; :func:`apply_overrides` applies
 ``key.sub=value`` strings as given to ``--set`` on the command line.
+
+Values are taken as YAML typed them, never parsed from text: a number field takes a finite
+number (an ``int`` field an integer-valued one within 64 bits), a ``bool`` field ``true`` or
+``false``; a quoted ``'256'`` is a string and an error there. YAML is read with exponent
+floats (``1e-9``, ``2E6``) as numbers, as YAML 1.2 does (PyYAML's 1.1 rules read them as
+strings).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -20,12 +28,21 @@ import yaml
 from simkv.errors import ScenarioError
 
 T = TypeVar("T")
+#: Integers (and integer-valued numbers) in a configuration must fit in 64 bits: the
+#: simulator counts in int64.
+INT_LIMIT = 2**63
 
 
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     return getattr(tp, "__name__", str(tp))
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters (a 400-digit integer is not worth printing)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -73,33 +90,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ScenarioError(f"{key}: {value!r} is not a boolean")
+        raise ScenarioError(f"{key}: {value!r} is not a boolean (true or false)")
     if tp is int:
-        if isinstance(value, bool):
-            raise ScenarioError(f"{key}: {value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(float(value)) if float(value).is_integer() else int(value)
-            except ValueError:
-                pass
-        raise ScenarioError(f"{key}: {value!r} is not an integer")
+        number = int(value) if isinstance(value, float) and value.is_integer() else value
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise ScenarioError(f"{key}: {_show(value)} is not an integer")
+        if not -INT_LIMIT <= number < INT_LIMIT:
+            raise ScenarioError(f"{key}: {_show(value)} is out of range (a 64-bit integer)")
+        return number
     if tp is float:
-        if isinstance(value, bool):
-            raise ScenarioError(f"{key}: {value!r} is not a number")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ScenarioError(f"{key}: {value!r} is not a number")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ScenarioError(f"{key}: {_show(value)} is not a number")
+        if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+            raise ScenarioError(f"{key}: {_show(value)} is out of range")
+        if not math.isfinite(value):
+            raise ScenarioError(f"{key}: {value!r} is not a finite number")
+        return float(value)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -110,7 +116,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last)
+    and reads ``1e-9`` as a float (YAML 1.2; PyYAML's 1.1 resolver wants ``1.0e-09``)."""
 
     source = "<yaml>"
 
@@ -129,12 +136,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_yaml(text: str, source: str | Path) -> Any:
     """``yaml.safe_load`` that rejects duplicate keys, naming ``source``, the line and the
     key; other YAML errors raise :class:`ScenarioError` naming ``source``."""
-    loader = _UniqueKeyLoader(text)
-    loader.source = str(source)
+    loader = None
     try:
+        loader = _UniqueKeyLoader(text)  # checks the characters: a NUL byte fails here
+        loader.source = str(source)
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -144,7 +158,8 @@ def load_yaml(text: str, source: str | Path) -> Any:
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
@@ -202,8 +217,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not key:
         raise ScenarioError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, "--set") if raw.strip() else ""
+    except ScenarioError:
         value = raw
     return key, value
 
