@@ -6,10 +6,10 @@ every value against the field's annotated type; :func:`apply_overrides` applies
 ``key.sub=value`` strings as given to ``--set`` on the command line.
 
 Values are taken as YAML typed them, never parsed from text: a number field takes a finite
-number (an ``int`` field an integer-valued one within 64 bits), a ``bool`` field ``true`` or
-``false``; a quoted ``'256'`` is a string and an error there. YAML is read with exponent
-floats (``1e-9``, ``2E6``) as numbers, as YAML 1.2 does (PyYAML's 1.1 rules read them as
-strings).
+number (``+inf`` too where the caller allows it: TTL parameters; an ``int`` field an
+integer-valued number within 64 bits), a ``bool`` field ``true`` or ``false``; a quoted
+``'256'`` is a string and an error there. YAML is read with exponent floats (``1e-9``,
+``2E6``) as numbers, as YAML 1.2 does (PyYAML's 1.1 rules read them as strings).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Coerce ``value`` to annotation ``tp`` or raise a :class:`ScenarioError` naming ``key``."""
+def _coerce(value: Any, tp: Any, key: str, infinite: bool = False) -> Any:
+    """``value`` as annotation ``tp`` or a :class:`ScenarioError` naming ``key``
+    (``infinite``: a float may be ``+inf``)."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -57,7 +58,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, infinite)
             except ScenarioError as exc:
                 errors.append(str(exc))
         raise ScenarioError(errors[0] if len(errors) == 1 else
@@ -71,19 +72,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ScenarioError(f"{key}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=key)
+        return from_dict(tp, value, prefix=key, infinite=infinite)
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ScenarioError(f"{key}: expected a mapping, got {value!r}")
         ktp, vtp = get_args(tp) or (str, Any)
-        return {_coerce(k, ktp, f"{key}.{k}"): _coerce(v, vtp, f"{key}.{k}")
+        return {_coerce(k, ktp, f"{key}.{k}"): _coerce(v, vtp, f"{key}.{k}", infinite)
                 for k, v in value.items()}
     if origin in (list, tuple):
         # Only YAML flow syntax makes a list: 'a,b' stays a string (and is rejected here).
         if not isinstance(value, list | tuple):
             raise ScenarioError(f"{key}: expected a list (e.g. [a, b]), got {value!r}")
         (etp, *_) = get_args(tp) or (Any,)
-        out = [_coerce(v, etp, f"{key}[{i}]") for i, v in enumerate(value)]
+        out = [_coerce(v, etp, f"{key}[{i}]", infinite) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if tp is Any:
         return value
@@ -103,7 +104,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ScenarioError(f"{key}: {_show(value)} is not a number")
         if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
             raise ScenarioError(f"{key}: {_show(value)} is out of range")
-        if not math.isfinite(value):
+        if not (math.isfinite(value) or (infinite and value == math.inf)):
             raise ScenarioError(f"{key}: {value!r} is not a finite number")
         return float(value)
     if tp is str:
@@ -175,8 +176,10 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
     return load_yaml(text, path)
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and bad values are errors."""
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", *,
+              infinite: bool = False) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values are errors.
+    Floats must be finite unless ``infinite`` (then ``+inf`` is accepted: a TTL's "never")."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for k in data:
@@ -186,7 +189,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for k, v in data.items():
         full = f"{prefix}.{k}" if prefix else k
-        kwargs[k] = _coerce(v, hints[k], full)
+        kwargs[k] = _coerce(v, hints[k], full, infinite)
     try:
         obj = cls(**kwargs)
     except TypeError as exc:

@@ -87,6 +87,16 @@ def test_every_numeric_field_takes_only_finite_numbers_of_its_range(what: str) -
         assert str(exc.value).startswith(f"{key}: "), (key, str(exc.value))
 
 
+def test_a_ttl_may_be_infinite_but_not_nan() -> None:
+    ttl = {"heuristic": "static", "params": {"ttl": float("inf")}}
+    sc = scenario_from_dict({"ttl": ttl, "tiers": {"archive": {"enabled": True}}})
+    assert sc.ttl.params == ttl["params"]
+    for bad in (float("nan"), float("-inf"), "600"):
+        with pytest.raises(ScenarioError, match=r"^ttl\.params\.ttl: "):
+            scenario_from_dict({"ttl": {"heuristic": "static", "params": {"ttl": bad}},
+                                "tiers": {"archive": {"enabled": True}}})
+
+
 def test_numbers_in_yaml_are_numbers_and_quoted_ones_are_strings(tmp_path: Path) -> None:
     assert load_yaml("a: 1e-9\nb: -2E6\nc: .5e+3\nd: '1e-9'\ne: 1.0e-09\n", "x") == {
         "a": 1e-9, "b": -2e6, "c": 500.0, "d": "1e-9", "e": 1e-9}
