@@ -171,8 +171,11 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
         text = path.read_text()
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start})") from None
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the {what}: {exc}") from None
+        raise ScenarioError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     return load_yaml(text, path)
 
 

@@ -175,6 +175,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     far = far.set_column(0, "arrival_s", pa.array([0.0, 1e300]))
     nul = d / "nul.yaml"
     nul.write_bytes(b"name: a\x00b\n")
+    latin = d / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\n")
     quoted = d / "quoted.yaml"
     quoted.write_text("block_size: ' 256 '\n")
     span = d / "span.parquet"
@@ -182,13 +184,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 span)
     return {"dup": write_table(d / "dup.parquet", dup),
             "huge_block": write_table(d / "huge.parquet", table, b"99999999999999999999"),
-            "far": write_table(d / "far.parquet", far), "nul": nul, "quoted": quoted, "span": span}
+            "far": write_table(d / "far.parquet", far), "nul": nul, "latin": latin,
+            "quoted": quoted, "span": span}
 
 
 CASES = {
     "layers 1e30": (["run", str(ARCHIVE), "-t", str(SMALL_TRACE), "--set", "model.layers=1e30"],
                     ["error: ", "four-tier.yaml: model.layers: 1e+30 is out of range"]),
     "NUL in YAML": (["run", "{nul}", "-t", str(SMALL_TRACE)], ["error: ", "nul.yaml", "not valid YAML"]),
+    "not UTF-8 YAML": (["run", "{latin}", "-t", str(SMALL_TRACE)], ["error: ", "latin.yaml", "not UTF-8"]),
     "quoted number": (["run", "{quoted}", "-t", str(SMALL_TRACE)],
                       ["error: ", "quoted.yaml: block_size: ' 256 ' is not an integer"]),
     "unknown codec": (["run", str(ARCHIVE), "-t", str(SMALL_TRACE), "--set", "tiers.archive.codec=lz4"],
