@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import replace
@@ -16,7 +17,7 @@ from simkv.api import run
 from simkv.errors import ScenarioError
 from simkv.metrics.requests import fifo_start_times
 from simkv.model import kernels as K
-from simkv.model.engine import StalledClock, first_pass_at
+from simkv.model.engine import StalledClock, archive_worker_loop, first_pass_at
 from simkv.model.system import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, TieredCache
 from simkv.model.tiers import Tier
 from simkv.policies.eviction import LRU
@@ -239,18 +240,6 @@ def test_archive_storage_integral_exact() -> None:
     assert res.summary["expirations_archive"] == 2
 
 
-def periodic_worker(env, cache, interval):
-    """The archive worker as it was before idle passes were skipped: a pass every
-    ``interval`` after the previous commit, whatever happened (the reference to match)."""
-    while True:
-        yield env.timeout(interval)
-        uploads, busy = cache.archive_pass(env.now)
-        cache.archive_busy_s += busy
-        if busy > 0.0:
-            yield env.timeout(busy)
-        cache.archive_commit(uploads, env.now)
-
-
 @pytest.mark.parametrize("engine", ["simpy", "compiled"])
 @pytest.mark.parametrize(("interval", "zero_time", "mode"), [
     (1.0, True, "fixed"), (3.0, True, "sliding"), (0.7, False, "sliding"), (10.0, False, "fixed")])
@@ -270,6 +259,7 @@ def test_skipping_idle_archive_passes_changes_nothing(monkeypatch, gen_trace, en
                                                     "max_ttl": 200.0}, "mode": mode},
         "hardware": {"zero_service_time": zero_time}, "engine": engine})
     skipped = run(sc, trace)
+    periodic_worker = functools.partial(archive_worker_loop, skip_idle=False)  # a pass every interval
     monkeypatch.setattr("simkv.model.engine.archive_worker_loop", periodic_worker)
     periodic = run(sc, trace)
     pd.testing.assert_frame_equal(skipped.requests, periodic.requests, check_exact=True)

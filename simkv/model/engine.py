@@ -117,28 +117,26 @@ def at(env: simpy.Environment, t: float) -> simpy.Event:
     return event
 
 
-def archive_worker_loop(env: simpy.Environment, cache: CacheBase,
-                        interval: float) -> Generator[simpy.Event, Any, None]:
+def archive_worker_loop(env: simpy.Environment, cache: CacheBase, interval: float,
+                        skip_idle: bool = True) -> Generator[simpy.Event, Any, None]:
     """Sleep ``interval`` seconds, then select and compress candidates, upload, commit.
 
     Passes are periodic (each ``interval`` after the previous one committed), but the idle
-    ones are skipped: with no candidate pending, nothing can change before the next queued
-    event (a request's arrival or the end of its service), so every pass due before it would
-    find nothing to do (archive expiries are applied at their deadlines whenever they are
-    noticed). The worker then sleeps straight to the first pass time at or after that event,
-    computed as the chain of float additions the periodic worker would make
-    (:func:`first_pass_at`) and scheduled at the point the periodic worker would have
-    scheduled it, so the results are bit-identical and the run time grows with the trace's
-    events, not with its time span.
+    ones are skipped (unless ``skip_idle`` is false: the plain periodic worker, the
+    reference the tests hold this one to): with no candidate pending, nothing can change
+    before the next queued event (a request's arrival or the end of its service), so every
+    pass due before it would find nothing to do (archive expiries are applied at their
+    deadlines whenever they are noticed). The worker then sleeps straight to the first pass
+    time at or after that event, computed as the chain of float additions the periodic worker
+    would make (:func:`first_pass_at`) and scheduled at the point the periodic worker would
+    have scheduled it, so the results are bit-identical and the run time grows with the
+    trace's events, not with its time span.
     """
     while True:
+        event = env.peek() if skip_idle and not cache.archive_pending() else math.inf
         due = env.now + interval
-        if not cache.archive_pending():
-            event = env.peek()
-            if due < event < math.inf:
-                yield at(env, first_pass_at(due, interval, event))
-            else:
-                yield env.timeout(interval)
+        if due < event < math.inf:
+            yield at(env, first_pass_at(due, interval, event))
         else:
             yield env.timeout(interval)
         uploads, busy = cache.archive_pass(env.now)
