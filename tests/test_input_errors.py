@@ -109,9 +109,11 @@ def test_numbers_in_yaml_are_numbers_and_quoted_ones_are_strings(tmp_path: Path)
         load_scenario(path)
 
 
-def test_kv_bytes_per_token_is_bounded() -> None:
+def test_kv_bytes_per_token_and_gpus_are_bounded() -> None:
     with pytest.raises(ScenarioError, match=r"model\.2\*layers\*kv_heads\*head_dim\*dtype_bytes"):
         scenario_from_dict({"model": {"layers": 2**40}})
+    with pytest.raises(ScenarioError, match=r"^hardware\.gpus: 4611686018427387904 is beyond 4096"):
+        scenario_from_dict({"hardware": {"gpus": 2**62}})
 
 
 def test_an_unknown_archive_codec_is_rejected_at_load() -> None:

@@ -40,6 +40,9 @@ from simkv.scenario.tiers import (
     parse_bytes,
 )
 
+#: The most GPUs one simulated engine may have (each is a server process of the simulation).
+MAX_GPUS = 4096
+
 if TYPE_CHECKING:
     from simkv.model.hardware import HardwareProfile
 
@@ -122,6 +125,9 @@ class Hardware:
 
     def check(self, prefix: str) -> None:
         check_positive(f"{prefix}.gpus", self.gpus)
+        if self.gpus > MAX_GPUS:
+            raise ScenarioError(f"{prefix}.gpus: {self.gpus!r} is beyond {MAX_GPUS} (one engine's GPUs, "
+                                f"each simulated as a server)")
         for k in ("prefill_const_s", "prefill_per_token_s", "prefill_attn_s", "gpu_cost_per_hour"):
             check_positive(f"{prefix}.{k}", getattr(self, k), allow_zero=True)
         if self.profile is not None:
