@@ -2,13 +2,21 @@
 
 One mechanism serves every configuration in simkv (the scenario, the generator's
 parameters): :func:`from_dict` builds a dataclass from a mapping, checking every key and
-coercing every value to the field's annotated type; :func:`apply_overrides` applies
+every value against the field's annotated type; :func:`apply_overrides` applies
 ``key.sub=value`` strings as given to ``--set`` on the command line.
+
+Values are taken as YAML typed them, never parsed from text: a number field takes a finite
+number (``+inf`` too where the caller allows it: TTL parameters; an ``int`` field an
+integer-valued number within 64 bits), a ``bool`` field ``true`` or ``false``; a quoted
+``'256'`` is a string and an error there. YAML is read with exponent floats (``1e-9``,
+``2E6``) as numbers, as YAML 1.2 does (PyYAML's 1.1 rules read them as strings).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -20,6 +28,9 @@ import yaml
 from simkv.errors import ScenarioError
 
 T = TypeVar("T")
+#: Integers (and integer-valued numbers) in a configuration must fit in 64 bits: the
+#: simulator counts in int64.
+INT_LIMIT = 2**63
 
 
 def _type_name(tp: Any) -> str:
@@ -28,8 +39,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Coerce ``value`` to annotation ``tp`` or raise a :class:`ScenarioError` naming ``key``."""
+def _show(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters (a 400-digit integer is not worth printing)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _coerce(value: Any, tp: Any, key: str, infinite: bool = False) -> Any:
+    """``value`` as annotation ``tp`` or a :class:`ScenarioError` naming ``key``
+    (``infinite``: a float may be ``+inf``)."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -40,7 +58,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, infinite)
             except ScenarioError as exc:
                 errors.append(str(exc))
         raise ScenarioError(errors[0] if len(errors) == 1 else
@@ -54,52 +72,41 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ScenarioError(f"{key}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=key)
+        return from_dict(tp, value, prefix=key, infinite=infinite)
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ScenarioError(f"{key}: expected a mapping, got {value!r}")
         ktp, vtp = get_args(tp) or (str, Any)
-        return {_coerce(k, ktp, f"{key}.{k}"): _coerce(v, vtp, f"{key}.{k}")
+        return {_coerce(k, ktp, f"{key}.{k}"): _coerce(v, vtp, f"{key}.{k}", infinite)
                 for k, v in value.items()}
     if origin in (list, tuple):
         # Only YAML flow syntax makes a list: 'a,b' stays a string (and is rejected here).
         if not isinstance(value, list | tuple):
             raise ScenarioError(f"{key}: expected a list (e.g. [a, b]), got {value!r}")
         (etp, *_) = get_args(tp) or (Any,)
-        out = [_coerce(v, etp, f"{key}[{i}]") for i, v in enumerate(value)]
+        out = [_coerce(v, etp, f"{key}[{i}]", infinite) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ScenarioError(f"{key}: {value!r} is not a boolean")
+        raise ScenarioError(f"{key}: {value!r} is not a boolean (true or false)")
     if tp is int:
-        if isinstance(value, bool):
-            raise ScenarioError(f"{key}: {value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(float(value)) if float(value).is_integer() else int(value)
-            except ValueError:
-                pass
-        raise ScenarioError(f"{key}: {value!r} is not an integer")
+        number = int(value) if isinstance(value, float) and value.is_integer() else value
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise ScenarioError(f"{key}: {_show(value)} is not an integer")
+        if not -INT_LIMIT <= number < INT_LIMIT:
+            raise ScenarioError(f"{key}: {_show(value)} is out of range (a 64-bit integer)")
+        return number
     if tp is float:
-        if isinstance(value, bool):
-            raise ScenarioError(f"{key}: {value!r} is not a number")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ScenarioError(f"{key}: {value!r} is not a number")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ScenarioError(f"{key}: {_show(value)} is not a number")
+        if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+            raise ScenarioError(f"{key}: {_show(value)} is out of range")
+        if not (math.isfinite(value) or (infinite and value == math.inf)):
+            raise ScenarioError(f"{key}: {value!r} is not a finite number")
+        return float(value)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -110,7 +117,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last)
+    and reads ``1e-9`` as a float (YAML 1.2; PyYAML's 1.1 resolver wants ``1.0e-09``)."""
 
     source = "<yaml>"
 
@@ -129,12 +137,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_yaml(text: str, source: str | Path) -> Any:
     """``yaml.safe_load`` that rejects duplicate keys, naming ``source``, the line and the
     key; other YAML errors raise :class:`ScenarioError` naming ``source``."""
-    loader = _UniqueKeyLoader(text)
-    loader.source = str(source)
+    loader = None
     try:
+        loader = _UniqueKeyLoader(text)  # checks the characters: a NUL byte fails here
+        loader.source = str(source)
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -144,7 +159,8 @@ def load_yaml(text: str, source: str | Path) -> Any:
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
@@ -155,13 +171,18 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
         text = path.read_text()
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start})") from None
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the {what}: {exc}") from None
+        raise ScenarioError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     return load_yaml(text, path)
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and bad values are errors."""
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", *,
+              infinite: bool = False) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values are errors.
+    Floats must be finite unless ``infinite`` (then ``+inf`` is accepted: a TTL's "never")."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for k in data:
@@ -171,7 +192,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for k, v in data.items():
         full = f"{prefix}.{k}" if prefix else k
-        kwargs[k] = _coerce(v, hints[k], full)
+        kwargs[k] = _coerce(v, hints[k], full, infinite)
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
@@ -202,8 +223,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not key:
         raise ScenarioError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, "--set") if raw.strip() else ""
+    except ScenarioError:
         value = raw
     return key, value
 

@@ -130,15 +130,15 @@ def _writable(d: Path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("override", ["tiers.gpu.capacity_bytes=1e30",
-                                      "tiers.gpu.capacity_blocks=1e30",
-                                      "tiers.disk.capacity_bytes=1e30GB"])
-def test_capacity_beyond_the_engines_is_rejected(override: str) -> None:
+@pytest.mark.parametrize(("override", "needle"), [("tiers.gpu.capacity_bytes=1e30", "unlimited"),
+                                                  ("tiers.gpu.capacity_blocks=1e30", "out of range"),
+                                                  ("tiers.disk.capacity_bytes=1e30GB", "unlimited")])
+def test_capacity_beyond_the_engines_is_rejected(override: str, needle: str) -> None:
     key = override.split("=")[0]
     proc = simkv_cli("run", str(DEFAULT), "--trace", str(SMALL_TRACE), "--set", override,
                      "--set", f"{key.rsplit('.', 1)[0]}.capacity_bytes=null"
                      if "blocks" in key else "name=x")
-    assert_user_error(proc, key, "unlimited")
+    assert_user_error(proc, key, needle)
 
 
 def test_unlimited_capacity_runs() -> None:

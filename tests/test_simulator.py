@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simkv.api import run
+from simkv.errors import ScenarioError
 from simkv.metrics.requests import fifo_start_times
 from simkv.model import kernels as K
+from simkv.model.engine import StalledClock, archive_worker_loop, first_pass_at
 from simkv.model.system import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, TieredCache
 from simkv.model.tiers import Tier
 from simkv.policies.eviction import LRU
@@ -233,6 +238,94 @@ def test_archive_storage_integral_exact() -> None:
     per_object = 4 * KV // 2
     assert res.summary["storage_gb_hours_archive"] == pytest.approx(2 * per_object * 15 / 1e9 / 3600)
     assert res.summary["expirations_archive"] == 2
+
+
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+@pytest.mark.parametrize(("interval", "zero_time", "mode"), [
+    (1.0, True, "fixed"), (3.0, True, "sliding"), (0.7, False, "sliding"), (10.0, False, "fixed")])
+def test_skipping_idle_archive_passes_changes_nothing(monkeypatch, gen_trace, engine, interval,
+                                                      zero_time, mode) -> None:
+    # Integer arrivals on a grid of integer pass times make passes and requests coincide, so
+    # the order of simultaneous events matters too; every output must be bit-identical.
+    arrivals = np.floor(gen_trace.arrival_s * 3.0)
+    trace = make_trace([[int(h) for h in gen_trace.block_hashes_flat[lo:hi]]
+                        for lo, hi in zip(gen_trace.block_offsets[:-1], gen_trace.block_offsets[1:],
+                                          strict=True)][:200], block_size=gen_trace.block_size,
+                       arrivals=arrivals[:200].tolist())
+    sc = scenario_from_dict({
+        "tiers": {"gpu": {"capacity_blocks": 64}, "disk": {"enabled": True, "capacity_blocks": 128},
+                  "archive": {"enabled": True, "interval_s": interval}},
+        "ttl": {"heuristic": "adaptive", "params": {"base_ttl": 20.0, "alpha": 1.0, "min_ttl": 5.0,
+                                                    "max_ttl": 200.0}, "mode": mode},
+        "hardware": {"zero_service_time": zero_time}, "engine": engine})
+    skipped = run(sc, trace)
+    periodic_worker = functools.partial(archive_worker_loop, skip_idle=False)  # a pass every interval
+    monkeypatch.setattr("simkv.model.engine.archive_worker_loop", periodic_worker)
+    periodic = run(sc, trace)
+    pd.testing.assert_frame_equal(skipped.requests, periodic.requests, check_exact=True)
+    pd.testing.assert_frame_equal(skipped.timeline, periodic.timeline, check_exact=True)
+    drop = ("wall_s", "sim_wall_s")
+    assert ({k: v for k, v in skipped.summary.items() if k not in drop}
+            == {k: v for k, v in periodic.summary.items() if k not in drop})
+    assert skipped.summary["archive_puts"] > 0
+
+
+@pytest.mark.parametrize("engine", ["simpy", "compiled"])
+def test_archive_passes_follow_the_requests_not_the_time_span(monkeypatch, engine) -> None:
+    # 50 requests over 1e8 s with a pass every 60 s: 1.7 million periodic passes, nearly all
+    # idle. Only the passes with candidates (and the first idle one after them) may run.
+    from simkv.model.cache_base import CacheBase
+
+    calls = [0]
+    original = CacheBase.archive_pass
+
+    def counted(self, now):
+        calls[0] += 1
+        assert calls[0] <= 1000, "idle archive passes are not skipped"
+        return original(self, now)
+
+    monkeypatch.setattr(CacheBase, "archive_pass", counted)
+    trace = make_trace([[i % 5, 10 + i % 3] for i in range(50)],
+                       arrivals=np.linspace(0.0, 1e8, 50).tolist())
+    sc = replace(archive_scenario(ttl=1e7), engine=engine)
+    res = run(sc, trace)
+    assert calls[0] <= 2 * 50
+    assert res.summary["archive_puts"] > 0 and res.summary["requests"] == 50
+
+
+def repeated_addition(t: float, h: float, event: float) -> float:
+    while t < event:
+        t += h
+    return t
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(1e-6, 1e4), st.floats(1e-6, 1e3), st.integers(0, 20000))
+def test_first_pass_at_is_the_chain_of_float_additions(t0: float, h: float, steps: int) -> None:
+    event = t0 + steps * h
+    assert first_pass_at(t0, h, event) == repeated_addition(t0, h, event)
+
+
+@pytest.mark.parametrize("exponent", [-3, 0, 7, 20])
+@pytest.mark.parametrize("half_ulps", [3, 5, 7, 2049])
+def test_first_pass_at_rounds_ties_like_the_clock(exponent: int, half_ulps: int) -> None:
+    # an interval of an odd number of half ulps: every addition is a tie, rounded to even
+    t0 = math.ldexp(1.0, exponent) + 3 * math.ulp(math.ldexp(1.0, exponent))
+    h = half_ulps * math.ulp(t0) / 2
+    event = t0 + 30000 * h
+    assert first_pass_at(t0, h, event) == repeated_addition(t0, h, event)
+
+
+def test_an_interval_below_the_clock_resolution_is_an_error() -> None:
+    with pytest.raises(StalledClock, match=r"tiers\.archive\.interval_s"):
+        first_pass_at(1.0, 1e-9, 1e300)
+    with pytest.raises(StalledClock):  # half an ulp: one tie rounds up to even, the next stays
+        first_pass_at(1.0 + math.ulp(1.0), math.ulp(1.0) / 2, 2.0)
+    trace = make_trace([[1], [2]], arrivals=[0.0, 1e6])
+    sc = scenario_from_dict({**archive_scenario().to_dict(), "tiers": {
+        **archive_scenario().to_dict()["tiers"], "archive": {"enabled": True, "interval_s": 1e-9}}})
+    with pytest.raises(ScenarioError, match=r"tiers.archive.interval_s: 1e-09 s would take 1e\+15"):
+        run(sc, trace)
 
 
 def test_sliding_ttl_keeps_reused_blocks_alive_fixed_does_not() -> None:

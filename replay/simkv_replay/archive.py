@@ -47,6 +47,7 @@ import torch
 
 from simkv.errors import ScenarioError, SimkvError
 from simkv.policies.state import PolicyState
+from simkv.scenario import ARCHIVE_CODECS
 from simkv_replay.models import KVShape
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,8 @@ CODECS: dict[str, Callable[[], tuple[Callable[[bytes], bytes], Callable[[bytes],
 def codec(name: str, key: str = "tiers.archive.codec") -> tuple[Callable[[bytes], bytes],
                                                                   Callable[[bytes], bytes]]:
     """``(compress, decompress)`` of a codec name; an unknown name is a :class:`ScenarioError`."""
-    if name not in CODECS:
-        raise ScenarioError(f"{key}: {name!r} is not a codec the engine has ({', '.join(CODECS)})")
+    if name not in ARCHIVE_CODECS:  # the scenario's list, which CODECS implements
+        raise ScenarioError(f"{key}: {name!r} is not one of {list(ARCHIVE_CODECS)}")
     return CODECS[name]()
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simkv.errors import ScenarioError
 from simkv.model.hardware import HardwareProfile, Transfers
 from simkv.model.tiers import TierStats
 from simkv.policies.state import PolicyState
@@ -29,6 +30,22 @@ GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
 #: requests they are charged to (each block's last request before the pass).
 Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
+
+
+#: The most archive passes ``tiers.archive.interval_s`` may ask for over a trace's span. Idle
+#: passes cost nothing (the worker skips them), but the float clock must still advance by
+#: ``interval_s`` at the trace's end; 2**40 passes leave a margin of 2**12 on that.
+MAX_ARCHIVE_PASSES = 2**40
+
+
+def check_archive_passes(interval_s: float, span_s: float) -> None:
+    """A :class:`ScenarioError` naming ``tiers.archive.interval_s`` if a pass every
+    ``interval_s`` over ``span_s`` seconds of trace is more than :data:`MAX_ARCHIVE_PASSES`."""
+    passes = span_s / interval_s
+    if passes > MAX_ARCHIVE_PASSES:
+        raise ScenarioError(f"tiers.archive.interval_s: {interval_s!r} s would take {passes:.3g} "
+                            f"archive passes over the trace's {span_s:.6g} s (at most 2**40); "
+                            f"raise it")
 
 
 def new_policy_state(scenario: Scenario, block_tokens: int, block_bytes: int, hw: HardwareProfile, *,
@@ -156,6 +173,8 @@ class CacheBase:
         self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
         # Billing: objects billed as archive_billed_bytes for at least archive_min_s each.
         self.archive_min_s = a.min_storage_s()
+        if self.present[ARCHIVE]:
+            check_archive_passes(a.interval_s, float(trace.arrival_s[-1]) if len(trace) else 0.0)
         self.archive_billed_bytes = a.billed_bytes(self.archive_bytes)
         #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
         self.archive_puts_by_request = np.zeros(len(trace), np.int64)
@@ -215,6 +234,11 @@ class CacheBase:
         busy = 0.0 if self.zero_time else len(uploads[0]) * (
             self._arch_compress_per_block + self._arch_upload_per_block)
         return uploads, busy
+
+    def archive_pending(self) -> bool:
+        """Whether blocks were stored or used since the last pass (the next pass's candidates);
+        without them a pass only applies expiries, which land at their deadlines anyway."""
+        return bool(self.state.pc[0])
 
     def _archive_expire(self, now: float) -> None:
         """Remove the archive entries whose deadline is ``<= now``, at their deadlines."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simkv.config import load_yaml
+from simkv.config import read_yaml_file
 from simkv.errors import ScenarioError
 from simkv.policies.registry import Registry
 
@@ -386,8 +386,7 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=32)
 def _read_profile(path: str, mtime_ns: int) -> dict[str, Any]:
-    text = Path(path).read_text()
-    data = load_yaml(text, path)
+    data = read_yaml_file(path, "hardware profile")
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a hardware profile is a mapping of keys, got {type(data).__name__}")
     kind = data.get("kind")

@@ -173,7 +173,7 @@ def make_heuristic(name: str, params: dict[str, Any]) -> TTLHeuristic:
     if TTL_HEURISTICS.is_plugin(name):
         check_signature(fn, name, "ttl.heuristic", "(ctx, params)", 2)
     params_cls = getattr(fn, "params", None)
-    bound = from_dict(params_cls, params, prefix="ttl.params") if params_cls else dict(params)
+    bound = from_dict(params_cls, params, prefix="ttl.params", infinite=True) if params_cls else dict(params)
     return TTLHeuristic(name, fn, bound)
 
 

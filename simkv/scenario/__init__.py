@@ -22,7 +22,10 @@ import yaml
 from simkv.config import apply_overrides, from_dict, read_yaml_file, to_dict
 from simkv.errors import ScenarioError
 from simkv.scenario.tiers import (
+    ARCHIVE_CODECS,
     GB,
+    MAX_BLOCK_SIZE,
+    MAX_BYTES_PER_TOKEN,
     MAX_CAPACITY,
     RESTORE_CLASSES,
     SECONDS_PER_DAY,
@@ -37,12 +40,16 @@ from simkv.scenario.tiers import (
     parse_bytes,
 )
 
+#: The most GPUs one simulated engine may have (each is a server process of the simulation).
+MAX_GPUS = 4096
+
 if TYPE_CHECKING:
     from simkv.model.hardware import HardwareProfile
 
-__all__ = ["GB", "MAX_CAPACITY", "RESTORE_CLASSES", "SECONDS_PER_DAY", "STORAGE_CLASSES", "ArchiveTier",
-           "CPUTier", "DiskTier", "GPUTier", "Hardware", "ModelShape", "Scenario", "TTLConfig",
-           "TierCapacity", "Tiers", "load_scenario", "parse_bytes", "scenario_from_dict"]
+__all__ = ["ARCHIVE_CODECS", "GB", "MAX_BLOCK_SIZE", "MAX_BYTES_PER_TOKEN", "MAX_CAPACITY",
+           "RESTORE_CLASSES", "SECONDS_PER_DAY", "STORAGE_CLASSES", "ArchiveTier", "CPUTier", "DiskTier",
+           "GPUTier", "Hardware", "ModelShape", "Scenario", "TTLConfig", "TierCapacity", "Tiers",
+           "load_scenario", "parse_bytes", "scenario_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,11 @@ class ModelShape:
         for k in ("layers", "kv_heads", "head_dim", "dtype_bytes"):
             check_positive(f"{prefix}.{k}", getattr(self, k))
         check_positive(f"{prefix}.kv_bytes_per_token", self.kv_bytes_per_token)
+        if self.bytes_per_token > MAX_BYTES_PER_TOKEN:
+            what = ("kv_bytes_per_token" if self.kv_bytes_per_token is not None
+                    else "2*layers*kv_heads*head_dim*dtype_bytes")
+            raise ScenarioError(f"{prefix}.{what}: {self.bytes_per_token:.3g} bytes of KV per token "
+                                f"is beyond 2**32")
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,9 @@ class Hardware:
 
     def check(self, prefix: str) -> None:
         check_positive(f"{prefix}.gpus", self.gpus)
+        if self.gpus > MAX_GPUS:
+            raise ScenarioError(f"{prefix}.gpus: {self.gpus!r} is beyond {MAX_GPUS} (one engine's GPUs, "
+                                f"each simulated as a server)")
         for k in ("prefill_const_s", "prefill_per_token_s", "prefill_attn_s", "gpu_cost_per_hour"):
             check_positive(f"{prefix}.{k}", getattr(self, k), allow_zero=True)
         if self.profile is not None:
@@ -152,6 +167,8 @@ class Scenario:
     def check(self, prefix: str) -> None:
         check_positive("timeline_bin_s", self.timeline_bin_s)
         check_positive("block_size", self.block_size)
+        if self.block_size is not None and self.block_size > MAX_BLOCK_SIZE:
+            raise ScenarioError(f"block_size: {self.block_size!r} is beyond 2**24 tokens per block")
         if self.ttl.scope == "archive" and self.ttl.heuristic != "none" and not self.tiers.archive.enabled:
             raise ScenarioError("ttl.scope: 'archive' but tiers.archive.enabled is false "
                                 "(enable the archive or set ttl.scope: all)")

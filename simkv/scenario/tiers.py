@@ -11,6 +11,13 @@ from typing import Literal
 from simkv.errors import ScenarioError
 
 MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
+#: Tokens per block (a trace's ``block_size``) and KV bytes per token, at most: a block's
+#: bytes, their product, stay far inside int64.
+MAX_BLOCK_SIZE = 2**24
+MAX_BYTES_PER_TOKEN = 2**32
+#: The archive's compression codecs: the names ``tiers.archive.codec`` takes, and the ones
+#: the real engine's archive worker implements (``simkv_replay.archive.CODECS``).
+ARCHIVE_CODECS = ("zstd", "zlib", "none")
 GB = 1e9  # bandwidths are in GB/s (decimal), as hardware vendors quote them
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -26,7 +33,7 @@ def parse_bytes(value: int | float | str | None, key: str) -> int | None:
         if not 0 <= value < math.inf:
             raise ScenarioError(f"{key}: must be a finite size >= 0 (or 'unlimited'), got {value!r}")
         return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
     if not m or m.group(2).lower() not in _UNITS:
         raise ScenarioError(f"{key}: {value!r} is not a size (e.g. 4096, '8GiB', '500MB')")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
@@ -170,7 +177,8 @@ SECONDS_PER_DAY = 86400.0
 @dataclass(frozen=True)
 class ArchiveTier(TierCapacity):
     """S3 archive, outside LMCache. Every ``interval_s`` a worker compresses the blocks
-    stored or used since its last pass (``compress_gbps``, ``compression_ratio``) and uploads
+    stored or used since its last pass (``codec``: one of :data:`ARCHIVE_CODECS`;
+    ``compress_gbps``, ``compression_ratio``) and uploads
     them (``upload_gbps``) with a TTL from the heuristic; objects expire at their TTL.
     A deep miss costs ``request_latency_s + stored / (download_gbps*1e9) + raw /
     (decompress_gbps*1e9)`` once per request and a GET per block. Prices and billing
@@ -203,6 +211,9 @@ class ArchiveTier(TierCapacity):
 
     def check(self, prefix: str) -> None:
         self.check_capacity(prefix)
+        if self.codec not in ARCHIVE_CODECS:
+            raise ScenarioError(f"{prefix}.codec: {self.codec!r} is not one of "
+                                f"{list(ARCHIVE_CODECS)}")
         for k in ("interval_s", "compression_ratio", "compress_gbps", "decompress_gbps",
                   "upload_gbps", "download_gbps"):
             check_positive(f"{prefix}.{k}", getattr(self, k))

@@ -8,7 +8,7 @@ that obeys the contract:
 * at least one row;
 * every column of its canonical type, or one of the same family that casts losslessly (a
   number stored as a string is an error);
-* ``arrival_s`` finite, >= 0 and non-decreasing;
+* ``arrival_s`` finite, in ``[0, MAX_ARRIVAL_S]`` and non-decreasing;
 * ``request_id`` non-empty and unique;
 * ``input_tokens`` and ``output_tokens`` >= 0;
 * ``len(block_hashes) == input_tokens // block_size`` (the tail is never cached).
@@ -17,6 +17,7 @@ that obeys the contract:
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,8 +31,13 @@ import pyarrow.parquet as pq
 
 from simkv.errors import SimkvError, TraceError
 from simkv.fileio import atomic_write, make_dir
+from simkv.scenario.tiers import MAX_BLOCK_SIZE
 
 SCHEMA_VERSION = 1
+#: The latest arrival a trace may have, in seconds from its start (about 31.7 years): the
+#: simulated clock keeps sub-microsecond resolution up to it (ulp(1e9) ≈ 1.2e-7 s), so
+#: service times and TTLs still add to arrival times.
+MAX_ARRIVAL_S = 1e9
 
 REQUIRED_FIELDS: tuple[pa.Field, ...] = (
     pa.field("arrival_s", pa.float64(), nullable=False),
@@ -232,6 +238,10 @@ def _conform(table: pa.Table, path: str | Path | None) -> pa.Table:
     file was written wrong and other columns may be too.
     """
     names = table.column_names
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise TraceError(path, f"column {dup!r} appears {names.count(dup)} times (one would be "
+                         "ignored)", field=dup)
     unknown = [n for n in names if n not in _FIELDS]
     if unknown:
         raise TraceError(path, f"unknown column(s) {unknown}", field=unknown[0])
@@ -270,17 +280,19 @@ def validate_table(
 
     Raises :class:`TraceError` naming the first offending row and field.
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise TraceError(path, f"block_size must be a positive integer, got {block_size!r}",
+    if (isinstance(block_size, bool) or not isinstance(block_size, int)
+            or not 0 < block_size <= MAX_BLOCK_SIZE):
+        raise TraceError(path, f"block_size must be an integer in [1, 2**24], got {block_size!r}",
                          field="block_size")
     table = _conform(table, path)
     if table.num_rows == 0:
         raise TraceError(path, "has no requests (0 rows); a trace needs at least one request")
 
     arrival = table.column("arrival_s").to_numpy()
-    bad = first_index(~np.isfinite(arrival) | (arrival < 0))
+    bad = first_index(~np.isfinite(arrival) | (arrival < 0) | (arrival > MAX_ARRIVAL_S))
     if bad is not None:
-        raise TraceError(path, f"arrival_s must be finite and >= 0, got {arrival[bad]}",
+        raise TraceError(path, f"arrival_s must be finite, >= 0 and <= {MAX_ARRIVAL_S:.0e} "
+                         f"(seconds from the trace's start), got {arrival[bad]}",
                          row=bad, field="arrival_s")
     if len(arrival) > 1:
         bad = first_index(np.diff(arrival) < 0)
@@ -331,17 +343,18 @@ def read_trace(path: str | Path) -> Trace:
         table = pf.read()
     except FileNotFoundError:
         raise TraceError(path, "no such file") from None
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise TraceError(path, f"cannot read as Parquet: {exc}") from None
+    except IsADirectoryError:
+        raise TraceError(path, "is a directory, expected a Parquet file") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise TraceError(path, f"cannot read as Parquet: {' '.join(str(exc).split())}") from None
     meta = table.schema.metadata or {}
     raw = meta.get(META_BLOCK_SIZE)
     if raw is None:
         raise TraceError(path, "file metadata lacks 'block_size'", field="block_size")
-    try:
-        block_size = int(raw)
-    except ValueError:
-        raise TraceError(path, f"file metadata 'block_size' is not an integer: {raw!r}",
-                         field="block_size") from None
+    if not re.fullmatch(rb"[0-9]{1,20}", raw):
+        raise TraceError(path, f"file metadata 'block_size' is not an integer: {raw[:40]!r}",
+                         field="block_size")
+    block_size = int(raw)
     version = meta.get(META_SCHEMA_VERSION, b"1")
     if not version.isdigit() or int(version) > SCHEMA_VERSION:
         raise TraceError(path, f"schema_version {version.decode(errors='replace')!r} is not "
