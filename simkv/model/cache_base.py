@@ -32,20 +32,26 @@ Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
 
 
-#: The most archive passes ``tiers.archive.interval_s`` may ask for over a trace's span. Idle
-#: passes cost nothing (the worker skips them), but the float clock must still advance by
-#: ``interval_s`` at the trace's end; 2**40 passes leave a margin of 2**12 on that.
-MAX_ARCHIVE_PASSES = 2**40
+#: The most steps a period in seconds may take over a trace's span: archive passes
+#: (``tiers.archive.interval_s``) and timeline bins (``timeline_bin_s``). Idle passes cost
+#: nothing (the worker skips them), but the float clock must still advance by ``interval_s``
+#: at the trace's end, and a bin's index must stay an exact integer; 2**40 steps leave a
+#: margin of 2**12 on both.
+MAX_STEPS = 2**40
+
+
+def check_steps(key: str, period_s: float, span_s: float, what: str) -> None:
+    """A :class:`ScenarioError` naming ``key`` if one ``what`` every ``period_s`` seconds
+    over ``span_s`` seconds of trace makes more than :data:`MAX_STEPS` of them."""
+    steps = span_s / period_s
+    if steps > MAX_STEPS:
+        raise ScenarioError(f"{key}: {period_s!r} s would take {steps:.3g} {what} over the "
+                            f"trace's {span_s:.6g} s (at most 2**40); raise it")
 
 
 def check_archive_passes(interval_s: float, span_s: float) -> None:
-    """A :class:`ScenarioError` naming ``tiers.archive.interval_s`` if a pass every
-    ``interval_s`` over ``span_s`` seconds of trace is more than :data:`MAX_ARCHIVE_PASSES`."""
-    passes = span_s / interval_s
-    if passes > MAX_ARCHIVE_PASSES:
-        raise ScenarioError(f"tiers.archive.interval_s: {interval_s!r} s would take {passes:.3g} "
-                            f"archive passes over the trace's {span_s:.6g} s (at most 2**40); "
-                            f"raise it")
+    """:func:`check_steps` for ``tiers.archive.interval_s``."""
+    check_steps("tiers.archive.interval_s", interval_s, span_s, "archive passes")
 
 
 def new_policy_state(scenario: Scenario, block_tokens: int, block_bytes: int, hw: HardwareProfile, *,
