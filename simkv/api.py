@@ -158,6 +158,7 @@ def run(
         on_start(len(tr))
     engine, skipped = select_engine(scenario)
     rec = ENGINES.get(engine).run(scenario, tr, progress)
+    rec.cache.release()  # the metrics read its counters only
     requests = request_frame(tr, scenario, rec.cache, rec.log)
     summary = {
         "scenario": scenario.name,

@@ -184,7 +184,7 @@ class CacheBase:
         self.archive_billed_bytes = a.billed_bytes(self.archive_bytes)
         #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
         self.archive_puts_by_request = np.zeros(len(trace), np.int64)
-        self.state = self._policy_state(trace.n_unique_blocks)
+        self.state = self._policy_state()
 
         # Counters.
         self.archive_gets = 0
@@ -198,13 +198,12 @@ class CacheBase:
         self.cpu_writes = 0
         self.disk_writes = 0
 
-    def _policy_state(self, n_unique: int) -> PolicyState:
-        """The access history, reuse learner and candidate rule, keyed by block hash."""
+    def _policy_state(self) -> PolicyState:
+        """The access history, reuse learner and candidate rule, keyed by block hash (dense id
+        ``i`` is the trace's ``block_hashes_unique[i]``, shared, not copied)."""
         trace = self.trace
-        hashes = np.zeros(n_unique, np.uint64)
-        hashes[trace.block_ids_flat] = trace.block_hashes_flat  # dense id i is hashes[i]
         state = new_policy_state(self.scenario, self.block_size, self.block_bytes, self.hw,
-                                 heuristic=self.ttl, hashes=hashes)
+                                 heuristic=self.ttl, hashes=trace.block_hashes_unique)
         classes = trace.table.column("prompt_class").combine_chunks().dictionary_encode()
         state.add_requests(classes.indices.to_numpy(zero_copy_only=False),
                            classes.dictionary.to_pylist(), trace.input_tokens)
@@ -288,3 +287,10 @@ class CacheBase:
     def occupancy(self) -> tuple[int, ...]:
         """Bytes held now per tier (TIER_NAMES order)."""
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Let go of the per-block state after :meth:`close`, keeping what the metrics read
+        (the counters, :meth:`tier_stats`, :meth:`archive_billed_s`, :meth:`occupancy`,
+        ``archive_puts_by_request``): at a million requests it is most of the run's memory,
+        and the per-request rows and the summary are built after the run."""
+        del self.state
