@@ -40,26 +40,31 @@ def best_of(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 
 def tiled(trace: Trace, n: int) -> Trace:
-    """``n`` requests made by repeating ``trace`` with fresh hashes and shifted times."""
+    """``n`` requests made by repeating ``trace`` with fresh hashes and shifted times (built as
+    arrays: Python lists of tens of millions of hashes would dwarf the run being measured)."""
     import numpy as np
+    import pyarrow as pa
 
-    reps = -(-n // len(trace))
-    hashes = trace.block_hashes_flat
-    offsets = trace.block_offsets
+    m = len(trace)
+    reps = -(-n // m)
+    hashes, offsets = trace.block_hashes_flat, trace.block_offsets
     span = float(trace.arrival_s[-1]) + 1.0
-    cols: dict[str, list] = {k: [] for k in ("arrival_s", "request_id", "session_id", "prompt_class",
-                                             "input_tokens", "output_tokens", "block_hashes")}
-    for rep in range(reps):
-        with np.errstate(over="ignore"):  # uint64 wrap-around is the intent
-            flat = (hashes + np.uint64(rep) * np.uint64(0x9E3779B97F4A7C15)).tolist()
-        cols["arrival_s"] += (trace.arrival_s + rep * span).tolist()
-        cols["request_id"] += [f"{rep}-{i}" for i in range(len(trace))]
-        cols["session_id"] += trace.table.column("session_id").to_pylist()
-        cols["prompt_class"] += trace.table.column("prompt_class").to_pylist()
-        cols["input_tokens"] += trace.input_tokens.tolist()
-        cols["output_tokens"] += trace.output_tokens.tolist()
-        cols["block_hashes"] += [flat[offsets[i]:offsets[i + 1]] for i in range(len(trace))]
-    cols = {k: v[:n] for k, v in cols.items()}
+    with np.errstate(over="ignore"):  # uint64 wrap-around is the intent
+        values = np.concatenate([hashes + np.uint64(rep) * np.uint64(0x9E3779B97F4A7C15)
+                                 for rep in range(reps)])
+    starts = np.concatenate([offsets[:-1] + rep * offsets[-1] for rep in range(reps)])[:n]
+    ends = np.append(starts, starts[-1] + offsets[(n - 1) % m + 1] - offsets[(n - 1) % m])
+    rep_of = np.arange(n) // m
+    row = np.arange(n) % m
+    cols = {
+        "arrival_s": trace.arrival_s[row] + rep_of * span,
+        "request_id": [f"{r}-{i}" for r, i in zip(rep_of.tolist(), row.tolist(), strict=True)],
+        "session_id": trace.column("session_id")[row],
+        "prompt_class": trace.column("prompt_class")[row],
+        "input_tokens": trace.input_tokens[row],
+        "output_tokens": trace.output_tokens[row],
+        "block_hashes": pa.ListArray.from_arrays(pa.array(ends), pa.array(values[:ends[-1]])),
+    }
     return build_table(cols, block_size=trace.block_size, source=f"tiled:{trace.source}")
 
 

@@ -22,6 +22,7 @@ from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write, is_temp_file, make_dir
 from simkv.metrics import request_frame, summarize, timeline_frame
 from simkv.metrics.schema import request_table, scenario_sha256, trace_sha256, write_requests
+from simkv.metrics.timeline import check_timeline_bins
 from simkv.model.engines import ENGINES, select_engine
 from simkv.scenario import Scenario, load_scenario
 from simkv.traces.schema import Trace, read_trace
@@ -152,10 +153,12 @@ def run(
     ``trace_slice`` of it (:mod:`simkv.traces.slicing`; the summary's ``trace_slice`` says which).
     ``on_start(requests)`` is called once the trace is read; ``progress(n)`` as requests finish."""
     scenario, tr = resolve_inputs(scenario, trace, overrides, trace_slice)
+    check_timeline_bins(scenario.timeline_bin_s, float(tr.arrival_s[-1]))  # before simulating
     if on_start is not None:
         on_start(len(tr))
     engine, skipped = select_engine(scenario)
     rec = ENGINES.get(engine).run(scenario, tr, progress)
+    rec.cache.release()  # the metrics read its counters only
     requests = request_frame(tr, scenario, rec.cache, rec.log)
     summary = {
         "scenario": scenario.name,

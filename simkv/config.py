@@ -116,6 +116,14 @@ def _coerce(value: Any, tp: Any, key: str, infinite: bool = False) -> Any:
     return value
 
 
+class DuplicateKeyError(ScenarioError):
+    """A YAML mapping gives ``key`` twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, source: str, line: int, key: Any) -> None:
+        self.reason = f"duplicate key {key!r} (YAML would silently keep the last value)"
+        super().__init__(f"{source}:{line}: {self.reason}")
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last)
     and reads ``1e-9`` as a float (YAML 1.2; PyYAML's 1.1 resolver wants ``1.0e-09``)."""
@@ -131,8 +139,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: let PyYAML report it
                 continue
             if dup:
-                raise ScenarioError(f"{self.source}:{key_node.start_mark.line + 1}: duplicate key "
-                                    f"{key!r} (YAML would silently keep the last value)")
+                raise DuplicateKeyError(self.source, key_node.start_mark.line + 1, key)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -224,7 +231,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ScenarioError(f"--set {text!r}: empty key")
     try:
         value = load_yaml(raw, "--set") if raw.strip() else ""
-    except ScenarioError:
+    except DuplicateKeyError as exc:  # a mapping, not text that merely fails to parse
+        raise ScenarioError(f"--set {text!r}: {exc.reason}") from None
+    except ScenarioError:  # not YAML: the text itself (e.g. a name with ': ' in it)
         value = raw
     return key, value
 

@@ -207,6 +207,14 @@ CASES = {
                       ["error: ", "far.parquet: row 1: field 'arrival_s'"]),
     "interval 1e-9": (["run", str(ARCHIVE), "-t", "{span}", "--set", "tiers.archive.interval_s=1e-9"],
                       ["error: ", "tiers.archive.interval_s: 1e-09 s would take 1e+17 archive passes"]),
+    "timeline bin 1e-300": (["run", str(ARCHIVE), "-t", str(SMALL_TRACE), "--set", "timeline_bin_s=1e-300"],
+                            ["error: ", "timeline_bin_s: 1e-300 s would take", "timeline bins"]),
+    "--set duplicate key": (
+        ["run", str(ARCHIVE), "-t", str(SMALL_TRACE), "--set", "tiers={{gpu: 1, gpu: 2}}"],
+        ["error: ", "--set 'tiers={gpu: 1, gpu: 2}': duplicate key 'gpu'"]),
+    "--set duplicate key in a string": (
+        ["run", str(ARCHIVE), "-t", str(SMALL_TRACE), "--set", "name={{a: 1, a: 2}}"],
+        ["error: ", "--set 'name={a: 1, a: 2}': duplicate key 'a'"]),
 }
 
 

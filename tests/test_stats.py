@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from simkv.traces.generator import generate, generator_config
@@ -277,3 +278,21 @@ def test_zero_duration_and_partial_sessions() -> None:
     assert s.duration_s == 0.0
     assert s.request_rate_per_s is None
     assert s.reuse_gaps == 1 and s.reuse_gap_s_p50 == 0.0
+
+
+def test_block_ids_are_first_appearance_codes_across_chunks() -> None:
+    # The ids are numbered chunk by chunk through one hash table: the same ids, the same
+    # hash per id and the same content hash however the rows are chunked (a sliced chunk too).
+    trace = random_trace(n_req=300, pool=500, per_req=7, seed=3)
+    t = trace.table
+    chunked = Trace(pa.concat_tables([t.slice(0, 1), t.slice(1, 150), t.slice(151, 0), t.slice(151)]),
+                    trace.block_size)
+    assert chunked.table.column("block_hashes").num_chunks == 4
+    index: dict[int, int] = {}
+    expected = [index.setdefault(h, len(index)) for h in trace.block_hashes_flat.tolist()]
+    for tr in (trace, chunked):
+        assert tr.block_ids_flat.dtype == np.int32  # half the bytes of int64 codes
+        assert tr.block_ids_flat.tolist() == expected
+        assert tr.block_hashes_unique.tolist() == list(index)
+        assert tr.n_unique_blocks == len(index)
+    assert chunked.content_sha256 == trace.content_sha256

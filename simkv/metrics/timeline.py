@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from simkv.model.cache_base import check_steps
 from simkv.model.system import TIER_NAMES
 
 #: Round bin widths (seconds) the automatic choice picks from.
@@ -24,6 +25,14 @@ def choose_bin_s(span_s: float) -> float:
     return float(math.ceil(span_s / MAX_BINS / ROUND_BINS_S[-1]) * ROUND_BINS_S[-1])
 
 
+def check_timeline_bins(bin_s: float | None, span_s: float) -> None:
+    """A :class:`~simkv.errors.ScenarioError` naming ``timeline_bin_s`` if bins of ``bin_s``
+    seconds over ``span_s`` seconds (the last arrival: bins start at 0) would be more than
+    2**40: past that a bin's index is no longer exact (1e-300 s would overflow it)."""
+    if bin_s is not None:
+        check_steps("timeline_bin_s", bin_s, span_s, "timeline bins")
+
+
 def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.DataFrame:
     """Aggregate request rows into bins of ``bin_s`` seconds of arrival time (``None``:
     :func:`choose_bin_s` of the largest arrival time, as bins start at 0).
@@ -31,8 +40,10 @@ def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.Dat
     Occupancy columns (``<tier>_held_bytes``) are the bytes each tier held after the last
     request of the bin; ``token_hit_rate`` is NaN (undefined) in a bin whose prompts hold no input token.
     """
+    span_s = float(requests["arrival_s"].max()) if len(requests) else 0.0
     if bin_s is None:
-        bin_s = choose_bin_s(float(requests["arrival_s"].max()) if len(requests) else 0.0)
+        bin_s = choose_bin_s(span_s)
+    check_timeline_bins(bin_s, span_s)
     held = [f"{t}_held_bytes" for t in TIER_NAMES]
     if requests.empty:
         return pd.DataFrame(columns=["t_s", "requests", "input_tokens", "hit_tokens",

@@ -32,20 +32,26 @@ Uploads = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
 
 
-#: The most archive passes ``tiers.archive.interval_s`` may ask for over a trace's span. Idle
-#: passes cost nothing (the worker skips them), but the float clock must still advance by
-#: ``interval_s`` at the trace's end; 2**40 passes leave a margin of 2**12 on that.
-MAX_ARCHIVE_PASSES = 2**40
+#: The most steps a period in seconds may take over a trace's span: archive passes
+#: (``tiers.archive.interval_s``) and timeline bins (``timeline_bin_s``). Idle passes cost
+#: nothing (the worker skips them), but the float clock must still advance by ``interval_s``
+#: at the trace's end, and a bin's index must stay an exact integer; 2**40 steps leave a
+#: margin of 2**12 on both.
+MAX_STEPS = 2**40
+
+
+def check_steps(key: str, period_s: float, span_s: float, what: str) -> None:
+    """A :class:`ScenarioError` naming ``key`` if one ``what`` every ``period_s`` seconds
+    over ``span_s`` seconds of trace makes more than :data:`MAX_STEPS` of them."""
+    steps = span_s / period_s
+    if steps > MAX_STEPS:
+        raise ScenarioError(f"{key}: {period_s!r} s would take {steps:.3g} {what} over the "
+                            f"trace's {span_s:.6g} s (at most 2**40); raise it")
 
 
 def check_archive_passes(interval_s: float, span_s: float) -> None:
-    """A :class:`ScenarioError` naming ``tiers.archive.interval_s`` if a pass every
-    ``interval_s`` over ``span_s`` seconds of trace is more than :data:`MAX_ARCHIVE_PASSES`."""
-    passes = span_s / interval_s
-    if passes > MAX_ARCHIVE_PASSES:
-        raise ScenarioError(f"tiers.archive.interval_s: {interval_s!r} s would take {passes:.3g} "
-                            f"archive passes over the trace's {span_s:.6g} s (at most 2**40); "
-                            f"raise it")
+    """:func:`check_steps` for ``tiers.archive.interval_s``."""
+    check_steps("tiers.archive.interval_s", interval_s, span_s, "archive passes")
 
 
 def new_policy_state(scenario: Scenario, block_tokens: int, block_bytes: int, hw: HardwareProfile, *,
@@ -178,7 +184,7 @@ class CacheBase:
         self.archive_billed_bytes = a.billed_bytes(self.archive_bytes)
         #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
         self.archive_puts_by_request = np.zeros(len(trace), np.int64)
-        self.state = self._policy_state(trace.n_unique_blocks)
+        self.state = self._policy_state()
 
         # Counters.
         self.archive_gets = 0
@@ -192,13 +198,12 @@ class CacheBase:
         self.cpu_writes = 0
         self.disk_writes = 0
 
-    def _policy_state(self, n_unique: int) -> PolicyState:
-        """The access history, reuse learner and candidate rule, keyed by block hash."""
+    def _policy_state(self) -> PolicyState:
+        """The access history, reuse learner and candidate rule, keyed by block hash (dense id
+        ``i`` is the trace's ``block_hashes_unique[i]``, shared, not copied)."""
         trace = self.trace
-        hashes = np.zeros(n_unique, np.uint64)
-        hashes[trace.block_ids_flat] = trace.block_hashes_flat  # dense id i is hashes[i]
         state = new_policy_state(self.scenario, self.block_size, self.block_bytes, self.hw,
-                                 heuristic=self.ttl, hashes=hashes)
+                                 heuristic=self.ttl, hashes=trace.block_hashes_unique)
         classes = trace.table.column("prompt_class").combine_chunks().dictionary_encode()
         state.add_requests(classes.indices.to_numpy(zero_copy_only=False),
                            classes.dictionary.to_pylist(), trace.input_tokens)
@@ -282,3 +287,10 @@ class CacheBase:
     def occupancy(self) -> tuple[int, ...]:
         """Bytes held now per tier (TIER_NAMES order)."""
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Let go of the per-block state after :meth:`close`, keeping what the metrics read
+        (the counters, :meth:`tier_stats`, :meth:`archive_billed_s`, :meth:`occupancy`,
+        ``archive_puts_by_request``): at a million requests it is most of the run's memory,
+        and the per-request rows and the summary are built after the run."""
+        del self.state

@@ -171,6 +171,12 @@ class CompiledTieredCache(CacheBase):
         self.disk_free_at = float(X[T.X_DISK_FREE])
         self.disk_write_lag_max = float(X[T.X_DISK_LAG])
 
+    def release(self) -> None:
+        super().release()
+        for name in ("_ids", "_offsets", "_tokens", "_link", "_resident", "_ready", "_src",
+                     "_deadline", "_heap_t", "_heap_b", "_obj_t", "_obj_owner"):
+            delattr(self, name)  # the scalars S and X and the per-request _billed stay
+
     def tier_stats(self) -> list[TierStats]:
         """Read from the kernels' scalars; only the archive has TTL deadlines here."""
         S, X = self._S, self._X
