@@ -433,6 +433,8 @@ def test_engine_serve_command_user_errors(tmp_path):
     assert_user_error(run(str(sc), "--log-level", "loud"), "--log-level")
     assert_user_error(run(str(sc), "--max-body", "lots"), "--max-body", "'lots' is not a size")
     assert_user_error(run(str(sc), "--max-body", "0"), "--max-body", "must be a size > 0")
+    assert_user_error(run(str(sc), "--max-body", "2GiB"), "--max-body", "at most 1GiB")
+    assert_user_error(run(str(sc), "--disk-path", ""), "--disk-path", "an empty path")
     assert_user_error(run(str(sc), "--read-timeout", "0"), "--read-timeout", "must be > 0")
     with bind("127.0.0.1", 0) as taken:
         taken.listen()

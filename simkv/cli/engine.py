@@ -22,6 +22,8 @@ engine_app = typer.Typer(help="The real engine (replay/): a model behind the sce
                          "served over HTTP.", no_args_is_help=True)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+#: The largest --max-body: the server holds a body in memory while it reads it.
+MAX_BODY_LIMIT = 1 << 30
 
 
 def _require_engine() -> None:
@@ -55,7 +57,7 @@ def serve_cmd(
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="SIMKV_API_KEY",
         help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz.")] = None,
-    disk_path: Annotated[Path | None, typer.Option(
+    disk_path: Annotated[str | None, typer.Option(
         help="Folder of LMCache's disk tier (default: a temporary folder simkv-disk-* removed at "
              "exit; those of engines that died are removed at the next start).")] = None,
     archive: Annotated[str | None, typer.Option(
@@ -78,7 +80,7 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="Log level of the server and LMCache: "
                                            + ", ".join(LOG_LEVELS) + ".")] = "warning",
     max_body: Annotated[str, typer.Option(
-        help="Largest request body (e.g. 4MiB, 65536); a larger one gets 413.")] = "4MiB",
+        help="Largest request body (e.g. 4MiB, 65536; at most 1GiB); a larger one gets 413.")] = "4MiB",
     read_timeout: Annotated[float, typer.Option(
         help="Seconds a connection has to send a request's headers (from its opening or the "
              "previous response; else it is closed), and again for its body (else 408).")] = 10.0,
@@ -107,8 +109,12 @@ def serve_cmd(
     if not 0 < read_timeout < math.inf:
         raise SimkvError(f"--read-timeout: {read_timeout!r} must be > 0 seconds")
     max_body_bytes = parse_bytes(max_body, "--max-body")
-    if not max_body_bytes:
-        raise SimkvError(f"--max-body: {max_body!r} must be a size > 0")
+    if not 0 < max_body_bytes <= MAX_BODY_LIMIT:
+        raise SimkvError(f"--max-body: {max_body!r} must be a size > 0 and at most 1GiB "
+                         "(a body is held in memory while it is read)")
+    if disk_path is not None and not disk_path.strip():
+        raise SimkvError("--disk-path: an empty path; name a folder, or leave the option out for a "
+                         "temporary one")
     sc = load_scenario(scenario, overrides or [])
     if sc.block_size is None:
         raise SimkvError(f"{scenario}: block_size: the engine's chunk size; set it "
