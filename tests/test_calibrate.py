@@ -100,9 +100,13 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     d = tmp_path_factory.mktemp("calibrate")
     (d / "s.yaml").write_text(SCENARIO)
     out = d / "tiny.yaml"
-    res = simkv_cli("calibrate", "--in-process", str(d / "s.yaml"), "--model", "tiny", "--device", "cpu",
-                    "-o", str(out), "--new-tokens", "1,16,48", "--cached-tokens", "0,32",
-                    "--chunks", "1,2", "--repeats", "2", "--warmup", "1")
+    with pytest.MonkeyPatch.context() as mp:
+        # Wide enough that rich never wraps a header: at 80 columns whether "table LOO err"
+        # wraps depends on the measured numbers' widths.
+        mp.setenv("COLUMNS", "200")
+        res = simkv_cli("calibrate", "--in-process", str(d / "s.yaml"), "--model", "tiny", "--device",
+                        "cpu", "-o", str(out), "--new-tokens", "1,16,48", "--cached-tokens", "0,32",
+                        "--chunks", "1,2", "--repeats", "2", "--warmup", "1")
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout
 
