@@ -146,7 +146,10 @@ def test_calibration_measures_what_a_request_costs_besides_loads_and_prefill(
                                                  + cal["store"]["store"]["per_request_s"])
     # the rest was measured on prompts of every grid length and the longest (48 + 32 tokens)
     assert cal["request"]["rest"]["chunks"] == [0, 1, 3, 5]
-    assert all(v >= 0 for v in req.values()) and req["per_request_s"] > 0
+    # Measured: every rest median is a time (> 0). The fitted intercept may be 0 on a noisy
+    # machine (the fit keeps its constants >= 0), so only its sign is checked.
+    assert all(v >= 0 for v in req.values())
+    assert all(m > 0 for m in cal["request"]["rest"]["median_s"])
     assert "latency_* is not measured" in doc["notes"]
     assert load_profile(out).overhead.any
 
