@@ -35,15 +35,14 @@ def check_timeline_bins(bin_s: float | None, span_s: float) -> None:
 
 def timeline_frame(requests: pd.DataFrame, bin_s: float | None = None) -> pd.DataFrame:
     """Aggregate request rows into bins of ``bin_s`` seconds of arrival time (``None``:
-    :func:`choose_bin_s` of the largest arrival time, as bins start at 0).
+    :func:`choose_bin_s` of the largest arrival time, as bins start at 0; a given ``bin_s`` is
+    checked by :func:`check_timeline_bins` before the run).
 
     Occupancy columns (``<tier>_held_bytes``) are the bytes each tier held after the last
     request of the bin; ``token_hit_rate`` is NaN (undefined) in a bin whose prompts hold no input token.
     """
-    span_s = float(requests["arrival_s"].max()) if len(requests) else 0.0
     if bin_s is None:
-        bin_s = choose_bin_s(span_s)
-    check_timeline_bins(bin_s, span_s)
+        bin_s = choose_bin_s(float(requests["arrival_s"].max()) if len(requests) else 0.0)
     held = [f"{t}_held_bytes" for t in TIER_NAMES]
     if requests.empty:
         return pd.DataFrame(columns=["t_s", "requests", "input_tokens", "hit_tokens",

@@ -49,11 +49,6 @@ def check_steps(key: str, period_s: float, span_s: float, what: str) -> None:
                             f"trace's {span_s:.6g} s (at most 2**40); raise it")
 
 
-def check_archive_passes(interval_s: float, span_s: float) -> None:
-    """:func:`check_steps` for ``tiers.archive.interval_s``."""
-    check_steps("tiers.archive.interval_s", interval_s, span_s, "archive passes")
-
-
 def new_policy_state(scenario: Scenario, block_tokens: int, block_bytes: int, hw: HardwareProfile, *,
                      heuristic: TTLHeuristic | None = None, hashes: np.ndarray | None = None) -> PolicyState:
     """The scenario's :class:`PolicyState` for blocks of ``block_tokens`` tokens and
@@ -180,7 +175,8 @@ class CacheBase:
         # Billing: objects billed as archive_billed_bytes for at least archive_min_s each.
         self.archive_min_s = a.min_storage_s()
         if self.present[ARCHIVE]:
-            check_archive_passes(a.interval_s, float(trace.arrival_s[-1]) if len(trace) else 0.0)
+            check_steps("tiers.archive.interval_s", a.interval_s,
+                        float(trace.arrival_s[-1]) if len(trace) else 0.0, "archive passes")
         self.archive_billed_bytes = a.billed_bytes(self.archive_bytes)
         #: Per request: archive PUTs (uploads and refresh COPYs) charged to it.
         self.archive_puts_by_request = np.zeros(len(trace), np.int64)
