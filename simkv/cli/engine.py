@@ -151,35 +151,90 @@ def serve_cmd(
 @engine_app.command("vllm")
 def vllm_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML (block_size, the GPU/CPU/disk tiers).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for lmcache.yaml and serve.sh.")],
+    out: Annotated[Path | None, typer.Option(
+        "-o", "--out", help="Folder for the model's config, lmcache.yaml, serve.sh and vllm.log "
+                            "(default: runs/vllm-SCENARIO).")] = None,
     overrides: SetOpt = None,
-    model: Annotated[str, typer.Option(help="The model folder vLLM serves (with --load-format dummy, "
-                                       "a folder with config.json is enough).")] = "models/llama-8b-shape",
-    disk_path: Annotated[str, typer.Option(help="Folder of LMCache's disk tier.")] = "/tmp/lmcache-disk",
+    serve: Annotated[bool, typer.Option("--serve", help="Start vLLM, wait until it answers, print "
+                                        "its URL, run until Ctrl-C or SIGTERM.")] = False,
+    model: Annotated[str, typer.Option(help="A shape with random weights (tiny-vllm, llama-1b, "
+                                       "llama-8b, ...) or a model folder with a config.json.")] = "tiny-vllm",
+    disk_path: Annotated[str | None, typer.Option(
+        help="Folder of LMCache's disk tier (default: OUT/lmcache-disk).")] = None,
     host: Annotated[str, typer.Option(help="Address vLLM listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port vLLM listens on.")] = 8000,
     real_weights: Annotated[bool, typer.Option(help="Load the folder's weights (default: random, "
                                                "--load-format dummy).")] = False,
+    python: Annotated[str | None, typer.Option(
+        help="The Python that has vLLM (default: $SIMKV_VLLM_PYTHON, else .venv-vllm from make "
+             "install-vllm).")] = None,
+    eager: Annotated[bool | None, typer.Option(
+        "--eager/--compile", help="vLLM's --enforce-eager (no graph compilation: a CPU start in under "
+                                  "a minute instead of several); default: eager without a GPU.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(
+        help="vLLM's context (default: the model's, at most what the GPU tier's blocks hold).")] = None,
+    start_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for vLLM to answer /health.")] = 900.0,
 ) -> None:
-    """Write the vLLM + LMCache counterpart of a scenario (LMCache's config and the exact `vllm
-    serve` command, docs/vllm.md), so `simkv replay` can drive vLLM with the same tiers."""
+    """vLLM + LMCache configured as the scenario: the GPU tier as vLLM's prefix cache, the CPU and
+    disk tiers as LMCache's (docs/vllm.md). Writes the model's config, LMCache's config and the
+    exact command (serve.sh); with --serve, also runs it."""
+    import shutil
+
     import yaml
 
     from simkv.fileio import make_dir
-    from simkv.replay.vllm import lmcache_config, shell_line, vllm_command
+    from simkv.replay.vllm import engine_block_tokens, gpu_blocks, lmcache_config, shell_line, vllm_command
+    from simkv.replay.vllm_server import Launch, kv_cache_gib, max_position, vllm_python
+    from simkv.replay.vllm_server import serve as run_vllm
     from simkv.scenario import load_scenario
 
+    if not 1 <= port <= 65535:
+        raise SimkvError(f"--port: {port} is not a port number (1-65535)")
+    if max_model_len is not None and max_model_len < 1:
+        raise SimkvError(f"--max-model-len: {max_model_len} must be >= 1")
+    if not start_timeout > 0:
+        raise SimkvError(f"--start-timeout: {start_timeout!r} must be > 0 seconds")
     sc = load_scenario(scenario, overrides or [])
-    config = lmcache_config(sc, disk_path)
-    argv = vllm_command(sc, model, host=host, port=port, dummy_weights=not real_weights)
+    out = out if out is not None else Path("runs") / f"vllm-{scenario.stem}"
+    gpu = shutil.which("nvidia-smi") is not None
+    eager = not gpu if eager is None else eager
+    exe = vllm_python(python) if serve else (python or "python")
     make_dir(out)
-    config_file = out / "lmcache.yaml"
-    config_file.write_text(f"# LMCache configuration for {scenario} (simkv engine vllm)\n"
-                           + yaml.safe_dump(config, sort_keys=False))
-    line = shell_line(argv, str(config_file))
+    from simkv_replay.models import ModelError, config_folder
+
+    try:
+        folder = str(config_folder(model, out / "model"))
+    except ModelError as exc:
+        raise SimkvError(f"--model: {exc}") from None
+    blocks, b = gpu_blocks(sc), engine_block_tokens(sc)
+    if max_model_len is None and blocks is not None:
+        # vLLM refuses a context its pool cannot hold (its null block holds nothing)
+        max_model_len = min(max_position(folder) or math.inf, (blocks - 1) * b)  # type: ignore[type-var]
+    argv = vllm_command(sc, folder, python=exe, host=host, port=port, dummy_weights=not real_weights,
+                        eager=eager, max_model_len=max_model_len)
+    env = {"PYTHONHASHSEED": "0", "VLLM_CPU_KVCACHE_SPACE":
+           str(kv_cache_gib(blocks, b, sc.model.bytes_per_token))}
+    written = [out / "serve.sh"]
+    if sc.tiers.cpu.enabled or sc.tiers.disk.enabled:
+        config_file = out / "lmcache.yaml"
+        config = lmcache_config(sc, disk_path or str((out / "lmcache-disk").resolve()))
+        config_file.write_text(f"# LMCache configuration for {scenario} (simkv engine vllm)\n"
+                               + yaml.safe_dump(config, sort_keys=False))
+        env["LMCACHE_CONFIG_FILE"] = str(config_file.resolve())
+        written.insert(0, config_file)
+    line = shell_line(argv, env)
     script = out / "serve.sh"
     script.write_text(f"#!/usr/bin/env bash\n# vLLM + LMCache for {scenario} "
                       f"(simkv engine vllm; docs/vllm.md)\nexec env {line}\n")
     script.chmod(0o755)
-    console.print(f"wrote {escape(str(config_file))} and {escape(str(out / 'serve.sh'))}:", highlight=False)
+    console.print(f"wrote {', '.join(escape(str(f)) for f in written)}:", highlight=False)
     console.print(escape(line), highlight=False, soft_wrap=True)
+    if not serve:
+        return
+    url = f"http://{host}:{port}"
+    launch = Launch(argv, env, out / "vllm.log", url)
+    console.print(f"starting vLLM (log: {escape(str(launch.log))}) ...", highlight=False)
+    run_vllm(launch, lambda u: console.print(f"vLLM ({escape(model)}) serving at {u}", highlight=False,
+                                             soft_wrap=True), start_timeout)
+    console.print("vLLM stopped", highlight=False)

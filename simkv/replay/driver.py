@@ -264,6 +264,7 @@ def _payload(tr: Trace, i: int, prompts: PromptBuilder, options: ReplayOptions,
     tokens = prompts.tokens(i).tolist()
     payload = {"prompt": tokens, "max_tokens": request_budget(tr, i, options), "stream": True,
                "stream_options": {"include_usage": True}, "temperature": 0,
+               "ignore_eos": True,   # vLLM: generate exactly max_tokens (simkv's engine always does)
                "request_id": rid, "prompt_class": str(tr.table.column("prompt_class")[i]),
                "arrival_s": float(tr.arrival_s[i])}   # for simkv engine serve --clock trace
     if model:

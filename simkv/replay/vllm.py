@@ -4,14 +4,16 @@
 What maps (docs/vllm.md): ``block_size`` → LMCache ``chunk_size``; ``tiers.cpu`` →
 ``local_cpu`` / ``max_local_cpu_size`` (GB, LMCache's unit is GiB: ``bytes / 2**30``);
 ``tiers.disk`` → ``local_disk`` / ``max_local_disk_size``; the CPU/disk ``eviction`` →
-``cache_policy``; ``tiers.gpu`` → vLLM's own prefix cache of ``--num-gpu-blocks-override N``
-blocks of ``--block-size`` tokens, ``N = capacity_bytes // (vllm_block × bytes per token)``
-(the scenario's ``model`` gives the bytes per token). What cannot map is refused naming the key:
-the archive (vLLM has none), a GPU eviction other than LRU (vLLM's prefix cache is LRU),
-``load_policy: if_faster``, CPU and disk evictions that differ (LMCache applies one policy)."""
+``cache_policy``; ``tiers.gpu`` (``eviction: vllm``) → vLLM's own prefix cache of
+``--num-gpu-blocks-override N`` blocks of ``--block-size tiers.gpu.block_tokens`` tokens (see
+:func:`gpu_blocks`). What cannot map is refused, every key at once: the archive (vLLM has none), a
+GPU eviction other than ``vllm``, ``load_policy: if_faster``, more than one GPU, a trace block
+that is not a whole number of vLLM blocks, CPU and disk evictions that differ (LMCache applies
+one policy)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
@@ -69,34 +71,89 @@ def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
     return config
 
 
-def vllm_command(scenario: Scenario, model: str, *, host: str = "127.0.0.1", port: int = 8000,
-                 vllm_block: int = 16, dummy_weights: bool = True) -> list[str]:
-    """The ``vllm serve`` argv for the scenario (LMCache's connector, per-request cached-token
-    details, the GPU tier as vLLM's prefix cache, one request at a time as the simulator's queue)."""
-    if scenario.tiers.archive.enabled:
-        raise ScenarioError("tiers.archive.enabled: vLLM has no archive tier; replay a scenario "
-                            "without one against vLLM (--set tiers.archive.enabled=false)")
-    if scenario.tiers.gpu.eviction != "lru":
-        raise ScenarioError(f"tiers.gpu.eviction: {scenario.tiers.gpu.eviction!r}; vLLM's prefix "
-                            "cache evicts LRU")
-    if scenario.load_policy != "always":
-        raise ScenarioError(f"load_policy: {scenario.load_policy!r}; LMCache's connector always loads "
-                            "what it holds")
-    argv = ["vllm", "serve", model]
+#: The block size vLLM's paged KV cache uses when ``tiers.gpu.block_tokens`` is not set.
+VLLM_BLOCK_TOKENS = 16
+#: vLLM's KV connector for LMCache on CUDA, and simkv's for vLLM's CPU paged layout.
+LMCACHE_CONNECTOR = {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
+
+
+def engine_block_tokens(scenario: Scenario) -> int:
+    """vLLM's ``--block-size``: ``tiers.gpu.block_tokens`` (default :data:`VLLM_BLOCK_TOKENS`)."""
+    return getattr(scenario.tiers.gpu, "block_tokens", None) or VLLM_BLOCK_TOKENS
+
+
+def gpu_blocks(scenario: Scenario) -> int | None:
+    """vLLM's ``--num-gpu-blocks-override``: the GPU tier as a pool of engine blocks (its null
+    block included), ``capacity_bytes // (block_tokens × bytes per token)`` or ``capacity_blocks``
+    with ``eviction: vllm``; ``None`` for an unlimited tier (vLLM sizes its own pool)."""
+    gpu = scenario.tiers.gpu
+    b = engine_block_tokens(scenario)
+    per_token = scenario.model.bytes_per_token
+    if gpu.eviction == "vllm" and gpu.capacity_blocks is not None:
+        return gpu.capacity_blocks
+    size = _bytes(gpu, "tiers.gpu", (scenario.block_size or b) * per_token)
+    return None if size is None else max(1, size // (b * per_token))
+
+
+def unsupported(scenario: Scenario) -> list[str]:
+    """Every setting of ``scenario`` that vLLM + LMCache cannot reproduce, one line each (empty:
+    all map)."""
+    problems = []
+    sc = scenario
+    if sc.tiers.archive.enabled:
+        problems.append("tiers.archive.enabled: vLLM has no archive tier (--set tiers.archive.enabled=false)")
+    if sc.tiers.gpu.eviction != "vllm":
+        problems.append(f"tiers.gpu.eviction: {sc.tiers.gpu.eviction!r}; vLLM's prefix cache is the "
+                        "'vllm' policy (--set tiers.gpu.eviction=vllm)")
+    if sc.load_policy != "always":
+        problems.append(f"load_policy: {sc.load_policy!r}; LMCache's connector always loads what it "
+                        "holds (--set load_policy=always)")
+    if sc.hardware.gpus != 1:
+        problems.append(f"hardware.gpus: {sc.hardware.gpus}; one vLLM engine serves one GPU's queue "
+                        "(--set hardware.gpus=1)")
+    b = engine_block_tokens(sc)
+    if sc.block_size is not None and sc.block_size % b:
+        problems.append(f"block_size: {sc.block_size} is not a multiple of vLLM's block "
+                        f"(tiers.gpu.block_tokens: {b})")
+    if sc.tiers.cpu.enabled or sc.tiers.disk.enabled:
+        try:
+            lmcache_config(sc, "/")
+        except ScenarioError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def vllm_command(scenario: Scenario, model: str, *, python: str = "python", host: str = "127.0.0.1",
+                 port: int = 8000, dummy_weights: bool = True, eager: bool = False,
+                 max_model_len: int | None = None,
+                 connector: dict[str, str] | None = None) -> list[str]:
+    """The argv that starts vLLM's OpenAI server for the scenario: the GPU tier as vLLM's prefix
+    cache (``--block-size``, ``--num-gpu-blocks-override``), per-request cached-token details,
+    one request at a time as the simulator's queue, and LMCache's connector (``connector``,
+    default LMCache's own) when a CPU or disk tier is enabled. Every setting that cannot map is
+    named in one :class:`ScenarioError`."""
+    problems = unsupported(scenario)
+    if problems:
+        raise ScenarioError("vLLM cannot run this scenario: " + "; ".join(problems))
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
     if dummy_weights:
         argv += ["--load-format", "dummy"]
-    argv += ["--skip-tokenizer-init",
-             "--kv-transfer-config", '{"kv_connector":"LMCacheConnectorV1","kv_role":"kv_both"}',
-             "--enable-prompt-tokens-details", "--enable-prefix-caching", "--block-size", str(vllm_block)]
-    per_token = scenario.model.bytes_per_token
-    gpu = _bytes(scenario.tiers.gpu, "tiers.gpu", (scenario.block_size or 1) * per_token)
-    if gpu is not None:
-        argv += ["--num-gpu-blocks-override", str(max(1, gpu // (vllm_block * per_token)))]
+    argv += ["--skip-tokenizer-init", "--enable-prompt-tokens-details", "--enable-prefix-caching",
+             "--block-size", str(engine_block_tokens(scenario))]
+    if scenario.tiers.cpu.enabled or scenario.tiers.disk.enabled:
+        argv += ["--kv-transfer-config", json.dumps(connector or LMCACHE_CONNECTOR, separators=(",", ":"))]
+    blocks = gpu_blocks(scenario)
+    if blocks is not None:
+        argv += ["--num-gpu-blocks-override", str(blocks)]
+    if max_model_len is not None:
+        argv += ["--max-model-len", str(max_model_len)]
+    if eager:
+        argv += ["--enforce-eager"]
     argv += ["--max-num-seqs", "1", "--no-enable-chunked-prefill", "--host", host, "--port", str(port)]
     return argv
 
 
-def shell_line(argv: list[str], config_file: str) -> str:
-    """The command as one shell line, with LMCache's environment."""
-    return (f"PYTHONHASHSEED=0 LMCACHE_CONFIG_FILE={shlex.quote(config_file)} "
-            + " ".join(shlex.quote(a) for a in argv))
+def shell_line(argv: list[str], env: dict[str, str]) -> str:
+    """The command as one shell line, with its environment."""
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + " ".join(
+        shlex.quote(a) for a in argv)

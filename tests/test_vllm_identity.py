@@ -1,0 +1,197 @@
+"""The simulator against the real vLLM (CPU build, ``make install-vllm``): a replay at concurrency 1
+reports ``cached_tokens`` identical, request by request, to ``simkv run``'s hit tokens with
+``tiers.gpu.eviction: vllm`` — on the canned vLLM trace (the GPU pool evicts all the time) and on
+a Mooncake-format trace (512-token blocks, 16 vLLM blocks each).
+
+One vLLM server for the session, started as a user starts it (``simkv engine vllm --serve``),
+its prefix cache reset between traces (vLLM's dev-mode ``/reset_prefix_cache``: a reset pool's
+blocks all hold nothing, so the state equals a fresh server's). ``make test`` runs these apart
+(``-m vllm``), after the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, SIMKV, simkv_cli
+from tests.test_cli import assert_user_error
+
+pytestmark = pytest.mark.vllm
+
+SCENARIO = ROOT / "scenarios" / "vllm-tiny.yaml"
+START_TIMEOUT_S = 600
+
+
+def vllm_python() -> str:
+    python = os.environ.get("SIMKV_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
+    if not Path(python).exists():
+        pytest.skip(f"no vLLM virtualenv at {python} (make install-vllm; make test installs it)")
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class VllmServer:
+    url: str
+    out: Path
+    proc: subprocess.Popen[str]
+
+    def reset(self) -> None:
+        """Empty vLLM's prefix cache (and LMCache's, if any)."""
+        req = urllib.request.Request(f"{self.url}/reset_prefix_cache?reset_external=true", method="POST")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200
+
+
+def start_vllm(out: Path, *args: str,
+               timeout_s: float = START_TIMEOUT_S) -> tuple[subprocess.Popen[str], str]:
+    """``simkv engine vllm SCENARIO --serve``: the process and its URL once it says it serves."""
+    port = free_port()
+    proc = subprocess.Popen([*SIMKV, "engine", "vllm", str(SCENARIO), "--serve", "--port", str(port),
+                             "-o", str(out), "--python", vllm_python(),
+                             "--start-timeout", str(timeout_s), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "VLLM_SERVER_DEV_MODE": "1", "COLUMNS": "300"})
+    assert proc.stdout is not None
+    for line in proc.stdout:  # simkv gives up after --start-timeout
+        if "serving at" in line:
+            return proc, line.split("serving at", 1)[1].strip()
+    proc.wait()
+    log = out / "vllm.log"
+    raise AssertionError(f"vLLM did not start: {proc.stderr.read() if proc.stderr else ''}\n"
+                         + (log.read_text()[-3000:] if log.exists() else ""))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    out = tmp_path_factory.mktemp("vllm")
+    proc, url = start_vllm(out)
+    yield VllmServer(url, out, proc)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def replay_and_simulate(server: VllmServer, tmp: Path, *extra: str) -> pd.DataFrame:
+    """Replay the trace through vLLM (one request at a time, each generating its trace's
+    ``output_tokens``) and simulate it; the per-request rows of both, joined."""
+    server.reset()
+    rep = simkv_cli("replay", str(SCENARIO), "--engine", server.url, "-o", str(tmp / "replay"),
+                    "--speed", "max", "--concurrency", "1", "--max-tokens", "trace", *extra)
+    assert rep.returncode == 0, rep.stderr
+    sim = simkv_cli("run", str(SCENARIO), "-o", str(tmp / "sim"), "--quiet", *extra)
+    assert sim.returncode == 0, sim.stderr
+    measured = pd.read_parquet(tmp / "replay" / "replay_requests.parquet")
+    rows = pd.read_parquet(tmp / "replay" / "requests.parquet")
+    simulated = pd.read_parquet(tmp / "sim" / "requests.parquet")
+    assert rows["error"].isna().all(), rows["error"].dropna().head()
+    return pd.DataFrame({"input_tokens": simulated["input_tokens"], "sim": simulated["hit_tokens"],
+                         "sim_gpu": simulated["gpu_hit_tokens"], "vllm": measured["cached_tokens"],
+                         "completion_tokens": measured["completion_tokens"]})
+
+
+def assert_identical(joined: pd.DataFrame) -> None:
+    differ = joined[joined["sim"] != joined["vllm"]]
+    assert differ.empty, f"{len(differ)} of {len(joined)} requests differ:\n{differ.head(20)}"
+
+
+def test_cached_tokens_identical_on_the_canned_trace(vllm_server: VllmServer, tmp_path: Path) -> None:
+    joined = replay_and_simulate(vllm_server, tmp_path)
+    assert len(joined) == 300
+    assert_identical(joined)
+    hits = joined["vllm"]
+    assert (hits > 0).sum() > 100                      # the trace reuses prefixes ...
+    assert ((hits % 64) != 0).any()                    # ... at vLLM's 32-token granularity
+    cut = joined[(joined["input_tokens"] % 64 == 0) & (hits > 0)]
+    assert (cut["vllm"] < cut["input_tokens"]).all()   # a full hit recomputes its last block
+    # the pool evicts: an infinite one would hit more
+    big = simkv_cli("run", str(SCENARIO), "-o", str(tmp_path / "big"), "--quiet",
+                    "--set", "tiers.gpu.capacity_blocks=100000")
+    assert big.returncode == 0, big.stderr
+    assert pd.read_parquet(tmp_path / "big" / "requests.parquet")["hit_tokens"].sum() > hits.sum()
+    # every request generated its trace's output tokens (their full blocks are cached too)
+    from simkv.traces.schema import read_trace
+    assert (joined["completion_tokens"].to_numpy()
+            == read_trace(ROOT / "traces" / "vllm-tiny.parquet").output_tokens).all()
+
+
+def mooncake_rows(n: int = 60, seed: int = 3) -> list[dict[str, object]]:
+    """A Mooncake-format trace: conversations that grow by whole 512-token blocks, some sharing
+    a system prompt, prompt lengths not a multiple of 512 except a few."""
+    rng = random.Random(seed)
+    rows, next_id, t = [], 100, 0.0
+    systems = [[1, 2], [3]]
+    convs: list[list[int]] = []
+    for _ in range(n):
+        t += rng.uniform(10, 2000)
+        if convs and rng.random() < 0.6:
+            conv = rng.choice(convs)
+            if len(conv) < 6:
+                conv.append(next_id)
+                next_id += 1
+        else:
+            conv = [*rng.choice(systems), next_id]
+            next_id += 1
+            convs.append(conv)
+        full = len(conv) - 1
+        tail = 0 if rng.random() < 0.15 else rng.randrange(1, 512)
+        ids = conv[:full] + ([conv[full]] if tail else [])
+        rows.append({"timestamp": int(t), "input_length": full * 512 + tail,
+                     "output_length": rng.randrange(1, 40), "hash_ids": ids if tail else conv[:full]})
+    return rows
+
+
+def test_cached_tokens_identical_on_a_mooncake_trace(vllm_server: VllmServer, tmp_path: Path) -> None:
+    src = tmp_path / "mooncake.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in mooncake_rows()))
+    trace = tmp_path / "mooncake.parquet"
+    imp = simkv_cli("trace", "import", "mooncake", str(src), "-o", str(trace))
+    assert imp.returncode == 0, imp.stderr
+    joined = replay_and_simulate(vllm_server, tmp_path, "--trace", str(trace), "--set", "block_size=512")
+    assert_identical(joined)
+    assert (joined["vllm"] > 0).sum() > 10 and ((joined["vllm"] % 512) != 0).any()
+
+
+def test_a_vllm_that_fails_to_start_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([*SIMKV, "engine", "vllm", str(SCENARIO), "--serve", "--port", str(free_port()),
+                           "-o", str(tmp_path), "--python", vllm_python(), "--max-model-len", "100000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert_user_error(proc, "vLLM exited with status", "max_model_len", "vllm.log")
+
+
+def test_sigterm_stops_vllm_and_its_engine_core(vllm_server: VllmServer) -> None:
+    """Last: the session's server stops on SIGTERM with exit 0 and leaves no process behind
+    (vLLM's API server and its engine core share the process group simkv started)."""
+    log = (vllm_server.out / "vllm.log").read_text()
+    group = int(re.search(r"\(APIServer pid=(\d+)\)", log).group(1))  # type: ignore[union-attr]
+    vllm_server.proc.send_signal(signal.SIGTERM)
+    assert vllm_server.proc.wait(90) == 0
+    assert "vLLM stopped" in (vllm_server.proc.stdout.read() if vllm_server.proc.stdout else "")
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v", "-p", "no:xdist"]))
