@@ -5,14 +5,17 @@ What maps (docs/vllm.md): ``block_size`` → LMCache ``chunk_size``; ``tiers.cpu
 ``local_cpu`` / ``max_local_cpu_size`` (GB, LMCache's unit is GiB: ``bytes / 2**30``);
 ``tiers.disk`` → ``local_disk`` / ``max_local_disk_size``; the CPU/disk ``eviction`` →
 ``cache_policy``; ``tiers.gpu`` → vLLM's own prefix cache of ``--num-gpu-blocks-override N``
-blocks of ``--block-size`` tokens, ``N = capacity_bytes // (vllm_block × bytes per token)``
-(the scenario's ``model`` gives the bytes per token). What cannot map is refused naming the key:
-the archive (vLLM has none), a GPU eviction other than LRU (vLLM's prefix cache is LRU),
+blocks of ``--block-size`` (``tiers.gpu.block_tokens``) tokens, ``N = capacity_bytes //
+(block_tokens × bytes per token)``, or ``capacity_blocks`` itself with ``eviction: vllm``
+(:meth:`~simkv.scenario.GPUTier.pool_blocks`; the scenario's ``model`` gives the bytes per token).
+What cannot map is refused naming the key:
+the archive (vLLM has none), a GPU eviction other than ``vllm`` or ``lru``,
 ``load_policy: if_faster``, CPU and disk evictions that differ (LMCache applies one policy)."""
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from typing import Any
 
 from simkv.errors import ScenarioError
@@ -70,15 +73,18 @@ def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
 
 
 def vllm_command(scenario: Scenario, model: str, *, host: str = "127.0.0.1", port: int = 8000,
-                 vllm_block: int = 16, dummy_weights: bool = True) -> list[str]:
+                 vllm_block: int | None = None, dummy_weights: bool = True) -> list[str]:
     """The ``vllm serve`` argv for the scenario (LMCache's connector, per-request cached-token
-    details, the GPU tier as vLLM's prefix cache, one request at a time as the simulator's queue)."""
+    details, the GPU tier as vLLM's prefix cache, one request at a time as the simulator's queue).
+    ``vllm_block``: vLLM's ``--block-size`` (default ``tiers.gpu.block_tokens``); the pool is
+    :meth:`~simkv.scenario.GPUTier.pool_blocks`, the number the simulator's vLLM model uses."""
     if scenario.tiers.archive.enabled:
         raise ScenarioError("tiers.archive.enabled: vLLM has no archive tier; replay a scenario "
                             "without one against vLLM (--set tiers.archive.enabled=false)")
-    if scenario.tiers.gpu.eviction != "lru":
-        raise ScenarioError(f"tiers.gpu.eviction: {scenario.tiers.gpu.eviction!r}; vLLM's prefix "
-                            "cache evicts LRU")
+    gpu = scenario.tiers.gpu
+    if gpu.eviction not in ("vllm", "lru"):
+        raise ScenarioError(f"tiers.gpu.eviction: {gpu.eviction!r}; vLLM's prefix cache is what "
+                            "tiers.gpu.eviction: vllm models (lru approximates it)")
     if scenario.load_policy != "always":
         raise ScenarioError(f"load_policy: {scenario.load_policy!r}; LMCache's connector always loads "
                             "what it holds")
@@ -87,11 +93,13 @@ def vllm_command(scenario: Scenario, model: str, *, host: str = "127.0.0.1", por
         argv += ["--load-format", "dummy"]
     argv += ["--skip-tokenizer-init",
              "--kv-transfer-config", '{"kv_connector":"LMCacheConnectorV1","kv_role":"kv_both"}',
-             "--enable-prompt-tokens-details", "--enable-prefix-caching", "--block-size", str(vllm_block)]
-    per_token = scenario.model.bytes_per_token
-    gpu = _bytes(scenario.tiers.gpu, "tiers.gpu", (scenario.block_size or 1) * per_token)
-    if gpu is not None:
-        argv += ["--num-gpu-blocks-override", str(max(1, gpu // (vllm_block * per_token)))]
+             "--enable-prompt-tokens-details", "--enable-prefix-caching", "--block-size"]
+    if vllm_block is not None:
+        gpu = replace(gpu, block_tokens=vllm_block)
+    argv.append(str(gpu.block_tokens))
+    blocks = gpu.pool_blocks(scenario.model.bytes_per_token, scenario.block_size or 1)
+    if blocks is not None:
+        argv += ["--num-gpu-blocks-override", str(max(1, blocks))]
     argv += ["--max-num-seqs", "1", "--no-enable-chunked-prefill", "--host", host, "--port", str(port)]
     return argv
 
