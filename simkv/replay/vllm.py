@@ -6,7 +6,7 @@ What maps (docs/vllm.md): ``block_size`` → LMCache ``chunk_size``; ``tiers.cpu
 ``tiers.disk`` → ``local_disk`` / ``max_local_disk_size``; the CPU/disk ``eviction`` →
 ``cache_policy``; ``tiers.gpu`` (``eviction: vllm``) → vLLM's own prefix cache of
 ``--num-gpu-blocks-override N`` blocks of ``--block-size tiers.gpu.block_tokens`` tokens (see
-:func:`gpu_blocks`). What cannot map is refused, every key at once: the archive (vLLM has none), a
+:func:`gpu_blocks`: the pool the simulator's model of vLLM uses). What cannot map is refused, every key at once: the archive (vLLM has none), a
 GPU eviction other than ``vllm``, ``load_policy: if_faster``, more than one GPU, a trace block
 that is not a whole number of vLLM blocks, CPU and disk evictions that differ (LMCache applies
 one policy)."""
@@ -71,28 +71,20 @@ def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
     return config
 
 
-#: The block size vLLM's paged KV cache uses when ``tiers.gpu.block_tokens`` is not set.
-VLLM_BLOCK_TOKENS = 16
-#: vLLM's KV connector for LMCache on CUDA, and simkv's for vLLM's CPU paged layout.
+#: vLLM's KV connector for LMCache on CUDA.
 LMCACHE_CONNECTOR = {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
 
 
 def engine_block_tokens(scenario: Scenario) -> int:
-    """vLLM's ``--block-size``: ``tiers.gpu.block_tokens`` (default :data:`VLLM_BLOCK_TOKENS`)."""
-    return getattr(scenario.tiers.gpu, "block_tokens", None) or VLLM_BLOCK_TOKENS
+    """vLLM's ``--block-size``: ``tiers.gpu.block_tokens``."""
+    return scenario.tiers.gpu.block_tokens
 
 
 def gpu_blocks(scenario: Scenario) -> int | None:
-    """vLLM's ``--num-gpu-blocks-override``: the GPU tier as a pool of engine blocks (its null
-    block included), ``capacity_bytes // (block_tokens × bytes per token)`` or ``capacity_blocks``
-    with ``eviction: vllm``; ``None`` for an unlimited tier (vLLM sizes its own pool)."""
-    gpu = scenario.tiers.gpu
-    b = engine_block_tokens(scenario)
-    per_token = scenario.model.bytes_per_token
-    if gpu.eviction == "vllm" and gpu.capacity_blocks is not None:
-        return gpu.capacity_blocks
-    size = _bytes(gpu, "tiers.gpu", (scenario.block_size or b) * per_token)
-    return None if size is None else max(1, size // (b * per_token))
+    """vLLM's ``--num-gpu-blocks-override`` (``None``: unlimited, vLLM sizes its own pool): the
+    number the simulator's vLLM model uses (:meth:`~simkv.scenario.tiers.GPUTier.pool_blocks`)."""
+    blocks = scenario.tiers.gpu.pool_blocks(scenario.model.bytes_per_token, scenario.block_size or 1)
+    return None if blocks is None else max(1, blocks)
 
 
 def unsupported(scenario: Scenario) -> list[str]:
