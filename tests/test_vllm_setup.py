@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 from simkv.errors import ScenarioError
-from simkv.replay.vllm import lmcache_config, vllm_command
+from simkv.replay.vllm import gpu_blocks, lmcache_config, vllm_command
 from simkv.scenario import scenario_from_dict
 from tests.conftest import simkv_cli
 from tests.test_cli import assert_user_error
@@ -16,8 +18,8 @@ PER_TOKEN = 2 * 32 * 8 * 128 * 2          # the default model (Llama-3-8B shape,
 
 
 def scenario(**extra):
-    base = {"block_size": 256,
-            "tiers": {"gpu": {"capacity_bytes": "2GiB"},
+    base = {"block_size": 256, "load_policy": "always",
+            "tiers": {"gpu": {"capacity_bytes": "2GiB", "eviction": "vllm"},
                       "cpu": {"enabled": True, "capacity_bytes": "48GiB"},
                       "disk": {"enabled": True, "capacity_bytes": "500GiB"}}}
     base.update(extra)
@@ -30,24 +32,35 @@ def test_the_tiers_map_onto_lmcache_and_vllm() -> None:
     assert lmcache_config(sc, "/nvme/lm") == {
         "chunk_size": 256, "local_cpu": True, "save_unfull_chunk": False, "cache_policy": "LRU",
         "max_local_cpu_size": 48.0, "max_local_disk_size": 500.0, "local_disk": "file:///nvme/lm/"}
-    argv = vllm_command(sc, "m")
+    argv = vllm_command(sc, "m", python="/venv/bin/python")
+    assert argv[:5] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "m"]
     blocks = argv[argv.index("--num-gpu-blocks-override") + 1]
-    assert int(blocks) == 2 * 1024**3 // (16 * PER_TOKEN) == 1024
+    assert int(blocks) == 2 * 1024**3 // (16 * PER_TOKEN) == 1024 == gpu_blocks(sc)
     for flag in ("--enable-prompt-tokens-details", "--skip-tokenizer-init", "--kv-transfer-config"):
         assert flag in argv
     assert argv[argv.index("--max-num-seqs") + 1] == "1"
+    assert argv[argv.index("--block-size") + 1] == "16"
+    # the pool in engine blocks, vLLM's null block included, as the simulator's model reads it
+    sc = scenario(tiers={"gpu": {"capacity_blocks": 40, "block_tokens": 32, "eviction": "vllm"},
+                         "disk": {"enabled": False}})
+    argv = vllm_command(sc, "m")
+    assert argv[argv.index("--num-gpu-blocks-override") + 1] == "40"
+    assert argv[argv.index("--block-size") + 1] == "32"
+    assert "--kv-transfer-config" not in argv            # no LMCache tier: vLLM alone
 
 
 def test_an_unlimited_gpu_tier_leaves_vllm_its_default() -> None:
-    argv = vllm_command(scenario(tiers={"gpu": {"capacity_bytes": "unlimited"}}), "m")
+    argv = vllm_command(scenario(tiers={"gpu": {"capacity_bytes": "unlimited", "eviction": "vllm"}}), "m")
     assert "--num-gpu-blocks-override" not in argv
 
 
 @pytest.mark.parametrize(("extra", "key"), [
     ({"tiers": {"archive": {"enabled": True}}, "ttl": {"heuristic": "static"}},
      "tiers.archive.enabled"),
-    ({"tiers": {"gpu": {"eviction": "lfu"}}}, "tiers.gpu.eviction"),
+    ({"tiers": {"gpu": {"eviction": "lru"}}}, "tiers.gpu.eviction"),
     ({"load_policy": "if_faster"}, "load_policy"),
+    ({"hardware": {"gpus": 2}}, "hardware.gpus"),
+    ({"block_size": 200}, "block_size"),
 ])
 def test_what_vllm_cannot_do_is_refused(extra, key) -> None:
     with pytest.raises(ScenarioError, match=key):
@@ -65,12 +78,17 @@ def test_lmcache_refuses_two_policies_and_an_unbounded_tier() -> None:
 
 def test_cli_writes_the_config_and_the_script(tmp_path) -> None:
     proc = simkv_cli("engine", "vllm", "scenarios/default.yaml", "-o", str(tmp_path / "v"),
-                     "--set", "block_size=256", "--set", "load_policy=always")
+                     "--set", "block_size=256", "--set", "load_policy=always",
+                     "--set", "tiers.gpu.eviction=vllm")
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load((tmp_path / "v" / "lmcache.yaml").read_text())
     assert config["chunk_size"] == 256 and config["local_disk"].startswith("file://")
     script = (tmp_path / "v" / "serve.sh").read_text()
-    assert "vllm serve" in script and f"LMCACHE_CONFIG_FILE={tmp_path / 'v' / 'lmcache.yaml'}" in script
+    assert "-m vllm.entrypoints.openai.api_server" in script
+    assert f"LMCACHE_CONFIG_FILE={(tmp_path / 'v' / 'lmcache.yaml').resolve()}" in script
+    # the model folder vLLM loads with random weights: the tiny-vllm shape's config
+    model = json.loads((tmp_path / "v" / "model" / "tiny-vllm" / "config.json").read_text())
+    assert model["head_dim"] == 64 and model["architectures"] == ["LlamaForCausalLM"]
     assert_user_error(simkv_cli("engine", "vllm", "scenarios/four-tier.yaml", "-o", str(tmp_path / "w"),
                                 "--set", "block_size=256"), "tiers.archive.enabled")
 

@@ -184,7 +184,14 @@ def vllm_cmd(
     import yaml
 
     from simkv.fileio import make_dir
-    from simkv.replay.vllm import engine_block_tokens, gpu_blocks, lmcache_config, shell_line, vllm_command
+    from simkv.replay.vllm import (
+        check_scenario,
+        engine_block_tokens,
+        gpu_blocks,
+        lmcache_config,
+        shell_line,
+        vllm_command,
+    )
     from simkv.replay.vllm_server import Launch, kv_cache_gib, max_position, vllm_python
     from simkv.replay.vllm_server import serve as run_vllm
     from simkv.scenario import load_scenario
@@ -196,6 +203,7 @@ def vllm_cmd(
     if not start_timeout > 0:
         raise SimkvError(f"--start-timeout: {start_timeout!r} must be > 0 seconds")
     sc = load_scenario(scenario, overrides or [])
+    check_scenario(sc)
     out = out if out is not None else Path("runs") / f"vllm-{scenario.stem}"
     gpu = shutil.which("nvidia-smi") is not None
     eager = not gpu if eager is None else eager

@@ -6,10 +6,10 @@ What maps (docs/vllm.md): ``block_size`` → LMCache ``chunk_size``; ``tiers.cpu
 ``tiers.disk`` → ``local_disk`` / ``max_local_disk_size``; the CPU/disk ``eviction`` →
 ``cache_policy``; ``tiers.gpu`` (``eviction: vllm``) → vLLM's own prefix cache of
 ``--num-gpu-blocks-override N`` blocks of ``--block-size tiers.gpu.block_tokens`` tokens (see
-:func:`gpu_blocks`: the pool the simulator's model of vLLM uses). What cannot map is refused, every key at once: the archive (vLLM has none), a
-GPU eviction other than ``vllm``, ``load_policy: if_faster``, more than one GPU, a trace block
-that is not a whole number of vLLM blocks, CPU and disk evictions that differ (LMCache applies
-one policy)."""
+:func:`gpu_blocks`: the pool the simulator's model of vLLM uses). What cannot map is refused,
+every key at once: the archive (vLLM has none), a GPU eviction other than ``vllm``,
+``load_policy: if_faster``, more than one GPU, a trace block that is not a whole number of vLLM
+blocks, CPU and disk evictions that differ (LMCache applies one policy)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,13 @@ def unsupported(scenario: Scenario) -> list[str]:
     return problems
 
 
+def check_scenario(scenario: Scenario) -> None:
+    """A :class:`ScenarioError` naming every setting vLLM cannot run (:func:`unsupported`)."""
+    problems = unsupported(scenario)
+    if problems:
+        raise ScenarioError("vLLM cannot run this scenario: " + "; ".join(problems))
+
+
 def vllm_command(scenario: Scenario, model: str, *, python: str = "python", host: str = "127.0.0.1",
                  port: int = 8000, dummy_weights: bool = True, eager: bool = False,
                  max_model_len: int | None = None,
@@ -124,9 +131,7 @@ def vllm_command(scenario: Scenario, model: str, *, python: str = "python", host
     one request at a time as the simulator's queue, and LMCache's connector (``connector``,
     default LMCache's own) when a CPU or disk tier is enabled. Every setting that cannot map is
     named in one :class:`ScenarioError`."""
-    problems = unsupported(scenario)
-    if problems:
-        raise ScenarioError("vLLM cannot run this scenario: " + "; ".join(problems))
+    check_scenario(scenario)
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
     if dummy_weights:
         argv += ["--load-format", "dummy"]
