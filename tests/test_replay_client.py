@@ -485,3 +485,43 @@ def test_an_unreachable_engine_is_refused_before_any_row(files, tmp_path) -> Non
     proc = _replay(files, f"http://127.0.0.1:{port}", tmp_path / "out")
     assert_user_error(proc, "unreachable", str(port))
     assert part_files(tmp_path / "out") == []
+
+
+def test_completion_tokens_are_the_servers_count_when_chunks_carry_several(tmp_path) -> None:
+    """vLLM streams several tokens in one chunk when the client lags: the usage's
+    ``completion_tokens`` is the count, not the number of chunks."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    from simkv.replay.client import complete
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            usage = {"prompt_tokens": 4, "completion_tokens": 5}
+            for event in ({"choices": [{"text": "ab", "index": 0}]},
+                          {"choices": [{"text": "cde", "index": 0}]}, {"choices": [], "usage": usage}):
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        async def go():
+            async with httpx.AsyncClient() as client:
+                return await complete(client, f"http://127.0.0.1:{server.server_address[1]}",
+                                      {"prompt": [1, 2, 3, 4], "max_tokens": 5}, 10.0)
+        out = asyncio.run(go())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.error is None and out.completion_tokens == 5

@@ -101,7 +101,7 @@ def replay_and_simulate(server: VllmServer, tmp: Path, *extra: str) -> pd.DataFr
     rep = simkv_cli("replay", str(SCENARIO), "--engine", server.url, "-o", str(tmp / "replay"),
                     "--speed", "max", "--concurrency", "1", "--max-tokens", "trace", *extra)
     assert rep.returncode == 0, rep.stderr
-    sim = simkv_cli("run", str(SCENARIO), "-o", str(tmp / "sim"), "--quiet", *extra)
+    sim = simkv_cli("run", str(SCENARIO), "-o", str(tmp / "sim"), *extra)
     assert sim.returncode == 0, sim.stderr
     measured = pd.read_parquet(tmp / "replay" / "replay_requests.parquet")
     rows = pd.read_parquet(tmp / "replay" / "requests.parquet")
@@ -127,7 +127,7 @@ def test_cached_tokens_identical_on_the_canned_trace(vllm_server: VllmServer, tm
     cut = joined[(joined["input_tokens"] % 64 == 0) & (hits > 0)]
     assert (cut["vllm"] < cut["input_tokens"]).all()   # a full hit recomputes its last block
     # the pool evicts: an infinite one would hit more
-    big = simkv_cli("run", str(SCENARIO), "-o", str(tmp_path / "big"), "--quiet",
+    big = simkv_cli("run", str(SCENARIO), "-o", str(tmp_path / "big"),
                     "--set", "tiers.gpu.capacity_blocks=100000")
     assert big.returncode == 0, big.stderr
     assert pd.read_parquet(tmp_path / "big" / "requests.parquet")["hit_tokens"].sum() > hits.sum()

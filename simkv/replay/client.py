@@ -30,7 +30,8 @@ class EngineUnreachable(SimkvError):
 class Outcome:
     """One request as the client saw it: ``ttft_s`` = send → first streamed token (with no
     token, e.g. ``max_tokens`` 0: → end of the stream); ``total_s`` = send → end of the stream;
-    the server's ``usage`` object (``None`` if it sent none); ``error`` (``None``: served)."""
+    the server's ``usage`` object (``None`` if it sent none); ``completion_tokens``: the usage's
+    count, else the streamed chunks with choices; ``error`` (``None``: served)."""
 
     ttft_s: float | None = None
     total_s: float | None = None
@@ -96,6 +97,9 @@ async def complete(client: httpx.AsyncClient, url: str, payload: dict[str, Any],
                         out.error = f"stream error: {_error_message(data.encode())}"
                         return out
         out.total_s = time.perf_counter() - t0
+        reported = out.usage.get("completion_tokens") if isinstance(out.usage, dict) else None
+        if isinstance(reported, int) and not isinstance(reported, bool):
+            out.completion_tokens = reported  # vLLM may stream several tokens in one chunk
         if not done:
             out.error = "stream ended before [DONE]"
         elif out.ttft_s is None:
