@@ -97,3 +97,22 @@ def test_a_scenario_vllm_cannot_run_names_every_setting_at_once(tmp_path) -> Non
     proc = simkv_cli("engine", "vllm", "scenarios/four-tier.yaml", "--serve", "-o", str(tmp_path),
                      "--set", "block_size=200")
     assert_user_error(proc, "tiers.archive.enabled", "tiers.gpu.eviction", "load_policy", "block_size")
+
+
+def test_the_cause_of_a_failed_start_is_read_from_vllms_log() -> None:
+    """vLLM's own lines (process and level prefixes), the engine core's error preferred to the API
+    server's re-raise, a pydantic error with its message from the next line."""
+    from simkv.replay.vllm_server import failure_cause
+
+    core = ("(EngineCore pid=32022) ERROR 12-03 06:03:27 [core.py:1510] ValueError: To serve at least one "
+            "request with the model's max seq len (2048), (0.0 GiB KV cache is needed")
+    api = "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+    assert failure_cause(f"INFO starting\n{core}\nTraceback (most recent call last):\n{api}\n") == (
+        "ValueError: To serve at least one request with the model's max seq len (2048), (0.0 GiB KV "
+        "cache is needed")
+    pydantic = ("pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+                "  Value error, User-specified max_model_len (100000) is greater than the derived "
+                "max_model_len [type=value_error, input_value=ArgsKwargs((), {})]\n")
+    assert failure_cause(pydantic).endswith("ModelConfig: Value error, User-specified max_model_len "
+                                            "(100000) is greater than the derived max_model_len")
+    assert failure_cause(api) == api and failure_cause("") == "no error in the log"

@@ -77,12 +77,16 @@ def max_position(model_dir: str) -> int | None:
 
 def failure_cause(log_text: str) -> str:
     """The one line that says why vLLM stopped: the last exception message in its log
-    (``ValueError: ...``, ``RuntimeError: ...``), without vLLM's log prefix."""
+    (``ValueError: ...``, ``RuntimeError: ...``; a pydantic ``ValidationError`` with the error
+    from its next line), without vLLM's log prefix."""
+    lines = [re.sub(r"^(ERROR|WARNING|INFO) \d\d-\d\d [\d:]+ \[[^]]*\]\s*", "",
+                    re.sub(r"^\(\w+ pid=\d+\)\s*", "", line)).strip()
+             for line in log_text.splitlines()]
     causes = []
-    for line in log_text.splitlines():
-        line = re.sub(r"^\(\w+ pid=\d+\)\s*", "", line)
-        line = re.sub(r"^(ERROR|WARNING|INFO) \d\d-\d\d [\d:]+ \[[^]]*\]\s*", "", line).strip()
+    for i, line in enumerate(lines):
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit)\b[^:]*: \S", line):
+            if "validation error" in line and i + 1 < len(lines) and lines[i + 1]:
+                line += ": " + lines[i + 1].split(" [type=", 1)[0]
             causes.append(line)
     # the engine core's own error names the cause; the API server's re-raise only says it failed
     specific = [c for c in causes if "Engine core initialization failed" not in c]
@@ -150,6 +154,10 @@ class Server:
                 self.proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # children of a vLLM that exited on its own
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:  # until the group's last process is gone
+                os.killpg(self.proc.pid, 0)
+                time.sleep(0.1)
         self._log.close()
         return self.proc.returncode
 
