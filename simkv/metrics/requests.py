@@ -67,6 +67,11 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     blocks = np.diff(trace.block_offsets)
     tier_blocks = {t: np.asarray(getattr(log, f"{t}_blocks"), dtype=np.int64) for t in TIER_NAMES}
     hit_blocks = sum(tier_blocks.values())
+    if log.tier_tokens is None:
+        tier_tokens = {t: b * B for t, b in tier_blocks.items()}
+    else:  # engine-block hits (tiers.gpu.eviction: vllm): not whole trace blocks
+        tier_tokens = {t: np.asarray(c, dtype=np.int64)
+                       for t, c in zip(TIER_NAMES, log.tier_tokens, strict=True)}
     arch_b = tier_blocks["archive"]
     start = np.asarray(log.start_s)
     load = np.asarray(log.load_s)
@@ -102,8 +107,8 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
         "blocks": blocks,
         "prefix_blocks": np.asarray(log.prefix_blocks, dtype=np.int64),
         "hit_blocks": hit_blocks,
-        "hit_tokens": hit_blocks * B,
-        **{f"{t}_hit_tokens": b * B for t, b in tier_blocks.items()},
+        "hit_tokens": sum(tier_tokens.values()),
+        **{f"{t}_hit_tokens": tokens for t, tokens in tier_tokens.items()},
         "queue_s": start - arrival,
         "load_s": load,
         "prefill_s": prefill,

@@ -115,6 +115,9 @@ class Plan:
     tier_blocks: list[int] = field(default_factory=lambda: [0] * len(TIER_NAMES))
     used: int = 0  # prefix blocks used (after any if_faster cut)
     overhead_s: float = 0.0  # the worker's time besides load and prefill (RequestOverhead.service_s)
+    #: Hit tokens per tier where they are not whole trace blocks (``tiers.gpu.eviction: vllm``:
+    #: engine blocks); ``None``: ``tier_blocks × block_size``.
+    tier_tokens: list[int] | None = None
 
 
 class CacheBase:

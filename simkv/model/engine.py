@@ -33,7 +33,10 @@ class RequestLog:
     """Per-request outcomes, indexed by the request's row in the trace (compact arrays:
     eight bytes a value, for traces of millions of requests). Per tier (``TIER_NAMES``):
     ``<tier>_blocks``, the prefix blocks it served, and ``<tier>_bytes``, the bytes it held
-    after the request. ``overhead_s``: the worker's time besides load and prefill."""
+    after the request. ``overhead_s``: the worker's time besides load and prefill.
+    ``tier_tokens``: per tier, the hit tokens of each request, kept only by caches whose hits
+    are not whole trace blocks (:attr:`~simkv.model.cache_base.Plan.tier_tokens`); ``None``
+    otherwise (``<tier>_blocks × block_size``)."""
 
     FLOATS = ("start_s", "load_s", "prefill_s", "overhead_s")
     INTS = ("prefix_blocks", *(f"{t}_blocks" for t in TIER_NAMES), *(f"{t}_bytes" for t in TIER_NAMES))
@@ -44,6 +47,14 @@ class RequestLog:
             setattr(self, name, array("d", bytes(8 * n)))
         for name in self.INTS:
             setattr(self, name, array("q", bytes(8 * n)))
+        self.tier_tokens: list[array] | None = None
+
+    def set_tier_tokens(self, r: int, tokens: list[int]) -> None:
+        """Record request ``r``'s hit tokens per tier (TIER_NAMES order)."""
+        if self.tier_tokens is None:
+            self.tier_tokens = [array("q", bytes(8 * self.n)) for _ in TIER_NAMES]
+        for column, value in zip(self.tier_tokens, tokens, strict=True):
+            column[r] = value
 
 
 def simulate(
@@ -84,6 +95,8 @@ def simulate(
             log.prefix_blocks[r] = plan.prefix_blocks
             for column, value in zip(tier_blocks, plan.tier_blocks, strict=True):
                 column[r] = value
+            if plan.tier_tokens is not None:
+                log.set_tier_tokens(r, plan.tier_tokens)
             for column, value in zip(tier_bytes, cache.occupancy(), strict=True):
                 column[r] = value
             remaining[0] -= 1

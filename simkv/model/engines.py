@@ -5,7 +5,8 @@
 * ``compiled``: the event-driven model over compiled tiers (:mod:`simkv.model.compiled`):
   LRU/FIFO tiers (the CPU tier included), archive-only TTLs;
 * ``simpy``: the event-driven model (:mod:`simkv.model.engine`) over the reference tiers
-  (:mod:`simkv.model.system`): every policy and TTL scope.
+  (:mod:`simkv.model.system`): every policy and TTL scope, and vLLM's prefix cache
+  (``tiers.gpu.eviction: vllm``, :mod:`simkv.model.vllm_cache`).
 
 They give the same results where they apply (the parity tests hold them to it).
 :func:`select_engine` is the one place that chooses: ``engine: auto`` takes the first engine
@@ -27,6 +28,7 @@ from simkv.model.engine import RequestLog, simulate
 from simkv.model.fast import lru_prefix_hits
 from simkv.model.system import TieredCache
 from simkv.model.tiers import StorageMeter, TierStats
+from simkv.model.vllm_cache import VllmCache
 from simkv.policies.registry import Registry
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
@@ -115,7 +117,10 @@ class EventEngine:
         return CompiledTieredCache.unsupported(sc)
 
     def run(self, scenario: Scenario, trace: Trace, progress: Progress = None) -> RunRecord:
-        cache = self.cache_type(scenario, trace)
+        cache_type = self.cache_type
+        if cache_type is TieredCache and scenario.tiers.gpu.eviction == "vllm":
+            cache_type = VllmCache  # the reference tiers with vLLM's prefix cache as the GPU tier
+        cache = cache_type(scenario, trace)
         log, end = simulate(cache, trace.arrival_s.tolist(), scenario.hardware.gpus, progress)
         return RunRecord(self.name, log, cache, end, cache.tier_stats())
 

@@ -43,7 +43,7 @@ from simkv.model.cache_base import (
     best_cut,
 )
 from simkv.model.tiers import ObjectLedger, Tier, TierStats
-from simkv.policies.eviction import NextUse, make_policy
+from simkv.policies.eviction import EvictionPolicy, NextUse, make_policy
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
@@ -62,8 +62,7 @@ class TieredCache(CacheBase):
         next_use = NextUse(trace.block_ids_flat) if needs_oracle else None
         #: Indexed like TIER_NAMES; None for a disabled tier.
         self.tiers: list[Tier | None] = [
-            Tier(name, make_policy(getattr(sc.tiers, name).eviction, f"tiers.{name}.eviction", next_use),
-                 capacity, stored, self.sliding) if present else None
+            Tier(name, self._policy(name, next_use), capacity, stored, self.sliding) if present else None
             for name, present, capacity, stored in zip(TIER_NAMES, self.present, self.capacity,
                                                        self.stored_bytes, strict=True)]
         gpu, self.cpu, self.disk, self.archive = self.tiers
@@ -75,6 +74,10 @@ class TieredCache(CacheBase):
                     tier.policy.count_hits = True
         if self.archive is not None:
             self.archive.ledger = ObjectLedger(len(trace), self.archive_min_s)
+
+    def _policy(self, tier: str, next_use: NextUse | None) -> EvictionPolicy:
+        """The eviction policy of ``tier`` (a TIER_NAMES name) from the scenario."""
+        return make_policy(getattr(self.scenario.tiers, tier).eviction, f"tiers.{tier}.eviction", next_use)
 
     @property
     def ids(self) -> np.ndarray:

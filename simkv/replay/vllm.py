@@ -71,28 +71,24 @@ def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
     return config
 
 
-#: The block size vLLM's paged KV cache uses when ``tiers.gpu.block_tokens`` is not set.
-VLLM_BLOCK_TOKENS = 16
 #: vLLM's KV connector for LMCache on CUDA, and simkv's for vLLM's CPU paged layout.
 LMCACHE_CONNECTOR = {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
 
 
 def engine_block_tokens(scenario: Scenario) -> int:
-    """vLLM's ``--block-size``: ``tiers.gpu.block_tokens`` (default :data:`VLLM_BLOCK_TOKENS`)."""
-    return getattr(scenario.tiers.gpu, "block_tokens", None) or VLLM_BLOCK_TOKENS
+    """vLLM's ``--block-size``: ``tiers.gpu.block_tokens`` (default 16, vLLM's:
+    :data:`~simkv.scenario.tiers.VLLM_BLOCK_TOKENS`)."""
+    return scenario.tiers.gpu.block_tokens
 
 
 def gpu_blocks(scenario: Scenario) -> int | None:
     """vLLM's ``--num-gpu-blocks-override``: the GPU tier as a pool of engine blocks (its null
-    block included), ``capacity_bytes // (block_tokens × bytes per token)`` or ``capacity_blocks``
-    with ``eviction: vllm``; ``None`` for an unlimited tier (vLLM sizes its own pool)."""
-    gpu = scenario.tiers.gpu
+    block included), :meth:`~simkv.scenario.GPUTier.pool_blocks`, the pool the simulator's
+    ``eviction: vllm`` model uses (at least 1, as vLLM requires); ``None`` for an unlimited tier
+    (vLLM sizes its own pool)."""
     b = engine_block_tokens(scenario)
-    per_token = scenario.model.bytes_per_token
-    if gpu.eviction == "vllm" and gpu.capacity_blocks is not None:
-        return gpu.capacity_blocks
-    size = _bytes(gpu, "tiers.gpu", (scenario.block_size or b) * per_token)
-    return None if size is None else max(1, size // (b * per_token))
+    blocks = scenario.tiers.gpu.pool_blocks(scenario.model.bytes_per_token, scenario.block_size or b)
+    return None if blocks is None else max(1, blocks)
 
 
 def unsupported(scenario: Scenario) -> list[str]:

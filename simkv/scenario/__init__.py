@@ -175,6 +175,24 @@ class Scenario:
         if self.tiers.archive.enabled and self.ttl.heuristic == "none":
             raise ScenarioError("ttl.heuristic: the archive tier needs a TTL heuristic "
                                 "(objects expire at their TTL)")
+        if self.tiers.gpu.eviction == "vllm":
+            self._check_vllm()
+
+    def _check_vllm(self) -> None:
+        """What ``tiers.gpu.eviction: vllm`` models: one vLLM engine serving one request at a
+        time, with LMCache's CPU and disk below it and nothing else."""
+        if self.hardware.gpus != 1:
+            raise ScenarioError(f"hardware.gpus: {self.hardware.gpus!r}, but tiers.gpu.eviction: vllm "
+                                "models one engine serving one request at a time (set it to 1)")
+        if self.tiers.archive.enabled:
+            raise ScenarioError("tiers.archive.enabled: vLLM has no archive tier; tiers.gpu.eviction: "
+                                "vllm runs without one")
+        if self.ttl.heuristic != "none":
+            raise ScenarioError(f"ttl.heuristic: {self.ttl.heuristic!r}, but vLLM's prefix cache has no "
+                                "TTL (tiers.gpu.eviction: vllm needs ttl.heuristic: none)")
+        if self.load_policy != "always":
+            raise ScenarioError(f"load_policy: {self.load_policy!r}; vLLM always uses its prefix-cache "
+                                "hit (tiers.gpu.eviction: vllm needs load_policy: always)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

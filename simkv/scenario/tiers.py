@@ -73,6 +73,10 @@ class TierCapacity:
 
     def check_capacity(self, prefix: str) -> None:
         self.check_eviction(prefix)
+        self.check_sizes(prefix)
+
+    def check_sizes(self, prefix: str) -> None:
+        """At most one of the two capacities, each a size >= 0 the engines can represent."""
         if self.capacity_blocks is not None and self.capacity_bytes is not None:
             raise ScenarioError(
                 f"{prefix}: capacity_blocks={self.capacity_blocks!r} and capacity_bytes="
@@ -96,15 +100,47 @@ class TierCapacity:
         return None if raw is None else raw // block_bytes
 
 
+#: GPU-tier models that are not block eviction policies: ``vllm`` is vLLM's whole prefix cache
+#: (:mod:`simkv.model.vllm_pool`), engine blocks of ``tiers.gpu.block_tokens`` tokens.
+GPU_MODELS = ("vllm",)
+#: vLLM's default ``--block-size``: ``tiers.gpu.block_tokens`` when not set.
+VLLM_BLOCK_TOKENS = 16
+
+
 @dataclass(frozen=True)
 class GPUTier(TierCapacity):
-    """The engine's prefix cache in HBM (default 16 GiB). Hits cost no transfer time."""
+    """The engine's prefix cache in HBM (default 16 GiB). Hits cost no transfer time.
+    ``eviction: vllm`` models vLLM's prefix cache exactly (docs/system.md): a pool of
+    ``capacity_blocks`` engine blocks of ``block_tokens`` tokens (vLLM's ``num_gpu_blocks``,
+    the null block included), or ``capacity_bytes // (block_tokens × bytes per token)``."""
 
     default_bytes = "16GiB"
     eviction: str = "lru"
+    block_tokens: int = VLLM_BLOCK_TOKENS
 
     def check(self, prefix: str) -> None:
-        self.check_capacity(prefix)
+        check_positive(f"{prefix}.block_tokens", self.block_tokens)
+        if self.block_tokens > MAX_BLOCK_SIZE:
+            raise ScenarioError(f"{prefix}.block_tokens: {self.block_tokens!r} is beyond 2**24 tokens")
+        if self.eviction in GPU_MODELS:
+            self.check_sizes(prefix)
+        else:
+            self.check_capacity(prefix)
+
+    def pool_blocks(self, bytes_per_token: int, trace_block: int) -> int | None:
+        """vLLM's ``num_gpu_blocks`` for this tier (``None``: unlimited): ``capacity_blocks``
+        with ``eviction: vllm`` (engine blocks), else the capacity in bytes (``capacity_blocks``
+        counts trace blocks of ``trace_block`` tokens then) ``// (block_tokens ×
+        bytes_per_token)``. The simulator's pool and ``--num-gpu-blocks-override`` both come
+        from here."""
+        if self.capacity_blocks is not None:
+            if self.eviction == "vllm":
+                return self.capacity_blocks
+            raw: int | None = self.capacity_blocks * trace_block * bytes_per_token
+        else:
+            raw = parse_bytes(self.capacity_bytes if self.capacity_bytes is not None
+                              else self.default_bytes, "tiers.gpu.capacity_bytes")
+        return None if raw is None else raw // (self.block_tokens * bytes_per_token)
 
 
 @dataclass(frozen=True)
