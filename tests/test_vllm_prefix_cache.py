@@ -28,7 +28,7 @@ from simkv.scenario import scenario_from_dict
 from simkv.traces.importers import import_mooncake
 from simkv.traces.schema import Trace, build_table
 from simkv.traces.slicing import TraceSlice, slice_trace
-from tests.conftest import SMALL_TRACE
+from tests.conftest import SMALL_TRACE, simkv_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path("/work/vl/venv/bin/python")
@@ -212,15 +212,76 @@ def test_what_vllm_does_not_have_is_refused(extra: dict[str, Any], key: str) -> 
         scenario(**extra)
 
 
+@pytest.mark.parametrize(("sets", "message"), [
+    (["tiers.gpu.block_tokens=24"], "error: tiers.gpu.block_tokens: 24 does not divide the trace's"),
+    (["tiers.gpu.capacity_bytes=null", "tiers.gpu.capacity_blocks=100"],
+     "error: tiers.gpu.capacity_blocks: vLLM's pool of 100 blocks (99 usable"),
+    (["hardware.gpus=2"], "default.yaml: hardware.gpus: 2, but tiers.gpu.eviction: vllm"),
+])
+def test_cli_names_the_key_in_one_line(sets: list[str], message: str) -> None:
+    args = ["run", str(ROOT / "scenarios" / "default.yaml"), "--limit", "20",
+            "--set", "tiers.gpu.eviction=vllm", "--set", "load_policy=always"]
+    for item in sets:
+        args += ["--set", item]
+    res = simkv_cli(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+
+
 def test_engine_block_must_divide_the_trace_block() -> None:
     with pytest.raises(ScenarioError, match=r"tiers\.gpu\.block_tokens: 24 does not divide .* 512"):
         hits(trace([([1], 0, 1)], block_size=512), b=24)
 
 
-def test_lower_tiers_are_refused_for_now() -> None:
-    sc = scenario_from_dict({"tiers": {"gpu": {"eviction": "vllm"}}})  # the disk is on by default
-    with pytest.raises(ScenarioError, match=r"tiers\.disk\.enabled"):
+def test_offload_on_evict_is_refused_under_vllm() -> None:
+    sc = scenario_from_dict({"tiers": {"gpu": {"eviction": "vllm"},
+                                       "disk": {"write_policy": "offload_on_evict"}}})
+    with pytest.raises(ScenarioError, match=r"tiers\.disk\.write_policy: 'offload_on_evict'"):
         run(sc, trace([([1], 0, 1)], block_size=16))
+
+
+# -- LMCache below vLLM (CPU, disk) -----------------------------------------------------------
+
+
+def lower_hits(tr: Trace, blocks: int, b: int, **tiers: Any) -> Any:
+    gpu = {"eviction": "vllm", "block_tokens": b, "capacity_blocks": blocks}
+    sc = scenario_from_dict({"tiers": {"gpu": gpu, **tiers}})
+    return run(sc, tr).requests
+
+
+def test_a_whole_prompt_from_lmcache_recomputes_its_last_token() -> None:
+    # N = 4: r1 flushes r0's blocks from vLLM; r2's 8 tokens are all on disk: 7 count (the
+    # connector recomputes the last one); r3 then hits vLLM's copy (r2's recomputed blocks)
+    tr = trace([([1, 2], 0, 1), ([5, 6, 7], 0, 1), ([1, 2], 0, 1), ([1, 2], 1, 1)])
+    rq = lower_hits(tr, 4, 4)
+    assert rq["gpu_hit_tokens"].tolist() == [0, 0, 0, 8]
+    assert rq["disk_hit_tokens"].tolist() == [0, 0, 7, 0]
+    assert rq["hit_tokens"].tolist() == [0, 0, 7, 8]
+    assert rq["hit_blocks"].tolist() == [0, 0, 1, 2]
+
+
+def test_lmcache_supplies_the_tokens_past_vllms_hit() -> None:
+    # B = 8, b = 4, N = 6: r0's engine blocks 1a 1b 2a 2b; r1 (2 blocks) evicts 2b, r0's last;
+    # r2 hits 1a 1b 2a in vLLM (12 tokens) and the rest of chunk 2 from LMCache (4 tokens)
+    tr = trace([([1, 2], 0, 1), ([9], 0, 1), ([1, 2], 1, 1)], block_size=8)
+    for tiers, tier in (({}, "disk"), ({"cpu": {"enabled": True}}, "cpu")):
+        rq = lower_hits(tr, 6, 4, **tiers)
+        assert rq["gpu_hit_tokens"].tolist() == [0, 0, 12]
+        assert rq[f"{tier}_hit_tokens"].tolist() == [0, 0, 4]
+        assert rq["hit_tokens"].tolist() == [0, 0, 16]
+        assert rq["hit_blocks"].tolist() == [0, 0, 2]
+        # a trace block counts for the tier of its last token: chunk 1 vLLM's, chunk 2 LMCache's
+        assert rq[f"{tier}_loaded_bytes"].tolist() == [0, 0, 8 * 131072]
+
+
+def test_lmcache_within_vllms_hit_loads_nothing() -> None:
+    # r1 repeats r0 (+1 token): vLLM holds both chunks, LMCache too; vLLM's hit wins
+    tr = trace([([1, 2], 0, 1), ([1, 2], 1, 1)], block_size=8)
+    rq = lower_hits(tr, 20, 4, cpu={"enabled": True})
+    assert rq["gpu_hit_tokens"].tolist() == [0, 16]
+    assert rq["cpu_hit_tokens"].tolist() == [0, 0] and rq["disk_hit_tokens"].tolist() == [0, 0]
+    assert rq["load_s"].tolist() == [0.0, 0.0]
 
 
 def test_vllm_is_a_gpu_model_only() -> None:
