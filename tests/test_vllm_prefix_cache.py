@@ -10,6 +10,7 @@ by request.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from simkv.traces.slicing import TraceSlice, slice_trace
 from tests.conftest import SMALL_TRACE, simkv_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path("/work/vl/venv/bin/python")
+VLLM_PYTHON = Path(os.environ.get("SIMKV_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
 CHECK = ROOT / "scripts" / "vllm_blockpool_check.py"
 
 
