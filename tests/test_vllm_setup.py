@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from simkv.errors import ScenarioError
-from simkv.replay.vllm import gpu_blocks, lmcache_config, vllm_command
+from simkv.replay.vllm import gpu_blocks, vllm_command
 from simkv.scenario import scenario_from_dict
+from simkv.scenario.lmcache import lmcache_config
 from tests.conftest import simkv_cli
 from tests.test_cli import assert_user_error
 
