@@ -25,17 +25,10 @@ from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
 from lmcache.v1.memory_management import MemoryObj
 
 from simkv_replay.models import KVShape
+from simkv_replay.vllm_paged import flat_memory_objs
 
 #: Per layer ``(K, V)``, each ``[1, kv_heads, tokens, head_dim]``.
 KVLayers = Sequence[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _flat(memory_objs: Sequence) -> list[MemoryObj]:
-    if memory_objs and isinstance(memory_objs[0], list | tuple):
-        if len(memory_objs) != 1:
-            raise ValueError("HFKVConnector: one layer group only")
-        return list(memory_objs[0])
-    return list(memory_objs)
 
 
 def _runs(starts: Sequence[int], ends: Sequence[int]) -> list[tuple[int, int]]:
@@ -75,7 +68,7 @@ class HFKVConnector(GPUConnectorInterface):
 
     def batched_from_gpu(self, memory_objs, starts: list[int], ends: list[int], **kwargs) -> None:
         """Copy tokens ``[starts[i], ends[i])`` of ``kvcaches`` into ``memory_objs[i]``."""
-        objs = _flat(memory_objs)
+        objs = flat_memory_objs(memory_objs, "HFKVConnector")
         kv = self._kvcaches(kwargs)
         lo, hi = min(starts), max(ends)
         staged = self.gather(kv, lo, hi)
@@ -96,7 +89,7 @@ class HFKVConnector(GPUConnectorInterface):
                        ends: list[int] | None = None, **kwargs) -> None:
         """Copy ``memory_objs[i]`` into tokens ``[starts[i], ends[i])`` of ``kvcaches``."""
         assert memory_objs is not None and starts is not None and ends is not None
-        objs = _flat(memory_objs)
+        objs = flat_memory_objs(memory_objs, "HFKVConnector")
         kv = self._kvcaches(kwargs)
         lo, hi = min(starts), max(ends)
         shape = self.kv
