@@ -22,18 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
-from lmcache.v1.memory_management import MemoryFormat, MemoryObj
+from lmcache.v1.memory_management import MemoryFormat
 from lmcache.v1.metadata import LMCacheMetadata
 
-
-def flat_memory_objs(memory_objs: Sequence, who: str) -> list[MemoryObj]:
-    """LMCache passes one list of memory objects, or one list per layer group; one group only."""
-    if memory_objs and isinstance(memory_objs[0], list | tuple):
-        if len(memory_objs) != 1:
-            raise ValueError(f"{who}: one layer group only")
-        return list(memory_objs[0])
-    return list(memory_objs)
+from simkv_replay.lmcache_base import KV2LTDConnector, flat_memory_objs
 
 
 def paged_kv(layer: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +39,7 @@ def paged_kv(layer: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Te
     return kv[:, :, :block_size], kv[:, :, block_size:]
 
 
-class VLLMCPUPagedConnector(GPUConnectorInterface):
+class VLLMCPUPagedConnector(KV2LTDConnector):
     """LMCache <-> vLLM's CPU paged KV cache, addressed by the request's slot mapping.
 
     ``store`` / ``retrieve`` pass ``kvcaches`` (vLLM's per-layer tensors), ``slot_mapping`` (one
@@ -56,9 +48,7 @@ class VLLMCPUPagedConnector(GPUConnectorInterface):
     not written, as LMCache's CUDA connector skips them)."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
-        self.layers = layers
-        self.kv_heads = kv_heads
-        self.head_dim = head_dim
+        super().__init__(layers, kv_heads, head_dim)
         self.dtype = dtype
         self.kvcaches: Sequence[torch.Tensor] | None = None
 
@@ -71,26 +61,13 @@ class VLLMCPUPagedConnector(GPUConnectorInterface):
         return cls(layers, heads, head_dim, metadata.kv_dtype)
 
     # -- LMCache's interface ------------------------------------------------------------------
-    def get_shape(self, num_tokens: int) -> torch.Size:
-        return torch.Size([2, self.layers, num_tokens, self.kv_heads * self.head_dim])
-
-    def initialize_kvcaches_ptr(self, **kwargs) -> None:
-        if "kvcaches" in kwargs:
-            self.kvcaches = kwargs["kvcaches"]
-
-    def from_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs) -> None:
-        self.batched_from_gpu([memory_obj], [start], [end], **kwargs)
-
-    def to_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs) -> None:
-        self.batched_to_gpu([memory_obj], [start], [end], **kwargs)
-
     def batched_from_gpu(self, memory_objs, starts: list[int], ends: list[int], **kwargs) -> None:
         """Copy tokens ``[starts[i], ends[i])`` (their slots) of vLLM's cache into ``memory_objs[i]``."""
         objs = flat_memory_objs(memory_objs, type(self).__name__)
         layers = self._layers(kwargs)
         slots = self._slots(kwargs)
         for obj, s, e in zip(objs, starts, ends, strict=True):
-            dst = self._view(obj, e - s)
+            dst = self.chunk_view(obj, e - s)
             block, row = self._address(slots[s:e], layers[0][0].shape[2])
             for i, (k, v) in enumerate(layers):
                 dst[0, i] = k[block, :, row]     # [tokens, kv_heads, head_dim]
@@ -113,7 +90,7 @@ class VLLMCPUPagedConnector(GPUConnectorInterface):
             skip = min(e - s, max(0, vllm_cached - s))
             if skip == e - s:
                 continue
-            src = self._view(obj, e - s)[:, :, skip:]
+            src = self.chunk_view(obj, e - s)[:, :, skip:]
             block, row = self._address(slots[s + skip:e], layers[0][0].shape[2])
             for i, (k, v) in enumerate(layers):
                 k[block, :, row] = src[0, i]
@@ -141,8 +118,3 @@ class VLLMCPUPagedConnector(GPUConnectorInterface):
         if bool((slots < 0).any()):
             raise ValueError("VLLMCPUPagedConnector: a slot of -1 in the range to copy")
         return torch.div(slots, block_size, rounding_mode="floor"), slots % block_size
-
-    def _view(self, obj: MemoryObj, tokens: int) -> torch.Tensor:
-        tensor = obj.tensor
-        assert tensor is not None, "memory object without a tensor"
-        return tensor.view(2, self.layers, tokens, self.kv_heads, self.head_dim)
