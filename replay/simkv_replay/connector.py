@@ -21,21 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
-from lmcache.v1.memory_management import MemoryObj
 
+from simkv_replay.lmcache_base import KV2LTDConnector, flat_memory_objs
 from simkv_replay.models import KVShape
 
 #: Per layer ``(K, V)``, each ``[1, kv_heads, tokens, head_dim]``.
 KVLayers = Sequence[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _flat(memory_objs: Sequence) -> list[MemoryObj]:
-    if memory_objs and isinstance(memory_objs[0], list | tuple):
-        if len(memory_objs) != 1:
-            raise ValueError("HFKVConnector: one layer group only")
-        return list(memory_objs[0])
-    return list(memory_objs)
 
 
 def _runs(starts: Sequence[int], ends: Sequence[int]) -> list[tuple[int, int]]:
@@ -49,10 +40,11 @@ def _runs(starts: Sequence[int], ends: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class HFKVConnector(GPUConnectorInterface):
+class HFKVConnector(KV2LTDConnector):
     """LMCache <-> HF cache tensors on ``device`` (CUDA or CPU), batched per request."""
 
     def __init__(self, kv: KVShape, device: torch.device) -> None:
+        super().__init__(kv.layers, kv.kv_heads, kv.head_dim)
         self.kv = kv
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
@@ -60,28 +52,15 @@ class HFKVConnector(GPUConnectorInterface):
         self._bounce: torch.Tensor | None = None
 
     # -- LMCache's interface ------------------------------------------------------------------
-    def get_shape(self, num_tokens: int) -> torch.Size:
-        return torch.Size([2, self.kv.layers, num_tokens, self.kv.kv_heads * self.kv.head_dim])
-
-    def initialize_kvcaches_ptr(self, **kwargs) -> None:
-        if "kvcaches" in kwargs:
-            self.kvcaches = kwargs["kvcaches"]
-
-    def from_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs) -> None:
-        self.batched_from_gpu([memory_obj], [start], [end], **kwargs)
-
-    def to_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs) -> None:
-        self.batched_to_gpu([memory_obj], [start], [end], **kwargs)
-
     def batched_from_gpu(self, memory_objs, starts: list[int], ends: list[int], **kwargs) -> None:
         """Copy tokens ``[starts[i], ends[i])`` of ``kvcaches`` into ``memory_objs[i]``."""
-        objs = _flat(memory_objs)
+        objs = flat_memory_objs(memory_objs, "HFKVConnector")
         kv = self._kvcaches(kwargs)
         lo, hi = min(starts), max(ends)
         staged = self.gather(kv, lo, hi)
         for obj, s, e in zip(objs, starts, ends, strict=True):
             src = staged[:, :, s - lo:e - lo]
-            dst = self._host_view(obj, e - s)
+            dst = self.chunk_view(obj, e - s)
             if self.cuda and not dst.is_pinned():
                 bounce = self._bounce_for(src)
                 bounce.copy_(src, non_blocking=True)
@@ -96,14 +75,14 @@ class HFKVConnector(GPUConnectorInterface):
                        ends: list[int] | None = None, **kwargs) -> None:
         """Copy ``memory_objs[i]`` into tokens ``[starts[i], ends[i])`` of ``kvcaches``."""
         assert memory_objs is not None and starts is not None and ends is not None
-        objs = _flat(memory_objs)
+        objs = flat_memory_objs(memory_objs, "HFKVConnector")
         kv = self._kvcaches(kwargs)
         lo, hi = min(starts), max(ends)
         shape = self.kv
         staged = torch.empty((2, shape.layers, hi - lo, shape.kv_heads, shape.head_dim),
                              dtype=shape.dtype, device=self.device)
         for obj, s, e in zip(objs, starts, ends, strict=True):
-            src = self._host_view(obj, e - s)
+            src = self.chunk_view(obj, e - s)
             if self.cuda and not src.is_pinned():
                 staged[:, :, s - lo:e - lo].copy_(self._bounce_for(src).copy_(src), non_blocking=True)
                 torch.cuda.current_stream(self.device).synchronize()  # the bounce buffer is reused
@@ -140,11 +119,6 @@ class HFKVConnector(GPUConnectorInterface):
         if len(kv) != self.kv.layers:
             raise ValueError(f"HFKVConnector: {len(kv)} layers given, the model has {self.kv.layers}")
         return kv
-
-    def _host_view(self, obj: MemoryObj, tokens: int) -> torch.Tensor:
-        tensor = obj.tensor
-        assert tensor is not None, "memory object without a tensor"
-        return tensor.view(2, self.kv.layers, tokens, self.kv.kv_heads, self.kv.head_dim)
 
     def _bounce_for(self, like: torch.Tensor) -> torch.Tensor:
         n = like.numel()
