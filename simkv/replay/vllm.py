@@ -20,8 +20,10 @@ from simkv.errors import ScenarioError
 from simkv.scenario import Scenario
 from simkv.scenario.lmcache import lmcache_config
 
-#: vLLM's KV connector for LMCache on CUDA.
-LMCACHE_CONNECTOR = {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
+#: vLLM's KV connector for LMCache: vLLM's LMCacheConnectorV1 with a CPU copy path
+#: (``simkv_replay.vllm_connector``; LMCache has none for vLLM's CPU build), LMCache's own on CUDA.
+LMCACHE_CONNECTOR = {"kv_connector": "SimkvLMCacheConnectorV1",
+                     "kv_connector_module_path": "simkv_replay.vllm_connector", "kv_role": "kv_both"}
 
 
 def engine_block_tokens(scenario: Scenario) -> int:
@@ -78,7 +80,7 @@ def vllm_command(scenario: Scenario, model: str, *, python: str = "python", host
     """The argv that starts vLLM's OpenAI server for the scenario: the GPU tier as vLLM's prefix
     cache (``--block-size``, ``--num-gpu-blocks-override``), per-request cached-token details,
     one request at a time as the simulator's queue, and LMCache's connector (``connector``,
-    default LMCache's own) when a CPU or disk tier is enabled. Every setting that cannot map is
+    default :data:`LMCACHE_CONNECTOR`) when a CPU or disk tier is enabled. Every setting that cannot map is
     named in one :class:`ScenarioError`."""
     check_scenario(scenario)
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
