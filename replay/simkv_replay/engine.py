@@ -81,7 +81,7 @@ from simkv.model.cache_base import TIER_NAMES, best_cut, new_policy_state
 from simkv.policies.eviction import EVICTION_POLICIES, EvictionPolicy
 from simkv.policies.state import PolicyState
 from simkv.scenario import Scenario
-from simkv.scenario.lmcache import GIB, lmcache_gib, lmcache_policy
+from simkv.scenario.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy
 from simkv_replay.archive import (
     ArchiveError,
     ArchiveOptions,
@@ -238,7 +238,7 @@ class KVEngine:
     """
 
     def __init__(self, scenario: Scenario, model: PreTrainedModel, *, disk_path: str | Path | None = None,
-                 staging_bytes: int = GIB, archive: ArchiveOptions | str | Path | None = None,
+                 staging_bytes: int = STAGING_BYTES, archive: ArchiveOptions | str | Path | None = None,
                  deterministic: bool = False) -> None:
         if scenario.block_size is None:
             raise ScenarioError("block_size: the engine's chunk size; set it (e.g. --set block_size=256)")

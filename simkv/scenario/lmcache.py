@@ -21,6 +21,8 @@ LMCACHE_POLICIES = ("lru", "lfu", "fifo", "mru")
 #: LMCache's allocator rounds every object up to this many bytes (``AddressManager.ALIGN_BYTES``);
 #: its disk backend charges the same rounded ("physical") size against the disk's capacity.
 LMCACHE_ALIGN = 4096
+#: LMCache's CPU memory that only stages transfers when the scenario has no CPU tier.
+STAGING_BYTES = GIB
 
 
 def lmcache_chunk_bytes(chunk_bytes: int) -> int:
@@ -71,6 +73,8 @@ def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
     for name, tier in (("cpu", cpu), ("disk", disk)):
         if tier.enabled:
             config[f"max_local_{name}_size"] = lmcache_gib(tier, f"tiers.{name}", chunk_bytes)
+    if not cpu.enabled:  # LMCache's CPU memory then only stages transfers (its default: 5 GB)
+        config["max_local_cpu_size"] = STAGING_BYTES / GIB
     if disk.enabled:
         config["local_disk"] = f"file://{disk_path.rstrip('/')}/"
     return config
