@@ -12,7 +12,7 @@ from simkv.errors import ScenarioError
 from simkv.replay.vllm import gpu_blocks, vllm_command
 from simkv.scenario import scenario_from_dict
 from simkv.scenario.lmcache import lmcache_config
-from tests.conftest import simkv_cli
+from tests.conftest import ROOT, simkv_cli
 from tests.test_cli import assert_user_error
 
 PER_TOKEN = 2 * 32 * 8 * 128 * 2          # the default model (Llama-3-8B shape, bf16): 128 KiB
@@ -86,6 +86,9 @@ def test_cli_writes_the_config_and_the_script(tmp_path) -> None:
     assert config["chunk_size"] == 256 and config["local_disk"].startswith("file://")
     script = (tmp_path / "v" / "serve.sh").read_text()
     assert "-m vllm.entrypoints.openai.api_server" in script
+    # LMCache's tiers inside vLLM: simkv's connector (a CPU copy path), the engine package on the path
+    assert "SimkvLMCacheConnectorV1" in script and "simkv_replay.vllm_connector" in script
+    assert f"PYTHONPATH={ROOT / 'replay'}" in script
     assert f"LMCACHE_CONFIG_FILE={(tmp_path / 'v' / 'lmcache.yaml').resolve()}" in script
     # the model folder vLLM loads with random weights: the tiny-vllm shape's config
     model = json.loads((tmp_path / "v" / "model" / "tiny-vllm" / "config.json").read_text())
