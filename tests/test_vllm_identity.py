@@ -33,6 +33,7 @@ from tests.test_cli import assert_user_error
 pytestmark = pytest.mark.vllm
 
 SCENARIO = ROOT / "scenarios" / "vllm-tiny.yaml"
+LMCACHE_SCENARIO = ROOT / "scenarios" / "vllm-lmcache-tiny.yaml"
 START_TIMEOUT_S = 600
 
 
@@ -56,17 +57,19 @@ class VllmServer:
     proc: subprocess.Popen[str]
 
     def reset(self) -> None:
-        """Empty vLLM's prefix cache (and LMCache's, if any)."""
+        """Empty vLLM's prefix cache. Not LMCache's tiers: vLLM's ``LMCacheConnectorV1`` has no
+        ``reset_cache`` (vLLM 0.32, LMCache 0.5.6), so a server with LMCache below is started
+        afresh for each replay."""
         req = urllib.request.Request(f"{self.url}/reset_prefix_cache?reset_external=true", method="POST")
         with urllib.request.urlopen(req, timeout=60) as resp:
             assert resp.status == 200
 
 
-def start_vllm(out: Path, *args: str,
-               timeout_s: float = START_TIMEOUT_S) -> tuple[subprocess.Popen[str], str]:
-    """``simkv engine vllm SCENARIO --serve``: the process and its URL once it says it serves."""
+def start_vllm(out: Path, *args: str, timeout_s: float = START_TIMEOUT_S,
+               scenario: Path = SCENARIO) -> tuple[subprocess.Popen[str], str]:
+    """``simkv engine vllm <scenario> --serve``: the process and its URL once it says it serves."""
     port = free_port()
-    proc = subprocess.Popen([*SIMKV, "engine", "vllm", str(SCENARIO), "--serve", "--port", str(port),
+    proc = subprocess.Popen([*SIMKV, "engine", "vllm", str(scenario), "--serve", "--port", str(port),
                              "-o", str(out), "--python", vllm_python(),
                              "--start-timeout", str(timeout_s), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -86,6 +89,11 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer
     out = tmp_path_factory.mktemp("vllm")
     proc, url = start_vllm(out)
     yield VllmServer(url, out, proc)
+    stop_vllm(proc)
+
+
+def stop_vllm(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to ``simkv engine vllm --serve``: it stops vLLM and exits 0."""
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(90)
@@ -95,21 +103,23 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
 
 
-def replay_and_simulate(server: VllmServer, tmp: Path, *extra: str) -> pd.DataFrame:
+def replay_and_simulate(server: VllmServer, tmp: Path, *extra: str,
+                        scenario: Path = SCENARIO) -> pd.DataFrame:
     """Replay the trace through vLLM (one request at a time, each generating its trace's
     ``output_tokens``) and simulate it; the per-request rows of both, joined."""
     server.reset()
-    rep = simkv_cli("replay", str(SCENARIO), "--engine", server.url, "-o", str(tmp / "replay"),
+    rep = simkv_cli("replay", str(scenario), "--engine", server.url, "-o", str(tmp / "replay"),
                     "--speed", "max", "--concurrency", "1", "--max-tokens", "trace", *extra)
     assert rep.returncode == 0, rep.stderr
-    sim = simkv_cli("run", str(SCENARIO), "-o", str(tmp / "sim"), *extra)
+    sim = simkv_cli("run", str(scenario), "-o", str(tmp / "sim"), *extra)
     assert sim.returncode == 0, sim.stderr
     measured = pd.read_parquet(tmp / "replay" / "replay_requests.parquet")
     rows = pd.read_parquet(tmp / "replay" / "requests.parquet")
     simulated = pd.read_parquet(tmp / "sim" / "requests.parquet")
     assert rows["error"].isna().all(), rows["error"].dropna().head()
     return pd.DataFrame({"input_tokens": simulated["input_tokens"], "sim": simulated["hit_tokens"],
-                         "sim_gpu": simulated["gpu_hit_tokens"], "vllm": measured["cached_tokens"],
+                         "sim_gpu": simulated["gpu_hit_tokens"], "sim_cpu": simulated["cpu_hit_tokens"],
+                         "sim_disk": simulated["disk_hit_tokens"], "vllm": measured["cached_tokens"],
                          "completion_tokens": measured["completion_tokens"]})
 
 
@@ -136,6 +146,36 @@ def test_cached_tokens_identical_on_the_canned_trace(vllm_server: VllmServer, tm
     from simkv.traces.schema import read_trace
     assert (joined["completion_tokens"].to_numpy()
             == read_trace(ROOT / "traces" / "vllm-tiny.parquet").output_tokens).all()
+
+
+def prompt_tokens_by_source(replay_dir: Path) -> dict[str, float]:
+    """vLLM's ``vllm:prompt_tokens_by_source_total`` added by the replay, per source."""
+    delta = json.loads((replay_dir / "replay.json").read_text())["sessions"][-1]["metrics_delta"]
+    totals: dict[str, float] = {}
+    for sample, value in delta.items():
+        found = re.fullmatch(r'vllm:prompt_tokens_by_source_total\{.*source="(\w+)".*\}', sample)
+        if found:
+            totals[found.group(1)] = totals.get(found.group(1), 0.0) + value
+    return totals
+
+
+def test_lmcache_tiers_under_vllm_give_the_simulated_hits(tmp_path: Path) -> None:
+    """vLLM over LMCache's CPU and disk tiers (simkv's CPU connector), its own server: every
+    request's cached tokens are the simulator's, and vLLM's split of them (its prefix cache,
+    LMCache's transfer) is the simulator's GPU hits and CPU + disk hits."""
+    out = tmp_path / "server"
+    proc, url = start_vllm(out, scenario=LMCACHE_SCENARIO)
+    try:
+        joined = replay_and_simulate(VllmServer(url, out, proc), tmp_path, scenario=LMCACHE_SCENARIO)
+    finally:
+        stop_vllm(proc)
+    assert len(joined) == 300
+    assert_identical(joined)
+    lower = joined["sim_cpu"] + joined["sim_disk"]
+    assert joined["sim_cpu"].sum() > 0 and joined["sim_disk"].sum() > 0  # both tiers serve
+    by_source = prompt_tokens_by_source(tmp_path / "replay")
+    assert by_source["local_cache_hit"] == joined["sim_gpu"].sum()
+    assert by_source["external_kv_transfer"] == lower.sum()
 
 
 def mooncake_rows(n: int = 60, seed: int = 3) -> list[dict[str, object]]:

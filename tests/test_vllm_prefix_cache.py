@@ -285,6 +285,43 @@ def test_lmcache_within_vllms_hit_loads_nothing() -> None:
     assert rq["load_s"].tolist() == [0.0, 0.0]
 
 
+# LMCache 0.5.6's order of its CPU and disk LRUs (each chunk a trace block: b = B = 4; vLLM's pool
+# of 6 blocks, 5 usable, so a request of 1 block and 17 output tokens flushes vLLM's cache).
+FLUSH = 17
+
+
+def test_lmcache_lookup_refreshes_a_prefix_last_to_first() -> None:
+    # disk of 3 chunks: r0 stores 1 2; r1 (vLLM's hit) looks them up: touch_cache refreshes 2,
+    # then 1 -> order 2 1; r2 stores 3 -> 2 1 3; r3 stores 4 and evicts 2 -> 1 3 4; r4 finds
+    # chunk 1 only (4 tokens from disk; refreshed first to last it would have lost 1 instead)
+    tr = trace([([1, 2], 0, 1), ([1, 2], 1, 1), ([3], 0, FLUSH), ([4], 0, FLUSH), ([1, 2], 1, 1)])
+    rq = lower_hits(tr, 6, 4, disk={"capacity_blocks": 3, "eviction": "lru"})
+    assert rq["gpu_hit_tokens"].tolist() == [0, 8, 0, 0, 0]
+    assert rq["disk_hit_tokens"].tolist() == [0, 0, 0, 0, 4]
+
+
+def test_lmcache_disk_read_refreshes_its_chunks_first_to_last() -> None:
+    # disk of 4 chunks: 1 2 3 4 stored; r3 loads 1 2 from disk: the lookup leaves 3 4 2 1, the
+    # read 3 4 1 2; r4 r5 r6 store 5 6 7, evicting 3 4 1; r7 finds nothing (without the read's
+    # refresh 2 would have gone before 1, and r7 would find chunk 1)
+    tr = trace([([1, 2], 0, 1), ([3], 0, FLUSH), ([4], 0, FLUSH), ([1, 2], 1, 1),
+                ([5], 0, FLUSH), ([6], 0, FLUSH), ([7], 0, FLUSH), ([1, 2], 1, 1)])
+    rq = lower_hits(tr, 6, 4, disk={"capacity_blocks": 4, "eviction": "lru"})
+    assert rq["gpu_hit_tokens"].tolist() == [0] * 8
+    assert rq["disk_hit_tokens"].tolist() == [0, 0, 0, 8, 0, 0, 0, 0]
+
+
+def test_lmcache_finds_the_cpus_prefix_then_the_disks() -> None:
+    # CPU of 2 chunks, disk large: r0 stores 1 2 (CPU 1 2); r1 stores 3 (CPU 2 3). r2: the CPU
+    # lacks chunk 1, so both chunks come from the disk, though the CPU holds 2; their copy back
+    # allocates 2 CPU buffers first (evicting 2, then 3), then puts 1 2 -> CPU 1 2. r3 stores 4,
+    # evicting 1 -> CPU 2 4; r4 again finds both chunks on the disk only.
+    tr = trace([([1, 2], 0, 1), ([3], 0, FLUSH), ([1, 2], 1, 1), ([4], 0, FLUSH), ([1, 2], 1, 1)])
+    rq = lower_hits(tr, 6, 4, cpu={"enabled": True, "capacity_blocks": 2, "eviction": "lru"})
+    assert rq["gpu_hit_tokens"].tolist() == [0] * 5
+    assert rq["disk_hit_tokens"].tolist() == [0, 0, 8, 0, 8]
+    assert rq["cpu_hit_tokens"].tolist() == [0] * 5
+
 def test_vllm_is_a_gpu_model_only() -> None:
     with pytest.raises(ScenarioError, match=r"tiers\.disk\.eviction"):
         scenario_from_dict({"tiers": {"disk": {"eviction": "vllm"}}})

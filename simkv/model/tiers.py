@@ -207,15 +207,7 @@ class Tier:
             if cap <= 0:
                 return evicted
             while self.size >= cap:
-                victim = policy.evict()
-                if self.deadline:
-                    self.deadline.pop(victim, None)
-                if self.ready:
-                    self.ready.pop(victim, None)
-                if self.ledger is not None:
-                    self.ledger.close(victim, now)
-                self.size -= 1
-                evicted.append(victim)
+                evicted.append(self._remove_victim(now))
             self.evictions += len(evicted)
         policy.admit(block, ref, priority)
         self.size += 1
@@ -227,3 +219,23 @@ class Tier:
         if ready is not None and ready > now:
             self.ready[block] = ready
         return evicted
+
+    def _remove_victim(self, now: float) -> int:
+        """Remove the policy's victim at ``now`` (no counters, no meter); returns it."""
+        victim = self.policy.evict()
+        if self.deadline:
+            self.deadline.pop(victim, None)
+        if self.ready:
+            self.ready.pop(victim, None)
+        if self.ledger is not None:
+            self.ledger.close(victim, now)
+        self.size -= 1
+        return victim
+
+    def evict(self, now: float) -> int:
+        """Evict the policy's victim at ``now`` to free a slot no block will take (a buffer
+        the engine allocates, then drops); returns it."""
+        victim = self._remove_victim(now)
+        self.evictions += 1
+        self.meter.change(now, -self.stored_bytes)
+        return victim

@@ -22,7 +22,7 @@ import numpy as np
 from simkv.errors import ScenarioError
 from simkv.model.cache_base import CPU, DISK, GPU, Plan
 from simkv.model.system import TieredCache
-from simkv.model.tiers import StorageMeter, TierStats
+from simkv.model.tiers import StorageMeter, Tier, TierStats
 from simkv.model.vllm_pool import VllmBlockPool
 from simkv.policies.eviction import LRU, EvictionPolicy, NextUse
 from simkv.scenario import Scenario
@@ -95,21 +95,40 @@ class VllmCache(TieredCache):
         own = -1 - (r << 32)
         return keys + [own - j for j in range(len(keys), full)]
 
-    def lmcache_lookup(self, blocks: list[int], lo: int, now: float) -> list[int]:
-        """The tiers (CPU, DISK) of the longest prefix of ``blocks`` (trace positions from
-        ``lo``) LMCache holds (a copy counts once written), each an access for its tier's order."""
+    def lmcache_prefix(self, blocks: list[int], now: float) -> list[int]:
+        """The tiers (CPU, DISK) of the longest prefix of ``blocks`` LMCache holds, found as
+        LMCache 0.5.6's storage manager finds them (``batched_contains``,
+        ``get_block_mapping``): the CPU's prefix, then the disk's from where the CPU's ended
+        (a chunk past that point counts for the disk even when the CPU holds it too). A copy
+        counts once written."""
         cpu, disk = self.cpu, self.disk
         found: list[int] = []
-        for i, b in enumerate(blocks):
-            if cpu is not None and cpu.available(b, now):
+        on_cpu = True
+        for b in blocks:
+            if on_cpu and cpu is not None and cpu.available(b, now):
                 found.append(CPU)
-                cpu.hit(b, lo + i)
             elif disk is not None and disk.available(b, now):
+                on_cpu = False
                 found.append(DISK)
-                disk.hit(b, lo + i)
             else:
                 break
         return found
+
+    def lmcache_lookup(self, blocks: list[int], lo: int, now: float) -> list[int]:
+        """LMCache's lookup of ``blocks`` (trace positions from ``lo``): the tiers of the prefix
+        it holds (:meth:`lmcache_prefix`), each chunk an access for its tier's order, refreshed
+        last to first (``touch_cache`` walks the request's keys in reverse), so the first chunk
+        ends the most recent and a prefix's tail is evicted before its head."""
+        found = self.lmcache_prefix(blocks, now)
+        for i in reversed(range(len(found))):
+            self.tier(found[i]).hit(blocks[i], lo + i)
+        return found
+
+    def tier(self, index: int) -> Tier:
+        """The CPU or disk tier (``index``: CPU or DISK), which must be enabled."""
+        tier = self.cpu if index == CPU else self.disk
+        assert tier is not None
+        return tier
 
     def begin(self, r: int, now: float) -> Plan:
         """Serve request ``r`` at ``now``: vLLM's hit (the pool), LMCache's below it (CPU,
@@ -129,11 +148,16 @@ class VllmCache(TieredCache):
         tokens = [local, 0, 0, 0]
         loaded: list[int] = []  # tiers of the chunks LMCache loads: those past vLLM's hit
         if hit > local:
-            for j in range(local // B, -(-hit // B)):
+            first = local // B
+            # LMCache reads from the tier its lookup pinned when that was one tier, else from
+            # the tiers a fresh prefix match over the chunks it loads finds
+            loaded = (lower[first:] if len(set(lower)) == 1
+                      else self.lmcache_prefix(blocks[first:len(lower)], now))
+            lower = lower[:first] + loaded
+            for j in range(first, -(-hit // B)):
                 tokens[lower[j]] += min(hit, (j + 1) * B) - max(local, j * B)
-                loaded.append(lower[j])
-        #: For finish (one request at a time): LMCache's hit and the first chunk it loaded.
-        self._lookup = (lower, local // B if loaded else len(lower))
+        #: For finish (one request at a time): LMCache's hit and the chunks it loaded.
+        self._lookup = (lower, len(lower) - len(loaded))
         k = hit // B
         # a trace block counts for the tier that supplied its last token
         sources = [GPU if (j + 1) * B <= local else lower[j] for j in range(k)]
@@ -152,24 +176,51 @@ class VllmCache(TieredCache):
 
     def finish(self, r: int, plan: Plan, now: float) -> None:
         """Store request ``r`` at ``now``: the pool's state after it (GPU bytes) and, with
-        LMCache below, every full chunk of the prompt past LMCache's own hit to the CPU and
-        the disk, and the chunks it loaded from disk back to the CPU."""
+        LMCache below, its loads' and stores' effects on the CPU and the disk."""
         self.expire(now)
         self.meter.change(now, self.pool.cached_blocks * self.engine_block_bytes - self.meter.bytes)
-        cpu, disk = self.cpu, self.disk
-        if cpu is not None or disk is not None:
-            lo = self.offsets[r]
+        if self.cpu is not None or self.disk is not None:
             lower, first_loaded = self._lookup
-            for i, b in enumerate(plan.blocks):
-                if i < len(lower):
-                    if cpu is not None and lower[i] == DISK and i >= first_loaded:
-                        self._write_cpu(b, r, i, now, lo + i)
-                    continue
-                if cpu is not None:
-                    self._write_cpu(b, r, i, now, lo + i)
-                if disk is not None:
-                    self._write_disk(b, r, i, now, lo + i)
+            lo = self.offsets[r]
+            blocks = plan.blocks
+            from_disk = [i for i in range(first_loaded, len(lower)) if lower[i] == DISK]
+            if from_disk:
+                # a disk read refreshes its chunks in order, then goes back to the CPU
+                for i in from_disk:
+                    self.tier(DISK).hit(blocks[i], lo + i)
+                if self.cpu is not None:
+                    self._lmcache_cpu_put(from_disk, blocks, r, now)
+            new = list(range(len(lower), len(blocks)))
+            if self.cpu is not None:
+                new = new[:self._lmcache_cpu_put(new, blocks, r, now)]
+            if self.disk is not None:
+                for i in new:
+                    self._write_disk(blocks[i], r, i, now, lo + i)
         self.state.accessed_ids(plan.blocks, r)
+
+    def _lmcache_cpu_put(self, chunks: list[int], blocks: list[int], r: int, now: float) -> int:
+        """LMCache 0.5.6's batched put of request ``r``'s ``chunks`` (positions in ``blocks``)
+        to its CPU: a buffer is allocated for each first, each evicting the least recent chunk
+        while the tier is full (a chunk it holds already too: ``LocalCPUBackend.allocate``
+        precedes the put), then the chunks it does not hold are admitted; one it holds is left
+        where it is (``submit_put_task`` skips it, no access). Returns how many chunks got a
+        buffer: LMCache stores only those (to the disk as well)."""
+        cpu = self.tier(CPU)
+        cap = cpu.capacity
+        n = len(chunks)
+        if cap is not None:
+            n = 0
+            for _ in chunks:
+                while cpu.size + n >= cap and cpu.size:
+                    cpu.evict(now)
+                if cpu.size + n >= cap:
+                    break  # the buffers fill the tier: LMCache stores what it allocated
+                n += 1
+        lo = self.offsets[r]
+        for i in chunks[:n]:
+            if blocks[i] not in cpu.members:
+                self._write_cpu(blocks[i], r, i, now, lo + i)
+        return n
 
     def close(self, now: float) -> None:
         super().close(now)
