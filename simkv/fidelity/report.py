@@ -162,11 +162,16 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
               f"{_rel(pr['median_rel_error'])}.", ""]
 
     ag, dv = data["hits"], data["divergence"]
-    lines += ["## Per-request hits", "",
-              f"{ag['identical']:,} of {ag['requests']:,} requests hit exactly the same tokens in every "
-              f"tier ({fmt_pct(ag['identical_fraction'])}); {ag['total_identical']:,} the same total. "
-              "Requests differing per tier: "
-              + ", ".join(f"{t} {n:,}" for t, n in ag["differing_by_tier"].items()) + ".", ""]
+    if ag.get("per_tier", True):
+        agree = (f"{ag['identical']:,} of {ag['requests']:,} requests hit exactly the same tokens in every "
+                 f"tier ({fmt_pct(ag['identical_fraction'])}); {ag['total_identical']:,} the same total. "
+                 "Requests differing per tier: " + ", ".join(
+                     f"{t} {n:,}" for t, n in ag["differing_by_tier"].items() if n is not None) + ".")
+    else:
+        agree = (f"{ag['identical']:,} of {ag['requests']:,} requests hit the same total hit tokens "
+                 f"({fmt_pct(ag['identical_fraction'])}). The measured side reports no tiers (a replay "
+                 "through vLLM: `cached_tokens` is a total), so hits are compared by total only.")
+    lines += ["## Per-request hits", "", agree, ""]
     unit = dv["hit_unit_tokens"]
     lines += [f"Hits come in units of {unit['sim']} tokens simulated and {unit['measured']} measured "
               f"(gcd of the nonzero hit counts; block size {dv['block_size']}, chunk size "
