@@ -199,7 +199,9 @@ def test_a_replay_with_total_hits_only_compares_totals(base_run: Path, spread_tr
     assert {t["name"]: t["pass"] for t in d["targets"]}["hits_identical"] is True
     assert all(v["measured"] is None and v["error"] is None for v in d["hit_rate"]["by_tier"].values())
     assert d["hit_rate"]["total"]["error"] == 0 and d["divergence"]["requests"] == 0
-    assert "the same total hit tokens" in (tmp_path / "v" / "fidelity.md").read_text()
+    md = (tmp_path / "v" / "fidelity.md").read_text()
+    assert "the same total hit tokens" in md and "reports no tiers" in md
+    assert not (tmp_path / "v" / "tier_hits.png").exists()      # no chart of tiers it does not report
     # a smaller 'measured' GPU: the requests whose totals differ, each diagnosed
     zero = [*GPU_ONLY, "hardware.zero_service_time=true", "tiers.gpu.capacity_bytes=null"]
     sim = _run(spread_trace, tmp_path / "sim", [*zero, "tiers.gpu.capacity_blocks=2000"])

@@ -81,6 +81,9 @@ def tier_hits(fig_data: dict[str, Any], out: Path) -> Chart:
     tiers = [t for t in TIER_NAMES if any(fig_data["by_tier"][t][k] for k in ("sim", "measured"))]
     if not tiers:
         return Chart(name, title, note="no hits on either side")
+    if all(fig_data["by_tier"][t]["measured"] is None for t in TIER_NAMES):
+        return Chart(name, title, note="the measured side reports no tiers (vLLM's cached_tokens is a "
+                                       "total): hits are compared by total only")
     fig = new_figure()
     ax = fig.subplots()
     x = np.arange(len(tiers))
