@@ -72,7 +72,16 @@ def gen_trace() -> Trace:
     return generate(generator_config(seed=7, n_requests=400))
 
 
-# -- a real vLLM (tests marked `vllm`; test_vllm_identity.py stops it last) --------------------
+# -- a real vLLM (tests marked `vllm`) --------------------------------------------------------
+
+
+#: The test that stops the session's vLLM server (test_vllm_identity.py): run after every other.
+STOPS_VLLM = "test_sigterm_stops_vllm_and_its_engine_core"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the test that stops the session's vLLM server last, whatever the files' order."""
+    items.sort(key=lambda item: item.name == STOPS_VLLM)
 
 
 def vllm_python() -> str:

@@ -1,8 +1,7 @@
 """``simkv calibrate --engine URL`` against the real vLLM (the session's ``vllm_server``, a tiny
 grid): the prefill grid as client TTFTs, its cached prefixes checked by vLLM's own
 ``cached_tokens``, written as a ``kind: table`` profile ``simkv run`` takes; nothing written for
-what vLLM's API cannot measure. Runs before test_vllm_identity.py, whose last test stops the
-server."""
+what vLLM's API cannot measure. (The test that stops the server runs last: tests/conftest.py.)"""
 
 from __future__ import annotations
 
