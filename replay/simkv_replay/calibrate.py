@@ -654,6 +654,9 @@ class VLLMProbe(HTTPProbe):
                                    "cached_tokens: start it with --enable-prompt-tokens-details")
         return Served({"gpu": cached}, 0.0, first, 0.0, client_ttft_s=first)
 
+    def serve_timed(self, tokens: list[int]) -> Served:
+        return self.serve(tokens)      # every request is already timed at the client
+
     def lookup(self, tokens: list[int]) -> list[str]:
         raise CalibrationError("vLLM has no lookup")
 
