@@ -49,11 +49,12 @@ print("vLLM python", sys.version.split()[0], "| vllm", vllm.__version__, "| torc
 # vLLM: on a free port, in dev mode (POST /reset_prefix_cache empties its prefix cache), stopped
 # (SIGTERM: simkv stops vLLM's process group) when this script exits.
 LOG=$(mktemp)
+VDIR=$(mktemp -d)                # vLLM's model config, serve.sh and vllm.log
 PORT=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-VLLM_SERVER_DEV_MODE=1 "$SIMKV" engine vllm "$SCENARIO" --serve --port "$PORT" -o "$(mktemp -d)" \
+VLLM_SERVER_DEV_MODE=1 "$SIMKV" engine vllm "$SCENARIO" --serve --port "$PORT" -o "$VDIR" \
   --python "$VLLM_PY" > "$LOG" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -f "$LOG"' EXIT
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$LOG" "$VDIR"' EXIT
 echo "VLLM_SERVER_DEV_MODE=1 $SIMKV engine vllm $SCENARIO --serve --port $PORT -o TMPDIR --python $VLLM_PY &" \
   >> "$OUT/commands.txt"
 URL=
