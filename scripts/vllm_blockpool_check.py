@@ -7,7 +7,7 @@ Two steps, because vLLM and simkv live in different virtual environments:
     python scripts/vllm_blockpool_check.py export TRACE REQUESTS.jsonl [--limit N]
         (simkv's Python) writes each request's deterministic prompt (simkv.traces.prompts, as
         the replay sends it) and output tokens, one JSON object a line;
-    /work/vl/venv/bin/python scripts/vllm_blockpool_check.py replay REQUESTS.jsonl \\
+    .venv-vllm/bin/python scripts/vllm_blockpool_check.py replay REQUESTS.jsonl \\
             --block-tokens 16 --num-gpu-blocks N
         (vLLM's Python) runs them through ``KVCacheManager`` (vLLM's BlockPool, hash map and
         free queue, sha256 block hashes) and prints ``{"row", "request_id", "cached_tokens"}``

@@ -75,13 +75,14 @@ def gen_trace() -> Trace:
 # -- a real vLLM (tests marked `vllm`) --------------------------------------------------------
 
 
-#: The test that stops the session's vLLM server (test_vllm_identity.py): run after every other.
-STOPS_VLLM = "test_sigterm_stops_vllm_and_its_engine_core"
+#: How the name of a test that stops the session's vLLM server starts (test_vllm_identity.py).
+STOPS_VLLM = "test_sigterm_"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the test that stops the session's vLLM server last, whatever the files' order."""
-    items.sort(key=lambda item: item.name == STOPS_VLLM)
+    """Run the tests that stop the session's vLLM server last, whatever the files' order."""
+    items.sort(key=lambda item: item.get_closest_marker("vllm") is not None
+               and item.name.startswith(STOPS_VLLM))
 
 
 def vllm_python() -> str:

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -126,16 +127,50 @@ def test_a_vllm_that_fails_to_start_is_one_line(tmp_path: Path) -> None:
     assert_user_error(proc, "vLLM exited with status", "max_model_len", "vllm.log")
 
 
-def test_sigterm_stops_vllm_and_its_engine_core(vllm_server: VllmServer) -> None:
-    """Last: the session's server stops on SIGTERM with exit 0 and leaves no process behind
-    (vLLM's API server and its engine core share the process group simkv started)."""
+def test_a_request_vllm_refuses_is_a_failed_row_with_its_reason(vllm_server: VllmServer,
+                                                                tmp_path: Path) -> None:
+    """vLLM answers 400 to ``max_tokens: 0``: the replay keeps every row with vLLM's reason, says
+    how many failed, exits 1; a prompt longer than vLLM's context is refused before sending."""
+    proc = simkv_cli("replay", str(SCENARIO), "--engine", vllm_server.url, "-o", str(tmp_path / "r"),
+                     "--speed", "max", "--concurrency", "1", "--limit", "3", "--max-tokens", "0")
+    assert proc.returncode == 1, proc.stderr
+    assert "3 of 3 request(s) failed" in proc.stderr and "Traceback" not in proc.stderr
+    rows = pd.read_parquet(tmp_path / "r" / "requests.parquet")
+    assert len(rows) == 3 and rows["error"].str.startswith("HTTP 400: ").all(), rows["error"].tolist()
+    assert rows["error"].str.contains("max_tokens").all()
+    long = simkv_cli("replay", str(SCENARIO), "--engine", vllm_server.url, "-o", str(tmp_path / "l"),
+                     "--speed", "max", "--limit", "3", "--max-tokens", "4000")
+    assert_user_error(long, "3 of 3 requests exceed", "max_model_len of 4,064 tokens")
+
+
+def test_sigterm_mid_replay_stops_vllm_and_the_replay_keeps_every_row(vllm_server: VllmServer,
+                                                                     tmp_path: Path) -> None:
+    """Last (it stops the session's server): SIGTERM to `simkv engine vllm --serve` while a replay
+    runs stops vLLM and its engine core (the process group simkv started is gone) with exit 0;
+    the replay records the requests it could not send as failed rows, says how many, exits 1."""
     log = (vllm_server.out / "vllm.log").read_text()
     group = int(re.search(r"\(APIServer pid=(\d+)\)", log).group(1))  # type: ignore[union-attr]
+    vllm_server.reset()
+    out = tmp_path / "replay"
+    replay = subprocess.Popen([*SIMKV, "replay", str(SCENARIO), "--engine", vllm_server.url, "-o", str(out),
+                               "--speed", "max", "--concurrency", "1", "--max-tokens", "trace",
+                               "--flush-rows", "1", "--timeout", "30"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "parts").glob("*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list((out / "parts").glob("*.parquet")), "the replay served nothing"
     vllm_server.proc.send_signal(signal.SIGTERM)
     assert vllm_server.proc.wait(90) == 0
     assert "vLLM stopped" in (vllm_server.proc.stdout.read() if vllm_server.proc.stdout else "")
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)
+    _, err = replay.communicate(timeout=300)
+    assert replay.returncode == 1, err
+    rows = pd.read_parquet(out / "requests.parquet")
+    failed = int(rows["error"].notna().sum())
+    assert len(rows) == 300 and 0 < failed < 300
+    assert f"{failed} of 300 request(s) failed" in err and "Traceback" not in err
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from simkv.errors import ScenarioError
-from simkv.replay.vllm import gpu_blocks, lmcache_config, vllm_command
+from simkv.replay.vllm import gpu_blocks, vllm_command
 from simkv.scenario import scenario_from_dict
+from simkv.scenario.lmcache import lmcache_config
 from tests.conftest import simkv_cli
 from tests.test_cli import assert_user_error
 
@@ -116,3 +117,33 @@ def test_the_cause_of_a_failed_start_is_read_from_vllms_log() -> None:
     assert failure_cause(pydantic).endswith("ModelConfig: Value error, User-specified max_model_len "
                                             "(100000) is greater than the derived max_model_len")
     assert failure_cause(api) == api and failure_cause("") == "no error in the log"
+
+
+def test_a_server_that_dies_after_it_was_healthy_is_one_error_naming_its_log(tmp_path) -> None:
+    """The process manager behind --serve, on a stand-in process (vLLM itself is exercised by
+    tests/test_vllm_identity.py): healthy → on_ready; exits on its own → VllmFailed with the
+    exit status and the cause read from its log."""
+    import socket
+    import sys
+
+    from simkv.replay.vllm_server import Launch, VllmFailed, serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import http.server, threading, time, sys\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        self.send_response(200); self.end_headers()\n"
+            "    def log_message(self, *a): pass\n"
+            f"srv = http.server.HTTPServer(('127.0.0.1', {port}), H)\n"
+            "threading.Thread(target=srv.serve_forever, daemon=True).start()\n"
+            "time.sleep(1.5)\n"
+            "print('RuntimeError: the engine core died', flush=True)\n"
+            "sys.exit(3)\n")
+    ready: list[str] = []
+    launch = Launch([sys.executable, "-c", code], {}, tmp_path / "vllm.log", f"http://127.0.0.1:{port}")
+    with pytest.raises(VllmFailed, match=r"exited with status 3: RuntimeError: the engine core died "
+                                         r"\(log: .*vllm\.log\)"):
+        serve(launch, ready.append, timeout_s=30)
+    assert ready == [launch.url]

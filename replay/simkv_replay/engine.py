@@ -80,8 +80,8 @@ from simkv.errors import ScenarioError, SimkvError
 from simkv.model.cache_base import TIER_NAMES, best_cut, new_policy_state
 from simkv.policies.eviction import EVICTION_POLICIES, EvictionPolicy
 from simkv.policies.state import PolicyState
-from simkv.replay.vllm import lmcache_policy
-from simkv.scenario import Scenario, TierCapacity
+from simkv.scenario import Scenario
+from simkv.scenario.lmcache import GIB, lmcache_gib, lmcache_policy
 from simkv_replay.archive import (
     ArchiveError,
     ArchiveOptions,
@@ -100,7 +100,6 @@ from simkv_replay.models import KVShape, kv_shape_of
 
 log = logging.getLogger(__name__)
 
-GIB = 1024**3
 #: Tier names in walk order (fastest first): the simulator's.
 TIERS = TIER_NAMES
 #: The tiers in the engine's own memory and disk (what :meth:`KVEngine.clear` drops).
@@ -223,32 +222,6 @@ def _count_evictions(backend: Any, tier: str, counts: dict[str, int], lock: thre
     policy.get_evict_candidates = counted
 
 
-#: LMCache's allocator rounds every object up to this many bytes (``AddressManager.ALIGN_BYTES``);
-#: its disk backend charges the same rounded ("physical") size against the disk's capacity.
-LMCACHE_ALIGN = 4096
-
-
-def lmcache_chunk_bytes(chunk_bytes: int) -> int:
-    """The bytes one chunk takes in LMCache's CPU pool and disk budget: ``chunk_bytes`` rounded up
-    to :data:`LMCACHE_ALIGN`."""
-    return -(-chunk_bytes // LMCACHE_ALIGN) * LMCACHE_ALIGN
-
-
-def _gib(tier: TierCapacity, key: str, chunk_bytes: int) -> float:
-    """A tier's capacity in LMCache's unit (GiB: LMCache multiplies by ``1024**3``).
-    ``capacity_blocks`` is that many chunks of :func:`lmcache_chunk_bytes` (exact: a power-of-two
-    division); ``capacity_bytes`` holds ``bytes // lmcache_chunk_bytes`` chunks."""
-    from simkv.scenario import parse_bytes
-
-    if tier.capacity_blocks is not None:
-        return tier.capacity_blocks * lmcache_chunk_bytes(chunk_bytes) / GIB
-    raw = parse_bytes(tier.capacity_bytes if tier.capacity_bytes is not None else tier.default_bytes,
-                      f"{key}.capacity_bytes")
-    if raw is None:
-        raise ScenarioError(f"{key}.capacity_bytes: LMCache needs a finite capacity")
-    return raw / GIB
-
-
 class KVEngine:
     """A model, our GPU prefix cache and LMCache's standalone engine, for one scenario.
 
@@ -327,10 +300,10 @@ class KVEngine:
         config = LMCacheEngineConfig.from_defaults(
             chunk_size=self.chunk_size,
             local_cpu=cpu.enabled,
-            max_local_cpu_size=(_gib(cpu, "tiers.cpu", self.chunk_bytes) if cpu.enabled
+            max_local_cpu_size=(lmcache_gib(cpu, "tiers.cpu", self.chunk_bytes) if cpu.enabled
                                 else staging_bytes / GIB),
             local_disk=f"file://{Path(disk_path).resolve()}/" if disk.enabled else None,
-            max_local_disk_size=_gib(disk, "tiers.disk", self.chunk_bytes) if disk.enabled else 0.0,
+            max_local_disk_size=lmcache_gib(disk, "tiers.disk", self.chunk_bytes) if disk.enabled else 0.0,
             cache_policy=lmcache_policy(scenario),
             lmcache_instance_id=self.instance_id,
             save_unfull_chunk=False,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from simkv.errors import ScenarioError
-from simkv.model.cache_base import GPU, Plan
+from simkv.model.cache_base import CPU, DISK, GPU, Plan
 from simkv.model.system import TieredCache
 from simkv.model.tiers import StorageMeter, TierStats
 from simkv.model.vllm_pool import VllmBlockPool
@@ -39,10 +39,10 @@ class VllmCache(TieredCache):
         if B % b:
             raise ScenarioError(f"tiers.gpu.block_tokens: {b} does not divide the trace's block_size "
                                 f"{B} (each trace block must be a whole number of engine blocks)")
-        for name in ("cpu", "disk"):
-            if getattr(scenario.tiers, name).enabled:
-                raise ScenarioError(f"tiers.{name}.enabled: tiers.gpu.eviction: vllm models vLLM's "
-                                    f"prefix cache alone (set tiers.{name}.enabled=false)")
+        if (self.cpu is not None or self.disk is not None) and not self.write_through:
+            raise ScenarioError("tiers.disk.write_policy: 'offload_on_evict', but LMCache below vLLM "
+                                "stores every computed chunk (tiers.gpu.eviction: vllm needs "
+                                "write_through)")
         self.engine_block = b
         self.per_trace_block = B // b
         per_token = scenario.model.bytes_per_token
@@ -51,6 +51,7 @@ class VllmCache(TieredCache):
         self.outputs = np.maximum(trace.output_tokens, 1).tolist()
         self.meter = StorageMeter()
         self.prefixes: dict[tuple[int, int], int] = {}  # (prefix, trace block) -> prefix
+        self._lookup: tuple[list[int], int] = ([], 0)
         self._check_fits(trace)
 
     def _policy(self, tier: str, next_use: NextUse | None) -> EvictionPolicy:
@@ -94,28 +95,80 @@ class VllmCache(TieredCache):
         own = -1 - (r << 32)
         return keys + [own - j for j in range(len(keys), full)]
 
+    def lmcache_lookup(self, blocks: list[int], lo: int, now: float) -> list[int]:
+        """The tiers (CPU, DISK) of the longest prefix of ``blocks`` (trace positions from
+        ``lo``) LMCache holds (a copy counts once written), each an access for its tier's order."""
+        cpu, disk = self.cpu, self.disk
+        found: list[int] = []
+        for i, b in enumerate(blocks):
+            if cpu is not None and cpu.available(b, now):
+                found.append(CPU)
+                cpu.hit(b, lo + i)
+            elif disk is not None and disk.available(b, now):
+                found.append(DISK)
+                disk.hit(b, lo + i)
+            else:
+                break
+        return found
+
     def begin(self, r: int, now: float) -> Plan:
-        """Serve request ``r`` through the pool at ``now``: its hit, load and prefill times."""
+        """Serve request ``r`` at ``now``: vLLM's hit (the pool), LMCache's below it (CPU,
+        disk), the load and prefill times."""
+        self.expire(now)
         lo, hi = self.offsets[r], self.offsets[r + 1]
         blocks = self.ids[lo:hi].tolist()
         n_tokens = self.input_tokens[r]
-        hit = self.pool.run(self.keys(r, blocks), n_tokens, self.outputs[r], self.engine_block)
-        k = hit // self.block_size
-        sources = [GPU] * k
+        B = self.block_size
+        local = self.pool.run(self.keys(r, blocks), n_tokens, self.outputs[r], self.engine_block)
+        lower = (self.lmcache_lookup(blocks, lo, now)
+                 if self.cpu is not None or self.disk is not None else [])
+        external = len(lower) * B
+        if external == n_tokens:
+            external -= 1  # LMCache's connector recomputes the last token of a whole-prompt hit
+        hit = max(local, external)
+        tokens = [local, 0, 0, 0]
+        loaded: list[int] = []  # tiers of the chunks LMCache loads: those past vLLM's hit
+        if hit > local:
+            for j in range(local // B, -(-hit // B)):
+                tokens[lower[j]] += min(hit, (j + 1) * B) - max(local, j * B)
+                loaded.append(lower[j])
+        #: For finish (one request at a time): LMCache's hit and the first chunk it loaded.
+        self._lookup = (lower, local // B if loaded else len(lower))
+        k = hit // B
+        # a trace block counts for the tier that supplied its last token
+        sources = [GPU if (j + 1) * B <= local else lower[j] for j in range(k)]
         if self.zero_time:
             load_s = prefill_s = 0.0
         else:
-            load_s = self._load_s(sources)
+            load_s = self._load_s(loaded)
             prefill_s = self.hw.prefill_s(n_tokens - hit, hit)
-        plan = Plan(blocks, sources, k, load_s, prefill_s, used=k, tier_tokens=[hit, 0, 0, 0])
-        plan.tier_blocks[GPU] = k
+        plan = Plan(blocks, sources, k, load_s, prefill_s, used=k, tier_tokens=tokens)
+        for src in sources:
+            plan.tier_blocks[src] += 1
         if self.overhead.any and not self.zero_time:
-            plan.overhead_s = self.overhead.service_s(len(blocks), len(blocks) - k, 0, 0)
+            plan.overhead_s = self.overhead.service_s(len(blocks), len(blocks) - len(lower),
+                                                      len(loaded), 0)
         return plan
 
     def finish(self, r: int, plan: Plan, now: float) -> None:
-        """The request's blocks are stored (the pool's state after it): meter the GPU bytes."""
+        """Store request ``r`` at ``now``: the pool's state after it (GPU bytes) and, with
+        LMCache below, every full chunk of the prompt past LMCache's own hit to the CPU and
+        the disk, and the chunks it loaded from disk back to the CPU."""
+        self.expire(now)
         self.meter.change(now, self.pool.cached_blocks * self.engine_block_bytes - self.meter.bytes)
+        cpu, disk = self.cpu, self.disk
+        if cpu is not None or disk is not None:
+            lo = self.offsets[r]
+            lower, first_loaded = self._lookup
+            for i, b in enumerate(plan.blocks):
+                if i < len(lower):
+                    if cpu is not None and lower[i] == DISK and i >= first_loaded:
+                        self._write_cpu(b, r, i, now, lo + i)
+                    continue
+                if cpu is not None:
+                    self._write_cpu(b, r, i, now, lo + i)
+                if disk is not None:
+                    self._write_disk(b, r, i, now, lo + i)
         self.state.accessed_ids(plan.blocks, r)
 
     def close(self, now: float) -> None:

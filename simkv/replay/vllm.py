@@ -15,61 +15,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any
 
 from simkv.errors import ScenarioError
-from simkv.scenario import Scenario, TierCapacity
-from simkv.scenario.tiers import parse_bytes
-
-GIB = 1024**3
-#: LMCache 0.5.6's eviction policies (its ``cache_policy`` names, lower case).
-LMCACHE_POLICIES = ("lru", "lfu", "fifo", "mru")
-
-
-def _bytes(tier: TierCapacity, key: str, bytes_per_block: int) -> int | None:
-    if tier.capacity_blocks is not None:
-        return tier.capacity_blocks * bytes_per_block
-    raw = tier.capacity_bytes if tier.capacity_bytes is not None else tier.default_bytes
-    return parse_bytes(raw, f"{key}.capacity_bytes")
-
-
-def lmcache_policy(scenario: Scenario) -> str:
-    """LMCache's ``cache_policy`` from the enabled CPU / disk tiers' ``eviction`` (one policy
-    serves both backends in LMCache, so they must agree); what simkv's engine and vLLM's LMCache
-    connector are configured with."""
-    tiers = [(f"tiers.{name}", getattr(scenario.tiers, name)) for name in ("cpu", "disk")
-             if getattr(scenario.tiers, name).enabled]
-    names = {t.eviction for _, t in tiers}
-    if len(names) > 1:
-        raise ScenarioError("tiers.cpu.eviction and tiers.disk.eviction differ; LMCache applies one "
-                            "policy to both backends")
-    name = names.pop() if names else "lru"
-    if name not in LMCACHE_POLICIES:
-        raise ScenarioError(f"{tiers[0][0]}.eviction: {name!r} is not one of LMCache's policies "
-                            f"({', '.join(LMCACHE_POLICIES)})")
-    return name.upper()
-
-
-def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
-    """LMCache's YAML configuration (``LMCACHE_CONFIG_FILE``) for the scenario's CPU and disk tiers."""
-    if scenario.block_size is None:
-        raise ScenarioError("block_size: LMCache's chunk_size, which must equal the replayed trace's; "
-                            "set it (e.g. --set block_size=256)")
-    block_bytes = scenario.block_size * scenario.model.bytes_per_token
-    cpu, disk = scenario.tiers.cpu, scenario.tiers.disk
-    config: dict[str, Any] = {"chunk_size": scenario.block_size, "local_cpu": cpu.enabled,
-                              "save_unfull_chunk": False, "cache_policy": lmcache_policy(scenario)}
-    for name, tier in (("cpu", cpu), ("disk", disk)):
-        if not tier.enabled:
-            continue
-        size = _bytes(tier, f"tiers.{name}", block_bytes)
-        if size is None:
-            raise ScenarioError(f"tiers.{name}.capacity_bytes: LMCache needs a finite capacity")
-        config[f"max_local_{name}_size"] = round(size / GIB, 3)
-    if disk.enabled:
-        config["local_disk"] = f"file://{disk_path.rstrip('/')}/"
-    return config
-
+from simkv.scenario import Scenario
+from simkv.scenario.lmcache import lmcache_config
 
 #: vLLM's KV connector for LMCache on CUDA.
 LMCACHE_CONNECTOR = {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}

@@ -103,6 +103,8 @@ class TierCapacity:
 #: GPU-tier models that are not block eviction policies: ``vllm`` is vLLM's whole prefix cache
 #: (:mod:`simkv.model.vllm_pool`), engine blocks of ``tiers.gpu.block_tokens`` tokens.
 GPU_MODELS = ("vllm",)
+#: vLLM's default ``--block-size``: ``tiers.gpu.block_tokens`` when not set.
+VLLM_BLOCK_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class GPUTier(TierCapacity):
 
     default_bytes = "16GiB"
     eviction: str = "lru"
-    block_tokens: int = 16
+    block_tokens: int = VLLM_BLOCK_TOKENS
 
     def check(self, prefix: str) -> None:
         check_positive(f"{prefix}.block_tokens", self.block_tokens)
