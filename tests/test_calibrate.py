@@ -305,6 +305,13 @@ def test_cli_refuses_to_overwrite(tmp_path: Path) -> None:
     assert out.read_text() == "keep me\n"
 
 
+def test_cli_block_size_is_for_a_vllm_server(tmp_path: Path) -> None:
+    res = simkv_cli("calibrate", "--in-process", "s.yaml", "-o", str(tmp_path / "p.yaml"),
+                    "--block-size", "64")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--block-size is for --engine on a vLLM server" in res.stderr
+
+
 def test_cli_names_a_bad_grid_list(tmp_path: Path) -> None:
     res = simkv_cli("calibrate", "--in-process", "s.yaml", "-o", str(tmp_path / "p.yaml"),
                     "--new-tokens", "1,x")

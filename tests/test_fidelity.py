@@ -171,3 +171,44 @@ def test_cli(base_run: Path, spread_trace: Path, tmp_path: Path) -> None:
         assert res.returncode == 2, res.stderr
         assert fragment in res.stderr and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def _as_vllm(src: Path, dst: Path) -> Path:
+    """A copy of a run directory as a replay through vLLM writes it: the total hit tokens only,
+    the per-tier hit columns null (vLLM's ``cached_tokens`` does not say which tier)."""
+    from simkv.fidelity.compare import HIT_COLUMNS
+
+    dst.mkdir()
+    table = pq.read_table(src / "requests.parquet")
+    for col in HIT_COLUMNS:
+        i = table.schema.get_field_index(col)
+        field = table.schema.field(i)
+        table = table.set_column(i, field, pa.nulls(table.num_rows, field.type))
+    pq.write_table(table, dst / "requests.parquet")
+    (dst / "summary.json").write_text((src / "summary.json").read_text())
+    return dst
+
+
+def test_a_replay_with_total_hits_only_compares_totals(base_run: Path, spread_trace: Path,
+                                                       tmp_path: Path) -> None:
+    """vLLM reports a request's cached tokens, not their tiers: hits compare by total, the
+    per-tier measured rates are unknown (not 0), and a differing total is still diagnosed."""
+    d = validate(base_run, _as_vllm(base_run, tmp_path / "meas"), tmp_path / "v").data
+    assert d["hits"]["identical_fraction"] == 1 and d["hits"]["per_tier"] is False
+    assert d["hits"]["identical"] == d["hits"]["total_identical"] == d["requests"]["compared"]
+    assert {t["name"]: t["pass"] for t in d["targets"]}["hits_identical"] is True
+    assert all(v["measured"] is None and v["error"] is None for v in d["hit_rate"]["by_tier"].values())
+    assert d["hit_rate"]["total"]["error"] == 0 and d["divergence"]["requests"] == 0
+    md = (tmp_path / "v" / "fidelity.md").read_text()
+    assert "the same total hit tokens" in md and "reports no tiers" in md
+    assert not (tmp_path / "v" / "tier_hits.png").exists()      # no chart of tiers it does not report
+    # a smaller 'measured' GPU: the requests whose totals differ, each diagnosed
+    zero = [*GPU_ONLY, "hardware.zero_service_time=true", "tiers.gpu.capacity_bytes=null"]
+    sim = _run(spread_trace, tmp_path / "sim", [*zero, "tiers.gpu.capacity_blocks=2000"])
+    small = _run(spread_trace, tmp_path / "small", [*zero, "tiers.gpu.capacity_blocks=500"])
+    a, b = read_requests(sim / "requests.parquet"), read_requests(small / "requests.parquet")
+    differ = int((a["hit_tokens"].to_numpy() != b["hit_tokens"].to_numpy()).sum())
+    d2 = validate(sim, _as_vllm(small, tmp_path / "small-vllm"), tmp_path / "v2", ignore_scenario=True).data
+    assert differ > 0 and d2["hits"]["identical"] == d2["requests"]["compared"] - differ
+    assert d2["divergence"]["requests"] == differ and d2["divergence"]["causes"] == {"eviction": differ}
+    assert d2["divergence"]["first"][0]["tiers"] == []

@@ -15,92 +15,32 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, SIMKV, simkv_cli
+from tests.conftest import (
+    ROOT,
+    SIMKV,
+    START_TIMEOUT_S,
+    VLLM_SCENARIO,
+    VllmServer,
+    free_port,
+    simkv_cli,
+    start_vllm,
+    stop_vllm,
+    vllm_python,
+)
 from tests.test_cli import assert_user_error
 
 pytestmark = pytest.mark.vllm
 
-SCENARIO = ROOT / "scenarios" / "vllm-tiny.yaml"
+SCENARIO = VLLM_SCENARIO
 LMCACHE_SCENARIO = ROOT / "scenarios" / "vllm-lmcache-tiny.yaml"
-START_TIMEOUT_S = 600
-
-
-def vllm_python() -> str:
-    python = os.environ.get("SIMKV_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    if not Path(python).exists():
-        pytest.skip(f"no vLLM virtualenv at {python} (make install-vllm; make test installs it)")
-    return python
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class VllmServer:
-    url: str
-    out: Path
-    proc: subprocess.Popen[str]
-
-    def reset(self) -> None:
-        """Empty vLLM's prefix cache. Not LMCache's tiers: vLLM's ``LMCacheConnectorV1`` has no
-        ``reset_cache`` (vLLM 0.32, LMCache 0.5.6), so a server with LMCache below is started
-        afresh for each replay."""
-        req = urllib.request.Request(f"{self.url}/reset_prefix_cache?reset_external=true", method="POST")
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            assert resp.status == 200
-
-
-def start_vllm(out: Path, *args: str, timeout_s: float = START_TIMEOUT_S,
-               scenario: Path = SCENARIO) -> tuple[subprocess.Popen[str], str]:
-    """``simkv engine vllm <scenario> --serve``: the process and its URL once it says it serves."""
-    port = free_port()
-    proc = subprocess.Popen([*SIMKV, "engine", "vllm", str(scenario), "--serve", "--port", str(port),
-                             "-o", str(out), "--python", vllm_python(),
-                             "--start-timeout", str(timeout_s), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "VLLM_SERVER_DEV_MODE": "1", "COLUMNS": "300"})
-    assert proc.stdout is not None
-    for line in proc.stdout:  # simkv gives up after --start-timeout
-        if "serving at" in line:
-            return proc, line.split("serving at", 1)[1].strip()
-    proc.wait()
-    log = out / "vllm.log"
-    raise AssertionError(f"vLLM did not start: {proc.stderr.read() if proc.stderr else ''}\n"
-                         + (log.read_text()[-3000:] if log.exists() else ""))
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    out = tmp_path_factory.mktemp("vllm")
-    proc, url = start_vllm(out)
-    yield VllmServer(url, out, proc)
-    stop_vllm(proc)
-
-
-def stop_vllm(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM to ``simkv engine vllm --serve``: it stops vLLM and exits 0."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
 
 
 def replay_and_simulate(server: VllmServer, tmp: Path, *extra: str,

@@ -7,7 +7,8 @@ tiers and look up where a prompt's chunks are. Two probes: :class:`InProcessProb
 and :class:`~simkv_replay.engine.KVEngine` built from a scenario, as the server builds them) and
 :class:`HTTPProbe` (a running ``simkv engine serve``, docs in the API contract: completions
 with ``max_tokens: 0``, ``/kv/lookup``, ``/kv/clear``; ``/kv/archive`` and ``/metrics`` for the
-archive). Both end in ``KVEngine.serve``.
+archive). Both end in ``KVEngine.serve``. A server without ``/kv/lookup`` (404: vLLM) gets a
+:class:`VLLMProbe`: the prefill grid only, timed at the client (:class:`VLLMProbe` says what and why).
 
 Measurements (each a median over ``repeats`` after ``warmup`` discarded runs, every run on a
 fresh random prompt from ``numpy.random.default_rng(seed)`` so nothing hits by accident; the
@@ -173,6 +174,11 @@ class Probe(ABC):
     wait_clears = True
     #: What "cold" means for this probe's disk reads (written into the profile's notes).
     disk_cold = "first read after the write (the page cache may still hold the file)"
+    #: Whether only the prefill grid can be measured (no lookup, no tiers, no server timings).
+    prefill_only = False
+    #: What the profile's ``load.gpu`` is, for the notes.
+    gpu_note = ("load.gpu is the engine's GPU-cache copy (KV chunks copied out of the GPU cache into the "
+                "request's KV), charged to GPU hits")
 
     @abstractmethod
     def serve(self, tokens: list[int]) -> Served: ...
@@ -220,6 +226,10 @@ class Probe(ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance: device, versions, model shape."""
         return {}
+
+    def notes(self) -> list[str]:
+        """The probe's own notes for the profile (what it measures differently, or not)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 (nothing to release by default)
         pass
@@ -420,7 +430,19 @@ class HTTPProbe(Probe):
     """A running engine server (``simkv engine serve``), driven through its API."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
+        self._connect(url, api_key, timeout)
+        info = self._call("POST", "/kv/lookup", {"prompt": [0]})
+        self.chunk_size = int(info["chunk_size"])
+        self.tiers = self._discover_tiers()
+        # The API does not say the vocabulary; ids below 512 are valid for every named model
+        # (the tiny one has 512), and random 16+-token chunks of 511 ids never collide.
+        self.vocab_size = 512
+
+    def _connect(self, url: str, api_key: str | None, timeout: float) -> None:
+        """The HTTP client and what ``/v1/models`` says (model, context)."""
         import httpx
+
+        from simkv_replay.models import SHAPES
 
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -430,15 +452,7 @@ class HTTPProbe(Probe):
         self.model_name = str(first.get("id", "unknown"))
         context = first.get("max_model_len")
         self.context = context if isinstance(context, int) and context > 0 else None
-        from simkv_replay.models import SHAPES
-
         self.random_weights = True if self.model_name in SHAPES else None
-        info = self._call("POST", "/kv/lookup", {"prompt": [0]})
-        self.chunk_size = int(info["chunk_size"])
-        self.tiers = self._discover_tiers()
-        # The API does not say the vocabulary; ids below 512 are valid for every named model
-        # (the tiny one has 512), and random 16+-token chunks of 511 ids never collide.
-        self.vocab_size = 512
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         import httpx
@@ -500,11 +514,19 @@ class HTTPProbe(Probe):
     def serve_timed(self, tokens: list[int]) -> Served:
         """A streamed completion of one token with the usage chunk, as ``simkv replay`` sends
         it; ``client_ttft_s`` is send → first streamed token, as the replay measures it."""
+        first, usage = self._stream(tokens)
+        served = self._served(usage)
+        served.client_ttft_s = first
+        return served
+
+    def _stream(self, tokens: list[int], **extra: Any) -> tuple[float, dict[str, Any]]:
+        """Send → first streamed token (seconds) and the usage of a streamed one-token completion."""
         import json
 
         import httpx
 
-        body = {"prompt": tokens, "max_tokens": 1, "stream": True, "stream_options": {"include_usage": True}}
+        body = {"prompt": tokens, "max_tokens": 1, "stream": True, "stream_options": {"include_usage": True},
+                **extra}
         first = usage = None
         try:
             t0 = time.perf_counter()
@@ -525,9 +547,7 @@ class HTTPProbe(Probe):
             raise CalibrationError(f"--engine {self.url}: /v1/completions (stream): {exc}") from None
         if usage is None or first is None:
             raise CalibrationError(f"--engine {self.url}: a streamed completion sent no token or no usage")
-        served = self._served(usage)
-        served.client_ttft_s = first
-        return served
+        return first, usage
 
     def lookup(self, tokens: list[int]) -> list[str]:
         return list(self._call("POST", "/kv/lookup", {"prompt": tokens})["tiers"])
@@ -577,6 +597,121 @@ class HTTPProbe(Probe):
 
     def close(self) -> None:
         self.client.close()
+
+
+class VLLMProbe(HTTPProbe):
+    """A vLLM server (OpenAI API, no ``/kv/*``): only the prefill grid can be measured, at the
+    client. A request is a streamed completion of one token (``ignore_eos``, as ``simkv replay``
+    sends); its "prefill" is the client's TTFT (send → first streamed token: HTTP, scheduling,
+    the prefill and the first token, everything a replay's TTFT holds but the queue), its hits
+    ``usage.prompt_tokens_details.cached_tokens`` (``--enable-prompt-tokens-details``), checked
+    against the cached prefix the measurement made. :meth:`clear` empties the prefix cache with
+    ``POST /reset_prefix_cache`` where the server allows it (``VLLM_SERVER_DEV_MODE=1``); else
+    nothing is cleared and fresh random prompts keep anything from hitting by accident.
+
+    vLLM's block size is found by serving ``p − 1`` random tokens and then them plus one: the
+    second hits ``p − B`` (``p`` a power of two). ``block_size`` (the profile's, i.e. the
+    trace's) must be a multiple of it; default: vLLM's."""
+
+    prefill_only = True
+    wait_clears = False
+    gpu_note = ("load.gpu is 0: vLLM computes a prefix-cache hit in place (no copy), and the prefill of a "
+                "request with c cached tokens, in the table, is the whole cost of its hits")
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0,
+                 block_size: int | None = None) -> None:
+        self._connect(url, api_key, timeout)
+        self.vocab_size = 512      # ids below 512 are valid for every named model
+        self.tiers = ("gpu",)
+        if self.context is not None:
+            self.context -= 1      # the longest prompt: one token is generated
+        self.resets = self.client.post("/reset_prefix_cache").status_code == 200
+        self.vllm_block = self._block_size()
+        if block_size is not None and (block_size < 1 or block_size % self.vllm_block):
+            raise CalibrationError(f"--block-size: {block_size} is not a multiple of vLLM's block size "
+                                   f"{self.vllm_block}")
+        self.chunk_size = block_size or self.vllm_block
+        version = self.client.get("/version")
+        self.version = version.json().get("version") if version.status_code == 200 else None
+
+    def _block_size(self) -> int:
+        rng = np.random.default_rng(2**31 - 1)
+        p = 1 << (min(self.context or 1024, 4096).bit_length() - 1)
+        prompt = rng.integers(1, 512, p).tolist()
+        self.serve(prompt[:-1])
+        hit = self.serve(prompt).hit_tokens["gpu"]
+        if not 0 < hit < p:
+            raise CalibrationError(f"--engine {self.url}: vLLM served {p - 1} tokens, then them and one more "
+                                   f"with {hit} cached tokens: start it with --enable-prefix-caching")
+        self.clear(["gpu"])
+        return p - hit
+
+    def serve(self, tokens: list[int]) -> Served:
+        first, usage = self._stream(tokens, model=self.model_name, ignore_eos=True, temperature=0)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if not isinstance(cached, int):
+            raise CalibrationError(f"--engine {self.url}: vLLM's usage has no prompt_tokens_details."
+                                   "cached_tokens: start it with --enable-prompt-tokens-details")
+        return Served({"gpu": cached}, 0.0, first, 0.0, client_ttft_s=first)
+
+    def serve_timed(self, tokens: list[int]) -> Served:
+        return self.serve(tokens)      # every request is already timed at the client
+
+    def lookup(self, tokens: list[int]) -> list[str]:
+        raise CalibrationError("vLLM has no lookup")
+
+    def clear(self, tiers: Sequence[str]) -> None:
+        import httpx
+
+        if not self.resets or "gpu" not in tiers:
+            return
+        try:
+            r = self.client.post("/reset_prefix_cache")
+        except httpx.HTTPError as exc:
+            raise CalibrationError(f"--engine {self.url}: /reset_prefix_cache: {exc}") from None
+        if r.status_code != 200:
+            raise CalibrationError(f"--engine {self.url}: /reset_prefix_cache: HTTP {r.status_code}: "
+                                   f"{r.text[:200]}")
+
+    def wait_on_disk(self, tokens: list[int], timeout: float = 60.0) -> float:
+        raise CalibrationError("vLLM has no disk tier here")
+
+    def notes(self) -> list[str]:
+        """What the profile holds for vLLM and what it does not."""
+        return [
+            f"vLLM (prefix caching, block size {self.vllm_block}; profile block_size {self.chunk_size}): "
+            "prefill.seconds is the client's TTFT of a streamed one-token completion (HTTP, scheduling, the "
+            "prefill and the first token; simkv replay's TTFT less its queue), c cached tokens made by "
+            "serving the prefix first and checked with usage.prompt_tokens_details.cached_tokens; "
+            + ("the prefix cache was emptied before each run (POST /reset_prefix_cache)" if self.resets else
+               "the server does not allow POST /reset_prefix_cache (VLLM_SERVER_DEV_MODE=1): nothing was "
+               "reset, every run used fresh random prompts"),
+            "not measured (vLLM's HTTP API reports no server-side times and here has no CPU or disk "
+            "tier): the request section (the client TTFT in the table already holds what a request "
+            "costs besides its prefill), CPU loads and stores (not written); load.disk, store.disk, "
+            "load.archive and store.archive are the analytic defaults the profile format requires, "
+            "unused by a scenario without those tiers"]
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": f"vLLM {self.version or '(version not reported)'} at {self.url} (device not "
+                          "reported by the API)", "model": self.model_name}
+
+
+def http_probe(url: str, api_key: str | None = None, block_size: int | None = None) -> HTTPProbe:
+    """The probe for the server at ``url``: :class:`HTTPProbe` (simkv's engine), or
+    :class:`VLLMProbe` where ``POST /kv/lookup`` is 404 (vLLM)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.post(f"{url.rstrip('/')}/kv/lookup", json={"prompt": [0]}, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise CalibrationError(f"--engine {url}: /kv/lookup: {exc}") from None
+    if r.status_code == 404:
+        return VLLMProbe(url, api_key, block_size=block_size)
+    if block_size is not None:
+        raise CalibrationError("--block-size: only for a vLLM server (simkv's engine reports its chunk size)")
+    return HTTPProbe(url, api_key)
 
 
 # -- fits ---------------------------------------------------------------------------------
@@ -679,10 +814,12 @@ def _hits(served: Served, tier: str, tokens: int, what: str) -> None:
         raise CalibrationError(f"{what}: expected {tokens} tokens from {tier}, the engine served {got}")
 
 
-def steps(plan: Plan, tiers: Sequence[str], wait_clears: bool = False) -> int:
+def steps(plan: Plan, tiers: Sequence[str], wait_clears: bool = False, prefill_only: bool = False) -> int:
     """Engine requests a calibration makes (the progress bar's total)."""
     runs = plan.warmup + plan.repeats
     prefill = sum(2 if c else 1 for c in plan.cached_tokens) * len(plan.new_tokens) * runs
+    if prefill_only:
+        return prefill
     per_load = 1 + len([t for t in ("gpu", "cpu") if t in tiers]) + (2 if "disk" in tiers else 0) \
         + (2 if "archive" in tiers else 0) + (2 if "disk" in tiers and wait_clears else 0)
     loads = per_load * len(plan.chunks) * runs if plan.tiers else 0
@@ -708,6 +845,8 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
     scenario = scenario or Scenario()
     C = probe.chunk_size
     plan.check(C, probe.context)
+    if probe.prefill_only:
+        plan = dataclasses.replace(plan, tiers=False)
     need = max(plan.cached_tokens[-1] // C, max(plan.chunks) if plan.tiers else 0)
     if probe.gpu_chunks is not None and probe.gpu_chunks < need:
         raise CalibrationError(f"tiers.gpu.capacity_bytes: the GPU cache holds {probe.gpu_chunks} chunks, "
@@ -715,7 +854,7 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
                                "/ --chunks)")
     fresh = FreshPrompts(probe.vocab_size, plan.seed, probe.prompt_salt)
     runs = plan.warmup + plan.repeats
-    notes: list[str] = []
+    notes: list[str] = probe.notes()
     local = [t for t in LOCAL_TIERS if t in probe.tiers]
 
     def counted(served: Served) -> Served:
@@ -733,7 +872,8 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
             if c:
                 counted(probe.serve(prefix))
             what = f"prefill n={n} c={c}"
-            _expect(probe, prefix + suffix, ["gpu"] * (c // C), what)
+            if not probe.prefill_only:      # else the served hits below are the check
+                _expect(probe, prefix + suffix, ["gpu"] * (c // C), what)
             r = counted(probe.serve(prefix + suffix))
             _hits(r, "gpu", c, what)
             if rep >= plan.warmup:
@@ -809,7 +949,7 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
     # The request overhead: fresh prompts (misses), served as the replay sends them.
     rest: dict[int, list[float]] = {}
     latency: dict[int, list[float]] = {}
-    for n in overhead_lengths(plan, probe.context):
+    for n in [] if probe.prefill_only else overhead_lengths(plan, probe.context):
         for rep in range(runs):
             probe.clear(local)
             r = counted(probe.serve_timed(fresh(n)))
@@ -982,7 +1122,9 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
                                      "request.latency's chunks are tokens)" if "latency" in fitted else
                                      "measured in-process (no HTTP): latency_* is not measured"))
 
-    if "disk" not in probe.tiers:
+    if probe.prefill_only:
+        pass                        # the probe's own notes say what was not measured
+    elif "disk" not in probe.tiers:
         notes.append("disk: the engine has no disk tier; load.disk and store.disk are the analytic "
                      "default of the scenario's tiers.disk")
     else:
@@ -991,14 +1133,13 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
                      + "; the warm read (file in the page cache) is calibration.load.disk_warm. "
                      "store.disk is the per-chunk slope of the time from the request's end until "
                      "LMCache's asynchronous disk writes were done")
-    if "archive" not in probe.tiers:
+    if "archive" not in probe.tiers and not probe.prefill_only:
         notes.append("archive: not measured (the engine has no archive tier); load.archive and "
                      "store.archive are the analytic default of the scenario's tiers.archive "
                      "(compression ratio, compress / decompress and network speeds not measured)")
     elif measured_archive is not None:
         notes += _archive_notes(probe, measured_archive)
-    notes.append("load.gpu is the engine's GPU-cache copy (KV chunks copied out of the GPU cache "
-                 "into the request's KV), charged to GPU hits")
+    notes.append(probe.gpu_note)
     if "cpu" in probe.tiers:
         notes.append("store.cpu is the per-chunk slope of the engine's store_s (GPU cache + LMCache "
                      "CPU copy, disk writes queued)")
@@ -1026,7 +1167,7 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
                      "chunks": plan.chunks, "repeats": plan.repeats, "warmup": plan.warmup,
                      "seed": plan.seed, "statistic": "median",
                      **({"salt": probe.prompt_salt} if probe.prompt_salt is not None else {})},
-            "chunk_bytes": int(block_bytes),
+            **({} if probe.prefill_only else {"chunk_bytes": int(block_bytes)}),   # vLLM: not known
             "analytic_fit": {"const_s": const, "per_token_s": per_token, "attn_s": attn,
                              "formula": "const_s + per_token_s*n + attn_s*n*(n+c), least squares on "
                                         "relative residuals, constants >= 0",
@@ -1163,9 +1304,9 @@ def write_profile(cal: Calibration, path: Path) -> None:
 @contextlib.contextmanager
 def open_probe(*, engine: str | None, api_key: str | None, scenario: Any, model: str, device: str,
                disk_path: str | Path | None, archive: str | None = None,
-               archive_endpoint: str | None = None):
+               archive_endpoint: str | None = None, block_size: int | None = None):
     """The probe the CLI asked for, closed on exit."""
-    probe: Probe = (HTTPProbe(engine, api_key) if engine else
+    probe: Probe = (http_probe(engine, api_key, block_size) if engine else
                     InProcessProbe(scenario, model, device, disk_path, archive, archive_endpoint))
     try:
         yield probe

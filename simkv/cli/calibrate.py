@@ -61,7 +61,8 @@ def _summary(cal: Any) -> None:
 def calibrate_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Profile file to write (profiles/NAME.yaml).")],
     engine: Annotated[str | None, typer.Option("--engine", help="URL of a running `simkv engine "
-                                               "serve`.")] = None,
+                                               "serve`, or of a vLLM server (the prefill grid only, "
+                                               "timed at the client).")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help="The server's API key.")] = None,
     in_process: Annotated[Path | None, typer.Option(
         "--in-process", metavar="SCENARIO", help="Build the model and engine here from this "
@@ -89,10 +90,13 @@ def calibrate_cmd(
     repeats: Annotated[int | None, typer.Option(help="Timed runs per point (the median is kept).")] = None,
     warmup: Annotated[int | None, typer.Option(help="Discarded runs before them.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    block_size: Annotated[int | None, typer.Option(
+        help="vLLM: the profile's block size, the trace's (a multiple of vLLM's; default: vLLM's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Measure prefill, load and store times on the engine (through KVEngine.serve, the path requests
-    take) and write a table hardware profile with its fit errors."""
+    take) and write a table hardware profile with its fit errors. Against vLLM (no /kv/lookup):
+    the prefill grid only, as client TTFTs (docs/vllm.md)."""
     if (engine is None) == (in_process is None):
         raise SimkvError("calibrate: give exactly one of --engine URL or --in-process SCENARIO")
     if out.exists() and not overwrite:
@@ -103,6 +107,9 @@ def calibrate_cmd(
                                or archive_endpoint):
         raise SimkvError("calibrate: --set, --model, --device, --disk-path, --archive and "
                          "--archive-endpoint are for --in-process (the server has its own)")
+    if in_process is not None and block_size is not None:
+        raise SimkvError("calibrate: --block-size is for --engine on a vLLM server (in-process: "
+                         "--set block_size=N)")
     lists = {k: _ints(f"--{k.replace('_', '-')}", v)
              for k, v in (("new_tokens", new_tokens), ("cached_tokens", cached_tokens), ("chunks", chunks))}
     cal_mod = _engine_module()
@@ -123,15 +130,17 @@ def calibrate_cmd(
 
     with cal_mod.open_probe(engine=engine, api_key=api_key, scenario=scenario, model=model,
                             device=device or "cpu", disk_path=disk_path or out.parent.resolve(),
-                            archive=archive, archive_endpoint=archive_endpoint) as probe:
+                            archive=archive, archive_endpoint=archive_endpoint,
+                            block_size=block_size) as probe:
         plan = cal_mod.Plan.make(grid, probe.chunk_size, repeats=repeats, warmup=warmup, seed=seed, **lists)
         plan.check(probe.chunk_size, probe.context)
-        total = cal_mod.steps(plan, probe.tiers, probe.wait_clears)
+        total = cal_mod.steps(plan, probe.tiers, probe.wait_clears, probe.prefill_only)
         src = escape(engine or str(in_process))
+        what = ("vLLM: no tiers, no server timings" if probe.prefill_only else
+                f"{len(plan.chunks)} chunk counts, tiers {', '.join(probe.tiers)}")
         err_console.print(f"calibrating {src}: {len(plan.new_tokens)}x{len(plan.cached_tokens)} prefill "
-                          f"grid, {len(plan.chunks)} chunk counts, tiers {', '.join(probe.tiers)}, "
-                          f"{plan.warmup} warm-up + {plan.repeats} timed runs each", highlight=False,
-                          soft_wrap=True)
+                          f"grid, {what}, {plan.warmup} warm-up + {plan.repeats} timed runs each",
+                          highlight=False, soft_wrap=True)
         if err_console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

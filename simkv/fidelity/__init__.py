@@ -37,7 +37,8 @@ TARGETS = (
     Target("ttft_p50", "TTFT p50 |relative error|", 0.02),
     Target("ttft_p90", "TTFT p90 |relative error|", 0.05),
     Target("ttft_median_abs", "per-request median |relative TTFT error|", 0.05),
-    Target("hits_identical", "requests with identical per-tier hit tokens (deterministic policies)",
+    Target("hits_identical", "requests with identical per-tier hit tokens (in total where the "
+           "replay reports no tiers: vLLM; deterministic policies)",
            1.0, at_most=False),
 )
 

@@ -10,7 +10,8 @@ every statistic, but counted and listed.
 Conventions (the sign says which way the simulator is off):
 
 * hit rates: ``rate = Σ hit_tokens / Σ input_tokens`` over the compared requests (per tier:
-  that tier's hit tokens); the error is ``sim − measured`` in fraction points;
+  that tier's hit tokens; ``None`` on a side that reports no tiers, e.g. a replay through vLLM,
+  whose ``cached_tokens`` is a total); the error is ``sim − measured`` in fraction points;
 * TTFT percentiles: linear interpolation (``numpy.percentile``) of each side's TTFTs, error
   ``(sim − measured) / measured``;
 * per request: ``e_i = (ttft_sim_i − ttft_meas_i) / ttft_meas_i`` (undefined, and counted,
@@ -106,8 +107,11 @@ def rel_error(sim: float | None, meas: float | None) -> float | None:
 def _rate_figures(sim: pd.DataFrame, meas: pd.DataFrame, tokens: float) -> dict[str, Any]:
     """Total and per-tier token hit rates of both sides, with ``error = sim − measured``."""
 
+    def rate(side: pd.DataFrame, col: str) -> float | None:
+        return None if side[col].isna().all() else ratio(side[col].sum(), tokens)
+
     def fig(col: str) -> dict[str, float | None]:
-        s, m = ratio(sim[col].sum(), tokens), ratio(meas[col].sum(), tokens)
+        s, m = rate(sim, col), rate(meas, col)
         return {"sim": s, "measured": m, "error": None if s is None or m is None else s - m}
 
     return {"total": fig("hit_tokens"), "by_tier": {t: fig(f"{t}_hit_tokens") for t in TIER_NAMES}}

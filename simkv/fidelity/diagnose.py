@@ -62,19 +62,35 @@ CAUSES: dict[str, str] = {
 }
 
 
+def tier_columns(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(tier, hit column)`` of the tiers both sides report. A replay through vLLM reports a
+    request's cached tokens, not their tiers (its per-tier columns are null): none, and its hits
+    compare by total."""
+    return [(t, col) for t, col in zip(TIER_NAMES, HIT_COLUMNS, strict=True)
+            if frame[f"sim_{col}"].notna().any() and frame[f"meas_{col}"].notna().any()]
+
+
+def _differ(frame: pd.DataFrame, cols: list[tuple[str, str]]) -> np.ndarray:
+    """Per request: whether its hits differ in any of ``cols`` (none: in total)."""
+    if not cols:
+        return frame["sim_hit_tokens"].to_numpy() != frame["meas_hit_tokens"].to_numpy()
+    return np.logical_or.reduce([frame[f"sim_{c}"].to_numpy() != frame[f"meas_{c}"].to_numpy()
+                                 for _, c in cols])
+
+
 def hit_agreement(frame: pd.DataFrame) -> dict[str, Any]:
-    """How many compared requests hit exactly the same tokens in every tier, and per tier how
-    many differ."""
-    same = np.ones(len(frame), bool)
-    by_tier = {}
-    for col, t in zip(HIT_COLUMNS, TIER_NAMES, strict=True):
-        d = frame[f"sim_{col}"].to_numpy() != frame[f"meas_{col}"].to_numpy()
-        by_tier[t] = int(d.sum())
-        same &= ~d
+    """How many compared requests hit exactly the same tokens in every tier (``per_tier``
+    false: in total, where a side reports no tiers), and per tier how many differ (``None``:
+    not reported)."""
+    cols = tier_columns(frame)
+    by_tier: dict[str, int | None] = dict.fromkeys(TIER_NAMES)
+    for t, col in cols:
+        by_tier[t] = int(_differ(frame, [(t, col)]).sum())
+    same = ~_differ(frame, cols)
     total_same = frame["sim_hit_tokens"].to_numpy() == frame["meas_hit_tokens"].to_numpy()
     return {"requests": len(frame), "identical": int(same.sum()),
             "identical_fraction": float(same.mean()) if len(frame) else None,
-            "total_identical": int(total_same.sum()), "differing_by_tier": by_tier}
+            "total_identical": int(total_same.sum()), "per_tier": bool(cols), "differing_by_tier": by_tier}
 
 
 def hit_unit(values: np.ndarray) -> int | None:
@@ -154,16 +170,18 @@ def write_delays(sides: list[Side], block_size: int | None) -> WriteDelay:
     return delay
 
 
-def _write_not_landed(rec: pd.Series, w: pd.Series, B: int,
-                      write_delay: WriteDelay | None) -> dict[str, Any] | None:
+def _write_not_landed(rec: pd.Series, w: pd.Series, B: int, write_delay: WriteDelay | None,
+                      cols: list[tuple[str, str]]) -> dict[str, Any] | None:
     """Whether a lower tier that served more of request ``rec`` on one side may not yet have
     held the block on the other: ``rec`` arrived there sooner after the storing request ``w``'s
     prefill than the tier's write of ``w``'s blocks takes. The tier, the side that missed, the
     gap and the write time, or ``None``."""
     if write_delay is None:
         return None
-    for tier in TIER_NAMES[1:]:
-        s_t, m_t = int(rec[f"sim_{tier}_hit_tokens"]), int(rec[f"meas_{tier}_hit_tokens"])
+    for tier, col in cols:
+        if tier == TIER_NAMES[0]:
+            continue
+        s_t, m_t = int(rec[f"sim_{col}"]), int(rec[f"meas_{col}"])
         if s_t == m_t:
             continue
         side = "meas" if s_t > m_t else "sim"
@@ -185,9 +203,8 @@ def divergences(frame: pd.DataFrame, trace: Trace | None, block_size: int | None
     over all differing requests. ``write_delay`` (:func:`write_delays`) tells a block whose
     asynchronous write to a lower tier had not landed yet (``write_timing``) from one that
     tier no longer held (``eviction``)."""
-    diff = np.zeros(len(frame), bool)
-    for col in HIT_COLUMNS:
-        diff |= frame[f"sim_{col}"].to_numpy() != frame[f"meas_{col}"].to_numpy()
+    cols = tier_columns(frame)
+    diff = _differ(frame, cols)
     B = block_size or (trace.block_size if trace is not None else None)
     granule = max(B or 1, chunk_size or 1)
     by_id = frame.set_index("request_id")
@@ -228,15 +245,14 @@ def divergences(frame: pd.DataFrame, trace: Trace | None, block_size: int | None
                           > float(rec[f"{side}_arrival_s"]) for side in ("sim", "meas")}
                 detail["store_in_flight"] = {"sim": flight["sim"], "measured": flight["meas"]}
                 landing = None if flight["sim"] != flight["meas"] else _write_not_landed(
-                    rec, w, B, write_delay)
+                    rec, w, B, write_delay, cols)
                 if landing:
                     detail["write_not_landed"] = landing
                 cause = "write_timing" if flight["sim"] != flight["meas"] or landing else "eviction"
         causes[cause] = causes.get(cause, 0) + 1
         if len(first) < limit:
-            tiers = [{"tier": t, "sim": int(rec[f"sim_{t}_hit_tokens"]),
-                      "measured": int(rec[f"meas_{t}_hit_tokens"])}
-                     for t in TIER_NAMES if rec[f"sim_{t}_hit_tokens"] != rec[f"meas_{t}_hit_tokens"]]
+            tiers = [{"tier": t, "sim": int(rec[f"sim_{c}"]), "measured": int(rec[f"meas_{c}"])}
+                     for t, c in cols if rec[f"sim_{c}"] != rec[f"meas_{c}"]]
             first.append({"request_id": str(rid), "arrival_s": float(rec["sim_arrival_s"]),
                           "hit_tokens": {"sim": s_tot, "measured": m_tot}, "tiers": tiers,
                           "cause": cause, **detail})

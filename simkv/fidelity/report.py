@@ -81,6 +81,9 @@ def tier_hits(fig_data: dict[str, Any], out: Path) -> Chart:
     tiers = [t for t in TIER_NAMES if any(fig_data["by_tier"][t][k] for k in ("sim", "measured"))]
     if not tiers:
         return Chart(name, title, note="no hits on either side")
+    if all(fig_data["by_tier"][t]["measured"] is None for t in TIER_NAMES):
+        return Chart(name, title, note="the measured side reports no tiers (vLLM's cached_tokens is a "
+                                       "total): hits are compared by total only")
     fig = new_figure()
     ax = fig.subplots()
     x = np.arange(len(tiers))
@@ -162,11 +165,16 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
               f"{_rel(pr['median_rel_error'])}.", ""]
 
     ag, dv = data["hits"], data["divergence"]
-    lines += ["## Per-request hits", "",
-              f"{ag['identical']:,} of {ag['requests']:,} requests hit exactly the same tokens in every "
-              f"tier ({fmt_pct(ag['identical_fraction'])}); {ag['total_identical']:,} the same total. "
-              "Requests differing per tier: "
-              + ", ".join(f"{t} {n:,}" for t, n in ag["differing_by_tier"].items()) + ".", ""]
+    if ag.get("per_tier", True):
+        agree = (f"{ag['identical']:,} of {ag['requests']:,} requests hit exactly the same tokens in every "
+                 f"tier ({fmt_pct(ag['identical_fraction'])}); {ag['total_identical']:,} the same total. "
+                 "Requests differing per tier: " + ", ".join(
+                     f"{t} {n:,}" for t, n in ag["differing_by_tier"].items() if n is not None) + ".")
+    else:
+        agree = (f"{ag['identical']:,} of {ag['requests']:,} requests hit the same total hit tokens "
+                 f"({fmt_pct(ag['identical_fraction'])}). The measured side reports no tiers (a replay "
+                 "through vLLM: `cached_tokens` is a total), so hits are compared by total only.")
+    lines += ["## Per-request hits", "", agree, ""]
     unit = dv["hit_unit_tokens"]
     lines += [f"Hits come in units of {unit['sim']} tokens simulated and {unit['measured']} measured "
               f"(gcd of the nonzero hit counts; block size {dv['block_size']}, chunk size "
