@@ -267,10 +267,20 @@ def _input_notes(old: dict[str, Any], new: dict[str, Any],
     if old.get("trace_sha256") and old.get("trace_sha256") != new.get("trace_sha256"):
         notes.append("the trace file changed since the golden file was written")
     old_sc, new_sc = flatten(old.get("scenario") or {}), flatten(new.get("scenario") or {})
+    defaults = _scenario_defaults()
     for k in sorted(set(old_sc) | set(new_sc)):
         if old_sc.get(k) != new_sc.get(k):
+            if k not in old_sc and k in defaults and new_sc.get(k) == defaults[k]:
+                continue  # a key added since the golden file was written, at its default
             notes.append(f"scenario {k}: {old_sc.get(k)!r} -> {new_sc.get(k)!r}")
     return notes
+
+
+def _scenario_defaults() -> dict[str, Any]:
+    """Every scenario key at its default, flattened (``tiers.gpu.block_tokens``: 16, ...)."""
+    from simkv.scenario import scenario_from_dict
+
+    return flatten(json.loads(json.dumps(scenario_from_dict({}).to_dict())))
 
 
 def _read_golden(path: Path) -> dict[str, Any]:

@@ -109,3 +109,18 @@ def test_tolerance_classes() -> None:
     assert tolerance_for("cost_saved_dollars", 0.1) is FLOAT
     assert not FLOAT.accepts(1.0, 1.0 + 1e-6) and FLOAT.accepts(0.0, 1e-13)
     assert not EXACT.accepts(3, 3.0)  # an int turning into a float is a change
+
+
+def test_a_scenario_key_added_at_its_default_is_not_a_change(golden_copy: Path) -> None:
+    """Golden files written before a key existed lack it: the key at its default changes nothing,
+    another value is named."""
+    path = golden_copy / f"{FAST}.json"
+    doc = json.loads(path.read_text())
+    doc["inputs"]["scenario"]["tiers"]["gpu"].pop("block_tokens", None)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    res = simkv_cli("regress", "--case", FAST, "--golden-dir", str(golden_copy))
+    assert res.returncode == 0 and "block_tokens" not in res.stdout, res.stdout
+    doc["inputs"]["scenario"]["tiers"]["gpu"]["block_tokens"] = 32
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    res = simkv_cli("regress", "--case", FAST, "--golden-dir", str(golden_copy))
+    assert res.returncode == 0 and "tiers.gpu.block_tokens: 32 -> 16" in res.stdout, res.stdout
