@@ -9,10 +9,6 @@ shows the logprobs depend on the prefix's KV."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,13 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simkv.replay.vllm import lmcache_config
+from simkv.replay.vllm import LMCACHE_CONNECTOR
+from simkv.replay.vllm_server import Launch, Server, VllmFailed
 from simkv.scenario import scenario_from_dict
+from simkv.scenario.lmcache import lmcache_config
+from tests.conftest import ROOT, free_port, vllm_python
 
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("SIMKV_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
-CONNECTOR = {"kv_connector": "SimkvLMCacheConnectorV1", "kv_role": "kv_both",
-             "kv_connector_module_path": "simkv_replay.vllm_connector"}
 CHUNK, VLLM_BLOCK = 64, 32
 #: The tiny Llama's shape (head_dim 64: vLLM's CPU attention takes 32, 64, 80, ...).
 MODEL = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 1024,
@@ -38,11 +33,7 @@ MODEL = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_si
          "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False, "rms_norm_eps": 1e-5}
 PROMPT = [(7 * i + 11) % 1000 + 3 for i in range(3 * CHUNK + 8)]   # 3 full chunks + 8 tokens
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(not VLLM_PYTHON.exists(),
-                       reason=f"no vLLM virtualenv: {VLLM_PYTHON} (set SIMKV_VLLM_PYTHON)"),
-]
+pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
@@ -73,51 +64,29 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def vllm_server(model: Path, lmcache: dict, work: Path, timeout_s: float = 300.0) -> Iterator[str]:
     """vLLM's OpenAI server on the CPU with the connector and LMCache configured by ``lmcache``;
-    vLLM's prefix cache off, so every reused token is LMCache's. Yields the base URL."""
+    vLLM's prefix cache off, so every reused token is LMCache's. Yields the base URL. Started and
+    stopped by ``simkv engine vllm --serve``'s process manager (the real weights and the prefix
+    cache off are what that command does not do)."""
     config = work / "lmcache.yaml"
     config.write_text(yaml.safe_dump(lmcache))
-    port = _free_port()
-    argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+    port = free_port()
+    argv = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--skip-tokenizer-init", "--no-enable-prefix-caching", "--enable-prompt-tokens-details",
             "--block-size", str(VLLM_BLOCK), "--max-model-len", "1024", "--dtype", "bfloat16",
             "--enforce-eager", "--max-num-seqs", "1", "--num-gpu-blocks-override", "40",
-            "--host", "127.0.0.1", "--port", str(port), "--kv-transfer-config", json.dumps(CONNECTOR)]
-    env = {**os.environ, "PYTHONHASHSEED": "0", "LMCACHE_CONFIG_FILE": str(config),
-           "LMCACHE_TRACK_USAGE": "false", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "replay"), os.environ.get("PYTHONPATH", "")])}
-    log = work / "vllm.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                pytest.fail(f"vLLM did not start (exit {proc.returncode}); its log ends:\n{tail}")
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            "--host", "127.0.0.1", "--port", str(port), "--kv-transfer-config", json.dumps(LMCACHE_CONNECTOR)]
+    env = {"PYTHONHASHSEED": "0", "LMCACHE_CONFIG_FILE": str(config), "LMCACHE_TRACK_USAGE": "false",
+           "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT / "replay")}
+    launch = Launch(argv, env, work / "vllm.log", f"http://127.0.0.1:{port}")
+    with Server(launch) as server:
+        try:
+            server.wait_healthy(timeout_s)
+        except VllmFailed as exc:
+            pytest.fail(f"{exc}; its log ends:\n{launch.log.read_text(errors='replace')[-3000:]}")
+        yield launch.url
 
 
 def complete(url: str, prompt: list[int]) -> dict:
