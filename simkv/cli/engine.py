@@ -186,7 +186,6 @@ def vllm_cmd(
     from simkv.fileio import make_dir
     from simkv.replay.vllm import (
         check_scenario,
-        engine_block_tokens,
         gpu_blocks,
         lmcache_config,
         shell_line,
@@ -215,21 +214,21 @@ def vllm_cmd(
         folder = str(config_folder(model, out / "model"))
     except ModelError as exc:
         raise SimkvError(f"--model: {exc}") from None
-    blocks, b = gpu_blocks(sc), engine_block_tokens(sc)
+    blocks, b = gpu_blocks(sc), sc.tiers.gpu.block_tokens
     if max_model_len is None and blocks is not None:
         # vLLM refuses a context its pool cannot hold (its null block holds nothing)
-        max_model_len = min(max_position(folder) or math.inf, (blocks - 1) * b)  # type: ignore[type-var]
+        pool, context = (blocks - 1) * b, max_position(folder)
+        max_model_len = pool if context is None else min(context, pool)
     argv = vllm_command(sc, folder, python=exe, host=host, port=port, dummy_weights=not real_weights,
                         eager=eager, max_model_len=max_model_len)
     env = {"PYTHONHASHSEED": "0", "VLLM_CPU_KVCACHE_SPACE":
            str(kv_cache_gib(blocks, b, sc.model.bytes_per_token))}
-    if sc.tiers.cpu.enabled or sc.tiers.disk.enabled:  # vLLM imports simkv_replay.vllm_connector
-        import simkv_replay
-
-        replay_root = str(Path(simkv_replay.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = replay_root
     written = [out / "serve.sh"]
     if sc.tiers.cpu.enabled or sc.tiers.disk.enabled:
+        import simkv_replay
+
+        # LMCache inside vLLM: vLLM imports simkv_replay.vllm_connector from the engine package
+        env["PYTHONPATH"] = str(Path(simkv_replay.__file__).resolve().parents[1])
         config_file = out / "lmcache.yaml"
         config = lmcache_config(sc, disk_path or str((out / "lmcache-disk").resolve()))
         config_file.write_text(f"# LMCache configuration for {scenario} (simkv engine vllm)\n"

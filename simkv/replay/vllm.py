@@ -26,11 +26,6 @@ LMCACHE_CONNECTOR = {"kv_connector": "SimkvLMCacheConnectorV1",
                      "kv_connector_module_path": "simkv_replay.vllm_connector", "kv_role": "kv_both"}
 
 
-def engine_block_tokens(scenario: Scenario) -> int:
-    """vLLM's ``--block-size``: ``tiers.gpu.block_tokens``."""
-    return scenario.tiers.gpu.block_tokens
-
-
 def gpu_blocks(scenario: Scenario) -> int | None:
     """vLLM's ``--num-gpu-blocks-override`` (``None``: unlimited, vLLM sizes its own pool): the
     number the simulator's vLLM model uses (:meth:`~simkv.scenario.tiers.GPUTier.pool_blocks`)."""
@@ -54,7 +49,7 @@ def unsupported(scenario: Scenario) -> list[str]:
     if sc.hardware.gpus != 1:
         problems.append(f"hardware.gpus: {sc.hardware.gpus}; one vLLM engine serves one GPU's queue "
                         "(--set hardware.gpus=1)")
-    b = engine_block_tokens(sc)
+    b = sc.tiers.gpu.block_tokens
     if sc.block_size is not None and sc.block_size % b:
         problems.append(f"block_size: {sc.block_size} is not a multiple of vLLM's block "
                         f"(tiers.gpu.block_tokens: {b})")
@@ -87,7 +82,7 @@ def vllm_command(scenario: Scenario, model: str, *, python: str = "python", host
     if dummy_weights:
         argv += ["--load-format", "dummy"]
     argv += ["--skip-tokenizer-init", "--enable-prompt-tokens-details", "--enable-prefix-caching",
-             "--block-size", str(engine_block_tokens(scenario))]
+             "--block-size", str(scenario.tiers.gpu.block_tokens)]
     if scenario.tiers.cpu.enabled or scenario.tiers.disk.enabled:
         argv += ["--kv-transfer-config", json.dumps(connector or LMCACHE_CONNECTOR, separators=(",", ":"))]
     blocks = gpu_blocks(scenario)

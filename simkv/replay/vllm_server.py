@@ -198,16 +198,3 @@ def kv_cache_gib(blocks: int | None, block_tokens: int, bytes_per_token: int) ->
     if blocks is None:
         return 1
     return max(1, math.ceil(blocks * block_tokens * bytes_per_token / 2**30))
-
-
-def python_version_ok(python: str) -> bool:
-    """Whether ``python`` can import vLLM (a quick check before a minutes-long start)."""
-    try:
-        subprocess.run([python, "-c", "import importlib.util, sys; "
-                        "sys.exit(importlib.util.find_spec('vllm') is None)"],
-                       check=True, capture_output=True, timeout=60)
-        return True
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
-        return False
-
-
