@@ -112,7 +112,14 @@ class Hardware:
     profile file (measured prefill grid, load and store times) replacing all of those; a
     relative path is resolved against the scenario file's directory (else the working
     directory). ``zero_service_time`` makes every prefill and load instantaneous (the
-    LMCache-parity configuration)."""
+    LMCache-parity configuration).
+
+    ``scheduler``: ``fifo`` serves one request at a time per GPU, to its first token (the
+    own engine's worker); ``vllm`` runs vLLM's continuous batching on one GPU
+    (:mod:`simkv.model.batching`): each step mixes the running requests' decodes with
+    (chunked) prefills under ``max_num_batched_tokens`` tokens and ``max_num_seqs``
+    sequences, every request decodes its trace's ``output_tokens``, and a step's time is the
+    profile's step time (:meth:`~simkv.model.hardware.HardwareProfile.step_s`)."""
 
     name: str = "h100-llama3-8b-fit"
     gpus: int = 1
@@ -122,9 +129,17 @@ class Hardware:
     gpu_cost_per_hour: float = 4.0
     zero_service_time: bool = False
     profile: str | None = None
+    scheduler: Literal["fifo", "vllm"] = "fifo"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
 
     def check(self, prefix: str) -> None:
         check_positive(f"{prefix}.gpus", self.gpus)
+        check_positive(f"{prefix}.max_num_seqs", self.max_num_seqs)
+        check_positive(f"{prefix}.max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.scheduler == "vllm" and self.gpus != 1:
+            raise ScenarioError(f"{prefix}.gpus: {self.gpus!r}, but hardware.scheduler: vllm models "
+                                "one vLLM engine on one GPU (set it to 1)")
         if self.gpus > MAX_GPUS:
             raise ScenarioError(f"{prefix}.gpus: {self.gpus!r} is beyond {MAX_GPUS} (one engine's GPUs, "
                                 f"each simulated as a server)")
