@@ -48,6 +48,20 @@ class RequestLog:
         for name in self.INTS:
             setattr(self, name, array("q", bytes(8 * n)))
         self.tier_tokens: list[array] | None = None
+        #: Kept by the batching scheduler only (``hardware.scheduler: vllm``; ``None`` under
+        #: ``fifo``, which models no decode): when each request's first token and its last
+        #: output token came out, and how often it was preempted (``start_s``: when it was
+        #: first scheduled).
+        self.first_token_s: array | None = None
+        self.finish_s: array | None = None
+        self.preemptions: array | None = None
+
+    def keep_decode(self) -> None:
+        """Allocate the batching scheduler's columns (first token, finish, preemptions)."""
+        n = self.n
+        self.first_token_s = array("d", bytes(8 * n))
+        self.finish_s = array("d", bytes(8 * n))
+        self.preemptions = array("q", bytes(8 * n))
 
     def set_tier_tokens(self, r: int, tokens: list[int]) -> None:
         """Record request ``r``'s hit tokens per tier (TIER_NAMES order)."""
