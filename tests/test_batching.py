@@ -105,8 +105,9 @@ def test_a_request_that_cannot_get_a_block_preempts_the_last_admitted_one() -> N
     assert out.summary["preemptions"] == 1
 
 
-def test_prefix_hits_are_found_at_admission_and_shorten_the_prefill() -> None:
-    # r1 shares r0's two blocks and arrives after r0's first token: it prefills 4 tokens
+def test_prefix_hits_are_found_at_admission_and_shorten_the_prefill(tmp_path: Path) -> None:
+    # r1 shares r0's two blocks and arrives after r0's first token: it prefills 4 tokens; with
+    # a cost per cached token of a prefill chunk, its 8 cached tokens add to its step
     tr = build_table({
         "arrival_s": [0.0, 1.0], "request_id": ["a", "b"], "session_id": ["", ""],
         "prompt_class": ["chat", "chat"], "input_tokens": [12, 12], "output_tokens": [1, 1],
@@ -114,6 +115,16 @@ def test_prefix_hits_are_found_at_admission_and_shorten_the_prefill() -> None:
     out = run(scenario(), tr)
     assert out.requests["hit_tokens"].tolist() == [0, 8]
     assert times(out)["ttft_s"] == [0.112, 0.104]
+    profile = tmp_path / "p.yaml"
+    doc = yaml.safe_load((ROOT / "profiles" / "example-table.yaml").read_text())
+    doc["block_size"] = 4
+    doc["step"] = {"const_s": 0.1, "per_prefill_token_s": 0.001, "per_decode_seq_s": 0.001,
+                   "per_context_token_s": 0.0, "prefill_attn_s": 0.0, "per_prefill_context_token_s": 0.01}
+    profile.write_text(yaml.safe_dump(doc))
+    data = scenario().to_dict()
+    data["hardware"]["profile"] = str(profile)
+    sc = scenario_from_dict(data)
+    assert times(run(sc, tr))["ttft_s"] == [0.112, 0.184]
 
 
 def test_with_sparse_arrivals_and_one_output_token_batching_equals_fifo() -> None:
@@ -178,7 +189,7 @@ def test_the_analytic_step_is_the_prefill_formula_per_batch() -> None:
     assert step(300, 0, 0, 300 * (300 + 100)) == pytest.approx(hw.prefill_s(300, 100), rel=1e-15)
     assert step(0, 1, 101, 0) == pytest.approx(hw.prefill_s(1, 100), rel=1e-15)
     zero = scenario_from_dict({"hardware": {"zero_service_time": True}}).hardware.time_model()
-    assert zero.step_time() == StepTime(0.0, 0.0, 0.0, 0.0, 0.0)
+    assert zero.step_time() == StepTime(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def _profile(tmp_path: Path, step: dict[str, Any] | None) -> Path:
@@ -200,6 +211,8 @@ def test_a_table_profile_needs_a_step_section_for_batching(tmp_path: Path) -> No
             "per_context_token_s": 1e-6, "prefill_attn_s": 0.0, "fit_error": {"median_rel": 0.02}}
     prof = load_profile(_profile(tmp_path, step))
     assert prof.step_time()(10, 2, 50, 0) == pytest.approx(0.01 + 1e-3 + 2e-3 + 5e-5)
+    with_context = load_profile(_profile(tmp_path, {**step, "per_prefill_context_token_s": 1e-5}))
+    assert with_context.step_time()(10, 2, 50, 0, 700) == pytest.approx(0.01 + 1e-3 + 2e-3 + 5e-5 + 7e-3)
     bad = dict(step, per_decode_seq_s=-1.0)
     with pytest.raises(ScenarioError, match=r"step.per_decode_seq_s: must be >= 0"):
         load_profile(_profile(tmp_path, bad))

@@ -53,7 +53,7 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
     """Run steps until the cache must act (see the module docstring); returns ``(code, r)``.
     ``cache`` false: there is none (no lookups, nothing stored): run to the end."""
     n = arrivals.shape[0]
-    c0, cp, cd, ck, ca = step[0], step[1], step[2], step[3], step[4]
+    c0, cp, cd, ck, ca, cc = step[0], step[1], step[2], step[3], step[4], step[5]
     while True:
         if ctl[C_LEFT] == 0:
             return DONE, 0
@@ -184,11 +184,13 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
             ctl[C_NRUN] = nrun
         ctl[C_FREE] = free
 
-        # -- the step's time: prefill tokens, decoding sequences, their context, attention
+        # -- the step's time: prefill tokens, decoding sequences, their context, attention,
+        # the prefills' context
         p = 0.0
         d = 0.0
         k = 0.0
         a = 0.0
+        context = 0.0
         for j in range(m):
             r = batch_r[j]
             new = batch_new[j]
@@ -199,7 +201,8 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
             else:
                 p += new
                 a += new * (new + c)
-        seconds = c0 + cp * p + cd * d + ck * k + ca * a + extra
+                context += c
+        seconds = c0 + cp * p + cd * d + ck * k + ca * a + cc * context + extra
         now = now + seconds
         clock[0] = now
         clock[1] += seconds
