@@ -125,6 +125,11 @@ def test_prefix_hits_are_found_at_admission_and_shorten_the_prefill(tmp_path: Pa
     data["hardware"]["profile"] = str(profile)
     sc = scenario_from_dict(data)
     assert times(run(sc, tr))["ttft_s"] == [0.112, 0.184]
+    # the latency outside the engine core: in TTFT and e2e, not in the engine's steps
+    doc["step"]["latency_s"] = 0.005
+    profile.write_text(yaml.safe_dump(doc))
+    out = times(run(sc, tr))
+    assert out["ttft_s"] == [0.117, 0.189] and out["e2e_s"] == [0.117, 0.189]
 
 
 def test_with_sparse_arrivals_and_one_output_token_batching_equals_fifo() -> None:

@@ -115,13 +115,25 @@ def main() -> None:
              f"{study}`.", "",
              "| load | model | TTFT p50 | TTFT p90 | e2e p50 | e2e p90 | median \\|TTFT err\\| |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    keys = ("ttft_p50", "ttft_p90", "e2e_p50", "e2e_p90", "ttft_median_abs")
     for load, body in report["loads"].items():
         for name, row in body["models"].items():
             m = row["mean"]
-            cells = ["n/a" if m[k] is None else f"{100 * m[k]:+.1f}%"
-                     for k in ("ttft_p50", "ttft_p90", "e2e_p50", "e2e_p90")]
-            lines.append(f"| {load} | {name} | " + " | ".join(cells)
-                         + f" | {100 * m['ttft_median_abs']:.1f}% |")
+            cells = ["n/a" if m[k] is None else f"{100 * m[k]:+.1f}%" for k in keys]
+            lines.append(f"| {load} | {name} | " + " | ".join(cells) + " |")
+    last = list(models(scenario, profile, http_s, 0))[-1][0] if report["loads"] else ""
+    lines += ["", f"The full model ({last}) against each repeat: the spread over repeats.", "",
+              "| load | repeat | TTFT p50 | TTFT p90 | e2e p50 | e2e p90 | median \\|TTFT err\\| |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for load, body in report["loads"].items():
+        per_rep = body["models"][last]["repeats"]
+        for i, r in enumerate(per_rep, 1):
+            lines.append(f"| {load} | {i} | " + " | ".join(
+                "n/a" if r[k] is None else f"{100 * r[k]:+.1f}%" for k in keys) + " |")
+        spread = [None if any(r[k] is None for r in per_rep) else
+                  max(r[k] for r in per_rep) - min(r[k] for r in per_rep) for k in keys]  # type: ignore[type-var,operator]
+        lines.append(f"| {load} | spread (max − min) | " + " | ".join(
+            "n/a" if v is None else f"{100 * v:.1f} pts" for v in spread) + " |")
     (study / "ablation.md").write_text("\n".join(lines) + "\n")
 
 

@@ -101,6 +101,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     else:                              # vllm: the batching model's first-token and finish times
         decode = decode_columns(log, arrival, trace.output_tokens)
         prefill = decode.pop("prefill_s")
+        latency = latency + cache.hw.step_latency_s  # outside the engine core: before the client sees it
         ttft = decode.pop("ttft_s") + latency
         decode["e2e_s"] = decode["e2e_s"] + latency
         ttft_nocache = _nocache_first_token_s(scenario, trace) - arrival + latency

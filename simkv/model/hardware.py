@@ -210,6 +210,13 @@ class HardwareProfile(ABC):
     def _step_time(self) -> StepTime:
         """The profile's own step time."""
 
+    @property
+    def step_latency_s(self) -> float:
+        """Seconds a batching engine's output takes outside its engine core (HTTP, the API
+        server) before a client sees it, added to TTFT and e2e: a table profile's
+        ``step.latency_s``, else 0."""
+        return 0.0
+
     def block_value_s(self, position: Any, input_tokens: Any, block_size: int) -> Any:
         """GPU seconds one reuse of the block at ``position`` of an ``input_tokens`` prompt saves:
         ``prefill(N − p·B, p·B) − prefill(N − (p+1)·B, (p+1)·B)`` (``p`` = position, ``N`` =
@@ -335,6 +342,12 @@ class TableProfile(HardwareProfile):
         step = data.get("step")
         self.step = None if step is None else StepTime(*(float(step.get(k, 0.0)) for k in STEP_KEYS))
 
+    @property
+    def step_latency_s(self) -> float:
+        if self.zero:
+            return 0.0
+        return float((self.data.get("step") or {}).get("latency_s", 0.0))
+
     def _step_time(self) -> StepTime:
         if self.step is None:
             raise ScenarioError(f"{self.source}: step: missing, but hardware.scheduler: vllm needs "
@@ -359,7 +372,7 @@ class TableProfile(HardwareProfile):
 _TOP_KEYS = {"version", "kind", "model", "block_size", "measured_on", "fit_error", "notes",
              "calibration", "prefill", "load", "store", "archive", "request", "step"}
 #: Optional keys of the ``step`` section: what ``simkv calibrate --steps`` measured.
-_STEP_EXTRA = ("fit_error", "points", "notes", "measured_with")
+_STEP_EXTRA = ("latency_s", "fit_error", "points", "notes", "measured_with")
 
 
 def _num(source: str, key: str, value: Any, allow_zero: bool = True) -> float:
@@ -445,7 +458,7 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
             _num(source, f"request.{k}", v)
     if "step" in data:
         m = _mapping(source, "step", data["step"], STEP_KEYS[:-1], (STEP_KEYS[-1], *_STEP_EXTRA))
-        for k in STEP_KEYS:
+        for k in (*STEP_KEYS, "latency_s"):
             if k in m:
                 _num(source, f"step.{k}", m[k])
     return data
