@@ -11,8 +11,10 @@ repeat of that load's replay (per repeat, then the spread):
 * ``serial``: the batching engine with ``max_num_seqs: 1`` (decode modelled, no batching);
 * ``no chunking``: batching with a step budget no prompt exceeds (prefills never chunked);
 * ``batching``: the study's scheduler (``max_num_seqs``, ``max_num_batched_tokens``: chunked
-  prefill) with the calibrated step time;
-* ``+ http``: and the profile's latency outside the engine (``request.latency_const_s``, the
+  prefill) with the calibrated step time, without its prefill-context term;
+* ``+ prefill context``: and the step's cost per cached token of a prefill chunk
+  (``step.per_prefill_context_token_s``);
+* ``+ latency outside``: and the time outside the engine core (``step.latency_s``, the
   client's TTFT of a prompt alone less vLLM's own prefill time): the full model.
 
 Writes STUDY_DIR/ablation.json and ablation.md: TTFT p50 / p90, e2e p50 and the per-request
@@ -63,22 +65,29 @@ def errors(sim: pd.DataFrame, rep: pd.DataFrame) -> dict[str, float | None]:
     return out
 
 
-def models(scenario: dict[str, Any], profile: Path, http_s: float,
-           budget: int) -> list[tuple[str, list[str]]]:
-    """The chain of models, as --set overrides of the study's scenario."""
-    hw = scenario["hardware"]
-    with_http = profile.with_name("profile-http.yaml")
+def models(scenario: dict[str, Any], profile: Path, budget: int) -> list[tuple[str, list[str]]]:
+    """The chain of models, as --set overrides of the study's scenario (profile variants are
+    written beside ``profile``)."""
     doc = yaml.safe_load(profile.read_text())
-    doc["request"] = {**(doc.get("request") or {}), "latency_const_s": http_s}
-    with_http.write_text(yaml.safe_dump(doc, sort_keys=False))
-    base = [f"hardware.profile={profile}"]
+    step = doc.get("step") or {}
+
+    def variant(name: str, **changes: float) -> list[str]:
+        d = json.loads(json.dumps(doc))
+        d["step"] = {**d.get("step", {}), **changes}
+        path = profile.with_name(f"profile-{name}.yaml")
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
+        return [f"hardware.profile={path}"]
+
+    plain = variant("plain", per_prefill_context_token_s=0.0, latency_s=0.0)
+    context = variant("context", latency_s=0.0)
     return [
-        ("fifo", [*base, "hardware.scheduler=fifo"]),
-        ("serial", [*base, "hardware.max_num_seqs=1"]),
-        ("no chunking", [*base, f"hardware.max_num_batched_tokens={budget}"]),
-        ("batching", base),
-        ("+ http", [f"hardware.profile={with_http}"]),
-    ] if hw.get("scheduler") == "vllm" else []
+        ("fifo", [f"hardware.profile={profile}", "hardware.scheduler=fifo"]),
+        ("serial", [*plain, "hardware.max_num_seqs=1"]),
+        ("no chunking", [*plain, f"hardware.max_num_batched_tokens={budget}"]),
+        ("batching", plain),
+        ("+ prefill context", context),
+        ("+ latency outside", [f"hardware.profile={profile}"]),
+    ] if scenario["hardware"].get("scheduler") == "vllm" and step else []
 
 
 def main() -> None:
@@ -87,19 +96,17 @@ def main() -> None:
     scenario_path = Path(sys.argv[2]) if len(sys.argv) > 2 else default
     scenario = yaml.safe_load(scenario_path.read_text())
     profile = (study / "profile.yaml").resolve()
-    cal = yaml.safe_load(profile.read_text()).get("calibration", {})
-    http_s = float(((cal.get("step") or {}).get("http_s")) or 0.0)
-    report: dict[str, Any] = {"http_s": http_s, "loads": {}}
+    report: dict[str, Any] = {"loads": {}}
     for load in sorted(p for p in study.glob("load*") if p.is_dir()):
         trace = load / "trace.parquet"
         reps = sorted(load.glob("rep*/client.parquet"))
         if not trace.exists() or not reps:
             continue
         replays = [measured(p) for p in reps]
-        budget = int(max(pd.read_parquet(trace, columns=["input_tokens"])["input_tokens"].max() + 1,
+        budget = int(max(pd.read_parquet(trace, columns=["input_tokens"])["input_tokens"].max() + 16,
                          scenario["hardware"].get("max_num_batched_tokens", 2048)))
         rows = {}
-        for name, sets in models(scenario, profile, http_s, budget):
+        for name, sets in models(scenario, profile, budget):
             sim = run(scenario_path, str(trace), overrides=sets).requests
             per_rep = [errors(sim, rep) for rep in replays]
             mean = {k: (float(np.mean([p[k] for p in per_rep])) if all(p[k] is not None for p in per_rep)
@@ -121,7 +128,7 @@ def main() -> None:
             m = row["mean"]
             cells = ["n/a" if m[k] is None else f"{100 * m[k]:+.1f}%" for k in keys]
             lines.append(f"| {load} | {name} | " + " | ".join(cells) + " |")
-    last = list(models(scenario, profile, http_s, 0))[-1][0] if report["loads"] else ""
+    last = list(models(scenario, profile, 0))[-1][0] if report["loads"] else ""
     lines += ["", f"The full model ({last}) against each repeat: the spread over repeats.", "",
               "| load | repeat | TTFT p50 | TTFT p90 | e2e p50 | e2e p90 | median \\|TTFT err\\| |",
               "|---|---|---:|---:|---:|---:|---:|"]
