@@ -88,6 +88,12 @@ def test_a_step_grid_too_small_to_fit_is_refused_before_measuring() -> None:
         StepPlan([1, 64], [1, 2], [64]).check(4096)
     with pytest.raises(CalibrationError, match="needs 4121 tokens per sequence but the model's context"):
         StepPlan([1, 64], [1, 2, 4], [4096]).check(4095)
+    with pytest.raises(CalibrationError, match="--step-cached: expected multiples of vLLM's block size 32"):
+        StepPlan([1, 64], [1, 2, 4], [64], prefill_cached=[0, 48]).check(4095, 32)
+    # cached prefixes multiply the prefill points: 2 x 2 + 2 x 1 = 6 points, and the longest prompt
+    with pytest.raises(CalibrationError, match="needs 1088 tokens per sequence"):
+        StepPlan([1, 64], [1, 2], [64], prefill_cached=[0, 1024]).check(1000, 32)
+    StepPlan([1, 64], [1, 2], [64], prefill_cached=[0, 1024]).check(4095, 32)
 
 
 def test_steps_need_a_vllm_engine(tmp_path) -> None:
@@ -106,7 +112,7 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
         out = tmp_path / "p.yaml"
         res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--block-size", "64",
                         "--new-tokens", "1,64", "--cached-tokens", "0,64", "--repeats", "1", "--warmup", "1",
-                        "--steps", "--step-prefill", "1,128", "--step-decode", "1,4",
+                        "--steps", "--step-prefill", "1,128", "--step-cached", "0,64", "--step-decode", "1,4",
                         "--step-lengths", "64,512",
                         "--step-tokens", "6")
     finally:
@@ -117,14 +123,16 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     step = doc["step"]
     assert list(step) == ["const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
                           "prefill_attn_s", "fit_error", "points"]
-    assert all(step[k] >= 0 for k in list(step)[:5]) and step["fit_error"]["points"] == 6
+    assert all(step[k] >= 0 for k in list(step)[:5]) and step["fit_error"]["points"] == 8
     got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"]) for p in step["points"]]
-    assert got == [(1, 0, 1), (128, 0, 128 * 128), (0, 1, 0), (0, 4, 0), (0, 1, 0), (0, 4, 0)]
+    assert got == [(1, 0, 1), (128, 0, 128 * 128), (1, 0, 1 * 65), (128, 0, 128 * 192),
+                   (0, 1, 0), (0, 4, 0), (0, 1, 0), (0, 4, 0)]
     assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
     # K: the decoding sequences' prompts and the tokens they had generated
     decode = [p for p in step["points"] if p["decode_seqs"]]
     assert [p["context_tokens"] // (p["decode_seqs"] * length) for p, length in
             zip(decode, (64, 64, 512, 512), strict=True)] == [1, 1, 1, 1]
     plan = doc["calibration"]["step"]
-    assert plan["decode_lengths"] == [64, 512] and plan["server_prefill_times"] is True
+    assert plan["decode_lengths"] == [64, 512] and plan["prefill_cached"] == [0, 64]
+    assert plan["server_prefill_times"] is True
     assert plan["http_s"] > 0 and "step_s = const_s" in doc["notes"]

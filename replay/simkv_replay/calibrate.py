@@ -1332,7 +1332,8 @@ START_WAIT_S = 300.0
 
 @dataclass(frozen=True)
 class StepPlan:
-    """The step grid: prefill-only steps of ``prefill_tokens`` (one request alone, one token
+    """The step grid: prefill-only steps of ``prefill_tokens`` new tokens after each of
+    ``prefill_cached`` cached ones (one request alone, its prefix served first, one token
     generated); decode-only steps of every ``decode_seqs`` × ``decode_lengths`` (that many
     concurrent streams of prompts that long, timed over ``decode_tokens`` tokens once all of them
     decode); ``repeats`` timed runs per point (medians) after ``warmup`` discarded ones."""
@@ -1343,8 +1344,11 @@ class StepPlan:
     decode_tokens: int = 24
     repeats: int = 3
     warmup: int = 1
+    prefill_cached: list[int] = field(default_factory=lambda: [0])
 
-    def check(self, context: int | None) -> None:
+    def check(self, context: int | None, block: int | None = None) -> None:
+        """Refuse a grid the fit cannot use or the model cannot hold; ``block``: vLLM's block
+        size (cached prefixes are whole blocks)."""
         for key, values in (("--step-prefill", self.prefill_tokens), ("--step-decode", self.decode_seqs),
                             ("--step-lengths", self.decode_lengths)):
             if not values or any(v < 1 for v in values):
@@ -1352,7 +1356,11 @@ class StepPlan:
         if len(set(self.prefill_tokens)) < 2 or len(set(self.decode_seqs)) < 2:
             raise CalibrationError("--step-prefill and --step-decode: at least 2 distinct values each "
                                    "(the fit separates the constant from the slopes)")
-        points = len(set(self.prefill_tokens)) + len(set(self.decode_seqs)) * len(set(self.decode_lengths))
+        if not self.prefill_cached or any(c < 0 or (block and c % block) for c in self.prefill_cached):
+            raise CalibrationError(f"--step-cached: expected multiples of vLLM's block size {block} "
+                                   f"(0: none), got {self.prefill_cached}")
+        points = (len(set(self.prefill_tokens)) * len(set(self.prefill_cached))
+                  + len(set(self.decode_seqs)) * len(set(self.decode_lengths)))
         if points < len(STEP_KEYS):
             raise CalibrationError(f"the step grid has {points} points, the fit needs at least "
                                    f"{len(STEP_KEYS)} (lengthen --step-prefill, --step-decode or "
@@ -1360,10 +1368,12 @@ class StepPlan:
         if self.decode_tokens < 4 or self.repeats < 1 or self.warmup < 0:
             raise CalibrationError(f"--step-tokens must be >= 4, --repeats >= 1 and --warmup >= 0, got "
                                    f"{self.decode_tokens}, {self.repeats}, {self.warmup}")
-        longest = max(max(self.prefill_tokens), max(self.decode_lengths) + self.decode_tokens + 1)
+        longest = max(max(self.prefill_tokens) + max(self.prefill_cached),
+                      max(self.decode_lengths) + self.decode_tokens + 1)
         if context is not None and longest > context:
             raise CalibrationError(f"the step grid needs {longest} tokens per sequence but the model's "
-                                   f"context is {context} (shrink --step-prefill / --step-lengths)")
+                                   f"context is {context} (shrink --step-prefill, --step-cached or "
+                                   "--step-lengths)")
 
 
 @dataclass(frozen=True)
@@ -1417,35 +1427,39 @@ def metric_sum(text: str, name: str) -> float | None:
 def step_runs(plan: StepPlan) -> int:
     """Requests the step measurement makes (the progress bar's units)."""
     runs = plan.warmup + plan.repeats
-    return runs * (len(plan.prefill_tokens) + len(plan.decode_lengths) * len(plan.decode_seqs))
+    return runs * (len(plan.prefill_tokens) * len(plan.prefill_cached)
+                   + len(plan.decode_lengths) * len(plan.decode_seqs))
 
 
 def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
                   advance: Callable[[int], None] = lambda n: None) -> tuple[list[StepPoint], dict[str, Any]]:
     """Measure ``plan`` on vLLM: the points and what else was learnt (``http_s``: the median of
     the client's TTFT less the engine's queue and prefill times of the prefill-only runs)."""
-    plan.check(probe.context)
+    plan.check(probe.context, probe.vllm_block)
     fresh = FreshPrompts(probe.vocab_size, seed, 0x57E9)
     runs = plan.warmup + plan.repeats
     points: list[StepPoint] = []
     http: list[float] = []
     server = True
-    for n in plan.prefill_tokens:
+    for c, n in itertools.product(plan.prefill_cached, plan.prefill_tokens):
         samples = []
         for rep in range(runs):
             probe.clear(["gpu"])
+            prefix = fresh(c)
+            if c:
+                probe.serve(prefix)
             before = probe.client.get("/metrics").text
-            r = probe.serve(fresh(n))
+            r = probe.serve(prefix + fresh(n))
             after = probe.client.get("/metrics").text
             advance(1)
-            if r.hit_tokens["gpu"]:
-                raise CalibrationError(f"step prefill n={n}: vLLM served {r.hit_tokens['gpu']} cached tokens "
-                                       "of a fresh prompt (is another client using it?)")
+            if r.hit_tokens["gpu"] != c:
+                raise CalibrationError(f"step prefill n={n} c={c}: vLLM served {r.hit_tokens['gpu']} cached "
+                                       f"tokens, not {c} (is another client using it?)")
             d = {k: _delta(before, after, k) for k in (PREFILL_SUM, QUEUE_SUM, STEPS_COUNT)}
             if d[STEPS_COUNT] is not None and round(d[STEPS_COUNT]) != 1:
-                raise CalibrationError(f"--step-prefill: a prompt of {n} tokens took {round(d[STEPS_COUNT])} "
-                                       "engine steps (over vLLM's max_num_batched_tokens, or another "
-                                       "client): keep the prefill grid within one step")
+                raise CalibrationError(f"--step-prefill: {n} new tokens took {round(d[STEPS_COUNT])} engine "
+                                       "steps (over vLLM's max_num_batched_tokens, or another client): "
+                                       "keep the prefill grid within one step")
             server = server and d[PREFILL_SUM] is not None
             if rep >= plan.warmup:
                 if d[PREFILL_SUM] is not None:
@@ -1453,7 +1467,7 @@ def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
                     http.append(r.client_ttft_s - d[PREFILL_SUM] - (d[QUEUE_SUM] or 0.0))
                 else:
                     samples.append(r.client_ttft_s)
-        points.append(StepPoint(n, 0, 0, n * n, float(np.median(samples))))
+        points.append(StepPoint(n, 0, 0, n * (n + c), float(np.median(samples))))
     http_s = float(np.median(http)) if http else None
     for length in plan.decode_lengths:
         for d in plan.decode_seqs:
@@ -1552,8 +1566,9 @@ def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
     points, info = measure_steps(probe, plan, seed, advance)
     cal.doc["step"] = fit_steps(points)
     cal.doc["calibration"]["step"] = {
-        "prefill_tokens": plan.prefill_tokens, "decode_seqs": plan.decode_seqs,
-        "decode_lengths": plan.decode_lengths, "decode_tokens": plan.decode_tokens,
+        "prefill_tokens": plan.prefill_tokens, "prefill_cached": plan.prefill_cached,
+        "decode_seqs": plan.decode_seqs, "decode_lengths": plan.decode_lengths,
+        "decode_tokens": plan.decode_tokens,
         "repeats": plan.repeats, "warmup": plan.warmup, "statistic": "median", **info}
     how = ("vLLM's own prefill time (/metrics: request_prefill_time_seconds, scheduled -> first token), "
            f"the client's TTFT being {info['http_s'] * 1e3:.2f} ms longer besides the queue (calibration."
@@ -1563,7 +1578,8 @@ def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
         "step: step_s = const_s + per_prefill_token_s*P + per_decode_seq_s*D + per_context_token_s*K + "
         "prefill_attn_s*A (P prefill tokens, D decoding sequences, K their KV tokens, A = sum of "
         "n*(n+c) over the prefill chunks), fitted by non-negative least squares on relative error to "
-        f"prefill-only steps (one fresh prompt alone, one token generated, one engine step: {how}) and "
+        f"prefill-only steps (one fresh prompt alone after its cached prefix, one token generated, one "
+        f"engine step: {how}) and "
         "decode-only steps (D concurrent streams of fresh prompts, ignore_eos; the median gap between "
         "a stream's consecutive tokens while all D decode, K counted from the tokens received)")
     cal.doc["notes"] = "; ".join(cal.notes)

@@ -117,6 +117,9 @@ def calibrate_cmd(
     step_prefill: Annotated[str, typer.Option(
         help="--steps: prompt lengths of the prefill-only steps (each within one step: at most "
              "vLLM's --max-num-batched-tokens).")] = "1,16,64,128,256,512",
+    step_cached: Annotated[str, typer.Option(
+        help="--steps: cached tokens before the prefill-only steps' new tokens (multiples of vLLM's "
+             "block size; the prefix is served first).")] = "0",
     step_decode: Annotated[str, typer.Option(
         help="--steps: decoding sequences of the decode-only steps (at most vLLM's "
              "--max-num-seqs).")] = "1,2,4,8,16",
@@ -176,8 +179,8 @@ def calibrate_cmd(
                      ("--step-lengths", step_lengths))
             step_plan = cal_mod.StepPlan(
                 *(_ints(key, v) for key, v in grids), decode_tokens=step_tokens, repeats=plan.repeats,
-                warmup=plan.warmup)
-            step_plan.check(probe.context)
+                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached))
+            step_plan.check(probe.context, probe.vllm_block)
         total = cal_mod.steps(plan, probe.tiers, probe.wait_clears, probe.prefill_only)
         total += cal_mod.step_runs(step_plan) if step_plan else 0
         src = escape(engine or str(in_process))
