@@ -52,7 +52,10 @@ def test_a_run_against_itself(base_run: Path, tmp_path: Path) -> None:
     assert all(v["rel_error"] == 0 for v in d["ttft_s"]["overall"].values())
     assert d["ttft_per_request"]["median_abs_rel_error"] == 0
     assert d["hits"]["identical_fraction"] == 1 and d["divergence"]["first"] == []
-    assert [t["pass"] for t in d["targets"]] == [True] * 4
+    # a fifo simulation models no decode: its e2e target is n/a, not a failure
+    assert {t["name"]: t["pass"] for t in d["targets"]} == {
+        "ttft_p50": True, "ttft_p90": True, "e2e_p50": None, "ttft_median_abs": True, "hits_identical": True}
+    assert d["e2e_s"]["requests"] == 0 and d["e2e_s"]["overall"]["p50"]["rel_error"] is None
     names = {p.name for p in (tmp_path / "v").iterdir()}
     assert {"fidelity.md", "fidelity.json", "ttft_scatter.png", "ttft_error_cdf.png",
             "tier_hits.png"} <= names
@@ -81,11 +84,12 @@ def test_scaled_prefill_gives_the_known_ttft_error(spread_trace: Path, tmp_path:
     assert pr["median_rel_error"] == pytest.approx(expected, abs=1e-9)
     assert d["hits"]["identical_fraction"] == 1
     assert {t["name"]: t["pass"] for t in d["targets"]} == {
-        "ttft_p50": False, "ttft_p90": False, "ttft_median_abs": False, "hits_identical": True}
+        "ttft_p50": False, "ttft_p90": False, "e2e_p50": None, "ttft_median_abs": False,
+        "hits_identical": True}
     # a looser target turns the gate around
     loose = parse_targets(["ttft_p50=0.25", "ttft_p90=0.25", "ttft_median_abs=0.25"])
     d2 = validate(sim, meas, tmp_path / "v2", ignore_scenario=True, targets=loose).data
-    assert all(t["pass"] for t in d2["targets"])
+    assert all(t["pass"] is not False for t in d2["targets"])
 
 
 def test_smaller_gpu_names_the_first_diverging_request(spread_trace: Path, tmp_path: Path) -> None:
@@ -212,3 +216,84 @@ def test_a_replay_with_total_hits_only_compares_totals(base_run: Path, spread_tr
     assert differ > 0 and d2["hits"]["identical"] == d2["requests"]["compared"] - differ
     assert d2["divergence"]["requests"] == differ and d2["divergence"]["causes"] == {"eviction": differ}
     assert d2["divergence"]["first"][0]["tiers"] == []
+
+
+# -- the fidelity targets: cpu and gpu sets, pass / fail / n/a -----------------------------------
+
+
+def _with_latencies(src: Path, dst: Path, ttft_scale: float, e2e: np.ndarray | None) -> Path:
+    """A copy of a run directory with every TTFT multiplied by ``ttft_scale`` and the decode
+    columns set by hand: ``e2e_s`` (``None``: null, as a ``fifo`` run leaves it) and ``tpot_s``
+    = (e2e − ttft) / 3 (four output tokens each)."""
+    dst.mkdir()
+    table = pq.read_table(src / "requests.parquet")
+    ttft = table.column("ttft_s").to_numpy() * ttft_scale
+    cols = {"ttft_s": pa.array(ttft),
+            "e2e_s": pa.nulls(table.num_rows, pa.float64()) if e2e is None else pa.array(e2e),
+            "tpot_s": pa.nulls(table.num_rows, pa.float64()) if e2e is None else pa.array((e2e - ttft) / 3)}
+    for name, values in cols.items():
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    pq.write_table(table, dst / "requests.parquet")
+    (dst / "summary.json").write_text((src / "summary.json").read_text())
+    return dst
+
+
+@pytest.fixture(scope="module")
+def latency_sides(base_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Hand-built sides: the measured TTFTs 12% above the simulated ones (error 1/1.12 − 1 =
+    −10.7%), the measured e2e latencies 1/0.94 of the simulated ones (error −6%); and a side
+    without e2e latencies (a ``fifo`` simulation)."""
+    d = tmp_path_factory.mktemp("latency")
+    n = pq.read_metadata(base_run / "requests.parquet").num_rows
+    e2e = 5.0 + np.arange(n) * 0.01
+    return {"sim": _with_latencies(base_run, d / "sim", 1.0, e2e),
+            "fifo": _with_latencies(base_run, d / "fifo", 1.0, None),
+            "meas": _with_latencies(base_run, d / "meas", 1.12, e2e / 0.94)}
+
+
+def test_targets_pass_fail_and_n_a(latency_sides: dict[str, Path], tmp_path: Path) -> None:
+    sim, meas = latency_sides["sim"], latency_sides["meas"]
+    cpu = validate(sim, meas, tmp_path / "cpu").data
+    assert cpu["target_set"] == "cpu"
+    assert cpu["e2e_s"]["overall"]["p50"]["rel_error"] == pytest.approx(-0.06, abs=1e-9)
+    assert cpu["e2e_s"]["overall"]["p90"]["rel_error"] == pytest.approx(-0.06, abs=1e-9)
+    assert cpu["tpot_s"]["requests"] == cpu["requests"]["compared"]
+    assert cpu["tpot_s"]["overall"]["p50"]["rel_error"] is not None
+    got = {t["name"]: (t["limit"], t["pass"]) for t in cpu["targets"]}
+    assert got == {"ttft_p50": (0.10, False), "ttft_p90": (0.15, True), "e2e_p50": (0.10, True),
+                   "ttft_median_abs": (0.15, True), "hits_identical": (1.0, True)}
+    gpu = validate(sim, meas, tmp_path / "gpu", target_set="gpu").data
+    got = {t["name"]: (t["limit"], t["pass"]) for t in gpu["targets"]}
+    assert got == {"ttft_p50": (0.02, False), "ttft_p90": (0.05, False), "e2e_p50": (0.05, False),
+                   "ttft_median_abs": (0.05, False), "hits_identical": (1.0, True)}
+    assert json.loads((tmp_path / "gpu" / "fidelity.json").read_text())["targets"] == gpu["targets"]
+    md = (tmp_path / "gpu" / "fidelity.md").read_text()
+    assert "`gpu` targets" in md and r"| e2e p50 \|relative error\| | 6.00% | ≤ 5.00% | **FAIL** |" in md
+    assert "## End-to-end latency and TPOT" in md and "| e2e | p50 |" in md
+    # a simulation with no e2e latency (fifo): that target is n/a, the others as before
+    fifo = validate(latency_sides["fifo"], meas, tmp_path / "fifo", ignore_scenario=True).data
+    e2e = next(t for t in fifo["targets"] if t["name"] == "e2e_p50")
+    assert e2e["pass"] is None and e2e["value"] is None and e2e["shown"] == "n/a"
+    assert fifo["e2e_s"]["requests"] == 0 and fifo["tpot_s"]["overall"]["p50"]["sim"] is None
+    md = (tmp_path / "fifo" / "fidelity.md").read_text()
+    assert r"| e2e p50 \|relative error\| | n/a | ≤ 10.00% | n/a |" in md
+
+
+def test_cli_prints_the_targets_table(latency_sides: dict[str, Path], tmp_path: Path) -> None:
+    sim, meas, fifo = latency_sides["sim"], latency_sides["meas"], latency_sides["fifo"]
+    res = simkv_cli("validate", str(sim), str(meas), "-o", str(tmp_path / "v"), "--targets", "gpu")
+    assert res.returncode == 0, res.stderr                     # failed targets are only reported
+    assert "fidelity targets (gpu)" in res.stdout
+    lines = {ln.split("│")[1].strip(): ln for ln in res.stdout.splitlines() if ln.count("│") == 5}
+    assert "6.00%" in lines["e2e p50 |relative error|"] and "FAIL" in lines["e2e p50 |relative error|"]
+    assert "pass" in next(v for k, v in lines.items() if k.startswith("requests with identical"))
+    # n/a is not a failure: the same TTFTs, no e2e on the simulated side, gated
+    ok = simkv_cli("validate", str(fifo), str(sim), "-o", str(tmp_path / "v2"), "--gate",
+                   "--ignore-scenario")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "n/a" in next(ln for ln in ok.stdout.splitlines() if "e2e p50" in ln)
+    gated = simkv_cli("validate", str(sim), str(meas), "-o", str(tmp_path / "v3"), "--gate")
+    assert gated.returncode == 1 and "FAIL" in gated.stdout     # cpu: TTFT p50 10.7% > 10%
+    bad = simkv_cli("validate", str(sim), str(meas), "-o", str(tmp_path / "v4"), "--targets", "tpu")
+    assert bad.returncode == 2 and "--targets 'tpu'" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -35,6 +35,8 @@ def trace_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("ttft_p99_s", "min"), ("ttft_p99", "min"), ("ttft_nocache_p50_s", "min"),
     ("archive_storage_dollars", "min"), ("transfer_dollars", "min"), ("evictions_gpu", "min"),
     ("storage_mean_bytes_disk", "min"), ("gpu_utilization", "min"), ("archive_puts", "min"),
+    ("e2e_p90_s", "min"), ("tpot_p50_s", "min"), ("queue_p90_s", "min"), ("preemptions", "min"),
+    ("throughput_requests_per_s", "max"), ("throughput_output_tokens_per_s", "max"),
 ])
 def test_every_metric_has_one_direction(metric: str, direction: str) -> None:
     assert direction_of(metric) == direction

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from simkv.errors import SimkvError
 from simkv.metrics.schema import REQUEST_COLUMNS, read_requests, request_metadata
 from simkv.replay.client import metric_deltas, parse_metrics
 from simkv.replay.pacing import Send, pace
@@ -130,7 +131,8 @@ def test_metrics_text_keeps_the_cache_counters_and_their_deltas() -> None:
 
 def _row(rid: str) -> dict:
     return {c: None for c in REQUEST_COLUMNS} | {"request_id": rid, "arrival_s": 0.0, "prompt_class": "x",
-                                                 "input_tokens": 20, "blocks": 1, "ttft_s": 0.5}
+                                                 "input_tokens": 20, "output_tokens": 1, "blocks": 1,
+                                                 "ttft_s": 0.5}
 
 
 def test_parts_are_appended_atomically_and_refuse_another_trace(tmp_path) -> None:
@@ -149,6 +151,19 @@ def test_parts_are_appended_atomically_and_refuse_another_trace(tmp_path) -> Non
     assert not [p for p in (tmp_path / "parts").iterdir() if p.name.startswith(".")]
     with pytest.raises(Exception, match="another trace"):
         read_parts(tmp_path, "u" * 64, "s" * 64)
+
+
+def test_parts_of_an_older_schema_are_refused(tmp_path) -> None:
+    """A replay's parts written before schema version 4 (no ``output_tokens``, no decode
+    columns) cannot be resumed into version-4 rows: refused, naming the part."""
+    w = PartWriter(tmp_path, "t" * 64, "s" * 64)
+    w.add(_row("a"))
+    w.flush()
+    (path,) = part_files(tmp_path)
+    old = pq.read_table(path)
+    pq.write_table(old.drop_columns(["output_tokens", "e2e_s", "tpot_s", "preemptions"]), path)
+    with pytest.raises(SimkvError, match=f"{path}: rows of another per-request schema"):
+        read_parts(tmp_path, "t" * 64, "s" * 64)
 
 
 # -- end to end through the real engine server ----------------------------------------------------
@@ -251,8 +266,10 @@ def test_replay_rows_join_simkv_run_request_by_request(files, engine, tmp_path) 
     assert (got[["cpu_hit_tokens", "disk_hit_tokens", "archive_hit_tokens"]] == 0).all().all()
     assert (got["hit_tokens"] == got["gpu_hit_tokens"]).all() and got["gpu_hit_tokens"].sum() > 0
     assert got["ttft_s"].gt(0).all() and got["queue_s"].notna().all()
-    for col in ("ttft_nocache_s", "prefix_blocks", "gpu_seconds_saved", "gpu_held_bytes"):
+    for col in ("ttft_nocache_s", "prefix_blocks", "gpu_seconds_saved", "gpu_held_bytes", "preemptions"):
         assert got[col].isna().all(), col          # unknown to the client: null, never 0
+    assert got["output_tokens"].tolist() == sim.requests["output_tokens"].tolist()
+    assert (got["e2e_s"] >= got["ttft_s"]).all() and got["tpot_s"].isna().all()  # one token each
     extra = pd.read_parquet(out / "replay_requests.parquet")
     assert (extra["computed_tokens"] == got["input_tokens"] - got["hit_tokens"]).all()
     summary = json.loads((out / "summary.json").read_text())
@@ -320,10 +337,11 @@ def test_requests_longer_than_the_engine_context_are_refused_or_skipped(files, e
 
 class FlakyEngine:
     """A real OpenAI-style HTTP server on 127.0.0.1 that answers 503 to its first ``fail_first``
-    completions (an engine that crashed and came back) and serves the rest with one streamed
-    token; it reports ``max_model_len`` and records the request ids it was sent."""
+    completions (an engine that crashed and came back) and serves the rest with ``max_tokens``
+    streamed tokens, ``token_gap_s`` apart; it reports ``max_model_len`` and records the request
+    ids it was sent."""
 
-    def __init__(self, fail_first: int = 0, max_model_len: int = 4096) -> None:
+    def __init__(self, fail_first: int = 0, max_model_len: int = 4096, token_gap_s: float = 0.0) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -333,6 +351,8 @@ class FlakyEngine:
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True    # each streamed token leaves when written
+
             def log_message(self, *args) -> None:
                 pass
 
@@ -365,10 +385,15 @@ class FlakyEngine:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": 1,
+                tokens = body["max_tokens"]
+                usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": tokens,
                          "prompt_tokens_details": {"cached_tokens": 0}}
-                for event in ({"choices": [{"text": "x", "index": 0}]}, {"choices": [], "usage": usage}):
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                token = {"choices": [{"text": "x", "index": 0}]}
+                for k in range(tokens):
+                    if k:
+                        time.sleep(token_gap_s)
+                    self.wfile.write(f"data: {json.dumps(token)}\n\n".encode())
+                self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
 
         class Server(ThreadingHTTPServer):
@@ -461,6 +486,29 @@ def test_a_replay_of_a_slice_joins_the_run_of_the_same_slice(files, tmp_path) ->
     assert got["request_id"].tolist() == sim.requests["request_id"].tolist() == server.sent
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["trace_slice"] == sim.summary["trace_slice"]
+
+
+def test_a_replay_fills_the_decode_columns(files, tmp_path) -> None:
+    """Three tokens streamed 10 ms apart: ``e2e_s`` is the client's send → last token (between
+    the first token and the end of the stream), ``tpot_s`` = (e2e − ttft) / (tokens − 1), null
+    with a single token; ``preemptions`` stays null (the client cannot know it);
+    ``output_tokens`` is the trace's whatever ``--max-tokens`` asked."""
+    trace_out = pq.read_table(files["trace"]).column("output_tokens").to_pylist()[:4]
+    with FlakyEngine(token_gap_s=0.01) as server:
+        for tokens in ("3", "1"):
+            proc = _replay(files, server.url, tmp_path / tokens, "--speed", "max", "--concurrency", "1",
+                           "--limit", "4", "--max-tokens", tokens)
+            assert proc.returncode == 0, proc.stderr
+    got = read_requests(tmp_path / "3" / "requests.parquet")
+    extra = pd.read_parquet(tmp_path / "3" / "replay_requests.parquet")
+    assert got["output_tokens"].tolist() == trace_out
+    assert (extra["completion_tokens"] == 3).all()
+    assert (got["ttft_s"] <= got["e2e_s"]).all() and (got["e2e_s"] <= extra["total_s"]).all()
+    np.testing.assert_allclose(got["tpot_s"], (got["e2e_s"] - got["ttft_s"]) / 2, rtol=1e-12)
+    assert got["tpot_s"].notna().all() and got["preemptions"].isna().all()
+    one = read_requests(tmp_path / "1" / "requests.parquet")
+    assert one["tpot_s"].isna().all() and (one["e2e_s"] == one["ttft_s"]).all()
+    assert one["preemptions"].isna().all()
 
 
 def test_a_vocabulary_the_engine_contradicts_is_refused(files, engine, tmp_path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from simkv.api import run
 from simkv.errors import SimkvError
 from simkv.metrics.schema import (
+    DECODE_COLUMNS,
     REQUEST_COLUMNS,
     REQUEST_SCHEMA,
     SCHEMA_VERSION,
@@ -98,6 +99,36 @@ def test_request_table_rejects_bad_frames(three_tier) -> None:
         request_table(r.assign(hit_tokens=r["hit_tokens"] + 0.5), "t", "s")
     with pytest.raises(SimkvError, match="'queue_s': 1 missing"):
         request_table(r.assign(queue_s=r["queue_s"].where(r.index > 0)), "t", "s")
+
+
+def test_a_fifo_run_leaves_only_the_decode_columns_null(three_tier, small_trace, tmp_path) -> None:
+    """Schema version 4: ``output_tokens`` from the trace, never null; a ``fifo`` simulation
+    models no decode, so ``e2e_s``, ``tpot_s`` and ``preemptions`` are null, and only they."""
+    r = three_tier.requests
+    assert SCHEMA_VERSION == 4
+    assert r["output_tokens"].tolist() == small_trace.output_tokens.tolist()
+    assert r[list(DECODE_COLUMNS)].isna().all().all()
+    others = [c for c in REQUEST_COLUMNS if c not in (*DECODE_COLUMNS, "error")]
+    assert not r[others].isna().any().any()
+    table = request_table(r, "t", "s")
+    n = len(r)
+    assert {c: (table.schema.field(c).type, table.column(c).null_count) for c in DECODE_COLUMNS} == {
+        "e2e_s": (pa.float64(), n), "tpot_s": (pa.float64(), n), "preemptions": (pa.int64(), n)}
+    out = three_tier.write(tmp_path / "run")
+    back = read_requests(out / "requests.parquet")
+    pd.testing.assert_frame_equal(back, r)
+    assert back["output_tokens"].dtype == "int64" and back["e2e_s"].isna().all()
+    first_null = r.index > 0
+    with pytest.raises(SimkvError, match="'prefill_s': 1 missing"):
+        request_table(r.assign(prefill_s=r["prefill_s"].where(first_null)), "t", "s")
+    with pytest.raises(SimkvError, match="'output_tokens': 1 missing"):   # a trace column: never
+        request_table(r.assign(output_tokens=r["output_tokens"].where(first_null)), "t", "s", allow_null=True)
+    # a version-3 file (before these columns) is refused with the re-run hint
+    v3 = pq.read_table(out / "requests.parquet").drop_columns(["output_tokens", *DECODE_COLUMNS])
+    v3 = v3.replace_schema_metadata({b"simkv_requests_schema_version": b"3"})
+    pq.write_table(v3, out / "requests.parquet")
+    with pytest.raises(SimkvError, match="schema version 3; this simkv reads version 4: re-run"):
+        read_requests(out / "requests.parquet")
 
 
 def test_old_rows_are_refused_naming_the_file(three_tier, tmp_path) -> None:

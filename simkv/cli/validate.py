@@ -19,9 +19,12 @@ def validate_cmd(
                                       "fidelity.json and the charts.")],
     trace: Annotated[Path | None, typer.Option("--trace", "-t", help="The trace, for block-level "
                                                "diagnostics (default: the runs' scenario.yaml).")] = None,
+    target_set: Annotated[str, typer.Option(
+        "--targets", metavar="cpu|gpu", help="Which fidelity targets: cpu (TTFT p50 / p90 within "
+        "10% / 15%, e2e p50 10%, per-request median 15%) or gpu (2% / 5%, 5%, 5%).")] = "cpu",
     targets: Annotated[list[str] | None, typer.Option(
         "--target", help="Override a target's limit: NAME=LIMIT, NAME one of ttft_p50, ttft_p90, "
-                         "ttft_median_abs, hits_identical (repeatable).")] = None,
+                         "e2e_p50, ttft_median_abs, hits_identical (repeatable).")] = None,
     gate: Annotated[bool, typer.Option("--gate", help="Exit 1 if a target fails (CI on a GPU); "
                                        "otherwise targets are only reported.")] = False,
     ignore_scenario: Annotated[bool, typer.Option(
@@ -35,9 +38,9 @@ def validate_cmd(
     from simkv.fidelity import parse_targets, validate
 
     res = validate(sim_dir, replay_dir, out, ignore_scenario=ignore_scenario, trace=trace,
-                   targets=parse_targets(targets))
+                   target_set=target_set, targets=parse_targets(targets, target_set))
     d = res.data
-    table = Table(title="fidelity targets", header_style="bold")
+    table = Table(title=f"fidelity targets ({escape(target_set)})", header_style="bold")
     for col in ("target", "value", "limit", "result"):
         table.add_column(col, justify="right" if col in ("value", "limit") else "left")
     for t in d["targets"]:

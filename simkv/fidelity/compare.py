@@ -16,7 +16,10 @@ Conventions (the sign says which way the simulator is off):
   ``(sim − measured) / measured``;
 * per request: ``e_i = (ttft_sim_i − ttft_meas_i) / ttft_meas_i`` (undefined, and counted,
   where the measured TTFT is 0); reported as the median and p90 of ``|e_i|`` and the median
-  of ``e_i`` (the bias).
+  of ``e_i`` (the bias);
+* end-to-end latency (``e2e_s``) and time per output token (``tpot_s``): the same percentiles
+  and errors as TTFT, over the requests where both sides know the value (a ``fifo`` simulation
+  models no decode: then none, and every figure is ``None``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from simkv.metrics.summary import percentiles, ratio
 from simkv.model.system import TIER_NAMES
 
 HIT_COLUMNS = tuple(f"{t}_hit_tokens" for t in TIER_NAMES)
+#: Decode latencies compared where both sides know them.
+DECODE_LATENCIES = ("e2e_s", "tpot_s")
 
 
 @dataclass
@@ -117,7 +122,7 @@ def _rate_figures(sim: pd.DataFrame, meas: pd.DataFrame, tokens: float) -> dict[
     return {"total": fig("hit_tokens"), "by_tier": {t: fig(f"{t}_hit_tokens") for t in TIER_NAMES}}
 
 
-def _ttft_figures(sim: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
+def _latency_figures(sim: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
     ps, pm = _pct(sim), _pct(meas)
     return {k: {"sim": ps[k], "measured": pm[k], "rel_error": rel_error(ps[k], pm[k])} for k in ps}
 
@@ -141,7 +146,7 @@ def join(sim: Side, meas: Side) -> Joined:
               if failed_mask.any() else pd.DataFrame({"request_id": [], "error": []}))
     sim_ok = sim.rows[~sim.failed.to_numpy()]
     keep = ["request_id", "arrival_s", "prompt_class", "input_tokens", "hit_tokens", *HIT_COLUMNS,
-            "queue_s", "load_s", "prefill_s", "ttft_s"]
+            "queue_s", "load_s", "prefill_s", "ttft_s", *DECODE_LATENCIES]
     s = sim_ok[keep].add_prefix("sim_").rename(columns={"sim_request_id": "request_id"})
     m = meas.rows.loc[~failed_mask.to_numpy(), keep].add_prefix("meas_").rename(
         columns={"meas_request_id": "request_id"})
@@ -170,7 +175,7 @@ def figures(j: Joined) -> dict[str, Any]:
     classes = sorted(sim["prompt_class"].unique())
     out: dict[str, Any] = {"hit_rate": _rate_figures(sim, meas, tokens)}
     out["hit_rate"]["by_class"] = {}
-    out["ttft_s"] = {"overall": _ttft_figures(sim["ttft_s"].to_numpy(), meas["ttft_s"].to_numpy()),
+    out["ttft_s"] = {"overall": _latency_figures(sim["ttft_s"].to_numpy(), meas["ttft_s"].to_numpy()),
                      "by_class": {}}
     for c in classes:
         mask = (sim["prompt_class"] == c).to_numpy()
@@ -178,8 +183,12 @@ def figures(j: Joined) -> dict[str, Any]:
         out["hit_rate"]["by_class"][str(c)] = {"requests": int(mask.sum()), **rates["total"]}
         out["ttft_s"]["by_class"][str(c)] = {
             "requests": int(mask.sum()),
-            **_ttft_figures(sim["ttft_s"].to_numpy()[mask], meas["ttft_s"].to_numpy()[mask])}
+            **_latency_figures(sim["ttft_s"].to_numpy()[mask], meas["ttft_s"].to_numpy()[mask])}
     out["ttft_per_request"] = per_request_errors(sim["ttft_s"].to_numpy(), meas["ttft_s"].to_numpy())
+    for col in DECODE_LATENCIES:
+        s, m = sim[col].to_numpy(float), meas[col].to_numpy(float)
+        known = ~(np.isnan(s) | np.isnan(m))
+        out[col] = {"requests": int(known.sum()), "overall": _latency_figures(s[known], m[known])}
     return out
 
 

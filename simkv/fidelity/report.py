@@ -128,8 +128,11 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
         lines += ["Failed requests (first): " + "; ".join(
             f"`{f['request_id']}`: {f['error']}" for f in data["failed_examples"]), ""]
 
-    lines += ["## Targets", "", "The gates the issue sets for a GPU replay (on the CPU they are only "
-              "reported):", ""]
+    where = {"cpu": "a small model replayed on a shared CPU", "gpu": "a real-size model replayed on a GPU"}
+    lines += ["## Targets", "", f"The `{data['target_set']}` targets (`--targets {data['target_set']}`: "
+              f"{where.get(data['target_set'], data['target_set'])}); n/a: the figure is not known on "
+              "both sides (e.g. the e2e latency of a `fifo` simulation, which models no decode), "
+              "never a failure. `--gate` exits 1 when one fails.", ""]
     lines.append(md_table(["target", "value", "limit", "result"],
                           [[t["label"], t["shown"], t["limit_shown"],
                             "n/a" if t["pass"] is None else ("pass" if t["pass"] else "**FAIL**")]
@@ -163,6 +166,17 @@ def markdown(data: dict[str, Any], charts: list[Chart]) -> str:
               f"{fmt_num(pr['p90_abs_rel_error'], '.2%')}, "
               f"max |e| {fmt_num(pr['max_abs_rel_error'], '.2%')}, median e (bias) "
               f"{_rel(pr['median_rel_error'])}.", ""]
+
+    rows = [[name, p, fmt_seconds(data[col]["overall"][p]["sim"]),
+             fmt_seconds(data[col]["overall"][p]["measured"]), _rel(data[col]["overall"][p]["rel_error"])]
+            for name, col in (("e2e", "e2e_s"), ("TPOT", "tpot_s")) for p in ("p50", "p90", "p99")]
+    lines += ["## End-to-end latency and TPOT", "",
+              f"Arrival → last output token (e2e, over {data['e2e_s']['requests']:,} requests) and the "
+              f"mean time per output token after the first (TPOT, over {data['tpot_s']['requests']:,} "
+              "requests with more than one output token), where both sides know them; a `fifo` "
+              "simulation models no decode (n/a).", "",
+              md_table(["latency", "percentile", "simulated", "measured", "error"], rows,
+                       ["l", "l", "r", "r", "r"]), ""]
 
     ag, dv = data["hits"], data["divergence"]
     if ag.get("per_tier", True):

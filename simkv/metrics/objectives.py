@@ -3,10 +3,11 @@ and reports rank by.
 
 An objective names a summary metric, or one of the short :data:`ALIASES`; its direction is
 :func:`direction_of` the metric unless the user overrides it. Lower is better for latencies
-(``ttft_*``, queue, load and prefill times), for what the system spends (archive, request and
-transfer dollars, bytes stored, evictions, expirations, PUTs and GETs) and for load
-(utilisation, write demand); higher is better for the rest: hit rates and ratios, what the
-cache saves (``cost_saved_dollars``, ``gpu_seconds_saved``, ``tokens_avoided``).
+(``ttft_*``, ``e2e_*``, ``tpot_*``, queue, load and prefill times), for what the system
+spends (archive, request and transfer dollars, bytes stored, evictions, expirations, PUTs and
+GETs) and for load (utilisation, write demand, preemptions); higher is better for the rest:
+hit rates and ratios, throughput, what the cache saves (``cost_saved_dollars``,
+``gpu_seconds_saved``, ``tokens_avoided``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ ALIASES: dict[str, str] = {
     "ttft_p99": "ttft_p99_s",
 }
 
-_LOWER_PREFIXES = ("ttft_", "queue_", "load_", "prefill_", "evictions", "expirations",
-                   "storage_", "archive_storage", "archive_request", "archive_puts",
-                   "archive_gets", "archive_refreshes", "archive_skipped", "archive_upload",
+_LOWER_PREFIXES = ("ttft_", "e2e_", "tpot_", "preemptions", "queue_", "load_", "prefill_",
+                   "evictions", "expirations", "storage_", "archive_storage", "archive_request",
+                   "archive_puts", "archive_gets", "archive_refreshes", "archive_skipped", "archive_upload",
                    "archive_worker", "disk_write", "insertions", "hydrations", "offloads")
 _LOWER_NAMES = frozenset({"transfer_dollars", "request_cost_dollars", "gpu_utilization",
                           "gpu_busy_s", "gpus_suggested", "makespan_s", "duration_s"})

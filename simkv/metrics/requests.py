@@ -7,7 +7,7 @@ import heapq
 import numpy as np
 import pandas as pd
 
-from simkv.metrics.schema import LOAD_TIERS
+from simkv.metrics.schema import DECODE_COLUMNS, LOAD_TIERS
 from simkv.model.cache_base import SECONDS_PER_MONTH, TIER_NAMES, CacheBase
 from simkv.model.engine import RequestLog
 from simkv.scenario import Hardware, Scenario
@@ -60,6 +60,9 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     ``ttft_s = queue_s + load_s + prefill_s`` (+ the table profile's request overhead where it
     has one: the worker's stores and fixed time, and the latency outside the worker; the
     no-cache baseline pays them too, storing every block; :class:`~simkv.model.hardware.RequestOverhead`).
+
+    Under ``hardware.scheduler: vllm`` (``log.first_token_s`` kept) the times come from the
+    batching model (:func:`decode_columns`); under ``fifo`` the decode columns are null.
     """
     B = trace.block_size
     arrival = trace.arrival_s
@@ -80,17 +83,27 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     service_nocache = prefill_array(hw, n_tokens, np.zeros_like(n_tokens))
     service = load + prefill
     # A table profile's request overhead: the worker's other time (stores, the rest) is service
-    # time, the latency outside it is TTFT only; without one both are 0 and nothing changes.
+    # time, the latency outside it is TTFT (and e2e) only; without one both are 0.
     overhead = cache.overhead
-    ttft = start - arrival + load + prefill
-    if overhead.any and not hw.zero_service_time:
+    timed_overhead = overhead.any and not hw.zero_service_time
+    latency = overhead.latency_s(n_tokens) if timed_overhead else 0.0
+    if timed_overhead:
         service = service + np.asarray(log.overhead_s)
-        ttft = ttft + np.asarray(log.overhead_s) + overhead.latency_s(n_tokens)
         service_nocache = service_nocache + overhead.service_s(blocks, blocks, 0)
-    start_nocache = fifo_start_times(arrival, service_nocache, hw.gpus)
-    ttft_nocache = start_nocache - arrival + service_nocache
-    if overhead.any and not hw.zero_service_time:
-        ttft_nocache = ttft_nocache + overhead.latency_s(n_tokens)
+    if log.first_token_s is None:      # fifo: one request at a time to its first token, no decode
+        ttft = start - arrival + load + prefill
+        if timed_overhead:
+            ttft = ttft + np.asarray(log.overhead_s)
+        ttft = ttft + latency
+        start_nocache = fifo_start_times(arrival, service_nocache, hw.gpus)
+        ttft_nocache = start_nocache - arrival + service_nocache + latency
+        decode = no_decode_columns(len(arrival))
+    else:                              # vllm: the batching model's first-token and finish times
+        decode = decode_columns(log, arrival, trace.output_tokens)
+        prefill = decode.pop("prefill_s")
+        ttft = decode.pop("ttft_s") + latency
+        decode["e2e_s"] = decode["e2e_s"] + latency
+        ttft_nocache = _nocache_first_token_s(scenario, trace) - arrival + latency
     gpu_saved_s = service_nocache - service
     a = scenario.tiers.archive
     fetched = arch_b * cache.archive_bytes
@@ -104,6 +117,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
         "arrival_s": arrival,
         "prompt_class": trace.table.column("prompt_class").to_numpy(zero_copy_only=False),
         "input_tokens": n_tokens,
+        "output_tokens": trace.output_tokens,
         "blocks": blocks,
         "prefix_blocks": np.asarray(log.prefix_blocks, dtype=np.int64),
         "hit_blocks": hit_blocks,
@@ -114,6 +128,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
         "prefill_s": prefill,
         "ttft_s": ttft,
         "ttft_nocache_s": ttft_nocache,
+        **decode,
         **{f"{t}_loaded_bytes": tier_blocks[t] * _block_bytes(cache, t) for t in LOAD_TIERS},
         "gpu_seconds_saved": gpu_saved_s,
         "gpu_dollars_saved": gpu_saved_dollars,
@@ -126,6 +141,38 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
         **{f"{t}_held_bytes": np.asarray(getattr(log, f"{t}_bytes"), dtype=np.int64) for t in TIER_NAMES},
         "error": pd.array([None] * len(arrival), dtype="str"),   # a simulated request never fails
     }, copy=False)  # the columns as built: no second, consolidated copy of a million rows
+
+
+def no_decode_columns(n: int) -> dict[str, np.ndarray]:
+    """The decode columns of ``n`` requests under ``fifo``, which models no decode: all null
+    (NaN; ``preemptions`` too, as a Parquet reader returns an integer column of nulls)."""
+    return {c: np.full(n, np.nan) for c in DECODE_COLUMNS}
+
+
+def decode_columns(log: RequestLog, arrival: np.ndarray, output_tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The batching model's times per request (before any latency outside the worker):
+    ``prefill_s = first_token_s − start_s − load_s`` (the steps until its first token, batching
+    slowdown included), ``ttft_s = first_token_s − arrival_s``, ``e2e_s = finish_s −
+    arrival_s``, ``tpot_s = (finish_s − first_token_s) / (O − 1)`` with ``O = max(output_tokens,
+    1)`` (NaN: null, where ``O ≤ 1``) and ``preemptions``."""
+    first, finish = np.asarray(log.first_token_s), np.asarray(log.finish_s)
+    start, load = np.asarray(log.start_s), np.asarray(log.load_s)
+    gaps = np.maximum(output_tokens, 1) - 1
+    return {
+        "prefill_s": first - start - load,
+        "ttft_s": first - arrival,
+        "e2e_s": finish - arrival,
+        "tpot_s": np.divide(finish - first, gaps, out=np.full(len(gaps), np.nan), where=gaps > 0),
+        "preemptions": np.asarray(log.preemptions, dtype=np.int64),
+    }
+
+
+def _nocache_first_token_s(scenario: Scenario, trace: Trace) -> np.ndarray:
+    """Absolute first-token times of ``trace`` through the batching model with every cache
+    tier off (the no-cache baseline under ``hardware.scheduler: vllm``)."""
+    from simkv.model.batching import nocache_first_token_s  # only needed under scheduler: vllm
+
+    return np.asarray(nocache_first_token_s(scenario, trace), dtype=float)
 
 
 def _block_bytes(cache: CacheBase, tier: str) -> int:

@@ -8,9 +8,10 @@ bytes a tier held after the request (occupancy). Per-tier columns follow
 :data:`~simkv.model.system.TIER_NAMES`, so a new tier adds its columns. TTFT is split into
 what a server can timestamp: ``ttft_s = queue_s + load_s + prefill_s``.
 
-The same rows come from a simulation (``simkv run``: every column known, ``error`` null) and
-from a replay through a real engine (``simkv replay``: a column the client cannot know is
-null, never 0; a request that failed has its ``error`` set). Columns taken from the trace
+The same rows come from a simulation (``simkv run``: every column known, ``error`` null, and
+under ``hardware.scheduler: fifo`` the :data:`DECODE_COLUMNS` null too) and from a replay
+through a real engine (``simkv replay``: a column the client cannot know is null, never 0; a
+request that failed has its ``error`` set). Columns taken from the trace
 (:data:`TRACE_COLUMNS`) are never null.
 
 The file metadata holds the schema version and the content hashes of the trace and the
@@ -35,7 +36,8 @@ from simkv.traces.schema import Trace
 
 #: Bump when a column is added, renamed, removed, retyped or changes meaning.
 #: 3: the ``error`` column; measured columns nullable (a replay leaves unknown ones null).
-SCHEMA_VERSION = 3
+#: 4: ``output_tokens`` and the decode columns ``e2e_s``, ``tpot_s``, ``preemptions``.
+SCHEMA_VERSION = 4
 
 META_SCHEMA_VERSION = b"simkv_requests_schema_version"
 META_TRACE_SHA256 = b"trace_sha256"
@@ -45,7 +47,13 @@ META_SCENARIO_SHA256 = b"scenario_sha256"
 LOAD_TIERS = TIER_NAMES[1:]
 
 #: Columns taken from the trace: known for every request, so never null.
-TRACE_COLUMNS = ("request_id", "arrival_s", "prompt_class", "input_tokens", "blocks")
+TRACE_COLUMNS = ("request_id", "arrival_s", "prompt_class", "input_tokens", "output_tokens",
+                 "blocks")
+#: What only a batching time model (``hardware.scheduler: vllm``) or a replay knows: when the
+#: last output token came, the time per output token after the first (null with one output
+#: token) and how often the request was preempted. A ``fifo`` simulation models no decode and
+#: leaves them null: with ``error``, the only columns a simulation may leave null.
+DECODE_COLUMNS = ("e2e_s", "tpot_s", "preemptions")
 #: ``error``: why a replayed request failed (null: it was served). A simulation has none.
 ERROR_COLUMN = "error"
 
@@ -54,10 +62,11 @@ def _fields() -> list[pa.Field]:
     i64, f64, s = pa.int64(), pa.float64(), pa.string()
     cols: list[tuple[str, pa.DataType]] = [
         ("request_id", s), ("arrival_s", f64), ("prompt_class", s), ("input_tokens", i64),
-        ("blocks", i64), ("prefix_blocks", i64), ("hit_blocks", i64), ("hit_tokens", i64),
+        ("output_tokens", i64), ("blocks", i64), ("prefix_blocks", i64), ("hit_blocks", i64),
+        ("hit_tokens", i64),
         *((f"{t}_hit_tokens", i64) for t in TIER_NAMES),
         ("queue_s", f64), ("load_s", f64), ("prefill_s", f64), ("ttft_s", f64),
-        ("ttft_nocache_s", f64),
+        ("ttft_nocache_s", f64), ("e2e_s", f64), ("tpot_s", f64), ("preemptions", i64),
         *((f"{t}_loaded_bytes", i64) for t in LOAD_TIERS),
         ("gpu_seconds_saved", f64), ("gpu_dollars_saved", f64), ("archive_objects", i64),
         ("archive_storage_dollars", f64), ("archive_request_dollars", f64),
@@ -92,8 +101,9 @@ def request_table(frame: pd.DataFrame, trace_hash: str, scenario_hash: str, *,
     """``frame`` as a table of :data:`REQUEST_SCHEMA` (columns in schema order), with the
     version and both hashes in its metadata. A missing or unknown column, or a value that
     does not convert losslessly to the column's type, is a :class:`SimkvError` naming it;
-    so is a null outside ``error``, unless ``allow_null`` (a replay's unknown columns; the
-    trace's columns are never null)."""
+    so is a null outside ``error`` and the :data:`DECODE_COLUMNS` (null in a simulation
+    that models no decode, and ``tpot_s`` of a request with one output token), unless
+    ``allow_null`` (a replay's unknown columns; the trace's columns are never null)."""
     missing = [c for c in REQUEST_COLUMNS if c not in frame.columns]
     unknown = [c for c in frame.columns if c not in REQUEST_SCHEMA.names]
     if missing or unknown:
@@ -103,7 +113,7 @@ def request_table(frame: pd.DataFrame, trace_hash: str, scenario_hash: str, *,
     for f in REQUEST_SCHEMA:
         try:
             arr = pa.array(frame[f.name].to_numpy(), from_pandas=True)
-            may_be_null = f.name == ERROR_COLUMN or (allow_null and f.nullable)
+            may_be_null = f.name in (ERROR_COLUMN, *DECODE_COLUMNS) or (allow_null and f.nullable)
             if arr.null_count and not may_be_null:
                 raise SimkvError(f"per-request column '{f.name}': {arr.null_count} missing value(s)")
             arrays.append(arr.cast(f.type, safe=True))

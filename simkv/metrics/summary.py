@@ -96,6 +96,8 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
         "disk_writes": cache.disk_writes,
     })
     out.update(ttft_metrics(requests))
+    if run.log.first_token_s is not None:       # hardware.scheduler: vllm models the decode
+        out.update(decode_metrics(requests))
     out.update(load_metrics(requests, scenario, cache, end_s))
     return out
 
@@ -145,6 +147,25 @@ def ttft_metrics(requests: pd.DataFrame) -> dict[str, Any]:
         values = requests[col].dropna().to_numpy(dtype=float)
         out[f"{prefix}_mean_s"] = float(values.mean()) if len(values) else None
         out.update(_percentiles(values, prefix))
+    return out
+
+
+def decode_metrics(requests: pd.DataFrame) -> dict[str, Any]:
+    """What a batching time model adds (``hardware.scheduler: vllm``; docs/metrics.md,
+    "Latency"): p50/p90/p99 of ``e2e_s``, ``tpot_s`` (over the requests with more than one
+    output token) and ``queue_s``; throughput over ``first arrival → last finish`` (finish =
+    ``arrival_s + e2e_s``) in requests and in output tokens (``max(output_tokens, 1)`` each) per
+    second; the total of ``preemptions``."""
+    e2e = requests["e2e_s"].to_numpy(dtype=float)
+    arrival = requests["arrival_s"].to_numpy()
+    span = float((arrival + e2e).max() - arrival.min()) if len(e2e) else 0.0
+    out: dict[str, Any] = {}
+    out.update(_percentiles(e2e, "e2e"))
+    out.update(_percentiles(requests["tpot_s"].dropna().to_numpy(dtype=float), "tpot"))
+    out.update(_percentiles(requests["queue_s"].to_numpy(dtype=float), "queue"))
+    out["throughput_requests_per_s"] = ratio(len(e2e), span)
+    out["throughput_output_tokens_per_s"] = ratio(int(np.maximum(requests["output_tokens"], 1).sum()), span)
+    out["preemptions"] = int(requests["preemptions"].sum())
     return out
 
 

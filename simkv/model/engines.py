@@ -8,6 +8,9 @@
   (:mod:`simkv.model.system`): every policy and TTL scope, and vLLM's prefix cache
   (``tiers.gpu.eviction: vllm``, :mod:`simkv.model.vllm_cache`).
 
+The event engines run the trace through the FIFO queue (:mod:`simkv.model.engine`) or, with
+``hardware.scheduler: vllm``, through vLLM's continuous batching (:mod:`simkv.model.batching`).
+
 They give the same results where they apply (the parity tests hold them to it).
 :func:`select_engine` is the one place that chooses: ``engine: auto`` takes the first engine
 of :data:`SPEED_ORDER` that supports the scenario and records why the faster ones could not.
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from simkv.errors import ScenarioError
+from simkv.model.batching import simulate_batched
 from simkv.model.cache_base import GPU, TIER_NAMES, CacheBase
 from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import RequestLog, simulate
@@ -74,6 +78,8 @@ class FastEngine:
             return "a TTL heuristic is set (fast needs ttl.heuristic: none)"
         if not sc.hardware.zero_service_time:
             return "hardware.zero_service_time is false (fast has no clock)"
+        if sc.hardware.scheduler != "fifo":
+            return f"hardware.scheduler is {sc.hardware.scheduler!r} (fast has no steps)"
         return None
 
     def run(self, scenario: Scenario, trace: Trace, progress: Progress = None) -> RunRecord:
@@ -121,7 +127,10 @@ class EventEngine:
         if cache_type is TieredCache and scenario.tiers.gpu.eviction == "vllm":
             cache_type = VllmCache  # the reference tiers with vLLM's prefix cache as the GPU tier
         cache = cache_type(scenario, trace)
-        log, end = simulate(cache, trace.arrival_s.tolist(), scenario.hardware.gpus, progress)
+        if scenario.hardware.scheduler == "vllm":
+            log, end = simulate_batched(cache, trace, scenario, progress)
+        else:
+            log, end = simulate(cache, trace.arrival_s.tolist(), scenario.hardware.gpus, progress)
         return RunRecord(self.name, log, cache, end, cache.tier_stats())
 
 

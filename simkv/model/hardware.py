@@ -117,6 +117,38 @@ REQUEST_KEYS = ("per_request_s", "per_block_s", "store_per_block_s", "admit_per_
                 "disk_evict_per_block_s", "latency_const_s", "latency_per_token_s")
 
 
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds one step of a batching engine takes (``hardware.scheduler: vllm``)::
+
+        step_s = const_s + per_prefill_token_s·P + per_decode_seq_s·D
+                 + per_context_token_s·K + prefill_attn_s·A
+
+    ``P``: the prefill tokens the step computes (over its prefill chunks), ``D``: its decoding
+    sequences, ``K``: their KV length summed (cached tokens + the one computed), ``A``: the
+    prefill chunks' attention, ``Σ n·(n + c)`` for a chunk of ``n`` tokens after ``c``
+    computed ones. The analytic profile's step is its prefill formula applied to the batch
+    (:meth:`HardwareProfile.step_time`), so a step that prefills one chunk alone takes
+    ``prefill(n, c)``; a table profile's is the fit ``simkv calibrate --steps`` measured."""
+
+    const_s: float
+    per_prefill_token_s: float
+    per_decode_seq_s: float
+    per_context_token_s: float
+    prefill_attn_s: float
+
+    def __call__(self, prefill_tokens: float, decode_seqs: float, context_tokens: float,
+                 attn_tokens: float) -> float:
+        return (self.const_s + self.per_prefill_token_s * prefill_tokens
+                + self.per_decode_seq_s * decode_seqs + self.per_context_token_s * context_tokens
+                + self.prefill_attn_s * attn_tokens)
+
+
+#: A table profile's ``step`` coefficients (all required), in :class:`StepTime` order.
+STEP_KEYS = ("const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
+             "prefill_attn_s")
+
+
 class HardwareProfile(ABC):
     """Prefill time, transfer times and block value (see the module docstring)."""
 
@@ -162,6 +194,17 @@ class HardwareProfile(ABC):
         n = np.maximum(new, 1).astype(np.float64)
         return self._prefill(n, np.broadcast_to(np.asarray(cached, np.float64), n.shape))
 
+    def step_time(self) -> StepTime:
+        """The step time of ``hardware.scheduler: vllm`` (:class:`StepTime`; all 0 with
+        ``zero_service_time``)."""
+        if self.zero:
+            return StepTime(0.0, 0.0, 0.0, 0.0, 0.0)
+        return self._step_time()
+
+    @abstractmethod
+    def _step_time(self) -> StepTime:
+        """The profile's own step time."""
+
     def block_value_s(self, position: Any, input_tokens: Any, block_size: int) -> Any:
         """GPU seconds one reuse of the block at ``position`` of an ``input_tokens`` prompt saves:
         ``prefill(N − p·B, p·B) − prefill(N − (p+1)·B, (p+1)·B)`` (``p`` = position, ``N`` =
@@ -205,6 +248,10 @@ class AnalyticProfile(HardwareProfile):
             return 0.0
         n = max(new, 1)
         return self.const_s + self.per_token_s * n + self.attn_s * n * (n + cached)
+
+    def _step_time(self) -> StepTime:
+        # a decode is a prefill of one token after its context: per_token_s + attn_s·(1 + c)
+        return StepTime(self.const_s, self.per_token_s, self.per_token_s, self.attn_s, self.attn_s)
 
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
         c, d, a = scenario.tiers.cpu, scenario.tiers.disk, scenario.tiers.archive
@@ -280,6 +327,14 @@ class TableProfile(HardwareProfile):
         if "request" in data and not zero_service_time:
             self.overhead = RequestOverhead(**{k: float(v) for k, v in data["request"].items()})
         self.ratio: float | None = (data.get("archive") or {}).get("compression_ratio")
+        step = data.get("step")
+        self.step = None if step is None else StepTime(*(float(step[k]) for k in STEP_KEYS))
+
+    def _step_time(self) -> StepTime:
+        if self.step is None:
+            raise ScenarioError(f"{self.source}: step: missing, but hardware.scheduler: vllm needs "
+                                "the profile's step time (measure it with simkv calibrate --steps)")
+        return self.step
 
     def compression_ratio(self, scenario: Scenario) -> float:
         return scenario.tiers.archive.compression_ratio if self.ratio is None else float(self.ratio)
@@ -297,7 +352,9 @@ class TableProfile(HardwareProfile):
 # -- the profile file ---------------------------------------------------------------------
 
 _TOP_KEYS = {"version", "kind", "model", "block_size", "measured_on", "fit_error", "notes",
-             "calibration", "prefill", "load", "store", "archive", "request"}
+             "calibration", "prefill", "load", "store", "archive", "request", "step"}
+#: Optional keys of the ``step`` section: what ``simkv calibrate --steps`` measured.
+_STEP_EXTRA = ("fit_error", "points", "notes", "measured_with")
 
 
 def _num(source: str, key: str, value: Any, allow_zero: bool = True) -> float:
@@ -381,6 +438,10 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
         m = _mapping(source, "request", data["request"], (), REQUEST_KEYS)
         for k, v in m.items():
             _num(source, f"request.{k}", v)
+    if "step" in data:
+        m = _mapping(source, "step", data["step"], STEP_KEYS, _STEP_EXTRA)
+        for k in STEP_KEYS:
+            _num(source, f"step.{k}", m[k])
     return data
 
 

@@ -29,6 +29,27 @@ from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
 
+def check_pool_fits(scenario: Scenario, trace: Trace, usable: int | None, block: int) -> None:
+    """A :class:`ScenarioError` naming the GPU tier's capacity key and the first trace row
+    whose request needs more than ``usable`` blocks of ``block`` tokens (its prompt and its
+    output tokens, at least 1, less the last: vLLM could never run it)."""
+    if usable is None or not len(trace):
+        return
+    outputs = np.maximum(trace.output_tokens, 1)
+    need = -(-(trace.input_tokens.astype(np.int64) + outputs - 1) // block)
+    over = np.flatnonzero(need > usable)
+    if len(over):
+        r = int(over[0])
+        gpu = scenario.tiers.gpu
+        key = "capacity_blocks" if gpu.capacity_blocks is not None else "capacity_bytes"
+        rid = trace.table.column("request_id")[r].as_py()
+        raise ScenarioError(
+            f"tiers.gpu.{key}: vLLM's pool of {usable + 1} blocks ({usable} usable, the "
+            f"null block aside) cannot hold trace row {r} (request {rid!r}: "
+            f"{int(trace.input_tokens[r])} prompt + {int(outputs[r])} output tokens need "
+            f"{int(need[r])} blocks of {block} tokens); raise it")
+
+
 class VllmCache(TieredCache):
     """The simulated system over vLLM's prefix cache (see the module docstring)."""
 
@@ -52,31 +73,11 @@ class VllmCache(TieredCache):
         self.meter = StorageMeter()
         self.prefixes: dict[tuple[int, int], int] = {}  # (prefix, trace block) -> prefix
         self._lookup: tuple[list[int], int] = ([], 0)
-        self._check_fits(trace)
+        check_pool_fits(scenario, trace, self.pool.usable, b)
 
     def _policy(self, tier: str, next_use: NextUse | None) -> EvictionPolicy:
         # The GPU's Tier object stays empty: the pool is the GPU tier.
         return LRU() if tier == "gpu" else super()._policy(tier, next_use)
-
-    def _check_fits(self, trace: Trace) -> None:
-        """A :class:`ScenarioError` naming the capacity key and the first trace row whose
-        request needs more blocks than the pool has (vLLM could never run it)."""
-        usable = self.pool.usable
-        if usable is None or not len(trace):
-            return
-        b = self.engine_block
-        need = -(-(trace.input_tokens.astype(np.int64) + np.asarray(self.outputs) - 1) // b)
-        over = np.flatnonzero(need > usable)
-        if len(over):
-            r = int(over[0])
-            gpu = self.scenario.tiers.gpu
-            key = "capacity_blocks" if gpu.capacity_blocks is not None else "capacity_bytes"
-            rid = trace.table.column("request_id")[r].as_py()
-            raise ScenarioError(
-                f"tiers.gpu.{key}: vLLM's pool of {self.pool.num_blocks} blocks ({usable} usable, the "
-                f"null block aside) cannot hold trace row {r} (request {rid!r}: "
-                f"{int(trace.input_tokens[r])} prompt + {self.outputs[r]} output tokens need "
-                f"{int(need[r])} blocks of {b} tokens); raise it")
 
     def keys(self, r: int, ids: list[int]) -> list[int]:
         """Names of request ``r``'s full engine blocks (prompt, then generated tokens): shared

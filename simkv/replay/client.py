@@ -29,11 +29,13 @@ class EngineUnreachable(SimkvError):
 @dataclass
 class Outcome:
     """One request as the client saw it: ``ttft_s`` = send → first streamed token (with no
-    token, e.g. ``max_tokens`` 0: → end of the stream); ``total_s`` = send → end of the stream;
-    the server's ``usage`` object (``None`` if it sent none); ``completion_tokens``: the usage's
-    count, else the streamed chunks with choices; ``error`` (``None``: served)."""
+    token, e.g. ``max_tokens`` 0: → end of the stream); ``last_token_s`` = send → last streamed
+    token (likewise); ``total_s`` = send → end of the stream; the server's ``usage`` object
+    (``None`` if it sent none); ``completion_tokens``: the usage's count, else the streamed
+    chunks with choices; ``error`` (``None``: served)."""
 
     ttft_s: float | None = None
+    last_token_s: float | None = None
     total_s: float | None = None
     usage: dict[str, Any] | None = None
     completion_tokens: int = 0
@@ -88,8 +90,9 @@ async def complete(client: httpx.AsyncClient, url: str, payload: dict[str, Any],
                         break
                     chunk = json.loads(data)
                     if chunk.get("choices"):
+                        out.last_token_s = time.perf_counter() - t0
                         if out.ttft_s is None:
-                            out.ttft_s = time.perf_counter() - t0
+                            out.ttft_s = out.last_token_s
                         out.completion_tokens += 1
                     if chunk.get("usage"):
                         out.usage = chunk["usage"]
@@ -103,7 +106,7 @@ async def complete(client: httpx.AsyncClient, url: str, payload: dict[str, Any],
         if not done:
             out.error = "stream ended before [DONE]"
         elif out.ttft_s is None:
-            out.ttft_s = out.total_s
+            out.ttft_s = out.last_token_s = out.total_s
     except (httpx.HTTPError, TimeoutError, ValueError) as exc:
         out.error = describe(exc, timeout_s)
     return out

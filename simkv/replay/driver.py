@@ -285,7 +285,8 @@ def _row(tr: Trace, i: int, o: Any, s: Send | None, t0: float, session: int) -> 
     n = int(tr.input_tokens[i])
     row: dict[str, Any] = dict.fromkeys((*REQUEST_COLUMNS, *REPLAY_COLUMNS))
     row.update(request_id=str(tr.table.column("request_id")[i]), arrival_s=float(tr.arrival_s[i]),
-               prompt_class=str(tr.table.column("prompt_class")[i]), input_tokens=n, blocks=n // B,
+               prompt_class=str(tr.table.column("prompt_class")[i]), input_tokens=n,
+               output_tokens=int(tr.output_tokens[i]), blocks=n // B,
                sent_s=None if s is None else s.sent_s - t0, send_lag_s=None if s is None else s.lag_s,
                total_s=o.total_s, http_status=o.status,
                completion_tokens=o.completion_tokens, session=session)
@@ -293,6 +294,7 @@ def _row(tr: Trace, i: int, o: Any, s: Send | None, t0: float, session: int) -> 
         row[ERROR_COLUMN] = o.error
         return row
     row["ttft_s"] = o.ttft_s
+    row.update(decode_times(o.ttft_s, o.last_token_s, o.completion_tokens))
     usage = o.usage if isinstance(o.usage, dict) else {}
     details = usage.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
@@ -320,6 +322,17 @@ def _row(tr: Trace, i: int, o: Any, s: Send | None, t0: float, session: int) -> 
         hit = row["cached_tokens"]
         row.update(hit_tokens=hit, hit_blocks=hit // B, computed_tokens=n - hit)
     return row
+
+
+def decode_times(ttft_s: float | None, last_token_s: float | None,
+                 completion_tokens: int) -> dict[str, float | None]:
+    """A served request's ``e2e_s`` (the client's send → last streamed token) and ``tpot_s`` =
+    ``(e2e_s − ttft_s) / (completion_tokens − 1)`` (``None``: one token or fewer); its
+    ``preemptions`` stay null: the client cannot know them."""
+    tpot = None
+    if completion_tokens > 1 and last_token_s is not None and ttft_s is not None:
+        tpot = (last_token_s - ttft_s) / (completion_tokens - 1)
+    return {"e2e_s": last_token_s, "tpot_s": tpot}
 
 
 def finalize(out: Path, tr: Trace, scenario: Scenario, options: ReplayOptions,

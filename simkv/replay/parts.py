@@ -66,6 +66,9 @@ def read_parts(out: Path, trace_hash: str, scenario_hash: str) -> pd.DataFrame:
             if meta.get(key, b"").decode() != want:
                 raise SimkvError(f"{path}: rows of another {what} (its sha256 differs); replay into "
                                  "a new directory or pass the same trace and scenario")
+        if table.column_names != PART_SCHEMA.names:
+            raise SimkvError(f"{path}: rows of another per-request schema (written by another simkv "
+                             "version); replay into a new directory")
         frames.append(table.cast(PART_SCHEMA.with_metadata(meta)).to_pandas())
     if not frames:
         return PART_SCHEMA.empty_table().to_pandas()

@@ -50,6 +50,23 @@ def load_rows(s: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
+def decode_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows (label, value, detail) of a batched run's decode metrics (``hardware.scheduler:
+    vllm``), shared by the console table and ``report.md``; empty for any other summary."""
+    if "e2e_p50_s" not in s:
+        return []
+
+    def p50_p90(prefix: str) -> str:
+        return f"{fmt_seconds(s[f'{prefix}_p50_s'])} / {fmt_seconds(s[f'{prefix}_p90_s'])}"
+
+    return [("e2e p50 / p90", p50_p90("e2e"), f"p99 {fmt_seconds(s['e2e_p99_s'])}"),
+            ("TPOT p50 / p90", p50_p90("tpot"), f"p99 {fmt_seconds(s['tpot_p99_s'])}"),
+            ("queue p50 / p90", p50_p90("queue"), f"p99 {fmt_seconds(s['queue_p99_s'])}"),
+            ("throughput", f"{fmt_num(s['throughput_requests_per_s'], ',.3g')} req/s",
+             f"{fmt_num(s['throughput_output_tokens_per_s'], ',.4g')} output tok/s"),
+            ("preemptions", f"{s['preemptions']:,}", "")]
+
+
 def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
     """The headline metrics of one run, with the no-cache baseline beside the cached TTFT;
     load rows over their threshold are yellow."""
@@ -78,6 +95,8 @@ def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
     for p in (50, 90, 99):
         t.add_row(f"TTFT p{p}", fmt_seconds(s[f"ttft_p{p}_s"]),
                   f"no cache {fmt_seconds(s[f'ttft_nocache_p{p}_s'])}")
+    for label, value, detail in decode_rows(s):
+        t.add_row(label, value, detail)
     for label, value, detail, over in load_rows(s):
         style = "yellow" if over else None
         t.add_row(label, value, detail, style=style)

@@ -18,7 +18,7 @@ from simkv.fileio import atomic_write, make_dir
 from simkv.metrics.summary import overload_warnings
 from simkv.model.system import TIER_NAMES
 from simkv.report.charts import Chart, run_charts, sweep_charts
-from simkv.report.console import OVERLOAD_CAPTION, load_rows, overload_flags
+from simkv.report.console import OVERLOAD_CAPTION, decode_rows, load_rows, overload_flags
 from simkv.report.data import (
     Objective,
     RunData,
@@ -160,6 +160,7 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
     for p in (50, 90, 99):
         rows.append([f"TTFT p{p}", fmt_seconds(g(f"ttft_p{p}_s", 0.0)),
                      f"without cache {fmt_seconds(g(f'ttft_nocache_p{p}_s', 0.0))}"])
+    rows += [list(row) for row in decode_rows(s)]
     archive = sum(g(k, 0.0) for k in ("archive_storage_dollars", "archive_request_dollars",
                                       "transfer_dollars"))
     rows += [[("**" + label + "**") if over else label, value, detail]
