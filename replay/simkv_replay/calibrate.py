@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from simkv.errors import SimkvError
-from simkv.model.hardware import GB, PROFILE_VERSION, AnalyticProfile, Transfers, bilinear
+from simkv.model.hardware import GB, PROFILE_VERSION, STEP_KEYS, AnalyticProfile, Transfers, bilinear
 
 log = logging.getLogger(__name__)
 
@@ -1316,10 +1316,6 @@ def open_probe(*, engine: str | None, api_key: str | None, scenario: Any, model:
 
 # -- step times (vLLM's continuous batching) ----------------------------------------------
 
-#: The step-time coefficients, in the order of :func:`step_features`' columns:
-#: ``step_s = const_s + per_prefill_token_s·P + per_decode_seq_s·D + per_context_token_s·K +
-#: prefill_attn_s·A`` (``hardware.scheduler: vllm``; docs/vllm.md).
-STEP_KEYS = ("const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s", "prefill_attn_s")
 #: vLLM's ``/metrics`` histograms the step measurement reads: the engine's prefill time of each
 #: request (scheduled → first token), its queue time, and one ``iteration_tokens`` sample per
 #: engine step (``_count``: steps).
@@ -1389,13 +1385,14 @@ class StepPoint:
 
 
 def step_features(points: Sequence[StepPoint]) -> np.ndarray:
-    """The design matrix of :data:`STEP_KEYS`: one row ``[1, P, D, K, A]`` per point."""
+    """The design matrix of the step time's coefficients (``STEP_KEYS``,
+    :class:`~simkv.model.hardware.StepTime`): one row ``[1, P, D, K, A]`` per point."""
     return np.array([[1.0, p.prefill_tokens, p.decode_seqs, p.context_tokens, p.attn_tokens]
                      for p in points], np.float64)
 
 
 def fit_steps(points: Sequence[StepPoint]) -> dict[str, Any]:
-    """The profile's ``step`` section: the :data:`STEP_KEYS` coefficients fitted to the points by
+    """The profile's ``step`` section: the ``STEP_KEYS`` coefficients fitted to the points by
     non-negative least squares on relative residuals (each row divided by its measured time),
     the fit's relative errors, and every point with its fitted time."""
     if len(points) < len(STEP_KEYS):

@@ -37,10 +37,6 @@ def _pct(x: float) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.1%}"
 
 
-#: The step-time coefficients (``simkv_replay.calibrate.STEP_KEYS``; that package may be absent).
-STEP_TERMS = ("const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s", "prefill_attn_s")
-
-
 def _summary(cal: Any) -> None:
     t = Table(title="prefill (seconds)", title_justify="left")
     for col in ("new", "cached", "measured", "table", "table LOO err", "analytic", "analytic err"):
@@ -60,8 +56,10 @@ def _summary(cal: Any) -> None:
         console.print(t)
     step = cal.doc.get("step")
     if step:
+        from simkv.model.hardware import STEP_KEYS
+
         t = Table(title="steps (seconds; fit = " + " + ".join(
-            f"{step[k]:.3g}{x}" for k, x in zip(STEP_TERMS, ("", "*P", "*D", "*K", "*A"), strict=True))
+            f"{step[k]:.3g}{x}" for k, x in zip(STEP_KEYS, ("", "*P", "*D", "*K", "*A"), strict=True))
             + ")", title_justify="left")
         for col in ("P", "D", "K", "A", "measured", "fit", "fit err"):
             t.add_column(col, justify="right")
