@@ -9,8 +9,9 @@
         --speed 1 and simulated as is, both see the same arrivals and the same trace hash.
     python reports/fidelity/batch_tools.py client REPLAY_DIR
         REPLAY_DIR/client.parquet: the replay's raw client timings per request (ids, arrival,
-        send time and lag, TTFT, send → end of stream, tokens generated, cached tokens, status,
-        error), independent of the requests.parquet schema version.
+        send time and lag, TTFT, send → last token (e2e_s, tpot_s: where the replay's schema has
+        them), send → end of stream, tokens generated, cached tokens, status, error),
+        independent of the requests.parquet schema version.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import pyarrow as pa
 
 from simkv.traces.schema import read_trace, write_trace
 
-CLIENT_COLUMNS = ("request_id", "prompt_class", "input_tokens", "arrival_s", "sent_s", "send_lag_s",
-                  "ttft_s", "total_s", "completion_tokens", "cached_tokens", "http_status", "error")
+CLIENT_COLUMNS = ("request_id", "prompt_class", "input_tokens", "output_tokens", "arrival_s", "sent_s",
+                  "send_lag_s", "ttft_s", "e2e_s", "tpot_s", "total_s", "completion_tokens", "cached_tokens",
+                  "http_status", "error")
 
 
 def arrival_rate(trace_path: str) -> float:
