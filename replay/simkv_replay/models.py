@@ -36,6 +36,11 @@ SHAPES: dict[str, dict[str, Any]] = {
     "tiny-vllm": dict(_TINY, vocab_size=32000, hidden_size=128, num_attention_heads=2,
                       num_key_value_heads=1, head_dim=64, max_position_embeddings=4096),
     "tiny-long": dict(_TINY, max_position_embeddings=131072),
+    # the batching fidelity study on vLLM's CPU build (reports/fidelity/cpu-batch.yaml): large
+    # enough that a step's compute, not vLLM's per-step Python, sets its time; 4 layers x 8 KV
+    # heads x 64 dims x K,V in bfloat16 = 8,192 bytes per token.
+    "cpu-512": dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                    num_attention_heads=8, num_key_value_heads=8, head_dim=64, max_position_embeddings=4096),
     "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                      num_attention_heads=32, num_key_value_heads=8, head_dim=64,
                      max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True),

@@ -54,6 +54,23 @@ def _summary(cal: Any) -> None:
             t.add_row(escape(r["what"]), str(r["chunks"]), f"{r['measured_s']:.4g}", f"{r['fit_s']:.4g}",
                       _pct(r["rel"]))
         console.print(t)
+    step = cal.doc.get("step")
+    if step:
+        from simkv.model.hardware import STEP_KEYS
+
+        t = Table(title="steps (seconds; fit = " + " + ".join(
+            f"{step[k]:.3g}{x}" for k, x in zip(STEP_KEYS, ("", "*P", "*D", "*K", "*A"), strict=True))
+            + ")", title_justify="left")
+        for col in ("P", "D", "K", "A", "measured", "fit", "fit err"):
+            t.add_column(col, justify="right")
+        for p in step["points"]:
+            t.add_row(f"{p['prefill_tokens']:,}", str(p["decode_seqs"]), f"{p['context_tokens']:,}",
+                      f"{p['attn_tokens']:,}", f"{p['seconds']:.4g}", f"{p['fitted_s']:.4g}",
+                      _pct(abs(p["fitted_s"] - p["seconds"]) / p["seconds"]))
+        console.print(t)
+        e = step["fit_error"]
+        console.print(f"step fit: median error {_pct(e['median_rel'])}, max {_pct(e['max_rel'])} over "
+                      f"{e['points']} points", highlight=False)
     for note in cal.notes:
         console.print(f"note: {escape(note)}", highlight=False)
 
@@ -92,6 +109,22 @@ def calibrate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
     block_size: Annotated[int | None, typer.Option(
         help="vLLM: the profile's block size, the trace's (a multiple of vLLM's; default: vLLM's).")] = None,
+    steps: Annotated[bool, typer.Option(
+        "--steps", help="vLLM: also measure step times (prefill-only and decode-only steps of a "
+                        "batching vLLM) and fit the profile's step section (docs/vllm.md).")] = False,
+    step_prefill: Annotated[str, typer.Option(
+        help="--steps: prompt lengths of the prefill-only steps (each within one step: at most "
+             "vLLM's --max-num-batched-tokens).")] = "1,16,64,128,256,512",
+    step_cached: Annotated[str, typer.Option(
+        help="--steps: cached tokens before the prefill-only steps' new tokens (multiples of vLLM's "
+             "block size; the prefix is served first).")] = "0",
+    step_decode: Annotated[str, typer.Option(
+        help="--steps: decoding sequences of the decode-only steps (at most vLLM's "
+             "--max-num-seqs).")] = "1,2,4,8,16",
+    step_lengths: Annotated[str, typer.Option(
+        help="--steps: prompt length of the decoding sequences.")] = "64,512,1536",
+    step_tokens: Annotated[int, typer.Option(
+        help="--steps: tokens timed per decoding sequence once all of them decode.")] = 24,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Measure prefill, load and store times on the engine (through KVEngine.serve, the path requests
@@ -110,6 +143,8 @@ def calibrate_cmd(
     if in_process is not None and block_size is not None:
         raise SimkvError("calibrate: --block-size is for --engine on a vLLM server (in-process: "
                          "--set block_size=N)")
+    if steps and engine is None:
+        raise SimkvError("calibrate: --steps measures a vLLM server's batching; give --engine URL")
     lists = {k: _ints(f"--{k.replace('_', '-')}", v)
              for k, v in (("new_tokens", new_tokens), ("cached_tokens", cached_tokens), ("chunks", chunks))}
     cal_mod = _engine_module()
@@ -134,7 +169,18 @@ def calibrate_cmd(
                             block_size=block_size) as probe:
         plan = cal_mod.Plan.make(grid, probe.chunk_size, repeats=repeats, warmup=warmup, seed=seed, **lists)
         plan.check(probe.chunk_size, probe.context)
+        step_plan = None
+        if steps:
+            if not isinstance(probe, cal_mod.VLLMProbe):
+                raise SimkvError(f"--steps: {engine} is not a vLLM server (step times are vLLM's batching)")
+            grids = (("--step-prefill", step_prefill), ("--step-decode", step_decode),
+                     ("--step-lengths", step_lengths))
+            step_plan = cal_mod.StepPlan(
+                *(_ints(key, v) for key, v in grids), decode_tokens=step_tokens, repeats=plan.repeats,
+                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached))
+            step_plan.check(probe.context, probe.vllm_block)
         total = cal_mod.steps(plan, probe.tiers, probe.wait_clears, probe.prefill_only)
+        total += cal_mod.step_runs(step_plan) if step_plan else 0
         src = escape(engine or str(in_process))
         what = ("vLLM: no tiers, no server timings" if probe.prefill_only else
                 f"{len(plan.chunks)} chunk counts, tiers {', '.join(probe.tiers)}")
@@ -149,8 +195,12 @@ def calibrate_cmd(
                 task = bar.add_task("calibrating", total=total)
                 cal = cal_mod.calibrate(probe, plan, scenario=scenario,
                                         advance=lambda n: bar.advance(task, n))
+                if step_plan:
+                    cal_mod.add_steps(cal, probe, step_plan, seed, lambda n: bar.advance(task, n))
         else:
             cal = cal_mod.calibrate(probe, plan, scenario=scenario)
+            if step_plan:
+                cal_mod.add_steps(cal, probe, step_plan, seed)
     cal_mod.write_profile(cal, out)
     _summary(cal)
     console.print(f"wrote [bold]{escape(str(out))}[/] (use: hardware: {{profile: {escape(str(out))}}})")

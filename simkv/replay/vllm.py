@@ -8,8 +8,9 @@ What maps (docs/vllm.md): ``block_size`` → LMCache ``chunk_size``; ``tiers.cpu
 ``--num-gpu-blocks-override N`` blocks of ``--block-size tiers.gpu.block_tokens`` tokens (see
 :func:`gpu_blocks`: the pool the simulator's model of vLLM uses). What cannot map is refused,
 every key at once: the archive (vLLM has none), a GPU eviction other than ``vllm``,
-``load_policy: if_faster``, more than one GPU, a trace block that is not a whole number of vLLM
-blocks, CPU and disk evictions that differ (LMCache applies one policy)."""
+``load_policy: if_faster``, more than one GPU, a step budget (``hardware.max_num_batched_tokens``)
+below the batch (``max_num_seqs``) with ``hardware.scheduler: vllm``, a trace block that is not a
+whole number of vLLM blocks, CPU and disk evictions that differ (LMCache applies one policy)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def unsupported(scenario: Scenario) -> list[str]:
     if sc.load_policy != "always":
         problems.append(f"load_policy: {sc.load_policy!r}; LMCache's connector always loads what it "
                         "holds (--set load_policy=always)")
+    hw = sc.hardware
+    if hw.scheduler == "vllm" and hw.max_num_batched_tokens < hw.max_num_seqs:
+        problems.append(f"hardware.max_num_batched_tokens: {hw.max_num_batched_tokens} is below "
+                        f"hardware.max_num_seqs ({hw.max_num_seqs}); vLLM refuses a step budget smaller than "
+                        "its batch (raise max_num_batched_tokens or lower max_num_seqs)")
     if sc.hardware.gpus != 1:
         problems.append(f"hardware.gpus: {sc.hardware.gpus}; one vLLM engine serves one GPU's queue "
                         "(--set hardware.gpus=1)")
@@ -74,7 +80,7 @@ def vllm_command(scenario: Scenario, model: str, *, python: str = "python", host
                  connector: dict[str, str] | None = None) -> list[str]:
     """The argv that starts vLLM's OpenAI server for the scenario: the GPU tier as vLLM's prefix
     cache (``--block-size``, ``--num-gpu-blocks-override``), per-request cached-token details,
-    one request at a time as the simulator's queue, and LMCache's connector (``connector``,
+    the scheduler (:func:`scheduler_args`), and LMCache's connector (``connector``,
     default :data:`LMCACHE_CONNECTOR`) when a CPU or disk tier is enabled. Every setting that cannot map is
     named in one :class:`ScenarioError`."""
     check_scenario(scenario)
@@ -92,8 +98,20 @@ def vllm_command(scenario: Scenario, model: str, *, python: str = "python", host
         argv += ["--max-model-len", str(max_model_len)]
     if eager:
         argv += ["--enforce-eager"]
-    argv += ["--max-num-seqs", "1", "--no-enable-chunked-prefill", "--host", host, "--port", str(port)]
+    argv += [*scheduler_args(scenario), "--host", host, "--port", str(port)]
     return argv
+
+
+def scheduler_args(scenario: Scenario) -> list[str]:
+    """vLLM's scheduler as ``hardware.scheduler``: ``fifo`` one request at a time, whole prompts
+    (``--max-num-seqs 1 --no-enable-chunked-prefill``, the simulator's FIFO queue); ``vllm``
+    continuous batching of up to ``max_num_seqs`` sequences and ``max_num_batched_tokens``
+    tokens a step, long prompts prefilled in chunks (``--enable-chunked-prefill``)."""
+    hw = scenario.hardware
+    if hw.scheduler == "fifo":
+        return ["--max-num-seqs", "1", "--no-enable-chunked-prefill"]
+    return ["--max-num-seqs", str(hw.max_num_seqs), "--max-num-batched-tokens",
+            str(hw.max_num_batched_tokens), "--enable-chunked-prefill"]
 
 
 def shell_line(argv: list[str], env: dict[str, str]) -> str:

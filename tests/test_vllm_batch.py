@@ -1,0 +1,138 @@
+"""vLLM in batching mode (``hardware.scheduler: vllm``): the ``vllm serve`` argv follows the
+scenario's scheduler, and what vLLM refuses is named by its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simkv.errors import ScenarioError
+from simkv.replay.vllm import unsupported, vllm_command
+from simkv.scenario import scenario_from_dict
+from tests.conftest import simkv_cli, start_vllm, stop_vllm
+from tests.test_cli import assert_user_error
+
+
+def scenario(**hardware):
+    return scenario_from_dict({
+        "block_size": 64, "load_policy": "always",
+        "model": {"name": "tiny-vllm", "layers": 2, "kv_heads": 1, "head_dim": 64, "dtype_bytes": 2},
+        "tiers": {"gpu": {"capacity_blocks": 128, "block_tokens": 32, "eviction": "vllm"},
+                  "cpu": {"enabled": False}, "disk": {"enabled": False}},
+        "hardware": {"gpus": 1, **hardware}})
+
+
+def test_fifo_serves_one_request_at_a_time_whole_prompts() -> None:
+    argv = vllm_command(scenario(), "m")
+    assert argv[argv.index("--max-num-seqs") + 1] == "1"
+    assert "--no-enable-chunked-prefill" in argv
+    assert "--enable-chunked-prefill" not in argv and "--max-num-batched-tokens" not in argv
+
+
+def test_the_vllm_scheduler_batches_with_the_scenarios_limits() -> None:
+    argv = vllm_command(scenario(scheduler="vllm", max_num_seqs=16, max_num_batched_tokens=512), "m")
+    assert argv[argv.index("--max-num-seqs") + 1] == "16"
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == "512"
+    assert "--enable-chunked-prefill" in argv and "--no-enable-chunked-prefill" not in argv
+    # the step budget may be below the context: chunked prefill splits longer prompts
+    argv = vllm_command(scenario(scheduler="vllm", max_num_seqs=4, max_num_batched_tokens=64), "m",
+                        max_model_len=4064)
+    assert argv[argv.index("--max-model-len") + 1] == "4064"
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == "64"
+
+
+def test_a_step_budget_below_the_batch_is_refused() -> None:
+    sc = scenario(scheduler="vllm", max_num_seqs=256, max_num_batched_tokens=128)
+    assert unsupported(sc) == [
+        "hardware.max_num_batched_tokens: 128 is below hardware.max_num_seqs (256); vLLM refuses a step "
+        "budget smaller than its batch (raise max_num_batched_tokens or lower max_num_seqs)"]
+    with pytest.raises(ScenarioError, match=r"hardware\.max_num_batched_tokens"):
+        vllm_command(sc, "m")
+    assert unsupported(scenario(max_num_seqs=256, max_num_batched_tokens=128)) == []   # fifo: unused
+
+
+# -- step-time calibration (simkv calibrate --steps) ---------------------------------------
+
+def test_the_step_fit_recovers_known_coefficients() -> None:
+    from simkv_replay.calibrate import STEP_KEYS, StepPoint, fit_steps
+
+    truth = dict(zip(STEP_KEYS, (0.011, 1.7e-4, 4.0e-4, 1.2e-6, 9.0e-8), strict=True))
+
+    def seconds(p: int, d: int, k: int, a: int) -> float:
+        return sum(c * x for c, x in zip(truth.values(), (1, p, d, k, a), strict=True))
+
+    grid = [(n, 0, 0, n * n) for n in (1, 16, 64, 256, 512)]
+    grid += [(0, d, d * (length + 12), 0) for d in (1, 2, 4, 8, 16) for length in (64, 512, 1536)]
+    points = [StepPoint(*g, seconds(*g)) for g in grid]
+    step = fit_steps(points)
+    for key, value in truth.items():
+        assert step[key] == pytest.approx(value, rel=1e-6)
+    assert step["fit_error"]["points"] == len(grid) and step["fit_error"]["max_rel"] < 1e-9
+    first = step["points"][1]
+    assert first == {"prefill_tokens": 16, "decode_seqs": 0, "context_tokens": 0, "attn_tokens": 256,
+                     "seconds": pytest.approx(seconds(16, 0, 0, 256)),
+                     "fitted_s": pytest.approx(seconds(16, 0, 0, 256))}
+    # no coefficient goes negative: a term the data do not need is 0, not a compensating sign
+    flat = [StepPoint(*g, 0.02) for g in grid]
+    step = fit_steps(flat)
+    assert step["const_s"] == pytest.approx(0.02)
+    assert all(step[k] == pytest.approx(0, abs=1e-12) for k in STEP_KEYS[1:])
+
+
+def test_a_step_grid_too_small_to_fit_is_refused_before_measuring() -> None:
+    from simkv_replay.calibrate import CalibrationError, StepPlan
+
+    with pytest.raises(CalibrationError, match="the step grid has 4 points, the fit needs at least 5"):
+        StepPlan([1, 64], [1, 2], [64]).check(4096)
+    with pytest.raises(CalibrationError, match="needs 4121 tokens per sequence but the model's context"):
+        StepPlan([1, 64], [1, 2, 4], [4096]).check(4095)
+    with pytest.raises(CalibrationError, match="--step-cached: expected multiples of vLLM's block size 32"):
+        StepPlan([1, 64], [1, 2, 4], [64], prefill_cached=[0, 48]).check(4095, 32)
+    # cached prefixes multiply the prefill points: 2 x 2 + 2 x 1 = 6 points, and the longest prompt
+    with pytest.raises(CalibrationError, match="needs 1088 tokens per sequence"):
+        StepPlan([1, 64], [1, 2], [64], prefill_cached=[0, 1024]).check(1000, 32)
+    StepPlan([1, 64], [1, 2], [64], prefill_cached=[0, 1024]).check(4095, 32)
+
+
+def test_steps_need_a_vllm_engine(tmp_path) -> None:
+    res = simkv_cli("calibrate", "--in-process", "scenarios/vllm-tiny.yaml", "-o", str(tmp_path / "p.yaml"),
+                    "--steps")
+    assert_user_error(res, "calibrate: --steps measures a vLLM server's batching; give --engine URL")
+
+
+@pytest.mark.vllm
+def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
+    """The scenario's vLLM in batching mode (4 sequences, 256 tokens a step), a tiny step grid:
+    a step section with every point measured (> 0), its fit and the plan."""
+    proc, url = start_vllm(tmp_path / "vllm", "--set", "hardware.scheduler=vllm", "--set",
+                           "hardware.max_num_seqs=4", "--set", "hardware.max_num_batched_tokens=256")
+    try:
+        out = tmp_path / "p.yaml"
+        res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--block-size", "64",
+                        "--new-tokens", "1,64", "--cached-tokens", "0,64", "--repeats", "1", "--warmup", "1",
+                        "--steps", "--step-prefill", "1,128", "--step-cached", "0,64", "--step-decode", "1,4",
+                        "--step-lengths", "64,512",
+                        "--step-tokens", "6")
+    finally:
+        stop_vllm(proc)
+    assert res.returncode == 0, res.stderr
+    assert "step fit: median error" in res.stdout
+    doc = yaml.safe_load(out.read_text())
+    step = doc["step"]
+    assert list(step) == ["const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
+                          "prefill_attn_s", "fit_error", "points"]
+    assert all(step[k] >= 0 for k in list(step)[:5]) and step["fit_error"]["points"] == 8
+    got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"]) for p in step["points"]]
+    assert got == [(1, 0, 1), (128, 0, 128 * 128), (1, 0, 1 * 65), (128, 0, 128 * 192),
+                   (0, 1, 0), (0, 4, 0), (0, 1, 0), (0, 4, 0)]
+    assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
+    # K: the decoding sequences' prompts and the tokens they had generated
+    decode = [p for p in step["points"] if p["decode_seqs"]]
+    assert [p["context_tokens"] // (p["decode_seqs"] * length) for p, length in
+            zip(decode, (64, 64, 512, 512), strict=True)] == [1, 1, 1, 1]
+    plan = doc["calibration"]["step"]
+    assert plan["decode_lengths"] == [64, 512] and plan["prefill_cached"] == [0, 64]
+    assert plan["server_prefill_times"] is True
+    assert plan["http_s"] > 0 and "step_s = const_s" in doc["notes"]
