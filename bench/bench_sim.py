@@ -6,6 +6,8 @@
 Reports requests/s and blocks/s of:
   * LMCache ``simulate(fast=True)`` (single LRU tier, no time) — the reference;
   * simkv's parity mode (``scenarios/parity-lru.yaml``: fast engine, and the SimPy engine);
+  * simkv's parity mode with vLLM's continuous batching and decode (``hardware.scheduler:
+    vllm``, the analytic step time: the engine stepping through every token of every request);
   * simkv's full three-tier TTL model (``scenarios/three-tier-adaptive.yaml``), and the same
     with the host-memory tier on (``--set tiers.cpu.enabled=true``; it must run compiled too);
 and checks that the parity hit rates are identical. Best of ``--repeat`` runs each; the
@@ -114,6 +116,9 @@ def main() -> None:
     t_lmc, ref = best_of(lambda: simulate(events, args.capacity * bpc, bpc, fast=True), args.repeat)
     t_fast, fast = best_of(lambda: run(parity, trace, overrides=[*cap, "engine=fast"]), args.repeat)
     t_simpy, slow = best_of(lambda: run(parity, trace, overrides=[*cap, "engine=simpy"]), args.repeat)
+    batching = [*cap, "hardware.scheduler=vllm", "hardware.zero_service_time=false"]
+    run(parity, trace, overrides=batching)  # warm the scheduler's kernel
+    t_batch, batch = best_of(lambda: run(parity, trace, overrides=batching), args.repeat)
     t_full, full = best_of(lambda: run(ROOT / "scenarios" / args.scenario, trace), args.repeat)
     cpu_on = ["tiers.cpu.enabled=true"]
     t_cpu, with_cpu = best_of(lambda: run(ROOT / "scenarios" / args.scenario, trace, overrides=cpu_on),
@@ -123,13 +128,18 @@ def main() -> None:
     assert len(rates) == 1, f"parity broken: {rates}"
     print(f"parity token hit rate {ref['token_hit_rate']:.6f} (identical in all three)\n")
     rows = (("LMCache simulate(fast=True)", t_lmc), ("simkv parity, fast engine", t_fast),
-            ("simkv parity, SimPy engine", t_simpy), (f"simkv full model ({args.scenario})", t_full),
+            ("simkv parity, SimPy engine", t_simpy),
+            ("simkv parity + vLLM batching and decode", t_batch),
+            (f"simkv full model ({args.scenario})", t_full),
             ("  the same with tiers.cpu.enabled", t_cpu))
     width = max(len(name) for name, _ in rows)
     print(f"{'':{width}s} {'requests/s':>12s} {'blocks/s':>12s} {'vs LMCache':>11s}")
     for name, t in rows:
         print(f"{name:{width}s} {n / t:12,.0f} {blocks / t:12,.0f} {t_lmc / t:10.2f}x")
-    print(f"\nfull model: token hit rate {full.summary['token_hit_rate']:.4f}, "
+    print(f"\nvLLM batching: token hit rate {batch.summary['token_hit_rate']:.4f}, "
+          f"{batch.summary['throughput_output_tokens_per_s']:,.0f} output tokens/s simulated, "
+          f"engine {batch.summary['engine']}")
+    print(f"full model: token hit rate {full.summary['token_hit_rate']:.4f}, "
           f"engine {full.summary['engine']}")
     print(f"with the CPU tier: token hit rate {with_cpu.summary['token_hit_rate']:.4f} "
           f"(from cpu {with_cpu.summary['token_hit_rate_cpu']:.4f}), engine {with_cpu.summary['engine']}")

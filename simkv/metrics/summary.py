@@ -98,7 +98,7 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
     out.update(ttft_metrics(requests))
     if run.log.first_token_s is not None:       # hardware.scheduler: vllm models the decode
         out.update(decode_metrics(requests))
-    out.update(load_metrics(requests, scenario, cache, end_s))
+    out.update(load_metrics(requests, scenario, cache, end_s, run.log.busy_s))
     return out
 
 
@@ -188,7 +188,7 @@ def _share(num: float, den: float) -> float:
 
 
 def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
-                 end_s: float) -> dict[str, Any]:
+                 end_s: float, busy_s: float | None = None) -> dict[str, Any]:
     """Offered load and how far each resource fell behind.
 
     ``arrival_span_s`` = last arrival − first arrival (the trace's duration). Every demand
@@ -196,7 +196,10 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
     with the arrivals, whatever happens after the last one:
 
     * ``gpu_busy_s`` = Σ (load + prefill) over requests (a GPU is busy while it loads; with a
-      table profile's ``request`` section, + the worker's stores and fixed time);
+      table profile's ``request`` section, + the worker's stores and fixed time); under
+      ``hardware.scheduler: vllm`` (``busy_s`` given) the engine's seconds in steps instead,
+      and utilisation is not flagged as overload (a batching engine steps whenever anything
+      runs; a growing queue shows in ``queue_p90_s``);
       ``gpu_utilization`` = gpu_busy_s / (arrival_span_s × gpus); ≥ 1: the FIFO queue
       grows without bound and TTFT percentiles measure that queue, not the cache;
       ``gpus_suggested`` = the least N with gpu_busy_s / (arrival_span_s × N) ≤ 0.85;
@@ -223,7 +226,9 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
     gpus = scenario.hardware.gpus
     busy = float((requests["load_s"] + requests["prefill_s"]).sum())
     overhead = cache.overhead
-    if overhead.any and not scenario.hardware.zero_service_time:   # + the worker's other time
+    if busy_s is not None:  # a batching engine: its time in steps (requests overlap in them)
+        busy = busy_s
+    elif overhead.any and not scenario.hardware.zero_service_time:   # + the worker's other time
         worker = (requests["ttft_s"] - requests["queue_s"] - requests["load_s"] - requests["prefill_s"]
                   - overhead.latency_s(requests["input_tokens"].to_numpy()))
         busy += float(worker.sum())
@@ -232,7 +237,9 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
     disk_demand = _share(cache.disk_writes * cache.block_bytes, span * disk_cfg.write_gbps * GB)
     upload_demand = _share(cache.archive_puts * cache.archive_bytes, span * arch_cfg.upload_gbps * GB)
     worker_share = _share(cache.archive_busy_s, end_s)
-    overload = [name for name, over in (("gpu", util >= GPU_UNSTABLE),
+    # a batching engine steps whenever anything runs, so its utilisation says nothing of a
+    # growing queue (queue_p90_s does)
+    overload = [name for name, over in (("gpu", util >= GPU_UNSTABLE and busy_s is None),
                                         ("disk", disk_demand >= DISK_BEHIND),
                                         ("archive", worker_share >= ARCHIVE_BEHIND)) if over]
     return {

@@ -15,7 +15,8 @@ until the next moment the cache must act, where it returns:
   (``cache.finish``), then calls again;
 * ``DONE``: every request finished (the last at ``clock[0]``).
 
-State lives in the arrays the caller passes (:class:`~simkv.model.batching.EngineState`);
+``clock[0]`` is the engine's clock, ``clock[1]`` the seconds it has spent in steps. State
+lives in the arrays the caller passes (:class:`~simkv.model.batching.EngineState`);
 ``ctl`` holds the scalars (indices ``C_*``). The waiting queue is the stack of preempted
 requests (``pstack``, the most recently preempted first: vLLM prepends each) followed by the
 requests that arrived and were never admitted, trace rows ``ctl[C_WHEAD] .. ctl[C_ARRIVED]``
@@ -48,10 +49,11 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
             done_before: np.ndarray, start: np.ndarray, first: np.ndarray, finish: np.ndarray,
             running: np.ndarray, pstack: np.ndarray, batch_r: np.ndarray, batch_new: np.ndarray,
             ready: np.ndarray, block: int, max_seqs: int, max_tokens: int,
-            step: np.ndarray) -> tuple[int, int]:
-    """Run steps until the cache must act (see the module docstring); returns ``(code, r)``."""
+            step: np.ndarray, cache: bool) -> tuple[int, int]:
+    """Run steps until the cache must act (see the module docstring); returns ``(code, r)``.
+    ``cache`` false: there is none (no lookups, nothing stored): run to the end."""
     n = arrivals.shape[0]
-    c0, cp, cd, ck, ca = step[0], step[1], step[2], step[3], step[4]
+    c0, cp, cd, ck, ca, cc = step[0], step[1], step[2], step[3], step[4], step[5]
     while True:
         if ctl[C_LEFT] == 0:
             return DONE, 0
@@ -135,7 +137,9 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
                 elif head < ctl[C_ARRIVED]:
                     r = head
                     if not looked[r]:
-                        return LOOKUP, r
+                        if cache:
+                            return LOOKUP, r
+                        looked[r] = True
                     cached = hit[r]
                 else:
                     break
@@ -180,11 +184,13 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
             ctl[C_NRUN] = nrun
         ctl[C_FREE] = free
 
-        # -- the step's time: prefill tokens, decoding sequences, their context, attention
+        # -- the step's time: prefill tokens, decoding sequences, their context, attention,
+        # the prefills' context
         p = 0.0
         d = 0.0
         k = 0.0
         a = 0.0
+        context = 0.0
         for j in range(m):
             r = batch_r[j]
             new = batch_new[j]
@@ -195,8 +201,11 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
             else:
                 p += new
                 a += new * (new + c)
-        now = now + (c0 + cp * p + cd * d + ck * k + ca * a + extra)
+                context += c
+        seconds = c0 + cp * p + cd * d + ck * k + ca * a + cc * context + extra
+        now = now + seconds
         clock[0] = now
+        clock[1] += seconds
 
         # -- apply it: tokens computed; a prompt done samples a token
         nready = 0
@@ -225,5 +234,5 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
                     running[kept] = r
                     kept += 1
             ctl[C_NRUN] = kept
-        if nready:
+        if nready and cache:
             return FIRST_TOKENS, nready

@@ -6,9 +6,11 @@ The engine core is the loop of vLLM's ``EngineCore.step``::
         requests it admits) → apply it: tokens computed, tokens sampled, first tokens,
         finished requests
 
-run step by step by a compiled function (:func:`simkv.model.batch_kernel.advance`) inside
-one SimPy process, which hands the clock back to SimPy wherever the cache acts (a lookup, a
-request's first token), so the archive worker's passes interleave with them in time order.
+run step by step by a compiled function (:func:`simkv.model.batch_kernel.advance`), which
+stops wherever the cache acts (a lookup, a request's first token). With an archive tier the
+engine is a SimPy process beside the archive worker, and SimPy's clock follows the engine's
+to each of those points, so the worker's passes interleave with them in time order; without
+one nothing else happens in time and the engine runs in a plain loop.
 
 Each step is formed as vLLM v1's scheduler forms it (``vllm/v1/core/sched/scheduler.py``,
 ``Scheduler.schedule``, vLLM 0.32.0, chunked prefill on, FCFS):
@@ -84,7 +86,7 @@ class EngineState:
     def __post_init__(self) -> None:
         n = self.n
         self.ctl = np.zeros(6, np.int64)
-        self.clock = np.zeros(1, np.float64)
+        self.clock = np.zeros(2, np.float64)
         for name in ("done", "gen", "held", "hit", "preempt", "done_before", "running", "pstack",
                      "batch_r", "batch_new", "ready"):
             setattr(self, name, np.zeros(n, np.int64))
@@ -125,8 +127,6 @@ def simulate_batched(
     plans: list[Plan | None] = [None] * n
     tier_blocks = [getattr(log, f"{t}_blocks") for t in TIER_NAMES]
     tier_bytes = [getattr(log, f"{t}_bytes") for t in TIER_NAMES]
-    env = simpy.Environment()
-    all_done = env.event()
 
     def first_token(r: int, now: float) -> None:
         """Request ``r``'s prompt is computed: the cache stores its blocks."""
@@ -136,6 +136,7 @@ def simulate_batched(
             return
         cache.finish(r, plan, now)
         log.load_s[r] = plan.load_s
+        log.prefill_s[r] = plan.prefill_s  # the work alone (what a hit saves), not the wait
         log.overhead_s[r] = plan.overhead_s
         log.prefix_blocks[r] = plan.prefix_blocks
         for column, value in zip(tier_blocks, plan.tier_blocks, strict=True):
@@ -145,46 +146,68 @@ def simulate_batched(
         for column, value in zip(tier_bytes, cache.occupancy(), strict=True):
             column[r] = value
 
+    def advance() -> tuple[int, int]:
+        """Steps until the cache must act (:func:`~simkv.model.batch_kernel.advance`)."""
+        return K.advance(
+            st.ctl, st.clock, arrivals, prompt, outputs, st.done, st.gen, st.held, st.hit,
+            st.looked, st.pending_s, st.preempt, st.done_before, st.start, st.first, st.finish,
+            st.running, st.pstack, st.batch_r, st.batch_new, st.ready, block,
+            hw.max_num_seqs, hw.max_num_batched_tokens, step, cache is not None)
+
+    def act(code: int, value: int, now: float) -> None:
+        """What the cache does where the engine stopped: a lookup or first tokens."""
+        assert cache is not None
+        if code == K.LOOKUP:
+            st.looked[value] = True
+            plan = plans[value] = cache.begin(value, now)
+            st.hit[value] = hit_tokens(plan, B)
+            st.pending_s[value] = plan.load_s + plan.overhead_s
+        else:
+            for r in st.ready[:value].tolist():
+                first_token(r, now)
+
     def engine_core() -> Generator[simpy.Event, Any, None]:
+        """The engine beside the archive worker: SimPy's clock follows the engine's to each
+        point where the cache acts, so the worker's passes before it run first."""
         left = n
         while True:
-            code, value = K.advance(
-                st.ctl, st.clock, arrivals, prompt, outputs, st.done, st.gen, st.held, st.hit,
-                st.looked, st.pending_s, st.preempt, st.done_before, st.start, st.first, st.finish,
-                st.running, st.pstack, st.batch_r, st.batch_new, st.ready, block,
-                hw.max_num_seqs, hw.max_num_batched_tokens, step)
+            code, value = advance()
             now = float(st.clock[0])
             if now > env.now:
                 yield at(env, now)
             if progress is not None and st.ctl[K.C_LEFT] < left:
                 progress(left - int(st.ctl[K.C_LEFT]))
             left = int(st.ctl[K.C_LEFT])
-            if code == K.LOOKUP:
-                st.looked[value] = True
-                if cache is not None:
-                    plan = plans[value] = cache.begin(value, now)
-                    st.hit[value] = hit_tokens(plan, B)
-                    st.pending_s[value] = plan.load_s + plan.overhead_s
-            elif code == K.FIRST_TOKENS:
-                for r in st.ready[:value].tolist():
-                    first_token(r, now)
-            else:
+            if code == K.DONE:
                 all_done.succeed()
                 return
+            act(code, value, now)
 
-    env.process(engine_core())
     if cache is not None and cache.present[ARCHIVE]:
+        env = simpy.Environment()
+        all_done = env.event()
+        env.process(engine_core())
         env.process(archive_worker_loop(env, cache, cache.scenario.tiers.archive.interval_s))
-    env.run(until=all_done)
-    end = env.now
+        env.run(until=all_done)
+        end = env.now
+    else:  # nothing else happens in time: the engine's own loop, without SimPy's
+        left = n
+        while True:
+            code, value = advance()
+            if progress is not None and st.ctl[K.C_LEFT] < left:
+                progress(left - int(st.ctl[K.C_LEFT]))
+                left = int(st.ctl[K.C_LEFT])
+            if code == K.DONE:
+                break
+            act(code, value, float(st.clock[0]))
+        end = float(st.clock[0])
     if cache is not None:
         cache.close(end)
     log.start_s[:] = array_of(st.start)
     log.first_token_s[:] = array_of(st.first)  # type: ignore[index]
     log.finish_s[:] = array_of(st.finish)  # type: ignore[index]
     log.preemptions[:] = array_of(st.preempt)  # type: ignore[index]
-    prefill = st.first - st.start - np.frombuffer(log.load_s, np.float64)
-    log.prefill_s[:] = array_of(prefill)
+    log.busy_s = float(st.clock[1])
     return log, end
 
 

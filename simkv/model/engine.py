@@ -55,6 +55,8 @@ class RequestLog:
         self.first_token_s: array | None = None
         self.finish_s: array | None = None
         self.preemptions: array | None = None
+        #: The batching engine's seconds in steps (``None`` under ``fifo``).
+        self.busy_s: float | None = None
 
     def keep_decode(self) -> None:
         """Allocate the batching scheduler's columns (first token, finish, preemptions)."""

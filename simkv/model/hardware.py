@@ -122,12 +122,14 @@ class StepTime:
     """Seconds one step of a batching engine takes (``hardware.scheduler: vllm``)::
 
         step_s = const_s + per_prefill_token_s·P + per_decode_seq_s·D
-                 + per_context_token_s·K + prefill_attn_s·A
+                 + per_context_token_s·K + prefill_attn_s·A + per_prefill_context_token_s·C
 
     ``P``: the prefill tokens the step computes (over its prefill chunks), ``D``: its decoding
     sequences, ``K``: their KV length summed (cached tokens + the one computed), ``A``: the
     prefill chunks' attention, ``Σ n·(n + c)`` for a chunk of ``n`` tokens after ``c``
-    computed ones. The analytic profile's step is its prefill formula applied to the batch
+    computed ones, ``C``: those chunks' context, ``Σ c`` (an engine may read a prefill's
+    cached KV by another path than a decode's: vLLM's CPU build does, at about ten times the
+    cost per token). The analytic profile's step is its prefill formula applied to the batch
     (:meth:`HardwareProfile.step_time`), so a step that prefills one chunk alone takes
     ``prefill(n, c)``; a table profile's is the fit ``simkv calibrate --steps`` measured."""
 
@@ -136,17 +138,20 @@ class StepTime:
     per_decode_seq_s: float
     per_context_token_s: float
     prefill_attn_s: float
+    per_prefill_context_token_s: float = 0.0
 
     def __call__(self, prefill_tokens: float, decode_seqs: float, context_tokens: float,
-                 attn_tokens: float) -> float:
+                 attn_tokens: float, prefill_context_tokens: float = 0.0) -> float:
         return (self.const_s + self.per_prefill_token_s * prefill_tokens
                 + self.per_decode_seq_s * decode_seqs + self.per_context_token_s * context_tokens
-                + self.prefill_attn_s * attn_tokens)
+                + self.prefill_attn_s * attn_tokens
+                + self.per_prefill_context_token_s * prefill_context_tokens)
 
 
-#: A table profile's ``step`` coefficients (all required), in :class:`StepTime` order.
+#: A table profile's ``step`` coefficients, in :class:`StepTime` order (all required but
+#: the last, 0 when absent).
 STEP_KEYS = ("const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
-             "prefill_attn_s")
+             "prefill_attn_s", "per_prefill_context_token_s")
 
 
 class HardwareProfile(ABC):
@@ -198,7 +203,7 @@ class HardwareProfile(ABC):
         """The step time of ``hardware.scheduler: vllm`` (:class:`StepTime`; all 0 with
         ``zero_service_time``)."""
         if self.zero:
-            return StepTime(0.0, 0.0, 0.0, 0.0, 0.0)
+            return StepTime(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         return self._step_time()
 
     @abstractmethod
@@ -328,7 +333,7 @@ class TableProfile(HardwareProfile):
             self.overhead = RequestOverhead(**{k: float(v) for k, v in data["request"].items()})
         self.ratio: float | None = (data.get("archive") or {}).get("compression_ratio")
         step = data.get("step")
-        self.step = None if step is None else StepTime(*(float(step[k]) for k in STEP_KEYS))
+        self.step = None if step is None else StepTime(*(float(step.get(k, 0.0)) for k in STEP_KEYS))
 
     def _step_time(self) -> StepTime:
         if self.step is None:
@@ -439,9 +444,10 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
         for k, v in m.items():
             _num(source, f"request.{k}", v)
     if "step" in data:
-        m = _mapping(source, "step", data["step"], STEP_KEYS, _STEP_EXTRA)
+        m = _mapping(source, "step", data["step"], STEP_KEYS[:-1], (STEP_KEYS[-1], *_STEP_EXTRA))
         for k in STEP_KEYS:
-            _num(source, f"step.{k}", m[k])
+            if k in m:
+                _num(source, f"step.{k}", m[k])
     return data
 
 
