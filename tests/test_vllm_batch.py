@@ -58,24 +58,27 @@ def test_a_step_budget_below_the_batch_is_refused() -> None:
 def test_the_step_fit_recovers_known_coefficients() -> None:
     from simkv_replay.calibrate import STEP_KEYS, StepPoint, fit_steps
 
-    truth = dict(zip(STEP_KEYS, (0.011, 1.7e-4, 4.0e-4, 1.2e-6, 9.0e-8), strict=True))
+    truth = dict(zip(STEP_KEYS, (0.011, 1.7e-4, 4.0e-4, 1.2e-6, 9.0e-8, 1.5e-5), strict=True))
 
-    def seconds(p: int, d: int, k: int, a: int) -> float:
-        return sum(c * x for c, x in zip(truth.values(), (1, p, d, k, a), strict=True))
+    def seconds(p: int, d: int, k: int, a: int, c: int = 0) -> float:
+        return sum(co * x for co, x in zip(truth.values(), (1, p, d, k, a, c), strict=True))
 
     grid = [(n, 0, 0, n * n) for n in (1, 16, 64, 256, 512)]
     grid += [(0, d, d * (length + 12), 0) for d in (1, 2, 4, 8, 16) for length in (64, 512, 1536)]
     points = [StepPoint(*g, seconds(*g)) for g in grid]
+    cached = [(n, 0, 0, n * (n + 704), 704) for n in (16, 256)] + [(64, 4, 300, 64 * 768, 704)]
+    points += [StepPoint(*g[:4], seconds(*g), g[4]) for g in cached]
+    grid += [g[:4] for g in cached]
     step = fit_steps(points)
     for key, value in truth.items():
         assert step[key] == pytest.approx(value, rel=1e-6)
     assert step["fit_error"]["points"] == len(grid) and step["fit_error"]["max_rel"] < 1e-9
     first = step["points"][1]
     assert first == {"prefill_tokens": 16, "decode_seqs": 0, "context_tokens": 0, "attn_tokens": 256,
-                     "seconds": pytest.approx(seconds(16, 0, 0, 256)),
+                     "prefill_context_tokens": 0, "seconds": pytest.approx(seconds(16, 0, 0, 256)),
                      "fitted_s": pytest.approx(seconds(16, 0, 0, 256))}
     # no coefficient goes negative: a term the data do not need is 0, not a compensating sign
-    flat = [StepPoint(*g, 0.02) for g in grid]
+    flat = [StepPoint(*g, 0.02) for g in grid[:20]]
     step = fit_steps(flat)
     assert step["const_s"] == pytest.approx(0.02)
     assert all(step[k] == pytest.approx(0, abs=1e-12) for k in STEP_KEYS[1:])
