@@ -116,8 +116,8 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
         res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--block-size", "64",
                         "--new-tokens", "1,64", "--cached-tokens", "0,64", "--repeats", "1", "--warmup", "1",
                         "--steps", "--step-prefill", "1,128", "--step-cached", "0,64", "--step-decode", "1,4",
-                        "--step-lengths", "64,512",
-                        "--step-tokens", "6")
+                        "--step-lengths", "64,512", "--step-mixed", "96",
+                        "--step-tokens", "8")
     finally:
         stop_vllm(proc)
     assert res.returncode == 0, res.stderr
@@ -125,11 +125,17 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     doc = yaml.safe_load(out.read_text())
     step = doc["step"]
     assert list(step) == ["const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
-                          "prefill_attn_s", "fit_error", "points"]
-    assert all(step[k] >= 0 for k in list(step)[:5]) and step["fit_error"]["points"] == 8
-    got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"]) for p in step["points"]]
-    assert got == [(1, 0, 1), (128, 0, 128 * 128), (1, 0, 1 * 65), (128, 0, 128 * 192),
-                   (0, 1, 0), (0, 4, 0), (0, 1, 0), (0, 4, 0)]
+                          "prefill_attn_s", "per_prefill_context_token_s", "fit_error", "points"]
+    assert all(step[k] >= 0 for k in list(step)[:6]) and step["fit_error"]["points"] == 10
+    got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"], p["prefill_context_tokens"])
+           for p in step["points"]]
+    assert got == [(1, 0, 1, 0), (128, 0, 128 * 128, 0), (1, 0, 1 * 65, 64), (128, 0, 128 * 192, 64),
+                   (0, 1, 0, 0), (0, 4, 0, 0), (0, 1, 0, 0), (0, 4, 0, 0),
+                   (96, 1, 96 * 160, 64), (96, 4, 96 * 160, 64)]
+    # a mixed step: 96 tokens prefilled beside the decodes take longer than the decodes alone
+    mixed, alone = step["points"][9], step["points"][5]
+    assert mixed["seconds"] > alone["seconds"] and mixed["context_tokens"] >= 4 * 64
+    assert doc["request"]["latency_const_s"] == doc["calibration"]["step"]["http_s"]
     assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
     # K: the decoding sequences' prompts and the tokens they had generated
     decode = [p for p in step["points"] if p["decode_seqs"]]
@@ -137,5 +143,6 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
             zip(decode, (64, 64, 512, 512), strict=True)] == [1, 1, 1, 1]
     plan = doc["calibration"]["step"]
     assert plan["decode_lengths"] == [64, 512] and plan["prefill_cached"] == [0, 64]
+    assert plan["mixed_tokens"] == [96]
     assert plan["server_prefill_times"] is True
     assert plan["http_s"] > 0 and "step_s = const_s" in doc["notes"]
