@@ -125,7 +125,7 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     doc = yaml.safe_load(out.read_text())
     step = doc["step"]
     assert list(step) == ["const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
-                          "prefill_attn_s", "per_prefill_context_token_s", "fit_error", "points"]
+                          "prefill_attn_s", "per_prefill_context_token_s", "latency_s", "fit_error", "points"]
     assert all(step[k] >= 0 for k in list(step)[:6]) and step["fit_error"]["points"] == 10
     got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"], p["prefill_context_tokens"])
            for p in step["points"]]
@@ -135,7 +135,7 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     # a mixed step: 96 tokens prefilled beside the decodes take longer than the decodes alone
     mixed, alone = step["points"][9], step["points"][5]
     assert mixed["seconds"] > alone["seconds"] and mixed["context_tokens"] >= 4 * 64
-    assert doc["request"]["latency_const_s"] == doc["calibration"]["step"]["http_s"]
+    assert step["latency_s"] == doc["calibration"]["step"]["http_s"]
     assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
     # K: the decoding sequences' prompts and the tokens they had generated
     decode = [p for p in step["points"] if p["decode_seqs"]]

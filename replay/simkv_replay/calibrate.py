@@ -1620,8 +1620,10 @@ def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
     what the fit does not hold (``calibration.step``) and a note to the calibration."""
     points, info = measure_steps(probe, plan, seed, advance)
     cal.doc["step"] = fit_steps(points)
-    if info["http_s"] is not None:   # outside the engine: in a request's TTFT and e2e, not in a step
-        cal.doc["request"] = {**(cal.doc.get("request") or {}), "latency_const_s": max(info["http_s"], 0.0)}
+    if info["http_s"] is not None:   # outside the engine core: in a request's TTFT and e2e, not in a step
+        cal.doc["step"] = {**{k: v for k, v in cal.doc["step"].items() if k in STEP_KEYS},
+                           "latency_s": max(info["http_s"], 0.0),
+                           **{k: v for k, v in cal.doc["step"].items() if k not in STEP_KEYS}}
     cal.doc["calibration"]["step"] = {
         "prefill_tokens": plan.prefill_tokens, "prefill_cached": plan.prefill_cached,
         "mixed_tokens": plan.mixed_tokens,
@@ -1643,6 +1645,6 @@ def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
         "a stream's consecutive tokens while all D decode, K counted from the tokens received)"
         + (" and mixed steps (one prompt after the largest cached prefix sent while D streams decode: "
            "the streams' longest gap between its send and its answer)" if plan.mixed_tokens else "")
-        + (f"; request.latency_const_s: the {info['http_s'] * 1e3:.2f} ms outside the engine"
+        + (f"; step.latency_s: the {info['http_s'] * 1e3:.2f} ms outside the engine core"
            if info["http_s"] is not None else ""))
     cal.doc["notes"] = "; ".join(cal.notes)
