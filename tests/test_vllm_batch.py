@@ -58,24 +58,27 @@ def test_a_step_budget_below_the_batch_is_refused() -> None:
 def test_the_step_fit_recovers_known_coefficients() -> None:
     from simkv_replay.calibrate import STEP_KEYS, StepPoint, fit_steps
 
-    truth = dict(zip(STEP_KEYS, (0.011, 1.7e-4, 4.0e-4, 1.2e-6, 9.0e-8), strict=True))
+    truth = dict(zip(STEP_KEYS, (0.011, 1.7e-4, 4.0e-4, 1.2e-6, 9.0e-8, 1.5e-5), strict=True))
 
-    def seconds(p: int, d: int, k: int, a: int) -> float:
-        return sum(c * x for c, x in zip(truth.values(), (1, p, d, k, a), strict=True))
+    def seconds(p: int, d: int, k: int, a: int, c: int = 0) -> float:
+        return sum(co * x for co, x in zip(truth.values(), (1, p, d, k, a, c), strict=True))
 
     grid = [(n, 0, 0, n * n) for n in (1, 16, 64, 256, 512)]
     grid += [(0, d, d * (length + 12), 0) for d in (1, 2, 4, 8, 16) for length in (64, 512, 1536)]
     points = [StepPoint(*g, seconds(*g)) for g in grid]
+    cached = [(n, 0, 0, n * (n + 704), 704) for n in (16, 256)] + [(64, 4, 300, 64 * 768, 704)]
+    points += [StepPoint(*g[:4], seconds(*g), g[4]) for g in cached]
+    grid += [g[:4] for g in cached]
     step = fit_steps(points)
     for key, value in truth.items():
         assert step[key] == pytest.approx(value, rel=1e-6)
     assert step["fit_error"]["points"] == len(grid) and step["fit_error"]["max_rel"] < 1e-9
     first = step["points"][1]
     assert first == {"prefill_tokens": 16, "decode_seqs": 0, "context_tokens": 0, "attn_tokens": 256,
-                     "seconds": pytest.approx(seconds(16, 0, 0, 256)),
+                     "prefill_context_tokens": 0, "seconds": pytest.approx(seconds(16, 0, 0, 256)),
                      "fitted_s": pytest.approx(seconds(16, 0, 0, 256))}
     # no coefficient goes negative: a term the data do not need is 0, not a compensating sign
-    flat = [StepPoint(*g, 0.02) for g in grid]
+    flat = [StepPoint(*g, 0.02) for g in grid[:20]]
     step = fit_steps(flat)
     assert step["const_s"] == pytest.approx(0.02)
     assert all(step[k] == pytest.approx(0, abs=1e-12) for k in STEP_KEYS[1:])
@@ -113,8 +116,8 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
         res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--block-size", "64",
                         "--new-tokens", "1,64", "--cached-tokens", "0,64", "--repeats", "1", "--warmup", "1",
                         "--steps", "--step-prefill", "1,128", "--step-cached", "0,64", "--step-decode", "1,4",
-                        "--step-lengths", "64,512",
-                        "--step-tokens", "6")
+                        "--step-lengths", "64,512", "--step-mixed", "96",
+                        "--step-tokens", "8")
     finally:
         stop_vllm(proc)
     assert res.returncode == 0, res.stderr
@@ -122,11 +125,17 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     doc = yaml.safe_load(out.read_text())
     step = doc["step"]
     assert list(step) == ["const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
-                          "prefill_attn_s", "fit_error", "points"]
-    assert all(step[k] >= 0 for k in list(step)[:5]) and step["fit_error"]["points"] == 8
-    got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"]) for p in step["points"]]
-    assert got == [(1, 0, 1), (128, 0, 128 * 128), (1, 0, 1 * 65), (128, 0, 128 * 192),
-                   (0, 1, 0), (0, 4, 0), (0, 1, 0), (0, 4, 0)]
+                          "prefill_attn_s", "per_prefill_context_token_s", "latency_s", "fit_error", "points"]
+    assert all(step[k] >= 0 for k in list(step)[:6]) and step["fit_error"]["points"] == 10
+    got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"], p["prefill_context_tokens"])
+           for p in step["points"]]
+    assert got == [(1, 0, 1, 0), (128, 0, 128 * 128, 0), (1, 0, 1 * 65, 64), (128, 0, 128 * 192, 64),
+                   (0, 1, 0, 0), (0, 4, 0, 0), (0, 1, 0, 0), (0, 4, 0, 0),
+                   (96, 1, 96 * 160, 64), (96, 4, 96 * 160, 64)]
+    # a mixed step: 96 tokens prefilled beside the decodes take longer than the decodes alone
+    mixed, alone = step["points"][9], step["points"][5]
+    assert mixed["seconds"] > alone["seconds"] and mixed["context_tokens"] >= 4 * 64
+    assert step["latency_s"] == doc["calibration"]["step"]["http_s"]
     assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
     # K: the decoding sequences' prompts and the tokens they had generated
     decode = [p for p in step["points"] if p["decode_seqs"]]
@@ -134,5 +143,6 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
             zip(decode, (64, 64, 512, 512), strict=True)] == [1, 1, 1, 1]
     plan = doc["calibration"]["step"]
     assert plan["decode_lengths"] == [64, 512] and plan["prefill_cached"] == [0, 64]
+    assert plan["mixed_tokens"] == [96]
     assert plan["server_prefill_times"] is True
     assert plan["http_s"] > 0 and "step_s = const_s" in doc["notes"]

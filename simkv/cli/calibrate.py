@@ -59,13 +59,14 @@ def _summary(cal: Any) -> None:
         from simkv.model.hardware import STEP_KEYS
 
         t = Table(title="steps (seconds; fit = " + " + ".join(
-            f"{step[k]:.3g}{x}" for k, x in zip(STEP_KEYS, ("", "*P", "*D", "*K", "*A"), strict=True))
+            f"{step[k]:.3g}{x}" for k, x in zip(STEP_KEYS, ("", "*P", "*D", "*K", "*A", "*C"), strict=True))
             + ")", title_justify="left")
-        for col in ("P", "D", "K", "A", "measured", "fit", "fit err"):
+        for col in ("P", "D", "K", "A", "C", "measured", "fit", "fit err"):
             t.add_column(col, justify="right")
         for p in step["points"]:
             t.add_row(f"{p['prefill_tokens']:,}", str(p["decode_seqs"]), f"{p['context_tokens']:,}",
-                      f"{p['attn_tokens']:,}", f"{p['seconds']:.4g}", f"{p['fitted_s']:.4g}",
+                      f"{p['attn_tokens']:,}", f"{p.get('prefill_context_tokens', 0):,}",
+                      f"{p['seconds']:.4g}", f"{p['fitted_s']:.4g}",
                       _pct(abs(p["fitted_s"] - p["seconds"]) / p["seconds"]))
         console.print(t)
         e = step["fit_error"]
@@ -118,6 +119,9 @@ def calibrate_cmd(
     step_cached: Annotated[str, typer.Option(
         help="--steps: cached tokens before the prefill-only steps' new tokens (multiples of vLLM's "
              "block size; the prefix is served first).")] = "0",
+    step_mixed: Annotated[str, typer.Option(
+        help="--steps: prompt lengths prefilled while each --step-decode count of sequences decode "
+             "(mixed steps; after the largest --step-cached prefix); empty: none.")] = "",
     step_decode: Annotated[str, typer.Option(
         help="--steps: decoding sequences of the decode-only steps (at most vLLM's "
              "--max-num-seqs).")] = "1,2,4,8,16",
@@ -177,7 +181,8 @@ def calibrate_cmd(
                      ("--step-lengths", step_lengths))
             step_plan = cal_mod.StepPlan(
                 *(_ints(key, v) for key, v in grids), decode_tokens=step_tokens, repeats=plan.repeats,
-                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached))
+                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached),
+                mixed_tokens=_ints("--step-mixed", step_mixed) if step_mixed.strip() else [])
             step_plan.check(probe.context, probe.vllm_block)
         total = cal_mod.steps(plan, probe.tiers, probe.wait_clears, probe.prefill_only)
         total += cal_mod.step_runs(step_plan) if step_plan else 0
