@@ -107,7 +107,7 @@ def test_a_request_that_cannot_get_a_block_preempts_the_last_admitted_one() -> N
 
 def test_prefix_hits_are_found_at_admission_and_shorten_the_prefill(tmp_path: Path) -> None:
     # r1 shares r0's two blocks and arrives after r0's first token: it prefills 4 tokens; with
-    # a cost per cached token of a prefill chunk, its 8 cached tokens add to its step
+    # a cost of its attention over its cached context, its n·c = 4·8 adds to its step
     tr = build_table({
         "arrival_s": [0.0, 1.0], "request_id": ["a", "b"], "session_id": ["", ""],
         "prompt_class": ["chat", "chat"], "input_tokens": [12, 12], "output_tokens": [1, 1],
@@ -119,17 +119,17 @@ def test_prefix_hits_are_found_at_admission_and_shorten_the_prefill(tmp_path: Pa
     doc = yaml.safe_load((ROOT / "profiles" / "example-table.yaml").read_text())
     doc["block_size"] = 4
     doc["step"] = {"const_s": 0.1, "per_prefill_token_s": 0.001, "per_decode_seq_s": 0.001,
-                   "per_context_token_s": 0.0, "prefill_attn_s": 0.0, "per_prefill_context_token_s": 0.01}
+                   "per_context_token_s": 0.0, "prefill_attn_s": 0.0, "prefill_context_attn_s": 0.01}
     profile.write_text(yaml.safe_dump(doc))
     data = scenario().to_dict()
     data["hardware"]["profile"] = str(profile)
     sc = scenario_from_dict(data)
-    assert times(run(sc, tr))["ttft_s"] == [0.112, 0.184]
+    assert times(run(sc, tr))["ttft_s"] == [0.112, round(0.104 + 0.01 * 4 * 8, 9)]
     # the latency outside the engine core: in TTFT and e2e, not in the engine's steps
     doc["step"]["latency_s"] = 0.005
     profile.write_text(yaml.safe_dump(doc))
     out = times(run(sc, tr))
-    assert out["ttft_s"] == [0.117, 0.189] and out["e2e_s"] == [0.117, 0.189]
+    assert out["ttft_s"] == [0.117, 0.429] and out["e2e_s"] == [0.117, 0.429]
 
 
 def test_with_sparse_arrivals_and_one_output_token_batching_equals_fifo() -> None:
@@ -216,8 +216,8 @@ def test_a_table_profile_needs_a_step_section_for_batching(tmp_path: Path) -> No
             "per_context_token_s": 1e-6, "prefill_attn_s": 0.0, "fit_error": {"median_rel": 0.02}}
     prof = load_profile(_profile(tmp_path, step))
     assert prof.step_time()(10, 2, 50, 0) == pytest.approx(0.01 + 1e-3 + 2e-3 + 5e-5)
-    with_context = load_profile(_profile(tmp_path, {**step, "per_prefill_context_token_s": 1e-5}))
-    assert with_context.step_time()(10, 2, 50, 0, 700) == pytest.approx(0.01 + 1e-3 + 2e-3 + 5e-5 + 7e-3)
+    with_context = load_profile(_profile(tmp_path, {**step, "prefill_context_attn_s": 1e-7}))
+    assert with_context.step_time()(10, 2, 50, 0, 7000) == pytest.approx(0.01 + 1e-3 + 2e-3 + 5e-5 + 7e-4)
     bad = dict(step, per_decode_seq_s=-1.0)
     with pytest.raises(ScenarioError, match=r"step.per_decode_seq_s: must be >= 0"):
         load_profile(_profile(tmp_path, bad))

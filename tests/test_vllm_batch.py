@@ -66,7 +66,7 @@ def test_the_step_fit_recovers_known_coefficients() -> None:
     grid = [(n, 0, 0, n * n) for n in (1, 16, 64, 256, 512)]
     grid += [(0, d, d * (length + 12), 0) for d in (1, 2, 4, 8, 16) for length in (64, 512, 1536)]
     points = [StepPoint(*g, seconds(*g)) for g in grid]
-    cached = [(n, 0, 0, n * (n + 704), 704) for n in (16, 256)] + [(64, 4, 300, 64 * 768, 704)]
+    cached = [(n, 0, 0, n * (n + 704), n * 704) for n in (16, 256, 512)]
     points += [StepPoint(*g[:4], seconds(*g), g[4]) for g in cached]
     grid += [g[:4] for g in cached]
     step = fit_steps(points)
@@ -116,7 +116,7 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
         res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--block-size", "64",
                         "--new-tokens", "1,64", "--cached-tokens", "0,64", "--repeats", "1", "--warmup", "1",
                         "--steps", "--step-prefill", "1,128", "--step-cached", "0,64", "--step-decode", "1,4",
-                        "--step-lengths", "64,512", "--step-mixed", "96",
+                        "--step-lengths", "64,512",
                         "--step-tokens", "8")
     finally:
         stop_vllm(proc)
@@ -125,16 +125,12 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     doc = yaml.safe_load(out.read_text())
     step = doc["step"]
     assert list(step) == ["const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
-                          "prefill_attn_s", "per_prefill_context_token_s", "latency_s", "fit_error", "points"]
-    assert all(step[k] >= 0 for k in list(step)[:6]) and step["fit_error"]["points"] == 10
+                          "prefill_attn_s", "prefill_context_attn_s", "latency_s", "fit_error", "points"]
+    assert all(step[k] >= 0 for k in list(step)[:6]) and step["fit_error"]["points"] == 8
     got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"], p["prefill_context_tokens"])
            for p in step["points"]]
-    assert got == [(1, 0, 1, 0), (128, 0, 128 * 128, 0), (1, 0, 1 * 65, 64), (128, 0, 128 * 192, 64),
-                   (0, 1, 0, 0), (0, 4, 0, 0), (0, 1, 0, 0), (0, 4, 0, 0),
-                   (96, 1, 96 * 160, 64), (96, 4, 96 * 160, 64)]
-    # a mixed step: 96 tokens prefilled beside the decodes take longer than the decodes alone
-    mixed, alone = step["points"][9], step["points"][5]
-    assert mixed["seconds"] > alone["seconds"] and mixed["context_tokens"] >= 4 * 64
+    assert got == [(1, 0, 1, 0), (128, 0, 128 * 128, 0), (1, 0, 1 * 65, 64), (128, 0, 128 * 192, 128 * 64),
+                   (0, 1, 0, 0), (0, 4, 0, 0), (0, 1, 0, 0), (0, 4, 0, 0)]
     assert step["latency_s"] == doc["calibration"]["step"]["http_s"]
     assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
     # K: the decoding sequences' prompts and the tokens they had generated
@@ -143,6 +139,5 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
             zip(decode, (64, 64, 512, 512), strict=True)] == [1, 1, 1, 1]
     plan = doc["calibration"]["step"]
     assert plan["decode_lengths"] == [64, 512] and plan["prefill_cached"] == [0, 64]
-    assert plan["mixed_tokens"] == [96]
     assert plan["server_prefill_times"] is True
     assert plan["http_s"] > 0 and "step_s = const_s" in doc["notes"]

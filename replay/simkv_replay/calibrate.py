@@ -1341,9 +1341,6 @@ class StepPlan:
     repeats: int = 3
     warmup: int = 1
     prefill_cached: list[int] = field(default_factory=lambda: [0])
-    #: Prefill tokens of the mixed steps: one prompt (after the largest ``prefill_cached``
-    #: prefix) prefilled while each ``decode_seqs`` count of sequences decode (none: no mixed steps).
-    mixed_tokens: list[int] = field(default_factory=list)
 
     def check(self, context: int | None, block: int | None = None) -> None:
         """Refuse a grid the fit cannot use or the model cannot hold; ``block``: vLLM's block
@@ -1359,10 +1356,7 @@ class StepPlan:
             raise CalibrationError(f"--step-cached: expected multiples of vLLM's block size {block} "
                                    f"(0: none), got {self.prefill_cached}")
         points = (len(set(self.prefill_tokens)) * len(set(self.prefill_cached))
-                  + len(set(self.decode_seqs)) * len(set(self.decode_lengths))
-                  + len(set(self.mixed_tokens)) * len(set(self.decode_seqs)))
-        if any(n < 1 for n in self.mixed_tokens):
-            raise CalibrationError(f"--step-mixed: expected token counts >= 1, got {self.mixed_tokens}")
+                  + len(set(self.decode_seqs)) * len(set(self.decode_lengths)))
         # without cached prefixes the prefills' context term is 0 and not fitted
         needed = len(STEP_KEYS) - (max(self.prefill_cached) == 0)
         if points < needed:
@@ -1383,7 +1377,7 @@ class StepPlan:
 @dataclass(frozen=True)
 class StepPoint:
     """One measured step: ``P`` prefill tokens, ``D`` decoding sequences, ``K`` their KV tokens
-    (cached + 1 each), ``A`` = Σ n·(n + c) over the prefill chunks, ``C`` = Σ c over them;
+    (cached + 1 each), ``A`` = Σ n·(n + c) over the prefill chunks, ``C`` = Σ n·c over them;
     ``seconds`` measured."""
 
     prefill_tokens: int
@@ -1391,7 +1385,7 @@ class StepPoint:
     context_tokens: int
     attn_tokens: int
     seconds: float
-    #: ``C``: the prefill chunks' cached tokens (Σ c).
+    #: ``C``: the prefill chunks' attention over their cached context (Σ n·c).
     prefill_context_tokens: int = 0
 
 
@@ -1438,7 +1432,7 @@ def step_runs(plan: StepPlan) -> int:
     """Requests the step measurement makes (the progress bar's units)."""
     runs = plan.warmup + plan.repeats
     return runs * (len(plan.prefill_tokens) * len(plan.prefill_cached)
-                   + (len(plan.decode_lengths) + len(plan.mixed_tokens)) * len(plan.decode_seqs))
+                   + len(plan.decode_lengths) * len(plan.decode_seqs))
 
 
 def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
@@ -1477,7 +1471,7 @@ def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
                     http.append(r.client_ttft_s - d[PREFILL_SUM] - (d[QUEUE_SUM] or 0.0))
                 else:
                     samples.append(r.client_ttft_s)
-        points.append(StepPoint(n, 0, 0, n * (n + c), float(np.median(samples)), c))
+        points.append(StepPoint(n, 0, 0, n * (n + c), float(np.median(samples)), n * c))
     http_s = float(np.median(http)) if http else None
     for length in plan.decode_lengths:
         for d in plan.decode_seqs:
@@ -1494,27 +1488,6 @@ def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
                 raise CalibrationError(f"step decode D={d} L={length}: no step with all {d} sequences "
                                        "decoding (raise --step-tokens)")
             points.append(StepPoint(0, d, round(float(np.mean(kv))), 0, float(np.median(gaps))))
-    c = max(plan.prefill_cached)
-    length = min(plan.decode_lengths)
-    for n in plan.mixed_tokens:
-        for d in plan.decode_seqs:
-            mixed: list[float] = []
-            kv = []
-            for rep in range(runs):
-                probe.clear(["gpu"])
-                prefix = fresh(c)
-                if c:
-                    probe.serve(prefix)
-                g, k = _decode_run(probe, [fresh(length) for _ in range(d)], plan.decode_tokens,
-                                   prefix + fresh(n))
-                advance(1)
-                if rep >= plan.warmup and g:
-                    mixed += g
-                    kv += k
-            if not mixed:
-                raise CalibrationError(f"step mixed n={n} D={d}: the prefill's step was not seen in the "
-                                       "decoding streams (raise --step-tokens)")
-            points.append(StepPoint(n, d, round(float(np.mean(kv))), n * (n + c), float(np.median(mixed)), c))
     probe.clear(["gpu"])
     return points, {"http_s": http_s, "server_prefill_times": server}
 
@@ -1524,18 +1497,12 @@ def _delta(before: str, after: str, name: str) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int,
-                mixed: list[int] | None = None) -> tuple[list[float], list[float]]:
+def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int) -> tuple[list[float], list[float]]:
     """Stream ``prompts`` concurrently (``ignore_eos``, as many tokens as the context allows),
     and once every stream has its first token (all decode), read ``tokens`` more from each and
     close it (vLLM aborts the request). Returns the gaps between consecutive tokens of a stream
     that lie while all of them decoded (from the last first token to the first close), and the
-    KV tokens of the step of each gap (Σ over the streams of prompt + tokens received so far).
-
-    ``mixed``: a prompt sent (one token generated) a few tokens after all decode; then only the
-    step that prefilled it is returned, per stream: the longest gap ending between its send and
-    its first token (the step in which it was prefilled outputs the decodes' tokens and its
-    own), with its KV tokens."""
+    KV tokens of the step of each gap (Σ over the streams of prompt + tokens received so far)."""
     import json
     import threading
 
@@ -1576,14 +1543,6 @@ def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int,
     deadline = time.monotonic() + START_WAIT_S
     together = all(e.wait(max(deadline - time.monotonic(), 0.0)) for e in first)
     all_decoding.set()           # (also releases streams that would otherwise never end)
-    sent = answered = 0.0
-    if mixed is not None and together and not errors:
-        settle = len(times[0]) + 3
-        while len(times[0]) < settle and threads[0].is_alive():
-            time.sleep(0.001)
-        sent = time.perf_counter()
-        probe.serve(mixed)
-        answered = time.perf_counter()
     for t in threads:
         t.join()
     if errors:
@@ -1600,13 +1559,6 @@ def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int,
         return sum(n + sum(1 for t in other if t <= a) for n, other in zip(lengths, times, strict=True))
 
     for ts in times:
-        if mixed is not None:
-            spans = [(b - a, a) for a, b in itertools.pairwise(ts) if sent < b <= answered]
-            if spans:
-                gap, a = max(spans)
-                gaps.append(gap)
-                kv.append(context(a))
-            continue
         for a, b in itertools.pairwise(ts):
             if a >= start and b <= end:
                 gaps.append(b - a)
@@ -1626,7 +1578,6 @@ def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
                            **{k: v for k, v in cal.doc["step"].items() if k not in STEP_KEYS}}
     cal.doc["calibration"]["step"] = {
         "prefill_tokens": plan.prefill_tokens, "prefill_cached": plan.prefill_cached,
-        "mixed_tokens": plan.mixed_tokens,
         "decode_seqs": plan.decode_seqs, "decode_lengths": plan.decode_lengths,
         "decode_tokens": plan.decode_tokens,
         "repeats": plan.repeats, "warmup": plan.warmup, "statistic": "median", **info}
@@ -1636,15 +1587,13 @@ def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
            "the client's TTFT (vLLM's /metrics has no request_prefill_time_seconds), HTTP included")
     cal.notes.append(
         "step: step_s = const_s + per_prefill_token_s*P + per_decode_seq_s*D + per_context_token_s*K + "
-        "prefill_attn_s*A + per_prefill_context_token_s*C (P prefill tokens, D decoding sequences, K "
-        "their KV tokens, A = sum of n*(n+c) and C = sum of c over the prefill chunks), fitted by "
+        "prefill_attn_s*A + prefill_context_attn_s*C (P prefill tokens, D decoding sequences, K "
+        "their KV tokens, A = sum of n*(n+c) and C = sum of n*c over the prefill chunks), fitted by "
         "non-negative least squares on relative error to "
         f"prefill-only steps (one fresh prompt alone after its cached prefix, one token generated, one "
         f"engine step: {how}) and "
         "decode-only steps (D concurrent streams of fresh prompts, ignore_eos; the median gap between "
         "a stream's consecutive tokens while all D decode, K counted from the tokens received)"
-        + (" and mixed steps (one prompt after the largest cached prefix sent while D streams decode: "
-           "the streams' longest gap between its send and its answer)" if plan.mixed_tokens else "")
         + (f"; step.latency_s: the {info['http_s'] * 1e3:.2f} ms outside the engine core"
            if info["http_s"] is not None else ""))
     cal.doc["notes"] = "; ".join(cal.notes)

@@ -13,7 +13,7 @@ repeat of that load's replay (per repeat, then the spread):
 * ``batching``: the study's scheduler (``max_num_seqs``, ``max_num_batched_tokens``: chunked
   prefill) with the calibrated step time, without its prefill-context term;
 * ``+ prefill context``: and the step's cost per cached token of a prefill chunk
-  (``step.per_prefill_context_token_s``);
+  (``step.prefill_context_attn_s``);
 * ``+ latency outside``: and the time outside the engine core (``step.latency_s``, the
   client's TTFT of a prompt alone less vLLM's own prefill time): the full model.
 
@@ -78,7 +78,7 @@ def models(scenario: dict[str, Any], profile: Path, budget: int) -> list[tuple[s
         path.write_text(yaml.safe_dump(d, sort_keys=False))
         return [f"hardware.profile={path}"]
 
-    plain = variant("plain", per_prefill_context_token_s=0.0, latency_s=0.0)
+    plain = variant("plain", prefill_context_attn_s=0.0, latency_s=0.0)
     context = variant("context", latency_s=0.0)
     return [
         ("fifo", [f"hardware.profile={profile}", "hardware.scheduler=fifo"]),

@@ -107,12 +107,11 @@ cp "$VDIR/serve.sh" "$OUT/serve.sh"
 
 # Calibrate over HTTP: the prefill grid (the table profile) and the step times (--steps: one
 # prefill of up to 512 tokens alone per step, after 0, 256 or 704 cached tokens; 1-16 sequences
-# decoding prompts of 64-1,536 tokens; 64 or 256 tokens prefilled after 704 cached ones while
-# 1-16 sequences decode).
+# decoding prompts of 64-1,536 tokens).
 if [ -z "${PROFILE:-}" ]; then
   COLUMNS=200 run "$SIMKV" calibrate --engine "$URL" -o "$OUT/profile.yaml" --overwrite --block-size 64 \
     --new-tokens 1,64,256,1024 --cached-tokens 0,256,1024 --repeats 3 --warmup 1 \
-    --steps --step-prefill 1,16,64,128,256,512 --step-cached 0,256,704 --step-mixed 64,256 \
+    --steps --step-prefill 1,16,64,128,256,512 --step-cached 0,256,704 \
     --step-decode 1,2,4,8,16 --step-lengths 64,512,1536 \
     > "$OUT/calibrate.txt"
   PROFILE=$OUT/profile.yaml

@@ -119,9 +119,6 @@ def calibrate_cmd(
     step_cached: Annotated[str, typer.Option(
         help="--steps: cached tokens before the prefill-only steps' new tokens (multiples of vLLM's "
              "block size; the prefix is served first).")] = "0",
-    step_mixed: Annotated[str, typer.Option(
-        help="--steps: prompt lengths prefilled while each --step-decode count of sequences decode "
-             "(mixed steps; after the largest --step-cached prefix); empty: none.")] = "",
     step_decode: Annotated[str, typer.Option(
         help="--steps: decoding sequences of the decode-only steps (at most vLLM's "
              "--max-num-seqs).")] = "1,2,4,8,16",
@@ -181,8 +178,7 @@ def calibrate_cmd(
                      ("--step-lengths", step_lengths))
             step_plan = cal_mod.StepPlan(
                 *(_ints(key, v) for key, v in grids), decode_tokens=step_tokens, repeats=plan.repeats,
-                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached),
-                mixed_tokens=_ints("--step-mixed", step_mixed) if step_mixed.strip() else [])
+                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached))
             step_plan.check(probe.context, probe.vllm_block)
         total = cal_mod.steps(plan, probe.tiers, probe.wait_clears, probe.prefill_only)
         total += cal_mod.step_runs(step_plan) if step_plan else 0

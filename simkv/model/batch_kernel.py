@@ -201,7 +201,7 @@ def advance(ctl: np.ndarray, clock: np.ndarray, arrivals: np.ndarray, prompt: np
             else:
                 p += new
                 a += new * (new + c)
-                context += c
+                context += new * c
         seconds = c0 + cp * p + cd * d + ck * k + ca * a + cc * context + extra
         now = now + seconds
         clock[0] = now

@@ -122,36 +122,37 @@ class StepTime:
     """Seconds one step of a batching engine takes (``hardware.scheduler: vllm``)::
 
         step_s = const_s + per_prefill_token_s·P + per_decode_seq_s·D
-                 + per_context_token_s·K + prefill_attn_s·A + per_prefill_context_token_s·C
+                 + per_context_token_s·K + prefill_attn_s·A + prefill_context_attn_s·C
 
     ``P``: the prefill tokens the step computes (over its prefill chunks), ``D``: its decoding
     sequences, ``K``: their KV length summed (cached tokens + the one computed), ``A``: the
     prefill chunks' attention, ``Σ n·(n + c)`` for a chunk of ``n`` tokens after ``c``
-    computed ones, ``C``: those chunks' context, ``Σ c`` (an engine may read a prefill's
-    cached KV by another path than a decode's: vLLM's CPU build does, at about ten times the
-    cost per token). The analytic profile's step is its prefill formula applied to the batch
-    (:meth:`HardwareProfile.step_time`), so a step that prefills one chunk alone takes
-    ``prefill(n, c)``; a table profile's is the fit ``simkv calibrate --steps`` measured."""
+    computed ones, ``C``: those chunks' attention over their cached context, ``Σ n·c`` (an
+    engine may attend to a prefill's cached KV by another path than to its new tokens: vLLM's
+    CPU build does, at about three times the cost). The analytic profile's step is its prefill
+    formula applied to the batch (:meth:`HardwareProfile.step_time`), so a step that prefills
+    one chunk alone takes ``prefill(n, c)``; a table profile's is the fit ``simkv calibrate
+    --steps`` measured."""
 
     const_s: float
     per_prefill_token_s: float
     per_decode_seq_s: float
     per_context_token_s: float
     prefill_attn_s: float
-    per_prefill_context_token_s: float = 0.0
+    prefill_context_attn_s: float = 0.0
 
     def __call__(self, prefill_tokens: float, decode_seqs: float, context_tokens: float,
                  attn_tokens: float, prefill_context_tokens: float = 0.0) -> float:
         return (self.const_s + self.per_prefill_token_s * prefill_tokens
                 + self.per_decode_seq_s * decode_seqs + self.per_context_token_s * context_tokens
                 + self.prefill_attn_s * attn_tokens
-                + self.per_prefill_context_token_s * prefill_context_tokens)
+                + self.prefill_context_attn_s * prefill_context_tokens)
 
 
 #: A table profile's ``step`` coefficients, in :class:`StepTime` order (all required but
 #: the last, 0 when absent).
 STEP_KEYS = ("const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
-             "prefill_attn_s", "per_prefill_context_token_s")
+             "prefill_attn_s", "prefill_context_attn_s")
 
 
 class HardwareProfile(ABC):
