@@ -140,3 +140,11 @@ def test_archive_worker_share_and_flag() -> None:
     assert slow["archive_worker_busy_share"] >= 0.9
     assert "archive" in slow["overload"]
     assert any("archive worker falls behind" in w for w in overload_warnings(slow))
+
+
+def test_gpus_suggested_stays_finite_for_arrivals_a_denormal_apart() -> None:
+    from simkv.metrics.summary import gpus_suggested
+
+    assert gpus_suggested(1.7, 1.0, 1) == 2          # 1.7 / (1 × 0.85)
+    assert gpus_suggested(1.0, 0.0, 3) == 3          # no span: the scenario's GPUs
+    assert gpus_suggested(1.0, 5e-324, 1) == 1       # busy / span overflows: the same

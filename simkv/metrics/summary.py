@@ -187,6 +187,13 @@ def _share(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else 0.0
 
 
+def gpus_suggested(busy: float, span: float, gpus: int) -> int:
+    """The least ``N`` with ``busy / (span × N)`` ≤ :data:`GPU_TARGET`; ``gpus`` where the span
+    is too short for the ratio to be finite (arrivals at one instant, or a denormal apart)."""
+    ratio = busy / (span * GPU_TARGET) if span > 0 else math.inf
+    return max(math.ceil(ratio), 1) if math.isfinite(ratio) else gpus
+
+
 def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
                  end_s: float, busy_s: float | None = None) -> dict[str, Any]:
     """Offered load and how far each resource fell behind.
@@ -247,7 +254,7 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
         "makespan_s": float(end_s) - first if len(arrival) else 0.0,
         "gpu_busy_s": busy,
         "gpu_utilization": util,
-        "gpus_suggested": max(math.ceil(busy / (span * GPU_TARGET)), 1) if span > 0 else gpus,
+        "gpus_suggested": gpus_suggested(busy, span, gpus),
         "ttft_queue_share": _share(requests["queue_s"].sum(), requests["ttft_s"].sum()),
         "disk_write_demand": disk_demand,
         "disk_write_lag_max_s": float(cache.disk_write_lag_max),

@@ -54,7 +54,7 @@ import numpy as np
 import simpy
 
 from simkv.model import batch_kernel as K
-from simkv.model.cache_base import ARCHIVE, TIER_NAMES, CacheBase, Plan
+from simkv.model.cache_base import ARCHIVE, CacheBase, Plan
 from simkv.model.engine import RequestLog, archive_worker_loop, at
 from simkv.model.hardware import STEP_KEYS
 from simkv.model.vllm_cache import check_pool_fits
@@ -125,8 +125,6 @@ def simulate_batched(
     prompt = np.ascontiguousarray(trace.input_tokens, np.int64)
     outputs = np.maximum(trace.output_tokens, 1).astype(np.int64)
     plans: list[Plan | None] = [None] * n
-    tier_blocks = [getattr(log, f"{t}_blocks") for t in TIER_NAMES]
-    tier_bytes = [getattr(log, f"{t}_bytes") for t in TIER_NAMES]
 
     def first_token(r: int, now: float) -> None:
         """Request ``r``'s prompt is computed: the cache stores its blocks."""
@@ -135,16 +133,7 @@ def simulate_batched(
         if cache is None or plan is None:
             return
         cache.finish(r, plan, now)
-        log.load_s[r] = plan.load_s
-        log.prefill_s[r] = plan.prefill_s  # the work alone (what a hit saves), not the wait
-        log.overhead_s[r] = plan.overhead_s
-        log.prefix_blocks[r] = plan.prefix_blocks
-        for column, value in zip(tier_blocks, plan.tier_blocks, strict=True):
-            column[r] = value
-        if plan.tier_tokens is not None:
-            log.set_tier_tokens(r, plan.tier_tokens)
-        for column, value in zip(tier_bytes, cache.occupancy(), strict=True):
-            column[r] = value
+        log.record(r, plan, cache.occupancy())  # prefill_s: the work alone (what a hit saves)
 
     def advance() -> tuple[int, int]:
         """Steps until the cache must act (:func:`~simkv.model.batch_kernel.advance`)."""

@@ -26,7 +26,7 @@ from typing import Any
 import simpy
 
 from simkv.errors import ScenarioError
-from simkv.model.cache_base import ARCHIVE, TIER_NAMES, CacheBase
+from simkv.model.cache_base import ARCHIVE, TIER_NAMES, CacheBase, Plan
 
 
 class RequestLog:
@@ -48,6 +48,8 @@ class RequestLog:
         for name in self.INTS:
             setattr(self, name, array("q", bytes(8 * n)))
         self.tier_tokens: list[array] | None = None
+        self._tier_blocks = [getattr(self, f"{t}_blocks") for t in TIER_NAMES]  # for record()
+        self._tier_bytes = [getattr(self, f"{t}_bytes") for t in TIER_NAMES]
         #: Kept by the batching scheduler only (``hardware.scheduler: vllm``; ``None`` under
         #: ``fifo``, which models no decode): when each request's first token and its last
         #: output token came out, and how often it was preempted (``start_s``: when it was
@@ -57,6 +59,19 @@ class RequestLog:
         self.preemptions: array | None = None
         #: The batching engine's seconds in steps (``None`` under ``fifo``).
         self.busy_s: float | None = None
+
+    def record(self, r: int, plan: Plan, occupancy: tuple[int, ...]) -> None:
+        """Request ``r``'s plan (its loads, prefill, hits per tier) and the tiers' bytes after it."""
+        self.load_s[r] = plan.load_s
+        self.prefill_s[r] = plan.prefill_s
+        self.overhead_s[r] = plan.overhead_s
+        self.prefix_blocks[r] = plan.prefix_blocks
+        for column, value in zip(self._tier_blocks, plan.tier_blocks, strict=True):
+            column[r] = value
+        if plan.tier_tokens is not None:
+            self.set_tier_tokens(r, plan.tier_tokens)
+        for column, value in zip(self._tier_bytes, occupancy, strict=True):
+            column[r] = value
 
     def keep_decode(self) -> None:
         """Allocate the batching scheduler's columns (first token, finish, preemptions)."""
@@ -87,8 +102,6 @@ def simulate(
     if not arrivals:
         return log, 0.0
     queue = iter(range(len(arrivals)))  # the FIFO queue: requests in arrival order
-    tier_blocks = [getattr(log, f"{t}_blocks") for t in TIER_NAMES]
-    tier_bytes = [getattr(log, f"{t}_bytes") for t in TIER_NAMES]
 
     def gpu_server() -> Generator[simpy.Event, Any, None]:
         """One GPU: take the next request in arrival order, wait for it to arrive, serve it."""
@@ -105,16 +118,7 @@ def simulate(
                 yield env.timeout(service)
             cache.finish(r, plan, env.now)
             log.start_s[r] = start
-            log.load_s[r] = plan.load_s
-            log.prefill_s[r] = plan.prefill_s
-            log.overhead_s[r] = plan.overhead_s
-            log.prefix_blocks[r] = plan.prefix_blocks
-            for column, value in zip(tier_blocks, plan.tier_blocks, strict=True):
-                column[r] = value
-            if plan.tier_tokens is not None:
-                log.set_tier_tokens(r, plan.tier_tokens)
-            for column, value in zip(tier_bytes, cache.occupancy(), strict=True):
-                column[r] = value
+            log.record(r, plan, cache.occupancy())
             remaining[0] -= 1
             if progress is not None:
                 progress(1)
