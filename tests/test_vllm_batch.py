@@ -117,7 +117,7 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
                         "--new-tokens", "1,64", "--cached-tokens", "0,64", "--repeats", "1", "--warmup", "1",
                         "--steps", "--step-prefill", "1,128", "--step-cached", "0,64", "--step-decode", "1,4",
                         "--step-lengths", "64,512",
-                        "--step-tokens", "8")
+                        "--step-tokens", "6")
     finally:
         stop_vllm(proc)
     assert res.returncode == 0, res.stderr
@@ -133,10 +133,13 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
                    (0, 1, 0, 0), (0, 4, 0, 0), (0, 1, 0, 0), (0, 4, 0, 0)]
     assert step["latency_s"] == doc["calibration"]["step"]["http_s"]
     assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
-    # K: the decoding sequences' prompts and the tokens they had generated
+    # K: the decoding sequences' prompts and the tokens they had generated (how many depends on
+    # how long the last stream took to start: at least the prompts, more for the longer ones)
     decode = [p for p in step["points"] if p["decode_seqs"]]
-    assert [p["context_tokens"] // (p["decode_seqs"] * length) for p, length in
-            zip(decode, (64, 64, 512, 512), strict=True)] == [1, 1, 1, 1]
+    for p, length in zip(decode, (64, 64, 512, 512), strict=True):
+        assert p["context_tokens"] > p["decode_seqs"] * length
+    assert decode[2]["context_tokens"] > decode[0]["context_tokens"]
+    assert decode[3]["context_tokens"] > decode[1]["context_tokens"]
     plan = doc["calibration"]["step"]
     assert plan["decode_lengths"] == [64, 512] and plan["prefill_cached"] == [0, 64]
     assert plan["server_prefill_times"] is True
