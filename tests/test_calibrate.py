@@ -20,7 +20,7 @@ CHUNK = 16
 # -- the fits (no engine) -----------------------------------------------------------------
 
 def _fits():
-    return pytest.importorskip("simkv_replay.calibrate", reason="the engine package (make install)")
+    return pytest.importorskip("simkv_engine.calibrate", reason="the engine package (make install)")
 
 
 def test_analytic_fit_recovers_known_constants() -> None:
@@ -330,7 +330,7 @@ def test_plan_refuses_cached_tokens_off_the_chunk_grid() -> None:
 
 def test_http_probe_calibrates_a_running_server_with_an_s3_archive(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same calibration over the API of a real `simkv_replay.server` on loopback whose archive
+    """The same calibration over the API of a real `simkv_engine.server` on loopback whose archive
     is a bucket of moto's S3 server (a real S3 API on 127.0.0.1): the archive passes are the
     server's ``POST /kv/archive``, the chunks travel through S3."""
     import os
@@ -338,7 +338,7 @@ def test_http_probe_calibrates_a_running_server_with_an_s3_archive(tmp_path: Pat
     import sys
 
     pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
-    pytest.importorskip("simkv_replay.server", reason="the engine server")
+    pytest.importorskip("simkv_engine.server", reason="the engine server")
     pytest.importorskip("zstandard", reason="the archive needs zstandard (make install)")
     boto3 = pytest.importorskip("boto3", reason="the archive needs boto3")
     moto_server = pytest.importorskip("moto.server", reason="the archive tests need moto[server]")
@@ -352,8 +352,8 @@ def test_http_probe_calibrates_a_running_server_with_an_s3_archive(tmp_path: Pat
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="kv-calibrate")
     (tmp_path / "s.yaml").write_text(ARCHIVE_SCENARIO.replace("ttl: 0", "ttl: 3600"))
-    code = ("from simkv.scenario import load_scenario\nfrom simkv_replay.server import serve\n"
-            "from simkv_replay.archive import ArchiveOptions\n"
+    code = ("from simkv.scenario import load_scenario\nfrom simkv_engine.server import serve\n"
+            "from simkv_engine.archive import ArchiveOptions\n"
             f"serve(load_scenario({str(tmp_path / 's.yaml')!r}), model='tiny', device='cpu', port=0, "
             f"archive=ArchiveOptions('s3://kv-calibrate/calib', endpoint_url={endpoint!r}), "
             "on_ready=lambda u: print(u, flush=True))\n")

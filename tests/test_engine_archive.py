@@ -1,4 +1,4 @@
-"""The engine's S3 archive (replay/simkv_replay/archive.py): the tiny model on the CPU with real
+"""The engine's S3 archive (engine/simkv_engine/archive.py): the tiny model on the CPU with real
 LMCache, against moto's S3 server on 127.0.0.1 (a real S3 API over HTTP, boto3 with an endpoint
 URL) and the local-folder store. Uploads with the policy's TTL and a checksum, deep-miss
 hydration, expiry, the index after a restart, faults injected on the loopback (endpoint down,
@@ -23,9 +23,9 @@ pytest.importorskip("moto.server", reason="the archive tests need moto[server]")
 pytest.importorskip("zstandard", reason="the archive needs zstandard (make install)")
 
 from moto.server import ThreadedMotoServer  # noqa: E402
-from simkv_replay.archive import ArchiveConfigError, ArchiveOptions, chunk_hashes  # noqa: E402
-from simkv_replay.engine import KVEngine  # noqa: E402
-from simkv_replay.models import SHAPES, load_model  # noqa: E402
+from simkv_engine.archive import ArchiveConfigError, ArchiveOptions, chunk_hashes  # noqa: E402
+from simkv_engine.engine import KVEngine  # noqa: E402
+from simkv_engine.models import SHAPES, load_model  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from simkv.errors import ScenarioError  # noqa: E402
@@ -419,7 +419,7 @@ def test_a_corrupt_object_is_refused_and_the_prefix_ends_there(s3, bucket, make_
 
 
 def test_the_worker_thread_runs_passes_on_the_scaled_clock(tmp_path, make_engine):
-    from simkv_replay.archive import EngineClock
+    from simkv_engine.archive import EngineClock
 
     sc = scenario(ttl={"heuristic": "static", "params": {"ttl": 1e9}})
     engine = make_engine(str(tmp_path / "archive"), sc, clock=EngineClock(scale=6000.0), worker_thread=True)

@@ -1,4 +1,4 @@
-"""What the engine checks around LMCache's disk tier (replay/simkv_replay/integrity.py), with the
+"""What the engine checks around LMCache's disk tier (engine/simkv_engine/integrity.py), with the
 tiny model on the CPU and real LMCache: damaged disk files are misses (counted, dropped, never
 promoted or archived), a full filesystem (a real small tmpfs) degrades /healthz instead of
 freezing the engine, a bad --disk-path is one line and exit 2, LMCache's allocator warnings are
@@ -25,11 +25,11 @@ pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LM
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from simkv_replay.archive import ArchiveOptions  # noqa: E402
-from simkv_replay.engine import KVEngine  # noqa: E402
-from simkv_replay.integrity import default_disk_folder, remove_stale_disk_folders  # noqa: E402
-from simkv_replay.models import SHAPES, load_model  # noqa: E402
-from simkv_replay.server import create_app  # noqa: E402
+from simkv_engine.archive import ArchiveOptions  # noqa: E402
+from simkv_engine.engine import KVEngine  # noqa: E402
+from simkv_engine.integrity import default_disk_folder, remove_stale_disk_folders  # noqa: E402
+from simkv_engine.models import SHAPES, load_model  # noqa: E402
+from simkv_engine.server import create_app  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402
@@ -216,7 +216,7 @@ def test_a_disk_path_that_is_a_file_or_under_one_is_one_line_and_exit_2(tmp_path
 def test_a_failed_lmcache_init_leaves_no_thread_behind(model, tmp_path, monkeypatch):
     """LMCache's own init failure (the engine's folder check bypassed): no thread of it is left
     that would keep the process from exiting."""
-    import simkv_replay.engine as engine_module
+    import simkv_engine.engine as engine_module
 
     (tmp_path / "a-file").write_text("")
     monkeypatch.setattr(engine_module, "check_disk_folder", lambda path: path)
@@ -254,7 +254,7 @@ def test_default_disk_folders_are_removed_on_exit_and_after_a_crash(tmp_path):
     assert not folder.exists()
     # A process killed while holding its folder: the next start removes it, a live one stays.
     child = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
-                              "from simkv_replay.integrity import default_disk_folder\n"
+                              "from simkv_engine.integrity import default_disk_folder\n"
                               f"with default_disk_folder({str(tmp_path)!r}) as f:\n"
                               "    print(f, flush=True); time.sleep(600)"],
                              cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -1,4 +1,4 @@
-"""What a connection or request may cost the engine's HTTP server (replay/simkv_replay/server.py),
+"""What a connection or request may cost the engine's HTTP server (engine/simkv_engine/server.py),
 met over raw sockets on 127.0.0.1 where a client library would hide it: the body-size limit,
 the headers' and the body's read deadline, bounded names, text that is not Unicode, requests
 whose client left before they were served, and the warning of an exposed server without a key."""
@@ -20,9 +20,9 @@ pytest.importorskip("torch", reason="the engine needs torch (make install)")
 pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
 httpx = pytest.importorskip("httpx")
 
-from simkv_replay.engine import KVEngine  # noqa: E402
-from simkv_replay.models import load_model  # noqa: E402
-from simkv_replay.server import MAX_NAME_CHARS, Limits, create_app, is_loopback  # noqa: E402
+from simkv_engine.engine import KVEngine  # noqa: E402
+from simkv_engine.models import load_model  # noqa: E402
+from simkv_engine.server import MAX_NAME_CHARS, Limits, create_app, is_loopback  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402

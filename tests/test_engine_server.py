@@ -1,4 +1,4 @@
-"""The engine's HTTP server (replay/simkv_replay/server.py) as a client meets it: a real uvicorn
+"""The engine's HTTP server (engine/simkv_engine/server.py) as a client meets it: a real uvicorn
 server on 127.0.0.1 (the tiny model on the CPU, real LMCache with CPU + disk tiers, chunk 16)
 driven with httpx; and the real ``simkv engine serve`` command in a subprocess. Skipped where
 the engine's dependencies are absent (``make install`` installs them)."""
@@ -23,9 +23,9 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from simkv_replay.engine import KVEngine  # noqa: E402
-from simkv_replay.models import SHAPES, load_model  # noqa: E402
-from simkv_replay.server import bind, create_app, server_config, url_of  # noqa: E402
+from simkv_engine.engine import KVEngine  # noqa: E402
+from simkv_engine.models import SHAPES, load_model  # noqa: E402
+from simkv_engine.server import bind, create_app, server_config, url_of  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402
@@ -346,7 +346,7 @@ def test_kv_archive_runs_one_pass_and_says_what_it_did(tmp_path):
     """``POST /kv/archive`` on an engine with a local-folder archive (no background worker):
     the chunks a request stored are uploaded by the pass it triggers, its counts agree with the
     index and ``/metrics``, and after clearing the local tiers the lookup finds them archived."""
-    from simkv_replay.archive import ArchiveOptions
+    from simkv_engine.archive import ArchiveOptions
 
     sc = scenario_from_dict({"block_size": CHUNK, "tiers": {
         "gpu": {"capacity_bytes": GPU_CHUNKS * CHUNK_BYTES},

@@ -123,7 +123,7 @@ def test_an_unknown_archive_codec_is_rejected_at_load() -> None:
 
 def test_the_engine_implements_exactly_the_scenarios_codecs() -> None:
     pytest.importorskip("torch")
-    from simkv_replay.archive import CODECS, codec
+    from simkv_engine.archive import CODECS, codec
 
     assert tuple(CODECS) == ARCHIVE_CODECS
     for name in ARCHIVE_CODECS:

@@ -207,7 +207,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def engine(files):
     """The engine server (a subprocess, port 0) serving the scenario with the tiny model."""
-    code = ("import sys\nfrom simkv.scenario import load_scenario\nfrom simkv_replay.server import serve\n"
+    code = ("import sys\nfrom simkv.scenario import load_scenario\nfrom simkv_engine.server import serve\n"
             "serve(load_scenario(sys.argv[1]), model='tiny', device='cpu', port=0,\n"
             "      on_ready=lambda url: print(url, flush=True))\n")
     env = {**os.environ, "PYTHONHASHSEED": "0"}

@@ -68,8 +68,8 @@ def _scenario(path: Path, name: str, eviction: str, cpu: int | None, disk: int |
 
 def _serve(scenario: Path, tmp: Path, archive: str | None = None, endpoint: str | None = None):
     """The engine server (a subprocess, port 0) on the trace clock; returns (process, url)."""
-    code = ("import sys\nfrom simkv.scenario import load_scenario\nfrom simkv_replay.server import serve\n"
-            "from simkv_replay.archive import ArchiveOptions\n"
+    code = ("import sys\nfrom simkv.scenario import load_scenario\nfrom simkv_engine.server import serve\n"
+            "from simkv_engine.archive import ArchiveOptions\n"
             "a = ArchiveOptions(sys.argv[2], endpoint_url=sys.argv[3] or None) if sys.argv[2] else None\n"
             "serve(load_scenario(sys.argv[1]), model='tiny', device='cpu', port=0, archive=a,\n"
             "      disk_path=sys.argv[4], clock='trace', on_ready=lambda url: print(url, flush=True))\n")

@@ -56,7 +56,7 @@ def test_a_step_budget_below_the_batch_is_refused() -> None:
 # -- step-time calibration (simkv calibrate --steps) ---------------------------------------
 
 def test_the_step_fit_recovers_known_coefficients() -> None:
-    from simkv_replay.calibrate import STEP_KEYS, StepPoint, fit_steps
+    from simkv_engine.calibrate import STEP_KEYS, StepPoint, fit_steps
 
     truth = dict(zip(STEP_KEYS, (0.011, 1.7e-4, 4.0e-4, 1.2e-6, 9.0e-8, 1.5e-5), strict=True))
 
@@ -85,7 +85,7 @@ def test_the_step_fit_recovers_known_coefficients() -> None:
 
 
 def test_a_step_grid_too_small_to_fit_is_refused_before_measuring() -> None:
-    from simkv_replay.calibrate import CalibrationError, StepPlan
+    from simkv_engine.calibrate import CalibrationError, StepPlan
 
     with pytest.raises(CalibrationError, match="the step grid has 4 points, the fit needs at least 5"):
         StepPlan([1, 64], [1, 2], [64]).check(4096)

@@ -1,5 +1,5 @@
 """LMCache's CPU and disk tiers under a real vLLM server on the CPU, through simkv's KV connector
-(``simkv_replay.vllm_connector``): a prompt sent again is served from LMCache (vLLM's own prefix
+(``simkv_engine.vllm_connector``): a prompt sent again is served from LMCache (vLLM's own prefix
 cache is off), and the continued prefill's logprobs equal the full prefill's.
 
 The model is a tiny Llama with seeded random weights written here (vLLM's ``dummy`` weights give

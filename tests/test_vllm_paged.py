@@ -1,4 +1,4 @@
-"""LMCache's connector for vLLM's CPU paged KV cache (simkv_replay.vllm_paged): chunks copied out
+"""LMCache's connector for vLLM's CPU paged KV cache (simkv_engine.vllm_paged): chunks copied out
 of and back into paged layers by slot mapping, with real LMCache memory objects."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ pytest.importorskip("lmcache")
 from lmcache.v1.memory_allocators.ad_hoc_memory_allocator import AdHocMemoryAllocator  # noqa: E402
 from lmcache.v1.memory_management import MemoryFormat  # noqa: E402
 from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
-from simkv_replay.vllm_paged import VLLMCPUPagedConnector  # noqa: E402
+from simkv_engine.vllm_paged import VLLMCPUPagedConnector  # noqa: E402
 
 LAYERS, HEADS, HEAD_DIM, BLOCKS, BLOCK = 2, 2, 8, 6, 4
 DTYPE = torch.bfloat16

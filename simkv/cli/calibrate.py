@@ -26,9 +26,9 @@ def _ints(key: str, text: str | None) -> list[int] | None:
 
 def _engine_module() -> Any:
     try:
-        from simkv_replay import calibrate
+        from simkv_engine import calibrate
     except ImportError as exc:
-        raise SimkvError(f"simkv calibrate needs the engine package simkv-replay (torch, transformers, "
+        raise SimkvError(f"simkv calibrate needs the engine package simkv-engine (torch, transformers, "
                          f"LMCache; `make install`): {exc}") from None
     return calibrate
 

@@ -1,4 +1,4 @@
-"""``simkv engine serve``: the real engine (``replay/``, package ``simkv_replay``) over HTTP.
+"""``simkv engine serve``: the real engine (``engine/``, package ``simkv_engine``) over HTTP.
 
 The engine's heavy dependencies (torch, transformers, LMCache) are imported only here, and
 only once the scenario is known to be valid: a bad scenario fails fast with one line."""
@@ -18,7 +18,7 @@ from rich.markup import escape
 from simkv.cli.console import SetOpt, console, err_console
 from simkv.errors import SimkvError
 
-engine_app = typer.Typer(help="The real engine (replay/): a model behind the scenario's tiers, "
+engine_app = typer.Typer(help="The real engine (engine/): a model behind the scenario's tiers, "
                          "served over HTTP.", no_args_is_help=True)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -28,7 +28,7 @@ MAX_BODY_LIMIT = 1 << 30
 
 def _require_engine() -> None:
     """One clear line (exit 2) when the engine package or its dependencies are missing."""
-    for name in ("simkv_replay", "torch", "transformers", "lmcache", "fastapi", "uvicorn"):
+    for name in ("simkv_engine", "torch", "transformers", "lmcache", "fastapi", "uvicorn"):
         if importlib.util.find_spec(name) is None:
             raise SimkvError(f"the engine needs the package {name!r}, which is not installed "
                              "(run make install)")
@@ -121,7 +121,7 @@ def serve_cmd(
                          "(e.g. --set block_size=256)")
     _require_engine()
     if disk_path is not None and sc.tiers.disk.enabled:
-        from simkv_replay.integrity import check_disk_folder
+        from simkv_engine.integrity import check_disk_folder
 
         try:
             check_disk_folder(disk_path)
@@ -130,8 +130,8 @@ def serve_cmd(
     os.environ.setdefault("LMCACHE_LOG_LEVEL", log_level.upper())
     _stable_hash_seed()
 
-    from simkv_replay.archive import ArchiveOptions
-    from simkv_replay.server import Limits, is_loopback, serve
+    from simkv_engine.archive import ArchiveOptions
+    from simkv_engine.server import Limits, is_loopback, serve
 
     if api_key is None and not is_loopback(host):
         err_console.print(f"warning: --host {escape(host)} without --api-key: anyone who can reach this "
@@ -208,7 +208,7 @@ def vllm_cmd(
     eager = not gpu if eager is None else eager
     exe = vllm_python(python) if serve else (python or "python")
     make_dir(out)
-    from simkv_replay.models import ModelError, config_folder
+    from simkv_engine.models import ModelError, config_folder
 
     try:
         folder = str(config_folder(model, out / "model"))
@@ -225,10 +225,10 @@ def vllm_cmd(
            str(kv_cache_gib(blocks, b, sc.model.bytes_per_token))}
     written = [out / "serve.sh"]
     if sc.tiers.cpu.enabled or sc.tiers.disk.enabled:
-        import simkv_replay
+        import simkv_engine
 
-        # LMCache inside vLLM: vLLM imports simkv_replay.vllm_connector from the engine package
-        env["PYTHONPATH"] = str(Path(simkv_replay.__file__).resolve().parents[1])
+        # LMCache inside vLLM: vLLM imports simkv_engine.vllm_connector from the engine package
+        env["PYTHONPATH"] = str(Path(simkv_engine.__file__).resolve().parents[1])
         config_file = out / "lmcache.yaml"
         config = lmcache_config(sc, disk_path or str((out / "lmcache-disk").resolve()))
         config_file.write_text(f"# LMCache configuration for {scenario} (simkv engine vllm)\n"

@@ -22,9 +22,9 @@ from simkv.scenario import Scenario
 from simkv.scenario.lmcache import lmcache_config
 
 #: vLLM's KV connector for LMCache: vLLM's LMCacheConnectorV1 with a CPU copy path
-#: (``simkv_replay.vllm_connector``; LMCache has none for vLLM's CPU build), LMCache's own on CUDA.
+#: (``simkv_engine.vllm_connector``; LMCache has none for vLLM's CPU build), LMCache's own on CUDA.
 LMCACHE_CONNECTOR = {"kv_connector": "SimkvLMCacheConnectorV1",
-                     "kv_connector_module_path": "simkv_replay.vllm_connector", "kv_role": "kv_both"}
+                     "kv_connector_module_path": "simkv_engine.vllm_connector", "kv_role": "kv_both"}
 
 
 def gpu_blocks(scenario: Scenario) -> int | None:

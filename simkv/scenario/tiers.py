@@ -16,7 +16,7 @@ MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
 MAX_BLOCK_SIZE = 2**24
 MAX_BYTES_PER_TOKEN = 2**32
 #: The archive's compression codecs: the names ``tiers.archive.codec`` takes, and the ones
-#: the real engine's archive worker implements (``simkv_replay.archive.CODECS``).
+#: the real engine's archive worker implements (``simkv_engine.archive.CODECS``).
 ARCHIVE_CODECS = ("zstd", "zlib", "none")
 GB = 1e9  # bandwidths are in GB/s (decimal), as hardware vendors quote them
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

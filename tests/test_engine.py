@@ -1,4 +1,4 @@
-"""The engine (replay/): the tiny model on the CPU with real LMCache (CPU + disk backends):
+"""The engine (engine/): the tiny model on the CPU with real LMCache (CPU + disk backends):
 our connector's round trip, prefix semantics, logits of a continued prefill, and the
 per-tier hit accounting of the walk. Skipped where the engine's dependencies are absent
 (``make install`` installs them)."""
@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch", reason="the engine needs torch (make instal
 pytest.importorskip("transformers", reason="the engine needs transformers (make install)")
 pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
 
-from simkv_replay.engine import EngineError, KVEngine  # noqa: E402
-from simkv_replay.models import SHAPES, ModelError, load_model  # noqa: E402
+from simkv_engine.engine import EngineError, KVEngine  # noqa: E402
+from simkv_engine.models import SHAPES, ModelError, load_model  # noqa: E402
 
 from simkv.errors import ScenarioError  # noqa: E402
 from simkv.scenario import scenario_from_dict  # noqa: E402
@@ -267,7 +267,7 @@ def test_a_fully_cached_prompt_is_served_from_its_tiers(make_engine):
 
 def test_the_tiny_long_shape_serves_prompts_beyond_the_tiny_context():
     """``tiny-long``: the tiny shape with a context long enough for Mooncake's prompts."""
-    from simkv_replay.models import kv_shape_of
+    from simkv_engine.models import kv_shape_of
 
     long, tiny = load_model("tiny-long"), load_model("tiny")
     assert long.config.max_position_embeddings >= 32768 > tiny.config.max_position_embeddings

@@ -4,7 +4,7 @@
 A :class:`Probe` serves token-id prompts and reports the engine's own per-request times
 (``load_s``, ``prefill_s``, ``store_s``, ``hydrate_s``) and tokens per tier; it can clear local
 tiers and look up where a prompt's chunks are. Two probes: :class:`InProcessProbe` (the model
-and :class:`~simkv_replay.engine.KVEngine` built from a scenario, as the server builds them) and
+and :class:`~simkv_engine.engine.KVEngine` built from a scenario, as the server builds them) and
 :class:`HTTPProbe` (a running ``simkv engine serve``, docs in the API contract: completions
 with ``max_tokens: 0``, ``/kv/lookup``, ``/kv/clear``; ``/kv/archive`` and ``/metrics`` for the
 archive). Both end in ``KVEngine.serve``. A server without ``/kv/lookup`` (404: vLLM) gets a
@@ -267,8 +267,8 @@ class InProcessProbe(Probe):
                  archive_endpoint: str | None = None) -> None:
         import torch
 
-        from simkv_replay.engine import KVEngine
-        from simkv_replay.models import SHAPES, load_model
+        from simkv_engine.engine import KVEngine
+        from simkv_engine.models import SHAPES, load_model
 
         if not scenario.tiers.archive.enabled and (archive or archive_endpoint):
             raise CalibrationError("--archive: the scenario has no archive tier (tiers.archive.enabled "
@@ -310,7 +310,7 @@ class InProcessProbe(Probe):
                          endpoint: str | None) -> tuple[Any, Any]:
         """The scenario with the calibration's fixed TTL, and where its archive goes."""
         from simkv.scenario import TTLConfig
-        from simkv_replay.archive import ArchiveOptions
+        from simkv_engine.archive import ArchiveOptions
 
         folder = f"simkv-calibrate-{uuid.uuid4().hex[:12]}"
         if archive is None:
@@ -328,7 +328,7 @@ class InProcessProbe(Probe):
                 ArchiveOptions(location, endpoint_url=endpoint, worker_thread=False))
 
     def archive_pass(self) -> dict[str, Any]:
-        from simkv_replay.server import archive_pass
+        from simkv_engine.server import archive_pass
 
         if self.engine.archive is None:
             return super().archive_pass()
@@ -410,7 +410,7 @@ class InProcessProbe(Probe):
 
     def _drop_archive(self, model: str) -> None:
         """Delete the objects this calibration wrote (its own folder or prefix)."""
-        from simkv_replay.archive import ArchiveError, open_store
+        from simkv_engine.archive import ArchiveError, open_store
 
         location, endpoint = self._archive
         if not location.startswith("s3://"):
@@ -442,7 +442,7 @@ class HTTPProbe(Probe):
         """The HTTP client and what ``/v1/models`` says (model, context)."""
         import httpx
 
-        from simkv_replay.models import SHAPES
+        from simkv_engine.models import SHAPES
 
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

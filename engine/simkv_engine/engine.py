@@ -26,7 +26,7 @@ Chunks served by the GPU cache are not written back to LMCache.
 
 Every chunk read back from LMCache's disk is verified against the digest of its write, and a
 failed disk write leaves the chunk off the disk instead of wedging LMCache
-(:mod:`simkv_replay.integrity`): a bad chunk ends the prefix there, like a missing one.
+(:mod:`simkv_engine.integrity`): a bad chunk ends the prefix there, like a missing one.
 
 Which LMCache tier served a chunk: the walk asks each backend's ``contains`` (no pinning, no
 side effects) before the retrieve, and LMCache's retrieve reads from the first backend holding
@@ -36,7 +36,7 @@ read (the walk is single-threaded, but LMCache's disk writes are asynchronous; a
 retrieve returns nothing ends the prefix there and is recomputed), and whether a disk read hit
 the page cache.
 
-The archive (``tiers.archive``, :mod:`simkv_replay.archive`) is the fourth tier of the walk: a
+The archive (``tiers.archive``, :mod:`simkv_engine.archive`) is the fourth tier of the walk: a
 chunk in no local tier but live in the archive's index is fetched, verified and decompressed
 (concurrently for a run of such chunks), written into the KV being built, and then stored into
 LMCache and admitted to the GPU cache like a computed chunk; a fetch that fails in any way ends
@@ -82,7 +82,7 @@ from simkv.policies.eviction import EVICTION_POLICIES, EvictionPolicy
 from simkv.policies.state import PolicyState
 from simkv.scenario import Scenario
 from simkv.scenario.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy
-from simkv_replay.archive import (
+from simkv_engine.archive import (
     ArchiveError,
     ArchiveOptions,
     ArchiveWorker,
@@ -94,9 +94,9 @@ from simkv_replay.archive import (
     model_fingerprint,
     open_store,
 )
-from simkv_replay.connector import HFKVConnector, KVLayers
-from simkv_replay.integrity import DiskGuard, check_disk_folder, install_log_filters, lmcache_alloc_failures
-from simkv_replay.models import KVShape, kv_shape_of
+from simkv_engine.connector import HFKVConnector, KVLayers
+from simkv_engine.integrity import DiskGuard, check_disk_folder, install_log_filters, lmcache_alloc_failures
+from simkv_engine.models import KVShape, kv_shape_of
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class KVEngine:
     enabled). ``staging_bytes``: LMCache's host buffer when ``tiers.cpu`` is off (LMCache
     allocates every chunk it stores or reads there first, so it must hold one request's chunks).
     ``archive``: where the archive lives (required when ``tiers.archive`` is enabled; a string
-    is a location, see :class:`~simkv_replay.archive.ArchiveOptions`). ``deterministic``: every
+    is a location, see :class:`~simkv_engine.archive.ArchiveOptions`). ``deterministic``: every
     request's LMCache disk writes are done, in order, before it returns (one disk I/O thread
     and a wait), so the tiers' contents and eviction order depend on the requests alone, not on
     thread timing (the trace clock's mode; see docs/system.md, "Simulation vs the real engine").
@@ -310,7 +310,7 @@ class KVEngine:
             extra_config={"disk_io_threads": 1} if deterministic else None,
         )
         metadata = LMCacheMetadata(
-            model_name=f"simkv-replay/{model.config.model_type}", world_size=1, local_world_size=1,
+            model_name=f"simkv-engine/{model.config.model_type}", world_size=1, local_world_size=1,
             worker_id=0, local_worker_id=0, kv_dtype=self.kv.dtype,
             kv_shape=self.kv.lmcache_kv_shape(self.chunk_size), chunk_size=self.chunk_size)
         self.connector = HFKVConnector(self.kv, self.device)
@@ -400,7 +400,7 @@ class KVEngine:
         asynchronously: it lags the requests by the writes in flight). With a disk tier:
         ``disk_errors`` (``{kind: n}``: chunks not served because their file was ``unreadable``,
         of the wrong ``length``, failed its ``checksum`` or had no digest (``unverified``), and
-        disk writes that failed (``write``); :mod:`simkv_replay.integrity`).
+        disk writes that failed (``write``); :mod:`simkv_engine.integrity`).
         ``lmcache_alloc_failures``: LMCache's failed CPU-pool allocations (each one a warning
         LMCache logs in a busy loop; the console shows one per 10 s).
 
@@ -530,7 +530,7 @@ class KVEngine:
         return None
 
     def advance(self, t: float) -> float:
-        """Trace clock (the archive's clock a :class:`~simkv_replay.archive.TraceClock`): engine
+        """Trace clock (the archive's clock a :class:`~simkv_engine.archive.TraceClock`): engine
         time moves to ``t``, the trace arrival of the request about to be served, after the
         archive passes due at or before it ran (expiries apply at their deadlines). Time never
         runs backwards: a request earlier than the clock is served at the clock's time and

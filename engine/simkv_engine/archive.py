@@ -48,7 +48,7 @@ import torch
 from simkv.errors import ScenarioError, SimkvError
 from simkv.policies.state import PolicyState
 from simkv.scenario import ARCHIVE_CODECS
-from simkv_replay.models import KVShape
+from simkv_engine.models import KVShape
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,7 @@ class ChunkSource(ABC):
 
 
 class ArchiveWorker:
-    """The archive's index and its background worker (see replay/README.md, "The archive").
+    """The archive's index and its background worker (see engine/README.md, "The archive").
 
     Every ``interval_s`` of engine time after the previous pass finished, a pass (:meth:`run_pass`):
     deletes the objects whose deadline is ``<= now``; asks :meth:`PolicyState.decide_pass` about

@@ -3,7 +3,7 @@ client drives this engine or vLLM: ``POST /v1/completions``, ``GET /v1/models``,
 ``POST /kv/lookup``, ``/kv/hydrate``, ``/kv/clear``, ``/kv/archive``, ``GET /healthz`` and
 ``GET /metrics``.
 
-Serving model: one worker thread owns the :class:`~simkv_replay.engine.KVEngine` and runs every
+Serving model: one worker thread owns the :class:`~simkv_engine.engine.KVEngine` and runs every
 job that touches it (completions, lookups, hydrations, clears, archive passes) one at a time in arrival order
 (FIFO, no batching); the HTTP handlers validate and tokenize on the event loop, enqueue, and
 await. A completion is the engine's prefill step (load the cached prefix tier by tier, prefill
@@ -14,7 +14,7 @@ with ``ignore_eos``), so ``finish_reason`` is always ``length``. Times in ``usag
 ``prefill_s`` / ``store_s`` from the engine; ``decode_s`` first token → last token;
 ``ttft_s`` arrival → first token (the end of the prefill step when ``max_tokens`` is 0).
 
-Limits (:class:`Limits`, replay/README.md): the body's size and read time (the middleware
+Limits (:class:`Limits`, engine/README.md): the body's size and read time (the middleware
 :class:`_Guard`, which reads every body before the app sees it), the headers' read time
 (:class:`_H11Protocol`, through :func:`server_config`) and the length of names; a job whose
 client disconnected before the worker started it is never run.
@@ -64,9 +64,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from simkv.errors import SimkvError
 from simkv.scenario import Scenario
-from simkv_replay.archive import ArchiveOptions, TraceClock
-from simkv_replay.engine import LOCAL_TIERS, TIERS, EngineError, KVEngine, RequestResult
-from simkv_replay.integrity import default_disk_folder
+from simkv_engine.archive import ArchiveOptions, TraceClock
+from simkv_engine.engine import LOCAL_TIERS, TIERS, EngineError, KVEngine, RequestResult
+from simkv_engine.integrity import default_disk_folder
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +476,7 @@ def _complete(engine: KVEngine, job: _Completion, ttft: Histogram) -> _Done:
 
 
 def archive_pass(archive: Any) -> dict[str, Any]:
-    """Run one pass of ``archive`` (an :class:`~simkv_replay.archive.ArchiveWorker`) now and say
+    """Run one pass of ``archive`` (an :class:`~simkv_engine.archive.ArchiveWorker`) now and say
     what it did: the change of the worker's counters over it (uploads, their raw and stored bytes,
     seconds compressing and in PUTs, refreshes, expirations, skipped candidates, errors by kind;
     a background pass that finishes while this one waits for it is counted too), the index's
@@ -848,7 +848,7 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
     request: see :meth:`KVEngine.advance`). ``limits``: what a connection or request may cost."""
     import torch
 
-    from simkv_replay.models import load_model
+    from simkv_engine.models import load_model
 
     if clock not in ("wall", "trace"):
         raise EngineError(f"--clock: {clock!r} is not wall or trace")

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from simkv_replay.lmcache_base import KV2LTDConnector, flat_memory_objs
-from simkv_replay.models import KVShape
+from simkv_engine.lmcache_base import KV2LTDConnector, flat_memory_objs
+from simkv_engine.models import KVShape
 
 #: Per layer ``(K, V)``, each ``[1, kv_heads, tokens, head_dim]``.
 KVLayers = Sequence[tuple[torch.Tensor, torch.Tensor]]

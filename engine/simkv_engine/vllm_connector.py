@@ -1,11 +1,11 @@
 """vLLM's LMCache KV connector, made to work on vLLM's CPU build.
 
 Started with ``--kv-transfer-config '{"kv_connector":"SimkvLMCacheConnectorV1",
-"kv_connector_module_path":"simkv_replay.vllm_connector","kv_role":"kv_both"}'`` and LMCache's
+"kv_connector_module_path":"simkv_engine.vllm_connector","kv_role":"kv_both"}'`` and LMCache's
 configuration in ``LMCACHE_CONFIG_FILE``. It is vLLM's ``LMCacheConnectorV1`` (LMCache's own
 adapter does the scheduling, lookups, stores and loads); the one difference is the GPU connector
 LMCache's engine is built with: where LMCache runs on the CPU (``lmcache.torch_device_type ==
-"cpu"``), :class:`~simkv_replay.vllm_paged.VLLMCPUPagedConnector` instead of LMCache's
+"cpu"``), :class:`~simkv_engine.vllm_paged.VLLMCPUPagedConnector` instead of LMCache's
 ``CreateGPUConnector``, which has none for the CPU and leaves LMCache degraded (recompute). On
 CUDA and LMCache's other devices, LMCache's own connector is used unchanged.
 
@@ -27,7 +27,7 @@ from lmcache.v1.gpu_connector.utils import LayoutHints
 from lmcache.v1.metadata import LMCacheMetadata
 from vllm.distributed.kv_transfer.kv_connector.v1.lmcache_connector import LMCacheConnectorV1
 
-from simkv_replay.vllm_paged import VLLMCPUPagedConnector
+from simkv_engine.vllm_paged import VLLMCPUPagedConnector
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig

@@ -25,7 +25,7 @@ import torch
 from lmcache.v1.memory_management import MemoryFormat
 from lmcache.v1.metadata import LMCacheMetadata
 
-from simkv_replay.lmcache_base import KV2LTDConnector, flat_memory_objs
+from simkv_engine.lmcache_base import KV2LTDConnector, flat_memory_objs
 
 
 def paged_kv(layer: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
