@@ -41,6 +41,7 @@ from typing import Any
 
 from simkv.errors import SimkvError
 from simkv.fileio import make_dir
+from simkv_engine.lmcache_glue import disk_file_path, disk_read_pool
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class DiskGuard:
             self._save(key=key, memory_obj=memory_obj, on_complete_callback=on_complete_callback)
         except OSError as exc:      # only the file write does I/O: nothing after it has run
             self.digests.pop(key, None)
-            path = b._key_to_path(key)
+            path = disk_file_path(b, key)
             with contextlib.suppress(OSError):
                 os.unlink(path)
             b.usage -= len(buffer)
@@ -190,7 +191,7 @@ class DiskGuard:
         paths = [m.path for m in metas[:n]]
         bufs = [o.byte_array for o in objs]
         if n > 1:
-            checks = list(b._read_thread_pool.map(self._check, keys[:n], paths, bufs))
+            checks = list(disk_read_pool(b).map(self._check, keys[:n], paths, bufs))
         else:
             checks = [self._check(k, p, buf) for k, p, buf in zip(keys[:n], paths, bufs, strict=True)]
         good = next((i for i, c in enumerate(checks) if c is not None), n)
