@@ -4,14 +4,28 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from simkv_engine.calibrate.plan import LOCAL_TIERS, CalibrationError
 from simkv_engine.calibrate.probe import ARCHIVE_COUNTERS, Probe, Served
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header a server with ``api_key`` requires (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def sse_chunks(response: Any) -> Iterator[dict[str, Any]]:
+    """The JSON chunks of a streamed completion (its server-sent ``data:`` lines, ``[DONE]`` left out)."""
+    for line in response.iter_lines():
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            continue
+        yield json.loads(line[5:])
 
 
 class HTTPProbe(Probe):
@@ -33,8 +47,7 @@ class HTTPProbe(Probe):
         from simkv_engine.models import SHAPES
 
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.client = httpx.Client(base_url=self.url, headers=auth_headers(api_key), timeout=timeout)
         models = self._call("GET", "/v1/models")
         first = (models.get("data") or [{}])[0]
         self.model_name = str(first.get("id", "unknown"))
@@ -109,8 +122,6 @@ class HTTPProbe(Probe):
 
     def _stream(self, tokens: list[int], **extra: Any) -> tuple[float, dict[str, Any]]:
         """Send → first streamed token (seconds) and the usage of a streamed one-token completion."""
-        import json
-
         import httpx
 
         body = {"prompt": tokens, "max_tokens": 1, "stream": True, "stream_options": {"include_usage": True},
@@ -123,10 +134,7 @@ class HTTPProbe(Probe):
                     r.read()
                     raise CalibrationError(f"--engine {self.url}: /v1/completions (stream): HTTP "
                                            f"{r.status_code}: {r.text[:200]}")
-                for line in r.iter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    chunk = json.loads(line[5:])
+                for chunk in sse_chunks(r):
                     if chunk.get("choices") and first is None:
                         first = time.perf_counter() - t0
                     if chunk.get("usage"):

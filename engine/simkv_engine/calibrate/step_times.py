@@ -16,6 +16,7 @@ from simkv.model.hardware import STEP_KEYS
 from simkv_engine.calibrate.document import Calibration
 from simkv_engine.calibrate.fits import nonneg_lstsq
 from simkv_engine.calibrate.plan import CalibrationError, FreshPrompts
+from simkv_engine.calibrate.remote import sse_chunks
 from simkv_engine.calibrate.vllm_probe import VLLMProbe
 
 #: vLLM's ``/metrics`` histograms the step measurement reads: the engine's prefill time of each
@@ -205,7 +206,6 @@ def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int) -> tupl
     close it (vLLM aborts the request). Returns the gaps between consecutive tokens of a stream
     that lie while all of them decoded (from the last first token to the first close), and the
     KV tokens of the step of each gap (Σ over the streams of prompt + tokens received so far)."""
-    import json
     import threading
 
     d = len(prompts)
@@ -224,10 +224,8 @@ def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int) -> tupl
                     r.read()
                     raise CalibrationError(f"HTTP {r.status_code}: {r.text[:200]}")
                 extra = 0
-                for line in r.iter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    if json.loads(line[5:]).get("choices"):
+                for chunk in sse_chunks(r):
+                    if chunk.get("choices"):
                         times[i].append(time.perf_counter())
                         first[i].set()
                         if all_decoding.is_set():

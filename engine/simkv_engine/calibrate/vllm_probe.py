@@ -11,7 +11,7 @@ import numpy as np
 
 from simkv_engine.calibrate.plan import CalibrationError
 from simkv_engine.calibrate.probe import Served
-from simkv_engine.calibrate.remote import HTTPProbe
+from simkv_engine.calibrate.remote import HTTPProbe, auth_headers
 
 
 class VLLMProbe(HTTPProbe):
@@ -117,9 +117,9 @@ def http_probe(url: str, api_key: str | None = None, block_size: int | None = No
     :class:`VLLMProbe` where ``POST /kv/lookup`` is 404 (vLLM)."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        r = httpx.post(f"{url.rstrip('/')}/kv/lookup", json={"prompt": [0]}, headers=headers, timeout=60)
+        r = httpx.post(f"{url.rstrip('/')}/kv/lookup", json={"prompt": [0]}, headers=auth_headers(api_key),
+                       timeout=60)
     except httpx.HTTPError as exc:
         raise CalibrationError(f"--engine {url}: /kv/lookup: {exc}") from None
     if r.status_code == 404:
