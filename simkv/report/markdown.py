@@ -15,6 +15,7 @@ import pandas as pd
 
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
+from simkv.metrics.objectives import Constraint
 from simkv.metrics.summary import overload_warnings
 from simkv.model.system import TIER_NAMES
 from simkv.report.charts import Chart, run_charts, sweep_charts
@@ -229,8 +230,6 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
 def feasible_cells(sweep: SweepData) -> pd.DataFrame:
     """The successful cells that satisfy every constraint the sweep recorded in ``sweep.yaml``
     (the same rule as the winner's)."""
-    from simkv.sweep.winner import Constraint
-
     ok = sweep.ok
     for text in sweep.spec.get("constraints") or []:
         ok = ok[Constraint.parse(str(text)).mask(ok)]
