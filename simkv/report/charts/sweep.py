@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
+from simkv.metrics.format import fmt_dollars, is_fraction, metric_label
 from simkv.report.charts.style import (
     Chart,
     axis_values,
@@ -27,7 +28,7 @@ from simkv.report.charts.style import (
     value_axis,
 )
 from simkv.report.charts.tradeoff import ttl_tradeoff
-from simkv.report.data import Objective, SweepData, fmt_dollars, is_fraction, metric_label
+from simkv.report.data import Objective, SweepData
 
 
 def _is_capacity(key: str) -> bool:

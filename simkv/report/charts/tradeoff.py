@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from simkv.metrics.format import fmt_param
 from simkv.report.charts.style import (
     Chart,
     axis_values,
@@ -30,7 +31,7 @@ from simkv.report.charts.style import (
     styled,
     value_axis,
 )
-from simkv.report.data import SweepData, fmt_param
+from simkv.report.data import SweepData
 
 ARCHIVE_DOLLARS = ("archive_storage_dollars", "archive_request_dollars", "transfer_dollars")
 
