@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,8 +33,9 @@ from simkv.fileio import atomic_write
 from simkv.model.engines import select_engine
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
 from simkv.sweep import backends, manifest
-from simkv.sweep.grid import Cell, Grid, GridLike, as_grid
+from simkv.sweep.grid import GridLike, as_grid
 from simkv.sweep.manifest import (
+    SweepPlan,
     check_sweep_dir,
     file_digest,
     load_manifest,
@@ -90,20 +91,6 @@ class SweepProgress:
     done: int = 0
     failed: int = 0
     record: CellRecord | None = None
-
-
-@dataclass
-class SweepPlan:
-    """A validated sweep: the base scenario, the trace, and every cell's resolved scenario."""
-
-    scenario_path: Path
-    base: Scenario
-    trace: Trace
-    grid: Grid
-    cells: list[Cell]
-    scenarios: dict[str, Scenario]
-    overrides: tuple[str, ...] = ()
-    fingerprint: str = field(default="")
 
 
 def _check_cell(sc: Scenario, trace: Trace | None) -> None:
