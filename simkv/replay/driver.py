@@ -30,7 +30,6 @@ from typing import Any
 
 import pandas as pd
 
-from simkv import __version__
 from simkv.api import check_run_dir, clear_run_dir, resolve_inputs, slice_summary
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
@@ -48,6 +47,7 @@ from simkv.replay.session import SKIPPED, ReplayOptions, run_session
 from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 from simkv.traces.slicing import TraceSlice
+from simkv.version import __version__
 
 
 @dataclass

@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from simkv import __version__
 from simkv.api import resolve_trace, run
 from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write
@@ -55,6 +54,7 @@ from simkv.sweep.results import (
 )
 from simkv.sweep.winner import Winner
 from simkv.traces.schema import Trace
+from simkv.version import __version__
 
 Backend = Literal["local", "ray"]
 

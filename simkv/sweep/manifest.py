@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 
-from simkv import __version__
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write
 from simkv.scenario import Scenario
 from simkv.sweep.grid import Cell, Grid
 from simkv.sweep.winner import Constraint
 from simkv.traces.schema import Trace
+from simkv.version import __version__
 
 
 @dataclass
