@@ -7,8 +7,7 @@ imported on first use, so ``import simkv`` (and the CLI) stays light.
 from typing import Any
 
 from simkv.errors import SimkvError, TraceError
-
-__version__ = "0.1.0"
+from simkv.version import __version__
 
 __all__ = ["Result", "SimkvError", "TraceError", "__version__", "run"]
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-from simkv import __version__
 from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write, is_temp_file, make_dir
 from simkv.metrics import request_frame, summarize, timeline_frame
@@ -27,6 +26,7 @@ from simkv.model.engines import ENGINES, select_engine
 from simkv.scenario import Scenario, load_scenario
 from simkv.traces.schema import Trace, read_trace
 from simkv.traces.slicing import TraceSlice, slice_trace
+from simkv.version import __version__
 
 
 @dataclass

@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -315,53 +314,3 @@ def parse_values(text: str, option: str, *, integer: bool) -> list[float] | list
         else:
             out.append(v)
     return out
-
-
-# -- the `simkv curve` command ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CurveRun:
-    """What ``simkv curve`` computed and wrote."""
-
-    kind: str
-    df: pd.DataFrame
-    trace: Trace
-    block_bytes: int
-    csv: Path
-    png: Path
-
-
-def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: str | Path,
-              scenario: str | Path | None = None) -> CurveRun:
-    """Compute the ``capacity`` or ``ttl`` curve of a trace and write ``curve.csv`` and
-    ``curve.png`` into ``out_dir`` (:func:`simkv.report.curves.write_curve`).
-
-    ``values`` is the comma-separated list given to ``--capacities`` / ``--ttls`` (``None``:
-    the defaults). ``scenario`` supplies the trace when ``trace`` is ``None`` and the model
-    shape, hence the bytes per block (``block_size * model.bytes_per_token``) of the GiB axis;
-    its tiers are not used: the curve is that of :data:`CURVE_SCENARIO`'s configuration.
-    """
-    from simkv.api import resolve_trace
-    from simkv.report.curves import write_curve
-    from simkv.scenario import Scenario, load_scenario
-
-    option = {"capacity": "--capacities", "ttl": "--ttls"}.get(kind)
-    if option is None:
-        raise SimkvError(f"curve: unknown kind {kind!r} (expected 'capacity' or 'ttl')")
-    parsed = parse_values(values, option, integer=kind == "capacity") if values is not None else None
-    sc = load_scenario(scenario) if scenario is not None else Scenario()
-    if trace is not None and not Path(trace).exists():
-        raise SimkvError(f"--trace: {str(trace)!r}: no such file")
-    if trace is None and sc.trace is None:
-        raise SimkvError("--trace: missing (pass --trace, or a --scenario with a 'trace' key)")
-    tr = resolve_trace(sc, trace, Path(scenario) if scenario is not None else None)
-    block_bytes = tr.block_size * sc.model.bytes_per_token
-    if kind == "capacity":
-        df = capacity_curve(tr, parsed)
-        df.insert(1, "capacity_gib", df["capacity_blocks"] * block_bytes / GIB)
-    else:
-        df = ttl_curve(tr, parsed)
-    name = tr.path.name if tr.path is not None else "trace"
-    csv, png = write_curve(kind, df, Path(out_dir), name, block_bytes)
-    return CurveRun(kind, df, tr, block_bytes, csv, png)

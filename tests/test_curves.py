@@ -20,11 +20,11 @@ from simkv.curves import (
     default_capacities,
     default_ttls,
     parse_values,
-    run_curve,
     ttl_curve,
     ttl_overrides,
 )
 from simkv.errors import SimkvError
+from simkv.report.curves import run_curve
 from simkv.scenario import load_scenario
 from simkv.traces.export import to_lmcache_events
 from simkv.traces.schema import Trace, validate_table

@@ -215,7 +215,7 @@ def write_sweep(out: Path, grid: dict[str, list[Any]], metrics: dict[str, list[A
 
 
 def test_sweep_report_md_carries_the_consoles_overload_flags(tmp_path: Path) -> None:
-    from simkv.report.console import OVERLOAD_CAPTION
+    from simkv.metrics.format import OVERLOAD_CAPTION
 
     d = write_sweep(tmp_path / "s", {"hardware.gpus": [1, 2, 4]},
                     {"token_hit_rate": [0.5, 0.5, 0.5], "overload": ["gpu,disk", "disk", ""]})
@@ -350,7 +350,7 @@ SMALL = ROOT / "traces" / "small.parquet"
 def test_an_archive_slower_than_recomputing_says_so_with_its_numbers(tmp_path: Path) -> None:
     """if_faster with a 5 s archive request latency: 0 GETs; the hint compares the archive's
     load time per block with the prefill time per block, both from the time model."""
-    from simkv.report.data import fmt_seconds
+    from simkv.metrics.format import fmt_seconds
     from simkv.report.tiers import idle_tier_hints, time_model
 
     hints = {}

@@ -50,7 +50,7 @@ app.command("calibrate")(calibrate_cmd)
 
 def _print_version(value: bool) -> None:
     if value:
-        from simkv import __version__
+        from simkv.version import __version__
 
         console.print(f"simkv {__version__}", highlight=False)
         raise typer.Exit()

@@ -104,7 +104,7 @@ def replay_cmd(
     if as_json:
         console.print_json(json.dumps(summary))
     else:
-        from simkv.report.data import fmt_pct, fmt_seconds
+        from simkv.metrics.format import fmt_pct, fmt_seconds
 
         console.print(f"{summary.get('requests', 0):,} requests ({result.sent:,} sent now, "
                       f"{failed:,} failed, {skipped:,} skipped); token hit rate "

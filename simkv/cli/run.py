@@ -85,8 +85,7 @@ def curve_cmd(
     tier under a sliding static TTL (ttl.scope=all). Zero service time in both; each point
     equals `simkv run` in that configuration.
     """
-    from simkv.curves import run_curve
-    from simkv.report.curves import curve_table
+    from simkv.report.curves import curve_table, run_curve
 
     other = ttls if kind == "capacity" else capacities
     if other is not None:

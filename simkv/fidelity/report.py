@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.ticker import PercentFormatter
 
 from simkv.fidelity.compare import request_rel_errors
+from simkv.metrics.format import fmt_num, fmt_pct, fmt_seconds
 from simkv.model.system import TIER_NAMES
 from simkv.report.charts.style import (
     TIER_COLOR,
@@ -22,7 +23,6 @@ from simkv.report.charts.style import (
     set_title,
     styled,
 )
-from simkv.report.data import fmt_num, fmt_pct, fmt_seconds
 from simkv.report.markdown import md_table, shown_path
 
 # -- charts ------------------------------------------------------------------------------------

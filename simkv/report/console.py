@@ -11,20 +11,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from simkv.metrics.format import fmt_bytes, fmt_dollars, fmt_num, fmt_pct, fmt_seconds
 from simkv.model.system import TIER_NAMES
-from simkv.report.data import fmt_bytes, fmt_dollars, fmt_num, fmt_pct, fmt_seconds
-
-#: What the ``warn`` column of a sweep's table of cells means (the console's and report.md's).
-OVERLOAD_CAPTION = ("warn: gpu = GPU utilisation >= 1 (TTFT measures an unbounded queue); "
-                    "disk / archive = its writes fall behind (see summary.json)")
-
-
-def overload_flags(value: object) -> str:
-    """A cell's ``overload`` value (``gpu,disk``) as the ``warn`` column shows it: ``gpu, disk``;
-    empty for none."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    return str(value).replace(",", ", ")
 
 
 def _present(s: dict[str, Any], tier: str) -> bool:

@@ -1,22 +1,73 @@
-"""``simkv curve`` output: the curve table as ``curve.csv``, ``curve.png`` and a console table.
+"""``simkv curve``: a trace's curve computed by :mod:`simkv.curves` (:func:`run_curve`), written
+as ``curve.csv`` and ``curve.png`` and shown as a console table.
 
-The numbers come from :mod:`simkv.curves`; this module only writes and shows them.
+The numbers come from :mod:`simkv.curves`; this module only runs it on the command's inputs,
+writes and shows them.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from simkv.curves import GIB, CurveRun
+from simkv.curves import GIB, capacity_curve, parse_values, ttl_curve
+from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
+from simkv.traces.schema import Trace
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.table import Table
+
+
+@dataclass(frozen=True)
+class CurveRun:
+    """What ``simkv curve`` computed and wrote."""
+
+    kind: str
+    df: pd.DataFrame
+    trace: Trace
+    block_bytes: int
+    csv: Path
+    png: Path
+
+
+def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: str | Path,
+              scenario: str | Path | None = None) -> CurveRun:
+    """Compute the ``capacity`` or ``ttl`` curve of a trace and write ``curve.csv`` and
+    ``curve.png`` into ``out_dir`` (:func:`write_curve`).
+
+    ``values`` is the comma-separated list given to ``--capacities`` / ``--ttls`` (``None``:
+    the defaults). ``scenario`` supplies the trace when ``trace`` is ``None`` and the model
+    shape, hence the bytes per block (``block_size * model.bytes_per_token``) of the GiB axis;
+    its tiers are not used: the curve is that of :data:`~simkv.curves.CURVE_SCENARIO`'s configuration.
+    """
+    from simkv.api import resolve_trace
+    from simkv.scenario import Scenario, load_scenario
+
+    option = {"capacity": "--capacities", "ttl": "--ttls"}.get(kind)
+    if option is None:
+        raise SimkvError(f"curve: unknown kind {kind!r} (expected 'capacity' or 'ttl')")
+    parsed = parse_values(values, option, integer=kind == "capacity") if values is not None else None
+    sc = load_scenario(scenario) if scenario is not None else Scenario()
+    if trace is not None and not Path(trace).exists():
+        raise SimkvError(f"--trace: {str(trace)!r}: no such file")
+    if trace is None and sc.trace is None:
+        raise SimkvError("--trace: missing (pass --trace, or a --scenario with a 'trace' key)")
+    tr = resolve_trace(sc, trace, Path(scenario) if scenario is not None else None)
+    block_bytes = tr.block_size * sc.model.bytes_per_token
+    if kind == "capacity":
+        df = capacity_curve(tr, parsed)
+        df.insert(1, "capacity_gib", df["capacity_blocks"] * block_bytes / GIB)
+    else:
+        df = ttl_curve(tr, parsed)
+    name = tr.path.name if tr.path is not None else "trace"
+    csv, png = write_curve(kind, df, Path(out_dir), name, block_bytes)
+    return CurveRun(kind, df, tr, block_bytes, csv, png)
 
 
 def write_curve(kind: str, df: pd.DataFrame, out_dir: Path, trace_name: str,

@@ -15,15 +15,8 @@ import pandas as pd
 
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write, make_dir
-from simkv.metrics.summary import overload_warnings
-from simkv.model.system import TIER_NAMES
-from simkv.report.charts import Chart, run_charts, sweep_charts
-from simkv.report.console import OVERLOAD_CAPTION, decode_rows, load_rows, overload_flags
-from simkv.report.data import (
-    Objective,
-    RunData,
-    SweepData,
-    detect,
+from simkv.metrics.format import (
+    OVERLOAD_CAPTION,
     fmt_bytes,
     fmt_dollars,
     fmt_metric,
@@ -31,11 +24,15 @@ from simkv.report.data import (
     fmt_param,
     fmt_pct,
     fmt_seconds,
-    load_run,
-    load_sweep,
     metric_label,
-    parse_objective,
+    overload_flags,
 )
+from simkv.metrics.objectives import Constraint
+from simkv.metrics.summary import overload_warnings
+from simkv.model.system import TIER_NAMES
+from simkv.report.charts import Chart, run_charts, sweep_charts
+from simkv.report.console import decode_rows, load_rows
+from simkv.report.data import Objective, RunData, SweepData, detect, load_run, load_sweep, parse_objective
 
 TIERS = TIER_NAMES
 TOP_COLUMNS = ("token_hit_rate", "cost_saved_dollars", "ttft_p90_s")
@@ -229,8 +226,6 @@ def run_markdown(run: RunData, charts: list[Chart]) -> str:
 def feasible_cells(sweep: SweepData) -> pd.DataFrame:
     """The successful cells that satisfy every constraint the sweep recorded in ``sweep.yaml``
     (the same rule as the winner's)."""
-    from simkv.sweep.winner import Constraint
-
     ok = sweep.ok
     for text in sweep.spec.get("constraints") or []:
         ok = ok[Constraint.parse(str(text)).mask(ok)]

@@ -83,7 +83,7 @@ def run_time_model(run_dir: Path, block_size: int | None) -> TimeModel | None:
 
 
 def _fmt_s(seconds: float) -> str:
-    from simkv.report.data import fmt_seconds
+    from simkv.metrics.format import fmt_seconds
 
     return fmt_seconds(seconds)
 

@@ -20,8 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from simkv.report.console import OVERLOAD_CAPTION, overload_flags
-from simkv.report.data import fmt_metric
+from simkv.metrics.format import OVERLOAD_CAPTION, fmt_metric, overload_flags
 from simkv.sweep.core import SweepProgress
 from simkv.sweep.winner import Constraint, Direction, Winner, resolve_column
 

@@ -20,21 +20,21 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
-from simkv import __version__
 from simkv.api import resolve_trace, run
 from simkv.errors import ScenarioError, SimkvError
 from simkv.fileio import atomic_write
 from simkv.model.engines import select_engine
 from simkv.scenario import Scenario, load_scenario, scenario_from_dict
 from simkv.sweep import backends, manifest
-from simkv.sweep.grid import Cell, Grid, GridLike, as_grid
+from simkv.sweep.grid import GridLike, as_grid
 from simkv.sweep.manifest import (
+    SweepPlan,
     check_sweep_dir,
     file_digest,
     load_manifest,
@@ -54,6 +54,7 @@ from simkv.sweep.results import (
 )
 from simkv.sweep.winner import Winner
 from simkv.traces.schema import Trace
+from simkv.version import __version__
 
 Backend = Literal["local", "ray"]
 
@@ -90,20 +91,6 @@ class SweepProgress:
     done: int = 0
     failed: int = 0
     record: CellRecord | None = None
-
-
-@dataclass
-class SweepPlan:
-    """A validated sweep: the base scenario, the trace, and every cell's resolved scenario."""
-
-    scenario_path: Path
-    base: Scenario
-    trace: Trace
-    grid: Grid
-    cells: list[Cell]
-    scenarios: dict[str, Scenario]
-    overrides: tuple[str, ...] = ()
-    fingerprint: str = field(default="")
 
 
 def _check_cell(sc: Scenario, trace: Trace | None) -> None:

@@ -1,6 +1,7 @@
-"""A sweep directory's manifest (``sweep.yaml`` and ``scenario.yaml``): what was swept, on
-which trace, by which code; the check that a directory holds this sweep (a resume) or another
-one (refused unless overwritten); the objective and constraints recorded for the report."""
+"""A sweep directory's manifest (``sweep.yaml`` and ``scenario.yaml``): what was swept (the
+:class:`SweepPlan`), on which trace, by which code; the check that a directory holds this
+sweep (a resume) or another one (refused unless overwritten); the objective and constraints
+recorded for the report."""
 
 from __future__ import annotations
 
@@ -8,18 +9,33 @@ import functools
 import hashlib
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from simkv import __version__
 from simkv.errors import SimkvError
 from simkv.fileio import atomic_write
+from simkv.scenario import Scenario
+from simkv.sweep.grid import Cell, Grid
 from simkv.sweep.winner import Constraint
+from simkv.traces.schema import Trace
+from simkv.version import __version__
 
-if TYPE_CHECKING:
-    from simkv.sweep.core import SweepPlan
+
+@dataclass
+class SweepPlan:
+    """A validated sweep: the base scenario, the trace, and every cell's resolved scenario."""
+
+    scenario_path: Path
+    base: Scenario
+    trace: Trace
+    grid: Grid
+    cells: list[Cell]
+    scenarios: dict[str, Scenario]
+    overrides: tuple[str, ...] = ()
+    fingerprint: str = field(default="")
 
 
 def file_digest(path: Path | None) -> str:
@@ -84,8 +100,6 @@ def code_changed(out_dir: str | Path) -> bool:
 def grid_differences(old: dict[str, Any], plan: SweepPlan) -> list[str]:
     """How ``plan``'s grid differs from the one a sweep manifest recorded, one ``key: old ->
     new`` per differing axis (empty: the same cells, in whatever axis or value order)."""
-    from simkv.sweep.grid import Grid
-
     recorded = old.get("grid")
     if not isinstance(recorded, dict):
         return []  # a manifest from before grids were recorded: nothing to compare

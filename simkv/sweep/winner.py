@@ -8,42 +8,19 @@ of ``< <= > >= ==``. Ties go to the cell that comes first in grid order.
 from __future__ import annotations
 
 import math
-import operator
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from simkv.errors import SimkvError
-from simkv.metrics.objectives import ALIASES, Direction, direction_of
-
-OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
-    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
-}
-_CONSTRAINT = re.compile(r"\s*([A-Za-z_][\w.:\-]*)\s*(<=|>=|==|<|>)\s*(\S.*?)\s*")
+from simkv.metrics.objectives import Constraint, Direction, direction_of, resolve_column
 
 
 class NoFeasibleCell(SimkvError):
     """No ``ok`` cell satisfies every constraint."""
-
-
-def resolve_column(name: str, columns: Sequence[str], what: str) -> str:
-    """An alias, a column, or a column with its ``_s`` unit suffix left off (``ttft_p99``)."""
-    if name in ALIASES:
-        column = ALIASES[name]
-        if column in columns:
-            return column
-        raise SimkvError(f"{what}: the sweep table has no {column!r} column (did any cell "
-                         "run successfully?)")
-    if name in columns:
-        return name
-    if f"{name}_s" in columns:
-        return f"{name}_s"
-    raise SimkvError(f"{what}: unknown metric {name!r} (aliases: {', '.join(ALIASES)}; "
-                     "or any numeric column of sweep.parquet, e.g. token_hit_rate_gpu)")
 
 
 @dataclass(frozen=True)
@@ -63,37 +40,6 @@ class Objective:
         given."""
         column = resolve_column(self.name, columns, f"--objective {self.name}")
         return column, self.direction or direction_of(column)
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """``metric OP value``, parsed from text such as ``'ttft_p90<2.0'``."""
-
-    metric: str
-    op: str
-    value: float
-    text: str = field(default="", compare=False)
-
-    @classmethod
-    def parse(cls, text: str) -> Constraint:
-        m = _CONSTRAINT.fullmatch(text)
-        if not m:
-            raise SimkvError(f"--constraint {text!r}: expected METRIC OP NUMBER with OP one of "
-                             "< <= > >= == (e.g. 'ttft_p90<2.0')")
-        metric, op, raw = m.groups()
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SimkvError(f"--constraint {text!r}: {raw!r} is not a number") from None
-        return cls(metric, op, value, text.strip())
-
-    def mask(self, df: pd.DataFrame) -> pd.Series:
-        """Which rows satisfy the constraint (missing values never do)."""
-        column = resolve_column(self.metric, list(df.columns), f"--constraint {self.text!r}")
-        values = pd.to_numeric(df[column], errors="coerce")
-        if values.notna().sum() == 0 and df[column].notna().any():
-            raise SimkvError(f"--constraint {self.text!r}: column {column!r} is not numeric")
-        return OPERATORS[self.op](values, self.value).fillna(False).astype(bool)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
+from simkv.metrics.format import fmt_dollars, fmt_pct, fmt_seconds
 from simkv.report.charts.style import (
     GIB,
     TIER_COLOR,
@@ -23,7 +24,7 @@ from simkv.report.charts.style import (
     set_title,
     styled,
 )
-from simkv.report.data import RunData, fmt_dollars, fmt_pct, fmt_seconds
+from simkv.report.data import RunData
 
 
 def _time_scale(max_s: float) -> tuple[float, str]:

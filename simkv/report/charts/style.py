@@ -18,13 +18,15 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
+from simkv.metrics.format import fmt_param
 from simkv.model.system import TIER_NAMES
-from simkv.report.data import fmt_param
+from simkv.report.data import SweepData
 
 DPI = 130
 RC: dict[str, Any] = {
@@ -231,3 +233,32 @@ def readable_log_axis(axis: Axis, lo: float, hi: float) -> None:
     axis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
     axis.set_minor_locator(NullLocator())
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+# -- the swept parameters' axes, shared by the sweep charts and the TTL trade-off ---------------
+
+
+def param_label(key: str) -> str:
+    """A swept key with its unit: ``tiers.gpu.capacity_bytes (GiB)``; durations carry their
+    unit on each tick (``4 h``), so their label has none."""
+    last = key.rsplit(".", 1)[-1]
+    if last.endswith("capacity_bytes"):
+        return f"{key} (GiB)"
+    if last.endswith("capacity_blocks"):
+        return f"{key} (blocks)"
+    if is_duration_key(key):
+        return key
+    if last.endswith("_gbps"):
+        return f"{key} (GB/s)"
+    return key
+
+
+def axis_values(sweep: SweepData, key: str) -> pd.Series:
+    """A numeric swept column in display units (sizes in GiB)."""
+    values = sweep.numeric[key]
+    return values / GIB if key.endswith("capacity_bytes") else values
+
+
+def others_note(sweep: SweepData, shown: list[str], how: str) -> str:
+    others = [p for p in sweep.params if p not in shown and sweep.cells[p].nunique() > 1]
+    return f" ({how} over {', '.join(others)})" if others else ""

@@ -12,12 +12,14 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
+from simkv.metrics.format import fmt_dollars, is_fraction, metric_label
 from simkv.report.charts.style import (
-    GIB,
     Chart,
+    axis_values,
     dollar_ticks,
-    is_duration_key,
     new_figure,
+    others_note,
+    param_label,
     param_tick,
     percent_ticks,
     save_png,
@@ -25,28 +27,8 @@ from simkv.report.charts.style import (
     styled,
     value_axis,
 )
-from simkv.report.data import Objective, SweepData, fmt_dollars, is_fraction, metric_label
-
-
-def param_label(key: str) -> str:
-    """A swept key with its unit: ``tiers.gpu.capacity_bytes (GiB)``; durations carry their
-    unit on each tick (``4 h``), so their label has none."""
-    last = key.rsplit(".", 1)[-1]
-    if last.endswith("capacity_bytes"):
-        return f"{key} (GiB)"
-    if last.endswith("capacity_blocks"):
-        return f"{key} (blocks)"
-    if is_duration_key(key):
-        return key
-    if last.endswith("_gbps"):
-        return f"{key} (GB/s)"
-    return key
-
-
-def axis_values(sweep: SweepData, key: str) -> pd.Series:
-    """A numeric swept column in display units (sizes in GiB)."""
-    values = sweep.numeric[key]
-    return values / GIB if key.endswith("capacity_bytes") else values
+from simkv.report.charts.tradeoff import ttl_tradeoff
+from simkv.report.data import Objective, SweepData
 
 
 def _is_capacity(key: str) -> bool:
@@ -72,11 +54,6 @@ def heatmap_keys(sweep: SweepData) -> tuple[str, str] | None:
 
 def _best_over(objective: Objective) -> str:
     return "max" if objective.direction == "max" else "min"
-
-
-def others_note(sweep: SweepData, shown: list[str], how: str) -> str:
-    others = [p for p in sweep.params if p not in shown and sweep.cells[p].nunique() > 1]
-    return f" ({how} over {', '.join(others)})" if others else ""
 
 
 @styled
@@ -304,8 +281,6 @@ def objective_by_value(sweep: SweepData, objective: Objective, out: Path) -> Cha
 
 def sweep_charts(sweep: SweepData, objective: Objective, out: Path) -> list[Chart]:
     """Every chart of a sweep report, in report order."""
-    from simkv.report.charts.tradeoff import ttl_tradeoff  # it builds on this module's helpers
-
     return [objective_heatmap(sweep, objective, out), ttl_tradeoff(sweep, out),
             hit_rate_vs_capacity(sweep, out), objective_vs_param(sweep, objective, out),
             objective_by_value(sweep, objective, out)]

@@ -17,18 +17,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from simkv.metrics.format import fmt_param
 from simkv.report.charts.style import (
     Chart,
+    axis_values,
     dollar_ticks,
     duration_label,
     new_figure,
+    others_note,
+    param_label,
     percent_ticks,
     save_png,
     styled,
     value_axis,
 )
-from simkv.report.charts.sweep import axis_values, others_note, param_label
-from simkv.report.data import SweepData, fmt_param
+from simkv.report.data import SweepData
 
 ARCHIVE_DOLLARS = ("archive_storage_dollars", "archive_request_dollars", "transfer_dollars")
 
