@@ -18,6 +18,8 @@ from simkv.traces.schema import Trace, build_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_TRACE = ROOT / "traces" / "small.parquet"
+SCENARIOS = ROOT / "scenarios"
+DEFAULT = SCENARIOS / "default.yaml"
 SIMKV = [sys.executable, "-m", "simkv.cli"]
 #: The scenario of the session's vLLM server (``vllm_server``, for the tests marked ``vllm``).
 VLLM_SCENARIO = ROOT / "scenarios" / "vllm-tiny.yaml"
@@ -55,6 +57,16 @@ def make_trace(
 def simkv_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Run ``simkv ARGS`` in a subprocess, as a user would."""
     return subprocess.run([*SIMKV, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> None:
+    """Exit ``code``, one ``error:`` line on stderr containing every needle, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture(scope="session")

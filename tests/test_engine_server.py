@@ -28,8 +28,7 @@ from simkv_engine.models import SHAPES, load_model  # noqa: E402
 from simkv_engine.server import bind, create_app, server_config, url_of  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
-from tests.conftest import ROOT, SIMKV  # noqa: E402
-from tests.test_cli import assert_user_error  # noqa: E402
+from tests.conftest import ROOT, SIMKV, assert_user_error  # noqa: E402
 
 CHUNK = 16
 KEY = "test-key"

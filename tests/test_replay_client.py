@@ -29,8 +29,7 @@ from simkv.replay.client import metric_deltas, parse_metrics
 from simkv.replay.pacing import Send, pace
 from simkv.replay.parts import PartWriter, part_files, read_parts
 from simkv.traces.schema import build_table, write_trace
-from tests.conftest import simkv_cli
-from tests.test_cli import assert_user_error
+from tests.conftest import assert_user_error, simkv_cli
 
 BLOCK = 16
 
