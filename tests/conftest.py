@@ -84,6 +84,18 @@ def gen_trace() -> Trace:
     return generate(generator_config(seed=7, n_requests=400))
 
 
+@pytest.fixture(scope="module")
+def trace_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated 300-request trace (seed 1) in Parquet, one per test module: the sweeps' input
+    (a three-tier cell takes a fraction of a second on it)."""
+    from simkv.traces.generator import generate, generator_config
+    from simkv.traces.schema import write_trace
+
+    path = tmp_path_factory.mktemp("trace") / "t300.parquet"
+    write_trace(generate(generator_config(seed=1, n_requests=300)), path)
+    return path
+
+
 # -- a real vLLM (tests marked `vllm`) --------------------------------------------------------
 
 
