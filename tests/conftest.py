@@ -18,6 +18,8 @@ from simkv.traces.schema import Trace, build_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_TRACE = ROOT / "traces" / "small.parquet"
+SCENARIOS = ROOT / "scenarios"
+DEFAULT = SCENARIOS / "default.yaml"
 SIMKV = [sys.executable, "-m", "simkv.cli"]
 #: The scenario of the session's vLLM server (``vllm_server``, for the tests marked ``vllm``).
 VLLM_SCENARIO = ROOT / "scenarios" / "vllm-tiny.yaml"
@@ -57,6 +59,16 @@ def simkv_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SIMKV, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> None:
+    """Exit ``code``, one ``error:`` line on stderr containing every needle, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
 @pytest.fixture(scope="session")
 def small_trace() -> Trace:
     from simkv.traces.schema import read_trace
@@ -70,6 +82,18 @@ def gen_trace() -> Trace:
     from simkv.traces.generator import generate, generator_config
 
     return generate(generator_config(seed=7, n_requests=400))
+
+
+@pytest.fixture(scope="module")
+def trace_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated 300-request trace (seed 1) in Parquet, one per test module: the sweeps' input
+    (a three-tier cell takes a fraction of a second on it)."""
+    from simkv.traces.generator import generate, generator_config
+    from simkv.traces.schema import write_trace
+
+    path = tmp_path_factory.mktemp("trace") / "t300.parquet"
+    write_trace(generate(generator_config(seed=1, n_requests=300)), path)
+    return path
 
 
 # -- a real vLLM (tests marked `vllm`) --------------------------------------------------------

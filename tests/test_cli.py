@@ -1,6 +1,7 @@
 """The CLI as a new user meets it: one-line errors (exit 2, no traceback) naming the file, key
 or value; runs that record what they ran; output directories that are never mixed up;
-Ctrl-C; no stray output. Each test drives the real ``simkv`` command in a subprocess."""
+Ctrl-C; no stray output; --version, plain flags, a run without -o. Each test drives the real
+``simkv`` command in a subprocess."""
 
 from __future__ import annotations
 
@@ -17,26 +18,9 @@ import yaml
 
 from simkv.config import from_dict
 from simkv.errors import ScenarioError
-from tests.conftest import ROOT, SIMKV, SMALL_TRACE, simkv_cli
+from tests.conftest import DEFAULT, ROOT, SCENARIOS, SIMKV, SMALL_TRACE, assert_user_error, simkv_cli
 
-SCENARIOS = ROOT / "scenarios"
-DEFAULT = SCENARIOS / "default.yaml"
 MEDIUM_TRACE = ROOT / "traces" / "medium.parquet"
-
-
-def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> None:
-    """Exit ``code``, one ``error:`` line on stderr containing every needle, no traceback."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def write_scenario(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 # -- item 6: a run directory's scenario.yaml reproduces the run -------------------------------
@@ -261,104 +245,6 @@ def test_successful_command_has_no_blank_stderr_line(tmp_path: Path) -> None:
         assert "\n\n" not in "\n" + proc.stderr and not proc.stderr.startswith("\n"), repr(proc.stderr)
 
 
-# -- item 7: plug-ins -----------------------------------------------------------------------------
-
-PLUGINS = '''
-from simkv.policies.eviction import LRU
-
-
-def good_ttl(ctx, params):
-    return 600.0
-
-
-def raising_ttl(ctx, params):
-    raise ValueError("no TTL for you")
-
-
-def wrong_type_ttl(ctx, params):
-    return "ten minutes"
-
-
-def wrong_args_ttl(ctx):
-    return 600.0
-
-
-class GoodLRU(LRU):
-    pass
-
-
-class RaisingVictim(LRU):
-    def victim(self):
-        raise RuntimeError("no victim today")
-
-
-class WrongVictim(LRU):
-    def victim(self):
-        return -1
-
-
-class WrongInit(LRU):
-    def __init__(self):
-        super().__init__()
-'''
-
-
-@pytest.fixture(scope="module")
-def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("plugins")
-    (d / "my_plugins.py").write_text(PLUGINS)
-    (d / "broken_plugin.py").write_text("raise RuntimeError('broken at import')\n")
-    return d
-
-
-def run_plugin(plugin_dir: Path, *sets: str, scenario: Path = DEFAULT) -> subprocess.CompletedProcess[str]:
-    """``simkv run`` from the plug-ins' directory as the console script runs (python -P: the
-    working directory is not put on the import path by Python itself)."""
-    args = [a for s in sets for a in ("--set", s)]
-    return subprocess.run([SIMKV[0], "-P", *SIMKV[1:], "run", str(scenario), "--trace", str(SMALL_TRACE),
-                           "--json", *args], cwd=plugin_dir, capture_output=True, text=True, timeout=600)
-
-
-THREE_TIER_TTL = ("ttl.params={}",)
-
-
-def test_plugins_in_the_working_directory_are_found(plugin_dir: Path) -> None:
-    ok = run_plugin(plugin_dir, "ttl.heuristic=my_plugins:good_ttl", *THREE_TIER_TTL,
-                    scenario=SCENARIOS / "three-tier-adaptive.yaml")
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["archive_puts"] > 0
-    ok = run_plugin(plugin_dir, "tiers.gpu.eviction=my_plugins:GoodLRU", "tiers.gpu.capacity_bytes=1GiB")
-    assert ok.returncode == 0, ok.stderr
-    ref = run_plugin(plugin_dir, "tiers.gpu.eviction=lru", "tiers.gpu.capacity_bytes=1GiB",
-                     "engine=simpy")
-    assert json.loads(ok.stdout)["token_hit_rate"] == json.loads(ref.stdout)["token_hit_rate"]
-
-
-@pytest.mark.parametrize(("name", "needles"), [
-    ("my_plugins:raising_ttl", ["raised ValueError: no TTL for you", "my_plugins.py:"]),
-    ("my_plugins:wrong_type_ttl", ["returned 'ten minutes'"]),
-    ("my_plugins:wrong_args_ttl", ["(ctx, params)"]),
-    ("my_plugins:nosuch", ["has no attribute 'nosuch'"]),
-    ("broken_plugin:f", ["RuntimeError: broken at import"]),
-    ("no_such_module:f", ["No module named 'no_such_module'"]),
-])
-def test_bad_ttl_plugin(plugin_dir: Path, name: str, needles: list[str]) -> None:
-    proc = run_plugin(plugin_dir, f"ttl.heuristic={name}", *THREE_TIER_TTL,
-                      scenario=SCENARIOS / "three-tier-adaptive.yaml")
-    assert_user_error(proc, "ttl.heuristic", name, *needles)
-
-
-@pytest.mark.parametrize(("name", "needles"), [
-    ("my_plugins:RaisingVictim", ["victim() raised RuntimeError: no victim today"]),
-    ("my_plugins:WrongVictim", ["victim() returned -1", "not a resident block"]),
-    ("my_plugins:WrongInit", ["Class(next_use)"]),
-    ("broken_plugin:P", ["RuntimeError: broken at import"]),
-])
-def test_bad_eviction_plugin(plugin_dir: Path, name: str, needles: list[str]) -> None:
-    proc = run_plugin(plugin_dir, f"tiers.gpu.eviction={name}", "tiers.gpu.capacity_bytes=1GiB")
-    assert_user_error(proc, "tiers.gpu.eviction", name, *needles)
-
-
 # -- issue 17 item 10: --version, plain flags, run without -o ------------------------------------
 
 
@@ -402,131 +288,3 @@ def test_run_says_why_a_configured_tier_served_nothing() -> None:
     assert json.loads(proc.stdout)["archive_gets"] == 0
     (note,) = [ln for ln in proc.stderr.splitlines() if "served 0 hit tokens" in ln]
     assert note.startswith("note: the archive tier") and "load_policy if_faster" in note
-
-
-# -- issue 17 item 9: slices, scenario-relative traces, the progress bar ---------------------------
-
-
-def test_a_bundled_scenario_runs_from_any_directory(tmp_path: Path) -> None:
-    """Its trace is resolved beside the scenario file (as hardware.profile is); the scenario's
-    hash does not depend on where it was run from."""
-    here = simkv_cli("run", str(DEFAULT), "--limit", "50", "--json")
-    away = simkv_cli("run", str(DEFAULT), "--limit", "50", "--json", cwd=tmp_path)
-    assert away.returncode == 0, away.stderr
-    a, b = json.loads(here.stdout), json.loads(away.stdout)
-    assert a["scenario_sha256"] == b["scenario_sha256"] and a["trace_sha256"] == b["trace_sha256"]
-    assert Path(b["trace"]).resolve() == SMALL_TRACE.resolve()
-
-
-def test_a_missing_scenario_trace_says_where_it_looked(tmp_path: Path) -> None:
-    scenario = yaml.safe_load(DEFAULT.read_text()) | {"trace": "data/gone.parquet"}
-    (tmp_path / "sc").mkdir()
-    path = tmp_path / "sc" / "s.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    proc = simkv_cli("run", str(path), cwd=tmp_path)
-    assert_user_error(proc, "data/gone.parquet", str(tmp_path / "sc" / "data" / "gone.parquet"),
-                      str(tmp_path / "data" / "gone.parquet"))
-
-
-def _mooncake(path: Path, n: int = 12) -> Path:
-    """``n`` Mooncake rows, one a second, in three conversations that share their first block."""
-    rows = [{"timestamp": 1000 * i, "input_length": 512 * (1 + i // 3) + 7, "output_length": 5,
-             "hash_ids": [i % 3, *range(100 + 10 * i, 100 + 10 * i + i // 3)]} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def test_a_slice_is_the_same_rows_in_trace_import_and_run(tmp_path: Path) -> None:
-    """`trace import --start/--end/--limit` writes the rows `run` keeps with the same options, in
-    arrival order with their block hashes: the same trace_sha256, so validate joins them."""
-    from simkv.traces.schema import read_trace
-
-    src = _mooncake(tmp_path / "m.jsonl")
-    full = simkv_cli("trace", "import", "mooncake", str(src), "-o", str(tmp_path / "all.parquet"))
-    assert full.returncode == 0, full.stderr
-    cut = simkv_cli("trace", "import", "mooncake", str(src), "-o", str(tmp_path / "cut.parquet"),
-                    "--start", "2", "--end", "9.5", "--limit", "5")
-    assert cut.returncode == 0, cut.stderr
-    whole, part = read_trace(tmp_path / "all.parquet"), read_trace(tmp_path / "cut.parquet")
-    assert part.table.to_pylist() == whole.table.slice(2, 5).to_pylist()
-    sc = SCENARIOS / "parity-lru.yaml"
-    args = ["--set", "block_size=512", "--json"]
-    ran = simkv_cli("run", str(sc), "--trace", str(tmp_path / "all.parquet"), "--start", "2", "--end",
-                    "9.5", "--limit", "5", *args)
-    direct = simkv_cli("run", str(sc), "--trace", str(tmp_path / "cut.parquet"), *args)
-    a, b = json.loads(ran.stdout), json.loads(direct.stdout)
-    assert a["requests"] == 5 and a["trace_sha256"] == b["trace_sha256"] == part.content_sha256
-    assert a["trace_slice"] == "arrival_s in [2, 9.5), then first 5 requests" and "trace_slice" not in b
-
-
-def test_a_sample_of_sessions_is_seeded_and_keeps_whole_sessions(tmp_path: Path) -> None:
-    from simkv.traces.schema import read_trace
-    from simkv.traces.slicing import TraceSlice, slice_trace
-
-    whole = read_trace(SMALL_TRACE)
-    one = slice_trace(whole, TraceSlice(sample=0.3, seed=7))
-    again = slice_trace(whole, TraceSlice(sample=0.3, seed=7))
-    other = slice_trace(whole, TraceSlice(sample=0.3, seed=8))
-    assert one.content_sha256 == again.content_sha256 != other.content_sha256
-    sessions = set(one.column("session_id"))
-    all_sessions = whole.column("session_id")
-    assert len(sessions) == round(0.3 * len(set(all_sessions)))
-    kept = [i for i, s in enumerate(all_sessions) if s in sessions]   # every request of each
-    assert one.table.to_pylist() == whole.table.take(kept).to_pylist()
-    by_request = slice_trace(whole, TraceSlice(sample=0.1, sample_by="request", seed=7))
-    assert len(by_request) == round(0.1 * len(whole))
-    assert (by_request.arrival_s[1:] >= by_request.arrival_s[:-1]).all()
-
-
-@pytest.mark.parametrize(("args", "needles"), [
-    (["--sample", "1.5"], ["--sample", "1.5"]),
-    (["--limit", "0"], ["--limit"]),
-    (["--start", "10", "--end", "5"], ["--end", "--start"]),
-    (["--sample", "0.5", "--sample-by", "agent"], ["--sample-by", "agent"]),
-    (["--start", "1e9"], ["keeps no request", "3,000 requests"]),
-])
-def test_bad_slices_are_user_errors(args: list[str], needles: list[str]) -> None:
-    assert_user_error(simkv_cli("run", str(DEFAULT), *args), *needles)
-
-
-def _run_on_a_terminal(*args: str) -> tuple[str, str]:
-    """``simkv ARGS`` with stderr on a pseudo-terminal (stdout a pipe): (stdout, stderr)."""
-    import os
-    import pty
-    import threading
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([*SIMKV, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True,
-                            env={**os.environ, "COLUMNS": "100"})
-    os.close(slave)
-    chunks: list[bytes] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
-    out, _ = proc.communicate(timeout=300)
-    reader.join(10)
-    os.close(master)
-    assert proc.returncode == 0, b"".join(chunks)
-    return out, b"".join(chunks).decode(errors="replace")
-
-
-def test_run_progress_bar_only_on_a_terminal_and_not_with_json() -> None:
-    """The bar is drawn on a terminal's stderr, never with --json; stdout is the same either way."""
-    plain = simkv_cli("run", str(DEFAULT), "--limit", "400")
-    out, err = _run_on_a_terminal("run", str(DEFAULT), "--limit", "400")
-    assert "simulating" in err and "simulating" not in plain.stderr
-    assert out.splitlines()[:-1] == plain.stdout.splitlines()[:-1]      # the last line: wall time
-    js_plain = simkv_cli("run", str(DEFAULT), "--limit", "400", "--json")
-    js_out, js_err = _run_on_a_terminal("run", str(DEFAULT), "--limit", "400", "--json")
-    assert "simulating" not in js_err
-    assert json.loads(js_out) == json.loads(js_plain.stdout)

@@ -12,7 +12,7 @@ from simkv.errors import ScenarioError
 from simkv.model.system import SECONDS_PER_MONTH
 from simkv.scenario import STORAGE_CLASSES, Scenario, load_scenario
 from tests.conftest import ROOT, SMALL_TRACE, make_trace, simkv_cli
-from tests.test_simulator import KV, scenario
+from tests.simulator_helpers import KV, scenario
 
 THREE_TIER = ROOT / "scenarios" / "three-tier-adaptive.yaml"
 OBJECT = 4 * KV // 2  # a 4-token block compressed 2x: 2 KiB stored per archive object

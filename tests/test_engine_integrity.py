@@ -32,9 +32,8 @@ from simkv_engine.models import SHAPES, load_model  # noqa: E402
 from simkv_engine.server import create_app  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
-from tests.conftest import ROOT, SIMKV  # noqa: E402
-from tests.test_cli import assert_user_error  # noqa: E402
-from tests.test_engine_server import metrics, running  # noqa: E402
+from tests.conftest import ROOT, SIMKV, assert_user_error  # noqa: E402
+from tests.engine_server_helpers import metrics, running  # noqa: E402
 
 CHUNK = 16
 S = SHAPES["tiny"]

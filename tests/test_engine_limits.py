@@ -26,7 +26,7 @@ from simkv_engine.server import MAX_NAME_CHARS, Limits, create_app, is_loopback 
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402
-from tests.test_engine_server import CHUNK, CHUNK_BYTES, KEY, _scenario_file, metrics, running  # noqa: E402
+from tests.engine_server_helpers import CHUNK, CHUNK_BYTES, KEY, _scenario_file, metrics, running  # noqa: E402
 
 LIMITS = Limits(max_body_bytes=16 * 1024, read_timeout_s=1.0)
 AUTH = {"Authorization": f"Bearer {KEY}"}

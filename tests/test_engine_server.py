@@ -1,18 +1,13 @@
 """The engine's HTTP server (engine/simkv_engine/server.py) as a client meets it: a real uvicorn
 server on 127.0.0.1 (the tiny model on the CPU, real LMCache with CPU + disk tiers, chunk 16)
-driven with httpx; and the real ``simkv engine serve`` command in a subprocess. Skipped where
-the engine's dependencies are absent (``make install`` installs them)."""
+driven with httpx. Skipped where the engine's dependencies are absent (``make install`` installs
+them)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -22,21 +17,26 @@ pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LM
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from simkv_engine.engine import KVEngine  # noqa: E402
 from simkv_engine.models import SHAPES, load_model  # noqa: E402
-from simkv_engine.server import bind, create_app, server_config, url_of  # noqa: E402
+from simkv_engine.server import create_app  # noqa: E402
 
 from simkv.scenario import scenario_from_dict  # noqa: E402
-from tests.conftest import ROOT, SIMKV  # noqa: E402
-from tests.test_cli import assert_user_error  # noqa: E402
+from tests.engine_server_helpers import (  # noqa: E402
+    CHUNK,
+    CHUNK_BYTES,
+    KEY,
+    VOCAB,
+    assert_metric_types,
+    complete,
+    lookup,
+    metrics,
+    prompt,
+    running,
+)
 
-CHUNK = 16
-KEY = "test-key"
-VOCAB = SHAPES["tiny"]["vocab_size"]
 CONTEXT = SHAPES["tiny"]["max_position_embeddings"]
-CHUNK_BYTES = CHUNK * 2 * SHAPES["tiny"]["num_hidden_layers"] * SHAPES["tiny"]["num_key_value_heads"] \
-    * SHAPES["tiny"]["head_dim"] * 4
+
 GPU_CHUNKS, CPU_CHUNKS, DISK_CHUNKS = 64, 128, 256
 
 
@@ -55,46 +55,10 @@ def server(tmp_path_factory):
     engine.close()
 
 
-@contextmanager
-def running(app):
-    """``app`` served by uvicorn (as ``simkv engine serve`` serves it) on a free port of
-    127.0.0.1 in a background thread: its URL."""
-    sock = bind("127.0.0.1", 0)
-    srv = uvicorn.Server(server_config(app))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield url_of(sock)
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-
-
 @pytest.fixture
 def client(server):
     with httpx.Client(base_url=server[0], headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
         yield c
-
-
-def prompt(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, VOCAB, (n,), generator=g).tolist()
-
-
-def complete(client, body: dict) -> dict:
-    r = client.post("/v1/completions", json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def lookup(client, p) -> dict:
-    r = client.post("/kv/lookup", json={"prompt": p})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def sse_events(client, body: dict) -> list:
@@ -108,33 +72,6 @@ def sse_events(client, body: dict) -> list:
                 data = line[len("data: "):]
                 events.append(data if data == "[DONE]" else json.loads(data))
     return events
-
-
-def metrics(client) -> dict[tuple[str, tuple], float]:
-    r = client.get("/metrics")
-    assert r.status_code == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
-
-
-#: The levels in ``/metrics`` (what is there now): gauges, named without ``_total``.
-LEVELS = {"simkv_queue_depth", "simkv_tier_bytes", "simkv_archive_objects", "simkv_archive_stored_bytes",
-          "simkv_archive_compression_ratio"}
-
-
-def assert_metric_types(client) -> None:
-    """Levels are gauges (no ``_total``), the engine's other values counters (``_total``);
-    prometheus_client's ``*_created`` timestamps aside."""
-    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)
-                if f.name.startswith("simkv_") and not f.name.endswith("_created")}
-    for name, family in families.items():
-        if name in LEVELS:
-            assert family.type == "gauge" and all(s.name == name for s in family.samples), name
-        elif family.type == "counter":
-            assert all(s.name == f"{name}_total" for s in family.samples), name
-        else:
-            assert family.type == "histogram" and name == "simkv_ttft_seconds", (name, family.type)
-    assert {"simkv_queue_depth", "simkv_tier_bytes", "simkv_requests", "simkv_bytes_stored"} <= set(families)
 
 
 def greedy(model, tokens: list[int], n: int) -> list[int]:
@@ -382,61 +319,3 @@ def test_kv_archive_runs_one_pass_and_says_what_it_did(tmp_path):
             assert again["uploads"] == 0 and again["objects"] == 3
     finally:
         engine.close()
-
-
-# -- the real command -----------------------------------------------------------------------------
-def _scenario_file(tmp_path: Path, name: str = "engine.yaml", **extra) -> Path:
-    import yaml
-
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump({"block_size": CHUNK, "tiers": {
-        "gpu": {"capacity_bytes": "1MiB"}, "cpu": {"enabled": True, "capacity_bytes": "4MiB"},
-        "disk": {"enabled": True, "capacity_bytes": "8MiB"}}, **extra}))
-    return path
-
-
-def test_engine_serve_command_serves_then_drains_on_sigterm(tmp_path):
-    env = {**os.environ, "PYTHONHASHSEED": "1"}      # the command re-runs itself with 0
-    proc = subprocess.Popen([*SIMKV, "engine", "serve", str(_scenario_file(tmp_path)), "--port", "0",
-                             "--api-key", KEY, "--disk-path", str(tmp_path / "disk")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert "serving at http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
-        url = line.split("serving at ")[1].strip()
-        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
-            assert complete(c, {"prompt": "hello engine", "max_tokens": 2})["usage"]["completion_tokens"] == 2
-            # SIGTERM while a request streams: it finishes, then the process exits 0.
-            with c.stream("POST", "/v1/completions", json={"prompt": [1] * 40, "max_tokens": 64,
-                                                            "stream": True}) as r:
-                lines = r.iter_lines()
-                assert next(lines).startswith("data: {")
-                proc.send_signal(signal.SIGTERM)
-                rest = [ln for ln in lines if ln]
-        assert len(rest) == 64 and rest[-1] == "data: [DONE]"
-        assert proc.wait(60) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stderr = proc.stderr.read()
-    assert "Traceback" not in stderr and "warning:" not in stderr     # loopback, with a key
-
-
-def test_engine_serve_command_user_errors(tmp_path):
-    sc = _scenario_file(tmp_path)
-    run = lambda *args: subprocess.run([*SIMKV, "engine", "serve", *args], cwd=ROOT,  # noqa: E731
-                                       capture_output=True, text=True, timeout=120)
-    assert_user_error(run(str(sc), "--set", "tiers.gpu.bogus=1"), "tiers.gpu.bogus")
-    assert_user_error(run(str(_scenario_file(tmp_path, "no-chunk.yaml", block_size=None))), "block_size")
-    assert_user_error(run(str(sc), "--log-level", "loud"), "--log-level")
-    assert_user_error(run(str(sc), "--max-body", "lots"), "--max-body", "'lots' is not a size")
-    assert_user_error(run(str(sc), "--max-body", "0"), "--max-body", "must be a size > 0")
-    assert_user_error(run(str(sc), "--max-body", "2GiB"), "--max-body", "at most 1GiB")
-    assert_user_error(run(str(sc), "--disk-path", ""), "--disk-path", "an empty path")
-    assert_user_error(run(str(sc), "--read-timeout", "0"), "--read-timeout", "must be > 0")
-    with bind("127.0.0.1", 0) as taken:
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        assert_user_error(run(str(sc), "--port", port), "--port " + port, "cannot listen")

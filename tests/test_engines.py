@@ -16,8 +16,7 @@ from simkv.model.system import TIER_NAMES
 from simkv.model.tiers import Tier
 from simkv.scenario import load_scenario
 from simkv.sweep.core import plan_sweep
-from tests.conftest import ROOT, SMALL_TRACE, simkv_cli
-from tests.test_cli import assert_user_error
+from tests.conftest import ROOT, SMALL_TRACE, assert_user_error, simkv_cli
 
 PARITY = ROOT / "scenarios" / "parity-lru.yaml"
 THREE_TIER = ROOT / "scenarios" / "three-tier-adaptive.yaml"

@@ -28,8 +28,7 @@ from simkv.model.system import TIER_NAMES
 from simkv.regress import compare
 from simkv.scenario import load_scenario
 from simkv.traces.schema import Trace, build_table, read_trace
-from tests.conftest import ROOT, SMALL_TRACE, simkv_cli
-from tests.test_cli import assert_user_error
+from tests.conftest import ROOT, SMALL_TRACE, assert_user_error, simkv_cli
 
 SCENARIO = ROOT / "scenarios" / "three-tier-adaptive.yaml"
 

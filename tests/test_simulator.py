@@ -1,50 +1,23 @@
-"""The tiered model: tiers, write policies, load policy, archive, TTLs, metrics, invariants."""
+"""The tiered model: tiers, write policies, the CPU tier, load policy, TTFT, TTLs, the engines'
+agreement, determinism, and the CLI's ``run``."""
 
 from __future__ import annotations
 
-import functools
 import json
-import math
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from simkv.api import run
-from simkv.errors import ScenarioError
 from simkv.metrics.requests import fifo_start_times
 from simkv.model import kernels as K
-from simkv.model.engine import StalledClock, archive_worker_loop, first_pass_at
 from simkv.model.system import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, TieredCache
 from simkv.model.tiers import Tier
 from simkv.policies.eviction import LRU
-from simkv.scenario import Scenario, load_scenario, scenario_from_dict
-from tests.conftest import ROOT, SMALL_TRACE, make_trace, simkv_cli
-
-SCENARIOS = ROOT / "scenarios"
-KV = 1024  # bytes per token in hand-made scenarios: a 4-token block is 4 KiB
-
-
-def scenario(**tiers) -> Scenario:
-    """A small hand-made scenario: zero-time by default, GPU tier only unless told."""
-    data: dict = {
-        "model": {"kv_bytes_per_token": KV},
-        "tiers": {"gpu": {"capacity_blocks": 4}, "disk": {"enabled": False},
-                  "archive": {"enabled": False}},
-        "hardware": {"zero_service_time": True},
-        "engine": "simpy",
-        "timeline_bin_s": 10.0,
-    }
-    for key, value in tiers.items():
-        if key in TIER_NAMES:
-            data["tiers"].setdefault(key, {}).update(value)
-        else:
-            data[key] = value
-    return scenario_from_dict(data)
-
+from simkv.scenario import load_scenario
+from tests.conftest import SCENARIOS, SMALL_TRACE, make_trace, simkv_cli
+from tests.simulator_helpers import scenario
 
 # -- tiers -------------------------------------------------------------------------------
 
@@ -202,132 +175,6 @@ def test_fifo_baseline_equals_simpy_with_cache_disabled(small_trace) -> None:
     assert starts.tolist() == [0.0, 0.5, 1.0]
 
 
-def archive_scenario(**ttl) -> Scenario:
-    return scenario(
-        gpu={"capacity_blocks": 2},
-        disk={"enabled": True, "capacity_blocks": 2},
-        archive={"enabled": True, "interval_s": 10.0, "compression_ratio": 2.0},
-        ttl={"heuristic": "static", "params": {"ttl": ttl.get("ttl", 1000.0)},
-             "mode": ttl.get("mode", "fixed"), "scope": "archive"},
-    )
-
-
-def test_deep_miss_fetches_from_archive_and_hydrates() -> None:
-    # blocks 1,2 archived at t=10, evicted from GPU and disk by 3,4 and 5,6; re-used at t=30
-    trace = make_trace([[1, 2], [3, 4], [5, 6], [1, 2]], arrivals=[0, 15, 16, 30])
-    res = run(archive_scenario(), trace)
-    r, s = res.requests, res.summary
-    assert r["archive_hit_tokens"].tolist() == [0, 0, 0, 8]
-    assert s["archive_gets"] == 2 and s["hydrations"] == 2 and s["archive_puts"] >= 2
-    assert s["storage_peak_bytes_archive"] >= 2 * 2 * 4 * KV // 2
-    assert s["archive_storage_dollars"] > 0 and s["archive_request_dollars"] > 0
-
-
-def test_expired_archive_objects_are_never_served() -> None:
-    trace = make_trace([[1, 2], [3, 4], [5, 6], [1, 2]], arrivals=[0, 15, 16, 30])
-    res = run(archive_scenario(ttl=15.0), trace)  # uploaded at 10, expire at 25 < 30
-    assert res.requests["archive_hit_tokens"].iloc[3] == 0
-    assert res.summary["expirations_archive"] >= 2
-
-
-def test_archive_storage_integral_exact() -> None:
-    trace = make_trace([[1, 2], [9]], arrivals=[0.0, 40.0])
-    res = run(archive_scenario(ttl=15.0), trace)
-    # blocks 1,2 uploaded at t=10 (zero-time worker) and expire at t=25; block 9 never
-    # reaches a pass before the end (t=40)
-    per_object = 4 * KV // 2
-    assert res.summary["storage_gb_hours_archive"] == pytest.approx(2 * per_object * 15 / 1e9 / 3600)
-    assert res.summary["expirations_archive"] == 2
-
-
-@pytest.mark.parametrize("engine", ["simpy", "compiled"])
-@pytest.mark.parametrize(("interval", "zero_time", "mode"), [
-    (1.0, True, "fixed"), (3.0, True, "sliding"), (0.7, False, "sliding"), (10.0, False, "fixed")])
-def test_skipping_idle_archive_passes_changes_nothing(monkeypatch, gen_trace, engine, interval,
-                                                      zero_time, mode) -> None:
-    # Integer arrivals on a grid of integer pass times make passes and requests coincide, so
-    # the order of simultaneous events matters too; every output must be bit-identical.
-    arrivals = np.floor(gen_trace.arrival_s * 3.0)
-    trace = make_trace([[int(h) for h in gen_trace.block_hashes_flat[lo:hi]]
-                        for lo, hi in zip(gen_trace.block_offsets[:-1], gen_trace.block_offsets[1:],
-                                          strict=True)][:200], block_size=gen_trace.block_size,
-                       arrivals=arrivals[:200].tolist())
-    sc = scenario_from_dict({
-        "tiers": {"gpu": {"capacity_blocks": 64}, "disk": {"enabled": True, "capacity_blocks": 128},
-                  "archive": {"enabled": True, "interval_s": interval}},
-        "ttl": {"heuristic": "adaptive", "params": {"base_ttl": 20.0, "alpha": 1.0, "min_ttl": 5.0,
-                                                    "max_ttl": 200.0}, "mode": mode},
-        "hardware": {"zero_service_time": zero_time}, "engine": engine})
-    skipped = run(sc, trace)
-    periodic_worker = functools.partial(archive_worker_loop, skip_idle=False)  # a pass every interval
-    monkeypatch.setattr("simkv.model.engine.archive_worker_loop", periodic_worker)
-    periodic = run(sc, trace)
-    pd.testing.assert_frame_equal(skipped.requests, periodic.requests, check_exact=True)
-    pd.testing.assert_frame_equal(skipped.timeline, periodic.timeline, check_exact=True)
-    drop = ("wall_s", "sim_wall_s")
-    assert ({k: v for k, v in skipped.summary.items() if k not in drop}
-            == {k: v for k, v in periodic.summary.items() if k not in drop})
-    assert skipped.summary["archive_puts"] > 0
-
-
-@pytest.mark.parametrize("engine", ["simpy", "compiled"])
-def test_archive_passes_follow_the_requests_not_the_time_span(monkeypatch, engine) -> None:
-    # 50 requests over 1e8 s with a pass every 60 s: 1.7 million periodic passes, nearly all
-    # idle. Only the passes with candidates (and the first idle one after them) may run.
-    from simkv.model.cache_base import CacheBase
-
-    calls = [0]
-    original = CacheBase.archive_pass
-
-    def counted(self, now):
-        calls[0] += 1
-        assert calls[0] <= 1000, "idle archive passes are not skipped"
-        return original(self, now)
-
-    monkeypatch.setattr(CacheBase, "archive_pass", counted)
-    trace = make_trace([[i % 5, 10 + i % 3] for i in range(50)],
-                       arrivals=np.linspace(0.0, 1e8, 50).tolist())
-    sc = replace(archive_scenario(ttl=1e7), engine=engine)
-    res = run(sc, trace)
-    assert calls[0] <= 2 * 50
-    assert res.summary["archive_puts"] > 0 and res.summary["requests"] == 50
-
-
-def repeated_addition(t: float, h: float, event: float) -> float:
-    while t < event:
-        t += h
-    return t
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.floats(1e-6, 1e4), st.floats(1e-6, 1e3), st.integers(0, 20000))
-def test_first_pass_at_is_the_chain_of_float_additions(t0: float, h: float, steps: int) -> None:
-    event = t0 + steps * h
-    assert first_pass_at(t0, h, event) == repeated_addition(t0, h, event)
-
-
-@pytest.mark.parametrize("exponent", [-3, 0, 7, 20])
-@pytest.mark.parametrize("half_ulps", [3, 5, 7, 2049])
-def test_first_pass_at_rounds_ties_like_the_clock(exponent: int, half_ulps: int) -> None:
-    # an interval of an odd number of half ulps: every addition is a tie, rounded to even
-    t0 = math.ldexp(1.0, exponent) + 3 * math.ulp(math.ldexp(1.0, exponent))
-    h = half_ulps * math.ulp(t0) / 2
-    event = t0 + 30000 * h
-    assert first_pass_at(t0, h, event) == repeated_addition(t0, h, event)
-
-
-def test_an_interval_below_the_clock_resolution_is_an_error() -> None:
-    with pytest.raises(StalledClock, match=r"tiers\.archive\.interval_s"):
-        first_pass_at(1.0, 1e-9, 1e300)
-    with pytest.raises(StalledClock):  # half an ulp: one tie rounds up to even, the next stays
-        first_pass_at(1.0 + math.ulp(1.0), math.ulp(1.0) / 2, 2.0)
-    trace = make_trace([[1], [2]], arrivals=[0.0, 1e6])
-    sc = scenario_from_dict({**archive_scenario().to_dict(), "tiers": {
-        **archive_scenario().to_dict()["tiers"], "archive": {"enabled": True, "interval_s": 1e-9}}})
-    with pytest.raises(ScenarioError, match=r"tiers.archive.interval_s: 1e-09 s would take 1e\+15"):
-        run(sc, trace)
-
-
 def test_sliding_ttl_keeps_reused_blocks_alive_fixed_does_not() -> None:
     # block 1 used every 8 s; TTL 10 s on the GPU tier itself (scope: all)
     trace = make_trace([[1]] * 6, arrivals=[0, 8, 16, 24, 32, 40])
@@ -369,150 +216,6 @@ def test_same_inputs_same_outputs(small_trace, tmp_path) -> None:
     two = run(path, small_trace).write(tmp_path / "b")
     for name in ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
-
-
-# -- invariants on random systems ----------------------------------------------------------
-
-blocks_st = st.lists(st.lists(st.integers(0, 15), max_size=8), min_size=1, max_size=30)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    requests=blocks_st,
-    gaps=st.lists(st.floats(0.0, 20.0), min_size=30, max_size=30),
-    gpu_cap=st.integers(0, 6),
-    cpu_cap=st.one_of(st.none(), st.integers(0, 6)),
-    disk_cap=st.integers(0, 6),
-    archive=st.booleans(),
-    write_policy=st.sampled_from(["write_through", "offload_on_evict"]),
-    eviction=st.sampled_from(["lru", "fifo", "lfu", "priority", "belady"]),
-    heuristic=st.sampled_from(["static", "adaptive", "cost_aware", "reuse_prob", "size_aware"]),
-    mode=st.sampled_from(["fixed", "sliding"]),
-    scope=st.sampled_from(["archive", "all"]),
-    zero_time=st.booleans(),
-    load_policy=st.sampled_from(["always", "if_faster"]),
-)
-def test_invariants(requests, gaps, gpu_cap, cpu_cap, disk_cap, archive, write_policy, eviction,
-                    heuristic, mode, scope, zero_time, load_policy) -> None:
-    arrivals = np.cumsum(gaps[: len(requests)]).tolist()
-    trace = make_trace(requests, arrivals=arrivals, tails=[i % 3 for i in range(len(requests))])
-    params = {"static": {"ttl": 12.0}, "adaptive": {"base_ttl": 5, "alpha": 1, "min_ttl": 1,
-                                                    "max_ttl": 50}}.get(heuristic, {})
-    sc = scenario(
-        gpu={"capacity_blocks": gpu_cap, "eviction": eviction},
-        cpu={"enabled": cpu_cap is not None, "capacity_blocks": cpu_cap, "eviction": eviction,
-             "read_gbps": 0.1, "write_gbps": 0.05},
-        disk={"enabled": True, "capacity_blocks": disk_cap, "write_policy": write_policy,
-              "eviction": eviction, "read_gbps": 0.01},
-        archive={"enabled": archive or scope == "archive", "interval_s": 7.0},
-        ttl={"heuristic": heuristic, "params": params, "mode": mode, "scope": scope},
-        hardware={"zero_service_time": zero_time, "prefill_per_token_s": 1e-3},
-        load_policy=load_policy,
-    )
-    res = run(sc, trace)
-    r, s = res.requests, res.summary
-    block_bytes = 4 * KV
-    # occupancy never above capacity (sampled after every request, and the exact peak)
-    assert (r["gpu_held_bytes"] <= gpu_cap * block_bytes).all()
-    assert (r["disk_held_bytes"] <= disk_cap * block_bytes).all()
-    assert s["storage_peak_bytes_gpu"] <= gpu_cap * block_bytes
-    assert s["storage_peak_bytes_disk"] <= disk_cap * block_bytes
-    assert (r["cpu_held_bytes"] <= (cpu_cap or 0) * block_bytes).all()
-    assert s["storage_peak_bytes_cpu"] <= (cpu_cap or 0) * block_bytes
-    # hit + miss tokens = input tokens; tier hits add up; prefix never longer than the prompt
-    assert (r["hit_tokens"] == sum(r[f"{t}_hit_tokens"] for t in TIER_NAMES)).all()
-    assert (r["cpu_loaded_bytes"] == r["cpu_hit_tokens"] // 4 * block_bytes).all()
-    assert (r["hit_tokens"] <= r["input_tokens"]).all() and (r["hit_blocks"] <= r["prefix_blocks"]).all()
-    assert (r["prefix_blocks"] <= r["blocks"]).all()
-    assert s["hit_tokens"] + (s["input_tokens"] - s["hit_tokens"]) == int(r["input_tokens"].sum())
-    # costs non-negative; TTFT never below its parts
-    for key in ("archive_storage_dollars", "archive_request_dollars", "transfer_dollars"):
-        assert s[key] >= 0
-    assert (r["request_cost_dollars"] >= 0).all()
-    # every dollar is charged to one request: the per-request columns add up to the summary
-    for key in ("gpu_dollars_saved", "archive_storage_dollars", "archive_request_dollars",
-                "transfer_dollars", "cost_saved_dollars"):
-        assert r[key].sum() == pytest.approx(s[key], rel=1e-9, abs=1e-12), key
-    assert (r["ttft_s"] + 1e-12 >= r["load_s"] + r["prefill_s"]).all()
-    if s["input_tokens"]:
-        assert 0.0 <= s["token_hit_rate"] <= 1.0
-    else:
-        assert s["token_hit_rate"] is None  # 0/0 is undefined, not a 0% hit rate
-
-
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    requests=blocks_st,
-    gaps=st.lists(st.sampled_from([0.0, 0.5, 3.0, 7.0, 10.0, 13.7]), min_size=30, max_size=30),
-    caps=st.tuples(st.integers(0, 6), st.integers(0, 6), st.one_of(st.none(), st.integers(0, 6))),
-    evictions=st.tuples(*[st.sampled_from(["lru", "fifo"])] * 4),
-    cpu_cap=st.one_of(st.none(), st.integers(0, 6)),  # None: no CPU tier
-    disk=st.booleans(),
-    archive=st.booleans(),
-    write_policy=st.sampled_from(["write_through", "offload_on_evict"]),
-    heuristic=st.sampled_from(["static", "adaptive", "cost_aware", "reuse_prob", "per_class"]),
-    mode=st.sampled_from(["fixed", "sliding"]),
-    zero_time=st.booleans(),
-    load_policy=st.sampled_from(["always", "if_faster"]),
-    gpus=st.integers(1, 2),
-    billing=st.sampled_from([{}, {"storage_class": "glacier_ir"},
-                             {"min_days": 1e-4, "min_object_bytes": "3KiB"}]),  # 8.64 s minimum
-)
-def test_compiled_engine_equals_reference(requests, gaps, caps, evictions, cpu_cap, disk, archive,
-                                          write_policy, heuristic, mode, zero_time, load_policy, gpus,
-                                          billing) -> None:
-    """The compiled tiers give the reference implementation's results bit for bit, with or
-    without a CPU tier."""
-    arrivals = np.cumsum(gaps[: len(requests)]).tolist()
-    classes = [("chat", "tool", "rag")[i % 3] for i in range(len(requests))]
-    trace = make_trace(requests, arrivals=arrivals, tails=[i % 3 for i in range(len(requests))],
-                       classes=classes)
-    params = {"static": {"ttl": 12.0}, "per_class": {"default_ttl": 9.0, "class_ttl": {"tool": 30.0}},
-              "adaptive": {"base_ttl": 5, "alpha": 1, "min_ttl": 1, "max_ttl": 50}}.get(heuristic, {})
-    sc = scenario(
-        gpu={"capacity_blocks": caps[0], "eviction": evictions[0]},
-        cpu={"enabled": cpu_cap is not None, "capacity_blocks": cpu_cap, "eviction": evictions[3],
-             "read_gbps": 0.1, "write_gbps": 0.05, "latency_s": 0.01},
-        disk={"enabled": disk, "capacity_blocks": caps[1], "write_policy": write_policy,
-              "eviction": evictions[1], "read_gbps": 0.01, "write_gbps": 0.02},
-        archive={"enabled": archive, "interval_s": 7.0, "capacity_blocks": caps[2],
-                 "eviction": evictions[2], "download_gbps": 0.05, **billing},
-        ttl={"heuristic": heuristic, "params": params, "mode": mode, "scope": "archive"}
-        if archive else {},
-        hardware={"zero_service_time": zero_time, "prefill_per_token_s": 1e-3, "gpus": gpus},
-        load_policy=load_policy,
-    )
-    ref = run(sc, trace)
-    fast = run(sc.with_overrides(["engine=compiled"]), trace)
-    assert ref.summary.pop("engine") == "simpy" and fast.summary.pop("engine") == "compiled"
-    assert ref.summary == fast.summary
-    pd.testing.assert_frame_equal(ref.requests, fast.requests)
-
-
-@settings(max_examples=60, deadline=None)
-@given(requests=blocks_st, gaps=st.lists(st.floats(0.0, 10.0), min_size=30, max_size=30),
-       ttl=st.floats(0.5, 15.0), mode=st.sampled_from(["fixed", "sliding"]))
-def test_no_expired_entry_is_ever_served(requests, gaps, ttl, mode) -> None:
-    """A brute-force model of a TTL-only GPU tier (unlimited, zero time) gives the same hits."""
-    arrivals = np.cumsum(gaps[: len(requests)]).tolist()
-    trace = make_trace(requests, arrivals=arrivals)
-    sc = scenario(gpu={"capacity_blocks": None, "capacity_bytes": "unlimited"},
-                  ttl={"heuristic": "static", "params": {"ttl": ttl}, "mode": mode, "scope": "all"})
-    got = run(sc, trace).requests["hit_blocks"].tolist()
-    deadline: dict[int, float] = {}
-    expected = []
-    for t, blocks in zip(arrivals, requests, strict=True):
-        live = {b for b, d in deadline.items() if d > t}
-        hit = 0
-        for b in blocks:
-            if b not in live:
-                break
-            hit += 1
-        expected.append(hit)
-        for b in blocks:
-            if b not in live or mode == "sliding":
-                deadline[b] = t + ttl
-    assert got == expected
 
 
 # -- the CLI --------------------------------------------------------------------------------

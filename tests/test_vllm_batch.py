@@ -11,8 +11,7 @@ import yaml
 from simkv.errors import ScenarioError
 from simkv.replay.vllm import unsupported, vllm_command
 from simkv.scenario import scenario_from_dict
-from tests.conftest import simkv_cli, start_vllm, stop_vllm
-from tests.test_cli import assert_user_error
+from tests.conftest import assert_user_error, simkv_cli, start_vllm, stop_vllm
 
 
 def scenario(**hardware):

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from simkv.model.hardware import load_profile
-from tests.conftest import VLLM_SCENARIO, VllmServer, simkv_cli
-from tests.test_cli import assert_user_error
+from tests.conftest import VLLM_SCENARIO, VllmServer, assert_user_error, simkv_cli
 
 pytestmark = pytest.mark.vllm
 

@@ -29,13 +29,13 @@ from tests.conftest import (
     START_TIMEOUT_S,
     VLLM_SCENARIO,
     VllmServer,
+    assert_user_error,
     free_port,
     simkv_cli,
     start_vllm,
     stop_vllm,
     vllm_python,
 )
-from tests.test_cli import assert_user_error
 
 pytestmark = pytest.mark.vllm
 
