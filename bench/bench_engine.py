@@ -43,7 +43,7 @@ from simkv_engine.calibrate import FreshPrompts as Prompts  # noqa: E402
 from simkv_engine.engine import KVEngine  # noqa: E402
 from simkv_engine.models import kv_shape_of, load_model  # noqa: E402
 
-from simkv.scenario import scenario_from_dict  # noqa: E402
+from simkv.core.scenario import scenario_from_dict  # noqa: E402
 
 
 def scenario(chunk: int, gpu_bytes: str, cpu_bytes: str, disk_bytes: str) -> Any:

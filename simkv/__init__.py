@@ -6,7 +6,7 @@ imported on first use, so ``import simkv`` (and the CLI) stays light.
 
 from typing import Any
 
-from simkv.errors import SimkvError, TraceError
+from simkv.core.errors import SimkvError, TraceError
 from simkv.version import __version__
 
 __all__ = ["Result", "SimkvError", "TraceError", "__version__", "run"]

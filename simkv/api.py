@@ -17,13 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from simkv.errors import ScenarioError, SimkvError
-from simkv.fileio import atomic_write, is_temp_file, make_dir
+from simkv.core.errors import ScenarioError, SimkvError
+from simkv.core.fileio import atomic_write, is_temp_file, make_dir
+from simkv.core.scenario import Scenario, load_scenario
+from simkv.core.schema import request_table, scenario_sha256, trace_sha256, write_requests
 from simkv.metrics import request_frame, summarize, timeline_frame
-from simkv.metrics.schema import request_table, scenario_sha256, trace_sha256, write_requests
 from simkv.metrics.timeline import check_timeline_bins
 from simkv.model.engines import ENGINES, select_engine
-from simkv.scenario import Scenario, load_scenario
 from simkv.traces.schema import Trace, read_trace
 from simkv.traces.slicing import TraceSlice, slice_trace
 from simkv.version import __version__
@@ -32,7 +32,7 @@ from simkv.version import __version__
 @dataclass
 class Result:
     """A run's outputs: the summary, one row per request (the columns of
-    :data:`~simkv.metrics.schema.REQUEST_SCHEMA`), and the timeline."""
+    :data:`~simkv.core.schema.REQUEST_SCHEMA`), and the timeline."""
 
     scenario: Scenario
     summary: dict[str, Any]
@@ -93,7 +93,7 @@ def clear_run_dir(out: Path) -> None:
 def resolve_trace(scenario: Scenario, trace: Trace | str | Path | None,
                   scenario_path: Path | None = None) -> Trace:
     """The trace to run: the argument, else the scenario's ``trace`` key (made absolute by
-    :func:`~simkv.scenario.load_scenario` when it lies beside the scenario file, else relative to
+    :func:`~simkv.core.scenario.load_scenario` when it lies beside the scenario file, else relative to
     the working directory). A missing file is a :class:`SimkvError` naming where it looked."""
     if isinstance(trace, Trace):
         return trace

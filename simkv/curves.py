@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.jit import njit
 from simkv.traces.schema import Trace
 

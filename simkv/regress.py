@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simkv.errors import SimkvError
-from simkv.fileio import atomic_write
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GOLDEN_DIR = ROOT / "reports" / "golden"
@@ -278,7 +278,7 @@ def _input_notes(old: dict[str, Any], new: dict[str, Any],
 
 def _scenario_defaults() -> dict[str, Any]:
     """Every scenario key at its default, flattened (``tiers.gpu.block_tokens``: 16, ...)."""
-    from simkv.scenario import scenario_from_dict
+    from simkv.core.scenario import scenario_from_dict
 
     return flatten(json.loads(json.dumps(scenario_from_dict({}).to_dict())))
 

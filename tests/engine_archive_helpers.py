@@ -13,7 +13,7 @@ import torch
 from simkv_engine.engine import KVEngine
 from simkv_engine.models import SHAPES
 
-from simkv.scenario import scenario_from_dict
+from simkv.core.scenario import scenario_from_dict
 
 CHUNK = 16
 T0 = 1_800_000_000.0

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from simkv.errors import TraceError
+from simkv.core.errors import TraceError
 from simkv.traces.schema import Trace
 
 

@@ -3,8 +3,8 @@ unless told (shared by the simulator's and the cost tests)."""
 
 from __future__ import annotations
 
-from simkv.model.system import TIER_NAMES
-from simkv.scenario import Scenario, scenario_from_dict
+from simkv.core.scenario import Scenario, scenario_from_dict
+from simkv.core.tiers import TIER_NAMES
 
 KV = 1024  # bytes per token in hand-made scenarios: a 4-token block is 4 KiB
 

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from simkv.api import run
-from simkv.errors import ScenarioError
-from simkv.model.hardware import StepTime, load_profile
-from simkv.scenario import load_scenario, scenario_from_dict
+from simkv.core.errors import ScenarioError
+from simkv.core.profiles import StepTime, load_profile
+from simkv.core.scenario import load_scenario, scenario_from_dict
 from simkv.traces.schema import Trace, build_table, read_trace
 from tests.conftest import ROOT, SMALL_TRACE, simkv_cli
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from simkv.model.hardware import TableProfile, bilinear, load_profile
-from simkv.scenario import Scenario
+from simkv.core.profiles import TableProfile, bilinear, load_profile
+from simkv.core.scenario import Scenario
 from tests.conftest import make_trace, simkv_cli
 
 CHUNK = 16
@@ -62,7 +62,7 @@ def test_leave_one_out_is_zero_on_a_plane_and_not_on_a_curve() -> None:
 
 
 def test_table_format_takes_load_gpu_and_a_calibration_block(tmp_path: Path) -> None:
-    from simkv.errors import ScenarioError
+    from simkv.core.errors import ScenarioError
 
     example = Path(__file__).resolve().parents[1] / "profiles" / "example-table.yaml"
     doc = yaml.safe_load(example.read_text())
@@ -174,7 +174,7 @@ def test_table_is_exact_at_grid_points_and_fit_errors_match(calibrated: tuple[Pa
 def test_a_gpu_cache_too_small_for_the_grid_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
     cal = _fits()
-    from simkv.scenario import scenario_from_dict
+    from simkv.core.scenario import scenario_from_dict
 
     sc = scenario_from_dict({"block_size": CHUNK, "tiers": {"gpu": {"capacity_bytes": 2 * CHUNK * 512}}})
     probe = cal.InProcessProbe(sc, "tiny", "cpu", tmp_path)     # the tiny model: 512 bytes a token
@@ -264,8 +264,8 @@ def test_measured_compression_ratio_drives_simkv_run(calibrated_archive: tuple[P
                                                      tmp_path: Path) -> None:
     """``simkv run`` with the calibrated profile and an archive takes the profile's measured ratio
     over the scenario's for the archived block's size."""
+    from simkv.core.scenario import load_scenario
     from simkv.model.system import TieredCache
-    from simkv.scenario import load_scenario
     from simkv.traces.schema import read_trace, write_trace
 
     out, _ = calibrated_archive
@@ -352,7 +352,7 @@ def test_http_probe_calibrates_a_running_server_with_an_s3_archive(tmp_path: Pat
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="kv-calibrate")
     (tmp_path / "s.yaml").write_text(ARCHIVE_SCENARIO.replace("ttl: 0", "ttl: 3600"))
-    code = ("from simkv.scenario import load_scenario\nfrom simkv_engine.server import serve\n"
+    code = ("from simkv.core.scenario import load_scenario\nfrom simkv_engine.server import serve\n"
             "from simkv_engine.archive import ArchiveOptions\n"
             f"serve(load_scenario({str(tmp_path / 's.yaml')!r}), model='tiny', device='cpu', port=0, "
             f"archive=ArchiveOptions('s3://kv-calibrate/calib', endpoint_url={endpoint!r}), "
@@ -375,7 +375,7 @@ def test_http_probe_calibrates_a_running_server_with_an_s3_archive(tmp_path: Pat
         objects = client.list_objects_v2(Bucket="kv-calibrate", Prefix="calib/").get("Contents", [])
         assert len(objects) >= a["uploads"]
         # Over HTTP the latency outside the worker is measured too (client TTFT - server TTFT).
-        from simkv.model.hardware import REQUEST_KEYS
+        from simkv.core.profiles import REQUEST_KEYS
 
         assert set(doc["request"]) == set(REQUEST_KEYS)
         assert doc["request"]["latency_const_s"] + doc["request"]["latency_per_token_s"] > 0

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from simkv.config import from_dict
-from simkv.errors import ScenarioError
+from simkv.core.config import from_dict
+from simkv.core.errors import ScenarioError
 from tests.conftest import DEFAULT, ROOT, SCENARIOS, SIMKV, SMALL_TRACE, assert_user_error, simkv_cli
 
 MEDIUM_TRACE = ROOT / "traces" / "medium.parquet"

@@ -15,7 +15,7 @@ from tests.conftest import DEFAULT, SCENARIOS, SIMKV, SMALL_TRACE, assert_user_e
 # -- item 7: plug-ins -----------------------------------------------------------------------------
 
 PLUGINS = '''
-from simkv.policies.eviction import LRU
+from simkv.core.policies.eviction import LRU
 
 
 def good_ttl(ctx, params):

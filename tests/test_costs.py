@@ -8,9 +8,9 @@ import math
 import pytest
 
 from simkv.api import run
-from simkv.errors import ScenarioError
-from simkv.model.system import SECONDS_PER_MONTH
-from simkv.scenario import STORAGE_CLASSES, Scenario, load_scenario
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import STORAGE_CLASSES, Scenario, load_scenario
+from simkv.core.tiers import SECONDS_PER_MONTH
 from tests.conftest import ROOT, SMALL_TRACE, make_trace, simkv_cli
 from tests.simulator_helpers import KV, scenario
 

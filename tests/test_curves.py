@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simkv.api import run
+from simkv.core.errors import SimkvError
+from simkv.core.scenario import load_scenario
 from simkv.curves import (
     capacity_curve,
     capacity_curve_all,
@@ -23,9 +25,7 @@ from simkv.curves import (
     ttl_curve,
     ttl_overrides,
 )
-from simkv.errors import SimkvError
 from simkv.report.curves import run_curve
-from simkv.scenario import load_scenario
 from simkv.traces.export import to_lmcache_events
 from simkv.traces.schema import Trace, validate_table
 from tests.conftest import ROOT, SMALL_TRACE, make_trace

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from simkv.api import run
+from simkv.core.scenario import Scenario, scenario_from_dict
+from simkv.core.schema import DECODE_COLUMNS, request_table
 from simkv.metrics import request_frame, summarize
-from simkv.metrics.schema import DECODE_COLUMNS, request_table
 from simkv.model.engines import ENGINES, RunRecord
-from simkv.scenario import Scenario, scenario_from_dict
 from simkv.traces.schema import Trace, validate_table
 from tests.conftest import ROOT, make_trace
 

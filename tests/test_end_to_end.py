@@ -33,7 +33,7 @@ httpx = pytest.importorskip("httpx")
 
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from simkv.metrics.schema import read_requests  # noqa: E402
+from simkv.core.schema import read_requests  # noqa: E402
 from simkv.traces.schema import read_trace  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "engine-tiny.yaml"

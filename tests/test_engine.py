@@ -16,8 +16,8 @@ pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LM
 from simkv_engine.engine import EngineError, KVEngine  # noqa: E402
 from simkv_engine.models import SHAPES, ModelError, load_model  # noqa: E402
 
-from simkv.errors import ScenarioError  # noqa: E402
-from simkv.scenario import scenario_from_dict  # noqa: E402
+from simkv.core.errors import ScenarioError  # noqa: E402
+from simkv.core.scenario import scenario_from_dict  # noqa: E402
 
 CHUNK = 16
 

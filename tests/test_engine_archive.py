@@ -26,8 +26,8 @@ from simkv_engine.engine import KVEngine  # noqa: E402
 from simkv_engine.models import SHAPES, load_model  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from simkv.errors import ScenarioError  # noqa: E402
-from simkv.scenario import scenario_from_dict  # noqa: E402
+from simkv.core.errors import ScenarioError  # noqa: E402
+from simkv.core.scenario import scenario_from_dict  # noqa: E402
 from tests.engine_archive_helpers import (  # noqa: E402
     CHUNK,
     T0,

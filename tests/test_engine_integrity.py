@@ -31,7 +31,7 @@ from simkv_engine.integrity import default_disk_folder, remove_stale_disk_folder
 from simkv_engine.models import SHAPES, load_model  # noqa: E402
 from simkv_engine.server import create_app  # noqa: E402
 
-from simkv.scenario import scenario_from_dict  # noqa: E402
+from simkv.core.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV, assert_user_error  # noqa: E402
 from tests.engine_server_helpers import metrics, running  # noqa: E402
 

@@ -24,7 +24,7 @@ from simkv_engine.engine import KVEngine  # noqa: E402
 from simkv_engine.models import load_model  # noqa: E402
 from simkv_engine.server import MAX_NAME_CHARS, Limits, create_app, is_loopback  # noqa: E402
 
-from simkv.scenario import scenario_from_dict  # noqa: E402
+from simkv.core.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV  # noqa: E402
 from tests.engine_server_helpers import CHUNK, CHUNK_BYTES, KEY, _scenario_file, metrics, running  # noqa: E402
 

@@ -21,7 +21,7 @@ from simkv_engine.engine import KVEngine  # noqa: E402
 from simkv_engine.models import SHAPES, load_model  # noqa: E402
 from simkv_engine.server import create_app  # noqa: E402
 
-from simkv.scenario import scenario_from_dict  # noqa: E402
+from simkv.core.scenario import scenario_from_dict  # noqa: E402
 from tests.engine_server_helpers import (  # noqa: E402
     CHUNK,
     CHUNK_BYTES,

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from simkv.api import run
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import load_scenario
+from simkv.core.tiers import TIER_NAMES
 from simkv.metrics import request_frame, summarize
 from simkv.model.engines import ENGINES, SPEED_ORDER, RunRecord, select_engine
-from simkv.model.system import TIER_NAMES
 from simkv.model.tiers import Tier
-from simkv.scenario import load_scenario
 from simkv.sweep.core import plan_sweep
 from tests.conftest import ROOT, SMALL_TRACE, assert_user_error, simkv_cli
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.export import mooncake_hash_ids, mooncake_lines, write_mooncake
 from simkv.traces.generator import generate, generator_config
 from simkv.traces.importers import import_mooncake

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from simkv.api import run
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
+from simkv.core.schema import read_requests
 from simkv.fidelity import parse_targets, validate
 from simkv.fidelity.diagnose import CAUSES
-from simkv.metrics.schema import read_requests
 from simkv.traces.schema import Trace, validate_table, write_trace
 from tests.conftest import ROOT, simkv_cli
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
 from simkv.traces import schema
 from simkv.traces.generator import (
     PROMPT_CLASSES,

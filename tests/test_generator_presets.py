@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simkv.errors import ScenarioError
-from simkv.scenario import Hardware
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import Hardware
 from simkv.traces.generator import GeneratorConfig, generate, generate_with_segments, generator_config
 from simkv.traces.presets import DEFAULT_PRESET, PRESETS
 from simkv.traces.schema import write_trace

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from simkv.api import run
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
+from simkv.core.profiles import AnalyticProfile, TableProfile, load_profile, table_from_profile
+from simkv.core.scenario import GB, CPUTier, Hardware, Scenario, Tiers, load_scenario
 from simkv.metrics.requests import prefill_array
-from simkv.model.hardware import AnalyticProfile, TableProfile, load_profile, table_from_profile
 from simkv.model.system import TieredCache
-from simkv.scenario import GB, CPUTier, Hardware, Scenario, Tiers, load_scenario
 from tests.conftest import ROOT, make_trace, simkv_cli
 
 EXAMPLE = ROOT / "profiles" / "example-table.yaml"

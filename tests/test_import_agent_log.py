@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from simkv.errors import TraceError
+from simkv.core.errors import TraceError
 from simkv.traces.hashing import chain_block_hashes
 from simkv.traces.importers import import_agent_log
 from tests.importer_helpers import assert_names, blocks, call, jsonl

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from simkv.errors import TraceError
+from simkv.core.errors import TraceError
 from simkv.traces.hashing import hex_to_u64
 from simkv.traces.importers import import_lmcache
 from tests.importer_helpers import assert_names, blocks, infinite_hit_rate, jsonl

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from simkv.errors import SimkvError, TraceError
+from simkv.core.errors import SimkvError, TraceError
 from simkv.traces.importers import IMPORTERS, import_agent_log, import_mooncake, import_trace
 from simkv.traces.schema import read_trace, write_trace
 from tests.importer_helpers import assert_names, blocks, call, infinite_hit_rate, jsonl

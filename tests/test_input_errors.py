@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from simkv.config import load_yaml
-from simkv.errors import ScenarioError, TraceError
-from simkv.scenario import ARCHIVE_CODECS, Scenario, load_scenario, scenario_from_dict
+from simkv.core.config import load_yaml
+from simkv.core.errors import ScenarioError, TraceError
+from simkv.core.scenario import ARCHIVE_CODECS, Scenario, load_scenario, scenario_from_dict
 from simkv.traces.schema import MAX_ARRIVAL_S, read_trace, write_trace
 from tests.conftest import ROOT, SMALL_TRACE, make_trace, simkv_cli
 

@@ -17,7 +17,7 @@ from simkv_engine import lmcache_glue  # noqa: E402
 from simkv_engine.engine import KVEngine  # noqa: E402
 from simkv_engine.models import SHAPES, load_model  # noqa: E402
 
-from simkv.scenario import scenario_from_dict  # noqa: E402
+from simkv.core.scenario import scenario_from_dict  # noqa: E402
 
 CHUNK = 16
 

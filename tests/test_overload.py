@@ -7,8 +7,8 @@ import math
 import pytest
 
 from simkv.api import run
+from simkv.core.scenario import Scenario, scenario_from_dict
 from simkv.metrics.summary import overload_warnings
-from simkv.scenario import Scenario, scenario_from_dict
 from simkv.traces.schema import write_trace
 from tests.conftest import make_trace, simkv_cli
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simkv.errors import ScenarioError
-from simkv.policies.eviction import EVICTION_POLICIES, NextUse
-from simkv.policies.ttl import TTL_HEURISTICS, ClassReuse, TTLContext, make_heuristic
+from simkv.core.errors import ScenarioError
+from simkv.core.policies.eviction import EVICTION_POLICIES, NextUse
+from simkv.core.policies.ttl import TTL_HEURISTICS, ClassReuse, TTLContext, make_heuristic
 
 
 def evict_order(name: str, ops: list[tuple[str, int, int]], n: int,
@@ -139,7 +139,7 @@ def test_priority_without_heuristic_counts_live_references() -> None:
     """GPU tier, no TTL heuristic: the score is the reference count, kept up to date by hits
     (not frozen at admission, where D would score 0 and B 1 and D would be evicted)."""
     from simkv.api import run
-    from simkv.scenario import scenario_from_dict
+    from simkv.core.scenario import scenario_from_dict
     from tests.conftest import make_trace
 
     B, C, D, E = 1, 2, 3, 4

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from simkv.core.policies import PolicyState, make_heuristic
+from simkv.core.scenario import load_scenario
 from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import simulate
 from simkv.model.system import TieredCache
-from simkv.policies import PolicyState, make_heuristic
-from simkv.scenario import load_scenario
 from simkv.traces.schema import Trace
 from tests.conftest import ROOT
 
@@ -21,7 +21,7 @@ HEAVY = ("simpy", "numba", "pandas", "matplotlib", "pyarrow", "scipy")
 
 
 def test_importing_policies_pulls_in_numpy_and_yaml_only() -> None:
-    code = ("import sys, simkv.policies, simkv.policies.state; "
+    code = ("import sys, simkv.core.policies, simkv.core.policies.state; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.prompts import PromptBuilder, prompt_tokens
 from simkv.traces.schema import Trace
 from tests.conftest import ROOT, SMALL_TRACE, make_trace

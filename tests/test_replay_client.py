@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from simkv.metrics.schema import read_requests, request_metadata
+from simkv.core.schema import read_requests, request_metadata
 from simkv.replay.parts import part_files
 from simkv.traces.schema import build_table, write_trace
 from tests.conftest import assert_user_error, simkv_cli
@@ -66,7 +66,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def engine(files):
     """The engine server (a subprocess, port 0) serving the scenario with the tiny model."""
-    code = ("import sys\nfrom simkv.scenario import load_scenario\nfrom simkv_engine.server import serve\n"
+    code = ("import sys\nfrom simkv.core.scenario import load_scenario\n"
+            "from simkv_engine.server import serve\n"
             "serve(load_scenario(sys.argv[1]), model='tiny', device='cpu', port=0,\n"
             "      on_ready=lambda url: print(url, flush=True))\n")
     env = {**os.environ, "PYTHONHASHSEED": "0"}

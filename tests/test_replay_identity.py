@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from simkv.metrics.schema import read_requests
+from simkv.core.schema import read_requests
 from simkv.traces.schema import write_trace
 from tests.conftest import simkv_cli
 
@@ -68,7 +68,8 @@ def _scenario(path: Path, name: str, eviction: str, cpu: int | None, disk: int |
 
 def _serve(scenario: Path, tmp: Path, archive: str | None = None, endpoint: str | None = None):
     """The engine server (a subprocess, port 0) on the trace clock; returns (process, url)."""
-    code = ("import sys\nfrom simkv.scenario import load_scenario\nfrom simkv_engine.server import serve\n"
+    code = ("import sys\nfrom simkv.core.scenario import load_scenario\n"
+            "from simkv_engine.server import serve\n"
             "from simkv_engine.archive import ArchiveOptions\n"
             "a = ArchiveOptions(sys.argv[2], endpoint_url=sys.argv[3] or None) if sys.argv[2] else None\n"
             "serve(load_scenario(sys.argv[1]), model='tiny', device='cpu', port=0, archive=a,\n"

@@ -12,9 +12,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from simkv.errors import SimkvError
-from simkv.metrics.schema import REQUEST_COLUMNS
-from simkv.replay.client import metric_deltas, parse_metrics
+from simkv.core.errors import SimkvError
+from simkv.core.prometheus import parse_metrics
+from simkv.core.schema import REQUEST_COLUMNS
+from simkv.replay.client import metric_deltas
 from simkv.replay.pacing import Send, pace
 from simkv.replay.parts import PartWriter, part_files, read_parts
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from simkv.api import run
-from simkv.errors import ScenarioError
-from simkv.model.cache_base import CPU, GPU, best_cut
-from simkv.model.hardware import REQUEST_KEYS, RequestOverhead, TableProfile, load_profile
-from simkv.scenario import scenario_from_dict
+from simkv.core.errors import ScenarioError
+from simkv.core.profiles import REQUEST_KEYS, RequestOverhead, TableProfile, load_profile
+from simkv.core.scenario import scenario_from_dict
+from simkv.core.tiers import CPU, GPU, best_cut
 from tests.conftest import ROOT, make_trace
 
 EXAMPLE = ROOT / "profiles" / "example-table.yaml"

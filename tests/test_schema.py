@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from simkv.api import run
-from simkv.errors import SimkvError
-from simkv.metrics.schema import (
+from simkv.core.errors import SimkvError
+from simkv.core.scenario import load_scenario
+from simkv.core.schema import (
     DECODE_COLUMNS,
     REQUEST_COLUMNS,
     REQUEST_SCHEMA,
@@ -24,9 +25,8 @@ from simkv.metrics.schema import (
     scenario_sha256,
     trace_sha256,
 )
-from simkv.model.system import TIER_NAMES
+from simkv.core.tiers import TIER_NAMES
 from simkv.regress import compare
-from simkv.scenario import load_scenario
 from simkv.traces.schema import Trace, build_table, read_trace
 from tests.conftest import ROOT, SMALL_TRACE, assert_user_error, simkv_cli
 

@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 
 from simkv.api import run
+from simkv.core.policies.eviction import LRU
+from simkv.core.scenario import load_scenario
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES
 from simkv.metrics.requests import fifo_start_times
 from simkv.model import kernels as K
-from simkv.model.system import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, TieredCache
+from simkv.model.system import TieredCache
 from simkv.model.tiers import Tier
-from simkv.policies.eviction import LRU
-from simkv.scenario import load_scenario
 from tests.conftest import SCENARIOS, SMALL_TRACE, make_trace, simkv_cli
 from tests.simulator_helpers import scenario
 

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simkv.api import run
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import Scenario, scenario_from_dict
 from simkv.model.engine import StalledClock, archive_worker_loop, first_pass_at
-from simkv.scenario import Scenario, scenario_from_dict
 from tests.conftest import make_trace
 from tests.simulator_helpers import KV, scenario
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simkv.api import run
-from simkv.model.system import TIER_NAMES
+from simkv.core.tiers import TIER_NAMES
 from tests.conftest import make_trace
 from tests.simulator_helpers import KV, scenario
 

@@ -38,7 +38,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (mod / "sweep_test_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(mod))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod), os.environ.get("PYTHONPATH", "")]))
-    from simkv.policies.ttl import TTL_HEURISTICS
+    from simkv.core.policies.ttl import TTL_HEURISTICS
 
     name = "sweep_test_plugin:maybe_fail"
     TTL_HEURISTICS.get(name)  # resolves by import path, as the workers will

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from simkv.errors import ScenarioError, SimkvError
+from simkv.core.errors import ScenarioError, SimkvError
 from simkv.sweep import Grid, cell_id, plan_sweep
 from simkv.traces.generator import generate, generator_config
 from simkv.traces.schema import write_trace

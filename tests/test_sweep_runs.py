@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.sweep import Constraint, NoFeasibleCell, select_winner, sweep, write_winner
 from tests.conftest import ROOT, SIMKV, simkv_cli
 from tests.sweep_helpers import GRID, GRID_ARGS, SCENARIO

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from simkv.errors import TraceError
+from simkv.core.errors import TraceError
 from simkv.traces.schema import build_table, read_trace, trace_schema, write_trace
 from tests.conftest import ROOT, make_trace, simkv_cli
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import scenario_from_dict
 from simkv.replay.vllm import unsupported, vllm_command
-from simkv.scenario import scenario_from_dict
 from tests.conftest import assert_user_error, simkv_cli, start_vllm, stop_vllm
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simkv.model.hardware import load_profile
+from simkv.core.profiles import load_profile
 from tests.conftest import VLLM_SCENARIO, VllmServer, assert_user_error, simkv_cli
 
 pytestmark = pytest.mark.vllm

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simkv.core.lmcache import lmcache_config
+from simkv.core.scenario import scenario_from_dict
 from simkv.replay.vllm import LMCACHE_CONNECTOR
 from simkv.replay.vllm_server import Launch, Server, VllmFailed
-from simkv.scenario import scenario_from_dict
-from simkv.scenario.lmcache import lmcache_config
 from tests.conftest import ROOT, free_port, vllm_python
 
 CHUNK, VLLM_BLOCK = 64, 32

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from simkv.api import run
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import scenario_from_dict
 from simkv.model.engines import select_engine
 from simkv.model.vllm_cache import VllmCache
 from simkv.model.vllm_pool import VllmBlockPool
 from simkv.replay.vllm import vllm_command
-from simkv.scenario import scenario_from_dict
 from simkv.traces.importers import import_mooncake
 from simkv.traces.schema import Trace, build_table
 from simkv.traces.slicing import TraceSlice, slice_trace

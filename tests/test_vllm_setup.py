@@ -8,10 +8,10 @@ import json
 import pytest
 import yaml
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
+from simkv.core.lmcache import lmcache_config
+from simkv.core.scenario import scenario_from_dict
 from simkv.replay.vllm import gpu_blocks, vllm_command
-from simkv.scenario import scenario_from_dict
-from simkv.scenario.lmcache import lmcache_config
 from tests.conftest import ROOT, assert_user_error, simkv_cli
 
 PER_TOKEN = 2 * 32 * 8 * 128 * 2          # the default model (Llama-3-8B shape, bf16): 128 KiB

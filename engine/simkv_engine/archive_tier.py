@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from simkv.errors import ScenarioError
-from simkv.model.cache_base import new_policy_state
-from simkv.policies.state import PolicyState
-from simkv.scenario import Scenario
+from simkv.core.errors import ScenarioError
+from simkv.core.policies.state import PolicyState
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import archived_bytes, new_policy_state
 from simkv_engine.archive import (
     ArchiveError,
     ArchiveOptions,
@@ -68,7 +68,7 @@ class ArchiveTier:
         fmt = ChunkFormat.of(self.kv, self.chunk_size, fingerprint)
         self.policy = new_policy_state(self.scenario, self.chunk_size, self._block_bytes, self._hw)
         clock = opts.clock or EngineClock(opts.clock_scale)
-        archived = int(self._block_bytes / a.compression_ratio)
+        archived = archived_bytes(self._block_bytes, a.compression_ratio)
         tr = self._hw.transfers(self.scenario, self._block_bytes, archived)
         busy = 0.0 if self.scenario.hardware.zero_service_time else (
             tr.arch_compress_per_block + tr.arch_upload_per_block)

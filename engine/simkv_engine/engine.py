@@ -8,7 +8,7 @@ Tiers (from the scenario):
 - ``tiers.gpu``: :class:`GPUPrefixCache`, KV chunks in device memory keyed by LMCache's chunk
   hash (a hash of the whole prefix up to the chunk's end), capacity ``capacity_bytes //
   chunk_bytes`` chunks of the hosted model, evicted by the scenario's policy from
-  ``simkv.policies.eviction``.
+  ``simkv.core.policies.eviction``.
 - ``tiers.cpu`` / ``tiers.disk``: LMCache's ``LocalCPUBackend`` / ``LocalDiskBackend`` with
   those capacities and LMCache's own eviction (``cache_policy``, the tiers' ``eviction`` name
   when LMCache has it). LMCache writes every stored chunk through to disk.
@@ -45,7 +45,7 @@ events as the simulator's (a request with its prompt class and length; its chunk
 lookup) and reads the chunks it uploads from these tiers.
 
 ``load_policy: if_faster`` cuts the found prefix where loading stops paying, with the
-simulator's own rule (:func:`simkv.model.cache_base.best_cut`) on the scenario's hardware
+simulator's own rule (:func:`simkv.core.tiers.best_cut`) on the scenario's hardware
 profile and the scenario's model size: the same cut the simulator makes for that prefix.
 
 Requests are served one at a time (a lock; the archive worker takes it to read the tiers).
@@ -73,12 +73,12 @@ from lmcache.v1.metadata import LMCacheMetadata
 from lmcache.v1.standalone.manager import StandaloneLMCacheManager
 from transformers import DynamicCache, PreTrainedModel
 
-from simkv.errors import ScenarioError
-from simkv.model.cache_base import best_cut
-from simkv.policies.eviction import EVICTION_POLICIES
-from simkv.policies.state import PolicyState
-from simkv.scenario import Scenario
-from simkv.scenario.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy
+from simkv.core.errors import ScenarioError
+from simkv.core.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy
+from simkv.core.policies.eviction import EVICTION_POLICIES
+from simkv.core.policies.state import PolicyState
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import archived_bytes, best_cut
 from simkv_engine import lmcache_glue
 from simkv_engine.archive import ArchiveOptions, ArchiveWorker
 from simkv_engine.archive_tier import ArchiveTier, check_archive
@@ -151,7 +151,7 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
             self._hw = scenario.hardware.time_model()
             self._hw.check_block_size(self.chunk_size)
         if self._cut:
-            archived = int(self._block_bytes / scenario.tiers.archive.compression_ratio)
+            archived = archived_bytes(self._block_bytes, scenario.tiers.archive.compression_ratio)
             self._transfers = self._hw.transfers(scenario, self._block_bytes, archived)
         self._counts: dict[str, Any] = {
             "requests": 0,

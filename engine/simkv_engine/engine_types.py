@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from simkv.errors import SimkvError
-from simkv.model.cache_base import TIER_NAMES
+from simkv.core.errors import SimkvError
+from simkv.core.tiers import TIER_NAMES
 
 #: Tier names in walk order (fastest first): the simulator's.
 TIERS = TIER_NAMES

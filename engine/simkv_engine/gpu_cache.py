@@ -1,12 +1,12 @@
 """The engine's own first tier: :class:`GPUPrefixCache`, KV chunks in device memory keyed by
 LMCache's chunk hash, bounded by a chunk count and evicted by one of the simulator's online
-policies (``simkv.policies.eviction``). LMCache holds the CPU and disk tiers; this one is ours."""
+policies (``simkv.core.policies.eviction``). LMCache holds the CPU and disk tiers; this one is ours."""
 
 from __future__ import annotations
 
 import torch
 
-from simkv.policies.eviction import EvictionPolicy
+from simkv.core.policies.eviction import EvictionPolicy
 
 
 class GPUPrefixCache:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv_engine.engine import KVEngine
 from simkv_engine.engine_types import LOCAL_TIERS, TIERS
 from simkv_engine.http_bodies import (

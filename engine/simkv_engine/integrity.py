@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from simkv.errors import SimkvError
-from simkv.fileio import make_dir
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import make_dir
 from simkv_engine.lmcache_glue import disk_file_path, disk_read_pool
 
 log = logging.getLogger(__name__)

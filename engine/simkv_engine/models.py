@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 
 class ModelError(SimkvError):

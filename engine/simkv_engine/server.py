@@ -44,7 +44,7 @@ from pathlib import Path
 
 import uvicorn
 
-from simkv.scenario import Scenario
+from simkv.core.scenario import Scenario
 from simkv_engine.archive import ArchiveOptions, TraceClock
 from simkv_engine.engine import EngineError, KVEngine
 from simkv_engine.http_app import create_app

@@ -2,7 +2,7 @@
 
 One module per command group (:mod:`.trace`, :mod:`.run`, :mod:`.sweep`, :mod:`.replay`,
 :mod:`.validate`, :mod:`.calibrate`, :mod:`.engine`); what they share is in :mod:`.console`.
-User errors (:class:`simkv.errors.SimkvError`) are printed as one red line and exit with status
+User errors (:class:`simkv.core.errors.SimkvError`) are printed as one red line and exit with status
 2; anything else is a bug and keeps its traceback.
 """
 
@@ -23,7 +23,7 @@ from simkv.cli.run import curve_cmd, regress_cmd, report_cmd, run_cmd
 from simkv.cli.sweep import sweep_cmd
 from simkv.cli.trace import trace_app
 from simkv.cli.validate import validate_cmd
-from simkv.errors import Interrupted, SimkvError
+from simkv.core.errors import Interrupted, SimkvError
 
 __all__ = ["app", "console", "err_console", "main", "print_error", "progress_bar"]
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from simkv.cli.console import SetOpt, console, err_console
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 
 def _ints(key: str, text: str | None) -> list[int] | None:
@@ -56,7 +56,7 @@ def _summary(cal: Any) -> None:
         console.print(t)
     step = cal.doc.get("step")
     if step:
-        from simkv.model.hardware import STEP_KEYS
+        from simkv.core.profiles import STEP_KEYS
 
         t = Table(title="steps (seconds; fit = " + " + ".join(
             f"{step[k]:.3g}{x}" for k, x in zip(STEP_KEYS, ("", "*P", "*D", "*K", "*A", "*C"), strict=True))
@@ -152,7 +152,7 @@ def calibrate_cmd(
 
     scenario = None
     if in_process is not None:
-        from simkv.scenario import load_scenario
+        from simkv.core.scenario import load_scenario
 
         scenario = load_scenario(in_process, overrides or [])
         if scenario.block_size is None:

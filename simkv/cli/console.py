@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from simkv.errors import Interrupted
+from simkv.core.errors import Interrupted
 
 if TYPE_CHECKING:
     from simkv.api import Result

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, console, err_console
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 engine_app = typer.Typer(help="The real engine (engine/): a model behind the scenario's tiers, "
                          "served over HTTP.", no_args_is_help=True)
@@ -88,8 +88,8 @@ def serve_cmd(
     """Serve the engine over HTTP (OpenAI-style /v1/completions, /kv/*, /metrics) until Ctrl-C or
     SIGTERM, which finish the queued requests and exit 0. Requests are served one at a time in
     arrival order by one worker."""
-    from simkv.scenario import load_scenario
-    from simkv.scenario.tiers import parse_bytes
+    from simkv.core.scenario import load_scenario
+    from simkv.core.scenario.tiers import parse_bytes
 
     if log_level.lower() not in LOG_LEVELS:
         raise SimkvError(f"--log-level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -183,7 +183,8 @@ def vllm_cmd(
 
     import yaml
 
-    from simkv.fileio import make_dir
+    from simkv.core.fileio import make_dir
+    from simkv.core.scenario import load_scenario
     from simkv.replay.vllm import (
         check_scenario,
         gpu_blocks,
@@ -193,7 +194,6 @@ def vllm_cmd(
     )
     from simkv.replay.vllm_server import Launch, kv_cache_gib, max_position, vllm_python
     from simkv.replay.vllm_server import serve as run_vllm
-    from simkv.scenario import load_scenario
 
     if not 1 <= port <= 65535:
         raise SimkvError(f"--port: {port} is not a port number (1-65535)")

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar
 from simkv.cli.slicing import slice_options
-from simkv.errors import Interrupted, SimkvError
+from simkv.core.errors import Interrupted, SimkvError
 from simkv.traces.slicing import TraceSlice
 
 

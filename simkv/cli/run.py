@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, progress_bar, run_notes
 from simkv.cli.slicing import slice_options
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.slicing import TraceSlice
 
 if TYPE_CHECKING:

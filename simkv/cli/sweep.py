@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from simkv.cli.console import SetOpt, TraceOpt, console, err_console, interrupt
-from simkv.errors import Interrupted
+from simkv.core.errors import Interrupted
 
 
 def sweep_cmd(
@@ -51,7 +51,7 @@ def sweep_cmd(
     Exit status 1 if any cell failed (the results are kept), 2 for an invalid input."""
     import time
 
-    from simkv.fileio import make_dir
+    from simkv.core.fileio import make_dir
     from simkv.sweep import Grid, NoFeasibleCell, SweepOptions, plan_sweep, run_plan
     from simkv.sweep.choose import check_objective, choose_winner, parse_objective
     from simkv.sweep.console import sweep_progress, top_cells_table

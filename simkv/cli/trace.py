@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from simkv.cli.console import SetOpt, console, err_console, progress_bar
 from simkv.cli.slicing import slice_options
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.slicing import TraceSlice
 
 trace_app = typer.Typer(help="Generate, import, export, inspect and validate Parquet traces.",

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write, make_dir
 from simkv.fidelity.compare import check_same_inputs, figures, join, load_side
 from simkv.fidelity.diagnose import divergences, find_trace, hit_agreement, write_delays
 from simkv.fidelity.report import markdown, tier_hits, ttft_error_cdf, ttft_scatter
-from simkv.fileio import atomic_write, make_dir
 from simkv.report.charts import Chart
 
 

@@ -2,7 +2,7 @@
 compute what the simulator got right: token hit rates, TTFT percentiles and per-request TTFT
 errors, and whether each request hit the same tokens in the same tiers.
 
-Both directories hold the project's one result schema (:data:`~simkv.metrics.schema.REQUEST_SCHEMA`
+Both directories hold the project's one result schema (:data:`~simkv.core.schema.REQUEST_SCHEMA`
 in ``requests.parquet``, with the trace and scenario hashes in its metadata). A replay may add
 an ``error`` column: rows where it is set (non-empty) did not complete and are left out of
 every statistic, but counted and listed.
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simkv.errors import SimkvError
-from simkv.metrics.schema import read_requests, request_metadata
+from simkv.core.errors import SimkvError
+from simkv.core.schema import read_requests, request_metadata
+from simkv.core.tiers import TIER_NAMES
 from simkv.metrics.summary import percentiles, ratio
-from simkv.model.system import TIER_NAMES
 
 HIT_COLUMNS = tuple(f"{t}_hit_tokens" for t in TIER_NAMES)
 #: Decode latencies compared where both sides know them.

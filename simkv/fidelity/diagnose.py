@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
+from simkv.core.tiers import TIER_NAMES
 from simkv.fidelity.compare import HIT_COLUMNS, Side
-from simkv.model.system import TIER_NAMES
 from simkv.traces.schema import Trace, read_trace
 
 #: ``delay(tier, blocks)``: seconds from a prefill to that many blocks being readable in the

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import PercentFormatter
 
+from simkv.core.tiers import TIER_NAMES
 from simkv.fidelity.compare import request_rel_errors
 from simkv.metrics.format import fmt_num, fmt_pct, fmt_seconds
-from simkv.model.system import TIER_NAMES
 from simkv.report.charts.style import (
     TIER_COLOR,
     TIER_LABEL,

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 Direction = Literal["max", "min"]
 

@@ -7,10 +7,11 @@ import heapq
 import numpy as np
 import pandas as pd
 
-from simkv.metrics.schema import DECODE_COLUMNS, LOAD_TIERS
-from simkv.model.cache_base import SECONDS_PER_MONTH, TIER_NAMES, CacheBase
+from simkv.core.scenario import Hardware, Scenario
+from simkv.core.schema import DECODE_COLUMNS, LOAD_TIERS
+from simkv.core.tiers import SECONDS_PER_MONTH, TIER_NAMES
+from simkv.model.cache_base import CacheBase
 from simkv.model.engine import RequestLog
-from simkv.scenario import Hardware, Scenario
 from simkv.traces.schema import Trace
 
 
@@ -46,7 +47,7 @@ def archive_storage_dollars(scenario: Scenario, cache: CacheBase) -> np.ndarray:
 
 def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: RequestLog) -> pd.DataFrame:
     """One row per request, in trace order, with the columns of
-    :data:`~simkv.metrics.schema.REQUEST_SCHEMA` (docs/metrics.md, "Per-request rows").
+    :data:`~simkv.core.schema.REQUEST_SCHEMA` (docs/metrics.md, "Per-request rows").
 
     Every archive dollar is charged to one request, so each cost column sums to the summary's:
     an archive object's PUT (upload or refresh COPY) and its storage (minimum duration and
@@ -59,7 +60,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
 
     ``ttft_s = queue_s + load_s + prefill_s`` (+ the table profile's request overhead where it
     has one: the worker's stores and fixed time, and the latency outside the worker; the
-    no-cache baseline pays them too, storing every block; :class:`~simkv.model.hardware.RequestOverhead`).
+    no-cache baseline pays them too, storing every block; :class:`~simkv.core.profiles.RequestOverhead`).
 
     Under ``hardware.scheduler: vllm`` (``log.first_token_s`` kept) the times come from the
     batching model (:func:`decode_columns`); under ``fifo`` the decode columns are null.

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from simkv.core.scenario import GB, Scenario
+from simkv.core.tiers import TIER_NAMES
 from simkv.metrics.requests import archive_storage_dollars
-from simkv.model.cache_base import TIER_NAMES, CacheBase
-from simkv.scenario import GB, Scenario
+from simkv.model.cache_base import CacheBase
 
 if TYPE_CHECKING:
     from simkv.model.engines import RunRecord

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from simkv.core.tiers import TIER_NAMES
 from simkv.model.cache_base import check_steps
-from simkv.model.system import TIER_NAMES
 
 #: Round bin widths (seconds) the automatic choice picks from.
 ROUND_BINS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
@@ -26,7 +26,7 @@ def choose_bin_s(span_s: float) -> float:
 
 
 def check_timeline_bins(bin_s: float | None, span_s: float) -> None:
-    """A :class:`~simkv.errors.ScenarioError` naming ``timeline_bin_s`` if bins of ``bin_s``
+    """A :class:`~simkv.core.errors.ScenarioError` naming ``timeline_bin_s`` if bins of ``bin_s``
     seconds over ``span_s`` seconds (the last arrival: bins start at 0) would be more than
     2**40: past that a bin's index is no longer exact (1e-300 s would overflow it)."""
     if bin_s is not None:

@@ -1,4 +1,4 @@
-"""The compiled twin of :meth:`simkv.policies.state.PolicyState.accessed_ids`.
+"""The compiled twin of :meth:`simkv.core.policies.state.PolicyState.accessed_ids`.
 
 The compiled engine records each request's access history in the policy state's own arrays
 from inside its ``finish`` kernel (no Python call per request); this is that loop, statement

@@ -53,12 +53,13 @@ from typing import Any
 import numpy as np
 import simpy
 
+from simkv.core.profiles import STEP_KEYS
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import ARCHIVE
 from simkv.model import batch_kernel as K
-from simkv.model.cache_base import ARCHIVE, CacheBase, Plan
+from simkv.model.cache_base import CacheBase, Plan
 from simkv.model.engine import RequestLog, archive_worker_loop, at
-from simkv.model.hardware import STEP_KEYS
 from simkv.model.vllm_cache import check_pool_fits
-from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simkv.errors import ScenarioError
-from simkv.model.hardware import HardwareProfile, Transfers
+from simkv.core.errors import ScenarioError
+from simkv.core.policies.state import PolicyState
+from simkv.core.policies.ttl import TTLHeuristic, make_heuristic
+from simkv.core.profiles import HardwareProfile, Transfers
+from simkv.core.scenario import GB, Scenario
+from simkv.core.tiers import archived_bytes
 from simkv.model.tiers import TierStats
-from simkv.policies.state import PolicyState
-from simkv.policies.ttl import TTLHeuristic, make_heuristic
-from simkv.scenario import GB, Scenario
 from simkv.traces.schema import Trace
 
 #: The tiers, fastest first; a tier's index in this list is its number everywhere.
@@ -62,7 +63,7 @@ def new_policy_state(scenario: Scenario, block_tokens: int, block_bytes: int, hw
     if heuristic is None and sc.ttl.heuristic != "none":
         heuristic = make_heuristic(sc.ttl.heuristic, sc.ttl.params)
     return PolicyState(heuristic, block_tokens=block_tokens, block_bytes=block_bytes,
-                       archive_bytes=int(block_bytes / hw.compression_ratio(sc)),
+                       archive_bytes=archived_bytes(block_bytes, hw.compression_ratio(sc)),
                        gpu_cost_per_s=sc.hardware.gpu_cost_per_hour / 3600.0,
                        archive_cost_per_byte_s=a.price("gb_month") / GB / SECONDS_PER_MONTH,
                        sliding=sc.ttl.mode == "sliding",
@@ -134,7 +135,7 @@ class CacheBase:
         self.if_faster = sc.load_policy == "if_faster"
 
         t = sc.tiers
-        self.archive_bytes = int(self.block_bytes / self.hw.compression_ratio(sc))
+        self.archive_bytes = archived_bytes(self.block_bytes, self.hw.compression_ratio(sc))
         configs = [getattr(t, name) for name in TIER_NAMES]
         #: Per tier, indexed like TIER_NAMES: in use (the GPU tier always is), bytes a block
         #: occupies (the archive stores compressed blocks), capacity in blocks (None: unbounded).

@@ -4,7 +4,7 @@ Same interface and same results as :class:`~simkv.model.system.TieredCache`, whi
 the reference implementation; this one keeps the GPU, CPU and disk tiers as arrays stepped by
 the numba functions of :mod:`simkv.model.kernels`, so the per-block work of a request costs
 nanoseconds instead of microseconds. The archive worker's choices and the TTL heuristics
-stay in Python (the shared :class:`~simkv.policies.state.PolicyState` decides once per
+stay in Python (the shared :class:`~simkv.core.policies.state.PolicyState` decides once per
 archive pass; the kernel records its access history in place); the archive tier's state is
 compiled too.
 
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from simkv.core.profiles import AnalyticProfile
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES
 from simkv.model import archive_kernels as A
 from simkv.model import kernels as K
 from simkv.model import tier_kernels as T
-from simkv.model.cache_base import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, CacheBase, Plan, Uploads
-from simkv.model.hardware import AnalyticProfile
+from simkv.model.cache_base import CacheBase, Plan, Uploads
 from simkv.model.tiers import TierStats
-from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
 _ORDERED = ("lru", "fifo")

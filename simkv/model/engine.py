@@ -25,8 +25,9 @@ from typing import Any
 
 import simpy
 
-from simkv.errors import ScenarioError
-from simkv.model.cache_base import ARCHIVE, TIER_NAMES, CacheBase, Plan
+from simkv.core.errors import ScenarioError
+from simkv.core.tiers import ARCHIVE, TIER_NAMES
+from simkv.model.cache_base import CacheBase, Plan
 
 
 class RequestLog:

@@ -24,17 +24,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
+from simkv.core.registry import Registry
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import GPU, TIER_NAMES
 from simkv.model.batching import simulate_batched
-from simkv.model.cache_base import GPU, TIER_NAMES, CacheBase
+from simkv.model.cache_base import CacheBase
 from simkv.model.compiled import CompiledTieredCache
 from simkv.model.engine import RequestLog, simulate
 from simkv.model.fast import lru_prefix_hits
 from simkv.model.system import TieredCache
 from simkv.model.tiers import StorageMeter, TierStats
 from simkv.model.vllm_cache import VllmCache
-from simkv.policies.registry import Registry
-from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
 Progress = Callable[[int], Any] | None

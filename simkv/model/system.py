@@ -30,21 +30,11 @@ from functools import cached_property
 
 import numpy as np
 
-from simkv.model.cache_base import (
-    ARCHIVE,
-    CPU,
-    DISK,
-    GPU,
-    SECONDS_PER_MONTH,
-    TIER_NAMES,
-    CacheBase,
-    Plan,
-    Uploads,
-    best_cut,
-)
+from simkv.core.policies.eviction import EvictionPolicy, NextUse, make_policy
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, SECONDS_PER_MONTH, TIER_NAMES, best_cut
+from simkv.model.cache_base import CacheBase, Plan, Uploads
 from simkv.model.tiers import ObjectLedger, Tier, TierStats
-from simkv.policies.eviction import EvictionPolicy, NextUse, make_policy
-from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
 # The tier layout is defined with the shared setup; importers of this module keep finding it here.

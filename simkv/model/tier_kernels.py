@@ -14,7 +14,7 @@ import numpy as np
 
 from simkv.jit import njit
 
-# The tier numbers of simkv.model.system.TIER_NAMES (a test holds them equal).
+# The tier numbers of simkv.core.tiers.TIER_NAMES (a test holds them equal).
 GPU, CPU, DISK, ARCHIVE = 0, 1, 2, 3
 N_TIERS = 4
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from simkv.policies.eviction import EvictionPolicy
+from simkv.core.policies.eviction import EvictionPolicy
 
 
 @dataclass(slots=True)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from simkv.errors import ScenarioError
-from simkv.model.cache_base import CPU, DISK, GPU, Plan
+from simkv.core.errors import ScenarioError
+from simkv.core.policies.eviction import LRU, EvictionPolicy, NextUse
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import CPU, DISK, GPU
+from simkv.model.cache_base import Plan
 from simkv.model.system import TieredCache
 from simkv.model.tiers import StorageMeter, Tier, TierStats
 from simkv.model.vllm_pool import VllmBlockPool
-from simkv.policies.eviction import LRU, EvictionPolicy, NextUse
-from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 
 

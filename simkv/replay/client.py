@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 #: Prometheus samples kept from ``/metrics`` (name prefixes): simkv's engine counters and
 #: vLLM's prefix-cache counters.

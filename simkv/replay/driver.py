@@ -31,9 +31,10 @@ from typing import Any
 import pandas as pd
 
 from simkv.api import check_run_dir, clear_run_dir, resolve_inputs, slice_summary
-from simkv.errors import SimkvError
-from simkv.fileio import atomic_write, make_dir
-from simkv.metrics.schema import (
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write, make_dir
+from simkv.core.scenario import Scenario
+from simkv.core.schema import (
     ERROR_COLUMN,
     REQUEST_COLUMNS,
     request_table,
@@ -44,7 +45,6 @@ from simkv.metrics.schema import (
 from simkv.metrics.summary import hit_metrics, ttft_metrics
 from simkv.replay.parts import REPLAY_COLUMNS, read_parts
 from simkv.replay.session import SKIPPED, ReplayOptions, run_session
-from simkv.scenario import Scenario
 from simkv.traces.schema import Trace
 from simkv.traces.slicing import TraceSlice
 from simkv.version import __version__

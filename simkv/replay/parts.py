@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simkv.errors import SimkvError
-from simkv.fileio import atomic_write, make_dir
-from simkv.metrics.schema import META_SCENARIO_SHA256, META_TRACE_SHA256, REQUEST_SCHEMA
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write, make_dir
+from simkv.core.schema import META_SCENARIO_SHA256, META_TRACE_SHA256, REQUEST_SCHEMA
 
 #: What a replay measures beyond the per-request schema (``replay_requests.parquet``):
 #: ``sent_s`` (send time, seconds after the replay session started), ``send_lag_s`` (send − due:

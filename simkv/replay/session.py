@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simkv.errors import SimkvError
-from simkv.metrics.schema import ERROR_COLUMN, LOAD_TIERS, REQUEST_COLUMNS
-from simkv.model.system import TIER_NAMES
+from simkv.core.errors import SimkvError
+from simkv.core.scenario import Scenario
+from simkv.core.schema import ERROR_COLUMN, LOAD_TIERS, REQUEST_COLUMNS
+from simkv.core.tiers import TIER_NAMES
 from simkv.replay.pacing import Send, pace
 from simkv.replay.parts import REPLAY_COLUMNS, PartWriter
-from simkv.scenario import Scenario
 from simkv.traces.prompts import PromptBuilder
 from simkv.traces.schema import Trace
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import shlex
 
-from simkv.errors import ScenarioError
-from simkv.scenario import Scenario
-from simkv.scenario.lmcache import lmcache_config
+from simkv.core.errors import ScenarioError
+from simkv.core.lmcache import lmcache_config
+from simkv.core.scenario import Scenario
 
 #: vLLM's KV connector for LMCache: vLLM's LMCacheConnectorV1 with a CPU copy path
 #: (``simkv_engine.vllm_connector``; LMCache has none for vLLM's CPU build), LMCache's own on CUDA.
@@ -29,7 +29,7 @@ LMCACHE_CONNECTOR = {"kv_connector": "SimkvLMCacheConnectorV1",
 
 def gpu_blocks(scenario: Scenario) -> int | None:
     """vLLM's ``--num-gpu-blocks-override`` (``None``: unlimited, vLLM sizes its own pool): the
-    number the simulator's vLLM model uses (:meth:`~simkv.scenario.tiers.GPUTier.pool_blocks`)."""
+    number the simulator's vLLM model uses (:meth:`~simkv.core.scenario.tiers.GPUTier.pool_blocks`)."""
     blocks = scenario.tiers.gpu.pool_blocks(scenario.model.bytes_per_token, scenario.block_size or 1)
     return None if blocks is None else max(1, blocks)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 #: The vLLM virtualenv ``make install-vllm`` makes, under the repository root.
 VLLM_VENV = ".venv-vllm"

@@ -11,8 +11,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from simkv.core.tiers import TIER_NAMES
 from simkv.metrics.format import fmt_bytes, fmt_dollars, fmt_num, fmt_pct, fmt_seconds
-from simkv.model.system import TIER_NAMES
 
 
 def _present(s: dict[str, Any], tier: str) -> bool:

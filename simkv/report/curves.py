@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write, make_dir
 from simkv.curves import GIB, capacity_curve, parse_values, ttl_curve
-from simkv.errors import SimkvError
-from simkv.fileio import atomic_write, make_dir
 from simkv.traces.schema import Trace
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def run_curve(kind: str, trace: str | Path | None, values: str | None, out_dir: 
     its tiers are not used: the curve is that of :data:`~simkv.curves.CURVE_SCENARIO`'s configuration.
     """
     from simkv.api import resolve_trace
-    from simkv.scenario import Scenario, load_scenario
+    from simkv.core.scenario import Scenario, load_scenario
 
     option = {"capacity": "--capacities", "ttl": "--ttls"}.get(kind)
     if option is None:

@@ -19,10 +19,10 @@ from typing import Any, Literal
 import pandas as pd
 import yaml
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
+from simkv.core.schema import read_requests
 from simkv.metrics.format import metric_label
 from simkv.metrics.objectives import Direction, column_of, direction_of
-from simkv.metrics.schema import read_requests
 from simkv.metrics.timeline import choose_bin_s
 
 RUN_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml")
@@ -133,7 +133,7 @@ class SweepData:
 
 
 def _scenario_sections() -> set[str]:
-    from simkv.scenario import Scenario
+    from simkv.core.scenario import Scenario
 
     return {f.name for f in dataclasses.fields(Scenario)}
 
@@ -158,7 +158,7 @@ def numeric_values(column: pd.Series, key: str) -> pd.Series | None:
     if pd.api.types.is_numeric_dtype(column):
         return column.astype(float)
     if key.endswith("capacity_bytes"):
-        from simkv.scenario import parse_bytes
+        from simkv.core.scenario import parse_bytes
 
         try:
             return column.map(lambda v: float(parse_bytes(v, key)) if v is not None else math.nan)

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from simkv.errors import SimkvError
-from simkv.fileio import atomic_write, make_dir
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write, make_dir
+from simkv.core.tiers import TIER_NAMES
 from simkv.metrics.format import (
     OVERLOAD_CAPTION,
     fmt_bytes,
@@ -29,7 +30,6 @@ from simkv.metrics.format import (
 )
 from simkv.metrics.objectives import Constraint
 from simkv.metrics.summary import overload_warnings
-from simkv.model.system import TIER_NAMES
 from simkv.report.charts import Chart, run_charts, sweep_charts
 from simkv.report.console import decode_rows, load_rows
 from simkv.report.data import Objective, RunData, SweepData, detect, load_run, load_sweep, parse_objective
@@ -179,8 +179,8 @@ def headline_rows(s: dict[str, Any]) -> list[list[str]]:
 def idle_hints(run: RunData) -> list[str]:
     """:func:`simkv.report.tiers.idle_tier_hints` for a run directory (none for a replay, or
     when its ``scenario.yaml`` no longer loads)."""
+    from simkv.core.scenario import load_scenario
     from simkv.report.tiers import idle_tier_hints
-    from simkv.scenario import load_scenario
 
     path = run.path / "scenario.yaml"
     if "duration_s" not in run.summary or not path.is_file():

@@ -1,8 +1,8 @@
 """What a run's numbers say about its tiers beyond the metrics: how long a block takes to reach
 each tier (for :mod:`simkv.fidelity.diagnose`) and why a configured tier served nothing.
 
-Every time comes from the scenario's hardware profile (:meth:`simkv.scenario.Hardware.time_model`
-and its :class:`~simkv.model.hardware.Transfers`), the one time model of the simulator, so a
+Every time comes from the scenario's hardware profile (:meth:`simkv.core.scenario.Hardware.time_model`
+and its :class:`~simkv.core.profiles.Transfers`), the one time model of the simulator, so a
 hint quotes the numbers the simulation used.
 """
 
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
+from simkv.core.tiers import archived_bytes
 
 if TYPE_CHECKING:
-    from simkv.model.hardware import HardwareProfile, Transfers
-    from simkv.scenario import Scenario
+    from simkv.core.profiles import HardwareProfile, Transfers
+    from simkv.core.scenario import Scenario
 
 #: The tiers below the GPU, in the order a lookup tries them.
 LOWER_TIERS = ("cpu", "disk", "archive")
@@ -64,14 +65,14 @@ def time_model(scenario: Scenario, block_size: int) -> TimeModel:
     of an archived block as the simulator counts them)."""
     hw = scenario.hardware.time_model()
     block_bytes = block_size * scenario.model.bytes_per_token
-    archive_bytes = int(block_bytes / hw.compression_ratio(scenario))
+    archive_bytes = archived_bytes(block_bytes, hw.compression_ratio(scenario))
     return TimeModel(scenario, block_size, hw, hw.transfers(scenario, block_bytes, archive_bytes))
 
 
 def run_time_model(run_dir: Path, block_size: int | None) -> TimeModel | None:
     """The time model of a results directory's ``scenario.yaml`` (``None`` when it has none, or
     it cannot be loaded: an older or hand-edited file, a profile no longer there)."""
-    from simkv.scenario import load_scenario
+    from simkv.core.scenario import load_scenario
 
     path = run_dir / "scenario.yaml"
     if not block_size or not path.is_file():

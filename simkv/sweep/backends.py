@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from simkv.api import Result, run
-from simkv.errors import SimkvError
-from simkv.scenario import Scenario
+from simkv.core.errors import SimkvError
+from simkv.core.scenario import Scenario
 from simkv.sweep.grid import Cell
 from simkv.sweep.results import CellRecord
 from simkv.traces.schema import Trace, read_trace

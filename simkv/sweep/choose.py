@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.sweep.core import probe_columns, write_winner
 from simkv.sweep.manifest import SweepPlan, record_objective
 from simkv.sweep.winner import Constraint, Objective, Winner, resolve_column, select_winner

@@ -27,10 +27,10 @@ from typing import Any, Literal
 import pandas as pd
 
 from simkv.api import resolve_trace, run
-from simkv.errors import ScenarioError, SimkvError
-from simkv.fileio import atomic_write
+from simkv.core.errors import ScenarioError, SimkvError
+from simkv.core.fileio import atomic_write
+from simkv.core.scenario import Scenario, load_scenario, scenario_from_dict
 from simkv.model.engines import select_engine
-from simkv.scenario import Scenario, load_scenario, scenario_from_dict
 from simkv.sweep import backends, manifest
 from simkv.sweep.grid import GridLike, as_grid
 from simkv.sweep.manifest import (

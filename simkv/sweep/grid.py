@@ -3,7 +3,7 @@
 A grid is an ordered list of axes ``key → values`` (``--grid key=v1,v2`` on the command line,
 or a YAML mapping ``key: [v1, v2]`` in a grid file). Its cells are the Cartesian product in a
 fixed order: axes in the order given, the last axis varying fastest. Each cell is a list of
-``(key, value)`` overrides for :func:`simkv.config.apply_overrides`, identified by a short
+``(key, value)`` overrides for :func:`simkv.core.config.apply_overrides`, identified by a short
 hash of its sorted overrides, so a resumed sweep recognises a cell whatever the axis order.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simkv.config import parse_assignment, read_yaml_file
-from simkv.errors import SimkvError
+from simkv.core.config import parse_assignment, read_yaml_file
+from simkv.core.errors import SimkvError
 
 Override = tuple[str, Any]
 

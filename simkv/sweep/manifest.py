@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from simkv.errors import SimkvError
-from simkv.fileio import atomic_write
-from simkv.scenario import Scenario
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write
+from simkv.core.scenario import Scenario
 from simkv.sweep.grid import Cell, Grid
 from simkv.sweep.winner import Constraint
 from simkv.traces.schema import Trace

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simkv.fileio import atomic_write
+from simkv.core.fileio import atomic_write
 from simkv.sweep.grid import Cell, Grid
 
 Status = Literal["ok", "error"]

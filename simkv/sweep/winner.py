@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.metrics.objectives import Constraint, Direction, direction_of, resolve_column
 
 

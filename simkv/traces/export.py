@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simkv.errors import SimkvError
-from simkv.fileio import atomic_write, make_dir
+from simkv.core.errors import SimkvError
+from simkv.core.fileio import atomic_write, make_dir
 from simkv.traces.prompts import mix64
 from simkv.traces.schema import Trace
 

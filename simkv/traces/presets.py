@@ -2,7 +2,7 @@
 
 A preset is a mapping of :class:`~simkv.traces.generator.GeneratorConfig` fields to values,
 applied over the defaults; ``--set key=value`` applies on top of it, and the result is
-validated like any configuration (:func:`simkv.config.from_dict`). ``simkv trace gen
+validated like any configuration (:func:`simkv.core.config.from_dict`). ``simkv trace gen
 --preset NAME`` picks one by name; a user's own is named by import path (``mymod:MY_PRESET``)
 or added with ``PRESETS.add("mine", Preset(...))``.
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from simkv.errors import ScenarioError
-from simkv.policies.registry import Registry
+from simkv.core.errors import ScenarioError
+from simkv.core.registry import Registry
 
 DEFAULT_PRESET = "agents"
 

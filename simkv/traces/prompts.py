@@ -39,7 +39,7 @@ import hashlib
 
 import numpy as np
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.schema import Trace
 
 DERIVATION_VERSION = 1

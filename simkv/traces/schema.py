@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from simkv.errors import SimkvError, TraceError
-from simkv.fileio import atomic_write, make_dir
-from simkv.scenario.tiers import MAX_BLOCK_SIZE
+from simkv.core.errors import SimkvError, TraceError
+from simkv.core.fileio import atomic_write, make_dir
+from simkv.core.scenario.tiers import MAX_BLOCK_SIZE
 from simkv.traces.trace import META_BLOCK_SIZE, META_SCHEMA_VERSION, META_SOURCE, SCHEMA_VERSION, Trace
 
 #: The latest arrival a trace may have, in seconds from its start (about 31.7 years): the

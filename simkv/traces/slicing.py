@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.schema import Trace
 
 SampleBy = Literal["session", "request"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-from simkv.errors import ScenarioError
-from simkv.scenario import ARCHIVE_CODECS
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import ARCHIVE_CODECS
 
 
 def _zstd() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
 from simkv_engine.archive.s3 import S3Store
 from simkv_engine.archive.store import ArchiveConfigError, ArchiveStore, LocalStore
 

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 #: The kinds an archive error is counted under in ``archive_errors``.
 ERROR_KINDS = ("unreachable", "timeout", "corrupt", "missing", "other")

@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from simkv.errors import ScenarioError
-from simkv.policies.state import PolicyState
+from simkv.core.errors import ScenarioError
+from simkv.core.policies.state import PolicyState
 from simkv_engine.archive.chunks import ChunkFormat
 from simkv_engine.archive.clock import EngineClock, TraceClock
 from simkv_engine.archive.codecs import codec

@@ -41,7 +41,7 @@ probe interface), :mod:`.inprocess`, :mod:`.remote` and :mod:`.vllm_probe` (the 
 :mod:`.document` (the profile document), :mod:`.step_times` (vLLM's step times).
 """
 
-from simkv.model.hardware import STEP_KEYS
+from simkv.core.profiles import STEP_KEYS
 from simkv_engine.calibrate.document import Calibration, write_profile
 from simkv_engine.calibrate.fits import fit_analytic, fit_line, leave_one_out, nonneg_lstsq
 from simkv_engine.calibrate.inprocess import CALIBRATION_TTL_S, InProcessProbe

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from simkv.model.hardware import GB
+from simkv.core.profiles import GB
 from simkv_engine.calibrate.inprocess import CALIBRATION_TTL_S, InProcessProbe
 from simkv_engine.calibrate.plan import FreshPrompts, Plan
 from simkv_engine.calibrate.probe import ARCHIVE_COUNTERS, Probe, Served, _expect, _hits, _runs

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from simkv.model.hardware import PROFILE_VERSION, AnalyticProfile, Transfers
+from simkv.core.profiles import PROFILE_VERSION, AnalyticProfile, Transfers
+from simkv.core.tiers import archived_bytes
 from simkv_engine.calibrate.archive_measure import _archive_notes, _archive_summary
 from simkv_engine.calibrate.fits import fit_analytic, fit_line, leave_one_out
 from simkv_engine.calibrate.plan import Plan
@@ -59,7 +60,7 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
 
     # Defaults for what is not measured: the analytic profile of the scenario's tiers.
     block_bytes = chunk_bytes or C * scenario.model.bytes_per_token
-    archive_bytes = int(block_bytes / scenario.tiers.archive.compression_ratio)
+    archive_bytes = archived_bytes(block_bytes, scenario.tiers.archive.compression_ratio)
     default: Transfers = AnalyticProfile(0.0, 0.0, 0.0).transfers(scenario, block_bytes, archive_bytes)
     load_rows: list[dict[str, Any]] = []
     fitted: dict[str, dict[str, Any]] = {}
@@ -203,7 +204,7 @@ def write_profile(cal: Calibration, path: Path) -> None:
     """Write the profile document as YAML (atomically), with a header saying what it is."""
     import yaml
 
-    from simkv.fileio import atomic_write
+    from simkv.core.fileio import atomic_write
 
     fit = cal.doc["calibration"]["analytic_fit"]
     worst = cal.doc["fit_error"]["analytic_max_rel"]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from simkv.model.hardware import bilinear
+from simkv.core.profiles import bilinear
 
 
 def nonneg_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:

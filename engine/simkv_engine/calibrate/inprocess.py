@@ -100,7 +100,7 @@ class InProcessProbe(Probe):
     def _archive_options(self, scenario: Any, archive: str | None,
                          endpoint: str | None) -> tuple[Any, Any]:
         """The scenario with the calibration's fixed TTL, and where its archive goes."""
-        from simkv.scenario import TTLConfig
+        from simkv.core.scenario import TTLConfig
         from simkv_engine.archive import ArchiveOptions
 
         folder = f"simkv-calibrate-{uuid.uuid4().hex[:12]}"

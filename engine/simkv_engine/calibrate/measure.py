@@ -25,7 +25,7 @@ def calibrate(probe: Probe, plan: Plan, *, scenario: Any = None,
               advance: Callable[[int], None] = lambda n: None) -> Calibration:
     """Measure ``plan`` on ``probe`` and fit the profile. ``scenario``: where the analytic
     defaults of tiers not measured come from (simkv's defaults if ``None``)."""
-    from simkv.scenario import Scenario
+    from simkv.core.scenario import Scenario
 
     scenario = scenario or Scenario()
     C = probe.chunk_size

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 LOCAL_TIERS = ("gpu", "cpu", "disk")
 

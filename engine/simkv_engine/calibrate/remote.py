@@ -171,7 +171,7 @@ class HTTPProbe(Probe):
         """The server's ``/metrics`` samples (``{'name{labels}': value}``)."""
         import httpx
 
-        from simkv.replay.client import parse_metrics
+        from simkv.core.prometheus import parse_metrics
 
         try:
             return parse_metrics(self.client.get("/metrics").text)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from simkv.model.hardware import STEP_KEYS
+from simkv.core.profiles import STEP_KEYS
 from simkv_engine.calibrate.document import Calibration
 from simkv_engine.calibrate.fits import nonneg_lstsq
 from simkv_engine.calibrate.plan import CalibrationError, FreshPrompts
@@ -94,7 +94,7 @@ class StepPoint:
 
 def step_features(points: Sequence[StepPoint]) -> np.ndarray:
     """The design matrix of the step time's coefficients (``STEP_KEYS``,
-    :class:`~simkv.model.hardware.StepTime`): one row ``[1, P, D, K, A, C]`` per point."""
+    :class:`~simkv.core.profiles.StepTime`): one row ``[1, P, D, K, A, C]`` per point."""
     return np.array([[1.0, p.prefill_tokens, p.decode_seqs, p.context_tokens, p.attn_tokens,
                       p.prefill_context_tokens] for p in points], np.float64)
 

@@ -41,7 +41,7 @@ def _tier_capacity_bytes(run: RunData, tier: str) -> float | None:
     if tier == "archive" or not run.scenario:
         return None
     try:
-        from simkv.scenario import scenario_from_dict
+        from simkv.core.scenario import scenario_from_dict
 
         sc = scenario_from_dict(run.scenario)
     except Exception:  # an older or hand-edited scenario.yaml: no capacity line

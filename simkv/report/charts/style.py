@@ -24,8 +24,8 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
+from simkv.core.tiers import TIER_NAMES
 from simkv.metrics.format import fmt_param
-from simkv.model.system import TIER_NAMES
 from simkv.report.data import SweepData
 
 DPI = 130

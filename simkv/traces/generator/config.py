@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from simkv.config import apply_overrides, from_dict, to_dict
-from simkv.errors import ScenarioError
+from simkv.core.config import apply_overrides, from_dict, to_dict
+from simkv.core.errors import ScenarioError
 from simkv.traces.presets import DEFAULT_PRESET, get_preset
 
 
@@ -149,7 +149,7 @@ def generator_config(
     """Defaults, then the ``preset``'s parameters (:mod:`simkv.traces.presets`), then
     ``seed`` / ``n_requests``, then ``key=value`` overrides, validated.
 
-    A bad key or value raises :class:`ScenarioError` naming it (via :func:`simkv.config.from_dict`),
+    A bad key or value raises :class:`ScenarioError` naming it (via :func:`simkv.core.config.from_dict`),
     an unknown preset one naming the known ones.
     """
     data: dict[str, Any] = to_dict(GeneratorConfig())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
 from simkv.traces.generator.config import GeneratorConfig
 
 CHAT = "chat"

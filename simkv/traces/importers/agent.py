@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.hashing import chain_block_hashes
 from simkv.traces.importers.common import BLOCKS_TYPE, build_trace, first_duplicate, require_rows, time_order
 from simkv.traces.importers.reader import INT32_MAX, Field, is_int, read_jsonl

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from simkv.errors import SimkvError, TraceError
+from simkv.core.errors import SimkvError, TraceError
 from simkv.traces.importers.reader import INT32_MAX, Raw
 from simkv.traces.schema import OPTIONAL_NAMES, Trace, first_index, trace_schema, validate_table
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from simkv.errors import SimkvError, TraceError
+from simkv.core.errors import SimkvError, TraceError
 from simkv.traces.hashing import hex_to_u64
 from simkv.traces.importers.common import block_lists, build_trace, repeat_string, require_rows, time_order
 from simkv.traces.importers.reader import INT32_MAX, Field, Raw, read_jsonl, show

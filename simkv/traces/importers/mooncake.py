@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 from simkv.traces.importers.common import block_lists, build_trace, repeat_string, require_rows, time_order
 from simkv.traces.importers.reader import INT32_MAX, Field, Raw, line_bounds, read_jsonl, vouch
 from simkv.traces.importers.registry import IMPORTERS, no_model, one_input

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from simkv.errors import TraceError
+from simkv.core.errors import TraceError
 
 INT32_MAX = 2**31 - 1
 U64_MAX = 2**64 - 1

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from simkv.errors import SimkvError
-from simkv.policies.registry import Registry
+from simkv.core.errors import SimkvError
+from simkv.core.registry import Registry
 from simkv.traces.schema import Trace
 from simkv.traces.slicing import TraceSlice, slice_trace
 

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simkv.config import read_yaml_file
-from simkv.errors import ScenarioError
-from simkv.policies.registry import Registry
+from simkv.core.config import read_yaml_file
+from simkv.core.errors import ScenarioError
+from simkv.core.registry import Registry
 
 if TYPE_CHECKING:
-    from simkv.scenario import Scenario
+    from simkv.core.scenario import Scenario
 
 PROFILE_VERSION = 1
 GB = 1e9

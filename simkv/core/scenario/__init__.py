@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from simkv.config import apply_overrides, from_dict, read_yaml_file, to_dict
-from simkv.errors import ScenarioError
-from simkv.scenario.tiers import (
+from simkv.core.config import apply_overrides, from_dict, read_yaml_file, to_dict
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario.tiers import (
     ARCHIVE_CODECS,
     GB,
     MAX_BLOCK_SIZE,
@@ -44,7 +44,7 @@ from simkv.scenario.tiers import (
 MAX_GPUS = 4096
 
 if TYPE_CHECKING:
-    from simkv.model.hardware import HardwareProfile
+    from simkv.core.profiles import HardwareProfile
 
 __all__ = ["ARCHIVE_CODECS", "GB", "MAX_BLOCK_SIZE", "MAX_BYTES_PER_TOKEN", "MAX_CAPACITY",
            "RESTORE_CLASSES", "SECONDS_PER_DAY", "STORAGE_CLASSES", "ArchiveTier", "CPUTier", "DiskTier",
@@ -95,7 +95,7 @@ class TTLConfig:
 
     def check(self, prefix: str) -> None:
         if self.heuristic != "none":
-            from simkv.policies.ttl import make_heuristic
+            from simkv.core.policies.ttl import make_heuristic
 
             make_heuristic(self.heuristic, self.params)
         elif self.params:
@@ -105,7 +105,7 @@ class TTLConfig:
 @dataclass(frozen=True)
 class Hardware:
     """Compute: ``gpus`` identical GPUs serve a FIFO queue; the time model is the hardware
-    profile (:mod:`simkv.model.hardware`). Without ``profile`` it is the ``analytic`` one:
+    profile (:mod:`simkv.core.profiles`). Without ``profile`` it is the ``analytic`` one:
     ``prefill(n, c) = prefill_const_s + prefill_per_token_s * n + prefill_attn_s * n * (n + c)``
     seconds for ``n`` new tokens after ``c`` cached ones (at least one token is always
     computed), loads and stores from the tiers' bandwidths. ``profile``: a ``kind: table``
@@ -119,7 +119,7 @@ class Hardware:
     (:mod:`simkv.model.batching`): each step mixes the running requests' decodes with
     (chunked) prefills under ``max_num_batched_tokens`` tokens and ``max_num_seqs``
     sequences, every request decodes its trace's ``output_tokens``, and a step's time is the
-    profile's step time (:meth:`~simkv.model.hardware.HardwareProfile.step_s`)."""
+    profile's step time (:meth:`~simkv.core.profiles.HardwareProfile.step_s`)."""
 
     name: str = "h100-llama3-8b-fit"
     gpus: int = 1
@@ -150,7 +150,7 @@ class Hardware:
 
     def time_model(self) -> HardwareProfile:
         """The hardware profile every time and block value comes from."""
-        from simkv.model.hardware import AnalyticProfile, load_profile
+        from simkv.core.profiles import AnalyticProfile, load_profile
 
         if self.profile is not None:
             return load_profile(self.profile, self.zero_service_time)

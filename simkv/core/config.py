@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
 
 T = TypeVar("T")
 #: Integers (and integer-valued numbers) in a configuration must fit in 64 bits: the

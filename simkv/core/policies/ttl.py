@@ -12,7 +12,7 @@ same functions, so a policy chosen in simulation is the policy deployed.
 Add one::
 
     from dataclasses import dataclass
-    from simkv.policies.ttl import TTL_HEURISTICS, TTLContext
+    from simkv.core.policies.ttl import TTL_HEURISTICS, TTLContext
 
     @dataclass(frozen=True)
     class MyParams:
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from simkv.config import from_dict
-from simkv.errors import ScenarioError, SimkvError
-from simkv.policies.registry import Registry, check_signature, describe
+from simkv.core.config import from_dict
+from simkv.core.errors import ScenarioError, SimkvError
+from simkv.core.registry import Registry, check_signature, describe
 
 TTLResult = float | tuple[float, float]
 
@@ -76,7 +76,7 @@ class TTLContext:
     """What a heuristic may look at when a block is stored, archived or refreshed.
 
     ``value_s`` is the GPU time one reuse of this block saves in the request at hand (the
-    hardware profile's :meth:`~simkv.model.hardware.HardwareProfile.block_value_s`);
+    hardware profile's :meth:`~simkv.core.profiles.HardwareProfile.block_value_s`);
     ``gpu_cost_per_s`` and ``storage_cost_per_byte_s`` price it against keeping
     ``stored_bytes`` in the tier the TTL is for. For a vectorized heuristic the per-block
     fields (``block`` to ``access_count``, ``value_s``) are arrays.

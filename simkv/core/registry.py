@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
 
 T = TypeVar("T")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from simkv.errors import ScenarioError
-from simkv.scenario import Scenario, TierCapacity
-from simkv.scenario.tiers import parse_bytes
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import Scenario, TierCapacity
+from simkv.core.scenario.tiers import parse_bytes
 
 GIB = 1024**3
 #: LMCache 0.5.6's eviction policies (its ``cache_policy`` names, lower case).

@@ -1,7 +1,7 @@
 """Policy state: what a TTL heuristic sees and the archive worker's candidate rule, keyed by block hash.
 
 One object holds the access history of every block (how many requests referenced it, the
-class of the first), the per-class reuse learner (:class:`~simkv.policies.ttl.ClassReuse`),
+class of the first), the per-class reuse learner (:class:`~simkv.core.policies.ttl.ClassReuse`),
 the candidates since the last archive pass (each block's last request and position), and
 prices, and it makes the two decisions a policy makes: a block's TTL (:meth:`ttl_for`) and
 what an archive pass does with its candidates (:meth:`decide_pass`). The simulator's engines
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from simkv.policies.ttl import ClassReuse, TTLContext, TTLHeuristic
+from simkv.core.policies.ttl import ClassReuse, TTLContext, TTLHeuristic
 
 #: ``value_s(positions, input_tokens)``: GPU seconds one reuse of a block saves (the hardware
 #: profile's ``block_value_s`` for the trace's block size); scalars or arrays.

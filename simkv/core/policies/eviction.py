@@ -17,8 +17,8 @@ from collections.abc import Callable, Container
 
 import numpy as np
 
-from simkv.errors import ScenarioError, SimkvError
-from simkv.policies.registry import Registry, check_signature, describe
+from simkv.core.errors import ScenarioError, SimkvError
+from simkv.core.registry import Registry, check_signature, describe
 
 
 class NextUse:
@@ -231,7 +231,7 @@ class CheckedPolicy(EvictionPolicy):
         for attr in ("admit", "hit", "drop", "victim", "__contains__", "__len__"):
             if not callable(getattr(inner, attr, None)):
                 raise ScenarioError(f"{key}: {name!r} has no method {attr}() (an eviction policy "
-                                    "implements simkv.policies.eviction.EvictionPolicy)")
+                                    "implements simkv.core.policies.eviction.EvictionPolicy)")
         self.members = getattr(inner, "members", inner)
 
     def _call(self, method: str, *args: object) -> object:

@@ -2,10 +2,10 @@
 policy state they decide from (:class:`PolicyState`, keyed by block hash). NumPy and PyYAML only:
 a real engine's archive worker imports this without the simulator."""
 
-from simkv.policies.eviction import EVICTION_POLICIES, EvictionPolicy, NextUse
-from simkv.policies.registry import Registry
-from simkv.policies.state import PassDecision, PolicyState
-from simkv.policies.ttl import TTL_HEURISTICS, ClassReuse, TTLContext, TTLHeuristic, make_heuristic
+from simkv.core.policies.eviction import EVICTION_POLICIES, EvictionPolicy, NextUse
+from simkv.core.policies.state import PassDecision, PolicyState
+from simkv.core.policies.ttl import TTL_HEURISTICS, ClassReuse, TTLContext, TTLHeuristic, make_heuristic
+from simkv.core.registry import Registry
 
 __all__ = [
     "EVICTION_POLICIES",

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from simkv.errors import ScenarioError
+from simkv.core.errors import ScenarioError
 
 MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
 #: Tokens per block (a trace's ``block_size``) and KV bytes per token, at most: a block's
@@ -63,8 +63,8 @@ class TierCapacity:
     capacity_bytes: int | str | None = None
 
     def check_eviction(self, prefix: str) -> None:
-        from simkv.policies.eviction import EVICTION_POLICIES
-        from simkv.policies.registry import check_signature
+        from simkv.core.policies.eviction import EVICTION_POLICIES
+        from simkv.core.registry import check_signature
 
         name = getattr(self, "eviction", "lru")
         cls = EVICTION_POLICIES.get(name, key=f"{prefix}.eviction")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simkv.errors import SimkvError
+from simkv.core.errors import SimkvError
 
 
 def _reason(exc: OSError) -> str:

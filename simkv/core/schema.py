@@ -5,7 +5,7 @@ docs/metrics.md ("Per-request rows").
 Naming: ``<tier>_hit_tokens`` are the tokens served from a tier, ``<tier>_loaded_bytes`` the
 bytes a request moved from a tier below the GPU into it (traffic), ``<tier>_held_bytes`` the
 bytes a tier held after the request (occupancy). Per-tier columns follow
-:data:`~simkv.model.system.TIER_NAMES`, so a new tier adds its columns. TTFT is split into
+:data:`~simkv.core.tiers.TIER_NAMES`, so a new tier adds its columns. TTFT is split into
 what a server can timestamp: ``ttft_s = queue_s + load_s + prefill_s``.
 
 The same rows come from a simulation (``simkv run``: every column known, ``error`` null, and
@@ -29,9 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simkv.errors import SimkvError
-from simkv.model.system import TIER_NAMES
-from simkv.scenario import Scenario
+from simkv.core.errors import SimkvError
+from simkv.core.scenario import Scenario
+from simkv.core.tiers import TIER_NAMES
 from simkv.traces.schema import Trace
 
 #: Bump when a column is added, renamed, removed, retyped or changes meaning.
@@ -126,7 +126,7 @@ def request_table(frame: pd.DataFrame, trace_hash: str, scenario_hash: str, *,
 
 def write_requests(table: pa.Table, path: Path) -> None:
     """Write a :func:`request_table` as Parquet (not atomic: the caller's
-    :func:`~simkv.fileio.atomic_write` is)."""
+    :func:`~simkv.core.fileio.atomic_write` is)."""
     pq.write_table(table, path)
 
 
