@@ -32,14 +32,10 @@ import numpy as np
 
 from simkv.core.policies.eviction import EvictionPolicy, NextUse, make_policy
 from simkv.core.scenario import Scenario
-from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, SECONDS_PER_MONTH, TIER_NAMES, best_cut
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, best_cut
 from simkv.model.cache_base import CacheBase, Plan, Uploads
 from simkv.model.tiers import ObjectLedger, Tier, TierStats
 from simkv.traces.schema import Trace
-
-# The tier layout is defined with the shared setup; importers of this module keep finding it here.
-__all__ = ["ARCHIVE", "CPU", "DISK", "GPU", "SECONDS_PER_MONTH", "TIER_NAMES", "Plan", "TieredCache",
-           "Uploads"]
 
 
 class TieredCache(CacheBase):

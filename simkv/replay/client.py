@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +14,7 @@ from typing import Any
 import httpx
 
 from simkv.core.errors import SimkvError
-
-#: Prometheus samples kept from ``/metrics`` (name prefixes): simkv's engine counters and
-#: vLLM's prefix-cache counters.
-METRIC_PREFIXES = ("simkv_", "vllm:prompt_tokens_by_source", "vllm:prefix_cache_",
-                   "vllm:external_prefix_cache_")
+from simkv.core.prometheus import parse_metrics
 
 
 class EngineUnreachable(SimkvError):
@@ -138,22 +133,6 @@ async def chunk_size(client: httpx.AsyncClient, url: str) -> int | None:
         return int(resp.json()["chunk_size"]) if resp.status_code == 200 else None
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text → ``{'name{labels}': value}`` for the samples of :data:`METRIC_PREFIXES`."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#") or not line.startswith(METRIC_PREFIXES):
-            continue
-        key, _, value = line.rpartition(" ")
-        try:
-            v = float(value)
-        except ValueError:
-            continue
-        if math.isfinite(v):
-            out[key.strip()] = v
-    return out
 
 
 async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, float] | None:
