@@ -58,16 +58,19 @@ install-vllm: $(VLLM_STAMP)
 run: $(STAMP)
 	$(BIN)/simkv run $(SCENARIO) --trace $(TRACE) -o $(OUT)
 
-## The test suite (what CI runs): unit and property tests, the golden-file regression, lint.
+## The test suite (what CI runs): unit and property tests, the golden-file regression, lint
+## (ruff, and lint-imports: the layering contracts of pyproject.toml).
 test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -n auto -m "not vllm"
 	# against one real vLLM server (session-scoped), so not split across workers
 	SIMKV_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q -p no:xdist -m vllm
 	$(BIN)/simkv regress
 	$(BIN)/ruff check simkv tests bench engine
+	$(BIN)/lint-imports
 
 lint: $(STAMP)
 	$(BIN)/ruff check simkv tests bench engine
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_import.py
