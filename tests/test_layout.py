@@ -48,12 +48,31 @@ def _fake(module: str) -> str:
     raise AssertionError(f"{module}: not under a root package")
 
 
+def _layer_modules(layer: str) -> list[str]:
+    """The packages of one entry of a layers contract (``"a | b"``: independent siblings)."""
+    return [m.strip() for m in layer.split("|")]
+
+
+def _named(c: dict[str, Any]) -> list[str]:
+    """Every module a contract names."""
+    if c["type"] == "layers":
+        return [m for layer in c["layers"] for m in _layer_modules(layer)]
+    return [*c["source_modules"], *c["forbidden_modules"]]
+
+
+def _violation(c: dict[str, Any]) -> tuple[str, str]:
+    """An import the contract forbids: the first source importing the first forbidden module, or
+    the lowest layer importing the highest."""
+    if c["type"] == "layers":
+        return _layer_modules(c["layers"][-1])[0], _layer_modules(c["layers"][0])[0]
+    return c["source_modules"][0], c["forbidden_modules"][0]
+
+
 def _stand_in(tmp: Path, importer: str | None = None, imported: str | None = None) -> Path:
     """Empty packages for every module the contracts name, under the stand-in names, and a copy of
     the contracts over them; ``importer`` imports ``imported`` when given. Returns the config."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    modules = {m for c in data["contracts"] for key in ("source_modules", "forbidden_modules")
-               for m in c[key]}
+    modules = {m for c in data["contracts"] for m in _named(c)}
     for module in sorted(modules | set(data["root_packages"])):
         parts = _fake(module).split(".")
         for i in range(1, len(parts) + 1):
@@ -69,6 +88,8 @@ def _stand_in(tmp: Path, importer: str | None = None, imported: str | None = Non
         for key, value in c.items():
             if key in ("source_modules", "forbidden_modules"):
                 value = [_fake(m) for m in value]
+            elif key == "layers":
+                value = [" | ".join(map(_fake, _layer_modules(layer))) for layer in value]
             lines.append(f"{key} = {json.dumps(value)}")
     config = tmp / "contracts.toml"
     config.write_text("\n".join(lines) + "\n")
@@ -84,14 +105,22 @@ def test_the_contracts_hold_on_stand_in_packages_that_import_nothing(tmp_path: P
 @pytest.mark.parametrize("contract", [c["name"] for c in contracts()])
 def test_each_contract_catches_the_import_it_forbids(tmp_path: Path, contract: str) -> None:
     c = next(c for c in contracts() if c["name"] == contract)
-    config = _stand_in(tmp_path, c["source_modules"][0], c["forbidden_modules"][0])
+    config = _stand_in(tmp_path, *_violation(c))
     out = lint_imports(config, tmp_path, [tmp_path])
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"{contract} BROKEN" in out.stdout
     assert f"Contracts: {len(contracts()) - 1} kept, 1 broken." in out.stdout
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18: splits in progress on other branches")
+def test_the_layers_contract_keeps_siblings_apart(tmp_path: Path) -> None:
+    """Packages of one layer (``a | b``) may not import each other: no cycle between them."""
+    c = next(c for c in contracts() if c["type"] == "layers")
+    layer = next(_layer_modules(layer) for layer in c["layers"] if "|" in layer)
+    out = lint_imports(_stand_in(tmp_path, layer[0], layer[1]), tmp_path, [tmp_path])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"{c['name']} BROKEN" in out.stdout
+
+
 def test_no_tracked_python_file_exceeds_400_lines() -> None:
     files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
