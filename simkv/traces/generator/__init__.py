@@ -61,7 +61,7 @@ parameter sets (``agents``, ``long-horizon``) are in :mod:`simkv.traces.presets`
 """
 
 from simkv.traces.generator.config import GeneratorConfig, generator_config
-from simkv.traces.generator.process import AGENT_CATALOGUE, PROMPT_CLASSES
+from simkv.traces.generator.process import AGENT_CATALOGUE, CHAT, PROMPT_CLASSES, RAG, SYSTEM, TOOL
 from simkv.traces.generator.workload import generate, generate_with_segments
 
 __all__ = [
