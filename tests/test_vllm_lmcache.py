@@ -79,7 +79,7 @@ def vllm_server(model: Path, lmcache: dict, work: Path, timeout_s: float = 300.0
             "--enforce-eager", "--max-num-seqs", "1", "--num-gpu-blocks-override", "40",
             "--host", "127.0.0.1", "--port", str(port), "--kv-transfer-config", json.dumps(LMCACHE_CONNECTOR)]
     env = {"PYTHONHASHSEED": "0", "LMCACHE_CONFIG_FILE": str(config), "LMCACHE_TRACK_USAGE": "false",
-           "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT / "replay")}
+           "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT / "engine")}
     launch = Launch(argv, env, work / "vllm.log", f"http://127.0.0.1:{port}")
     with Server(launch) as server:
         try:

@@ -87,7 +87,7 @@ def test_cli_writes_the_config_and_the_script(tmp_path) -> None:
     assert "-m vllm.entrypoints.openai.api_server" in script
     # LMCache's tiers inside vLLM: simkv's connector (a CPU copy path), the engine package on the path
     assert "SimkvLMCacheConnectorV1" in script and "simkv_engine.vllm_connector" in script
-    assert f"PYTHONPATH={ROOT / 'replay'}" in script
+    assert f"PYTHONPATH={ROOT / 'engine'}" in script
     assert f"LMCACHE_CONFIG_FILE={(tmp_path / 'v' / 'lmcache.yaml').resolve()}" in script
     # the model folder vLLM loads with random weights: the tiny-vllm shape's config
     model = json.loads((tmp_path / "v" / "model" / "tiny-vllm" / "config.json").read_text())
