@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${OUT:-gpu-results}
 mkdir -p "$RESULTS"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH="$PWD:$PWD/replay:/tmp/site" PYTHONHASHSEED=0 LMCACHE_TRACK_USAGE=false PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD:$PWD/engine:/tmp/site" PYTHONHASHSEED=0 LMCACHE_TRACK_USAGE=false PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RESULTS/gpu.txt"
 python3 -c "import torch, transformers, lmcache; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$RESULTS/gpu.txt"
 set -o pipefail
