@@ -119,7 +119,7 @@ class Hardware:
     (:mod:`simkv.model.batching`): each step mixes the running requests' decodes with
     (chunked) prefills under ``max_num_batched_tokens`` tokens and ``max_num_seqs``
     sequences, every request decodes its trace's ``output_tokens``, and a step's time is the
-    profile's step time (:meth:`~simkv.core.profiles.HardwareProfile.step_s`)."""
+    profile's step time (:meth:`~simkv.core.profiles.HardwareProfile.step_time`)."""
 
     name: str = "h100-llama3-8b-fit"
     gpus: int = 1
