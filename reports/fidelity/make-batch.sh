@@ -29,6 +29,7 @@ mkdir -p "$OUT"
 [ "${SIM_ONLY:-}" = 1 ] || : > "$OUT/commands.txt"
 run() { echo "$*" >> "$OUT/commands.txt"; "$@"; }
 python=$(dirname "$(command -v "$SIMKV" || echo "$SIMKV")")/python
+. "$HERE/vllm-lib.sh"
 tools() { run "$python" "$HERE/batch_tools.py" "$@"; }
 
 # The simulation of each load with the calibrated profile, compared with each repeat. The replays
@@ -71,38 +72,12 @@ run "$SIMKV" trace gen -o "$TRACE" --seed 0 --requests 1000 --set block_size=64 
 "$SIMKV" trace stats "$TRACE" --json > "$OUT/trace-stats.json"
 
 VLLM_PY=${SIMKV_VLLM_PYTHON:-.venv-vllm/bin/python}
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "host: $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  echo "memory: $(free -g | awk '/Mem:/ {print $2 " GiB"}')"
-  "$python" -c 'import sys, numpy, simkv
-print("python", sys.version.split()[0], "| numpy", numpy.__version__, "| simkv", simkv.__version__)' 2> /dev/null
-  "$VLLM_PY" -c 'import sys, torch, vllm
-print("vLLM python", sys.version.split()[0], "| vllm", vllm.__version__, "| torch", torch.__version__)' \
-    2> /dev/null
-  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} > "$OUT/machine.txt"
+machine_info "$OUT/machine.txt"
 
-# vLLM: on a free port, in dev mode (POST /reset_prefix_cache empties its prefix cache), stopped
-# (SIGTERM: simkv stops vLLM's process group) when this script exits; the load sampler too.
-LOG=$(mktemp)
-VDIR=$(mktemp -d)                # vLLM's model config, serve.sh and vllm.log
-PORT=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-VLLM_SERVER_DEV_MODE=1 "$SIMKV" engine vllm "$SCENARIO" --model cpu-512 --serve --port "$PORT" -o "$VDIR" \
-  --python "$VLLM_PY" > "$LOG" 2>&1 &
-SERVER=$!
+# vLLM on a free port (vllm-lib.sh), stopped when this script exits; the load sampler too.
 SAMPLER=
-trap '[ -n "$SAMPLER" ] && kill $SAMPLER 2>/dev/null; kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$LOG" "$VDIR"' EXIT
-echo "VLLM_SERVER_DEV_MODE=1 $SIMKV engine vllm $SCENARIO --model cpu-512 --serve --port $PORT -o TMPDIR --python $VLLM_PY &" \
-  >> "$OUT/commands.txt"
-URL=
-for _ in $(seq 1500); do
-  URL=$(grep -o 'serving at http://[0-9.:]*' "$LOG" | cut -d' ' -f3 || true)
-  [ -n "$URL" ] && break
-  kill -0 $SERVER 2>/dev/null || { cat "$LOG"; exit 1; }
-  sleep 0.2
-done
-[ -n "$URL" ] || { echo "vLLM did not start"; cat "$LOG"; exit 1; }
+trap '[ -n "$SAMPLER" ] && kill $SAMPLER 2>/dev/null; stop_vllm' EXIT
+start_vllm --model cpu-512
 cp "$VDIR/serve.sh" "$OUT/serve.sh"
 
 # Calibrate over HTTP: the prefill grid (the table profile) and the step times (--steps: one

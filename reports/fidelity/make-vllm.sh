@@ -19,6 +19,8 @@ TRACE=$OUT/trace.parquet
 mkdir -p "$OUT"
 : > "$OUT/commands.txt"
 run() { echo "$*" >> "$OUT/commands.txt"; "$@"; }
+python=$(dirname "$(command -v "$SIMKV" || echo "$SIMKV")")/python
+. "$HERE/vllm-lib.sh"
 
 # The trace: make.sh's `agents` workload with blocks of 64 tokens (vLLM's CPU attention wants
 # multiples of 32) and prompts under 1,792 tokens (inside the calibration grid), sessions ~5x as
@@ -33,38 +35,11 @@ run "$SIMKV" trace gen -o "$TRACE" --seed 0 --requests 1000 --set block_size=64 
 "$SIMKV" trace stats "$TRACE" --json > "$OUT/trace-stats.json"
 
 VLLM_PY=${SIMKV_VLLM_PYTHON:-.venv-vllm/bin/python}
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "host: $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  echo "memory: $(free -g | awk '/Mem:/ {print $2 " GiB"}')"
-  python=$(dirname "$(command -v "$SIMKV" || echo "$SIMKV")")/python
-  "$python" -c 'import sys, numpy, simkv
-print("python", sys.version.split()[0], "| numpy", numpy.__version__, "| simkv", simkv.__version__)' 2> /dev/null
-  "$VLLM_PY" -c 'import sys, torch, vllm
-print("vLLM python", sys.version.split()[0], "| vllm", vllm.__version__, "| torch", torch.__version__)' \
-    2> /dev/null
-  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} > "$OUT/machine.txt"
+machine_info "$OUT/machine.txt"
 
-# vLLM: on a free port, in dev mode (POST /reset_prefix_cache empties its prefix cache), stopped
-# (SIGTERM: simkv stops vLLM's process group) when this script exits.
-LOG=$(mktemp)
-VDIR=$(mktemp -d)                # vLLM's model config, serve.sh and vllm.log
-PORT=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-VLLM_SERVER_DEV_MODE=1 "$SIMKV" engine vllm "$SCENARIO" --serve --port "$PORT" -o "$VDIR" \
-  --python "$VLLM_PY" > "$LOG" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$LOG" "$VDIR"' EXIT
-echo "VLLM_SERVER_DEV_MODE=1 $SIMKV engine vllm $SCENARIO --serve --port $PORT -o TMPDIR --python $VLLM_PY &" \
-  >> "$OUT/commands.txt"
-URL=
-for _ in $(seq 1500); do
-  URL=$(grep -o 'serving at http://[0-9.:]*' "$LOG" | cut -d' ' -f3 || true)
-  [ -n "$URL" ] && break
-  kill -0 $SERVER 2>/dev/null || { cat "$LOG"; exit 1; }
-  sleep 0.2
-done
-[ -n "$URL" ] || { echo "vLLM did not start"; cat "$LOG"; exit 1; }
+# vLLM on a free port (vllm-lib.sh), stopped when this script exits.
+trap stop_vllm EXIT
+start_vllm
 
 # Calibrate over HTTP on a grid covering the trace's token counts (prompts under 1,792 tokens).
 if [ -z "${PROFILE:-}" ]; then
