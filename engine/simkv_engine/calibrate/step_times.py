@@ -202,8 +202,8 @@ def _delta(before: str, after: str, name: str) -> float | None:
 
 def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int) -> tuple[list[float], list[float]]:
     """Stream ``prompts`` concurrently (``ignore_eos``, as many tokens as the context allows),
-    and once every stream has its first token (all decode), read ``tokens`` more from each and
-    close it (vLLM aborts the request). Returns the gaps between consecutive tokens of a stream
+    and once every stream has its first token (all decode), read until each has ``tokens`` more,
+    then close them (vLLM aborts the requests). Returns the gaps between consecutive tokens of a stream
     that lie while all of them decoded (from the last first token to the first close), and the
     KV tokens of the step of each gap (Σ over the streams of prompt + tokens received so far)."""
     import threading
@@ -214,6 +214,9 @@ def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int) -> tupl
     all_decoding = threading.Event()
     closed: list[float] = []
     errors: list[str] = []
+    # tokens read since every stream decodes; a stream closes only once each has `tokens` of them,
+    # so a stream whose backlog arrives in one burst (a busy client) cannot close the window early
+    extra = [0] * d
 
     def stream(i: int) -> None:
         body = {"model": probe.model_name, "prompt": prompts[i], "stream": True, "ignore_eos": True,
@@ -223,18 +226,18 @@ def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int) -> tupl
                 if r.status_code != 200:
                     r.read()
                     raise CalibrationError(f"HTTP {r.status_code}: {r.text[:200]}")
-                extra = 0
                 for chunk in sse_chunks(r):
                     if chunk.get("choices"):
                         times[i].append(time.perf_counter())
                         first[i].set()
                         if all_decoding.is_set():
-                            extra += 1
-                            if extra >= tokens:
+                            extra[i] += 1
+                            if min(extra) >= tokens:
                                 break
             closed.append(time.perf_counter())     # list.append is atomic
         except Exception as exc:      # reported below, after the other streams end
             errors.append(str(exc))
+            extra[i] = tokens          # (the others must not wait for this one)
             first[i].set()
 
     threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(d)]
