@@ -12,6 +12,7 @@ import yaml
 
 from simkv.core.profiles import TableProfile, bilinear, load_profile
 from simkv.core.scenario import Scenario
+from simkv.core.tiers import ARCHIVE
 from tests.conftest import make_trace, simkv_cli
 
 CHUNK = 16
@@ -254,7 +255,7 @@ def test_in_process_calibration_measures_the_archive(calibrated_archive: tuple[P
     prof = load_profile(out)
     assert isinstance(prof, TableProfile)
     t = prof.transfers(Scenario(), 1, 1)
-    assert (t.arch_lat, t.arch_per_block, t.arch_compress_per_block) == (
+    assert (t.latency_s[ARCHIVE], t.read_per_block_s[ARCHIVE], t.write_per_block_s[ARCHIVE]) == (
         doc["load"]["archive"]["per_request_s"], doc["load"]["archive"]["per_block_s"],
         doc["store"]["archive"]["per_block_s"])
     assert list(archive.iterdir()) == []          # the calibration's own folder was deleted

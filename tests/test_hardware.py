@@ -13,6 +13,7 @@ from simkv.api import run
 from simkv.core.errors import ScenarioError
 from simkv.core.profiles import AnalyticProfile, TableProfile, load_profile, table_from_profile
 from simkv.core.scenario import GB, CPUTier, Hardware, Scenario, Tiers, load_scenario
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU
 from simkv.metrics.requests import prefill_array
 from simkv.model.system import TieredCache
 from tests.conftest import ROOT, make_trace, simkv_cli
@@ -51,12 +52,14 @@ def test_analytic_transfers_are_the_old_bandwidth_formulas(small_trace: Any) -> 
     cache = TieredCache(sc, small_trace)
     d, a = sc.tiers.disk, sc.tiers.archive
     bb, ab = cache.block_bytes, cache.archive_bytes
-    assert cache._disk_per_block == bb / (d.read_gbps * GB)
-    assert cache._disk_write_per_block == bb / (d.write_gbps * GB)
-    assert cache._arch_per_block == ab / (a.download_gbps * GB) + bb / (a.decompress_gbps * GB)
-    assert cache._arch_compress_per_block == bb / (a.compress_gbps * GB)
-    assert cache._arch_upload_per_block == ab / (a.upload_gbps * GB)
-    assert (cache._disk_lat, cache._arch_lat) == (d.latency_s, a.request_latency_s)
+    tr = cache.transfers
+    assert tr.read_per_block_s[DISK] == bb / (d.read_gbps * GB)
+    assert tr.write_per_block_s[DISK] == bb / (d.write_gbps * GB)
+    assert tr.read_per_block_s[ARCHIVE] == ab / (a.download_gbps * GB) + bb / (a.decompress_gbps * GB)
+    assert tr.write_per_block_s[ARCHIVE] == bb / (a.compress_gbps * GB) + ab / (a.upload_gbps * GB)
+    assert (tr.latency_s[DISK], tr.latency_s[ARCHIVE]) == (d.latency_s, a.request_latency_s)
+    assert (tr.latency_s[GPU], tr.read_per_block_s[GPU], tr.write_per_block_s[GPU]) == (0.0, 0.0, 0.0)
+    assert tr.load_s(DISK, 3) == d.latency_s + 3 * (bb / (d.read_gbps * GB)) and tr.load_s(DISK, 0) == 0.0
 
 
 def test_zero_service_time_zeroes_every_profile() -> None:
@@ -222,13 +225,13 @@ MALFORMED = [
 def test_table_cpu_entries_are_needed_only_with_a_cpu_tier(tmp_path: Path) -> None:
     sc = Scenario(tiers=Tiers(cpu=CPUTier(enabled=True)))
     without = load_profile(_table(tmp_path, _doc(), "plain.yaml"))
-    assert without.transfers(Scenario(), 4096, 2048).cpu_per_block == 0.0
+    assert without.transfers(Scenario(), 4096, 2048).read_per_block_s[CPU] == 0.0
     with pytest.raises(ScenarioError, match=r"plain\.yaml: load\.cpu: missing, but tiers\.cpu\.enabled"):
         without.transfers(sc, 4096, 2048)
     doc = _set(_set(_doc(), "load.cpu", {"per_block_s": 3e-5, "per_request_s": 1e-5}),
                "store.cpu", {"per_block_s": 4e-5})
     t = load_profile(_table(tmp_path, doc, "cpu.yaml")).transfers(sc, 4096, 2048)
-    assert (t.cpu_lat, t.cpu_per_block, t.cpu_write_per_block) == (1e-5, 3e-5, 4e-5)
+    assert (t.latency_s[CPU], t.read_per_block_s[CPU], t.write_per_block_s[CPU]) == (1e-5, 3e-5, 4e-5)
 
 
 def test_a_profiles_measured_compression_ratio_replaces_the_scenarios(tmp_path: Path,
@@ -254,7 +257,8 @@ def test_a_profiles_measured_compression_ratio_replaces_the_scenarios(tmp_path: 
 def test_analytic_cpu_transfers_come_from_the_cpu_tier() -> None:
     sc = Scenario(tiers=Tiers(cpu=CPUTier(enabled=True, read_gbps=40.0, write_gbps=20.0, latency_s=2e-5)))
     t = sc.hardware.time_model().transfers(sc, 2**21, 2**20)
-    assert (t.cpu_lat, t.cpu_per_block, t.cpu_write_per_block) == (2e-5, 2**21 / 40e9, 2**21 / 20e9)
+    assert (t.latency_s[CPU], t.read_per_block_s[CPU], t.write_per_block_s[CPU]) == (
+        2e-5, 2**21 / 40e9, 2**21 / 20e9)
 
 
 @pytest.mark.parametrize(("key", "value", "message"), MALFORMED)

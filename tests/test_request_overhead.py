@@ -83,7 +83,7 @@ def test_if_faster_weighs_the_gpu_copy_like_any_load(tmp_path: Path) -> None:
     sc = scenario_from_dict({})
     tr_cheap = cheap.transfers(sc, 1, 1)
     tr_dear = dear.transfers(sc, 1, 1)
-    assert (tr_cheap.gpu_lat, tr_cheap.gpu_per_block) == (0.0, 0.0)
+    assert (tr_cheap.latency_s[GPU], tr_cheap.read_per_block_s[GPU]) == (0.0, 0.0)
     assert best_cut([GPU, GPU], 3 * B, B, cheap, tr_cheap)[0] == 2
     k, load, prefill = best_cut([GPU, GPU], 3 * B, B, dear, tr_dear)
     assert (k, load) == (0, 0.0) and prefill == dear.prefill_s(3 * B, 0)

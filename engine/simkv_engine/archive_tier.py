@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from simkv.core.errors import ScenarioError
 from simkv.core.policies.state import PolicyState
 from simkv.core.scenario import Scenario
-from simkv.core.tiers import archived_bytes, new_policy_state
+from simkv.core.tiers import ARCHIVE, archived_bytes, new_policy_state
 from simkv_engine.archive import (
     ArchiveError,
     ArchiveOptions,
@@ -71,7 +71,7 @@ class ArchiveTier:
         archived = archived_bytes(self._block_bytes, a.compression_ratio)
         tr = self._hw.transfers(self.scenario, self._block_bytes, archived)
         busy = 0.0 if self.scenario.hardware.zero_service_time else (
-            tr.arch_compress_per_block + tr.arch_upload_per_block)
+            tr.write_per_block_s[ARCHIVE])
         try:
             self.archive = ArchiveWorker(store, self.policy, fmt, a.codec, a.interval_s, _Chunks(self),
                                          self._lock, clock=clock, busy_per_upload_s=busy)

@@ -16,10 +16,11 @@ from simkv.core.policies.state import PolicyState
 from simkv.core.policies.ttl import TTLHeuristic, make_heuristic
 from simkv.core.profiles import HardwareProfile, Transfers
 from simkv.core.scenario import GB, Scenario
+from simkv.core.scenario.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES
 
-#: The tiers, fastest first; a tier's index in this list is its number everywhere.
-TIER_NAMES = ("gpu", "cpu", "disk", "archive")
-GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
+__all__ = ["ARCHIVE", "CPU", "DISK", "GPU", "SECONDS_PER_MONTH", "TIER_NAMES", "archived_bytes", "best_cut",
+           "new_policy_state"]
+
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets
 
 
@@ -62,22 +63,11 @@ def best_cut(sources: list[int], n_tokens: int, block_size: int, hw: HardwarePro
     best_k, best_load, best_prefill = 0, 0.0, hw.prefill_s(n_tokens, 0)
     best = best_prefill
     load = 0.0
-    seen_gpu = seen_cpu = seen_disk = seen_arch = False
-    gpu_costs = bool(tr.gpu_lat or tr.gpu_per_block)
+    lat, per = tr.latency_s, tr.read_per_block_s
+    seen = [False] * len(lat)
     for k, src in enumerate(sources, start=1):
-        if src == GPU:
-            if gpu_costs:
-                load += tr.gpu_per_block + (0.0 if seen_gpu else tr.gpu_lat)
-                seen_gpu = True
-        elif src == CPU:
-            load += tr.cpu_per_block + (0.0 if seen_cpu else tr.cpu_lat)
-            seen_cpu = True
-        elif src == DISK:
-            load += tr.disk_per_block + (0.0 if seen_disk else tr.disk_lat)
-            seen_disk = True
-        elif src == ARCHIVE:
-            load += tr.arch_per_block + (0.0 if seen_arch else tr.arch_lat)
-            seen_arch = True
+        load += per[src] + (0.0 if seen[src] else lat[src])
+        seen[src] = True
         prefill = hw.prefill_s(n_tokens - k * B, k * B)
         if load + prefill <= best:
             best, best_k, best_load, best_prefill = load + prefill, k, load, prefill

@@ -90,19 +90,7 @@ class CacheBase:
         # Load-time constants per tier (latency once per request, seconds per block) and store
         # times, from the hardware profile.
         self.transfers = tr = self.hw.transfers(sc, self.block_bytes, self.archive_bytes)
-        self._cpu_lat = tr.cpu_lat
-        self._cpu_per_block = tr.cpu_per_block
-        self._cpu_write_per_block = tr.cpu_write_per_block
-        self._disk_lat = tr.disk_lat
-        self._disk_per_block = tr.disk_per_block
-        self._disk_write_per_block = tr.disk_write_per_block
-        self._arch_lat = tr.arch_lat
-        self._arch_per_block = tr.arch_per_block
-        self._arch_compress_per_block = tr.arch_compress_per_block
-        self._arch_upload_per_block = tr.arch_upload_per_block
-        self._gpu_lat = tr.gpu_lat
-        self._gpu_per_block = tr.gpu_per_block
-        self._gpu_costs = bool(tr.gpu_lat or tr.gpu_per_block)
+        self._lat, self._read_s, self._write_s = tr.latency_s, tr.read_per_block_s, tr.write_per_block_s
         #: What a request costs besides load and prefill (a table profile's ``request``).
         self.overhead = self.hw.overhead
         a = t.archive
@@ -177,8 +165,7 @@ class CacheBase:
             self.archive_refreshes += int(refresh.sum())
             np.add.at(self.archive_puts_by_request, rs[refresh], 1)
         uploads = (blocks[upload], refs[upload], d.upload_ttl, d.upload_priority, rs[upload])
-        busy = 0.0 if self.zero_time else len(uploads[0]) * (
-            self._arch_compress_per_block + self._arch_upload_per_block)
+        busy = 0.0 if self.zero_time else len(uploads[0]) * self._write_s[ARCHIVE]
         return uploads, busy
 
     def archive_pending(self) -> bool:

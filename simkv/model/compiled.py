@@ -94,14 +94,9 @@ class CompiledTieredCache(CacheBase):
         S[T.S_BLOCK_SIZE] = self.block_size
         hw = self.hw
         assert isinstance(hw, AnalyticProfile)
-        X[T.X_CPU_LAT] = self._cpu_lat
-        X[T.X_CPU_READ] = self._cpu_per_block
-        X[T.X_CPU_WRITE] = self._cpu_write_per_block
-        X[T.X_DISK_LAT] = self._disk_lat
-        X[T.X_DISK_READ] = self._disk_per_block
-        X[T.X_DISK_WRITE] = self._disk_write_per_block
-        X[T.X_ARCH_LAT] = self._arch_lat
-        X[T.X_ARCH_READ] = self._arch_per_block
+        X[T.X_CPU_LAT], X[T.X_DISK_LAT], X[T.X_ARCH_LAT] = self._lat[CPU:]
+        X[T.X_CPU_READ], X[T.X_DISK_READ], X[T.X_ARCH_READ] = self._read_s[CPU:]
+        X[T.X_CPU_WRITE], X[T.X_DISK_WRITE] = self._write_s[CPU:ARCHIVE]
         X[T.X_CONST] = hw.const_s
         X[T.X_PER_TOKEN] = hw.per_token_s
         X[T.X_ATTN] = hw.attn_s

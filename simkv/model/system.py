@@ -156,20 +156,11 @@ class TieredCache(CacheBase):
 
     def _load_s(self, sources: list[int]) -> float:
         """Time to bring the prefix blocks from their tiers to the GPU."""
-        n_cpu = sources.count(CPU)
-        n_disk = sources.count(DISK)
-        n_arch = sources.count(ARCHIVE)
         t = 0.0
-        if self._gpu_costs:
-            n_gpu = sources.count(GPU)
-            if n_gpu:
-                t += self._gpu_lat + n_gpu * self._gpu_per_block
-        if n_cpu:
-            t += self._cpu_lat + n_cpu * self._cpu_per_block
-        if n_disk:
-            t += self._disk_lat + n_disk * self._disk_per_block
-        if n_arch:
-            t += self._arch_lat + n_arch * self._arch_per_block
+        for tier, (lat, per) in enumerate(zip(self._lat, self._read_s, strict=True)):
+            n = sources.count(tier)
+            if n:
+                t += lat + n * per
         return t
 
     def _best_cut(self, sources: list[int], n_tokens: int) -> tuple[int, float, float]:
@@ -233,7 +224,7 @@ class TieredCache(CacheBase):
             ready = now
         else:
             start = max(now, self.cpu_free_at)
-            ready = self.cpu_free_at = start + self._cpu_write_per_block
+            ready = self.cpu_free_at = start + self._write_s[CPU]
         deadline, prio = self._local_deadline(block, r, position, now)
         self.cpu_writes += 1
         return cpu.insert(block, now, ref, prio, deadline, ready)
@@ -248,7 +239,7 @@ class TieredCache(CacheBase):
             ready = now
         else:
             start = max(now, self.disk_free_at)
-            ready = self.disk_free_at = start + self._disk_write_per_block
+            ready = self.disk_free_at = start + self._write_s[DISK]
             if ready - now > self.disk_write_lag_max:
                 self.disk_write_lag_max = ready - now
         deadline, prio = self._local_deadline(block, r, position, now)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simkv.core.errors import SimkvError
-from simkv.core.tiers import archived_bytes
+from simkv.core.tiers import TIER_NAMES, archived_bytes
 
 if TYPE_CHECKING:
     from simkv.core.profiles import HardwareProfile, Transfers
@@ -35,11 +35,7 @@ class TimeModel:
 
     def load_s(self, tier: str, blocks: int) -> float:
         """Seconds to load ``blocks`` blocks from ``tier`` (latency once, then per block)."""
-        tr = self.transfers
-        lat, per = {"gpu": (tr.gpu_lat, tr.gpu_per_block), "cpu": (tr.cpu_lat, tr.cpu_per_block),
-                    "disk": (tr.disk_lat, tr.disk_per_block),
-                    "archive": (tr.arch_lat, tr.arch_per_block)}[tier]
-        return lat + blocks * per if blocks else 0.0
+        return self.transfers.load_s(TIER_NAMES.index(tier), blocks)
 
     def prefill_s(self, blocks: int) -> float:
         """Seconds to compute ``blocks`` blocks of a prompt with nothing cached."""
@@ -49,15 +45,8 @@ class TimeModel:
         """The longest time from a request's prefill to ``blocks`` of its blocks being readable
         in ``tier``: the write at the tier's bandwidth; for the archive, also the wait for the
         worker's next pass (``tiers.archive.interval_s``) and the compression."""
-        tr = self.transfers
-        if tier == "cpu":
-            return blocks * tr.cpu_write_per_block
-        if tier == "disk":
-            return blocks * tr.disk_write_per_block
-        if tier == "archive":
-            return (self.scenario.tiers.archive.interval_s
-                    + blocks * (tr.arch_compress_per_block + tr.arch_upload_per_block))
-        return 0.0
+        write = blocks * self.transfers.write_per_block_s[TIER_NAMES.index(tier)]
+        return self.scenario.tiers.archive.interval_s + write if tier == "archive" else write
 
 
 def time_model(scenario: Scenario, block_size: int) -> TimeModel:

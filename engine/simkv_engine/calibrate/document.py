@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from simkv.core.profiles import PROFILE_VERSION, AnalyticProfile, Transfers
-from simkv.core.tiers import archived_bytes
+from simkv.core.tiers import TIER_NAMES, archived_bytes
 from simkv_engine.calibrate.archive_measure import _archive_notes, _archive_summary
 from simkv_engine.calibrate.fits import fit_analytic, fit_line, leave_one_out
 from simkv_engine.calibrate.plan import Plan
@@ -75,23 +75,25 @@ def _profile(probe: Probe, plan: Plan, scenario: Any, seconds: np.ndarray,
         load_rows += [{"what": label, "chunks": k, "measured_s": m, "fit_s": b0 + b1 * k, "rel": e}
                       for k, m, e in zip(ks, med, errs, strict=True)]
 
-    def entry(label: str, lat: float, per_block: float) -> dict[str, float]:
+    base_load, base_store = default.to_profile(TIER_NAMES)     # the scenario's, where not measured
+
+    def entry(label: str, tier: str) -> dict[str, float]:
         f = fitted.get(label)
         return ({"per_block_s": f["per_block_s"], "per_request_s": f["per_request_s"]} if f
-                else {"per_block_s": per_block, "per_request_s": lat})
+                else base_load[tier])
 
-    load: dict[str, Any] = {"gpu": entry("gpu", 0.0, 0.0)}
+    def written(label: str, tier: str) -> dict[str, float]:
+        return {"per_block_s": fitted[label]["per_block_s"]} if label in fitted else base_store[tier]
+
+    load: dict[str, Any] = {"gpu": entry("gpu", "gpu")}
     store: dict[str, Any] = {}
     if "cpu" in probe.tiers:
-        load["cpu"] = entry("cpu", default.cpu_lat, default.cpu_per_block)
-        store["cpu"] = {"per_block_s": fitted["store"]["per_block_s"] if "store" in fitted
-                        else default.cpu_write_per_block}
-    disk_label = "disk_cold" if "disk_cold" in fitted else "disk_warm"
-    load["disk"] = entry(disk_label, default.disk_lat, default.disk_per_block)
-    store["disk"] = {"per_block_s": fitted["disk_write"]["per_block_s"] if "disk_write" in fitted
-                     else default.disk_write_per_block}
-    load["archive"] = entry("archive", default.arch_lat, default.arch_per_block)
-    store["archive"] = {"per_block_s": default.arch_compress_per_block + default.arch_upload_per_block}
+        load["cpu"] = entry("cpu", "cpu")
+        store["cpu"] = written("store", "cpu")
+    load["disk"] = entry("disk_cold" if "disk_cold" in fitted else "disk_warm", "disk")
+    store["disk"] = written("disk_write", "disk")
+    load["archive"] = entry("archive", "archive")
+    store["archive"] = base_store["archive"]
     measured_archive = _archive_summary(archive)
     if measured_archive is not None and measured_archive["uploads"]:
         store["archive"] = {"per_block_s": measured_archive["store_s_per_chunk"]}

@@ -50,15 +50,13 @@ class AnalyticProfile(HardwareProfile):
 
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
         c, d, a = scenario.tiers.cpu, scenario.tiers.disk, scenario.tiers.archive
+        # per tier, gpu, cpu, disk, archive: a GPU hit costs nothing; an archived block is
+        # downloaded compressed and decompressed; a pass compresses then uploads each block
+        raw, packed = block_bytes, archive_bytes
         return Transfers(
-            disk_lat=d.latency_s,
-            disk_per_block=block_bytes / (d.read_gbps * GB),
-            disk_write_per_block=block_bytes / (d.write_gbps * GB),
-            arch_lat=a.request_latency_s,
-            arch_per_block=archive_bytes / (a.download_gbps * GB) + block_bytes / (a.decompress_gbps * GB),
-            arch_compress_per_block=block_bytes / (a.compress_gbps * GB),
-            arch_upload_per_block=archive_bytes / (a.upload_gbps * GB),
-            cpu_lat=c.latency_s,
-            cpu_per_block=block_bytes / (c.read_gbps * GB),
-            cpu_write_per_block=block_bytes / (c.write_gbps * GB),
+            latency_s=(0.0, c.latency_s, d.latency_s, a.request_latency_s),
+            read_per_block_s=(0.0, raw / (c.read_gbps * GB), raw / (d.read_gbps * GB),
+                              packed / (a.download_gbps * GB) + raw / (a.decompress_gbps * GB)),
+            write_per_block_s=(0.0, raw / (c.write_gbps * GB), raw / (d.write_gbps * GB),
+                               raw / (a.compress_gbps * GB) + packed / (a.upload_gbps * GB)),
         )

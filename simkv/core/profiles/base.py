@@ -13,6 +13,7 @@ import numpy as np
 
 from simkv.core.errors import ScenarioError
 from simkv.core.registry import Registry
+from simkv.core.scenario.tiers import TIER_NAMES
 
 if TYPE_CHECKING:
     from simkv.core.scenario import Scenario
@@ -23,29 +24,30 @@ GB = 1e9
 
 @dataclass(frozen=True)
 class Transfers:
-    """Seconds: ``*_lat`` once per request that loads from the tier, ``*_per_block`` per block.
+    """Seconds per tier, each tuple indexed like ``TIER_NAMES`` (gpu, cpu, disk, archive).
 
-    Load time of a request = ``gpu_lat + n_gpu·gpu_per_block`` (if it hits any GPU block; both
-    0 except in a table profile with ``load.gpu``) ``+ cpu_lat + n_cpu·cpu_per_block`` (if it
-    loads any CPU block)
-    ``+ disk_lat + n_disk·disk_per_block`` (if any disk block) ``+ arch_lat +
-    n_arch·arch_per_block`` (if any archive block); CPU and disk writes each queue behind
-    each other at ``cpu_write_per_block`` / ``disk_write_per_block``; an archive pass is busy
-    ``(arch_compress_per_block + arch_upload_per_block)`` per uploaded block. The CPU times
-    are 0 where no CPU tier is used."""
+    Load time of a request = ``Σ_t latency_s[t] + n_t·read_per_block_s[t]`` over the tiers
+    ``t`` it loads ``n_t > 0`` blocks from (a tier's latency once per request); a block written
+    to tier ``t`` takes ``write_per_block_s[t]``, queued behind the tier's earlier writes (the
+    archive's: compression and upload, per block of a pass). The GPU's entries are 0 except
+    a table profile's measured ``load.gpu``; the CPU's are 0 where no CPU tier is used."""
 
-    disk_lat: float
-    disk_per_block: float
-    disk_write_per_block: float
-    arch_lat: float
-    arch_per_block: float
-    arch_compress_per_block: float
-    arch_upload_per_block: float
-    cpu_lat: float = 0.0
-    cpu_per_block: float = 0.0
-    cpu_write_per_block: float = 0.0
-    gpu_lat: float = 0.0
-    gpu_per_block: float = 0.0
+    latency_s: tuple[float, ...]
+    read_per_block_s: tuple[float, ...]
+    write_per_block_s: tuple[float, ...]
+
+    def load_s(self, tier: int, blocks: int) -> float:
+        """Seconds to load ``blocks`` blocks from ``tier`` (a ``TIER_NAMES`` index): its latency
+        once, then per block; 0 for none."""
+        return self.latency_s[tier] + blocks * self.read_per_block_s[tier] if blocks else 0.0
+
+    def to_profile(self, names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The ``load`` and ``store`` sections of a table profile for the tiers ``names`` (their
+        ``TIER_NAMES`` order): ``{tier: {per_block_s, per_request_s}}``, ``{tier: {per_block_s}}``."""
+        idx = [TIER_NAMES.index(n) for n in names]
+        load = {TIER_NAMES[t]: {"per_block_s": self.read_per_block_s[t], "per_request_s": self.latency_s[t]}
+                for t in idx}
+        return load, {TIER_NAMES[t]: {"per_block_s": self.write_per_block_s[t]} for t in idx}
 
 
 @dataclass(frozen=True)

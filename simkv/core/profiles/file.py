@@ -22,6 +22,7 @@ from simkv.core.profiles.base import (
     HardwareProfile,
     Transfers,
 )
+from simkv.core.scenario.tiers import TIER_NAMES
 
 _TOP_KEYS = {"version", "kind", "model", "block_size", "measured_on", "fit_error", "notes",
              "calibration", "prefill", "load", "store", "archive", "request", "step"}
@@ -95,11 +96,11 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
         given, other = ("load", "store") if "cpu" in load else ("store", "load")
         raise ScenarioError(f"{source}: {other}.cpu: missing, but {given}.cpu is given (a CPU tier "
                             "needs both)")
-    for tier in [t for t in ("gpu", "cpu", "disk", "archive") if t in load]:
+    for tier in [t for t in TIER_NAMES if t in load]:
         m = _mapping(source, f"load.{tier}", load[tier], ("per_block_s", "per_request_s"))
         for k in ("per_block_s", "per_request_s"):
             _num(source, f"load.{tier}.{k}", m[k])
-    for tier in [t for t in ("cpu", "disk", "archive") if t in store]:
+    for tier in [t for t in TIER_NAMES[1:] if t in store]:
         m = _mapping(source, f"store.{tier}", store[tier], ("per_block_s",))
         _num(source, f"store.{tier}.per_block_s", m["per_block_s"])
     if "archive" in data:
@@ -154,16 +155,11 @@ def table_from_profile(profile: HardwareProfile, transfers: Transfers, new_token
     turned into a table, and the file format :func:`load_profile` reads."""
     seconds = profile.prefill_array(np.repeat(new_tokens, len(cached_tokens)),
                                     np.tile(cached_tokens, len(new_tokens)))
+    load, store = transfers.to_profile(TIER_NAMES[1:])   # the GPU's: no load.gpu entry
     return {
         "version": PROFILE_VERSION, "kind": "table", "model": model, "block_size": block_size,
         **provenance,
         "prefill": {"new_tokens": list(new_tokens), "cached_tokens": list(cached_tokens),
                     "seconds": seconds.reshape(len(new_tokens), len(cached_tokens)).tolist()},
-        "load": {"cpu": {"per_block_s": transfers.cpu_per_block, "per_request_s": transfers.cpu_lat},
-                 "disk": {"per_block_s": transfers.disk_per_block, "per_request_s": transfers.disk_lat},
-                 "archive": {"per_block_s": transfers.arch_per_block, "per_request_s": transfers.arch_lat}},
-        "store": {"cpu": {"per_block_s": transfers.cpu_write_per_block},
-                  "disk": {"per_block_s": transfers.disk_write_per_block},
-                  "archive": {"per_block_s": transfers.arch_compress_per_block
-                              + transfers.arch_upload_per_block}},
+        "load": load, "store": store,
     }

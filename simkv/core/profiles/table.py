@@ -17,6 +17,7 @@ from simkv.core.profiles.base import (
     StepTime,
     Transfers,
 )
+from simkv.core.scenario.tiers import TIER_NAMES
 
 if TYPE_CHECKING:
     from simkv.core.scenario import Scenario
@@ -66,16 +67,11 @@ class TableProfile(HardwareProfile):
         self.block_size = int(data["block_size"])
         load, store = data["load"], data["store"]
         self.has_cpu = "cpu" in load
-        cpu_load = load.get("cpu", {"per_block_s": 0.0, "per_request_s": 0.0})
+        none = {"per_block_s": 0.0, "per_request_s": 0.0}   # a tier the profile does not measure
         self._t = Transfers(
-            disk_lat=load["disk"]["per_request_s"], disk_per_block=load["disk"]["per_block_s"],
-            disk_write_per_block=store["disk"]["per_block_s"],
-            arch_lat=load["archive"]["per_request_s"], arch_per_block=load["archive"]["per_block_s"],
-            arch_compress_per_block=store["archive"]["per_block_s"], arch_upload_per_block=0.0,
-            cpu_lat=cpu_load["per_request_s"], cpu_per_block=cpu_load["per_block_s"],
-            cpu_write_per_block=store.get("cpu", {"per_block_s": 0.0})["per_block_s"],
-            **({"gpu_lat": load["gpu"]["per_request_s"], "gpu_per_block": load["gpu"]["per_block_s"]}
-               if "gpu" in load else {}))
+            latency_s=tuple(load.get(t, none)["per_request_s"] for t in TIER_NAMES),
+            read_per_block_s=tuple(load.get(t, none)["per_block_s"] for t in TIER_NAMES),
+            write_per_block_s=tuple(store.get(t, none)["per_block_s"] for t in TIER_NAMES))
         if "request" in data and not zero_service_time:
             self.overhead = RequestOverhead(**{k: float(v) for k, v in data["request"].items()})
         self.ratio: float | None = (data.get("archive") or {}).get("compression_ratio")

@@ -10,6 +10,11 @@ from typing import Literal
 
 from simkv.core.errors import ScenarioError
 
+#: The tiers, fastest first; a tier's index in this list is its number everywhere (the
+#: simulator's caches and kernels, per-tier arrays, the per-request columns, the summary, the
+#: reports, the engine's counters).
+TIER_NAMES = ("gpu", "cpu", "disk", "archive")
+GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
 MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
 #: Tokens per block (a trace's ``block_size``) and KV bytes per token, at most: a block's
 #: bytes, their product, stay far inside int64.
