@@ -77,11 +77,10 @@ class CacheBase:
 
         t = sc.tiers
         self.archive_bytes = archived_bytes(self.block_bytes, self.hw.compression_ratio(sc))
-        configs = [getattr(t, name) for name in TIER_NAMES]
+        configs = t.specs()
         #: Per tier, indexed like TIER_NAMES: in use (the GPU tier always is), bytes a block
         #: occupies (the archive stores compressed blocks), capacity in blocks (None: unbounded).
-        self.present = tuple(name == "gpu" or cfg.enabled
-                             for name, cfg in zip(TIER_NAMES, configs, strict=True))
+        self.present = t.present()
         self.stored_bytes = (self.block_bytes,) * ARCHIVE + (self.archive_bytes,)
         self.capacity = tuple(cfg.blocks(stored) if present else None for cfg, stored, present
                               in zip(configs, self.stored_bytes, self.present, strict=True))

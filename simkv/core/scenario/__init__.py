@@ -38,6 +38,7 @@ from simkv.core.scenario.tiers import (
     Tiers,
     check_positive,
     parse_bytes,
+    tiers_mapping,
 )
 
 #: The most GPUs one simulated engine may have (each is a server process of the simulation).
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["ARCHIVE_CODECS", "GB", "MAX_BLOCK_SIZE", "MAX_BYTES_PER_TOKEN", "MAX_CAPACITY",
            "RESTORE_CLASSES", "SECONDS_PER_DAY", "STORAGE_CLASSES", "ArchiveTier", "CPUTier", "DiskTier",
            "GPUTier", "Hardware", "ModelShape", "Scenario", "TTLConfig", "TierCapacity", "Tiers",
-           "load_scenario", "parse_bytes", "scenario_from_dict"]
+           "load_scenario", "parse_bytes", "scenario_from_dict", "tiers_mapping"]
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,9 @@ class Scenario:
 
 
 def scenario_from_dict(data: dict[str, Any]) -> Scenario:
+    """A validated scenario from its YAML's data (``tiers`` in either form: :func:`tiers_mapping`)."""
+    if "tiers" in data:
+        data = {**data, "tiers": tiers_mapping(data["tiers"])}
     return from_dict(Scenario, data)
 
 
@@ -251,6 +255,11 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     data = read_yaml_file(path, "scenario file") or {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
+    try:
+        if "tiers" in data:       # the list form becomes the mapping --set keys address
+            data["tiers"] = tiers_mapping(data["tiers"])
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
     data = apply_overrides(data, overrides or [])
     resolve_profile_path(data, path)
     resolve_trace_path(data, path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from simkv.core.errors import ScenarioError
 
@@ -119,6 +119,8 @@ class GPUTier(TierCapacity):
     ``capacity_blocks`` engine blocks of ``block_tokens`` tokens (vLLM's ``num_gpu_blocks``,
     the null block included), or ``capacity_bytes // (block_tokens × bytes per token)``."""
 
+    kind: ClassVar[str] = "device"
+
     default_bytes = "16GiB"
     eviction: str = "lru"
     block_tokens: int = VLLM_BLOCK_TOKENS
@@ -159,6 +161,8 @@ class CPUTier(TierCapacity):
     load time of ``n`` bytes = ``latency_s + n / (read_gbps * 1e9)`` (pinned host↔GPU copies
     on an H100 box reach ~50 GB/s)."""
 
+    kind: ClassVar[str] = "host"
+
     default_bytes = "64GiB"
     enabled: bool = False
     read_gbps: float = 50.0
@@ -177,6 +181,8 @@ class DiskTier(TierCapacity):
     asynchronously (LMCache's behaviour); ``offload_on_evict``: written when the GPU evicts it.
     Load time of ``n`` bytes = ``latency_s + n / (read_gbps * 1e9)``; writes queue behind
     each other at ``write_gbps`` and a block is readable once its write finished."""
+
+    kind: ClassVar[str] = "disk"
 
     default_bytes = "500GiB"
     enabled: bool = True
@@ -229,6 +235,8 @@ class ArchiveTier(TierCapacity):
     min_days)``: one removed earlier (expiry, eviction, overwrite) pays the rest at removal,
     one alive at the end of the run is billed until its TTL deadline but at least ``min_days``
     (see docs/metrics.md)."""
+
+    kind: ClassVar[str] = "archive"
 
     enabled: bool = False
     interval_s: float = 60.0
@@ -288,7 +296,58 @@ class ArchiveTier(TierCapacity):
 
 @dataclass(frozen=True)
 class Tiers:
+    """The tier specs, one field per tier of :data:`TIER_NAMES`, fastest first."""
+
     gpu: GPUTier = field(default_factory=GPUTier)
     cpu: CPUTier = field(default_factory=CPUTier)
     disk: DiskTier = field(default_factory=DiskTier)
     archive: ArchiveTier = field(default_factory=ArchiveTier)
+
+    def specs(self) -> tuple[TierCapacity, ...]:
+        """Every tier's spec, indexed like :data:`TIER_NAMES` (disabled ones included)."""
+        return tuple(getattr(self, name) for name in TIER_NAMES)
+
+    def present(self) -> tuple[bool, ...]:
+        """Per tier, indexed like :data:`TIER_NAMES`: in use (the GPU tier always is)."""
+        return tuple(getattr(spec, "enabled", True) for spec in self.specs())
+
+
+#: Each tier's kind (its spec's ``kind``), indexed like :data:`TIER_NAMES`: what the list form
+#: of ``tiers`` names it by.
+TIER_KINDS = tuple(spec.kind for spec in Tiers().specs())
+
+
+def tiers_mapping(value: Any, key: str = "tiers") -> Any:
+    """The list form of ``tiers`` as the mapping the dataclasses read (other values as given).
+
+    The list names the tiers in use, fastest first, each a mapping with its ``kind``
+    (:data:`TIER_KINDS`) and that tier's keys: ``[{kind: device, capacity_bytes: 16GiB},
+    {kind: disk}, {kind: archive, interval_s: 30}]``. A listed tier is enabled unless it says
+    ``enabled: false``; one not listed is disabled (the device tier, always present, keeps its
+    defaults)."""
+    if not isinstance(value, list):
+        return value
+    out: dict[str, dict[str, Any]] = {}
+    last = -1
+    for i, entry in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict):
+            raise ScenarioError(f"{where}: a tier is a mapping with a kind (one of {list(TIER_KINDS)}), "
+                                f"got {entry!r}")
+        kind = entry.get("kind")
+        if kind not in TIER_KINDS:
+            got = "missing" if kind is None else f"{kind!r} is not a tier kind"
+            raise ScenarioError(f"{where}.kind: {got} (expected one of {list(TIER_KINDS)})")
+        n = TIER_KINDS.index(kind)
+        if n <= last:
+            prev = TIER_KINDS[last]
+            raise ScenarioError(f"{where}.kind: {kind!r} after {prev!r}" + (
+                " again" if n == last else f": list the tiers fastest first ({', '.join(TIER_KINDS)})"))
+        last = n
+        spec = {k: v for k, v in entry.items() if k != "kind"}
+        if n != GPU:
+            spec.setdefault("enabled", True)
+        out[TIER_NAMES[n]] = spec
+    for name in TIER_NAMES[1:]:
+        out.setdefault(name, {"enabled": False})
+    return out

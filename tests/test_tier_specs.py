@@ -1,0 +1,92 @@
+"""The tier specs: one ordered list with a kind each, and the list form of a scenario's ``tiers``
+(the mapping form keeps working, and both build the same scenario)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from simkv.api import run
+from simkv.core.errors import ScenarioError
+from simkv.core.scenario import Scenario, load_scenario, scenario_from_dict
+from simkv.core.scenario.tiers import TIER_KINDS, ArchiveTier, CPUTier, DiskTier, GPUTier, Tiers
+from simkv.core.tiers import TIER_NAMES
+from tests.conftest import SCENARIOS, SMALL_TRACE, assert_user_error, simkv_cli
+
+LISTED = [{"kind": "device", "capacity_bytes": "8GiB", "eviction": "lru"},
+          {"kind": "disk", "capacity_bytes": "32GiB", "write_policy": "write_through", "eviction": "lru"},
+          {"kind": "archive", "interval_s": 30, "codec": "zstd", "compression_ratio": 2.0,
+           "storage_class": "standard", "request_latency_s": 0.03}]
+
+
+def _write(tmp_path: Path, tiers: Any, name: str = "listed.yaml") -> Path:
+    doc = yaml.safe_load((SCENARIOS / "three-tier-adaptive.yaml").read_text())
+    doc["tiers"] = tiers
+    doc["trace"] = str(SMALL_TRACE)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_every_tier_spec_has_its_kind_in_tier_order() -> None:
+    specs = Tiers().specs()
+    assert [type(s) for s in specs] == [GPUTier, CPUTier, DiskTier, ArchiveTier]
+    assert TIER_KINDS == tuple(s.kind for s in specs) == ("device", "host", "disk", "archive")
+    assert len(TIER_KINDS) == len(TIER_NAMES)
+    # in use: the device always, the others when enabled (the defaults: disk only)
+    assert Tiers().present() == (True, False, True, False)
+    assert Tiers(cpu=CPUTier(enabled=True), disk=DiskTier(enabled=False)).present() == (True, True, False, False)
+
+
+def test_the_list_form_builds_the_scenario_the_mapping_builds(tmp_path: Path) -> None:
+    mapping = load_scenario(SCENARIOS / "three-tier-adaptive.yaml")
+    listed = load_scenario(_write(tmp_path, LISTED))
+    assert listed.tiers == mapping.tiers
+    assert listed.to_dict()["tiers"] == mapping.to_dict()["tiers"]    # written back as the mapping
+    got, want = run(listed, SMALL_TRACE).summary, run(mapping, SMALL_TRACE).summary
+    assert got == want and got["archive_puts"] > 0
+
+
+def test_a_tier_not_listed_is_off_and_a_listed_one_on_unless_it_says_so() -> None:
+    sc = scenario_from_dict({"tiers": [{"kind": "host", "capacity_blocks": 10}]})
+    assert sc.tiers.cpu == CPUTier(enabled=True, capacity_blocks=10)
+    assert sc.tiers.gpu == GPUTier()                        # the device keeps its defaults
+    assert not sc.tiers.disk.enabled and not sc.tiers.archive.enabled
+    off = scenario_from_dict({"tiers": [{"kind": "device"}, {"kind": "disk", "enabled": False}]})
+    assert off.tiers.present() == (True, False, False, False)
+
+
+def test_set_overrides_address_a_listed_tier_by_name(tmp_path: Path) -> None:
+    sc = load_scenario(_write(tmp_path, LISTED), ["tiers.disk.capacity_blocks=7", "tiers.disk.capacity_bytes=null"])
+    assert sc.tiers.disk.capacity_blocks == 7 and sc.tiers.disk.enabled
+
+
+@pytest.mark.parametrize(("tiers", "message"), [
+    ([{"kind": "nvme"}], "tiers[0].kind: 'nvme' is not a tier kind (expected one of "
+                         "['device', 'host', 'disk', 'archive'])"),
+    ([{"kind": "device"}, {"capacity_blocks": 3}], "tiers[1].kind: missing (expected one of"),
+    ([{"kind": "disk"}, {"kind": "host"}], "tiers[1].kind: 'host' after 'disk': list the tiers fastest "
+                                           "first (device, host, disk, archive)"),
+    ([{"kind": "disk"}, {"kind": "disk"}], "tiers[1].kind: 'disk' after 'disk' again"),
+    (["disk"], "tiers[0]: a tier is a mapping with a kind"),
+    ([{"kind": "disk", "speed": 3}], "tiers.disk.speed: unknown key"),
+])
+def test_a_bad_tier_list_is_an_error_naming_the_entry(tmp_path: Path, tiers: Any, message: str) -> None:
+    path = _write(tmp_path, tiers)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+    with pytest.raises(ScenarioError, match=r"^tiers"):
+        scenario_from_dict({"tiers": tiers})
+
+
+def test_the_cli_reports_a_bad_tier_list_without_a_traceback(tmp_path: Path) -> None:
+    path = _write(tmp_path, [{"kind": "device"}, {"kind": "ssd"}])
+    assert_user_error(simkv_cli("run", str(path)), str(path), "tiers[1].kind: 'ssd' is not a tier kind")
+
+
+def test_the_default_scenario_is_unchanged() -> None:
+    assert Scenario().tiers == scenario_from_dict({}).tiers == scenario_from_dict({"tiers": {}}).tiers
