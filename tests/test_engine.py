@@ -119,7 +119,7 @@ def test_a_shared_prefix_hits_exactly_the_shared_full_chunks(make_engine):
     assert engine.lmcache.lookup(b) == 2 * CHUNK
     assert engine.lookup(b) == ["cpu", "cpu"]
     result = engine.serve(b)
-    assert result.hit_tokens == {"gpu": 0, "cpu": 2 * CHUNK, "disk": 0, "archive": 0}
+    assert result.hit_tokens == {"gpu": 0, "cpu": 2 * CHUNK, "disk": 0, "remote": 0, "archive": 0}
     assert result.computed_tokens == len(b) - 2 * CHUNK
 
 
@@ -161,12 +161,13 @@ def test_per_tier_accounting_with_a_small_gpu_cache(make_engine):
     b = prompt(7, 2 * CHUNK + 1)
 
     r1 = engine.serve(a)
-    assert r1.hit_tokens == {"gpu": 0, "cpu": 0, "disk": 0, "archive": 0} and r1.computed_tokens == len(a)
+    assert r1.hit_tokens == {"gpu": 0, "cpu": 0, "disk": 0, "remote": 0, "archive": 0}
+    assert r1.computed_tokens == len(a)
     assert len(engine.gpu_cache) == 2 and engine.gpu_cache.evictions == 2   # LRU kept chunks 2, 3
 
     assert engine.lookup(a) == ["cpu", "cpu", "gpu", "gpu"]
     r2 = engine.serve(a)
-    assert r2.hit_tokens == {"gpu": 2 * CHUNK, "cpu": 2 * CHUNK, "disk": 0, "archive": 0}
+    assert r2.hit_tokens == {"gpu": 2 * CHUNK, "cpu": 2 * CHUNK, "disk": 0, "remote": 0, "archive": 0}
     assert r2.computed_tokens == 3
 
     r3 = engine.serve(b)                                   # evicts a's chunks from the GPU cache
@@ -177,7 +178,8 @@ def test_per_tier_accounting_with_a_small_gpu_cache(make_engine):
     engine.lmcache.clear(locations=["LocalCPUBackend"])
     assert engine.lookup(a) == ["disk"] * 4
     r4 = engine.serve(a)
-    assert r4.hit_tokens == {"gpu": 0, "cpu": 0, "disk": 4 * CHUNK, "archive": 0} and r4.computed_tokens == 3
+    assert r4.hit_tokens == {"gpu": 0, "cpu": 0, "disk": 4 * CHUNK, "remote": 0, "archive": 0}
+    assert r4.computed_tokens == 3
     for r in (r1, r2, r3, r4):
         assert r.load_s >= 0 and r.prefill_s > 0 and r.store_s >= 0
 

@@ -141,7 +141,7 @@ def test_a_deep_miss_hydrates_from_the_archive_with_the_logits_of_a_full_prefill
     assert engine.lookup(tokens) == ["archive"] * 3
 
     result = engine.serve(tokens, all_logits=True)
-    assert result.hit_tokens == {"gpu": 0, "cpu": 0, "disk": 0, "archive": 3 * CHUNK}
+    assert result.hit_tokens == {"gpu": 0, "cpu": 0, "disk": 0, "remote": 0, "archive": 3 * CHUNK}
     assert result.computed_tokens == 9 and result.hydrate_s > 0
     assert_logits_of_a_full_prefill(model, tokens, result)
     c = engine.counters()

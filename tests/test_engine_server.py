@@ -151,9 +151,9 @@ def test_hits_per_tier_agree_with_lookup_and_clear(client):
     r = client.post("/kv/clear", json={"tiers": ["gpu"]})
     assert r.status_code == 200 and r.json()["cleared"]["gpu"] >= 4
     before = lookup(client, p)
-    assert before["tokens_by_source"] == {"gpu": 0, "cpu": 4 * CHUNK, "disk": 0, "archive": 0}
+    assert before["tokens_by_source"] == {"gpu": 0, "cpu": 4 * CHUNK, "disk": 0, "remote": 0, "archive": 0}
     served = complete(client, {"prompt": p, "max_tokens": 1})["usage"]["simkv"]["tokens_by_source"]
-    assert served == {"gpu": 0, "cpu": 4 * CHUNK, "disk": 0, "archive": 0, "computed": 0}
+    assert served == {"gpu": 0, "cpu": 4 * CHUNK, "disk": 0, "remote": 0, "archive": 0, "computed": 0}
 
     assert client.post("/kv/clear", json={"tiers": ["gpu", "cpu"]}).status_code == 200
     deadline = time.monotonic() + 30               # LMCache writes to disk asynchronously

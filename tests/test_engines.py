@@ -32,7 +32,7 @@ def test_every_engine_is_registered_in_speed_order() -> None:
 def test_auto_picks_the_fastest_and_says_why_the_others_were_skipped() -> None:
     assert select_engine(load_scenario(PARITY)) == ("fast", {})
     sc = load_scenario(THREE_TIER)
-    assert select_engine(sc) == ("compiled", {"fast": "a CPU, disk or archive tier is enabled "
+    assert select_engine(sc) == ("compiled", {"fast": "tiers below the GPU in use: disk, archive "
                                                        "(fast needs a single GPU tier)"})
     name, skipped = select_engine(sc.with_overrides(["ttl.scope=all"]))
     assert name == "simpy" and list(skipped) == ["fast", "compiled"]

@@ -101,10 +101,13 @@ def test_request_table_rejects_bad_frames(three_tier) -> None:
 
 
 def test_a_fifo_run_leaves_only_the_decode_columns_null(three_tier, small_trace, tmp_path) -> None:
-    """Schema version 4: ``output_tokens`` from the trace, never null; a ``fifo`` simulation
-    models no decode, so ``e2e_s``, ``tpot_s`` and ``preemptions`` are null, and only they."""
+    """Schema version 5 (4 added ``output_tokens``, 5 the remote tier's columns):
+    ``output_tokens`` from the trace, never null; a ``fifo`` simulation models no decode, so
+    ``e2e_s``, ``tpot_s`` and ``preemptions`` are null, and only they."""
     r = three_tier.requests
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
+    remote = {"remote_hit_tokens", "remote_loaded_bytes", "remote_held_bytes", "remote_storage_dollars"}
+    assert remote <= set(r)
     assert r["output_tokens"].tolist() == small_trace.output_tokens.tolist()
     assert r[list(DECODE_COLUMNS)].isna().all().all()
     others = [c for c in REQUEST_COLUMNS if c not in (*DECODE_COLUMNS, "error")]
@@ -126,7 +129,7 @@ def test_a_fifo_run_leaves_only_the_decode_columns_null(three_tier, small_trace,
     v3 = pq.read_table(out / "requests.parquet").drop_columns(["output_tokens", *DECODE_COLUMNS])
     v3 = v3.replace_schema_metadata({b"simkv_requests_schema_version": b"3"})
     pq.write_table(v3, out / "requests.parquet")
-    with pytest.raises(SimkvError, match="schema version 3; this simkv reads version 4: re-run"):
+    with pytest.raises(SimkvError, match="schema version 3; this simkv reads version 5: re-run"):
         read_requests(out / "requests.parquet")
 
 

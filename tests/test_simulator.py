@@ -12,9 +12,10 @@ import pytest
 from simkv.api import run
 from simkv.core.policies.eviction import LRU
 from simkv.core.scenario import load_scenario
-from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, REMOTE, TIER_NAMES
 from simkv.metrics.requests import fifo_start_times
 from simkv.model import kernels as K
+from simkv.model import tier_kernels as T
 from simkv.model.system import TieredCache
 from simkv.model.tiers import Tier
 from tests.conftest import SCENARIOS, SMALL_TRACE, make_trace, simkv_cli
@@ -130,7 +131,8 @@ def test_cpu_tier_runs_compiled_and_is_off_by_default() -> None:
     trace = make_trace([[1, 2], [1, 2, 3]])
     res = run(sc.with_overrides(["tiers.cpu.enabled=true", "trace=null"]), trace)
     assert res.summary["engine"] == "compiled"
-    assert (K.GPU, K.CPU, K.DISK, K.ARCHIVE) == (GPU, CPU, DISK, ARCHIVE)
+    assert (T.GPU, T.CPU, T.DISK, T.REMOTE, T.ARCHIVE) == (GPU, CPU, DISK, REMOTE, ARCHIVE)
+    assert len(TIER_NAMES) == T.N_TIERS
     assert len(TIER_NAMES) == K.N_TIERS
 
 

@@ -12,7 +12,7 @@ import yaml
 from simkv.api import run
 from simkv.core.errors import ScenarioError
 from simkv.core.scenario import Scenario, load_scenario, scenario_from_dict
-from simkv.core.scenario.tiers import TIER_KINDS, ArchiveTier, CPUTier, DiskTier, GPUTier, Tiers
+from simkv.core.scenario.tiers import TIER_KINDS, ArchiveTier, CPUTier, DiskTier, GPUTier, RemoteTier, Tiers
 from simkv.core.tiers import TIER_NAMES
 from tests.conftest import SCENARIOS, SMALL_TRACE, assert_user_error, simkv_cli
 
@@ -33,12 +33,13 @@ def _write(tmp_path: Path, tiers: Any, name: str = "listed.yaml") -> Path:
 
 def test_every_tier_spec_has_its_kind_in_tier_order() -> None:
     specs = Tiers().specs()
-    assert [type(s) for s in specs] == [GPUTier, CPUTier, DiskTier, ArchiveTier]
-    assert TIER_KINDS == tuple(s.kind for s in specs) == ("device", "host", "disk", "archive")
+    assert [type(s) for s in specs] == [GPUTier, CPUTier, DiskTier, RemoteTier, ArchiveTier]
+    assert TIER_KINDS == tuple(s.kind for s in specs) == ("device", "host", "disk", "remote", "archive")
     assert len(TIER_KINDS) == len(TIER_NAMES)
     # in use: the device always, the others when enabled (the defaults: disk only)
-    assert Tiers().present() == (True, False, True, False)
-    assert Tiers(cpu=CPUTier(enabled=True), disk=DiskTier(enabled=False)).present() == (True, True, False, False)
+    assert Tiers().present() == (True, False, True, False, False)
+    on = Tiers(cpu=CPUTier(enabled=True), disk=DiskTier(enabled=False))
+    assert on.present() == (True, True, False, False, False)
 
 
 def test_the_list_form_builds_the_scenario_the_mapping_builds(tmp_path: Path) -> None:
@@ -51,25 +52,27 @@ def test_the_list_form_builds_the_scenario_the_mapping_builds(tmp_path: Path) ->
 
 
 def test_a_tier_not_listed_is_off_and_a_listed_one_on_unless_it_says_so() -> None:
-    sc = scenario_from_dict({"tiers": [{"kind": "host", "capacity_blocks": 10}]})
+    sc = scenario_from_dict({"tiers": [{"kind": "host", "capacity_blocks": 10}, {"kind": "remote"}]})
+    assert sc.tiers.remote == RemoteTier(enabled=True)
     assert sc.tiers.cpu == CPUTier(enabled=True, capacity_blocks=10)
     assert sc.tiers.gpu == GPUTier()                        # the device keeps its defaults
     assert not sc.tiers.disk.enabled and not sc.tiers.archive.enabled
     off = scenario_from_dict({"tiers": [{"kind": "device"}, {"kind": "disk", "enabled": False}]})
-    assert off.tiers.present() == (True, False, False, False)
+    assert off.tiers.present() == (True, False, False, False, False)
 
 
 def test_set_overrides_address_a_listed_tier_by_name(tmp_path: Path) -> None:
-    sc = load_scenario(_write(tmp_path, LISTED), ["tiers.disk.capacity_blocks=7", "tiers.disk.capacity_bytes=null"])
+    sc = load_scenario(_write(tmp_path, LISTED),
+                       ["tiers.disk.capacity_blocks=7", "tiers.disk.capacity_bytes=null"])
     assert sc.tiers.disk.capacity_blocks == 7 and sc.tiers.disk.enabled
 
 
 @pytest.mark.parametrize(("tiers", "message"), [
     ([{"kind": "nvme"}], "tiers[0].kind: 'nvme' is not a tier kind (expected one of "
-                         "['device', 'host', 'disk', 'archive'])"),
+                         "['device', 'host', 'disk', 'remote', 'archive'])"),
     ([{"kind": "device"}, {"capacity_blocks": 3}], "tiers[1].kind: missing (expected one of"),
     ([{"kind": "disk"}, {"kind": "host"}], "tiers[1].kind: 'host' after 'disk': list the tiers fastest "
-                                           "first (device, host, disk, archive)"),
+                                           "first (device, host, disk, remote, archive)"),
     ([{"kind": "disk"}, {"kind": "disk"}], "tiers[1].kind: 'disk' after 'disk' again"),
     (["disk"], "tiers[0]: a tier is a mapping with a kind"),
     ([{"kind": "disk", "speed": 3}], "tiers.disk.speed: unknown key"),

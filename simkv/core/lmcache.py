@@ -46,7 +46,11 @@ def lmcache_gib(tier: TierCapacity, key: str, chunk_bytes: int) -> float:
 
 def lmcache_policy(scenario: Scenario) -> str:
     """LMCache's ``cache_policy`` from the enabled CPU / disk tiers' ``eviction`` (one policy
-    serves both backends in LMCache, so they must agree)."""
+    serves both backends in LMCache, so they must agree). Every LMCache setup (the engine's,
+    vLLM's connector) asks here first, so a tier it does not build yet is refused here."""
+    if scenario.tiers.remote.enabled:
+        raise ScenarioError("tiers.remote.enabled: the engine and the vLLM setup do not build LMCache's "
+                            "remote backend yet (the remote tier is simulated only); disable it")
     tiers = [(f"tiers.{name}", getattr(scenario.tiers, name)) for name in ("cpu", "disk")
              if getattr(scenario.tiers, name).enabled]
     names = {t.eviction for _, t in tiers}

@@ -37,7 +37,9 @@ from simkv.traces.schema import Trace
 #: Bump when a column is added, renamed, removed, retyped or changes meaning.
 #: 3: the ``error`` column; measured columns nullable (a replay leaves unknown ones null).
 #: 4: ``output_tokens`` and the decode columns ``e2e_s``, ``tpot_s``, ``preemptions``.
-SCHEMA_VERSION = 4
+#: 5: the remote KV store tier: ``remote_hit_tokens``, ``remote_loaded_bytes``,
+#:    ``remote_held_bytes``, ``remote_storage_dollars`` (in ``request_cost_dollars``).
+SCHEMA_VERSION = 5
 
 META_SCHEMA_VERSION = b"simkv_requests_schema_version"
 META_TRACE_SHA256 = b"trace_sha256"
@@ -70,7 +72,8 @@ def _fields() -> list[pa.Field]:
         *((f"{t}_loaded_bytes", i64) for t in LOAD_TIERS),
         ("gpu_seconds_saved", f64), ("gpu_dollars_saved", f64), ("archive_objects", i64),
         ("archive_storage_dollars", f64), ("archive_request_dollars", f64),
-        ("transfer_dollars", f64), ("request_cost_dollars", f64), ("cost_saved_dollars", f64),
+        ("transfer_dollars", f64), ("remote_storage_dollars", f64), ("request_cost_dollars", f64),
+        ("cost_saved_dollars", f64),
         *((f"{t}_held_bytes", i64) for t in TIER_NAMES),
         (ERROR_COLUMN, s),
     ]

@@ -45,6 +45,13 @@ def archive_storage_dollars(scenario: Scenario, cache: CacheBase) -> np.ndarray:
     return cache.archive_billed_s() * per_object_s
 
 
+def remote_storage_dollars(cache: CacheBase) -> np.ndarray:
+    """Per request: the DRAM bill of the remote keys it wrote, ``billed_s × block_bytes / 1e9 /
+    3600 × $/GB-hour`` where ``billed_s`` = Σ the keys' lifetimes (write → expiry or eviction,
+    or → their deadline if they outlive the run; the run's end without one)."""
+    return cache.remote_billed_s() * (cache.block_bytes * cache.remote_cost_per_byte_s)
+
+
 def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: RequestLog) -> pd.DataFrame:
     """One row per request, in trace order, with the columns of
     :data:`~simkv.core.schema.REQUEST_SCHEMA` (docs/metrics.md, "Per-request rows").
@@ -53,9 +60,9 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     an archive object's PUT (upload or refresh COPY) and its storage (minimum duration and
     size included) go to the request whose access made the block a candidate for that upload
     (its last request before the archive pass); GETs, retrieval and transfer go to the request
-    that fetched. ``cost_saved_dollars = gpu_dollars_saved − archive_storage_dollars −
-    archive_request_dollars − transfer_dollars``; ``request_cost_dollars`` is the sum of the
-    three archive columns; ``archive_objects`` counts the PUTs charged (uploads and refresh
+    that fetched; a remote key's DRAM to the request that wrote it. ``cost_saved_dollars =
+    gpu_dollars_saved − request_cost_dollars``, the sum of the three archive columns and
+    ``remote_storage_dollars``; ``archive_objects`` counts the PUTs charged (uploads and refresh
     COPYs, each a new object).
 
     ``ttft_s = queue_s + load_s + prefill_s`` (+ the table profile's request overhead where it
@@ -112,7 +119,8 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     storage_cost = archive_storage_dollars(scenario, cache)
     put_get_cost = cache.archive_puts_by_request * a.price("put") + arch_b * a.price("get")
     transfer_cost = fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
-    request_cost = storage_cost + put_get_cost + transfer_cost
+    remote_cost = remote_storage_dollars(cache)
+    request_cost = storage_cost + put_get_cost + transfer_cost + remote_cost
     gpu_saved_dollars = gpu_saved_s * hw.gpu_cost_per_hour / 3600.0
     return pd.DataFrame({
         "request_id": trace.table.column("request_id").to_numpy(zero_copy_only=False),
@@ -138,6 +146,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
         "archive_storage_dollars": storage_cost,
         "archive_request_dollars": put_get_cost,
         "transfer_dollars": transfer_cost,
+        "remote_storage_dollars": remote_cost,
         "request_cost_dollars": request_cost,
         "cost_saved_dollars": gpu_saved_dollars - request_cost,
         **{f"{t}_held_bytes": np.asarray(getattr(log, f"{t}_bytes"), dtype=np.int64) for t in TIER_NAMES},

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from simkv.core.scenario import GB, Scenario
-from simkv.core.tiers import TIER_NAMES
-from simkv.metrics.requests import archive_storage_dollars
+from simkv.core.tiers import ARCHIVE, DISK, GPU, TIER_NAMES
+from simkv.metrics.requests import archive_storage_dollars, remote_storage_dollars
 from simkv.model.cache_base import CacheBase
 
 if TYPE_CHECKING:
@@ -78,13 +78,16 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
     request_dollars = ((cache.archive_puts + cache.archive_refreshes) * a.price("put")
                        + cache.archive_gets * a.price("get"))
     transfer_dollars = cache.archive_bytes_fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
+    remote_dollars = float(remote_storage_dollars(cache).sum())
     out.update({
         "gpu_seconds_saved": gpu_s,
         "gpu_dollars_saved": gpu_dollars,
         "archive_storage_dollars": storage_dollars,
         "archive_request_dollars": request_dollars,
         "transfer_dollars": transfer_dollars,
-        "cost_saved_dollars": gpu_dollars - storage_dollars - request_dollars - transfer_dollars,
+        "remote_storage_dollars": remote_dollars,
+        "cost_saved_dollars": (gpu_dollars - storage_dollars - request_dollars - transfer_dollars
+                               - remote_dollars),
         "tokens_avoided": hit_tokens,
         "requests_fully_cached": int(((hit_blocks == blocks) & (blocks > 0)).sum()),
         "archive_puts": cache.archive_puts,
@@ -93,8 +96,7 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
         "archive_skipped": cache.archive_skipped,
         "hydrations": cache.hydrations,
         "offloads": cache.offloads,
-        "cpu_writes": cache.cpu_writes,
-        "disk_writes": cache.disk_writes,
+        **{f"{name}_writes": cache.writes[t] for t, name in enumerate(TIER_NAMES) if t not in (GPU, ARCHIVE)},
     })
     out.update(ttft_metrics(requests))
     if run.log.first_token_s is not None:       # hardware.scheduler: vllm models the decode
@@ -242,7 +244,7 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
         busy += float(worker.sum())
     util = _share(busy, span * gpus)
     disk_cfg, arch_cfg = scenario.tiers.disk, scenario.tiers.archive
-    disk_demand = _share(cache.disk_writes * cache.block_bytes, span * disk_cfg.write_gbps * GB)
+    disk_demand = _share(cache.writes[DISK] * cache.block_bytes, span * disk_cfg.write_gbps * GB)
     upload_demand = _share(cache.archive_puts * cache.archive_bytes, span * arch_cfg.upload_gbps * GB)
     worker_share = _share(cache.archive_busy_s, end_s)
     # a batching engine steps whenever anything runs, so its utilisation says nothing of a
@@ -258,8 +260,8 @@ def load_metrics(requests: pd.DataFrame, scenario: Scenario, cache: CacheBase,
         "gpus_suggested": gpus_suggested(busy, span, gpus),
         "ttft_queue_share": _share(requests["queue_s"].sum(), requests["ttft_s"].sum()),
         "disk_write_demand": disk_demand,
-        "disk_write_lag_max_s": float(cache.disk_write_lag_max),
-        "disk_write_backlog_s": max(float(cache.disk_free_at) - float(end_s), 0.0),
+        "disk_write_lag_max_s": float(cache.write_lag_max[DISK]),
+        "disk_write_backlog_s": max(float(cache.free_at[DISK]) - float(end_s), 0.0),
         "archive_upload_demand": upload_demand,
         "archive_worker_busy_share": worker_share,
         "overload": ",".join(overload),

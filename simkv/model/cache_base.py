@@ -93,15 +93,17 @@ class CacheBase:
         #: What a request costs besides load and prefill (a table profile's ``request``).
         self.overhead = self.hw.overhead
         a = t.archive
-        self.cpu_free_at = 0.0  # when the CPU's copy queue drains
-        self.disk_free_at = 0.0  # when the disk's write queue drains
-        self.disk_write_lag_max = 0.0  # longest wait from a write's issue until it is readable
 
         # TTL machinery.
         self.ttl: TTLHeuristic | None = (make_heuristic(sc.ttl.heuristic, sc.ttl.params)
                                          if sc.ttl.heuristic != "none" else None)
         self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
         self.sliding = sc.ttl.mode == "sliding"
+        #: Who sets a remote key's TTL: the heuristic (``ttl.scope``: ``remote`` or ``all``), else
+        #: ``tiers.remote.ttl_s`` (``None``: none).
+        self.ttl_remote = self.ttl is not None and sc.ttl.scope in ("remote", "all")
+        self.remote_ttl_s = t.remote.ttl_s
+        self.remote_cost_per_byte_s = t.remote.price_gb_hour / GB / 3600.0
         self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
         self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
         # Billing: objects billed as archive_billed_bytes for at least archive_min_s each.
@@ -123,8 +125,11 @@ class CacheBase:
         self.archive_busy_s = 0.0  # the worker's compress + upload time of every pass begun
         self.hydrations = 0
         self.offloads = 0
-        self.cpu_writes = 0
-        self.disk_writes = 0
+        #: Per tier (TIER_NAMES order): blocks written, when its write queue drains, and the
+        #: longest wait of a write from its issue until the block was readable.
+        self.writes = [0] * len(TIER_NAMES)
+        self.free_at = [0.0] * len(TIER_NAMES)
+        self.write_lag_max = [0.0] * len(TIER_NAMES)
 
     def _policy_state(self) -> PolicyState:
         """The access history, reuse learner and candidate rule, keyed by block hash (dense id
@@ -210,6 +215,12 @@ class CacheBase:
         """Per request: billed object-seconds of the archive objects charged to it, ``Σ
         max(lifetime, archive_min_s)`` (after :meth:`close`)."""
         raise NotImplementedError
+
+    def remote_billed_s(self) -> np.ndarray:
+        """Per request: seconds the remote keys it wrote lived (until removed, or until their
+        deadline if they outlive the run; after :meth:`close`). Zeros where the cache has no
+        remote tier."""
+        return np.zeros(len(self.trace))
 
     def occupancy(self) -> tuple[int, ...]:
         """Bytes held now per tier (TIER_NAMES order)."""

@@ -46,6 +46,8 @@ class CompiledTieredCache(CacheBase):
             return f"ttl.scope is {sc.ttl.scope!r} (compiled needs a TTL on the archive only)"
         if sc.hardware.profile is not None:
             return "hardware.profile is a table profile (compiled needs the analytic profile)"
+        if sc.tiers.remote.enabled:
+            return "tiers.remote is enabled (compiled has no remote tier)"
         return None
 
     def __init__(self, scenario: Scenario, trace: Trace) -> None:
@@ -94,9 +96,10 @@ class CompiledTieredCache(CacheBase):
         S[T.S_BLOCK_SIZE] = self.block_size
         hw = self.hw
         assert isinstance(hw, AnalyticProfile)
-        X[T.X_CPU_LAT], X[T.X_DISK_LAT], X[T.X_ARCH_LAT] = self._lat[CPU:]
-        X[T.X_CPU_READ], X[T.X_DISK_READ], X[T.X_ARCH_READ] = self._read_s[CPU:]
-        X[T.X_CPU_WRITE], X[T.X_DISK_WRITE] = self._write_s[CPU:ARCHIVE]
+        lat, read, write = self._lat, self._read_s, self._write_s
+        X[T.X_CPU_LAT], X[T.X_DISK_LAT], X[T.X_ARCH_LAT] = lat[CPU], lat[DISK], lat[ARCHIVE]
+        X[T.X_CPU_READ], X[T.X_DISK_READ], X[T.X_ARCH_READ] = read[CPU], read[DISK], read[ARCHIVE]
+        X[T.X_CPU_WRITE], X[T.X_DISK_WRITE] = write[CPU], write[DISK]
         X[T.X_CONST] = hw.const_s
         X[T.X_PER_TOKEN] = hw.per_token_s
         X[T.X_ATTN] = hw.attn_s
@@ -161,11 +164,9 @@ class CompiledTieredCache(CacheBase):
         K.close_meters(S, X, now)
         self.hydrations = int(S[T.S_HYDRATE])
         self.offloads = int(S[T.S_OFFLOAD])
-        self.cpu_writes = int(S[T.S_CPU_WRITES])
-        self.disk_writes = int(S[T.S_DISK_WRITES])
-        self.cpu_free_at = float(X[T.X_CPU_FREE])
-        self.disk_free_at = float(X[T.X_DISK_FREE])
-        self.disk_write_lag_max = float(X[T.X_DISK_LAG])
+        self.writes[CPU], self.writes[DISK] = int(S[T.S_CPU_WRITES]), int(S[T.S_DISK_WRITES])
+        self.free_at[CPU], self.free_at[DISK] = float(X[T.X_CPU_FREE]), float(X[T.X_DISK_FREE])
+        self.write_lag_max[DISK] = float(X[T.X_DISK_LAG])
 
     def release(self) -> None:
         super().release()

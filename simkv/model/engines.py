@@ -71,8 +71,9 @@ class FastEngine:
 
     def supports(self, sc: Scenario) -> str | None:
         t = sc.tiers
-        if t.cpu.enabled or t.disk.enabled or t.archive.enabled:
-            return "a CPU, disk or archive tier is enabled (fast needs a single GPU tier)"
+        below = [name for name, on in zip(TIER_NAMES[1:], t.present()[1:], strict=True) if on]
+        if below:
+            return f"tiers below the GPU in use: {', '.join(below)} (fast needs a single GPU tier)"
         if t.gpu.eviction != "lru":
             return f"tiers.gpu.eviction is {t.gpu.eviction!r} (fast needs lru)"
         if sc.ttl.heuristic != "none":

@@ -32,7 +32,7 @@ import numpy as np
 
 from simkv.core.policies.eviction import EvictionPolicy, NextUse, make_policy
 from simkv.core.scenario import Scenario
-from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, best_cut
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, REMOTE, TIER_NAMES, best_cut
 from simkv.model.cache_base import CacheBase, Plan, Uploads
 from simkv.model.tiers import ObjectLedger, Tier, TierStats
 from simkv.traces.schema import Trace
@@ -51,7 +51,7 @@ class TieredCache(CacheBase):
             Tier(name, self._policy(name, next_use), capacity, stored, self.sliding) if present else None
             for name, present, capacity, stored in zip(TIER_NAMES, self.present, self.capacity,
                                                        self.stored_bytes, strict=True)]
-        gpu, self.cpu, self.disk, self.archive = self.tiers
+        gpu, self.cpu, self.disk, self.remote, self.archive = self.tiers
         assert gpu is not None  # the GPU tier is always present
         self.gpu: Tier = gpu
         if not self.ttl_all_tiers:  # no heuristic scores GPU/disk blocks: a live reference count
@@ -60,6 +60,12 @@ class TieredCache(CacheBase):
                     tier.policy.count_hits = True
         if self.archive is not None:
             self.archive.ledger = ObjectLedger(len(trace), self.archive_min_s)
+        if self.remote is not None:     # each key billed for its lifetime to the request that wrote it
+            self.remote.ledger = ObjectLedger(len(trace), 0.0)
+        #: The tiers below the GPU in use, fastest first: where a lookup goes after the GPU.
+        self.below = [(i, t) for i, t in enumerate(self.tiers) if i != GPU and t is not None]
+        #: The tiers ``write_through`` copies every stored block to (all but GPU and archive).
+        self.written = [i for i, _ in self.below if i != ARCHIVE]
 
     def _policy(self, tier: str, next_use: NextUse | None) -> EvictionPolicy:
         """The eviction policy of ``tier`` (a TIER_NAMES name) from the scenario."""
@@ -79,11 +85,21 @@ class TieredCache(CacheBase):
         return self.trace.input_tokens.tolist()
 
     def _local_deadline(self, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
-        """Deadline and priority for a GPU/disk insert (a TTL only when scope is ``all``)."""
+        """Deadline and priority for a GPU/CPU/disk insert (a TTL only when scope is ``all``)."""
         if not self.ttl_all_tiers:
             return None, float(self.state.refs[block])
         ttl, prio = self.state.ttl_one(block, r, position, now, self.block_bytes, 0.0)
         return now + ttl, prio
+
+    def _remote_deadline(self, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
+        """Deadline and priority of a remote key: the heuristic's TTL priced at the remote
+        store's $/byte-second where it governs the tier, else ``tiers.remote.ttl_s``."""
+        if self.ttl_remote:
+            ttl, prio = self.state.ttl_one(block, r, position, now, self.block_bytes,
+                                           self.remote_cost_per_byte_s)
+            return now + ttl, prio
+        ttl_s = self.remote_ttl_s
+        return (None if ttl_s is None else now + ttl_s), float(self.state.refs[block])
 
     # -- requests -------------------------------------------------------------------------
 
@@ -97,23 +113,17 @@ class TieredCache(CacheBase):
         self.expire(now)
         lo, hi = self.offsets[r], self.offsets[r + 1]
         blocks = self.ids[lo:hi].tolist()
-        gpu, cpu, disk, archive = self.gpu, self.cpu, self.disk, self.archive
-        gpu_m = gpu.members
-        cpu_m = cpu.members if cpu is not None else ()
-        cpu_ready = cpu.ready if cpu is not None else {}
-        disk_m = disk.members if disk is not None else ()
-        disk_ready = disk.ready if disk is not None else {}
-        arch_m = archive.members if archive is not None else ()
+        gpu_m = self.gpu.members
+        below = [(i, t.members, t.ready) for i, t in self.below]  # a copy is readable once written
         sources: list[int] = []
         for b in blocks:
             if b in gpu_m:
                 sources.append(GPU)
-            elif b in cpu_m and (not cpu_ready or cpu_ready.get(b, 0.0) <= now):
-                sources.append(CPU)
-            elif b in disk_m and (not disk_ready or disk_ready.get(b, 0.0) <= now):
-                sources.append(DISK)
-            elif b in arch_m:
-                sources.append(ARCHIVE)
+                continue
+            for i, members, ready in below:
+                if b in members and (not ready or ready.get(b, 0.0) <= now):
+                    sources.append(i)
+                    break
             else:
                 break
         found = len(sources)
@@ -146,12 +156,15 @@ class TieredCache(CacheBase):
         if counts[ARCHIVE]:
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
-        if self.sliding and self.ttl_all_tiers:
+        if self.sliding and (self.ttl_all_tiers or self.ttl_remote):
             for i, src in enumerate(sources):
-                if src != ARCHIVE:
-                    tier = tiers[src]
+                if src == REMOTE and self.ttl_remote:
+                    deadline, _ = self._remote_deadline(blocks[i], r, i, now)
+                elif src != ARCHIVE and src != REMOTE and self.ttl_all_tiers:
                     deadline, _ = self._local_deadline(blocks[i], r, i, now)
-                    tier.set_deadline(blocks[i], deadline)  # type: ignore[union-attr,arg-type]
+                else:
+                    continue
+                tiers[src].set_deadline(blocks[i], deadline)  # type: ignore[union-attr,arg-type]
         return plan
 
     def _load_s(self, sources: list[int]) -> float:
@@ -173,7 +186,7 @@ class TieredCache(CacheBase):
         gpu, cpu, disk = self.gpu, self.cpu, self.disk
         blocks, sources = plan.blocks, plan.sources
         k = len(sources)
-        lower = cpu is not None or disk is not None
+        lower = bool(self.written)
         offload = lower and not self.write_through
         write = lower and self.write_through
         ttl_local = self.ttl_all_tiers
@@ -198,53 +211,44 @@ class TieredCache(CacheBase):
             if offload and evicted:
                 for v in evicted:
                     if cpu is None:
-                        self._write_disk(v, r, i, now, ref)
+                        self._write(DISK, v, r, i, now, ref)
                     else:
-                        for w in self._write_cpu(v, r, i, now, ref):
+                        for w in self._write(CPU, v, r, i, now, ref):
                             if disk is not None:  # the CPU's victim goes down to disk
-                                self._write_disk(w, r, i, now, ref)
+                                self._write(DISK, w, r, i, now, ref)
                                 self.offloads += 1
                     self.offloads += 1
             elif write:
-                if cpu is not None and src != CPU:
-                    self._write_cpu(b, r, i, now, ref)  # its victims are on disk already
-                if disk is not None and src != DISK:
-                    self._write_disk(b, r, i, now, ref)
+                for t in self.written:   # a lower tier's victims are in the tiers below it already
+                    if src != t:
+                        self._write(t, b, r, i, now, ref)
         self.state.accessed_ids(blocks, r)  # after the lookup, so a request never counts itself
 
-    def _write_cpu(self, block: int, r: int, position: int, now: float, ref: int) -> list[int]:
-        """Copy ``block`` to the CPU tier, readable once copied (copies queue behind each
-        other); a block already there is accessed instead. Returns the CPU tier's victims."""
-        cpu = self.cpu
-        assert cpu is not None
-        if block in cpu.members:
-            cpu.policy.hit(block, ref)
+    def _write(self, t: int, block: int, r: int, position: int, now: float, ref: int) -> list[int]:
+        """Write ``block`` to tier ``t`` (CPU, disk or remote) for request ``r``, readable once
+        written (a tier's writes queue behind each other); a block already there is accessed
+        instead. Returns the tier's victims."""
+        tier = self.tiers[t]
+        assert tier is not None
+        if block in tier.members:
+            tier.policy.hit(block, ref)
             return []
         if self.zero_time:
             ready = now
         else:
-            start = max(now, self.cpu_free_at)
-            ready = self.cpu_free_at = start + self._write_s[CPU]
-        deadline, prio = self._local_deadline(block, r, position, now)
-        self.cpu_writes += 1
-        return cpu.insert(block, now, ref, prio, deadline, ready)
-
-    def _write_disk(self, block: int, r: int, position: int, now: float, ref: int) -> None:
-        disk = self.disk
-        assert disk is not None
-        if block in disk.members:
-            disk.policy.hit(block, ref)
-            return
-        if self.zero_time:
-            ready = now
+            start = max(now, self.free_at[t])
+            ready = self.free_at[t] = start + self._write_s[t]
+            if ready - now > self.write_lag_max[t]:
+                self.write_lag_max[t] = ready - now
+        if t == REMOTE:
+            deadline, prio = self._remote_deadline(block, r, position, now)
         else:
-            start = max(now, self.disk_free_at)
-            ready = self.disk_free_at = start + self._write_s[DISK]
-            if ready - now > self.disk_write_lag_max:
-                self.disk_write_lag_max = ready - now
-        deadline, prio = self._local_deadline(block, r, position, now)
-        disk.insert(block, now, ref, prio, deadline, ready)
-        self.disk_writes += 1
+            deadline, prio = self._local_deadline(block, r, position, now)
+        self.writes[t] += 1
+        evicted = tier.insert(block, now, ref, prio, deadline, ready)
+        if tier.ledger is not None and block in tier.members:
+            tier.ledger.open(block, now, r)
+        return evicted
 
     # -- the archive worker -----------------------------------------------------------------
 
@@ -291,10 +295,10 @@ class TieredCache(CacheBase):
 
     def close(self, now: float) -> None:
         self.expire(now)
-        if self.archive is not None and self.archive.ledger is not None:
-            self.archive.ledger.close_all(now, self.archive.deadline)
         for tier in self.tiers:
             if tier is not None:
+                if tier.ledger is not None:
+                    tier.ledger.close_all(now, tier.deadline)
                 tier.meter.close(now)
 
     def tier_stats(self) -> list[TierStats]:
@@ -302,7 +306,13 @@ class TieredCache(CacheBase):
                 for name, t in zip(TIER_NAMES, self.tiers, strict=True)]
 
     def archive_billed_s(self) -> np.ndarray:
-        ledger = self.archive.ledger if self.archive is not None else None
+        return self._billed_s(self.archive)
+
+    def remote_billed_s(self) -> np.ndarray:
+        return self._billed_s(self.remote)
+
+    def _billed_s(self, tier: Tier | None) -> np.ndarray:
+        ledger = tier.ledger if tier is not None else None
         return (np.asarray(ledger.billed_s, dtype=np.float64) if ledger is not None
                 else np.zeros(len(self.trace)))
 

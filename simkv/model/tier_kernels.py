@@ -14,31 +14,32 @@ import numpy as np
 
 from simkv.jit import njit
 
-# The tier numbers of simkv.core.tiers.TIER_NAMES (a test holds them equal).
-GPU, CPU, DISK, ARCHIVE = 0, 1, 2, 3
-N_TIERS = 4
+# The tier numbers of simkv.core.tiers.TIER_NAMES (a test holds them equal). The remote tier
+# has its slots but no kernel code: the compiled engine does not run a scenario that enables it.
+GPU, CPU, DISK, REMOTE, ARCHIVE = 0, 1, 2, 3, 4
+N_TIERS = 5
 
-# int64 scalars S[...]; per-tier entries at +GPU / +CPU / +DISK / +ARCHIVE
-S_SIZE, S_CAP, S_EVICT, S_INSERT, S_BYTES, S_PEAK, S_FIFO, S_STORED = 0, 4, 8, 12, 16, 20, 24, 28
-S_COUNT = 32  # S_COUNT + tier: blocks per source tier
-S_HYDRATE, S_OFFLOAD, S_DISK_WRITES = 36, 37, 38
-S_WRITE_THROUGH, S_OFFLOAD_POLICY, S_ZERO_TIME, S_IF_FASTER, S_HAS_DISK = 39, 40, 41, 42, 43
-S_BLOCK_SIZE = 46
-S_K, S_FOUND = 47, 48
-S_HAS_ARCHIVE, S_HEAP, S_EXPIRE, S_SLIDING = 49, 50, 51, 52
-S_HAS_CPU, S_CPU_WRITES = 53, 54
-S_LEN = 56
+# int64 scalars S[...]; per-tier entries at +GPU / +CPU / +DISK / +REMOTE / +ARCHIVE
+S_SIZE, S_CAP, S_EVICT, S_INSERT, S_BYTES, S_PEAK, S_FIFO, S_STORED = 0, 5, 10, 15, 20, 25, 30, 35
+S_COUNT = 40  # S_COUNT + tier: blocks per source tier
+S_HYDRATE, S_OFFLOAD, S_DISK_WRITES = 45, 46, 47
+S_WRITE_THROUGH, S_OFFLOAD_POLICY, S_ZERO_TIME, S_IF_FASTER, S_HAS_DISK = 48, 49, 50, 51, 52
+S_BLOCK_SIZE = 53
+S_K, S_FOUND = 54, 55
+S_HAS_ARCHIVE, S_HEAP, S_EXPIRE, S_SLIDING = 56, 57, 58, 59
+S_HAS_CPU, S_CPU_WRITES = 60, 61
+S_LEN = 62
 
 # float64 scalars X[...]
-X_MT, X_BS = 0, 4  # meter time, byte-seconds, per tier
-X_DISK_FREE, X_DISK_LAT, X_DISK_READ, X_DISK_WRITE = 8, 9, 10, 11
-X_ARCH_LAT, X_ARCH_READ = 12, 13
-X_CONST, X_PER_TOKEN, X_ATTN = 14, 15, 16
-X_LOAD, X_PREFILL = 17, 18
-X_MIN_S = 19  # the archive's minimum billed object lifetime
-X_DISK_LAG = 20  # TieredCache.disk_write_lag_max
-X_CPU_FREE, X_CPU_LAT, X_CPU_READ, X_CPU_WRITE = 21, 22, 23, 24
-X_LEN = 28
+X_MT, X_BS = 0, 5  # meter time, byte-seconds, per tier
+X_DISK_FREE, X_DISK_LAT, X_DISK_READ, X_DISK_WRITE = 10, 11, 12, 13
+X_ARCH_LAT, X_ARCH_READ = 14, 15
+X_CONST, X_PER_TOKEN, X_ATTN = 16, 17, 18
+X_LOAD, X_PREFILL = 19, 20
+X_MIN_S = 21  # the archive's minimum billed object lifetime
+X_DISK_LAG = 22  # TieredCache.write_lag_max[DISK]
+X_CPU_FREE, X_CPU_LAT, X_CPU_READ, X_CPU_WRITE = 23, 24, 25, 26
+X_LEN = 27
 
 
 @njit(cache=True, inline="always")

@@ -22,7 +22,7 @@ import numpy as np
 from simkv.core.errors import ScenarioError
 from simkv.core.policies.eviction import LRU, EvictionPolicy, NextUse
 from simkv.core.scenario import Scenario
-from simkv.core.tiers import CPU, DISK, GPU
+from simkv.core.tiers import CPU, DISK, GPU, TIER_NAMES
 from simkv.model.cache_base import Plan
 from simkv.model.system import TieredCache
 from simkv.model.tiers import StorageMeter, Tier, TierStats
@@ -147,7 +147,7 @@ class VllmCache(TieredCache):
         if external == n_tokens:
             external -= 1  # LMCache's connector recomputes the last token of a whole-prompt hit
         hit = max(local, external)
-        tokens = [local, 0, 0, 0]
+        tokens = [local] + [0] * (len(TIER_NAMES) - 1)
         loaded: list[int] = []  # tiers of the chunks LMCache loads: those past vLLM's hit
         if hit > local:
             first = local // B
@@ -197,7 +197,7 @@ class VllmCache(TieredCache):
                 new = new[:self._lmcache_cpu_put(new, blocks, r, now)]
             if self.disk is not None:
                 for i in new:
-                    self._write_disk(blocks[i], r, i, now, lo + i)
+                    self._write(DISK, blocks[i], r, i, now, lo + i)
         self.state.accessed_ids(plan.blocks, r)
 
     def _lmcache_cpu_put(self, chunks: list[int], blocks: list[int], r: int, now: float) -> int:
@@ -221,7 +221,7 @@ class VllmCache(TieredCache):
         lo = self.offsets[r]
         for i in chunks[:n]:
             if blocks[i] not in cpu.members:
-                self._write_cpu(blocks[i], r, i, now, lo + i)
+                self._write(CPU, blocks[i], r, i, now, lo + i)
         return n
 
     def close(self, now: float) -> None:

@@ -94,6 +94,9 @@ def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
               fmt_dollars(s["archive_storage_dollars"] + s["archive_request_dollars"]
                           + s["transfer_dollars"]),
               f"{s['archive_puts']:,} PUT, {s['archive_gets']:,} GET")
+    if _present(s, "remote"):
+        t.add_row("remote $ (DRAM)", fmt_dollars(s["remote_storage_dollars"]),
+                  f"{s['remote_writes']:,} writes")
     t.add_row("[bold]cost saved[/]", f"[bold]{fmt_dollars(s['cost_saved_dollars'])}[/]",
               f"{s['tokens_avoided']:,} tokens avoided")
     return t

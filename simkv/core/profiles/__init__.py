@@ -29,6 +29,7 @@ writing a profile file).
 from simkv.core.profiles.analytic import AnalyticProfile
 from simkv.core.profiles.base import (
     GB,
+    OPTIONAL_TIERS,
     PROFILE_VERSION,
     PROFILES,
     REQUEST_KEYS,
@@ -41,6 +42,21 @@ from simkv.core.profiles.base import (
 from simkv.core.profiles.file import load_profile, table_from_profile, validate_table
 from simkv.core.profiles.table import TableProfile, bilinear
 
-__all__ = ["GB", "PROFILES", "PROFILE_VERSION", "REQUEST_KEYS", "STEP_KEYS", "AnalyticProfile",
-           "HardwareProfile", "RequestOverhead", "StepTime", "TableProfile", "Transfers", "bilinear",
-           "load_profile", "table_from_profile", "validate_table"]
+__all__ = [
+    "GB",
+    "OPTIONAL_TIERS",
+    "PROFILES",
+    "PROFILE_VERSION",
+    "REQUEST_KEYS",
+    "STEP_KEYS",
+    "AnalyticProfile",
+    "HardwareProfile",
+    "RequestOverhead",
+    "StepTime",
+    "TableProfile",
+    "Transfers",
+    "bilinear",
+    "load_profile",
+    "table_from_profile",
+    "validate_table",
+]

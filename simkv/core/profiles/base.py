@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from simkv.core.scenario import Scenario
 
 PROFILE_VERSION = 1
+#: Tiers a table profile may leave out (their load and store entries are needed only when the
+#: scenario enables them); the disk's and the archive's are always there.
+OPTIONAL_TIERS = ("cpu", "remote")
 GB = 1e9
 
 

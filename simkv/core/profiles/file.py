@@ -15,6 +15,7 @@ import numpy as np
 from simkv.core.config import read_yaml_file
 from simkv.core.errors import ScenarioError
 from simkv.core.profiles.base import (
+    OPTIONAL_TIERS,
     PROFILE_VERSION,
     PROFILES,
     REQUEST_KEYS,
@@ -90,12 +91,13 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
     if "calibration" in data and not isinstance(data["calibration"], dict):
         raise ScenarioError(f"{source}: calibration: expected a mapping (what simkv calibrate "
                             f"measured), got {data['calibration']!r}")
-    load = _mapping(source, "load", data["load"], ("disk", "archive"), ("gpu", "cpu"))
-    store = _mapping(source, "store", data["store"], ("disk", "archive"), ("cpu",))
-    if ("cpu" in load) != ("cpu" in store):
-        given, other = ("load", "store") if "cpu" in load else ("store", "load")
-        raise ScenarioError(f"{source}: {other}.cpu: missing, but {given}.cpu is given (a CPU tier "
-                            "needs both)")
+    load = _mapping(source, "load", data["load"], ("disk", "archive"), ("gpu", *OPTIONAL_TIERS))
+    store = _mapping(source, "store", data["store"], ("disk", "archive"), OPTIONAL_TIERS)
+    for tier in OPTIONAL_TIERS:
+        if (tier in load) != (tier in store):
+            given, other = ("load", "store") if tier in load else ("store", "load")
+            raise ScenarioError(f"{source}: {other}.{tier}: missing, but {given}.{tier} is given (a "
+                                f"{tier} tier needs both)")
     for tier in [t for t in TIER_NAMES if t in load]:
         m = _mapping(source, f"load.{tier}", load[tier], ("per_block_s", "per_request_s"))
         for k in ("per_block_s", "per_request_s"):

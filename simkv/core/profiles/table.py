@@ -10,6 +10,7 @@ import numpy as np
 
 from simkv.core.errors import ScenarioError
 from simkv.core.profiles.base import (
+    OPTIONAL_TIERS,
     PROFILES,
     STEP_KEYS,
     HardwareProfile,
@@ -66,7 +67,7 @@ class TableProfile(HardwareProfile):
         self.seconds = np.asarray(p["seconds"], np.float64)
         self.block_size = int(data["block_size"])
         load, store = data["load"], data["store"]
-        self.has_cpu = "cpu" in load
+        self.has = {tier: tier in load for tier in OPTIONAL_TIERS}
         none = {"per_block_s": 0.0, "per_request_s": 0.0}   # a tier the profile does not measure
         self._t = Transfers(
             latency_s=tuple(load.get(t, none)["per_request_s"] for t in TIER_NAMES),
@@ -97,7 +98,8 @@ class TableProfile(HardwareProfile):
         return bilinear(self.new, self.cached, self.seconds, n, cached)
 
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
-        if scenario.tiers.cpu.enabled and not self.has_cpu:
-            raise ScenarioError(f"{self.source}: load.cpu: missing, but tiers.cpu.enabled is true "
-                                "(add load.cpu and store.cpu, or disable the CPU tier)")
+        for tier, has in self.has.items():
+            if getattr(scenario.tiers, tier).enabled and not has:
+                raise ScenarioError(f"{self.source}: load.{tier}: missing, but tiers.{tier}.enabled is "
+                                    f"true (add load.{tier} and store.{tier}, or disable that tier)")
         return self._t

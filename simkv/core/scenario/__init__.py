@@ -34,6 +34,7 @@ from simkv.core.scenario.tiers import (
     CPUTier,
     DiskTier,
     GPUTier,
+    RemoteTier,
     TierCapacity,
     Tiers,
     check_positive,
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ARCHIVE_CODECS", "GB", "MAX_BLOCK_SIZE", "MAX_BYTES_PER_TOKEN", "MAX_CAPACITY",
            "RESTORE_CLASSES", "SECONDS_PER_DAY", "STORAGE_CLASSES", "ArchiveTier", "CPUTier", "DiskTier",
-           "GPUTier", "Hardware", "ModelShape", "Scenario", "TTLConfig", "TierCapacity", "Tiers",
+           "GPUTier", "Hardware", "ModelShape", "RemoteTier", "Scenario", "TTLConfig", "TierCapacity",
+           "Tiers",
            "load_scenario", "parse_bytes", "scenario_from_dict", "tiers_mapping"]
 
 
@@ -86,13 +88,13 @@ class ModelShape:
 class TTLConfig:
     """``heuristic``: a registered name (static, per_class, size_aware, adaptive,
     cost_aware, reuse_prob), ``none``, or ``module:function``. ``mode``: ``fixed`` deadline or
-    ``sliding`` (refreshed on access). ``scope``: the TTL governs the ``archive`` only or
-    ``all`` tiers."""
+    ``sliding`` (refreshed on access). ``scope``: the TTL governs the ``archive`` only, the
+    ``remote`` KV store's keys (and the archive, if any), or ``all`` tiers."""
 
     heuristic: str = "none"
     params: dict[str, Any] = field(default_factory=dict)
     mode: Literal["fixed", "sliding"] = "fixed"
-    scope: Literal["archive", "all"] = "archive"
+    scope: Literal["archive", "remote", "all"] = "archive"
 
     def check(self, prefix: str) -> None:
         if self.heuristic != "none":
@@ -188,6 +190,13 @@ class Scenario:
         if self.ttl.scope == "archive" and self.ttl.heuristic != "none" and not self.tiers.archive.enabled:
             raise ScenarioError("ttl.scope: 'archive' but tiers.archive.enabled is false "
                                 "(enable the archive or set ttl.scope: all)")
+        remote = self.tiers.remote.enabled
+        if self.ttl.scope == "remote" and self.ttl.heuristic != "none" and not remote:
+            raise ScenarioError("ttl.scope: 'remote' but tiers.remote.enabled is false "
+                                "(enable the remote tier or set ttl.scope: archive or all)")
+        if remote and self.tiers.disk.write_policy != "write_through":
+            raise ScenarioError("tiers.disk.write_policy: offload_on_evict is not modelled with a remote "
+                                "tier (LMCache writes every chunk to its remote backend: use write_through)")
         if self.tiers.archive.enabled and self.ttl.heuristic == "none":
             raise ScenarioError("ttl.heuristic: the archive tier needs a TTL heuristic "
                                 "(objects expire at their TTL)")
@@ -200,9 +209,10 @@ class Scenario:
         if self.hardware.gpus != 1:
             raise ScenarioError(f"hardware.gpus: {self.hardware.gpus!r}, but tiers.gpu.eviction: vllm "
                                 "models one engine serving one request at a time (set it to 1)")
-        if self.tiers.archive.enabled:
-            raise ScenarioError("tiers.archive.enabled: vLLM has no archive tier; tiers.gpu.eviction: "
-                                "vllm runs without one")
+        for name in ("remote", "archive"):
+            if getattr(self.tiers, name).enabled:
+                raise ScenarioError(f"tiers.{name}.enabled: tiers.gpu.eviction: vllm models vLLM with "
+                                    f"LMCache's CPU and disk tiers only; it runs without a {name} tier")
         if self.ttl.heuristic != "none":
             raise ScenarioError(f"ttl.heuristic: {self.ttl.heuristic!r}, but vLLM's prefix cache has no "
                                 "TTL (tiers.gpu.eviction: vllm needs ttl.heuristic: none)")
@@ -238,6 +248,7 @@ class Scenario:
                                                 capacity_bytes=None),
                         cpu=replace(self.tiers.cpu, enabled=False),
                         disk=replace(self.tiers.disk, enabled=False),
+                        remote=replace(self.tiers.remote, enabled=False),
                         archive=replace(self.tiers.archive, enabled=False))
         return replace(self, tiers=tiers, ttl=TTLConfig())
 

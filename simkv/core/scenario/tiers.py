@@ -1,4 +1,4 @@
-"""The tiers of a scenario (GPU, CPU, disk, archive) as typed dataclasses, the S3 storage
+"""The tiers of a scenario (GPU, CPU, disk, remote KV store, archive) as typed dataclasses, the S3 storage
 classes with their prices and billing minimums, and the size and bound checks they share."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from simkv.core.errors import ScenarioError
 #: The tiers, fastest first; a tier's index in this list is its number everywhere (the
 #: simulator's caches and kernels, per-tier arrays, the per-request columns, the summary, the
 #: reports, the engine's counters).
-TIER_NAMES = ("gpu", "cpu", "disk", "archive")
-GPU, CPU, DISK, ARCHIVE = range(len(TIER_NAMES))
+TIER_NAMES = ("gpu", "cpu", "disk", "remote", "archive")
+GPU, CPU, DISK, REMOTE, ARCHIVE = range(len(TIER_NAMES))
 MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
 #: Tokens per block (a trace's ``block_size``) and KV bytes per token, at most: a block's
 #: bytes, their product, stay far inside int64.
@@ -197,6 +197,33 @@ class DiskTier(TierCapacity):
         check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
 
 
+@dataclass(frozen=True)
+class RemoteTier(TierCapacity):
+    """A remote KV store in DRAM (Redis / Valkey) behind LMCache's remote backend, below the
+    disk; off by default, unlimited unless sized. Every block a request stores is written to it
+    (write-through, as LMCache puts every chunk to each backend), readable once written (writes
+    queue at ``write_gbps``); a load of ``n`` bytes takes ``latency_s + n / (read_gbps·10⁹)``.
+    Each key lives ``ttl_s`` from its write (Valkey's ``ttl_seconds``; ``None``: until evicted),
+    or the TTL heuristic's TTL where it governs this tier (``ttl.scope``: ``remote`` or ``all``).
+    Its bill is the bytes it holds: ``price_gb_hour`` $ per GB-hour of DRAM (default: an
+    in-memory cache's on-demand price, 13.07 GiB for $0.219/h, ≈ 0.0156 $/GB-hour)."""
+
+    kind: ClassVar[str] = "remote"
+    enabled: bool = False
+    read_gbps: float = 10.0
+    write_gbps: float = 10.0
+    latency_s: float = 0.0005
+    ttl_s: float | None = None
+    price_gb_hour: float = 0.0156
+    eviction: str = "lru"
+
+    def check(self, prefix: str) -> None:
+        self.check_capacity(prefix)
+        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
+        check_positive(f"{prefix}.ttl_s", self.ttl_s)
+        check_positive(f"{prefix}.price_gb_hour", self.price_gb_hour, allow_zero=True)
+
+
 # Documented defaults per S3 storage class (USD, S3 us-east-1 list prices, 2025): per GB-month
 # stored, per PUT (or COPY), per GET, per GB retrieved; and the billing minimums: ``min_days``
 # (an object deleted or overwritten earlier is charged the rest: S3's early-deletion fee) and
@@ -301,6 +328,7 @@ class Tiers:
     gpu: GPUTier = field(default_factory=GPUTier)
     cpu: CPUTier = field(default_factory=CPUTier)
     disk: DiskTier = field(default_factory=DiskTier)
+    remote: RemoteTier = field(default_factory=RemoteTier)
     archive: ArchiveTier = field(default_factory=ArchiveTier)
 
     def specs(self) -> tuple[TierCapacity, ...]:

@@ -183,7 +183,7 @@ def ttft_cdf(run: RunData, out: Path) -> Chart:
 @styled
 def cost_breakdown(run: RunData, out: Path) -> Chart:
     """A waterfall from the GPU dollars saved, minus the archive's storage, request and
-    transfer dollars, to the net cost saved."""
+    transfer dollars and the remote store's DRAM, to the net cost saved."""
     name, title = "cost_breakdown", "Cost breakdown"
     s = run.summary
     if "cost_saved_dollars" not in s:
@@ -192,7 +192,8 @@ def cost_breakdown(run: RunData, out: Path) -> Chart:
     parts = [("GPU time saved", gpu)]
     for key, label in (("archive_storage_dollars", "archive storage"),
                        ("archive_request_dollars", "archive PUT/GET"),
-                       ("transfer_dollars", "retrieval + transfer")):
+                       ("transfer_dollars", "retrieval + transfer"),
+                       ("remote_storage_dollars", "remote DRAM")):
         if float(s.get(key, 0.0)) != 0.0:
             parts.append((label, -float(s[key])))
     net = float(s.get("cost_saved_dollars", sum(v for _, v in parts)))
@@ -227,7 +228,7 @@ def cost_breakdown(run: RunData, out: Path) -> Chart:
     rate = run.scenario.get("hardware", {}).get("gpu_cost_per_hour") if run.scenario else None
     dur = fmt_seconds(float(s.get("duration_s", 0.0)))
     detail = f"GPU time saved {gpu_s:,.0f} s" + (f" at ${rate:g}/h" if rate is not None else "")
-    detail += ("; no archive costs (no archive tier), so net = GPU $ saved" if len(parts) == 1
+    detail += ("; no storage costs (no archive or remote tier), so net = GPU $ saved" if len(parts) == 1
                else "; green adds to the saving, red subtracts")
     set_title(ax, f"{title} over the {dur} trace: {s.get('scenario', '')}", detail)
     ax.set_xlim(-0.6, len(labels) - 0.4)

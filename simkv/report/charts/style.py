@@ -44,8 +44,10 @@ RC: dict[str, Any] = {
     "axes.spines.right": False,
 }
 TIERS = TIER_NAMES
-TIER_LABEL = {"gpu": "GPU (HBM)", "cpu": "CPU (host RAM)", "disk": "disk (NVMe)", "archive": "archive (S3)"}
-TIER_COLOR = {"gpu": "#4C72B0", "cpu": "#8172B3", "disk": "#DD8452", "archive": "#55A868"}
+TIER_LABEL = {"gpu": "GPU (HBM)", "cpu": "CPU (host RAM)", "disk": "disk (NVMe)",
+              "remote": "remote KV (DRAM)", "archive": "archive (S3)"}
+TIER_COLOR = {"gpu": "#4C72B0", "cpu": "#8172B3", "disk": "#DD8452", "remote": "#C44E52",
+              "archive": "#55A868"}
 GIB = 2**30
 
 
