@@ -31,10 +31,11 @@ from simkv_engine.archive import (
     model_fingerprint,
     open_store,
 )
+from simkv_engine.backends import Chunk, Prompt, TierBackend, TierCounters, chunk_runs
 from simkv_engine.connector import HFKVConnector, KVLayers
-from simkv_engine.gpu_cache import GPUPrefixCache
+from simkv_engine.engine_types import EngineError
 from simkv_engine.models import KVShape
-from simkv_engine.tier_io import Timer, chunk_runs
+from simkv_engine.tier_io import Timer
 
 if TYPE_CHECKING:
     from simkv_engine.engine import KVEngine
@@ -49,8 +50,7 @@ class ArchiveTier:
     chunk_size: int
     chunk_bytes: int
     device: torch.device
-    gpu_cache: GPUPrefixCache
-    connector: HFKVConnector
+    tiers: list[TierBackend]
     archive: ArchiveWorker | None
     policy: PolicyState | None
     _lm_keys: dict[int, Any]
@@ -78,6 +78,7 @@ class ArchiveTier:
         except BaseException:
             store.close()
             raise
+        self.tiers.append(ArchiveBackend(self.archive, self.chunk_size, self.device))
         if opts.worker_thread:
             self.archive.start()
 
@@ -107,44 +108,95 @@ class ArchiveTier:
             return 0, 0.0
         c = self.chunk_size
         with self._lock, Timer(self.device) as timer:
-            keys = self.chunk_keys(tokens)
-            hashes = self.chunk_hashes(tokens)
-            sources = self._walk(keys, hashes)
-            wanted = [m for m, t in enumerate(sources) if t == "archive"]
-            if not wanted:
+            prompt = self._prompt(tokens)
+            archive = self.tier("archive")
+            wanted = [m for m, t in enumerate(self._walk(prompt)) if t is archive]
+            if archive is None or not wanted:
                 return 0, 0.0
             kv = self._empty_kv((wanted[-1] + 1) * c)
             got: list[int] = []
             for a, b in chunk_runs(wanted):
-                done = self._hydrate_run(kv, hashes, a, b)
+                done = archive.read(prompt, kv, a, b)
                 got.extend(range(a, done))
                 if done < b:
                     break
-            self._admit(tokens, keys, got, kv)
-            self._lm_keys.update((hashes[m], keys[m]) for m in got)
+            self._admit(prompt, got, kv)
+            self._lm_keys.update((prompt.hashes[m], prompt.keys[m]) for m in got)
         return len(got) * c, timer.seconds
 
-    def _hydrate_run(self, kv: KVLayers, hashes: list[int], a: int, b: int) -> int:
-        """Fetch archive chunks ``a..b-1`` (concurrently) into ``kv``; returns the index of
-        the first chunk that failed (``b``: none did). Failures are counted by the worker."""
-        assert self.archive is not None
-        c = self.chunk_size
-        for m, got in enumerate(self.archive.fetch_many(hashes[a:b]), start=a):
-            if isinstance(got, ArchiveError):
-                return m
-            self.connector.scatter(kv, self.archive.fmt.to_tensor(got, self.device), m * c)
-        return b
+    def _admit(self, prompt: Prompt, chunks: list[int], kv: KVLayers) -> None:
+        """Hydrated ``chunks`` (indices) of ``kv`` into the admitting tiers (the GPU cache) and
+        written through (LMCache), as computed chunks are."""
+        for tier in self.tiers:
+            if tier.admits:
+                tier.write(prompt, chunks, kv)
+        self._write_chunks(prompt, chunks, kv, self._targets(None))
 
-    def _admit(self, tokens: list[int], keys: list, chunks: list[int], kv: KVLayers) -> None:
-        """Hydrated ``chunks`` (indices) of ``kv`` into the GPU cache and LMCache."""
+
+class ArchiveBackend:
+    """The archive (its worker's index and store) as the engine's last tier. It is written by the
+    worker's passes, not by requests (``writes_through`` off), and never cleared by the engine;
+    its read fetches, verifies and decompresses a run of chunks concurrently."""
+
+    name = "archive"
+    local = False
+    admits = False
+    writes_through = False
+    fills_on_read: tuple[str, ...] = ()
+
+    def __init__(self, worker: ArchiveWorker, chunk_size: int, device: torch.device) -> None:
+        self.worker = worker
+        self.chunk_size = chunk_size
+        self.device = device
+        self.hydrations = 0
+
+    def contains(self, chunk: Chunk) -> bool:
+        return chunk.hash is not None and self.worker.live(chunk.hash)
+
+    def touch(self, chunk: Chunk) -> None:
+        return None        # the policy state sees the request's chunks after it (the worker's TTLs)
+
+    def read(self, prompt: Prompt, kv: KVLayers, a: int, b: int) -> int:
+        """Failures are counted by the worker."""
         c = self.chunk_size
-        for m in chunks:
-            key = keys[m].chunk_hash
-            if key not in self.gpu_cache:
-                self._counts["bytes_stored"]["gpu"] += self.chunk_bytes
-            self.gpu_cache.put(key, HFKVConnector.gather(kv, m * c, (m + 1) * c), self._tick())
-        self._store_lmcache(tokens, chunks, kv)
-        self._counts["archive_hydrations"] += len(chunks)
+        done = b
+        for m, got in enumerate(self.worker.fetch_many(prompt.hashes[a:b]), start=a):
+            if isinstance(got, ArchiveError):
+                done = m
+                break
+            HFKVConnector.scatter(kv, self.worker.fmt.to_tensor(got, self.device), m * c)
+        self.hydrations += done - a
+        return done
+
+    def write(self, prompt: Prompt, chunks: Sequence[int], kv: KVLayers) -> frozenset[str]:
+        return frozenset()
+
+    def peek(self, chunk: Chunk, fmt: ChunkFormat) -> bytes | None:
+        return None
+
+    def flush(self, timeout_s: float) -> None:
+        return None
+
+    def clear(self, timeout_s: float) -> int:
+        raise EngineError("the archive is not cleared by the engine (its objects expire at their TTLs)")
+
+    def counters(self) -> TierCounters:
+        a = self.worker.snapshot()
+        extra: dict[str, Any] = {
+            "archive_hydrations": self.hydrations,
+            "expirations": {"archive": a["expirations"]},
+            "archive_uploads": a["uploads"],
+            "archive_upload_bytes": {"raw": a["upload_raw_bytes"], "stored": a["upload_stored_bytes"]},
+            "archive_compression_ratio": (a["upload_raw_bytes"] / a["upload_stored_bytes"]
+                                          if a["upload_stored_bytes"] else 0.0),
+        }
+        for k in ("compress_s", "upload_s", "refreshes", "skipped", "passes", "fetches", "fetch_bytes",
+                  "fetch_s", "decompress_s", "errors", "rejected_objects", "objects", "stored_bytes"):
+            extra[f"archive_{k}"] = a[k]
+        return TierCounters(a["objects"], a["stored_bytes"], 0, a["upload_raw_bytes"], extra)
+
+    def health(self) -> list[str]:
+        return []
 
 
 class _Chunks(ChunkSource):
@@ -156,39 +208,27 @@ class _Chunks(ChunkSource):
     def _key(self, h: int):
         return self.engine._lm_keys.get(h)
 
+    def _local(self) -> list[TierBackend]:
+        return [t for t in self.engine.tiers if t.local]
+
     def held(self, hashes: np.ndarray) -> np.ndarray:
-        e = self.engine
+        local = self._local()
         out = np.zeros(len(hashes), np.bool_)
         for i, h in enumerate(hashes.tolist()):
             key = self._key(h)
-            out[i] = key is not None and e._tier_of(key) is not None
+            out[i] = key is not None and self.engine._holder(Chunk(key, h), local) is not None
         return out
 
     def read(self, h: int) -> bytes | None:
-        e = self.engine
         key = self._key(h)
         if key is None:
             return None
-        assert e.archive is not None
-        fmt = e.archive.fmt
-        chunk = e.gpu_cache.chunks.get(key.chunk_hash)
-        if chunk is not None:
-            return fmt.to_bytes(chunk)
-        cpu = e._backends["cpu"]
-        obj = cpu.get_blocking(key) if cpu is not None else None   # no policy update
-        if obj is not None:
-            try:
-                return fmt.to_bytes(obj.tensor)
-            finally:
-                obj.ref_count_down()
-        if e._disk_guard is not None:
-            # The file itself, not the backend's read: that would touch the disk's eviction order
-            # and allocate in LMCache's CPU pool (evicting there), which the simulator's worker,
-            # reading a block, does not. The file holds the chunk's bytes from its start; it is
-            # verified against the digest of its write (a bad one is dropped and counted).
-            raw = e._disk_guard.read_bytes(key)
-            if raw is not None and len(raw) >= fmt.raw_bytes:
-                return raw[:fmt.raw_bytes]
+        assert self.engine.archive is not None
+        fmt = self.engine.archive.fmt
+        for tier in self._local():        # the fastest tier holding it; none updates its policy
+            raw = tier.peek(Chunk(key, h), fmt)
+            if raw is not None:
+                return raw
         return None
 
 

@@ -82,11 +82,13 @@ from simkv.core.tiers import archived_bytes, best_cut
 from simkv_engine import lmcache_glue
 from simkv_engine.archive import ArchiveOptions, ArchiveWorker
 from simkv_engine.archive_tier import ArchiveTier, check_archive
+from simkv_engine.backends import GPUTier, TierBackend
 from simkv_engine.connector import HFKVConnector
 from simkv_engine.engine_types import LOCAL_TIERS, TIERS, EngineError, RequestResult
 from simkv_engine.engine_usage import EngineUsage
 from simkv_engine.gpu_cache import GPUPrefixCache
-from simkv_engine.integrity import DiskGuard, check_disk_folder, install_log_filters, lmcache_alloc_failures
+from simkv_engine.integrity import check_disk_folder, install_log_filters, lmcache_alloc_failures
+from simkv_engine.lmcache_tiers import LMCacheTiers
 from simkv_engine.models import KVShape, kv_shape_of
 from simkv_engine.tier_io import TierIO, Timer
 from simkv_engine.tier_walk import TierWalk
@@ -113,8 +115,10 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
     Its parts: the tier walk (:class:`~simkv_engine.tier_walk.TierWalk`), the loads and stores
     (:class:`~simkv_engine.tier_io.TierIO`), the archive tier
     (:class:`~simkv_engine.archive_tier.ArchiveTier`) and the counters, health and clears
-    (:class:`~simkv_engine.engine_usage.EngineUsage`); LMCache's internals only through
-    :mod:`simkv_engine.lmcache_glue`.
+    (:class:`~simkv_engine.engine_usage.EngineUsage`), all over ``tiers``: one list of
+    :class:`~simkv_engine.backends.TierBackend`, fastest first, absent tiers left out (the GPU
+    cache's, LMCache's CPU and disk backends' from :mod:`simkv_engine.lmcache_tiers`, the
+    archive's). LMCache's internals only through :mod:`simkv_engine.lmcache_glue`.
     """
 
     def __init__(self, scenario: Scenario, model: PreTrainedModel, *, disk_path: str | Path | None = None,
@@ -138,7 +142,6 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
         self.chunk_size = scenario.block_size
         self.kv: KVShape = kv_shape_of(model)
         self.chunk_bytes = self.kv.chunk_bytes(self.chunk_size)
-        self._ref = 0
         self._lock = threading.RLock()
         self.archive: ArchiveWorker | None = None
         self.policy: PolicyState | None = None
@@ -168,6 +171,8 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
             raise ScenarioError(f"tiers.gpu.eviction: {gpu.eviction!r} needs the future (offline); "
                                 "the engine serves online")
         self.gpu_cache = GPUPrefixCache(gpu.blocks(self.chunk_bytes), policy_cls(None))
+        #: The tiers, fastest first (absent ones left out): every tier operation goes through them.
+        self.tiers: list[TierBackend] = [GPUTier(self.gpu_cache, self.chunk_size, self.chunk_bytes)]
 
         cpu, disk = scenario.tiers.cpu, scenario.tiers.disk
         if disk.enabled and disk_path is None:
@@ -206,15 +211,11 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
             lmcache_glue.stop_event_loops(set(threading.enumerate()) - threads)
             raise EngineError("LMCache's engine is not healthy after init (see LMCache's log above)")
         self.lmcache: LMCacheEngine = lmc
+        #: LMCache's own backend objects by tier (``None``: off), under the tiers' adapters.
         self._backends = lmcache_glue.local_backends(lmc)
         if not cpu.enabled:
             self._backends["cpu"] = None   # LMCache's CPU backend is then only its allocator
-        self._disk_guard = DiskGuard(self._backends["disk"]) if self._backends["disk"] is not None else None
-        self._lmcache_evictions = dict.fromkeys(lmcache_glue.BACKENDS, 0)
-        self._evictions_lock = threading.Lock()
-        for tier, backend in self._backends.items():
-            if backend is not None:
-                lmcache_glue.count_evictions(backend, tier, self._lmcache_evictions, self._evictions_lock)
+        self.tiers += LMCacheTiers(lmc, self._backends, self.chunk_size, self.chunk_bytes).tiers()
         if scenario.tiers.archive.enabled:
             try:
                 self._start_archive(archive)  # type: ignore[arg-type]
@@ -260,16 +261,15 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
 
     def _serve(self, tokens: list[int], all_logits: bool, prompt_class: str) -> RequestResult:
         n, c = len(tokens), self.chunk_size
-        keys = self.chunk_keys(tokens)
-        hashes = self.chunk_hashes(tokens) if self.archive is not None else []
-        sources = self._walk(keys, hashes)
+        prompt = self._prompt(tokens)
+        sources = self._walk(prompt)
         if self._cut:
-            k, _, _ = best_cut([TIERS.index(t) for t in sources], n, c, self._hw, self._transfers)
+            k, _, _ = best_cut([TIERS.index(t.name) for t in sources], n, c, self._hw, self._transfers)
             sources = sources[:k]
 
-        self._touch(keys, sources)
+        self._touch(prompt, sources)
         with Timer(self.device) as load:
-            hit, kv, hydrate_s = self._load(tokens, keys, hashes, sources)
+            hit, kv, hydrate_s = self._load(prompt, sources)
         sources = sources[: hit // c]
         # The logits of the last prompt token need one forward pass: a prompt whose every
         # token was loaded has its last token recomputed over the others' KV (served from the
@@ -287,16 +287,16 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
         logits = out.logits[0]
 
         with Timer(self.device) as store:
-            self._store(tokens, keys, sources, out.past_key_values)
+            self._store(prompt, sources, out.past_key_values)
         if self.deterministic:
-            self._drain_disk()
+            self._drain()
         if self.policy is not None:   # the simulator's events: the request, then its chunks
-            self._lm_keys.update(zip(hashes, keys, strict=True))
-            self.policy.accessed(np.array(hashes, np.uint64), self.policy.request(prompt_class, n))
+            self._lm_keys.update(zip(prompt.hashes, prompt.keys, strict=True))
+            self.policy.accessed(np.array(prompt.hashes, np.uint64), self.policy.request(prompt_class, n))
 
         hits = dict.fromkeys(TIERS, 0)
         for tier in sources:
-            hits[tier] += c
+            hits[tier.name] += c
         counts = self._counts
         counts["requests"] += 1
         for tier, tokens_ in hits.items():

@@ -6,30 +6,20 @@ of :class:`~simkv_engine.engine.KVEngine`."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-from simkv_engine import lmcache_glue
-from simkv_engine.archive import ArchiveWorker
-from simkv_engine.engine_types import LOCAL_TIERS, EngineError
-from simkv_engine.gpu_cache import GPUPrefixCache
-from simkv_engine.integrity import DiskGuard, lmcache_alloc_failures
+from simkv_engine.backends import TierBackend
+from simkv_engine.engine_types import LOCAL_TIERS, TIERS, EngineError
+from simkv_engine.integrity import lmcache_alloc_failures
 
 
 class EngineUsage:
-    """The engine's counters, health and clears."""
+    """The engine's counters, health and clears, gathered from its tiers' backends."""
 
-    chunk_bytes: int
-    gpu_cache: GPUPrefixCache
-    archive: ArchiveWorker | None
-    lmcache: Any
-    _backends: dict[str, Any]
+    tiers: list[TierBackend]
     _counts: dict[str, Any]
-    _disk_guard: DiskGuard | None
     _alloc_failures0: int
-    _lmcache_evictions: dict[str, int]
-    _evictions_lock: threading.Lock
     _lock: Any
 
     def counters(self) -> dict[str, Any]:
@@ -62,39 +52,24 @@ class EngineUsage:
         (objects of another layout left out of the index), and the gauges
         ``archive_objects`` / ``archive_stored_bytes`` (the index now)."""
         out = {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}
-        if self._disk_guard is not None:
-            out["disk_errors"], stored, _ = self._disk_guard.counts()
-            out["bytes_stored"]["disk"] = stored * self.chunk_bytes
         out["lmcache_alloc_failures"] = lmcache_alloc_failures() - self._alloc_failures0
-        with self._evictions_lock:
-            out["evictions"] = {"gpu": self.gpu_cache.evictions, **self._lmcache_evictions}
-        cpu, disk = self._backends["cpu"], self._backends["disk"]
-        held = {"gpu": len(self.gpu_cache), "cpu": 0 if cpu is None else lmcache_glue.cpu_chunks(cpu),
-                "disk": 0 if disk is None else lmcache_glue.disk_chunks(disk)}
-        out["tier_bytes"] = {**{t: n * self.chunk_bytes for t, n in held.items()}, "archive": 0}
-        if self.archive is not None:
-            a = self.archive.snapshot()
-            out["bytes_stored"]["archive"] = a["upload_raw_bytes"]
-            out["tier_bytes"]["archive"] = a["stored_bytes"]
-            out["expirations"] = {"archive": a["expirations"]}
-            out["archive_uploads"] = a["uploads"]
-            out["archive_upload_bytes"] = {"raw": a["upload_raw_bytes"], "stored": a["upload_stored_bytes"]}
-            out["archive_compression_ratio"] = (a["upload_raw_bytes"] / a["upload_stored_bytes"]
-                                                if a["upload_stored_bytes"] else 0.0)
-            for k in ("compress_s", "upload_s", "refreshes", "skipped", "passes", "fetches", "fetch_bytes",
-                      "fetch_s", "decompress_s", "errors", "rejected_objects", "objects", "stored_bytes"):
-                out[f"archive_{k}"] = a[k]
+        out["evictions"] = dict.fromkeys(LOCAL_TIERS, 0)
+        out["tier_bytes"] = dict.fromkeys(TIERS, 0)
+        extra: dict[str, Any] = {}
+        for tier in self.tiers:
+            c = tier.counters()
+            out["bytes_stored"][tier.name] = c.stored_bytes
+            out["tier_bytes"][tier.name] = c.bytes
+            if tier.local:
+                out["evictions"][tier.name] = c.evictions
+            extra.update(c.extra)
+        out.update(extra)
         return out
 
     def health(self) -> list[str]:
         """Why the engine is degraded (it serves, by recompute, but a tier does not work), or
         nothing: the disk tier while its last write failed (full or failing filesystem)."""
-        if self._disk_guard is None:
-            return []
-        write_error = self._disk_guard.counts()[2]
-        if write_error is None:
-            return []
-        return [f"disk tier: writes fail ({write_error}); chunks are not stored on disk"]
+        return [reason for tier in self.tiers for reason in tier.health()]
 
     def clear(self, tiers: Sequence[str] = LOCAL_TIERS, *, timeout_s: float = 30.0) -> dict[str, int]:
         """Drop the named local tiers' contents (for calibration and tests; never the archive);
@@ -109,25 +84,5 @@ class EngineUsage:
             return self._clear(tiers, timeout_s)
 
     def _clear(self, tiers: Sequence[str], timeout_s: float) -> dict[str, int]:
-        out: dict[str, int] = {}
-        disk = self._backends["disk"]
-        if disk is not None and {"cpu", "disk"} & set(tiers):
-            # A pending disk write pins its CPU copy (the CPU clear skips pinned objects) and
-            # would re-create a cleared disk chunk: let them finish first.
-            lmcache_glue.wait_disk_writes(disk, timeout_s, 0.005)
-        for tier in dict.fromkeys(tiers):
-            if tier == "gpu":
-                out[tier] = self.gpu_cache.clear()
-                continue
-            backend = self._backends[tier]
-            if backend is None:
-                out[tier] = 0
-            elif tier == "cpu":
-                out[tier] = lmcache_glue.cpu_chunks(backend)
-                self.lmcache.clear(locations=[lmcache_glue.BACKENDS["cpu"]])
-                out[tier] -= lmcache_glue.cpu_chunks(backend)
-            else:
-                assert self._disk_guard is not None
-                out[tier] = sum(self._disk_guard.drop(key) for key in lmcache_glue.disk_keys(backend))
-        return out
-
+        held = {tier.name: tier for tier in self.tiers}
+        return {name: held[name].clear(timeout_s) if name in held else 0 for name in dict.fromkeys(tiers)}

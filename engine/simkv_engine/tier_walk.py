@@ -1,8 +1,8 @@
-"""The tier walk: which tier holds each full chunk of a prompt, fastest first (our GPU prefix
-cache, LMCache's CPU backend, its disk backend, then the archive), up to the first chunk no tier
-holds (prefix semantics, as the simulator). Which LMCache tier holds a chunk is asked of each
-backend's ``contains`` (no pinning, no side effects), CPU before disk, the order in which
-LMCache's retrieve reads. A mixin of :class:`~simkv_engine.engine.KVEngine`."""
+"""The tier walk: which tier holds each full chunk of a prompt, asked of each backend in the
+engine's list, fastest first (our GPU prefix cache, LMCache's CPU backend, its disk backend, then
+the archive: the order in which LMCache's retrieve reads, too), up to the first chunk no tier
+holds (prefix semantics, as the simulator). ``contains`` has no side effects (no pinning, no
+policy update). A mixin of :class:`~simkv_engine.engine.KVEngine`."""
 
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ from typing import Any
 
 from simkv_engine import lmcache_glue
 from simkv_engine.archive import ArchiveWorker, chunk_hashes
-from simkv_engine.gpu_cache import GPUPrefixCache
+from simkv_engine.backends import Chunk, Prompt, TierBackend
 
 
 class TierWalk:
     """The engine's lookups (no side effects: no pinning, no policy update)."""
 
     chunk_size: int
-    gpu_cache: GPUPrefixCache
     archive: ArchiveWorker | None
     lmcache: Any
-    _backends: dict[str, Any]
+    tiers: list[TierBackend]
     _lock: Any
 
     def chunk_keys(self, tokens: Sequence[int]) -> list:
@@ -35,32 +34,32 @@ class TierWalk:
         """The archive's (and the policy state's) hashes of the full chunks of ``tokens``."""
         return chunk_hashes(tokens, self.chunk_size)
 
+    def tier(self, name: str) -> TierBackend | None:
+        """The engine's backend of tier ``name`` (``None``: the tier is off)."""
+        return next((b for b in self.tiers if b.name == name), None)
+
     def lookup(self, tokens: Sequence[int]) -> list[str]:
         """The tier holding each chunk of the cached prefix of ``tokens``, in order, ending at
         the first chunk no tier holds (the archive included). No side effects (no pinning, no
         policy update)."""
         with self._lock:
-            keys = self.chunk_keys(tokens)
-            return self._walk(keys, self.chunk_hashes(tokens) if self.archive is not None else [])
+            return [b.name for b in self._walk(self._prompt(tokens))]
 
-    def _walk(self, keys: list, hashes: list[int]) -> list[str]:
-        out: list[str] = []
-        now = self.archive.clock() if self.archive is not None else 0.0
-        for m, key in enumerate(keys):
-            tier = self._tier_of(key)
-            if tier is None and self.archive is not None and self.archive.live(hashes[m], now):
-                tier = "archive"
+    def _prompt(self, tokens: list[int] | Sequence[int]) -> Prompt:
+        tokens = list(tokens)
+        hashes = self.chunk_hashes(tokens) if self.archive is not None else []
+        return Prompt(tokens, self.chunk_keys(tokens), hashes)
+
+    def _walk(self, prompt: Prompt) -> list[TierBackend]:
+        out: list[TierBackend] = []
+        for m in range(len(prompt.keys)):
+            tier = self._holder(prompt.chunk(m), self.tiers)
             if tier is None:
                 break
             out.append(tier)
         return out
 
-    def _tier_of(self, key) -> str | None:
-        if key.chunk_hash in self.gpu_cache:
-            return "gpu"
-        for tier in ("cpu", "disk"):
-            backend = self._backends[tier]
-            if backend is not None and backend.contains(key, pin=False):
-                return tier
-        return None
-
+    @staticmethod
+    def _holder(chunk: Chunk, tiers: Sequence[TierBackend]) -> TierBackend | None:
+        """The fastest of ``tiers`` holding ``chunk``."""
+        return next((b for b in tiers if b.contains(chunk)), None)

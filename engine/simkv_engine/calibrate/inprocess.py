@@ -85,7 +85,7 @@ class InProcessProbe(Probe):
         self.chunk_bytes = e.chunk_bytes
         self.vocab_size = int(self.model.config.vocab_size)
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0)) or None
-        self.tiers = ("gpu", *(t for t in ("cpu", "disk") if e._backends[t] is not None))
+        self.tiers = tuple(tier.name for tier in e.tiers)      # the archive's included
         fs = _fs_type(self.disk_path)
         self.disk_cold = (f"after fsync + posix_fadvise(DONTNEED) on LMCache's disk files (filesystem "
                           f"{fs}; the kernel drops their clean pages from the page cache, so the read "
@@ -94,8 +94,6 @@ class InProcessProbe(Probe):
         self._torch = torch
         self.wait_clears = False
         self.gpu_chunks = e.gpu_cache.capacity
-        if e.archive is not None:
-            self.tiers = (*self.tiers, "archive")
 
     def _archive_options(self, scenario: Any, archive: str | None,
                          endpoint: str | None) -> tuple[Any, Any]:
@@ -144,10 +142,13 @@ class InProcessProbe(Probe):
         self.engine.clear(list(tiers))        # waits for LMCache's pending disk writes first
 
     def wait_on_disk(self, tokens: list[int], timeout: float = 60.0) -> float:
-        disk = self.engine._backends["disk"]
+        from simkv_engine.backends import Chunk
+
+        disk = self.engine.tier("disk")
+        assert disk is not None
         keys = self.engine.chunk_keys(tokens)
         t0 = time.perf_counter()
-        while not all(disk.contains(k) for k in keys):
+        while not all(disk.contains(Chunk(k)) for k in keys):
             if time.perf_counter() - t0 > timeout:
                 raise CalibrationError(f"LMCache's disk writes did not finish in {timeout:.0f} s")
             time.sleep(0.0002)
