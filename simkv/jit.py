@@ -23,9 +23,17 @@ __all__ = ["CACHE_DIR", "njit"]
 ROOT = Path(__file__).resolve().parent
 
 
+#: Modules the kernels' constants come from without compiling code: the tier layout (the
+#: kernels' array offsets follow TIER_NAMES).
+LAYOUT_SOURCES = ("core/scenario/tiers.py",)
+
+
 def kernel_sources() -> list[Path]:
-    """Every simkv module that compiles code (its source mentions ``njit``), in path order."""
-    return [p for p in sorted(ROOT.rglob("*.py")) if b"njit" in p.read_bytes() and p.name != "jit.py"]
+    """Every simkv module that compiles code (its source mentions ``njit``) and the layout
+    modules (:data:`LAYOUT_SOURCES`), in path order."""
+    return [p for p in sorted(ROOT.rglob("*.py"))
+            if (b"njit" in p.read_bytes() and p.name != "jit.py")
+            or p.relative_to(ROOT).as_posix() in LAYOUT_SOURCES]
 
 
 def _kernel_digest() -> str:

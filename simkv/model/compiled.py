@@ -46,8 +46,9 @@ class CompiledTieredCache(CacheBase):
             return f"ttl.scope is {sc.ttl.scope!r} (compiled needs a TTL on the archive only)"
         if sc.hardware.profile is not None:
             return "hardware.profile is a table profile (compiled needs the analytic profile)"
-        if sc.tiers.remote.enabled:
-            return "tiers.remote is enabled (compiled has no remote tier)"
+        for t, (name, on) in enumerate(zip(TIER_NAMES, sc.tiers.present(), strict=True)):
+            if on and t not in T.KERNEL_TIERS:
+                return f"tiers.{name} is enabled (compiled has no {name} tier)"
         return None
 
     def __init__(self, scenario: Scenario, trace: Trace) -> None:

@@ -12,34 +12,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from simkv.core.scenario.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES
 from simkv.jit import njit
 
-# The tier numbers of simkv.core.tiers.TIER_NAMES (a test holds them equal). The remote tier
-# has its slots but no kernel code: the compiled engine does not run a scenario that enables it.
-GPU, CPU, DISK, REMOTE, ARCHIVE = 0, 1, 2, 3, 4
-N_TIERS = 5
+# The tier numbers of TIER_NAMES; every tier has its slots below, laid out from their count, but
+# the kernels model the GPU, CPU, disk and archive: the compiled engine refuses a scenario that
+# enables another tier (CompiledTieredCache.unsupported).
+N_TIERS = len(TIER_NAMES)
+KERNEL_TIERS = (GPU, CPU, DISK, ARCHIVE)
 
-# int64 scalars S[...]; per-tier entries at +GPU / +CPU / +DISK / +REMOTE / +ARCHIVE
-S_SIZE, S_CAP, S_EVICT, S_INSERT, S_BYTES, S_PEAK, S_FIFO, S_STORED = 0, 5, 10, 15, 20, 25, 30, 35
-S_COUNT = 40  # S_COUNT + tier: blocks per source tier
-S_HYDRATE, S_OFFLOAD, S_DISK_WRITES = 45, 46, 47
-S_WRITE_THROUGH, S_OFFLOAD_POLICY, S_ZERO_TIME, S_IF_FASTER, S_HAS_DISK = 48, 49, 50, 51, 52
-S_BLOCK_SIZE = 53
-S_K, S_FOUND = 54, 55
-S_HAS_ARCHIVE, S_HEAP, S_EXPIRE, S_SLIDING = 56, 57, 58, 59
-S_HAS_CPU, S_CPU_WRITES = 60, 61
-S_LEN = 62
+# int64 scalars S[...]; per-tier entries at S_... + tier
+S_SIZE, S_CAP, S_EVICT, S_INSERT, S_BYTES, S_PEAK, S_FIFO, S_STORED, S_COUNT = range(0, 9 * N_TIERS, N_TIERS)
+(S_HYDRATE, S_OFFLOAD, S_DISK_WRITES, S_WRITE_THROUGH, S_OFFLOAD_POLICY, S_ZERO_TIME, S_IF_FASTER,
+ S_HAS_DISK, S_BLOCK_SIZE, S_K, S_FOUND, S_HAS_ARCHIVE, S_HEAP, S_EXPIRE, S_SLIDING, S_HAS_CPU,
+ S_CPU_WRITES, S_LEN) = range(9 * N_TIERS, 9 * N_TIERS + 18)   # S_COUNT + tier: blocks per source tier
 
-# float64 scalars X[...]
-X_MT, X_BS = 0, 5  # meter time, byte-seconds, per tier
-X_DISK_FREE, X_DISK_LAT, X_DISK_READ, X_DISK_WRITE = 10, 11, 12, 13
-X_ARCH_LAT, X_ARCH_READ = 14, 15
-X_CONST, X_PER_TOKEN, X_ATTN = 16, 17, 18
-X_LOAD, X_PREFILL = 19, 20
-X_MIN_S = 21  # the archive's minimum billed object lifetime
-X_DISK_LAG = 22  # TieredCache.write_lag_max[DISK]
-X_CPU_FREE, X_CPU_LAT, X_CPU_READ, X_CPU_WRITE = 23, 24, 25, 26
-X_LEN = 27
+# float64 scalars X[...]; per tier: meter time, byte-seconds
+X_MT, X_BS = 0, N_TIERS
+(X_DISK_FREE, X_DISK_LAT, X_DISK_READ, X_DISK_WRITE, X_ARCH_LAT, X_ARCH_READ, X_CONST, X_PER_TOKEN,
+ X_ATTN, X_LOAD, X_PREFILL,
+ X_MIN_S,      # the archive's minimum billed object lifetime
+ X_DISK_LAG,   # TieredCache.write_lag_max[DISK]
+ X_CPU_FREE, X_CPU_LAT, X_CPU_READ, X_CPU_WRITE, X_LEN) = range(2 * N_TIERS, 2 * N_TIERS + 18)
 
 
 @njit(cache=True, inline="always")

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from simkv.core.profiles.base import (
-    GB,
     PROFILES,
     HardwareProfile,
     StepTime,
@@ -49,16 +48,7 @@ class AnalyticProfile(HardwareProfile):
         return StepTime(self.const_s, self.per_token_s, self.per_token_s, self.attn_s, self.attn_s)
 
     def transfers(self, scenario: Scenario, block_bytes: int, archive_bytes: int) -> Transfers:
-        c, d, rm, a = scenario.tiers.cpu, scenario.tiers.disk, scenario.tiers.remote, scenario.tiers.archive
-        # per tier, gpu, cpu, disk, remote, archive: a GPU hit costs nothing; an archived block
-        # is downloaded compressed and decompressed; a pass compresses then uploads each block
-        raw, packed = block_bytes, archive_bytes
-        return Transfers(
-            latency_s=(0.0, c.latency_s, d.latency_s, rm.latency_s, a.request_latency_s),
-            read_per_block_s=(0.0, raw / (c.read_gbps * GB), raw / (d.read_gbps * GB),
-                              raw / (rm.read_gbps * GB),
-                              packed / (a.download_gbps * GB) + raw / (a.decompress_gbps * GB)),
-            write_per_block_s=(0.0, raw / (c.write_gbps * GB), raw / (d.write_gbps * GB),
-                               raw / (rm.write_gbps * GB),
-                               raw / (a.compress_gbps * GB) + packed / (a.upload_gbps * GB)),
-        )
+        # each tier's (latency, read, write) from its spec, in TIER_NAMES order
+        lat, read, write = zip(*(spec.transfer_s(block_bytes, archive_bytes)
+                                 for spec in scenario.tiers.specs()), strict=True)
+        return Transfers(latency_s=lat, read_per_block_s=read, write_per_block_s=write)

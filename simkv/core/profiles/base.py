@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from simkv.core.scenario import Scenario
 
 PROFILE_VERSION = 1
-#: Tiers a table profile may leave out (their load and store entries are needed only when the
-#: scenario enables them); the disk's and the archive's are always there.
-OPTIONAL_TIERS = ("cpu", "remote")
+#: Tiers whose load and store entries every table profile has; the others' (every tier but
+#: these and the GPU, whose ``load.gpu`` alone is optional) are needed only when the scenario
+#: enables the tier.
+REQUIRED_TIERS = ("disk", "archive")
+OPTIONAL_TIERS = tuple(t for t in TIER_NAMES[1:] if t not in REQUIRED_TIERS)
 GB = 1e9
 
 

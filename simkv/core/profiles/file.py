@@ -19,6 +19,7 @@ from simkv.core.profiles.base import (
     PROFILE_VERSION,
     PROFILES,
     REQUEST_KEYS,
+    REQUIRED_TIERS,
     STEP_KEYS,
     HardwareProfile,
     Transfers,
@@ -91,8 +92,8 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
     if "calibration" in data and not isinstance(data["calibration"], dict):
         raise ScenarioError(f"{source}: calibration: expected a mapping (what simkv calibrate "
                             f"measured), got {data['calibration']!r}")
-    load = _mapping(source, "load", data["load"], ("disk", "archive"), ("gpu", *OPTIONAL_TIERS))
-    store = _mapping(source, "store", data["store"], ("disk", "archive"), OPTIONAL_TIERS)
+    load = _mapping(source, "load", data["load"], REQUIRED_TIERS, ("gpu", *OPTIONAL_TIERS))
+    store = _mapping(source, "store", data["store"], REQUIRED_TIERS, OPTIONAL_TIERS)
     for tier in OPTIONAL_TIERS:
         if (tier in load) != (tier in store):
             given, other = ("load", "store") if tier in load else ("store", "load")

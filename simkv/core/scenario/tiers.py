@@ -1,5 +1,6 @@
-"""The tiers of a scenario (GPU, CPU, disk, remote KV store, archive) as typed dataclasses, the S3 storage
-classes with their prices and billing minimums, and the size and bound checks they share."""
+"""The tiers of a scenario (GPU, CPU, disk, remote KV store, archive) as typed dataclasses, one
+ordered list with a kind each, and the size and bound checks they share (the S3 storage classes
+the archive prices: :mod:`simkv.core.scenario.prices`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from simkv.core.errors import ScenarioError
+from simkv.core.scenario.prices import RESTORE_CLASSES, SECONDS_PER_DAY, STORAGE_CLASSES
 
 #: The tiers, fastest first; a tier's index in this list is its number everywhere (the
 #: simulator's caches and kernels, per-tier arrays, the per-request columns, the summary, the
@@ -64,8 +66,21 @@ class TierCapacity:
     two. Neither means the tier's ``default_bytes`` (``None``: unlimited)."""
 
     default_bytes = None
+    #: What the tier is (the list form of ``tiers`` names it so) and how reports call it.
+    kind: ClassVar[str]
+    label: ClassVar[str]
     capacity_blocks: int | None = None
     capacity_bytes: int | str | None = None
+
+    def transfer_s(self, raw: int, packed: int) -> tuple[float, float, float]:
+        """Seconds ``(latency, read, write)`` for a block of ``raw`` bytes (``packed`` once
+        compressed): the latency once per request that loads from the tier, then per block
+        read and written. A tier with a link (``latency_s``, ``read_gbps``, ``write_gbps``):
+        ``latency_s``, ``raw / (read_gbps·10⁹)``, ``raw / (write_gbps·10⁹)``; without one, 0."""
+        link = getattr(self, "read_gbps", None)
+        if link is None:
+            return 0.0, 0.0, 0.0
+        return self.latency_s, raw / (link * GB), raw / (self.write_gbps * GB)  # type: ignore[attr-defined]
 
     def check_eviction(self, prefix: str) -> None:
         from simkv.core.policies.eviction import EVICTION_POLICIES
@@ -120,6 +135,7 @@ class GPUTier(TierCapacity):
     the null block included), or ``capacity_bytes // (block_tokens × bytes per token)``."""
 
     kind: ClassVar[str] = "device"
+    label: ClassVar[str] = "GPU (HBM)"
 
     default_bytes = "16GiB"
     eviction: str = "lru"
@@ -162,6 +178,7 @@ class CPUTier(TierCapacity):
     on an H100 box reach ~50 GB/s)."""
 
     kind: ClassVar[str] = "host"
+    label: ClassVar[str] = "CPU (host RAM)"
 
     default_bytes = "64GiB"
     enabled: bool = False
@@ -183,6 +200,7 @@ class DiskTier(TierCapacity):
     each other at ``write_gbps`` and a block is readable once its write finished."""
 
     kind: ClassVar[str] = "disk"
+    label: ClassVar[str] = "disk (NVMe)"
 
     default_bytes = "500GiB"
     enabled: bool = True
@@ -209,6 +227,7 @@ class RemoteTier(TierCapacity):
     in-memory cache's on-demand price, 13.07 GiB for $0.219/h, ≈ 0.0156 $/GB-hour)."""
 
     kind: ClassVar[str] = "remote"
+    label: ClassVar[str] = "remote KV (DRAM)"
     enabled: bool = False
     read_gbps: float = 10.0
     write_gbps: float = 10.0
@@ -222,30 +241,6 @@ class RemoteTier(TierCapacity):
         check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
         check_positive(f"{prefix}.ttl_s", self.ttl_s)
         check_positive(f"{prefix}.price_gb_hour", self.price_gb_hour, allow_zero=True)
-
-
-# Documented defaults per S3 storage class (USD, S3 us-east-1 list prices, 2025): per GB-month
-# stored, per PUT (or COPY), per GET, per GB retrieved; and the billing minimums: ``min_days``
-# (an object deleted or overwritten earlier is charged the rest: S3's early-deletion fee) and
-# ``min_object_bytes`` (a smaller object is billed as this size). Glacier Flexible Retrieval
-# and Deep Archive are priced for a Standard restore (its per-request fee is added to ``get``),
-# which takes hours: they need ``request_latency_s`` set to the restore time. Their 40 KB of
-# per-object metadata is not billed.
-STORAGE_CLASSES: dict[str, dict[str, float]] = {
-    "standard": {"gb_month": 0.023, "put": 0.005 / 1000, "get": 0.0004 / 1000, "retrieval_gb": 0.0,
-                 "min_days": 0.0, "min_object_bytes": 0},
-    "standard_ia": {"gb_month": 0.0125, "put": 0.01 / 1000, "get": 0.001 / 1000, "retrieval_gb": 0.01,
-                    "min_days": 30.0, "min_object_bytes": 128 * 1024},
-    "glacier_ir": {"gb_month": 0.004, "put": 0.02 / 1000, "get": 0.01 / 1000, "retrieval_gb": 0.03,
-                   "min_days": 90.0, "min_object_bytes": 128 * 1024},
-    "glacier_flexible": {"gb_month": 0.0036, "put": 0.03 / 1000, "get": (0.05 + 0.0004) / 1000,
-                         "retrieval_gb": 0.01, "min_days": 90.0, "min_object_bytes": 0},
-    "deep_archive": {"gb_month": 0.00099, "put": 0.05 / 1000, "get": (0.10 + 0.0004) / 1000,
-                     "retrieval_gb": 0.02, "min_days": 180.0, "min_object_bytes": 0},
-}
-#: Classes whose objects must be restored before a GET (minutes to hours).
-RESTORE_CLASSES = ("glacier_flexible", "deep_archive")
-SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -264,6 +259,7 @@ class ArchiveTier(TierCapacity):
     (see docs/metrics.md)."""
 
     kind: ClassVar[str] = "archive"
+    label: ClassVar[str] = "archive (S3)"
 
     enabled: bool = False
     interval_s: float = 60.0
@@ -303,6 +299,13 @@ class ArchiveTier(TierCapacity):
                 f"{prefix}.request_latency_s: {self.request_latency_s!r} s, but "
                 f"{self.storage_class} objects must be restored before a GET (minutes to hours); "
                 f"set it to the restore time of the retrieval option you price (>= 60 s)")
+
+    def transfer_s(self, raw: int, packed: int) -> tuple[float, float, float]:
+        """A deep miss: ``request_latency_s`` once, then per block the compressed bytes
+        downloaded and the raw bytes decompressed; a pass compresses then uploads each block."""
+        read = packed / (self.download_gbps * GB) + raw / (self.decompress_gbps * GB)
+        write = raw / (self.compress_gbps * GB) + packed / (self.upload_gbps * GB)
+        return self.request_latency_s, read, write
 
     def price(self, what: str) -> float:
         """``what`` in gb_month | put | get | retrieval_gb: the override or the class default."""

@@ -24,6 +24,7 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
+from simkv.core.scenario import Tiers
 from simkv.core.tiers import TIER_NAMES
 from simkv.metrics.format import fmt_param
 from simkv.report.data import SweepData
@@ -44,10 +45,10 @@ RC: dict[str, Any] = {
     "axes.spines.right": False,
 }
 TIERS = TIER_NAMES
-TIER_LABEL = {"gpu": "GPU (HBM)", "cpu": "CPU (host RAM)", "disk": "disk (NVMe)",
-              "remote": "remote KV (DRAM)", "archive": "archive (S3)"}
-TIER_COLOR = {"gpu": "#4C72B0", "cpu": "#8172B3", "disk": "#DD8452", "remote": "#C44E52",
-              "archive": "#55A868"}
+TIER_LABEL = {name: spec.label for name, spec in zip(TIER_NAMES, Tiers().specs(), strict=True)}
+#: One colour per tier, in TIER_NAMES order (a palette long enough for new tiers).
+TIER_COLOR = dict(zip(TIER_NAMES, ("#4C72B0", "#8172B3", "#DD8452", "#C44E52", "#55A868", "#937860",
+                                   "#DA8BC3", "#8C8C8C"), strict=False))
 GIB = 2**30
 
 
