@@ -3,7 +3,9 @@ remote backend on it, per-key TTL included."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from simkv_engine.kvstore import KVStoreServer, lmcache_remote_options
 from simkv_engine.models import KVShape
 
 from simkv.core.lmcache import GIB
+from tests.conftest import ROOT, SIMKV, assert_user_error, simkv_cli
 
 #: The tiny model's KV shape (models.SHAPES["tiny"] in float32): 512 bytes a token.
 TINY = KVShape(layers=2, kv_heads=2, head_dim=16, dtype=torch.float32)
@@ -47,6 +50,31 @@ def test_server_starts_serves_and_stops_leaving_nothing() -> None:
     with pytest.raises(redis.ConnectionError):
         redis.Redis(host="127.0.0.1", port=server.port, retry=Retry(NoBackoff(), 0)).ping()
     server.stop()                                                 # idempotent
+
+
+def test_kvstore_command_serves_until_sigterm() -> None:
+    proc = subprocess.Popen([*SIMKV, "engine", "kvstore", "--port", "0", "--maxmemory", "1MiB",
+                             "--policy", "volatile-ttl"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "kvstore serving at redis://127.0.0.1:" in line, line + proc.stderr.read()
+        client = redis.Redis.from_url(line.split("serving at", 1)[1].strip())
+        assert client.config_get("maxmemory") == {"maxmemory": str(1 << 20)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-ttl"}
+        pid = client.info("server")["process_id"]
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "kvstore stopped" in out
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_kvstore_command_refuses_an_unknown_policy_in_one_line() -> None:
+    assert_user_error(simkv_cli("engine", "kvstore", "--policy", "lru"), "--policy", "'lru'", "volatile-ttl")
 
 
 def test_a_taken_port_is_one_error_naming_it() -> None:
