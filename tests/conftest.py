@@ -11,10 +11,14 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from simkv.traces.schema import Trace, build_table
+
+if TYPE_CHECKING:
+    from simkv_engine.kvstore import KVStoreServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_TRACE = ROOT / "traces" / "small.parquet"
@@ -94,6 +98,19 @@ def trace_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("trace") / "t300.parquet"
     write_trace(generate(generator_config(seed=1, n_requests=300)), path)
     return path
+
+
+# -- a real Redis-protocol server (LMCache's remote tier) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kv_store() -> Iterator[KVStoreServer]:
+    """A Redis-protocol server on a free loopback port for the session
+    (:class:`simkv_engine.kvstore.KVStoreServer`); tests that use it empty it first."""
+    from simkv_engine.kvstore import KVStoreServer
+
+    with KVStoreServer() as server:
+        yield server
 
 
 # -- a real vLLM (tests marked `vllm`) --------------------------------------------------------

