@@ -128,9 +128,11 @@ def test_auto_runs_a_remote_tier_on_the_reference_engine() -> None:
                                    "compiled: tiers.remote is enabled (compiled has no remote tier)")
 
 
-def test_the_real_engines_refuse_a_remote_tier_for_now() -> None:
-    with pytest.raises(ScenarioError, match=r"tiers\.remote\.enabled: the engine and the vLLM setup do not"):
-        lmcache_policy(scenario_from_dict({"tiers": {"remote": {"enabled": True}}}))
+def test_the_vllm_setup_refuses_a_remote_tier_and_the_engine_builds_it() -> None:
+    sc = scenario_from_dict({"tiers": {"remote": {"enabled": True}}})
+    with pytest.raises(ScenarioError, match=r"tiers\.remote\.enabled: the vLLM setup does not build"):
+        lmcache_policy(sc)
+    assert lmcache_policy(sc, remote=True) == "LRU"
 
 
 def test_a_table_profile_needs_remote_entries_only_with_a_remote_tier(tmp_path: Path) -> None:

@@ -62,7 +62,8 @@ class EngineUsage:
             out["tier_bytes"][tier.name] = c.bytes
             if tier.local:
                 out["evictions"][tier.name] = c.evictions
-            extra.update(c.extra)
+            for key, value in c.extra.items():    # a dict by tier (expirations) merges
+                extra[key] = {**extra[key], **value} if isinstance(value, dict) and key in extra else value
         out.update(extra)
         return out
 
