@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch", reason="the engine needs torch (make install)")
 pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
@@ -19,8 +20,14 @@ from simkv_engine.models import SHAPES, load_model  # noqa: E402
 from simkv.core.errors import ScenarioError  # noqa: E402
 from simkv.core.lmcache import lmcache_config  # noqa: E402
 from simkv.core.scenario import scenario_from_dict  # noqa: E402
+from tests import test_replay_identity as identity  # noqa: E402
 
 CHUNK = 16
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    return identity.identity_trace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +156,21 @@ def test_the_engine_refuses_what_lmcaches_remote_backend_cannot_do(model, sc, ne
 def test_the_vllm_setup_still_refuses_the_remote_tier():
     with pytest.raises(ScenarioError, match="the vLLM setup does not build LMCache's remote backend"):
         lmcache_config(scenario(), "/tmp/disk")
+
+
+@pytest.mark.parametrize("cpu", [None, 32])
+def test_remote_hits_per_tier_equal_the_simulators_on_the_trace_clock(trace, tmp_path, store, cpu):
+    """GPU 12 blocks (CPU 32 or none) over an unlimited remote store without TTL, the trace of
+    tests/test_replay_identity.py replayed through the engine server: each request's tokens per
+    tier are the simulator's (the remote store holds every chunk ever stored; what the GPU and
+    CPU evicted comes back from it)."""
+    tiers = {"gpu": {"capacity_blocks": 12}, "cpu": {"enabled": cpu is not None, "capacity_blocks": cpu},
+             "disk": {"enabled": False}, "remote": {"enabled": True}}
+    sc = tmp_path / "remote.yaml"
+    sc.write_text(yaml.safe_dump({"name": "remote", "block_size": identity.BLOCK, "tiers": tiers,
+                                  "hardware": {"zero_service_time": True}, "load_policy": "always"}))
+    got, sim = identity._replay_and_simulate(sc, trace, tmp_path, remote=store.url)
+    assert sim["remote_hit_tokens"].sum() > 0 and sim["gpu_hit_tokens"].sum() > 0
+    if cpu:
+        assert sim["cpu_hit_tokens"].sum() > 0
+    identity._assert_identical(got, sim)
