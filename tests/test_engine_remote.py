@@ -21,6 +21,7 @@ from simkv.core.errors import ScenarioError  # noqa: E402
 from simkv.core.lmcache import lmcache_config  # noqa: E402
 from simkv.core.scenario import scenario_from_dict  # noqa: E402
 from tests import test_replay_identity as identity  # noqa: E402
+from tests.conftest import assert_user_error, simkv_cli  # noqa: E402
 
 CHUNK = 16
 
@@ -140,6 +141,16 @@ def test_a_closed_port_is_one_error_naming_the_url(model):
     url = f"redis://127.0.0.1:{port}"
     with pytest.raises(EngineError, match=f"^{url}: the remote KV store does not answer"):
         KVEngine(scenario(), model, remote_url=url)
+
+
+def test_serve_with_a_closed_remote_port_is_one_error_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sc = tmp_path / "remote.yaml"
+    sc.write_text(yaml.safe_dump({"block_size": CHUNK, "tiers": {"remote": {"enabled": True}}}))
+    proc = simkv_cli("engine", "serve", str(sc), "--port", "0", "--remote", f"redis://127.0.0.1:{port}")
+    assert_user_error(proc, f"redis://127.0.0.1:{port}: the remote KV store does not answer")
 
 
 @pytest.mark.parametrize(("sc", "needle"), [
