@@ -13,6 +13,7 @@ import yaml
 torch = pytest.importorskip("torch", reason="the engine needs torch (make install)")
 pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LMCache (make install)")
 
+from simkv_engine.backends import TierBackend  # noqa: E402
 from simkv_engine.engine import EngineError, KVEngine  # noqa: E402
 from simkv_engine.kvstore import KVStoreServer  # noqa: E402
 from simkv_engine.models import SHAPES, load_model  # noqa: E402
@@ -79,6 +80,12 @@ def full_prefill(model, tokens):
 @pytest.mark.parametrize("cpu", [False, True])
 def test_a_chunk_gone_from_the_gpu_is_served_from_the_remote_store_bit_exact(make_engine, model, store, cpu):
     engine = make_engine(scenario(cpu=cpu))
+    assert [t.name for t in engine.tiers] == ["gpu", *(["cpu"] if cpu else []), "remote"]
+    remote = engine.tier("remote")
+    assert isinstance(remote, TierBackend) and not remote.local and remote.writes_through
+    # a remote read fills the CPU (LMCache's write-back): such a chunk is written to no tier
+    assert [t.name for t in engine._targets(remote)] == []
+    assert [t.name for t in engine._targets(None)] == [*(["cpu"] if cpu else []), "remote"]
     tokens = prompt(5, 3 * CHUNK + 9)
     engine.serve(tokens)
     assert store.client().dbsize() == 3                    # landed: the deterministic wait

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -88,6 +88,23 @@ class LMCacheTiers:
         if self.cpu is not None:         # the disk's: counted as its writes land
             self.stored_cpu_chunks += len(chunks)
         return self.reach
+
+    def hand_over(self, prompt: Prompt, chunks: Sequence[int], put: Callable[[Any, Any], Any]) -> list[int]:
+        """``put(key, obj)`` the CPU backend's copy of each of ``chunks`` (no staging allocation,
+        no policy update); returns the chunks the CPU does not hold."""
+        assert self.cpu is not None
+        lacking: list[int] = []
+        for m in chunks:
+            key = prompt.keys[m]
+            obj = self.cpu.get_blocking(key)
+            if obj is None:
+                lacking.append(m)
+                continue
+            try:
+                put(key, obj)
+            finally:
+                obj.ref_count_down()
+        return lacking
 
     def retrieve(self, prompt: Prompt, kv: KVLayers, a: int, b: int) -> int:
         """One LMCache retrieve of chunks ``a..b-1``; the first chunk that did not deliver (evicted
@@ -201,17 +218,9 @@ class DiskTier:
         return self.shared.retrieve(prompt, kv, a, b)
 
     def write(self, prompt: Prompt, chunks: Sequence[int], kv: KVLayers) -> frozenset[str]:
-        cpu = self.shared.cpu
-        if cpu is None:
+        if self.shared.cpu is None:
             return self.shared.store(prompt, chunks, kv)
-        for m in chunks:
-            key = prompt.keys[m]
-            obj = cpu.get_blocking(key)
-            if obj is not None:
-                try:
-                    self.backend.submit_put_task(key, obj)
-                finally:
-                    obj.ref_count_down()
+        self.shared.hand_over(prompt, chunks, self.backend.submit_put_task)
         return frozenset((self.name,))
 
     def peek(self, chunk: Chunk, fmt: ChunkFormat) -> bytes | None:
@@ -283,23 +292,16 @@ class RemoteTier:
         return self.shared.retrieve(prompt, kv, a, b)
 
     def write(self, prompt: Prompt, chunks: Sequence[int], kv: KVLayers) -> frozenset[str]:
-        cpu = self.shared.cpu
-        if cpu is None:
+        if self.shared.cpu is None:
             return self.shared.store(prompt, chunks, kv)
-        lacking: list[int] = []
-        for m in chunks:
-            key = prompt.keys[m]
-            obj = cpu.get_blocking(key)
-            if obj is None:          # evicted from the CPU since its store: stored anew
-                lacking.append(m)
-                continue
-            try:
-                self.putting([key])
-                self.backend.submit_put_task(key, obj)
-            finally:
-                obj.ref_count_down()
+        lacking = self.shared.hand_over(prompt, chunks, self._put)
+        # a chunk evicted from the CPU since its store: stored anew (reaching the CPU too)
         reached = self.shared.store(prompt, lacking, kv) if lacking else frozenset()
         return reached | {self.name}
+
+    def _put(self, key: Any, obj: Any) -> None:
+        self.putting([key])
+        self.backend.submit_put_task(key, obj)
 
     def peek(self, chunk: Chunk, fmt: ChunkFormat) -> bytes | None:
         return None                  # the archive worker reads local tiers only
