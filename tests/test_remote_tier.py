@@ -74,6 +74,20 @@ def test_a_lookup_takes_the_disk_before_the_remote_store() -> None:
     assert res.summary["remote_writes"] == 3
 
 
+def test_a_write_of_a_key_the_remote_store_holds_restarts_its_ttl() -> None:
+    # As LMCache's put (SET ... EX) does. TTL 100 s, GPU 1 block: r1 at 50 computes 0 again (its
+    # prefix ends at 5) and writes it again: 0 now lives until 150, so r3 at 120 (after r2 took
+    # the GPU) loads it from the remote store. The key's bill: r0 until 50, r1 from then.
+    trace = make_trace([[0], [5, 0], [7], [0]], arrivals=[0, 50, 60, 120])
+    res = run(scenario(gpu={"capacity_blocks": 1}, remote={"enabled": True, "ttl_s": 100,
+                                                           "price_gb_hour": 3600.0}), trace)
+    assert res.requests["remote_hit_tokens"].tolist() == [0, 0, 0, 4]
+    assert res.summary["expirations_remote"] == 0
+    # 0: r0 0-50, r1 50-150; 5: r1 50-150; 7: r2 60-160 (billed to their deadlines past the end)
+    assert res.requests["remote_storage_dollars"].tolist() == pytest.approx(
+        [50 * 4096 / 1e9, 200 * 4096 / 1e9, 100 * 4096 / 1e9, 0.0], rel=1e-9)
+
+
 def test_the_ttl_heuristic_sets_remote_ttls_with_scope_remote() -> None:
     trace = make_trace([[0], [1], [0], [1]], arrivals=[0, 10, 100, 300])
     res = run(scenario(gpu={"capacity_blocks": 1}, remote={"enabled": True, "ttl_s": 10_000},
@@ -128,9 +142,11 @@ def test_auto_runs_a_remote_tier_on_the_reference_engine() -> None:
                                    "compiled: tiers.remote is enabled (compiled has no remote tier)")
 
 
-def test_the_real_engines_refuse_a_remote_tier_for_now() -> None:
-    with pytest.raises(ScenarioError, match=r"tiers\.remote\.enabled: the engine and the vLLM setup do not"):
-        lmcache_policy(scenario_from_dict({"tiers": {"remote": {"enabled": True}}}))
+def test_the_vllm_setup_refuses_a_remote_tier_and_the_engine_builds_it() -> None:
+    sc = scenario_from_dict({"tiers": {"remote": {"enabled": True}}})
+    with pytest.raises(ScenarioError, match=r"tiers\.remote\.enabled: the vLLM setup does not build"):
+        lmcache_policy(sc)
+    assert lmcache_policy(sc, remote=True) == "LRU"
 
 
 def test_a_table_profile_needs_remote_entries_only_with_a_remote_tier(tmp_path: Path) -> None:

@@ -28,12 +28,16 @@ pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LM
 
 BLOCK = 16
 TINY_VOCAB = 512
-HIT_COLUMNS = ("gpu_hit_tokens", "cpu_hit_tokens", "disk_hit_tokens", "archive_hit_tokens")
+HIT_COLUMNS = tuple(f"{t}_hit_tokens" for t in ("gpu", "cpu", "disk", "remote", "archive"))
 INTERVAL_S = 5.0
 
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory) -> Path:
+    return identity_trace(tmp_path_factory)
+
+
+def identity_trace(tmp_path_factory) -> Path:
     """60 generated requests of up to 24 blocks of 16 tokens over 150 s: 1109 block references
     to 396 distinct blocks (system prompts, sessions, RAG documents, tools)."""
     from simkv.traces.generator import generate, generator_config
@@ -66,19 +70,23 @@ def _scenario(path: Path, name: str, eviction: str, cpu: int | None, disk: int |
     return out
 
 
-def _serve(scenario: Path, tmp: Path, archive: str | None = None, endpoint: str | None = None):
-    """The engine server (a subprocess, port 0) on the trace clock; returns (process, url)."""
+def _serve(scenario: Path, tmp: Path, archive: str | None = None, endpoint: str | None = None,
+           remote: str | None = None):
+    """The engine server (a subprocess, port 0) on the trace clock; returns (process, url).
+    ``remote``: the remote tier's server (redis://HOST:PORT)."""
     code = ("import sys\nfrom simkv.core.scenario import load_scenario\n"
             "from simkv_engine.server import serve\n"
             "from simkv_engine.archive import ArchiveOptions\n"
             "a = ArchiveOptions(sys.argv[2], endpoint_url=sys.argv[3] or None) if sys.argv[2] else None\n"
             "serve(load_scenario(sys.argv[1]), model='tiny', device='cpu', port=0, archive=a,\n"
-            "      disk_path=sys.argv[4], clock='trace', on_ready=lambda url: print(url, flush=True))\n")
+            "      disk_path=sys.argv[4], clock='trace', remote_url=sys.argv[5] or None,\n"
+            "      on_ready=lambda url: print(url, flush=True))\n")
     env = {**os.environ, "PYTHONHASHSEED": "0", "LMCACHE_LOG_LEVEL": "WARNING"}
     log = tmp / "server.log"              # a file, not a pipe nobody reads (a full pipe blocks the server)
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-c", code, str(scenario), archive or "", endpoint or "",
-                                 str(tmp / "disk")], stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+                                 str(tmp / "disk"), remote or ""],
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     url = proc.stdout.readline().strip() if ready else ""
     if not url.startswith("http"):

@@ -12,6 +12,8 @@ Tiers (from the scenario):
 - ``tiers.cpu`` / ``tiers.disk``: LMCache's ``LocalCPUBackend`` / ``LocalDiskBackend`` with
   those capacities and LMCache's own eviction (``cache_policy``, the tiers' ``eviction`` name
   when LMCache has it). LMCache writes every stored chunk through to disk.
+- ``tiers.remote``: LMCache's ``RemoteBackend`` on a Redis-protocol server (``remote_url``),
+  every key written with ``tiers.remote.ttl_s`` (:class:`~simkv_engine.lmcache_tiers.RemoteTier`).
 
 A request walks its full chunks in order and takes each from the fastest tier holding it,
 stopping at the first chunk found nowhere (prefix semantics, as the simulator). The logits of
@@ -74,7 +76,7 @@ from lmcache.v1.standalone.manager import StandaloneLMCacheManager
 from transformers import DynamicCache, PreTrainedModel
 
 from simkv.core.errors import ScenarioError
-from simkv.core.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy
+from simkv.core.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy, lmcache_remote_ttl
 from simkv.core.policies.eviction import EVICTION_POLICIES
 from simkv.core.policies.state import PolicyState
 from simkv.core.scenario import Scenario
@@ -88,6 +90,7 @@ from simkv_engine.engine_types import LOCAL_TIERS, TIERS, EngineError, RequestRe
 from simkv_engine.engine_usage import EngineUsage
 from simkv_engine.gpu_cache import GPUPrefixCache
 from simkv_engine.integrity import check_disk_folder, install_log_filters, lmcache_alloc_failures
+from simkv_engine.kvstore import check_reachable, lmcache_remote_options
 from simkv_engine.lmcache_tiers import LMCacheTiers
 from simkv_engine.models import KVShape, kv_shape_of
 from simkv_engine.tier_io import TierIO, Timer
@@ -108,7 +111,9 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
     is a location, see :class:`~simkv_engine.archive.ArchiveOptions`). ``deterministic``: every
     request's LMCache disk writes are done, in order, before it returns (one disk I/O thread
     and a wait), so the tiers' contents and eviction order depend on the requests alone, not on
-    thread timing (the trace clock's mode; see docs/system.md, "Simulation vs the real engine").
+    thread timing (the trace clock's mode; see docs/system.md, "Simulation vs the real engine");
+    the remote store's puts, too, have landed. ``remote_url``: the Redis-protocol server
+    (redis://HOST:PORT) of ``tiers.remote`` (required when it is enabled; see engine/README.md).
     Call :meth:`close` (or use it as a context manager) to drain the archive worker and
     release LMCache.
 
@@ -123,7 +128,7 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
 
     def __init__(self, scenario: Scenario, model: PreTrainedModel, *, disk_path: str | Path | None = None,
                  staging_bytes: int = STAGING_BYTES, archive: ArchiveOptions | str | Path | None = None,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False, remote_url: str | None = None) -> None:
         if scenario.block_size is None:
             raise ScenarioError("block_size: the engine's chunk size; set it (e.g. --set block_size=256)")
         if scenario.tiers.disk.enabled and scenario.tiers.disk.write_policy != "write_through":
@@ -131,6 +136,14 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
                                 "disk; the engine supports write_through only")
         if scenario.tiers.archive.enabled:
             check_archive(scenario, archive)
+        policy = lmcache_policy(scenario, remote=True)
+        remote_options: dict[str, Any] = {}
+        if scenario.tiers.remote.enabled:
+            if remote_url is None:
+                raise ScenarioError("tiers.remote.enabled: the engine needs the remote KV store's URL "
+                                    "(--remote redis://HOST:PORT; simkv engine kvstore starts one)")
+            check_reachable(remote_url)
+            remote_options = lmcache_remote_options(remote_url, lmcache_remote_ttl(scenario))
         if os.environ.get("PYTHONHASHSEED") != "0":
             log.info("PYTHONHASHSEED is not 0: LMCache keys chunks with Python's hash() without vLLM; "
                      "set PYTHONHASHSEED=0 before Python starts to keep keys stable across processes")
@@ -189,10 +202,12 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
                                 else staging_bytes / GIB),
             local_disk=f"file://{Path(disk_path).resolve()}/" if disk.enabled else None,
             max_local_disk_size=lmcache_gib(disk, "tiers.disk", self.chunk_bytes) if disk.enabled else 0.0,
-            cache_policy=lmcache_policy(scenario),
+            cache_policy=policy,
             lmcache_instance_id=self.instance_id,
             save_unfull_chunk=False,
-            extra_config={"disk_io_threads": 1} if deterministic else None,
+            extra_config={**remote_options.pop("extra_config", {}),
+                          **({"disk_io_threads": 1} if deterministic else {})} or None,
+            **remote_options,
         )
         metadata = LMCacheMetadata(
             model_name=f"simkv-engine/{model.config.model_type}", world_size=1, local_world_size=1,
@@ -215,7 +230,12 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
         self._backends = lmcache_glue.local_backends(lmc)
         if not cpu.enabled:
             self._backends["cpu"] = None   # LMCache's CPU backend is then only its allocator
-        self.tiers += LMCacheTiers(lmc, self._backends, self.chunk_size, self.chunk_bytes).tiers()
+        remote = self._backends["remote"]
+        if remote is not None and not lmcache_glue.remote_connected(remote):
+            self.close()
+            raise EngineError(f"{remote_url}: LMCache's remote backend could not connect (see its log)")
+        self.tiers += LMCacheTiers(lmc, self._backends, self.chunk_size, self.chunk_bytes,
+                                   remote_url).tiers()
         if scenario.tiers.archive.enabled:
             try:
                 self._start_archive(archive)  # type: ignore[arg-type]

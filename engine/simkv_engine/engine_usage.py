@@ -39,6 +39,10 @@ class EngineUsage:
         ``lmcache_alloc_failures``: LMCache's failed CPU-pool allocations (each one a warning
         LMCache logs in a busy loop; the console shows one per 10 s).
 
+        With a remote tier (:class:`~simkv_engine.lmcache_tiers.RemoteTier`): ``tier_bytes["remote"]``
+        (the keys this engine put that the server still holds), ``bytes_stored["remote"]`` (every
+        put, re-puts included) and ``expirations["remote"]`` (its keys found gone from the server).
+
         With an archive: ``expirations`` (``{"archive": n}``, objects deleted at their deadline),
         ``archive_uploads``, ``archive_upload_bytes`` (``{"raw": , "stored": }``),
         ``archive_compression_ratio`` (raw / stored over all uploads; 0 before the first),
@@ -62,7 +66,8 @@ class EngineUsage:
             out["tier_bytes"][tier.name] = c.bytes
             if tier.local:
                 out["evictions"][tier.name] = c.evictions
-            extra.update(c.extra)
+            for key, value in c.extra.items():    # a dict by tier (expirations) merges
+                extra[key] = {**extra[key], **value} if isinstance(value, dict) and key in extra else value
         out.update(extra)
         return out
 

@@ -135,6 +135,20 @@ class KVStoreServer:
         self.stop()
 
 
+def check_reachable(url: str, timeout_s: float = 2.0) -> None:
+    """One PING to the server at ``url`` (redis://HOST:PORT), or an :class:`EngineError` naming
+    it: LMCache's remote backend only logs a failed connect and then misses on every chunk."""
+    if not url.startswith("redis://"):
+        raise EngineError(f"{url}: a remote tier's URL is redis://HOST:PORT")
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      retry=Retry(NoBackoff(), 0))
+        with client:
+            client.ping()
+    except (redis.RedisError, ValueError, OSError) as exc:
+        raise EngineError(f"{url}: the remote KV store does not answer ({exc})") from None
+
+
 def lmcache_remote_options(url: str, ttl_s: int | None = None, *, workers: int = 2) -> dict[str, Any]:
     """``LMCacheEngineConfig.from_defaults`` keywords for a remote tier at ``url`` (redis://HOST:PORT)
     through LMCache's ``valkey://`` connector: a key per chunk, ``SET ... EX ttl_s`` if ``ttl_s``

@@ -17,11 +17,11 @@ from concurrent.futures import Executor
 from typing import Any
 
 #: The engine's LMCache tiers and the names LMCache's storage manager files their backends under.
-BACKENDS = {"cpu": "LocalCPUBackend", "disk": "LocalDiskBackend"}
+BACKENDS = {"cpu": "LocalCPUBackend", "disk": "LocalDiskBackend", "remote": "RemoteBackend"}
 
 
 def local_backends(lmc: Any) -> dict[str, Any]:
-    """LMCache's CPU and disk backends by tier (``None`` where LMCache has none): the engine's
+    """LMCache's CPU, disk and remote backends by tier (``None`` where LMCache has none): the engine's
     ``StorageManager.storage_backends`` (an ordered dict by backend class name), which LMCache
     keeps for its own dispatch and exposes no accessor for."""
     assert lmc.storage_manager is not None
@@ -60,6 +60,12 @@ def touch_cpu(cpu: Any, key: Any) -> None:
     with cpu.cpu_lock:
         if key in cpu.hot_cache:
             cpu.cache_policy.update_on_hit(key, cpu.hot_cache)
+
+
+def remote_connected(remote: Any) -> bool:
+    """Whether the remote backend holds a connection to its server: its ``connection`` (LMCache
+    logs a failed connect, leaves it ``None`` and then answers every call as a miss)."""
+    return remote.connection is not None
 
 
 def cpu_chunks(cpu: Any) -> int:

@@ -1,21 +1,24 @@
-"""LMCache's CPU and disk backends as the engine's tiers (:class:`~simkv_engine.backends.TierBackend`).
+"""LMCache's CPU, disk and remote backends as the engine's tiers
+(:class:`~simkv_engine.backends.TierBackend`).
 
 What they share (:class:`LMCacheTiers`): LMCache's engine, whose ``store`` writes a run of chunks
 into every LMCache backend at once (the CPU's put and the disk's write) and whose ``retrieve``
-reads a run from the first backend holding it (the CPU before the disk), writing a chunk read
-from disk back into the CPU (the disk's ``fills_on_read``). A chunk the CPU holds already is
-handed to the disk from the CPU's copy, so no staging buffer is allocated for it (an allocation
-in a full pool evicts). LMCache's private state is reached only through
-:mod:`simkv_engine.lmcache_glue` (and the disk's files through
+reads a run from the first backend holding it (the CPU, the disk, then the remote store), writing
+a chunk read from disk or from the remote store back into the CPU (their ``fills_on_read``). A
+chunk the CPU holds already is handed to the disk (and the remote store) from the CPU's copy, so
+no staging buffer is allocated for it (an allocation in a full pool evicts). LMCache's private
+state is reached only through :mod:`simkv_engine.lmcache_glue` (and the disk's files through
 :class:`~simkv_engine.integrity.DiskGuard`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import redis
 import torch
 
 from simkv_engine import lmcache_glue
@@ -29,25 +32,33 @@ if TYPE_CHECKING:
 #: Poll interval of the deterministic drain (after each write) and of a clear's wait.
 DRAIN_POLL_S = 0.0005
 CLEAR_POLL_S = 0.005
+#: How long the remote tier's counters wait for its puts in flight.
+COUNTERS_WAIT_S = 1.0
 
 
 class LMCacheTiers:
-    """LMCache's engine and its local backends (``cpu`` / ``disk``: LMCache's own objects, ``None``
-    where the tier is off), and the tiers built over them (:meth:`tiers`, CPU then disk)."""
+    """LMCache's engine and its backends (``cpu`` / ``disk`` / ``remote``: LMCache's own objects,
+    ``None`` where the tier is off), and the tiers built over them (:meth:`tiers`, CPU, disk,
+    remote). ``remote_url``: the remote backend's server (redis://HOST:PORT), which the remote
+    tier also asks directly (EXISTS) for its deterministic wait and its counters."""
 
-    def __init__(self, lmcache: Any, backends: dict[str, Any], chunk_size: int, chunk_bytes: int) -> None:
+    def __init__(self, lmcache: Any, backends: dict[str, Any], chunk_size: int, chunk_bytes: int,
+                 remote_url: str | None = None) -> None:
         self.lmcache = lmcache
-        self.cpu, self.disk = backends["cpu"], backends["disk"]
+        self.cpu, self.disk, self.remote = backends["cpu"], backends["disk"], backends.get("remote")
+        self.remote_url = remote_url
         self.chunk_size = chunk_size
         self.chunk_bytes = chunk_bytes
         self.stored_cpu_chunks = 0
+        #: The remote tier (:meth:`tiers` builds it), told of every put an LMCache store makes.
+        self.remote_tier: RemoteTier | None = None
         self.reach = frozenset(t for t, b in backends.items() if b is not None)
         self.guard = DiskGuard(self.disk) if self.disk is not None else None
-        self._evictions = dict.fromkeys(backends, 0)
+        self._evictions = {"cpu": 0, "disk": 0}
         self._evictions_lock = threading.Lock()
-        for tier, backend in backends.items():
-            if backend is not None:
-                lmcache_glue.count_evictions(backend, tier, self._evictions, self._evictions_lock)
+        for tier in self._evictions:
+            if backends[tier] is not None:
+                lmcache_glue.count_evictions(backends[tier], tier, self._evictions, self._evictions_lock)
 
     def tiers(self) -> list[Any]:
         out: list[Any] = []
@@ -55,6 +66,9 @@ class LMCacheTiers:
             out.append(CPUTier(self))
         if self.disk is not None:
             out.append(DiskTier(self))
+        if self.remote is not None:
+            self.remote_tier = RemoteTier(self)
+            out.append(self.remote_tier)
         return out
 
     def evictions(self, tier: str) -> int:
@@ -65,6 +79,8 @@ class LMCacheTiers:
         """One LMCache store per run of ``chunks`` (its mask is False-prefix then True): every
         LMCache backend receives them."""
         c = self.chunk_size
+        if self.remote_tier is not None:
+            self.remote_tier.putting([prompt.keys[m] for m in chunks])
         for a, b in chunk_runs(chunks):
             mask = torch.zeros(b * c, dtype=torch.bool)
             mask[a * c:] = True
@@ -72,6 +88,23 @@ class LMCacheTiers:
         if self.cpu is not None:         # the disk's: counted as its writes land
             self.stored_cpu_chunks += len(chunks)
         return self.reach
+
+    def hand_over(self, prompt: Prompt, chunks: Sequence[int], put: Callable[[Any, Any], Any]) -> list[int]:
+        """``put(key, obj)`` the CPU backend's copy of each of ``chunks`` (no staging allocation,
+        no policy update); returns the chunks the CPU does not hold."""
+        assert self.cpu is not None
+        lacking: list[int] = []
+        for m in chunks:
+            key = prompt.keys[m]
+            obj = self.cpu.get_blocking(key)
+            if obj is None:
+                lacking.append(m)
+                continue
+            try:
+                put(key, obj)
+            finally:
+                obj.ref_count_down()
+        return lacking
 
     def retrieve(self, prompt: Prompt, kv: KVLayers, a: int, b: int) -> int:
         """One LMCache retrieve of chunks ``a..b-1``; the first chunk that did not deliver (evicted
@@ -185,17 +218,9 @@ class DiskTier:
         return self.shared.retrieve(prompt, kv, a, b)
 
     def write(self, prompt: Prompt, chunks: Sequence[int], kv: KVLayers) -> frozenset[str]:
-        cpu = self.shared.cpu
-        if cpu is None:
+        if self.shared.cpu is None:
             return self.shared.store(prompt, chunks, kv)
-        for m in chunks:
-            key = prompt.keys[m]
-            obj = cpu.get_blocking(key)
-            if obj is not None:
-                try:
-                    self.backend.submit_put_task(key, obj)
-                finally:
-                    obj.ref_count_down()
+        self.shared.hand_over(prompt, chunks, self.backend.submit_put_task)
         return frozenset((self.name,))
 
     def peek(self, chunk: Chunk, fmt: ChunkFormat) -> bytes | None:
@@ -227,3 +252,117 @@ class DiskTier:
         if write_error is None:
             return []
         return [f"disk tier: writes fail ({write_error}); chunks are not stored on disk"]
+
+
+class RemoteTier:
+    """LMCache's ``RemoteBackend`` on a Redis-protocol server (its ``valkey://`` connector): one
+    key per chunk, written with the connector's TTL at every put (``SET ... EX``; a put of a key
+    the store holds restarts its TTL; a read does not refresh it). Not local: the engine's clear
+    and the archive worker leave it alone. Its read (LMCache's retrieve) writes the chunk back
+    into the CPU backend; a write puts the CPU's copy of each chunk (or, without a CPU tier, is
+    one LMCache store, reaching the disk too). LMCache's puts are asynchronous: :meth:`flush`
+    waits until the server holds every key put since the last flush (EXISTS)."""
+
+    name = "remote"
+    local = False
+    admits = False
+    writes_through = True
+
+    def __init__(self, shared: LMCacheTiers) -> None:
+        assert shared.remote is not None and shared.remote_url is not None
+        self.shared = shared
+        self.backend = shared.remote
+        self.url = shared.remote_url
+        self.client = redis.Redis.from_url(self.url, socket_timeout=5)
+        self.fills_on_read: tuple[str, ...] = ("cpu",) if shared.cpu is not None else ()
+        self.puts = 0
+        self.expired = 0
+        #: Keys put since the last flush (LMCache's puts are asynchronous), and the keys put
+        #: before it not yet seen gone (LMCache's ``to_string``): the chunks counted.
+        self.pending: list[Any] = []
+        self.held: set[str] = set()
+
+    def contains(self, chunk: Chunk) -> bool:
+        return self.backend.contains(chunk.key)        # one EXISTS
+
+    def touch(self, chunk: Chunk) -> None:
+        return None                  # a read does not refresh a key's TTL; the server has no order
+
+    def read(self, prompt: Prompt, kv: KVLayers, a: int, b: int) -> int:
+        return self.shared.retrieve(prompt, kv, a, b)
+
+    def write(self, prompt: Prompt, chunks: Sequence[int], kv: KVLayers) -> frozenset[str]:
+        if self.shared.cpu is None:
+            return self.shared.store(prompt, chunks, kv)
+        lacking = self.shared.hand_over(prompt, chunks, self._put)
+        # a chunk evicted from the CPU since its store: stored anew (reaching the CPU too)
+        reached = self.shared.store(prompt, lacking, kv) if lacking else frozenset()
+        return reached | {self.name}
+
+    def _put(self, key: Any, obj: Any) -> None:
+        self.putting([key])
+        self.backend.submit_put_task(key, obj)
+
+    def peek(self, chunk: Chunk, fmt: ChunkFormat) -> bytes | None:
+        return None                  # the archive worker reads local tiers only
+
+    def putting(self, keys: list[Any]) -> None:
+        """Note the puts of ``keys`` about to be made. A key put before and now gone from the
+        server counts as expired (:meth:`counters`): a put restarts a key's life, so this is
+        the last moment its expiry can be seen."""
+        self._gone([k for k in (key.to_string() for key in keys) if k in self.held])
+        self.pending += keys
+        self.puts += len(keys)
+
+    def _missing(self, keys: list[str]) -> list[str]:
+        """Those of ``keys`` the server does not hold (one EXISTS each, in one round trip)."""
+        if not keys:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            return [k for k, n in zip(keys, pipe.execute(), strict=True) if not n]
+
+    def _gone(self, keys: list[str]) -> None:
+        """Those of ``keys`` (held before) the server holds no more count as expired."""
+        gone = self._missing(keys)
+        self.held.difference_update(gone)
+        self.expired += len(gone)
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until the server holds every key put since the last flush (a key that expired
+        meanwhile, with a TTL shorter than the wait, ends the wait at ``timeout_s``)."""
+        taken, self.pending = self.pending, []
+        pending = [key.to_string() for key in taken]
+        self.held.update(pending)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            pending = self._missing(pending)
+            if pending:
+                time.sleep(DRAIN_POLL_S)
+
+    def clear(self, timeout_s: float) -> int:
+        """Delete the keys this engine put (never another client's)."""
+        self.flush(timeout_s)
+        n = self.client.delete(*self.held) if self.held else 0
+        self.held.clear()
+        return int(n)
+
+    def counters(self) -> TierCounters:
+        """``chunks``: the keys this engine put that the server still holds (one EXISTS each);
+        a key found gone counts in ``expirations`` (expired by its TTL, or evicted under the
+        server's ``maxmemory``: the server does not tell which) once, when a read of the counters
+        or a new put of it (:meth:`putting`) finds it gone. ``stored_bytes``: chunks put (re-puts
+        included). The puts in flight are waited for first (at most :data:`COUNTERS_WAIT_S`), so
+        none counts as gone."""
+        self.flush(COUNTERS_WAIT_S)
+        self._gone(list(self.held))
+        n = len(self.held)
+        s = self.shared
+        return TierCounters(n, n * s.chunk_bytes, 0, self.puts * s.chunk_bytes,
+                            {"expirations": {self.name: self.expired}})
+
+    def health(self) -> list[str]:
+        if lmcache_glue.remote_connected(self.backend):
+            return []
+        return [f"remote tier: not connected to {self.url}; its chunks are misses"]

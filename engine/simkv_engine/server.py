@@ -107,7 +107,7 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
           port: int = 8000, api_key: str | None = None, disk_path: str | Path | None = None,
           archive: ArchiveOptions | str | Path | None = None, log_level: str = "warning",
           on_ready: Callable[[str], None] | None = None, clock: str = "wall",
-          limits: Limits = Limits()) -> None:
+          limits: Limits = Limits(), remote_url: str | None = None) -> None:
     """Build the model and the engine for ``scenario`` and serve them until SIGINT / SIGTERM:
     then stop accepting, finish the queued requests, close LMCache (the archive worker finishes
     its pass and runs a last one) and return. ``disk_path`` (LMCache's disk tier) defaults to a
@@ -117,7 +117,8 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
     time is the wall clock, or ``archive.clock_scale`` times it; the archive worker is a thread)
     or ``trace`` (engine time is each request's ``arrival_s``; the archive's passes run in the
     worker before the request they precede; LMCache's disk writes are done before the next
-    request: see :meth:`KVEngine.advance`). ``limits``: what a connection or request may cost."""
+    request: see :meth:`KVEngine.advance`). ``limits``: what a connection or request may cost.
+    ``remote_url``: the Redis-protocol server of ``tiers.remote`` (redis://HOST:PORT)."""
     import torch
 
     from simkv_engine.models import load_model
@@ -135,7 +136,7 @@ def serve(scenario: Scenario, *, model: str = "tiny", device: str | None = None,
             opts = archive if isinstance(archive, ArchiveOptions) else ArchiveOptions(archive)
             archive = dataclasses.replace(opts, clock=TraceClock(), worker_thread=False)
         with KVEngine(scenario, hf_model, disk_path=tmp, archive=archive,
-                      deterministic=trace) as engine:
+                      deterministic=trace, remote_url=remote_url) as engine:
             app = create_app(engine, api_key=api_key, model_name=model, tokenizer=tokenizer,
                              trace_clock=trace, limits=limits)
             config = server_config(app, log_level)

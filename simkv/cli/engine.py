@@ -68,6 +68,9 @@ def serve_cmd(
     archive_region: Annotated[str | None, typer.Option(help="S3 region.")] = None,
     archive_timeout: Annotated[float, typer.Option(
         help="Seconds for each S3 connect and read (one retry); a slower archive counts as a miss.")] = 2.0,
+    remote: Annotated[str | None, typer.Option(
+        help="The Redis-protocol server of tiers.remote: redis://HOST:PORT (simkv engine kvstore "
+             "starts one); required when the scenario enables tiers.remote.")] = None,
     clock_scale: Annotated[float, typer.Option(
         help="Engine time runs this many times faster than the wall clock (TTLs and the archive "
              "interval shrink with it): set it to a replay's --speed.")] = 1.0,
@@ -143,7 +146,7 @@ def serve_cmd(
                                region=archive_region, timeout_s=archive_timeout, clock_scale=clock_scale)
     serve(sc, model=model, device=device, host=host, port=port, api_key=api_key,
           disk_path=disk_path, archive=where, log_level=log_level.lower(), clock=clock,
-          limits=Limits(max_body_bytes=max_body_bytes, read_timeout_s=read_timeout),
+          limits=Limits(max_body_bytes=max_body_bytes, read_timeout_s=read_timeout), remote_url=remote,
           on_ready=lambda url: console.print(f"simkv engine ({escape(model)}) serving at {url}",
                                              highlight=False, soft_wrap=True))
 

@@ -44,13 +44,17 @@ def lmcache_gib(tier: TierCapacity, key: str, chunk_bytes: int) -> float:
     return raw / GIB
 
 
-def lmcache_policy(scenario: Scenario) -> str:
+def lmcache_policy(scenario: Scenario, *, remote: bool = False) -> str:
     """LMCache's ``cache_policy`` from the enabled CPU / disk tiers' ``eviction`` (one policy
     serves both backends in LMCache, so they must agree). Every LMCache setup (the engine's,
-    vLLM's connector) asks here first, so a tier it does not build yet is refused here."""
+    vLLM's connector) asks here first, so a tier it does not build is refused here: the remote
+    tier unless the caller builds LMCache's remote backend (``remote``: the engine), and then
+    only as LMCache's connector can hold it (:func:`lmcache_remote_ttl`)."""
     if scenario.tiers.remote.enabled:
-        raise ScenarioError("tiers.remote.enabled: the engine and the vLLM setup do not build LMCache's "
-                            "remote backend yet (the remote tier is simulated only); disable it")
+        if not remote:
+            raise ScenarioError("tiers.remote.enabled: the vLLM setup does not build LMCache's remote "
+                                "backend yet (simkv's engine does: simkv engine serve --remote); disable it")
+        lmcache_remote_ttl(scenario)
     tiers = [(f"tiers.{name}", getattr(scenario.tiers, name)) for name in ("cpu", "disk")
              if getattr(scenario.tiers, name).enabled]
     names = {t.eviction for _, t in tiers}
@@ -62,6 +66,28 @@ def lmcache_policy(scenario: Scenario) -> str:
         raise ScenarioError(f"{tiers[0][0]}.eviction: {name!r} is not one of LMCache's policies "
                             f"({', '.join(LMCACHE_POLICIES)})")
     return name.upper()
+
+
+def lmcache_remote_ttl(scenario: Scenario) -> int | None:
+    """The remote tier's TTL in LMCache's terms: its Valkey connector writes every key with one
+    connector-wide ``valkey_ttl_sec`` (whole seconds, Redis's ``EX``), so ``tiers.remote.ttl_s``
+    maps to it, while a TTL per key (the heuristic's, ``ttl.scope: remote`` or ``all``) and a
+    capacity (the server's ``maxmemory`` is the server's own setting) have no LMCache setting and
+    are refused."""
+    remote = scenario.tiers.remote
+    if scenario.ttl.heuristic != "none" and scenario.ttl.scope in ("remote", "all"):
+        raise ScenarioError(f"ttl.scope: {scenario.ttl.scope!r} gives each remote key its own TTL; "
+                            "LMCache's remote connector has one TTL for every key (tiers.remote.ttl_s): "
+                            "set ttl.scope: archive or ttl.heuristic: none")
+    if remote.capacity_blocks is not None or remote.capacity_bytes is not None:
+        raise ScenarioError("tiers.remote.capacity: the remote KV store's memory is the server's own "
+                            "setting (maxmemory: simkv engine kvstore --maxmemory); leave it unset")
+    if remote.ttl_s is None:
+        return None
+    if remote.ttl_s != int(remote.ttl_s):
+        raise ScenarioError(f"tiers.remote.ttl_s: {remote.ttl_s!r}: LMCache's remote connector sets "
+                            "whole seconds (Redis's EX)")
+    return int(remote.ttl_s)
 
 
 def lmcache_config(scenario: Scenario, disk_path: str) -> dict[str, Any]:
