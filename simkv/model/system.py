@@ -227,14 +227,17 @@ class TieredCache(CacheBase):
     def _write(self, t: int, block: int, r: int, position: int, now: float, ref: int) -> list[int]:
         """Write ``block`` to tier ``t`` (CPU, disk or remote) for request ``r``, readable once
         written (a tier's writes queue behind each other); a block already there is accessed
-        instead, and a remote key's TTL restarts (LMCache puts every stored chunk to its remote
-        backend: ``SET ... EX`` again; the key's bill passes to this request). Returns the tier's
-        victims."""
+        instead, except in the remote store: LMCache puts every stored chunk to its remote
+        backend again (``SET ... EX``), a write like any (counted, queued on the link) that
+        restarts the key's TTL and passes its bill to this request. Returns the tier's victims."""
         tier = self.tiers[t]
         assert tier is not None
         if block in tier.members:
             tier.policy.hit(block, ref)
             if t == REMOTE:
+                self.writes[t] += 1
+                if not self.zero_time:
+                    self.free_at[t] = max(now, self.free_at[t]) + self._write_s[t]
                 deadline, _ = self._remote_deadline(block, r, position, now)
                 if deadline is not None:
                     tier.set_deadline(block, deadline)
