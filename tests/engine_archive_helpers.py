@@ -108,11 +108,6 @@ def _chunk_bytes() -> int:
     return CHUNK * 2 * s["num_hidden_layers"] * s["num_key_value_heads"] * s["head_dim"] * 4
 
 
-def prompt(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, SHAPES["tiny"]["vocab_size"], (n,), generator=g).tolist()
-
-
 def forget_locally(engine: KVEngine, tokens: list[int]) -> None:
     """Drop every chunk from the GPU cache, LMCache's CPU and its disk (after its writes land)."""
     disk = engine._backends["disk"]

@@ -10,7 +10,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from simkv_engine.models import SHAPES
@@ -40,11 +39,6 @@ def running(app):
     finally:
         srv.should_exit = True
         thread.join(30)
-
-
-def prompt(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, VOCAB, (n,), generator=g).tolist()
 
 
 def complete(client, body: dict) -> dict:

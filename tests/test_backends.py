@@ -18,7 +18,8 @@ from simkv_engine.engine import EngineError, KVEngine  # noqa: E402
 from simkv_engine.models import load_model  # noqa: E402
 
 from simkv.core.scenario import scenario_from_dict  # noqa: E402
-from tests.engine_archive_helpers import CHUNK, Clock, _chunk_bytes, prompt, scenario  # noqa: E402
+from tests.engine_archive_helpers import CHUNK, Clock, _chunk_bytes, scenario  # noqa: E402
+from tests.engine_helpers import prompt  # noqa: E402
 
 CHUNK_BYTES = _chunk_bytes()
 

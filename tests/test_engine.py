@@ -18,6 +18,7 @@ from simkv_engine.models import SHAPES, ModelError, load_model  # noqa: E402
 
 from simkv.core.errors import ScenarioError  # noqa: E402
 from simkv.core.scenario import scenario_from_dict  # noqa: E402
+from tests.engine_helpers import engine_factory, prompt  # noqa: E402
 
 CHUNK = 16
 
@@ -45,21 +46,8 @@ def _chunk_bytes() -> int:
 
 @pytest.fixture
 def make_engine(model, tmp_path):
-    engines: list[KVEngine] = []
-
-    def make(sc=None) -> KVEngine:
-        engine = KVEngine(sc or scenario(), model, disk_path=tmp_path / f"disk{len(engines)}")
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.close()
-
-
-def prompt(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, SHAPES["tiny"]["vocab_size"], (n,), generator=g).tolist()
+    yield from engine_factory(lambda i, sc=None: KVEngine(sc or scenario(), model,
+                                                           disk_path=tmp_path / f"disk{i}"))
 
 
 def random_kv(engine: KVEngine, tokens: int, seed: int = 0):

@@ -37,9 +37,9 @@ from tests.engine_archive_helpers import (  # noqa: E402
     _meta,
     assert_logits_of_a_full_prefill,
     forget_locally,
-    prompt,
     scenario,
 )
+from tests.engine_helpers import prompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

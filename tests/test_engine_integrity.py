@@ -33,6 +33,7 @@ from simkv_engine.server import create_app  # noqa: E402
 
 from simkv.core.scenario import scenario_from_dict  # noqa: E402
 from tests.conftest import ROOT, SIMKV, assert_user_error  # noqa: E402
+from tests.engine_helpers import prompt  # noqa: E402
 from tests.engine_server_helpers import metrics, running  # noqa: E402
 
 CHUNK = 16
@@ -51,11 +52,6 @@ def tiers(**extra) -> dict:
                                            "cpu": {"enabled": True, "capacity_bytes": 128 * CHUNK_BYTES},
                                            "disk": {"enabled": True, "capacity_bytes": "8MiB"},
                                            **extra}}
-
-
-def prompt(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, S["vocab_size"], (n,), generator=g).tolist()
 
 
 def full_prefill_logits(model, tokens: list[int]) -> torch.Tensor:

@@ -16,13 +16,14 @@ pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LM
 from simkv_engine.backends import TierBackend  # noqa: E402
 from simkv_engine.engine import EngineError, KVEngine  # noqa: E402
 from simkv_engine.kvstore import KVStoreServer  # noqa: E402
-from simkv_engine.models import SHAPES, load_model  # noqa: E402
+from simkv_engine.models import load_model  # noqa: E402
 
 from simkv.core.errors import ScenarioError  # noqa: E402
 from simkv.core.lmcache import lmcache_config  # noqa: E402
 from simkv.core.scenario import scenario_from_dict  # noqa: E402
 from tests import test_replay_identity as identity  # noqa: E402
 from tests.conftest import assert_user_error, simkv_cli  # noqa: E402
+from tests.engine_helpers import engine_factory, prompt  # noqa: E402
 
 CHUNK = 16
 
@@ -55,21 +56,8 @@ def store(kv_store: KVStoreServer) -> KVStoreServer:
 
 @pytest.fixture
 def make_engine(model, store):
-    engines: list[KVEngine] = []
-
-    def make(sc=None, **kwargs) -> KVEngine:
-        engine = KVEngine(sc or scenario(), model, remote_url=store.url, deterministic=True, **kwargs)
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.close()
-
-
-def prompt(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, SHAPES["tiny"]["vocab_size"], (n,), generator=g).tolist()
+    yield from engine_factory(lambda i, sc=None, **kwargs: KVEngine(
+        sc or scenario(), model, remote_url=store.url, deterministic=True, **kwargs))
 
 
 def full_prefill(model, tokens):

@@ -15,9 +15,10 @@ pytest.importorskip("lmcache.v1.standalone.manager", reason="the engine needs LM
 
 from simkv_engine import lmcache_glue  # noqa: E402
 from simkv_engine.engine import KVEngine  # noqa: E402
-from simkv_engine.models import SHAPES, load_model  # noqa: E402
+from simkv_engine.models import load_model  # noqa: E402
 
 from simkv.core.scenario import scenario_from_dict  # noqa: E402
+from tests.engine_helpers import prompt  # noqa: E402
 
 CHUNK = 16
 
@@ -30,11 +31,6 @@ def engine(tmp_path_factory):
                                        "disk": {"enabled": True, "capacity_bytes": "64MiB"}}})
     with KVEngine(sc, load_model("tiny", "cpu", seed=0), disk_path=tmp_path_factory.mktemp("disk")) as e:
         yield e
-
-
-def prompt(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, SHAPES["tiny"]["vocab_size"], (n,), generator=g).tolist()
 
 
 def test_the_backends_keys_counts_files_and_read_pool_are_lmcaches(engine):
