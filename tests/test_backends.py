@@ -85,7 +85,7 @@ def test_without_a_cpu_tier_the_disk_is_written_by_an_lmcache_store_and_fills_no
 @pytest.mark.parametrize("name", ["gpu", "cpu", "disk"])
 def test_a_local_tier_writes_holds_reads_counts_and_clears_a_chunk(engine, name):
     tier = engine.tier(name)
-    assert tier is not None
+    assert tier is not None and tier.name == name and tier in engine.tiers
     tokens = prompt(1, 2 * CHUNK + 3)
     p, kv = _prompt(engine, tokens), _kv(engine, 2 * CHUNK + 3, seed=1)
     assert not any(t.contains(p.chunk(m)) for t in engine.tiers for m in range(2))

@@ -157,14 +157,10 @@ class TieredCache(CacheBase):
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
         if self.sliding and (self.ttl_all_tiers or self.ttl_remote):
-            for i, src in enumerate(sources):
-                if src == REMOTE and self.ttl_remote:
-                    deadline, _ = self._remote_deadline(blocks[i], r, i, now)
-                elif src != ARCHIVE and src != REMOTE and self.ttl_all_tiers:
-                    deadline, _ = self._local_deadline(blocks[i], r, i, now)
-                else:
-                    continue
-                tiers[src].set_deadline(blocks[i], deadline)  # type: ignore[union-attr,arg-type]
+            for i, src in enumerate(sources):    # a hit slides the deadlines the heuristic sets
+                if src != ARCHIVE and (self.ttl_remote if src == REMOTE else self.ttl_all_tiers):
+                    deadline, _ = self._deadline(src, blocks[i], r, i, now)
+                    tiers[src].set_deadline(blocks[i], deadline)  # type: ignore[union-attr,arg-type]
         return plan
 
     def _load_s(self, sources: list[int]) -> float:
@@ -235,31 +231,36 @@ class TieredCache(CacheBase):
         if block in tier.members:
             tier.policy.hit(block, ref)
             if t == REMOTE:
-                self.writes[t] += 1
-                if not self.zero_time:
-                    self.free_at[t] = max(now, self.free_at[t]) + self._write_s[t]
-                deadline, _ = self._remote_deadline(block, r, position, now)
+                self._queue_write(t, now)
+                deadline, _ = self._deadline(t, block, r, position, now)
                 if deadline is not None:
                     tier.set_deadline(block, deadline)
                     if tier.ledger is not None:
                         tier.ledger.renew(block, now, r)
             return []
-        if self.zero_time:
-            ready = now
-        else:
-            start = max(now, self.free_at[t])
-            ready = self.free_at[t] = start + self._write_s[t]
-            if ready - now > self.write_lag_max[t]:
-                self.write_lag_max[t] = ready - now
-        if t == REMOTE:
-            deadline, prio = self._remote_deadline(block, r, position, now)
-        else:
-            deadline, prio = self._local_deadline(block, r, position, now)
-        self.writes[t] += 1
+        ready = self._queue_write(t, now)
+        deadline, prio = self._deadline(t, block, r, position, now)
         evicted = tier.insert(block, now, ref, prio, deadline, ready)
         if tier.ledger is not None and block in tier.members:
             tier.ledger.open(block, now, r)
         return evicted
+
+    def _queue_write(self, t: int, now: float) -> float:
+        """A write to tier ``t`` issued at ``now``, counted: when it lands, behind the tier's
+        earlier writes (at once with zero service time); the tier's longest lag is kept."""
+        self.writes[t] += 1
+        if self.zero_time:
+            return now
+        ready = self.free_at[t] = max(now, self.free_at[t]) + self._write_s[t]
+        if ready - now > self.write_lag_max[t]:
+            self.write_lag_max[t] = ready - now
+        return ready
+
+    def _deadline(self, t: int, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
+        """Deadline and priority of ``block`` written to tier ``t`` (not the archive)."""
+        if t == REMOTE:
+            return self._remote_deadline(block, r, position, now)
+        return self._local_deadline(block, r, position, now)
 
     # -- the archive worker -----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from simkv.core.errors import ScenarioError
 from simkv.core.scenario.prices import RESTORE_CLASSES, SECONDS_PER_DAY, STORAGE_CLASSES
@@ -75,12 +75,8 @@ class TierCapacity:
     def transfer_s(self, raw: int, packed: int) -> tuple[float, float, float]:
         """Seconds ``(latency, read, write)`` for a block of ``raw`` bytes (``packed`` once
         compressed): the latency once per request that loads from the tier, then per block
-        read and written. A tier with a link (``latency_s``, ``read_gbps``, ``write_gbps``):
-        ``latency_s``, ``raw / (read_gbps·10⁹)``, ``raw / (write_gbps·10⁹)``; without one, 0."""
-        link = getattr(self, "read_gbps", None)
-        if link is None:
-            return 0.0, 0.0, 0.0
-        return self.latency_s, raw / (link * GB), raw / (self.write_gbps * GB)  # type: ignore[attr-defined]
+        read and written; 0 here (the GPU's own blocks), a tier's transfers where it has them."""
+        return 0.0, 0.0, 0.0
 
     def check_eviction(self, prefix: str) -> None:
         from simkv.core.policies.eviction import EVICTION_POLICIES
@@ -167,7 +163,26 @@ class GPUTier(TierCapacity):
 
 
 @dataclass(frozen=True)
-class CPUTier(TierCapacity):
+class LinkTier(TierCapacity):
+    """A tier behind a link to the GPU: its subclass's ``latency_s``, ``read_gbps`` and
+    ``write_gbps`` give a block's transfers, ``latency_s``, ``raw / (read_gbps·10⁹)``,
+    ``raw / (write_gbps·10⁹)``, and are checked with its capacity."""
+
+    if TYPE_CHECKING:
+        latency_s: float
+        read_gbps: float
+        write_gbps: float
+
+    def transfer_s(self, raw: int, packed: int) -> tuple[float, float, float]:
+        return self.latency_s, raw / (self.read_gbps * GB), raw / (self.write_gbps * GB)
+
+    def check(self, prefix: str) -> None:
+        self.check_capacity(prefix)
+        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
+
+
+@dataclass(frozen=True)
+class CPUTier(LinkTier):
     """LMCache's host-memory backend (``LocalCPUBackend``; default 64 GiB), between the GPU
     and the disk; off by default. Stores follow ``tiers.disk.write_policy``: with
     ``write_through`` every block a request stores in the GPU that the CPU tier lacks is also
@@ -187,13 +202,9 @@ class CPUTier(TierCapacity):
     latency_s: float = 0.00001
     eviction: str = "lru"
 
-    def check(self, prefix: str) -> None:
-        self.check_capacity(prefix)
-        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
-
 
 @dataclass(frozen=True)
-class DiskTier(TierCapacity):
+class DiskTier(LinkTier):
     """LMCache's local NVMe backend (default 500 GiB). ``write_through``: every computed block is written
     asynchronously (LMCache's behaviour); ``offload_on_evict``: written when the GPU evicts it.
     Load time of ``n`` bytes = ``latency_s + n / (read_gbps * 1e9)``; writes queue behind
@@ -210,13 +221,9 @@ class DiskTier(TierCapacity):
     write_policy: Literal["write_through", "offload_on_evict"] = "write_through"
     eviction: str = "lru"
 
-    def check(self, prefix: str) -> None:
-        self.check_capacity(prefix)
-        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
-
 
 @dataclass(frozen=True)
-class RemoteTier(TierCapacity):
+class RemoteTier(LinkTier):
     """A remote KV store in DRAM (Redis / Valkey) behind LMCache's remote backend, below the
     disk; off by default, unlimited unless sized. Every block a request stores is written to it
     (write-through, as LMCache puts every chunk to each backend), readable once written (writes
@@ -237,8 +244,7 @@ class RemoteTier(TierCapacity):
     eviction: str = "lru"
 
     def check(self, prefix: str) -> None:
-        self.check_capacity(prefix)
-        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
+        super().check(prefix)
         check_positive(f"{prefix}.ttl_s", self.ttl_s)
         check_positive(f"{prefix}.price_gb_hour", self.price_gb_hour, allow_zero=True)
 
