@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -12,9 +13,26 @@ import yaml
 from simkv.api import run
 from simkv.core.errors import ScenarioError
 from simkv.core.scenario import Scenario, load_scenario, scenario_from_dict
-from simkv.core.scenario.tiers import TIER_KINDS, ArchiveTier, CPUTier, DiskTier, GPUTier, RemoteTier, Tiers
+from simkv.core.scenario.tiers import (
+    HELD_BILLED,
+    HELD_BILLS,
+    TIER_KINDS,
+    TTL_SCOPES,
+    ArchiveTier,
+    CPUTier,
+    DiskTier,
+    GPUTier,
+    RemoteTier,
+    Tiers,
+    TTLScope,
+)
+from simkv.core.schema import REQUEST_COLUMNS
 from simkv.core.tiers import TIER_NAMES
-from tests.conftest import SCENARIOS, SMALL_TRACE, assert_user_error, simkv_cli
+from simkv.model.engines import select_engine
+from simkv.report.console import summary_table
+from tests.conftest import SCENARIOS, SMALL_TRACE, assert_user_error, make_trace, simkv_cli
+from tests.simulator_helpers import scenario as sim_scenario
+from tests.test_console import render
 
 LISTED = [{"kind": "device", "capacity_bytes": "8GiB", "eviction": "lru"},
           {"kind": "disk", "capacity_bytes": "32GiB", "write_policy": "write_through", "eviction": "lru"},
@@ -93,3 +111,37 @@ def test_the_cli_reports_a_bad_tier_list_without_a_traceback(tmp_path: Path) -> 
 
 def test_the_default_scenario_is_unchanged() -> None:
     assert Scenario().tiers == scenario_from_dict({}).tiers == scenario_from_dict({"tiers": {}}).tiers
+
+
+def test_ttl_scope_takes_the_tiers_whose_spec_lets_the_heuristic_govern_them() -> None:
+    assert get_args(TTLScope) == TTL_SCOPES == ("remote", "archive", "all")
+    with pytest.raises(ScenarioError, match=r"ttl\.scope: 'remote' but tiers\.remote\.enabled is false"):
+        scenario_from_dict({"ttl": {"heuristic": "static", "scope": "remote"}})
+
+
+def test_a_tier_billed_for_what_it_holds_gets_its_column_summary_key_and_report_row() -> None:
+    assert HELD_BILLED == ("remote",) and HELD_BILLS == {"remote": "DRAM"}
+    assert "remote_storage_dollars" in REQUEST_COLUMNS
+    res = run(sim_scenario(remote={"enabled": True, "ttl_s": 10}), make_trace([[0], [0]]))
+    billed = res.requests["remote_storage_dollars"]
+    assert billed.tolist() == pytest.approx([4096 / 1e9 * 10 / 3600 * 0.0156, 0.0])  # 10 s of one key
+    assert res.summary["remote_storage_dollars"] == pytest.approx(float(billed.sum()))
+    assert "remote $ (DRAM)" in "\n".join(render(summary_table(res.summary), width=120))
+
+
+def test_the_simulator_takes_a_tiers_ttl_and_rewrites_from_its_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference cache reads a tier's behaviour from its spec's hooks, not its name: give the
+    disk a key TTL and rewrites and it expires and rewrites as the remote tier does."""
+    trace = make_trace([[0], [1], [0], [1]], arrivals=[0, 100, 200, 400])
+    sc = sim_scenario(gpu={"capacity_blocks": 1}, disk={"enabled": True})
+    before = run(sc, trace).summary
+    assert (before["expirations_disk"], before["disk_writes"]) == (0, 2)
+    monkeypatch.setattr(DiskTier, "key_ttl_s", lambda self: 250.0)
+    monkeypatch.setattr(DiskTier, "rewrites", True)
+    res = run(sc, trace)
+    # block 0 written at 0 expires at 250 (after its hit at 200), block 1 written at 100 at 350:
+    # r3 misses it and writes it again
+    assert res.requests["disk_hit_tokens"].tolist() == [0, 0, 4, 0]
+    assert (res.summary["expirations_disk"], res.summary["disk_writes"]) == (2, 3)
+    name, skipped = select_engine(replace(sc, engine="auto"))
+    assert name == "simpy" and "tiers.disk has its own key TTL" in skipped["compiled"]

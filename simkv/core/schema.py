@@ -5,8 +5,10 @@ docs/metrics.md ("Per-request rows").
 Naming: ``<tier>_hit_tokens`` are the tokens served from a tier, ``<tier>_loaded_bytes`` the
 bytes a request moved from a tier below the GPU into it (traffic), ``<tier>_held_bytes`` the
 bytes a tier held after the request (occupancy). Per-tier columns follow
-:data:`~simkv.core.tiers.TIER_NAMES`, so a new tier adds its columns. TTFT is split into
-what a server can timestamp: ``ttft_s = queue_s + load_s + prefill_s``.
+:data:`~simkv.core.tiers.TIER_NAMES`, so a new tier adds its columns (with a
+``<tier>_storage_dollars`` where it bills what it holds, :data:`~simkv.core.tiers.HELD_BILLED`;
+a new column bumps :data:`SCHEMA_VERSION`). TTFT is split into what a server can timestamp:
+``ttft_s = queue_s + load_s + prefill_s``.
 
 The same rows come from a simulation (``simkv run``: every column known, ``error`` null, and
 under ``hardware.scheduler: fifo`` the :data:`DECODE_COLUMNS` null too) and from a replay
@@ -31,7 +33,7 @@ import pyarrow.parquet as pq
 
 from simkv.core.errors import SimkvError
 from simkv.core.scenario import Scenario
-from simkv.core.tiers import TIER_NAMES
+from simkv.core.tiers import HELD_BILLED, TIER_NAMES
 from simkv.traces.schema import Trace
 
 #: Bump when a column is added, renamed, removed, retyped or changes meaning.
@@ -72,7 +74,8 @@ def _fields() -> list[pa.Field]:
         *((f"{t}_loaded_bytes", i64) for t in LOAD_TIERS),
         ("gpu_seconds_saved", f64), ("gpu_dollars_saved", f64), ("archive_objects", i64),
         ("archive_storage_dollars", f64), ("archive_request_dollars", f64),
-        ("transfer_dollars", f64), ("remote_storage_dollars", f64), ("request_cost_dollars", f64),
+        ("transfer_dollars", f64), *((f"{t}_storage_dollars", f64) for t in HELD_BILLED),
+        ("request_cost_dollars", f64),
         ("cost_saved_dollars", f64),
         *((f"{t}_held_bytes", i64) for t in TIER_NAMES),
         (ERROR_COLUMN, s),

@@ -16,9 +16,10 @@ from simkv.core.policies.state import PolicyState
 from simkv.core.policies.ttl import TTLHeuristic, make_heuristic
 from simkv.core.profiles import HardwareProfile, Transfers
 from simkv.core.scenario import GB, Scenario
-from simkv.core.scenario.tiers import ARCHIVE, CPU, DISK, GPU, REMOTE, TIER_NAMES
+from simkv.core.scenario.tiers import ARCHIVE, CPU, DISK, GPU, HELD_BILLED, HELD_BILLS, REMOTE, TIER_NAMES
 
-__all__ = ["ARCHIVE", "CPU", "DISK", "GPU", "REMOTE", "SECONDS_PER_MONTH", "TIER_NAMES", "archived_bytes",
+__all__ = ["ARCHIVE", "CPU", "DISK", "GPU", "HELD_BILLED", "HELD_BILLS", "REMOTE", "SECONDS_PER_MONTH",
+           "TIER_NAMES", "archived_bytes",
            "best_cut", "new_policy_state"]
 
 SECONDS_PER_MONTH = 730 * 3600  # the month of cloud price sheets

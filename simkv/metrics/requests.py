@@ -9,7 +9,7 @@ import pandas as pd
 
 from simkv.core.scenario import Hardware, Scenario
 from simkv.core.schema import DECODE_COLUMNS, LOAD_TIERS
-from simkv.core.tiers import SECONDS_PER_MONTH, TIER_NAMES
+from simkv.core.tiers import HELD_BILLED, SECONDS_PER_MONTH, TIER_NAMES
 from simkv.model.cache_base import CacheBase
 from simkv.model.engine import RequestLog
 from simkv.traces.schema import Trace
@@ -45,11 +45,13 @@ def archive_storage_dollars(scenario: Scenario, cache: CacheBase) -> np.ndarray:
     return cache.archive_billed_s() * per_object_s
 
 
-def remote_storage_dollars(cache: CacheBase) -> np.ndarray:
-    """Per request: the DRAM bill of the remote keys it wrote, ``billed_s × block_bytes / 1e9 /
-    3600 × $/GB-hour`` where ``billed_s`` = Σ the keys' lifetimes (write → expiry or eviction,
-    or → their deadline if they outlive the run; the run's end without one)."""
-    return cache.remote_billed_s() * (cache.block_bytes * cache.remote_cost_per_byte_s)
+def held_storage_dollars(cache: CacheBase) -> dict[str, np.ndarray]:
+    """Per tier billed for what it holds (:data:`~simkv.core.tiers.HELD_BILLED`: the remote
+    store's DRAM), per request: the bill of the blocks it wrote there, ``billed_s × block_bytes
+    / 1e9 / 3600 × $/GB-hour`` where ``billed_s`` = Σ the blocks' lifetimes (write → expiry or
+    eviction, or → their deadline if they outlive the run; the run's end without one)."""
+    return {name: cache.held_billed_s(t) * (cache.block_bytes * cache.held_cost_per_byte_s[t])
+            for t, name in enumerate(TIER_NAMES) if name in HELD_BILLED}
 
 
 def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: RequestLog) -> pd.DataFrame:
@@ -61,9 +63,9 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     size included) go to the request whose access made the block a candidate for that upload
     (its last request before the archive pass); GETs, retrieval and transfer go to the request
     that fetched; a remote key's DRAM to the request that wrote it. ``cost_saved_dollars =
-    gpu_dollars_saved − request_cost_dollars``, the sum of the three archive columns and
-    ``remote_storage_dollars``; ``archive_objects`` counts the PUTs charged (uploads and refresh
-    COPYs, each a new object).
+    gpu_dollars_saved − request_cost_dollars``, the sum of the three archive columns and each
+    held bill (``remote_storage_dollars``); ``archive_objects`` counts the PUTs charged
+    (uploads and refresh COPYs, each a new object).
 
     ``ttft_s = queue_s + load_s + prefill_s`` (+ the table profile's request overhead where it
     has one: the worker's stores and fixed time, and the latency outside the worker; the
@@ -119,8 +121,8 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     storage_cost = archive_storage_dollars(scenario, cache)
     put_get_cost = cache.archive_puts_by_request * a.price("put") + arch_b * a.price("get")
     transfer_cost = fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
-    remote_cost = remote_storage_dollars(cache)
-    request_cost = storage_cost + put_get_cost + transfer_cost + remote_cost
+    held_cost = held_storage_dollars(cache)
+    request_cost = storage_cost + put_get_cost + transfer_cost + sum(held_cost.values())
     gpu_saved_dollars = gpu_saved_s * hw.gpu_cost_per_hour / 3600.0
     return pd.DataFrame({
         "request_id": trace.table.column("request_id").to_numpy(zero_copy_only=False),
@@ -146,7 +148,7 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
         "archive_storage_dollars": storage_cost,
         "archive_request_dollars": put_get_cost,
         "transfer_dollars": transfer_cost,
-        "remote_storage_dollars": remote_cost,
+        **{f"{t}_storage_dollars": dollars for t, dollars in held_cost.items()},
         "request_cost_dollars": request_cost,
         "cost_saved_dollars": gpu_saved_dollars - request_cost,
         **{f"{t}_held_bytes": np.asarray(getattr(log, f"{t}_bytes"), dtype=np.int64) for t in TIER_NAMES},

@@ -14,7 +14,7 @@ import pandas as pd
 
 from simkv.core.scenario import GB, Scenario
 from simkv.core.tiers import ARCHIVE, DISK, GPU, TIER_NAMES
-from simkv.metrics.requests import archive_storage_dollars, remote_storage_dollars
+from simkv.metrics.requests import archive_storage_dollars, held_storage_dollars
 from simkv.model.cache_base import CacheBase
 
 if TYPE_CHECKING:
@@ -78,16 +78,16 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
     request_dollars = ((cache.archive_puts + cache.archive_refreshes) * a.price("put")
                        + cache.archive_gets * a.price("get"))
     transfer_dollars = cache.archive_bytes_fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
-    remote_dollars = float(remote_storage_dollars(cache).sum())
+    held_dollars = {f"{t}_storage_dollars": float(d.sum()) for t, d in held_storage_dollars(cache).items()}
     out.update({
         "gpu_seconds_saved": gpu_s,
         "gpu_dollars_saved": gpu_dollars,
         "archive_storage_dollars": storage_dollars,
         "archive_request_dollars": request_dollars,
         "transfer_dollars": transfer_dollars,
-        "remote_storage_dollars": remote_dollars,
+        **held_dollars,
         "cost_saved_dollars": (gpu_dollars - storage_dollars - request_dollars - transfer_dollars
-                               - remote_dollars),
+                               - sum(held_dollars.values())),
         "tokens_avoided": hit_tokens,
         "requests_fully_cached": int(((hit_blocks == blocks) & (blocks > 0)).sum()),
         "archive_puts": cache.archive_puts,

@@ -99,11 +99,17 @@ class CacheBase:
                                          if sc.ttl.heuristic != "none" else None)
         self.ttl_all_tiers = self.ttl is not None and sc.ttl.scope == "all"
         self.sliding = sc.ttl.mode == "sliding"
-        #: Who sets a remote key's TTL: the heuristic (``ttl.scope``: ``remote`` or ``all``), else
-        #: ``tiers.remote.ttl_s`` (``None``: none).
-        self.ttl_remote = self.ttl is not None and sc.ttl.scope in ("remote", "all")
-        self.remote_ttl_s = t.remote.ttl_s
-        self.remote_cost_per_byte_s = t.remote.price_gb_hour / GB / 3600.0
+        #: Per tier (TIER_NAMES order), who sets a written block's TTL: the heuristic where
+        #: ``ttl.scope`` names the tier or is ``all``, priced at the tier's held $/byte-second;
+        #: else the spec's ``key_ttl_s`` (``None``: none).
+        self.ttl_governs = tuple(self.ttl is not None and sc.ttl.scope in (name, "all")
+                                 for name in TIER_NAMES)
+        self.key_ttl_s = tuple(spec.key_ttl_s() for spec in configs)
+        self.held_cost_per_byte_s = tuple(spec.held_price_gb_hour() / GB / 3600.0 for spec in configs)
+        #: Per tier: billed for the bytes it holds (its spec's ``bill``); a write of a block it
+        #: holds rewrites it (its spec's ``rewrites``).
+        self.billed = tuple(spec.bill is not None for spec in configs)
+        self.rewrites = tuple(spec.rewrites for spec in configs)
         self.gpu_cost_per_s = sc.hardware.gpu_cost_per_hour / 3600.0
         self.archive_cost_per_byte_s = a.price("gb_month") / GB / SECONDS_PER_MONTH
         # Billing: objects billed as archive_billed_bytes for at least archive_min_s each.
@@ -216,10 +222,10 @@ class CacheBase:
         max(lifetime, archive_min_s)`` (after :meth:`close`)."""
         raise NotImplementedError
 
-    def remote_billed_s(self) -> np.ndarray:
-        """Per request: seconds the remote keys it wrote lived (until removed, or until their
-        deadline if they outlive the run; after :meth:`close`). Zeros where the cache has no
-        remote tier."""
+    def held_billed_s(self, t: int) -> np.ndarray:
+        """Per request: seconds the blocks it wrote to billed tier ``t`` lived (until removed, or
+        until their deadline if they outlive the run; after :meth:`close`). Zeros where the
+        cache has no such tier."""
         return np.zeros(len(self.trace))
 
     def occupancy(self) -> tuple[int, ...]:

@@ -49,6 +49,10 @@ class CompiledTieredCache(CacheBase):
         for t, (name, on) in enumerate(zip(TIER_NAMES, sc.tiers.present(), strict=True)):
             if on and t not in T.KERNEL_TIERS:
                 return f"tiers.{name} is enabled (compiled has no {name} tier)"
+        for t, (spec, on) in enumerate(zip(sc.tiers.specs(), sc.tiers.present(), strict=True)):
+            if on and t != ARCHIVE and (spec.key_ttl_s() is not None or spec.rewrites or spec.bill):
+                return (f"tiers.{TIER_NAMES[t]} has its own key TTL, rewrites or bill "
+                        "(compiled models none of them below the archive)")
         return None
 
     def __init__(self, scenario: Scenario, trace: Trace) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from simkv.core.policies.eviction import EvictionPolicy, NextUse, make_policy
 from simkv.core.scenario import Scenario
-from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, REMOTE, TIER_NAMES, best_cut
+from simkv.core.tiers import ARCHIVE, CPU, DISK, GPU, TIER_NAMES, best_cut
 from simkv.model.cache_base import CacheBase, Plan, Uploads
 from simkv.model.tiers import ObjectLedger, Tier, TierStats
 from simkv.traces.schema import Trace
@@ -51,7 +51,7 @@ class TieredCache(CacheBase):
             Tier(name, self._policy(name, next_use), capacity, stored, self.sliding) if present else None
             for name, present, capacity, stored in zip(TIER_NAMES, self.present, self.capacity,
                                                        self.stored_bytes, strict=True)]
-        gpu, self.cpu, self.disk, self.remote, self.archive = self.tiers
+        gpu, self.cpu, self.disk, self.archive = (self.tiers[t] for t in (GPU, CPU, DISK, ARCHIVE))
         assert gpu is not None  # the GPU tier is always present
         self.gpu: Tier = gpu
         if not self.ttl_all_tiers:  # no heuristic scores GPU/disk blocks: a live reference count
@@ -60,8 +60,9 @@ class TieredCache(CacheBase):
                     tier.policy.count_hits = True
         if self.archive is not None:
             self.archive.ledger = ObjectLedger(len(trace), self.archive_min_s)
-        if self.remote is not None:     # each key billed for its lifetime to the request that wrote it
-            self.remote.ledger = ObjectLedger(len(trace), 0.0)
+        for tier, billed in zip(self.tiers, self.billed, strict=True):
+            if tier is not None and billed:  # each block billed for its lifetime to its writer
+                tier.ledger = ObjectLedger(len(trace), 0.0)
         #: The tiers below the GPU in use, fastest first: where a lookup goes after the GPU.
         self.below = [(i, t) for i, t in enumerate(self.tiers) if i != GPU and t is not None]
         #: The tiers ``write_through`` copies every stored block to (all but GPU and archive).
@@ -84,21 +85,15 @@ class TieredCache(CacheBase):
     def input_tokens(self) -> list[int]:
         return self.trace.input_tokens.tolist()
 
-    def _local_deadline(self, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
-        """Deadline and priority for a GPU/CPU/disk insert (a TTL only when scope is ``all``)."""
-        if not self.ttl_all_tiers:
-            return None, float(self.state.refs[block])
-        ttl, prio = self.state.ttl_one(block, r, position, now, self.block_bytes, 0.0)
-        return now + ttl, prio
-
-    def _remote_deadline(self, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
-        """Deadline and priority of a remote key: the heuristic's TTL priced at the remote
-        store's $/byte-second where it governs the tier, else ``tiers.remote.ttl_s``."""
-        if self.ttl_remote:
+    def _deadline(self, t: int, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
+        """Deadline and priority of ``block`` stored in tier ``t`` (not the archive): the
+        heuristic's TTL priced at the tier's held $/byte-second where it governs the tier, else
+        the tier's own ``key_ttl_s`` (``None``: no deadline) and the block's reference count."""
+        if self.ttl_governs[t]:
             ttl, prio = self.state.ttl_one(block, r, position, now, self.block_bytes,
-                                           self.remote_cost_per_byte_s)
+                                           self.held_cost_per_byte_s[t])
             return now + ttl, prio
-        ttl_s = self.remote_ttl_s
+        ttl_s = self.key_ttl_s[t]
         return (None if ttl_s is None else now + ttl_s), float(self.state.refs[block])
 
     # -- requests -------------------------------------------------------------------------
@@ -156,9 +151,10 @@ class TieredCache(CacheBase):
         if counts[ARCHIVE]:
             self.archive_gets += counts[ARCHIVE]
             self.archive_bytes_fetched += counts[ARCHIVE] * self.archive_bytes
-        if self.sliding and (self.ttl_all_tiers or self.ttl_remote):
+        governs = self.ttl_governs
+        if self.sliding and any(governs[:ARCHIVE]):
             for i, src in enumerate(sources):    # a hit slides the deadlines the heuristic sets
-                if src != ARCHIVE and (self.ttl_remote if src == REMOTE else self.ttl_all_tiers):
+                if src != ARCHIVE and governs[src]:
                     deadline, _ = self._deadline(src, blocks[i], r, i, now)
                     tiers[src].set_deadline(blocks[i], deadline)  # type: ignore[union-attr,arg-type]
         return plan
@@ -198,7 +194,7 @@ class TieredCache(CacheBase):
                 src = -1
             ref = lo + i
             if ttl_local:
-                deadline, prio = self._local_deadline(b, r, i, now)
+                deadline, prio = self._deadline(GPU, b, r, i, now)
             else:
                 deadline, prio = None, float(refs[b])
             evicted = insert(b, now, ref, prio, deadline)
@@ -223,14 +219,15 @@ class TieredCache(CacheBase):
     def _write(self, t: int, block: int, r: int, position: int, now: float, ref: int) -> list[int]:
         """Write ``block`` to tier ``t`` (CPU, disk or remote) for request ``r``, readable once
         written (a tier's writes queue behind each other); a block already there is accessed
-        instead, except in the remote store: LMCache puts every stored chunk to its remote
-        backend again (``SET ... EX``), a write like any (counted, queued on the link) that
-        restarts the key's TTL and passes its bill to this request. Returns the tier's victims."""
+        instead, except in a tier that ``rewrites`` (the remote store: LMCache puts every stored
+        chunk to its remote backend again, ``SET ... EX``): a write like any (counted, queued
+        on the link) that restarts the block's TTL and passes its bill to this request. Returns
+        the tier's victims."""
         tier = self.tiers[t]
         assert tier is not None
         if block in tier.members:
             tier.policy.hit(block, ref)
-            if t == REMOTE:
+            if self.rewrites[t]:
                 self._queue_write(t, now)
                 deadline, _ = self._deadline(t, block, r, position, now)
                 if deadline is not None:
@@ -255,12 +252,6 @@ class TieredCache(CacheBase):
         if ready - now > self.write_lag_max[t]:
             self.write_lag_max[t] = ready - now
         return ready
-
-    def _deadline(self, t: int, block: int, r: int, position: int, now: float) -> tuple[float | None, float]:
-        """Deadline and priority of ``block`` written to tier ``t`` (not the archive)."""
-        if t == REMOTE:
-            return self._remote_deadline(block, r, position, now)
-        return self._local_deadline(block, r, position, now)
 
     # -- the archive worker -----------------------------------------------------------------
 
@@ -320,8 +311,8 @@ class TieredCache(CacheBase):
     def archive_billed_s(self) -> np.ndarray:
         return self._billed_s(self.archive)
 
-    def remote_billed_s(self) -> np.ndarray:
-        return self._billed_s(self.remote)
+    def held_billed_s(self, t: int) -> np.ndarray:
+        return self._billed_s(self.tiers[t])
 
     def _billed_s(self, tier: Tier | None) -> np.ndarray:
         ledger = tier.ledger if tier is not None else None

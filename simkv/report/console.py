@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from simkv.core.tiers import TIER_NAMES
+from simkv.core.tiers import HELD_BILLS, TIER_NAMES
 from simkv.metrics.format import fmt_bytes, fmt_dollars, fmt_num, fmt_pct, fmt_seconds
 
 
@@ -94,9 +94,10 @@ def summary_table(s: dict[str, Any], title: str | None = None) -> Table:
               fmt_dollars(s["archive_storage_dollars"] + s["archive_request_dollars"]
                           + s["transfer_dollars"]),
               f"{s['archive_puts']:,} PUT, {s['archive_gets']:,} GET")
-    if _present(s, "remote"):
-        t.add_row("remote $ (DRAM)", fmt_dollars(s["remote_storage_dollars"]),
-                  f"{s['remote_writes']:,} writes")
+    for name, bill in HELD_BILLS.items():
+        if _present(s, name):
+            t.add_row(f"{name} $ ({bill})", fmt_dollars(s[f"{name}_storage_dollars"]),
+                      f"{s[f'{name}_writes']:,} writes")
     t.add_row("[bold]cost saved[/]", f"[bold]{fmt_dollars(s['cost_saved_dollars'])}[/]",
               f"{s['tokens_avoided']:,} tokens avoided")
     return t

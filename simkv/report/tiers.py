@@ -122,8 +122,8 @@ def _idle_cause(tier: str, s: dict[str, Any], sc: Scenario, model: TimeModel, wr
     expired = int(s.get(f"expirations_{tier}") or 0)
     evicted = int(s.get(f"evictions_{tier}") or 0)
     if expired and expired >= evicted:
-        knob = ("tiers.remote.ttl_s" if tier == "remote" and sc.ttl.scope not in ("remote", "all")
-                else "ttl.params")
+        governed = sc.ttl.heuristic != "none" and sc.ttl.scope in (tier, "all")
+        knob = "ttl.params" if governed else f"tiers.{tier}.ttl_s"
         return (f"{expired:,} of its blocks expired (TTL) before any was asked for again: the "
                 f"TTL is shorter than the trace's reuse gaps; raise the TTL ({knob})")
     if evicted and evicted >= 0.5 * written:

@@ -30,6 +30,8 @@ from simkv.core.scenario.tiers import (
     RESTORE_CLASSES,
     SECONDS_PER_DAY,
     STORAGE_CLASSES,
+    TIER_NAMES,
+    TTL_SCOPES,
     ArchiveTier,
     CPUTier,
     DiskTier,
@@ -37,6 +39,7 @@ from simkv.core.scenario.tiers import (
     RemoteTier,
     TierCapacity,
     Tiers,
+    TTLScope,
     check_positive,
     parse_bytes,
     tiers_mapping,
@@ -94,7 +97,7 @@ class TTLConfig:
     heuristic: str = "none"
     params: dict[str, Any] = field(default_factory=dict)
     mode: Literal["fixed", "sliding"] = "fixed"
-    scope: Literal["archive", "remote", "all"] = "archive"
+    scope: TTLScope = "archive"
 
     def check(self, prefix: str) -> None:
         if self.heuristic != "none":
@@ -187,16 +190,14 @@ class Scenario:
         check_positive("block_size", self.block_size)
         if self.block_size is not None and self.block_size > MAX_BLOCK_SIZE:
             raise ScenarioError(f"block_size: {self.block_size!r} is beyond 2**24 tokens per block")
-        if self.ttl.scope == "archive" and self.ttl.heuristic != "none" and not self.tiers.archive.enabled:
-            raise ScenarioError("ttl.scope: 'archive' but tiers.archive.enabled is false "
-                                "(enable the archive or set ttl.scope: all)")
-        remote = self.tiers.remote.enabled
-        if self.ttl.scope == "remote" and self.ttl.heuristic != "none" and not remote:
-            raise ScenarioError("ttl.scope: 'remote' but tiers.remote.enabled is false "
-                                "(enable the remote tier or set ttl.scope: archive or all)")
-        if remote and self.tiers.disk.write_policy != "write_through":
-            raise ScenarioError("tiers.disk.write_policy: offload_on_evict is not modelled with a remote "
-                                "tier (LMCache writes every chunk to its remote backend: use write_through)")
+        scope = self.ttl.scope
+        if scope != "all" and self.ttl.heuristic != "none" and not getattr(self.tiers, scope).enabled:
+            others = " or ".join(s for s in TTL_SCOPES if s != scope)
+            raise ScenarioError(f"ttl.scope: {scope!r} but tiers.{scope}.enabled is false "
+                                f"(enable the {scope} tier or set ttl.scope: {others})")
+        for name, spec, present in zip(TIER_NAMES, self.tiers.specs(), self.tiers.present(), strict=True):
+            if present:
+                spec.check_with(self.tiers, f"tiers.{name}")
         if self.tiers.archive.enabled and self.ttl.heuristic == "none":
             raise ScenarioError("ttl.heuristic: the archive tier needs a TTL heuristic "
                                 "(objects expire at their TTL)")
@@ -209,8 +210,8 @@ class Scenario:
         if self.hardware.gpus != 1:
             raise ScenarioError(f"hardware.gpus: {self.hardware.gpus!r}, but tiers.gpu.eviction: vllm "
                                 "models one engine serving one request at a time (set it to 1)")
-        for name in ("remote", "archive"):
-            if getattr(self.tiers, name).enabled:
+        for name, spec, present in zip(TIER_NAMES, self.tiers.specs(), self.tiers.present(), strict=True):
+            if present and not spec.with_vllm:
                 raise ScenarioError(f"tiers.{name}.enabled: tiers.gpu.eviction: vllm models vLLM with "
                                     f"LMCache's CPU and disk tiers only; it runs without a {name} tier")
         if self.ttl.heuristic != "none":
@@ -244,12 +245,9 @@ class Scenario:
 
     def without_cache(self) -> Scenario:
         """The same system with every cache tier off: the baseline for TTFT and cost."""
-        tiers = replace(self.tiers, gpu=replace(self.tiers.gpu, capacity_blocks=0,
-                                                capacity_bytes=None),
-                        cpu=replace(self.tiers.cpu, enabled=False),
-                        disk=replace(self.tiers.disk, enabled=False),
-                        remote=replace(self.tiers.remote, enabled=False),
-                        archive=replace(self.tiers.archive, enabled=False))
+        off = {name: replace(getattr(self.tiers, name), enabled=False) for name in TIER_NAMES[1:]}
+        tiers = replace(self.tiers, gpu=replace(self.tiers.gpu, capacity_blocks=0, capacity_bytes=None),
+                        **off)
         return replace(self, tiers=tiers, ttl=TTLConfig())
 
 

@@ -1,120 +1,43 @@
 """The tiers of a scenario (GPU, CPU, disk, remote KV store, archive) as typed dataclasses, one
-ordered list with a kind each, and the size and bound checks they share (the S3 storage classes
-the archive prices: :mod:`simkv.core.scenario.prices`)."""
+ordered list with a kind each (what they are built on, and the checks they share:
+:mod:`simkv.core.scenario.tier_base`; the S3 storage classes the archive prices:
+:mod:`simkv.core.scenario.prices`)."""
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from simkv.core.errors import ScenarioError
 from simkv.core.scenario.prices import RESTORE_CLASSES, SECONDS_PER_DAY, STORAGE_CLASSES
+from simkv.core.scenario.tier_base import (
+    GB,
+    MAX_BLOCK_SIZE,
+    MAX_BYTES_PER_TOKEN,
+    MAX_CAPACITY,
+    LinkTier,
+    TierCapacity,
+    check_link,
+    check_positive,
+    parse_bytes,
+)
+
+__all__ = ["ARCHIVE", "ARCHIVE_CODECS", "CPU", "DISK", "GB", "GPU", "GPU_MODELS", "HELD_BILLED", "HELD_BILLS",
+           "MAX_BLOCK_SIZE", "MAX_BYTES_PER_TOKEN", "MAX_CAPACITY", "REMOTE", "TIER_KINDS", "TIER_NAMES",
+           "TTL_SCOPES", "VLLM_BLOCK_TOKENS", "ArchiveTier", "CPUTier", "DiskTier", "GPUTier", "LinkTier",
+           "RemoteTier", "TTLScope", "TierCapacity", "Tiers", "check_link", "check_positive", "parse_bytes",
+           "tiers_mapping"]
 
 #: The tiers, fastest first; a tier's index in this list is its number everywhere (the
 #: simulator's caches and kernels, per-tier arrays, the per-request columns, the summary, the
 #: reports, the engine's counters).
 TIER_NAMES = ("gpu", "cpu", "disk", "remote", "archive")
 GPU, CPU, DISK, REMOTE, ARCHIVE = range(len(TIER_NAMES))
-MAX_CAPACITY = 2**62  # blocks or bytes: the compiled engines count in int64
-#: Tokens per block (a trace's ``block_size``) and KV bytes per token, at most: a block's
-#: bytes, their product, stay far inside int64.
-MAX_BLOCK_SIZE = 2**24
-MAX_BYTES_PER_TOKEN = 2**32
+#: ``ttl.scope``'s values, fastest tier first: the tiers whose spec has ``ttl_scope``, or ``all``.
+TTLScope = Literal["remote", "archive", "all"]
 #: The archive's compression codecs: the names ``tiers.archive.codec`` takes, and the ones
 #: the real engine's archive worker implements (``simkv_engine.archive.CODECS``).
 ARCHIVE_CODECS = ("zstd", "zlib", "none")
-GB = 1e9  # bandwidths are in GB/s (decimal), as hardware vendors quote them
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(value: int | float | str | None, key: str) -> int | None:
-    """``'8GiB'`` → 8589934592; plain numbers are bytes; ``'unlimited'`` → ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lower() == "unlimited":
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not 0 <= value < math.inf:
-            raise ScenarioError(f"{key}: must be a finite size >= 0 (or 'unlimited'), got {value!r}")
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ScenarioError(f"{key}: {value!r} is not a size (e.g. 4096, '8GiB', '500MB')")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def check_positive(key: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if not (value >= 0 if allow_zero else value > 0):
-        raise ScenarioError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-
-def check_link(prefix: str, read_gbps: float, write_gbps: float, latency_s: float) -> None:
-    """A tier's transfer parameters: bandwidths > 0, latency >= 0."""
-    check_positive(f"{prefix}.read_gbps", read_gbps)
-    check_positive(f"{prefix}.write_gbps", write_gbps)
-    check_positive(f"{prefix}.latency_s", latency_s, allow_zero=True)
-
-
-@dataclass(frozen=True)
-class TierCapacity:
-    """Capacity in blocks or in bytes (``'80GiB'``, or ``'unlimited'``); at most one of the
-    two. Neither means the tier's ``default_bytes`` (``None``: unlimited)."""
-
-    default_bytes = None
-    #: What the tier is (the list form of ``tiers`` names it so) and how reports call it.
-    kind: ClassVar[str]
-    label: ClassVar[str]
-    capacity_blocks: int | None = None
-    capacity_bytes: int | str | None = None
-
-    def transfer_s(self, raw: int, packed: int) -> tuple[float, float, float]:
-        """Seconds ``(latency, read, write)`` for a block of ``raw`` bytes (``packed`` once
-        compressed): the latency once per request that loads from the tier, then per block
-        read and written; 0 here (the GPU's own blocks), a tier's transfers where it has them."""
-        return 0.0, 0.0, 0.0
-
-    def check_eviction(self, prefix: str) -> None:
-        from simkv.core.policies.eviction import EVICTION_POLICIES
-        from simkv.core.registry import check_signature
-
-        name = getattr(self, "eviction", "lru")
-        cls = EVICTION_POLICIES.get(name, key=f"{prefix}.eviction")
-        if EVICTION_POLICIES.is_plugin(name):
-            check_signature(cls, name, f"{prefix}.eviction", "Class(next_use)", 1)
-
-    def check_capacity(self, prefix: str) -> None:
-        self.check_eviction(prefix)
-        self.check_sizes(prefix)
-
-    def check_sizes(self, prefix: str) -> None:
-        """At most one of the two capacities, each a size >= 0 the engines can represent."""
-        if self.capacity_blocks is not None and self.capacity_bytes is not None:
-            raise ScenarioError(
-                f"{prefix}: capacity_blocks={self.capacity_blocks!r} and capacity_bytes="
-                f"{self.capacity_bytes!r} both given; keep one (e.g. --set "
-                f"{prefix}.capacity_bytes=null)")
-        check_positive(f"{prefix}.capacity_blocks", self.capacity_blocks, allow_zero=True)
-        for k, v in (("capacity_blocks", self.capacity_blocks),
-                     ("capacity_bytes", parse_bytes(self.capacity_bytes, f"{prefix}.capacity_bytes"))):
-            if v is not None and v > MAX_CAPACITY:
-                raise ScenarioError(f"{prefix}.{k}: {v:.3g} is beyond what the engines can represent "
-                                    f"(at most 2**62); for no limit set {prefix}.capacity_bytes: unlimited")
-
-    def blocks(self, block_bytes: int) -> int | None:
-        """Capacity in whole blocks (``None`` = unlimited)."""
-        if self.capacity_blocks is not None:
-            return self.capacity_blocks
-        if self.capacity_bytes is not None:
-            raw = parse_bytes(self.capacity_bytes, "capacity_bytes")
-        else:
-            raw = parse_bytes(self.default_bytes, "capacity_bytes")
-        return None if raw is None else raw // block_bytes
-
 
 #: GPU-tier models that are not block eviction policies: ``vllm`` is vLLM's whole prefix cache
 #: (:mod:`simkv.model.vllm_pool`), engine blocks of ``tiers.gpu.block_tokens`` tokens.
@@ -160,25 +83,6 @@ class GPUTier(TierCapacity):
             raw = parse_bytes(self.capacity_bytes if self.capacity_bytes is not None
                               else self.default_bytes, "tiers.gpu.capacity_bytes")
         return None if raw is None else raw // (self.block_tokens * bytes_per_token)
-
-
-@dataclass(frozen=True)
-class LinkTier(TierCapacity):
-    """A tier behind a link to the GPU: its subclass's ``latency_s``, ``read_gbps`` and
-    ``write_gbps`` give a block's transfers, ``latency_s``, ``raw / (read_gbps·10⁹)``,
-    ``raw / (write_gbps·10⁹)``, and are checked with its capacity."""
-
-    if TYPE_CHECKING:
-        latency_s: float
-        read_gbps: float
-        write_gbps: float
-
-    def transfer_s(self, raw: int, packed: int) -> tuple[float, float, float]:
-        return self.latency_s, raw / (self.read_gbps * GB), raw / (self.write_gbps * GB)
-
-    def check(self, prefix: str) -> None:
-        self.check_capacity(prefix)
-        check_link(prefix, self.read_gbps, self.write_gbps, self.latency_s)
 
 
 @dataclass(frozen=True)
@@ -235,6 +139,10 @@ class RemoteTier(LinkTier):
 
     kind: ClassVar[str] = "remote"
     label: ClassVar[str] = "remote KV (DRAM)"
+    ttl_scope: ClassVar[bool] = True
+    bill: ClassVar[str | None] = "DRAM"
+    rewrites: ClassVar[bool] = True     # LMCache puts every stored chunk (SET ... EX)
+    with_vllm: ClassVar[bool] = False
     enabled: bool = False
     read_gbps: float = 10.0
     write_gbps: float = 10.0
@@ -247,6 +155,17 @@ class RemoteTier(LinkTier):
         super().check(prefix)
         check_positive(f"{prefix}.ttl_s", self.ttl_s)
         check_positive(f"{prefix}.price_gb_hour", self.price_gb_hour, allow_zero=True)
+
+    def key_ttl_s(self) -> float | None:
+        return self.ttl_s
+
+    def held_price_gb_hour(self) -> float:
+        return self.price_gb_hour
+
+    def check_with(self, tiers: Tiers, prefix: str) -> None:
+        if tiers.disk.write_policy != "write_through":
+            raise ScenarioError("tiers.disk.write_policy: offload_on_evict is not modelled with a remote "
+                                "tier (LMCache writes every chunk to its remote backend: use write_through)")
 
 
 @dataclass(frozen=True)
@@ -266,6 +185,8 @@ class ArchiveTier(TierCapacity):
 
     kind: ClassVar[str] = "archive"
     label: ClassVar[str] = "archive (S3)"
+    ttl_scope: ClassVar[bool] = True
+    with_vllm: ClassVar[bool] = False
 
     enabled: bool = False
     interval_s: float = 60.0
@@ -352,6 +273,14 @@ class Tiers:
 #: Each tier's kind (its spec's ``kind``), indexed like :data:`TIER_NAMES`: what the list form
 #: of ``tiers`` names it by.
 TIER_KINDS = tuple(spec.kind for spec in Tiers().specs())
+#: What ``ttl.scope`` takes: a tier the heuristic may govern (its spec's ``ttl_scope``), or
+#: ``all`` of them (the values of :data:`TTLScope`, the type that says so; a test holds them equal).
+TTL_SCOPES = (*(n for n, spec in zip(TIER_NAMES, Tiers().specs(), strict=True) if spec.ttl_scope), "all")
+#: The tiers billed for the bytes they hold (their spec's ``bill``), each with a
+#: ``<tier>_storage_dollars`` column and summary key.
+HELD_BILLED = tuple(n for n, spec in zip(TIER_NAMES, Tiers().specs(), strict=True) if spec.bill)
+#: Each of :data:`HELD_BILLED`'s bill as reports name it (``"DRAM"``).
+HELD_BILLS = {n: getattr(Tiers(), n).bill for n in HELD_BILLED}
 
 
 def tiers_mapping(value: Any, key: str = "tiers") -> Any:

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
+from simkv.core.tiers import HELD_BILLS
 from simkv.metrics.format import fmt_dollars, fmt_pct, fmt_seconds
 from simkv.report.charts.style import (
     GIB,
@@ -183,7 +184,7 @@ def ttft_cdf(run: RunData, out: Path) -> Chart:
 @styled
 def cost_breakdown(run: RunData, out: Path) -> Chart:
     """A waterfall from the GPU dollars saved, minus the archive's storage, request and
-    transfer dollars and the remote store's DRAM, to the net cost saved."""
+    transfer dollars and each held bill (the remote store's DRAM), to the net cost saved."""
     name, title = "cost_breakdown", "Cost breakdown"
     s = run.summary
     if "cost_saved_dollars" not in s:
@@ -193,7 +194,7 @@ def cost_breakdown(run: RunData, out: Path) -> Chart:
     for key, label in (("archive_storage_dollars", "archive storage"),
                        ("archive_request_dollars", "archive PUT/GET"),
                        ("transfer_dollars", "retrieval + transfer"),
-                       ("remote_storage_dollars", "remote DRAM")):
+                       *((f"{t}_storage_dollars", f"{t} {bill}") for t, bill in HELD_BILLS.items())):
         if float(s.get(key, 0.0)) != 0.0:
             parts.append((label, -float(s[key])))
     net = float(s.get("cost_saved_dollars", sum(v for _, v in parts)))
