@@ -68,7 +68,7 @@ class ArchiveTier:
         fmt = ChunkFormat.of(self.kv, self.chunk_size, fingerprint)
         self.policy = new_policy_state(self.scenario, self.chunk_size, self._block_bytes, self._hw)
         clock = opts.clock or EngineClock(opts.clock_scale)
-        archived = archived_bytes(self._block_bytes, a.compression_ratio)
+        archived = archived_bytes(self._block_bytes, self._hw.compression_ratio(self.scenario))
         tr = self._hw.transfers(self.scenario, self._block_bytes, archived)
         busy = 0.0 if self.scenario.hardware.zero_service_time else (
             tr.write_per_block_s[ARCHIVE])

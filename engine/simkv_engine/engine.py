@@ -76,7 +76,7 @@ from lmcache.v1.standalone.manager import StandaloneLMCacheManager
 from transformers import DynamicCache, PreTrainedModel
 
 from simkv.core.errors import ScenarioError
-from simkv.core.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy, lmcache_remote_ttl
+from simkv.core.lmcache import GIB, STAGING_BYTES, lmcache_gib, lmcache_policy
 from simkv.core.policies.eviction import EVICTION_POLICIES
 from simkv.core.policies.state import PolicyState
 from simkv.core.scenario import Scenario
@@ -90,7 +90,7 @@ from simkv_engine.engine_types import LOCAL_TIERS, TIERS, EngineError, RequestRe
 from simkv_engine.engine_usage import EngineUsage
 from simkv_engine.gpu_cache import GPUPrefixCache
 from simkv_engine.integrity import check_disk_folder, install_log_filters, lmcache_alloc_failures
-from simkv_engine.kvstore import check_reachable, lmcache_remote_options
+from simkv_engine.kvstore import remote_tier_options
 from simkv_engine.lmcache_tiers import LMCacheTiers
 from simkv_engine.models import KVShape, kv_shape_of
 from simkv_engine.tier_io import TierIO, Timer
@@ -137,13 +137,7 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
         if scenario.tiers.archive.enabled:
             check_archive(scenario, archive)
         policy = lmcache_policy(scenario, remote=True)
-        remote_options: dict[str, Any] = {}
-        if scenario.tiers.remote.enabled:
-            if remote_url is None:
-                raise ScenarioError("tiers.remote.enabled: the engine needs the remote KV store's URL "
-                                    "(--remote redis://HOST:PORT; simkv engine kvstore starts one)")
-            check_reachable(remote_url)
-            remote_options = lmcache_remote_options(remote_url, lmcache_remote_ttl(scenario))
+        remote_options = remote_tier_options(scenario, remote_url)
         if os.environ.get("PYTHONHASHSEED") != "0":
             log.info("PYTHONHASHSEED is not 0: LMCache keys chunks with Python's hash() without vLLM; "
                      "set PYTHONHASHSEED=0 before Python starts to keep keys stable across processes")
@@ -167,7 +161,7 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
             self._hw = scenario.hardware.time_model()
             self._hw.check_block_size(self.chunk_size)
         if self._cut:
-            archived = archived_bytes(self._block_bytes, scenario.tiers.archive.compression_ratio)
+            archived = archived_bytes(self._block_bytes, self._hw.compression_ratio(scenario))
             self._transfers = self._hw.transfers(scenario, self._block_bytes, archived)
         self._counts: dict[str, Any] = {
             "requests": 0,
@@ -230,12 +224,12 @@ class KVEngine(TierWalk, TierIO, ArchiveTier, EngineUsage):
         self._backends = lmcache_glue.local_backends(lmc)
         if not cpu.enabled:
             self._backends["cpu"] = None   # LMCache's CPU backend is then only its allocator
-        remote = self._backends["remote"]
-        if remote is not None and not lmcache_glue.remote_connected(remote):
+        try:
+            self.tiers += LMCacheTiers(lmc, self._backends, self.chunk_size, self.chunk_bytes,
+                                       remote_url).tiers()
+        except BaseException:
             self.close()
-            raise EngineError(f"{remote_url}: LMCache's remote backend could not connect (see its log)")
-        self.tiers += LMCacheTiers(lmc, self._backends, self.chunk_size, self.chunk_bytes,
-                                   remote_url).tiers()
+            raise
         if scenario.tiers.archive.enabled:
             try:
                 self._start_archive(archive)  # type: ignore[arg-type]

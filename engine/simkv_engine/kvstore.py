@@ -26,6 +26,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from simkv.core.errors import ScenarioError
+from simkv.core.lmcache import lmcache_remote_ttl
+from simkv.core.scenario import Scenario
 from simkv_engine.engine_types import EngineError
 
 SERVER_ENV = "SIMKV_KVSTORE_SERVER"
@@ -147,6 +150,18 @@ def check_reachable(url: str, timeout_s: float = 2.0) -> None:
             client.ping()
     except (redis.RedisError, ValueError, OSError) as exc:
         raise EngineError(f"{url}: the remote KV store does not answer ({exc})") from None
+
+
+def remote_tier_options(scenario: Scenario, url: str | None) -> dict[str, Any]:
+    """LMCache's settings for the scenario's ``tiers.remote`` (none when it is off): the server
+    at ``url`` (redis://HOST:PORT) answers a PING, every key written with the tier's TTL."""
+    if not scenario.tiers.remote.enabled:
+        return {}
+    if url is None:
+        raise ScenarioError("tiers.remote.enabled: the engine needs the remote KV store's URL "
+                            "(--remote redis://HOST:PORT; simkv engine kvstore starts one)")
+    check_reachable(url)
+    return lmcache_remote_options(url, lmcache_remote_ttl(scenario))
 
 
 def lmcache_remote_options(url: str, ttl_s: int | None = None, *, workers: int = 2) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import torch
 from simkv_engine import lmcache_glue
 from simkv_engine.backends import Chunk, Prompt, TierCounters, chunk_runs
 from simkv_engine.connector import KVLayers
+from simkv_engine.engine_types import EngineError
 from simkv_engine.integrity import DiskGuard
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class LMCacheTiers:
         if self.disk is not None:
             out.append(DiskTier(self))
         if self.remote is not None:
+            if not lmcache_glue.remote_connected(self.remote):
+                raise EngineError(f"{self.remote_url}: LMCache's remote backend could not connect "
+                                  "(see its log)")
             self.remote_tier = RemoteTier(self)
             out.append(self.remote_tier)
         return out

@@ -63,7 +63,7 @@ class Side:
 
 def load_side(path: str | Path, label: str) -> Side:
     """Read a results directory (``requests.parquet`` required, ``summary.json`` optional)."""
-    from simkv.report.data import _read_json
+    from simkv.report.data import read_json
 
     path = Path(path)
     if not path.is_dir():
@@ -75,7 +75,7 @@ def load_side(path: str | Path, label: str) -> Side:
                          "or the replay writes them)")
     rows = read_requests(req)
     meta = request_metadata(req)
-    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    summary = read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
     dup = rows["request_id"].duplicated()
     if dup.any():
         raise SimkvError(f"{req}: request_id {rows['request_id'][dup].iloc[0]!r} appears twice")

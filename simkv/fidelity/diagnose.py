@@ -105,7 +105,7 @@ def find_trace(sides: list[Side], explicit: Path | None) -> tuple[Trace | None, 
     (relative to its directory), else ``summary.json``'s ``trace`` (relative to the working
     directory). Only a trace whose content hash matches the results' is taken; the note says
     what was used or why nothing was."""
-    from simkv.report.data import _read_yaml
+    from simkv.report.data import read_yaml
 
     want = sides[0].trace_sha256
     candidates: list[Path] = []
@@ -114,7 +114,7 @@ def find_trace(sides: list[Side], explicit: Path | None) -> tuple[Trace | None, 
     for s in sides:
         sc = s.path / "scenario.yaml"
         if sc.is_file():
-            tr = _read_yaml(sc).get("trace")
+            tr = read_yaml(sc).get("trace")
             if isinstance(tr, str):
                 candidates.append(Path(tr) if Path(tr).is_absolute() else s.path / tr)
         if isinstance(s.summary.get("trace"), str):

@@ -85,10 +85,10 @@ class RunData:
 
 def load_run(path: Path) -> RunData:
     """Read a run directory (``summary.json`` is required, the rest optional)."""
-    summary = _read_json(path / "summary.json")
+    summary = read_json(path / "summary.json")
     requests = read_requests(path / "requests.parquet") if (path / "requests.parquet").exists() else None
     timeline = _read_parquet(path / "timeline.parquet")
-    scenario = _read_yaml(path / "scenario.yaml") if (path / "scenario.yaml").exists() else {}
+    scenario = read_yaml(path / "scenario.yaml") if (path / "scenario.yaml").exists() else {}
     return RunData(path, summary, requests, timeline, scenario)
 
 
@@ -176,14 +176,14 @@ def load_sweep(path: Path) -> SweepData:
         cells = pd.read_parquet(path / "sweep.parquet")
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise SimkvError(f"{path / 'sweep.parquet'}: cannot read: {exc}") from None
-    spec = _read_yaml(path / "sweep.yaml") if (path / "sweep.yaml").exists() else {}
+    spec = read_yaml(path / "sweep.yaml") if (path / "sweep.yaml").exists() else {}
     params = swept_params(cells, spec)
     numeric = {}
     for p in params:
         values = numeric_values(cells[p], p)
         if values is not None:
             numeric[p] = values
-    winner = _read_yaml(path / "winner.yaml") if (path / "winner.yaml").exists() else None
+    winner = read_yaml(path / "winner.yaml") if (path / "winner.yaml").exists() else None
     return SweepData(path, cells, spec, params, numeric, winner)
 
 
@@ -216,7 +216,8 @@ def _read_parquet(path: Path) -> pd.DataFrame | None:
         raise SimkvError(f"{path}: cannot read: {exc}") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A results file's JSON object, or a :class:`SimkvError` naming the file."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -226,7 +227,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A results file's YAML mapping (empty file: ``{}``), or a :class:`SimkvError` naming the file."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
