@@ -21,6 +21,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from simkv.core.errors import SimkvError
+from simkv.metrics.format import metric_label
 
 Direction = Literal["max", "min"]
 
@@ -53,6 +54,43 @@ def direction_of(metric: str) -> Direction:
     if column in _LOWER_NAMES or column.startswith(_LOWER_PREFIXES):
         return "min"
     return "max"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What to rank cells by: ``name`` (an alias or a summary column) and the direction that is
+    better (``None``: the metric's own, :func:`direction_of`). Sweeps' winners, ``--objective``
+    and reports all take this one."""
+
+    name: str
+    direction: Direction | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in (None, "max", "min"):
+            raise SimkvError(f"objective {self.name!r}: direction must be 'max' or 'min', "
+                             f"got {self.direction!r}")
+
+    @property
+    def metric(self) -> str:
+        """The summary column it names."""
+        return column_of(self.name)
+
+    @property
+    def better(self) -> Direction:
+        """``max`` or ``min``: the direction given, else the metric's own."""
+        return self.direction or direction_of(self.name)
+
+    @property
+    def label(self) -> str:
+        return f"{metric_label(self.metric)} ({'higher' if self.better == 'max' else 'lower'} is better)"
+
+    def best(self, values: pd.Series) -> float:
+        return float(values.max() if self.better == "max" else values.min())
+
+    def resolve(self, columns: Sequence[str]) -> tuple[str, Direction]:
+        """The column of ``columns`` it names (:func:`resolve_column`) and its direction."""
+        column = resolve_column(self.name, columns, f"--objective {self.name}")
+        return column, self.direction or direction_of(column)
 
 
 # -- constraints ------------------------------------------------------------------------------

@@ -21,28 +21,11 @@ import yaml
 
 from simkv.core.errors import SimkvError
 from simkv.core.schema import read_requests
-from simkv.metrics.format import metric_label
-from simkv.metrics.objectives import Direction, column_of, direction_of
+from simkv.metrics.objectives import Objective, column_of, direction_of
 from simkv.metrics.timeline import choose_bin_s
 
 RUN_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "scenario.yaml")
 SWEEP_FILES = ("sweep.parquet", "sweep.yaml")
-
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A summary metric to rank cells by, and whether higher or lower is better."""
-
-    metric: str
-    direction: Direction
-
-    @property
-    def label(self) -> str:
-        return f"{metric_label(self.metric)} ({'higher' if self.direction == 'max' else 'lower'} is better)"
-
-    def best(self, values: pd.Series) -> float:
-        return float(values.max() if self.direction == "max" else values.min())
 
 
 def parse_objective(text: str) -> Objective:

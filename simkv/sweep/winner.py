@@ -16,30 +16,11 @@ import numpy as np
 import pandas as pd
 
 from simkv.core.errors import SimkvError
-from simkv.metrics.objectives import Constraint, Direction, direction_of, resolve_column
+from simkv.metrics.objectives import Constraint, Direction, Objective, resolve_column
 
 
 class NoFeasibleCell(SimkvError):
     """No ``ok`` cell satisfies every constraint."""
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What to optimise: ``name`` (alias or column) in ``direction``."""
-
-    name: str
-    direction: Direction | None = None
-
-    def __post_init__(self) -> None:
-        if self.direction not in (None, "max", "min"):
-            raise SimkvError(f"objective {self.name!r}: direction must be 'max' or 'min', "
-                             f"got {self.direction!r}")
-
-    def resolve(self, columns: Sequence[str]) -> tuple[str, Direction]:
-        """The column and direction: the metric's own (:func:`direction_of`) unless one is
-        given."""
-        column = resolve_column(self.name, columns, f"--objective {self.name}")
-        return column, self.direction or direction_of(column)
 
 
 @dataclass(frozen=True)
