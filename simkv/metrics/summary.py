@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from simkv.core.scenario import GB, Scenario
-from simkv.core.tiers import ARCHIVE, DISK, GPU, TIER_NAMES
-from simkv.metrics.requests import archive_storage_dollars, held_storage_dollars
+from simkv.core.tiers import ARCHIVE, DISK, GPU, HELD_BILLED, TIER_NAMES
+from simkv.metrics.requests import archive_storage_dollars
 from simkv.model.cache_base import CacheBase
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def summarize(requests: pd.DataFrame, scenario: Scenario, run: RunRecord) -> dic
     request_dollars = ((cache.archive_puts + cache.archive_refreshes) * a.price("put")
                        + cache.archive_gets * a.price("get"))
     transfer_dollars = cache.archive_bytes_fetched / 1e9 * (a.price("retrieval_gb") + a.price_transfer_gb)
-    held_dollars = {f"{t}_storage_dollars": float(d.sum()) for t, d in held_storage_dollars(cache).items()}
+    held_dollars = {c: float(requests[c].sum()) for c in (f"{t}_storage_dollars" for t in HELD_BILLED)}
     out.update({
         "gpu_seconds_saved": gpu_s,
         "gpu_dollars_saved": gpu_dollars,

@@ -270,17 +270,17 @@ class Tiers:
         return tuple(getattr(spec, "enabled", True) for spec in self.specs())
 
 
+_SPECS = dict(zip(TIER_NAMES, Tiers().specs(), strict=True))
 #: Each tier's kind (its spec's ``kind``), indexed like :data:`TIER_NAMES`: what the list form
 #: of ``tiers`` names it by.
-TIER_KINDS = tuple(spec.kind for spec in Tiers().specs())
+TIER_KINDS = tuple(spec.kind for spec in _SPECS.values())
 #: What ``ttl.scope`` takes: a tier the heuristic may govern (its spec's ``ttl_scope``), or
 #: ``all`` of them (the values of :data:`TTLScope`, the type that says so; a test holds them equal).
-TTL_SCOPES = (*(n for n, spec in zip(TIER_NAMES, Tiers().specs(), strict=True) if spec.ttl_scope), "all")
-#: The tiers billed for the bytes they hold (their spec's ``bill``), each with a
-#: ``<tier>_storage_dollars`` column and summary key.
-HELD_BILLED = tuple(n for n, spec in zip(TIER_NAMES, Tiers().specs(), strict=True) if spec.bill)
-#: Each of :data:`HELD_BILLED`'s bill as reports name it (``"DRAM"``).
-HELD_BILLS = {n: getattr(Tiers(), n).bill for n in HELD_BILLED}
+TTL_SCOPES = (*(n for n, spec in _SPECS.items() if spec.ttl_scope), "all")
+#: The tiers billed for the bytes they hold, each with its bill as reports name it (their spec's
+#: ``bill``, ``"DRAM"``) and a ``<tier>_storage_dollars`` column and summary key.
+HELD_BILLS = {n: spec.bill for n, spec in _SPECS.items() if spec.bill}
+HELD_BILLED = tuple(HELD_BILLS)
 
 
 def tiers_mapping(value: Any, key: str = "tiers") -> Any:
