@@ -30,6 +30,7 @@ FIRST = [0.05, 0.7, 1.5]
 FINISH = [0.05, 1.1, 1.9]
 PREEMPTIONS = [0, 1, 0]
 NOCACHE_FIRST = [0.06, 0.75, 1.6]
+NOCACHE_FINISH = [0.06, 1.7, 2.0]
 #: The summary keys a batched run adds (docs/metrics.md, "Latency"); absent under fifo.
 DECODE_SUMMARY_KEYS = {
     "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "tpot_p50_s", "tpot_p90_s", "tpot_p99_s",
@@ -70,8 +71,8 @@ def _parts(rec: RunRecord) -> tuple:
 def nocache(monkeypatch: pytest.MonkeyPatch) -> None:
     """The no-cache first-token times of the batching model (simkv.model.batching; by hand here,
     so the per-request arithmetic is checked on its own)."""
-    monkeypatch.setattr("simkv.metrics.requests._nocache_first_token_s",
-                        lambda sc, tr: np.array(NOCACHE_FIRST))
+    monkeypatch.setattr("simkv.metrics.requests._nocache_times",
+                        lambda sc, tr: (np.array(NOCACHE_FIRST), np.array(NOCACHE_FINISH)))
 
 
 def test_batched_rows_follow_their_definitions(nocache: None) -> None:
@@ -113,6 +114,44 @@ def test_latency_outside_the_worker_is_in_ttft_and_e2e(nocache: None, tmp_path: 
         np.testing.assert_array_equal(r[col], plain[col])
 
 
+def test_streams_at_counts_the_other_requests_being_streamed() -> None:
+    from simkv.metrics.requests import streams_at
+
+    first, finish = np.array([0.05, 0.7, 0.9]), np.array([0.8, 1.1, 1.9])
+    # at each first token: r0 alone; r1 beside r0 (0.05 <= 0.7 <= 0.8); r2 beside r1
+    assert streams_at(first, finish, first).tolist() == [0, 1, 1]
+    # at each last token: r0 beside r1; r1 beside r2; r2 alone (a bound counts: same step)
+    assert streams_at(first, finish, finish).tolist() == [1, 1, 0]
+    assert streams_at(first, finish, np.array([0.8, 0.7, 2.0])).tolist() == [1, 1, 0]
+
+
+def test_latency_per_stream_grows_with_the_streams_beside_a_token(nocache: None, tmp_path: Path) -> None:
+    """A table profile's ``step.latency_s`` and ``latency_per_stream_s``: TTFT and e2e each get
+    ``latency_s + latency_per_stream_s · S``, ``S`` the other requests streamed at that token."""
+    doc = yaml.safe_load((ROOT / "profiles" / "example-table.yaml").read_text())
+    doc["step"] = {"const_s": 0.01, "per_prefill_token_s": 0.0, "per_decode_seq_s": 0.0,
+                   "per_context_token_s": 0.0, "prefill_attn_s": 0.0, "latency_s": 0.004,
+                   "latency_per_stream_s": 0.001}
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump(doc))
+    sc, tr = _scenario({"profile": str(profile)}), _trace()
+    rec = _batched(sc, tr)
+    for i, (f, e) in enumerate(zip([0.05, 0.7, 0.9], [0.8, 1.1, 1.9], strict=True)):
+        rec.log.first_token_s[i], rec.log.finish_s[i] = f, e
+    base = _batched(_scenario(), tr)
+    for i, (f, e) in enumerate(zip([0.05, 0.7, 0.9], [0.8, 1.1, 1.9], strict=True)):
+        base.log.first_token_s[i], base.log.finish_s[i] = f, e
+    plain = request_frame(tr, _scenario(), *_parts(base))
+    r = request_frame(tr, sc, *_parts(rec))
+    np.testing.assert_allclose(r["ttft_s"] - plain["ttft_s"], 0.004 + 0.001 * np.array([0, 1, 1]), rtol=1e-9)
+    np.testing.assert_allclose(r["e2e_s"] - plain["e2e_s"], 0.004 + 0.001 * np.array([1, 1, 0]), rtol=1e-9)
+    # the no-cache baseline: the streams of its own run (first 0.06, 0.75, 1.6; finish 0.06, 1.7, 2.0)
+    np.testing.assert_allclose(r["ttft_nocache_s"] - plain["ttft_nocache_s"],
+                               0.004 + 0.001 * np.array([0, 0, 1]), rtol=1e-9)
+    for col in ("queue_s", "load_s", "prefill_s", "preemptions"):
+        np.testing.assert_array_equal(r[col], plain[col])
+
+
 def test_summary_has_the_decode_keys_under_batching_only(nocache: None) -> None:
     sc, tr = _scenario(), _trace()
     fifo = ENGINES.get("simpy").run(sc, tr)
@@ -140,12 +179,12 @@ def test_summary_has_the_decode_keys_under_batching_only(nocache: None) -> None:
 def test_nocache_baseline_is_the_batching_model_without_cache() -> None:
     """Under ``scheduler: vllm`` the no-cache TTFT is the batching model's first token of the same
     trace with every cache tier off, less the arrival."""
-    from simkv.model.batching import nocache_first_token_s
+    from simkv.model.batching import nocache_times
 
     sc = _scenario({"scheduler": "vllm"})
     tr = _trace()
     r = run(sc, tr).requests
-    np.testing.assert_array_equal(r["ttft_nocache_s"], nocache_first_token_s(sc, tr) - tr.arrival_s)
+    np.testing.assert_array_equal(r["ttft_nocache_s"], nocache_times(sc, tr)[0] - tr.arrival_s)
     assert r["e2e_s"].notna().all() and r["preemptions"].notna().all()
 
 

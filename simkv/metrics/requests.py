@@ -7,6 +7,7 @@ import heapq
 import numpy as np
 import pandas as pd
 
+from simkv.core.profiles import HardwareProfile
 from simkv.core.scenario import Hardware, Scenario
 from simkv.core.schema import DECODE_COLUMNS, LOAD_TIERS
 from simkv.core.tiers import HELD_BILLED, SECONDS_PER_MONTH, TIER_NAMES
@@ -111,10 +112,12 @@ def request_frame(trace: Trace, scenario: Scenario, cache: CacheBase, log: Reque
     else:                              # vllm: the batching model's first-token and finish times
         decode = decode_columns(log, arrival, trace.output_tokens)
         prefill = decode.pop("prefill_s")
-        latency = latency + cache.hw.step_latency_s  # outside the engine core: before the client sees it
-        ttft = decode.pop("ttft_s") + latency
-        decode["e2e_s"] = decode["e2e_s"] + latency
-        ttft_nocache = _nocache_first_token_s(scenario, trace) - arrival + latency
+        first, finish = np.asarray(log.first_token_s), np.asarray(log.finish_s)
+        ttft = decode.pop("ttft_s") + latency + output_latency_s(cache.hw, first, finish, first)
+        decode["e2e_s"] = decode["e2e_s"] + latency + output_latency_s(cache.hw, first, finish, finish)
+        first_nc, finish_nc = _nocache_times(scenario, trace)
+        ttft_nocache = (first_nc - arrival + latency
+                        + output_latency_s(cache.hw, first_nc, finish_nc, first_nc))
     gpu_saved_s = service_nocache - service
     a = scenario.tiers.archive
     fetched = arch_b * cache.archive_bytes
@@ -180,12 +183,31 @@ def decode_columns(log: RequestLog, arrival: np.ndarray, output_tokens: np.ndarr
     }
 
 
-def _nocache_first_token_s(scenario: Scenario, trace: Trace) -> np.ndarray:
-    """Absolute first-token times of ``trace`` through the batching model with every cache
-    tier off (the no-cache baseline under ``hardware.scheduler: vllm``)."""
-    from simkv.model.batching import nocache_first_token_s  # only needed under scheduler: vllm
+def streams_at(first: np.ndarray, finish: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """For each request ``i``, the other requests whose tokens are being streamed at ``at[i]``
+    (one of ``i``'s own token times): ``#{j ≠ i : first_j ≤ at_i ≤ finish_j}``."""
+    streaming = (np.searchsorted(np.sort(first), at, side="right")
+                 - np.searchsorted(np.sort(finish), at, side="left"))
+    return np.maximum(streaming - 1, 0)   # less the request itself (first_i ≤ at_i ≤ finish_i)
 
-    return np.asarray(nocache_first_token_s(scenario, trace), dtype=float)
+
+def output_latency_s(hw: HardwareProfile, first: np.ndarray, finish: np.ndarray,
+                     at: np.ndarray) -> np.ndarray:
+    """The batching model's latency outside the engine core (HTTP, the API server, the client)
+    of a token each request gets at ``at``: ``step.latency_s + step.latency_per_stream_s · S``,
+    ``S`` the other requests being streamed then (:func:`streams_at`)."""
+    per = hw.step_latency_per_stream_s
+    base = np.full(len(at), hw.step_latency_s)
+    return base + per * streams_at(first, finish, at) if per else base
+
+
+def _nocache_times(scenario: Scenario, trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute first-token and finish times of ``trace`` through the batching model with
+    every cache tier off (the no-cache baseline under ``hardware.scheduler: vllm``)."""
+    from simkv.model.batching import nocache_times  # only needed under scheduler: vllm
+
+    first, finish = nocache_times(scenario, trace)
+    return np.asarray(first, dtype=float), np.asarray(finish, dtype=float)
 
 
 def _block_bytes(cache: CacheBase, tier: str) -> int:

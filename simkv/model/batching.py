@@ -38,8 +38,9 @@ preempts a little early when running requests share prefixes; a resumed request 
 own computed blocks still cached (vLLM frees them to the free queue's tail, where they are
 usually still found) except the last partial one; speculative decoding, priorities,
 ``long_prefill_token_threshold``, the async scheduler's one-step overlap, and detokenizing
-and streaming outside the engine core (the profile's ``request`` latency is added by the
-metrics, as under FIFO).
+and streaming outside the engine core (the metrics add the profile's ``request`` latency, as
+under FIFO, and its ``step.latency_s + latency_per_stream_s · S``,
+:func:`simkv.metrics.requests.output_latency_s`).
 
 """
 
@@ -206,9 +207,10 @@ def array_of(values: np.ndarray) -> array:
     return array("q" if values.dtype.kind in "ib" else "d", values.tobytes())
 
 
-def nocache_first_token_s(scenario: Scenario, trace: Trace) -> np.ndarray:
-    """Absolute first-token times of ``trace`` through the same batching engine with no
-    prefix cache at all (every prompt computed in full): the no-cache baseline's TTFT."""
+def nocache_times(scenario: Scenario, trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute first-token and finish times of ``trace`` through the same batching engine with
+    no prefix cache at all (every prompt computed in full): the no-cache baseline's TTFT."""
     log, _ = simulate_batched(None, trace, scenario)
-    assert log.first_token_s is not None
-    return np.frombuffer(log.first_token_s, dtype=np.float64).copy()
+    assert log.first_token_s is not None and log.finish_s is not None
+    return (np.frombuffer(log.first_token_s, dtype=np.float64).copy(),
+            np.frombuffer(log.finish_s, dtype=np.float64).copy())

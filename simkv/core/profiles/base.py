@@ -202,6 +202,13 @@ class HardwareProfile(ABC):
         ``step.latency_s``, else 0."""
         return 0.0
 
+    @property
+    def step_latency_per_stream_s(self) -> float:
+        """Seconds that latency grows by per other request the engine is streaming tokens of at
+        the time (the API server and the client handle every stream's tokens): a table
+        profile's ``step.latency_per_stream_s``, else 0."""
+        return 0.0
+
     def block_value_s(self, position: Any, input_tokens: Any, block_size: int) -> Any:
         """GPU seconds one reuse of the block at ``position`` of an ``input_tokens`` prompt saves:
         ``prefill(N − p·B, p·B) − prefill(N − (p+1)·B, (p+1)·B)`` (``p`` = position, ``N`` =

@@ -29,7 +29,7 @@ from simkv.core.scenario.tiers import TIER_NAMES
 _TOP_KEYS = {"version", "kind", "model", "block_size", "measured_on", "fit_error", "notes",
              "calibration", "prefill", "load", "store", "archive", "request", "step"}
 #: Optional keys of the ``step`` section: what ``simkv calibrate --steps`` measured.
-_STEP_EXTRA = ("latency_s", "fit_error", "points", "notes", "measured_with")
+_STEP_EXTRA = ("latency_s", "latency_per_stream_s", "fit_error", "points", "notes", "measured_with")
 
 
 def _num(source: str, key: str, value: Any, allow_zero: bool = True) -> float:
@@ -116,7 +116,7 @@ def validate_table(data: Any, source: str) -> dict[str, Any]:
             _num(source, f"request.{k}", v)
     if "step" in data:
         m = _mapping(source, "step", data["step"], STEP_KEYS[:-1], (STEP_KEYS[-1], *_STEP_EXTRA))
-        for k in (*STEP_KEYS, "latency_s"):
+        for k in (*STEP_KEYS, "latency_s", "latency_per_stream_s"):
             if k in m:
                 _num(source, f"step.{k}", m[k])
     return data

@@ -85,6 +85,12 @@ class TableProfile(HardwareProfile):
             return 0.0
         return float((self.data.get("step") or {}).get("latency_s", 0.0))
 
+    @property
+    def step_latency_per_stream_s(self) -> float:
+        if self.zero:
+            return 0.0
+        return float((self.data.get("step") or {}).get("latency_per_stream_s", 0.0))
+
     def _step_time(self) -> StepTime:
         if self.step is None:
             raise ScenarioError(f"{self.source}: step: missing, but hardware.scheduler: vllm needs "
