@@ -98,6 +98,43 @@ def test_a_step_grid_too_small_to_fit_is_refused_before_measuring() -> None:
     StepPlan([1, 64], [1, 2], [64], prefill_cached=[0, 1024]).check(4095, 32)
 
 
+def test_mixed_steps_are_checked_and_capped_to_one_step() -> None:
+    from simkv_engine.calibrate import CalibrationError, StepPlan, step_runs
+
+    plan = StepPlan([16, 128, 512], [1, 8], [64, 512, 1536], mixed_seqs=[4, 15], prefill_cached=[0, 256])
+    plan.check(2047, 32)
+    assert plan.mixed_length == 512                     # the middle --step-lengths value
+    assert [plan.mixed_prefill(n, 15) for n in (16, 128, 512)] == [16, 128, 497]
+    # (1 + 2 mixed) x 3 x 2 prefill points and 2 x 3 decode points, 4 runs each
+    assert step_runs(plan) == 4 * (3 * 3 * 2 + 2 * 3)
+    with pytest.raises(CalibrationError, match=r"--step-mixed: expected decoding sequences >= 1 and below "
+                                               r"the largest --step-prefill \(512\), got \[4, 512\]"):
+        StepPlan([16, 512], [1, 8], [64, 512], mixed_seqs=[4, 512]).check(2047, 32)
+
+
+def test_the_latency_fit_is_a_line_in_the_streams_less_the_step_in_progress() -> None:
+    """``latency_s + latency_per_stream_s · D`` recovered from samples that also hold half the
+    decode step of their ``D`` streams (``K`` their KV tokens)."""
+    from simkv_engine.calibrate import Latency, fit_latency
+
+    step = {"const_s": 0.01, "per_decode_seq_s": 0.001, "per_context_token_s": 1e-6}
+    lat = Latency()
+    for d, k, noise in [(0, 0, 0.0), (0, 0, 0.001), (0, 0, -0.001), (4, 2000, 0.0), (4, 2100, 0.0002),
+                        (4, 1900, -0.0002), (12, 6000, 0.0), (12, 6000, 0.003), (12, 6000, -0.003)]:
+        wait = 0.5 * (0.01 + 0.001 * d + 1e-6 * k) if d else 0.0
+        lat.streams.append(d)
+        lat.context_tokens.append(k)
+        lat.http_s.append(0.005 + 0.0005 * d + wait + noise)
+    fit = fit_latency(lat, step)
+    assert fit == {"latency_s": pytest.approx(0.005), "latency_per_stream_s": pytest.approx(0.0005)}
+    # prefill-only runs alone: their median, no per-stream term
+    alone = Latency([0, 0, 0], [0.004, 0.006, 0.005], [0, 0, 0])
+    assert fit_latency(alone, step) == {"latency_s": pytest.approx(0.005)}
+    # a negative line is clipped to >= 0, not fitted with a compensating sign
+    falling = Latency([0, 8], [0.006, 0.5 * (0.01 + 0.008)], [0, 0])
+    assert fit_latency(falling, step) == {"latency_s": pytest.approx(0.003), "latency_per_stream_s": 0.0}
+
+
 def test_steps_need_a_vllm_engine(tmp_path) -> None:
     res = simkv_cli("calibrate", "--in-process", "scenarios/vllm-tiny.yaml", "-o", str(tmp_path / "p.yaml"),
                     "--steps")
@@ -115,7 +152,7 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
         res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--block-size", "64",
                         "--new-tokens", "1,64", "--cached-tokens", "0,64", "--repeats", "1", "--warmup", "1",
                         "--steps", "--step-prefill", "1,128", "--step-cached", "0,64", "--step-decode", "1,4",
-                        "--step-lengths", "64,512",
+                        "--step-lengths", "64,512", "--step-mixed", "2",
                         "--step-tokens", "6")
     finally:
         stop_vllm(proc)
@@ -124,17 +161,22 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     doc = yaml.safe_load(out.read_text())
     step = doc["step"]
     assert list(step) == ["const_s", "per_prefill_token_s", "per_decode_seq_s", "per_context_token_s",
-                          "prefill_attn_s", "prefill_context_attn_s", "latency_s", "fit_error", "points"]
-    assert all(step[k] >= 0 for k in list(step)[:6]) and step["fit_error"]["points"] == 8
+                          "prefill_attn_s", "prefill_context_attn_s", "latency_s", "latency_per_stream_s",
+                          "fit_error", "points"]
+    assert all(step[k] >= 0 for k in list(step)[:8]) and step["fit_error"]["points"] == 12
     got = [(p["prefill_tokens"], p["decode_seqs"], p["attn_tokens"], p["prefill_context_tokens"])
            for p in step["points"]]
+    # prefill-only, decode-only, then mixed: beside 2 streams a prefill is capped at 128 - 2 tokens
     assert got == [(1, 0, 1, 0), (128, 0, 128 * 128, 0), (1, 0, 1 * 65, 64), (128, 0, 128 * 192, 128 * 64),
-                   (0, 1, 0, 0), (0, 4, 0, 0), (0, 1, 0, 0), (0, 4, 0, 0)]
-    assert step["latency_s"] == doc["calibration"]["step"]["http_s"]
+                   (0, 1, 0, 0), (0, 4, 0, 0), (0, 1, 0, 0), (0, 4, 0, 0),
+                   (1, 2, 1, 0), (126, 2, 126 * 126, 0), (1, 2, 1 * 65, 64), (126, 2, 126 * 190, 126 * 64)]
     assert all(p["seconds"] > 0 and p["fitted_s"] >= 0 for p in step["points"])
+    # the mixed points' K: their 2 streams' prompts (the middle --step-lengths, 512) and more
+    assert all(p["context_tokens"] > 2 * 512 for p in step["points"][8:])
+    assert "mixed steps" in doc["notes"] and "per stream decoding beside" in res.stdout
     # K: the decoding sequences' prompts and the tokens they had generated (how many depends on
     # how long the last stream took to start: at least the prompts, more for the longer ones)
-    decode = [p for p in step["points"] if p["decode_seqs"]]
+    decode = [p for p in step["points"] if p["decode_seqs"] and not p["prefill_tokens"]]
     for p, length in zip(decode, (64, 64, 512, 512), strict=True):
         assert p["context_tokens"] > p["decode_seqs"] * length
     assert decode[2]["context_tokens"] > decode[0]["context_tokens"]
@@ -142,4 +184,5 @@ def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     plan = doc["calibration"]["step"]
     assert plan["decode_lengths"] == [64, 512] and plan["prefill_cached"] == [0, 64]
     assert plan["server_prefill_times"] is True
+    assert plan["mixed_seqs"] == [2] and plan["mixed_length"] == 512
     assert plan["http_s"] > 0 and "step_s = const_s" in doc["notes"]

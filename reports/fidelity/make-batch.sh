@@ -54,6 +54,8 @@ simulate() {
     echo "simulation skipped: this simkv has no batching scheduler (simkv.model.batching) for" \
       "hardware.scheduler: vllm; rerun with SIM_ONLY=1 once it has" | tee "$OUT/sim-skipped.txt"
   fi
+  # where each replay's TTFT went by vLLM's own timings (kept in replay.json), beside the simulation's
+  "$python" "$HERE/batch_split.py" "$OUT" > "$OUT/split.txt"
 }
 if [ "${SIM_ONLY:-}" = 1 ]; then
   simulate
@@ -82,12 +84,13 @@ cp "$VDIR/serve.sh" "$OUT/serve.sh"
 
 # Calibrate over HTTP: the prefill grid (the table profile) and the step times (--steps: one
 # prefill of up to 512 tokens alone per step, after 0, 256 or 704 cached tokens; 1-16 sequences
-# decoding prompts of 64-1,536 tokens).
+# decoding prompts of 64-1,536 tokens; the same prefills again beside 4, 8 and 15 decoding
+# streams, the mixed steps, which also fit the latency outside the engine per stream).
 if [ -z "${PROFILE:-}" ]; then
   COLUMNS=200 run "$SIMKV" calibrate --engine "$URL" -o "$OUT/profile.yaml" --overwrite --block-size 64 \
     --new-tokens 1,64,256,1024 --cached-tokens 0,256,1024 --repeats 3 --warmup 1 \
     --steps --step-prefill 1,16,64,128,256,512 --step-cached 0,256,704 \
-    --step-decode 1,2,4,8,16 --step-lengths 64,512,1536 \
+    --step-decode 1,2,4,8,16 --step-lengths 64,512,1536 --step-mixed 4,8,15 \
     > "$OUT/calibrate.txt"
   PROFILE=$OUT/profile.yaml
 fi

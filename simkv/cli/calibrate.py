@@ -72,6 +72,11 @@ def _summary(cal: Any) -> None:
         e = step["fit_error"]
         console.print(f"step fit: median error {_pct(e['median_rel'])}, max {_pct(e['max_rel'])} over "
                       f"{e['points']} points", highlight=False)
+        if "latency_s" in step:
+            per = step.get("latency_per_stream_s")
+            console.print(f"latency outside the engine core: {step['latency_s'] * 1e3:.2f} ms"
+                          + (f" + {per * 1e3:.3f} ms per stream decoding beside the request"
+                             if per is not None else ""), highlight=False)
     for note in cal.notes:
         console.print(f"note: {escape(note)}", highlight=False)
 
@@ -111,8 +116,9 @@ def calibrate_cmd(
     block_size: Annotated[int | None, typer.Option(
         help="vLLM: the profile's block size, the trace's (a multiple of vLLM's; default: vLLM's).")] = None,
     steps: Annotated[bool, typer.Option(
-        "--steps", help="vLLM: also measure step times (prefill-only and decode-only steps of a "
-                        "batching vLLM) and fit the profile's step section (docs/vllm.md).")] = False,
+        "--steps", help="vLLM: also measure step times (prefill-only, decode-only and, with "
+                        "--step-mixed, mixed steps of a batching vLLM) and fit the profile's step "
+                        "section (docs/vllm.md).")] = False,
     step_prefill: Annotated[str, typer.Option(
         help="--steps: prompt lengths of the prefill-only steps (each within one step: at most "
              "vLLM's --max-num-batched-tokens).")] = "1,16,64,128,256,512",
@@ -126,6 +132,10 @@ def calibrate_cmd(
         help="--steps: prompt length of the decoding sequences.")] = "64,512,1536",
     step_tokens: Annotated[int, typer.Option(
         help="--steps: tokens timed per decoding sequence once all of them decode.")] = 24,
+    step_mixed: Annotated[str, typer.Option(
+        help="--steps: decoding streams beside which every prefill point is measured again (mixed "
+             "steps; prompts of the middle --step-lengths value); they also fit the latency outside "
+             "the engine per stream (step.latency_per_stream_s). Empty: none.")] = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Measure prefill, load and store times on the engine (through KVEngine.serve, the path requests
@@ -178,7 +188,8 @@ def calibrate_cmd(
                      ("--step-lengths", step_lengths))
             step_plan = cal_mod.StepPlan(
                 *(_ints(key, v) for key, v in grids), decode_tokens=step_tokens, repeats=plan.repeats,
-                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached))
+                warmup=plan.warmup, prefill_cached=_ints("--step-cached", step_cached),
+                mixed_seqs=_ints("--step-mixed", step_mixed) if step_mixed.strip() else [])
             step_plan.check(probe.context, probe.vllm_block)
         total = cal_mod.steps(plan, probe.tiers, probe.wait_clears, probe.prefill_only)
         total += cal_mod.step_runs(step_plan) if step_plan else 0

@@ -38,7 +38,8 @@ lookup before each timed run checks the chunks are exactly where the measurement
 The modules, by job: :mod:`.plan` (the grid, the plan, fresh prompts), :mod:`.probe` (the
 probe interface), :mod:`.inprocess`, :mod:`.remote` and :mod:`.vllm_probe` (the probes),
 :mod:`.measure` (the measurement), :mod:`.archive_measure` (the archive's), :mod:`.fits`,
-:mod:`.document` (the profile document), :mod:`.step_times` (vLLM's step times).
+:mod:`.document` (the profile document), :mod:`.step_times` (vLLM's step times) and
+:mod:`.streams` (its decoding streams).
 """
 
 from simkv.core.profiles import STEP_KEYS
@@ -60,24 +61,25 @@ from simkv_engine.calibrate.remote import HTTPProbe
 from simkv_engine.calibrate.step_times import (
     PREFILL_SUM,
     QUEUE_SUM,
-    START_WAIT_S,
     STEPS_COUNT,
+    Latency,
     StepPlan,
     StepPoint,
     add_steps,
+    fit_latency,
     fit_steps,
     measure_steps,
-    metric_sum,
     step_features,
     step_runs,
 )
+from simkv_engine.calibrate.streams import START_WAIT_S, DecodingStreams, decode_gaps, metric_sum
 from simkv_engine.calibrate.vllm_probe import VLLMProbe, http_probe
 
 __all__ = [
     "ARCHIVE_COUNTERS", "CALIBRATION_TTL_S", "GRIDS", "LOCAL_TIERS", "PREFILL_SUM", "QUEUE_SUM",
-    "START_WAIT_S", "STEPS_COUNT", "STEP_KEYS", "Calibration", "CalibrationError", "FreshPrompts",
-    "HTTPProbe", "InProcessProbe", "Plan", "Probe", "Served", "StepPlan", "StepPoint", "VLLMProbe",
-    "add_steps", "calibrate", "fit_analytic", "fit_line", "fit_steps", "http_probe", "leave_one_out",
-    "measure_steps", "metric_sum", "nonneg_lstsq", "open_probe", "overhead_lengths", "step_features",
-    "step_runs", "steps", "write_profile",
+    "START_WAIT_S", "STEPS_COUNT", "STEP_KEYS", "Calibration", "CalibrationError", "DecodingStreams",
+    "FreshPrompts", "HTTPProbe", "InProcessProbe", "Latency", "Plan", "Probe", "Served", "StepPlan",
+    "StepPoint", "VLLMProbe", "add_steps", "calibrate", "decode_gaps", "fit_analytic", "fit_latency",
+    "fit_line", "fit_steps", "http_probe", "leave_one_out", "measure_steps", "metric_sum", "nonneg_lstsq",
+    "open_probe", "overhead_lengths", "step_features", "step_runs", "steps", "write_profile",
 ]

@@ -1,6 +1,7 @@
-"""Step times of vLLM's continuous batching (``simkv calibrate --steps``): prefill-only and
-decode-only steps measured on a vLLM server, the ``step`` section fitted to them by
-non-negative least squares, and added to a calibration."""
+"""Step times of vLLM's continuous batching (``simkv calibrate --steps``): prefill-only,
+decode-only and mixed steps (a prefill beside decoding streams) measured on a vLLM server, the
+``step`` section fitted to them by non-negative least squares, the latency outside the engine
+core fitted to the streams it serves, and both added to a calibration."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from simkv.core.profiles import STEP_KEYS
 from simkv_engine.calibrate.document import Calibration
 from simkv_engine.calibrate.fits import nonneg_lstsq
 from simkv_engine.calibrate.plan import CalibrationError, FreshPrompts
-from simkv_engine.calibrate.remote import sse_chunks
+from simkv_engine.calibrate.streams import DecodingStreams, decode_gaps, metric_sum
 from simkv_engine.calibrate.vllm_probe import VLLMProbe
 
 #: vLLM's ``/metrics`` histograms the step measurement reads: the engine's prefill time of each
@@ -25,8 +26,6 @@ from simkv_engine.calibrate.vllm_probe import VLLMProbe
 PREFILL_SUM = "vllm:request_prefill_time_seconds_sum"
 QUEUE_SUM = "vllm:request_queue_time_seconds_sum"
 STEPS_COUNT = "vllm:iteration_tokens_total_count"
-#: Seconds the decode measurement waits for all its streams' first tokens.
-START_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,10 @@ class StepPlan:
     ``prefill_cached`` cached ones (one request alone, its prefix served first, one token
     generated); decode-only steps of every ``decode_seqs`` × ``decode_lengths`` (that many
     concurrent streams of prompts that long, timed over ``decode_tokens`` tokens once all of them
-    decode); ``repeats`` timed runs per point (medians) after ``warmup`` discarded ones."""
+    decode); mixed steps: each prefill point again beside each of ``mixed_seqs`` decoding
+    streams (prompts of the middle ``decode_lengths`` value), its new tokens capped at
+    ``max(prefill_tokens) − D`` so the step still holds it whole; ``repeats`` timed runs per
+    point (medians) after ``warmup`` discarded ones."""
 
     prefill_tokens: list[int]
     decode_seqs: list[int]
@@ -44,6 +46,16 @@ class StepPlan:
     repeats: int = 3
     warmup: int = 1
     prefill_cached: list[int] = field(default_factory=lambda: [0])
+    mixed_seqs: list[int] = field(default_factory=list)
+
+    @property
+    def mixed_length(self) -> int:
+        """The prompt length of the mixed steps' decoding streams."""
+        return sorted(self.decode_lengths)[len(self.decode_lengths) // 2]
+
+    def mixed_prefill(self, n: int, d: int) -> int:
+        """The new tokens of a mixed step's prefill of ``n`` beside ``d`` decoding streams."""
+        return max(1, min(n, max(self.prefill_tokens) - d))
 
     def check(self, context: int | None, block: int | None = None) -> None:
         """Refuse a grid the fit cannot use or the model cannot hold; ``block``: vLLM's block
@@ -55,6 +67,9 @@ class StepPlan:
         if len(set(self.prefill_tokens)) < 2 or len(set(self.decode_seqs)) < 2:
             raise CalibrationError("--step-prefill and --step-decode: at least 2 distinct values each "
                                    "(the fit separates the constant from the slopes)")
+        if any(d < 1 or d >= max(self.prefill_tokens) for d in self.mixed_seqs):
+            raise CalibrationError(f"--step-mixed: expected decoding sequences >= 1 and below the largest "
+                                   f"--step-prefill ({max(self.prefill_tokens)}), got {self.mixed_seqs}")
         if not self.prefill_cached or any(c < 0 or (block and c % block) for c in self.prefill_cached):
             raise CalibrationError(f"--step-cached: expected multiples of vLLM's block size {block} "
                                    f"(0: none), got {self.prefill_cached}")
@@ -121,78 +136,106 @@ def fit_steps(points: Sequence[StepPoint]) -> dict[str, Any]:
                        for p, f in zip(points, fitted, strict=True)]}
 
 
-def metric_sum(text: str, name: str) -> float | None:
-    """The sum of ``name``'s samples over all their labels in Prometheus text (``None``: absent)."""
-    total, seen = 0.0, False
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
-            total += float(line.rpartition(" ")[2])
-            seen = True
-    return total if seen else None
-
-
 def step_runs(plan: StepPlan) -> int:
     """Requests the step measurement makes (the progress bar's units)."""
     runs = plan.warmup + plan.repeats
-    return runs * (len(plan.prefill_tokens) * len(plan.prefill_cached)
+    return runs * (len(plan.prefill_tokens) * len(plan.prefill_cached) * (1 + len(plan.mixed_seqs))
                    + len(plan.decode_lengths) * len(plan.decode_seqs))
 
 
+@dataclass
+class Latency:
+    """The latency outside the engine core that prefill runs showed: per run, the streams
+    decoding beside it and the client's TTFT less the engine's queue and prefill times (the
+    request's wait for the step in progress when it reached the engine core included: vLLM
+    queues a request between steps)."""
+
+    streams: list[int] = field(default_factory=list)
+    http_s: list[float] = field(default_factory=list)
+    context_tokens: list[int] = field(default_factory=list)
+
+
 def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
-                  advance: Callable[[int], None] = lambda n: None) -> tuple[list[StepPoint], dict[str, Any]]:
-    """Measure ``plan`` on vLLM: the points and what else was learnt (``http_s``: the median of
-    the client's TTFT less the engine's queue and prefill times of the prefill-only runs)."""
+                  advance: Callable[[int], None] = lambda n: None) -> tuple[list[StepPoint], Latency, bool]:
+    """Measure ``plan`` on vLLM: the points, the latency samples (only where vLLM's
+    ``/metrics`` has its prefill times) and whether it has them."""
     plan.check(probe.context, probe.vllm_block)
     fresh = FreshPrompts(probe.vocab_size, seed, 0x57E9)
     runs = plan.warmup + plan.repeats
     points: list[StepPoint] = []
-    http: list[float] = []
+    latency = Latency()
     server = True
-    for c, n in itertools.product(plan.prefill_cached, plan.prefill_tokens):
-        samples = []
-        for rep in range(runs):
+
+    def prefill_points(d: int) -> None:
+        nonlocal server
+        for c, n0 in itertools.product(plan.prefill_cached, plan.prefill_tokens):
+            n = plan.mixed_prefill(n0, d) if d else n0
             probe.clear(["gpu"])
-            prefix = fresh(c)
-            if c:
-                probe.serve(prefix)
-            before = probe.client.get("/metrics").text
-            r = probe.serve(prefix + fresh(n))
-            after = probe.client.get("/metrics").text
-            advance(1)
-            if r.hit_tokens["gpu"] != c:
-                raise CalibrationError(f"step prefill n={n} c={c}: vLLM served {r.hit_tokens['gpu']} cached "
-                                       f"tokens, not {c} (is another client using it?)")
-            d = {k: _delta(before, after, k) for k in (PREFILL_SUM, QUEUE_SUM, STEPS_COUNT)}
-            if d[STEPS_COUNT] is not None and round(d[STEPS_COUNT]) != 1:
-                raise CalibrationError(f"--step-prefill: {n} new tokens took {round(d[STEPS_COUNT])} engine "
-                                       "steps (over vLLM's max_num_batched_tokens, or another client): "
-                                       "keep the prefill grid within one step")
-            server = server and d[PREFILL_SUM] is not None
-            if rep >= plan.warmup:
-                if d[PREFILL_SUM] is not None:
-                    samples.append(d[PREFILL_SUM])
-                    http.append(r.client_ttft_s - d[PREFILL_SUM] - (d[QUEUE_SUM] or 0.0))
-                else:
-                    samples.append(r.client_ttft_s)
-        points.append(StepPoint(n, 0, 0, n * (n + c), float(np.median(samples)), n * c))
-    http_s = float(np.median(http)) if http else None
+            streams = DecodingStreams(probe, [fresh(plan.mixed_length) for _ in range(d)])
+            try:
+                samples, kv = [], []
+                for rep in range(runs):
+                    if not d:
+                        probe.clear(["gpu"])
+                    prefix = fresh(c)
+                    if c:
+                        probe.serve(prefix)
+                    before = probe.client.get("/metrics").text
+                    sent = time.perf_counter()
+                    r = probe.serve(prefix + fresh(n))
+                    after = probe.client.get("/metrics").text
+                    advance(1)
+                    if r.hit_tokens["gpu"] != c:
+                        raise CalibrationError(f"step prefill n={n} c={c}: vLLM served {r.hit_tokens['gpu']} "
+                                               f"cached tokens, not {c} (is another client using it?)")
+                    delta = {k: _delta(before, after, k) for k in (PREFILL_SUM, QUEUE_SUM, STEPS_COUNT)}
+                    steps = delta[STEPS_COUNT]
+                    if not d and steps is not None and round(steps) != 1:
+                        raise CalibrationError(
+                            f"--step-prefill: {n} new tokens took {round(steps)} engine steps (over "
+                            "vLLM's max_num_batched_tokens, or another client): keep the prefill grid "
+                            "within one step")
+                    prefill_s = delta[PREFILL_SUM]
+                    server = server and prefill_s is not None
+                    if rep < plan.warmup:
+                        continue
+                    kv.append(streams.context(sent))
+                    if prefill_s is not None:
+                        samples.append(prefill_s)
+                        latency.streams.append(d)
+                        latency.context_tokens.append(kv[-1])
+                        latency.http_s.append(r.client_ttft_s - prefill_s - (delta[QUEUE_SUM] or 0.0))
+                    elif d:
+                        raise CalibrationError("--step-mixed: vLLM's /metrics has no request_prefill_"
+                                               "time_seconds (a mixed step is timed by the engine)")
+                    else:
+                        samples.append(r.client_ttft_s)
+                streams.stop(expect_running=True)
+            finally:
+                streams.stop()
+            points.append(StepPoint(n, d, round(float(np.mean(kv))), n * (n + c), float(np.median(samples)),
+                                    n * c))
+
+    prefill_points(0)
     for length in plan.decode_lengths:
         for d in plan.decode_seqs:
             gaps: list[float] = []
-            kv: list[float] = []
+            kv_tokens: list[float] = []
             for rep in range(runs):
                 probe.clear(["gpu"])
-                g, k = _decode_run(probe, [fresh(length) for _ in range(d)], plan.decode_tokens)
+                g, k = decode_gaps(probe, [fresh(length) for _ in range(d)], plan.decode_tokens)
                 advance(1)
                 if rep >= plan.warmup:
                     gaps += g
-                    kv += k
+                    kv_tokens += k
             if not gaps:
                 raise CalibrationError(f"step decode D={d} L={length}: no step with all {d} sequences "
                                        "decoding (raise --step-tokens)")
-            points.append(StepPoint(0, d, round(float(np.mean(kv))), 0, float(np.median(gaps))))
+            points.append(StepPoint(0, d, round(float(np.mean(kv_tokens))), 0, float(np.median(gaps))))
+    for d in plan.mixed_seqs:
+        prefill_points(d)
     probe.clear(["gpu"])
-    return points, {"http_s": http_s, "server_prefill_times": server}
+    return points, latency, server
 
 
 def _delta(before: str, after: str, name: str) -> float | None:
@@ -200,89 +243,41 @@ def _delta(before: str, after: str, name: str) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _decode_run(probe: VLLMProbe, prompts: list[list[int]], tokens: int) -> tuple[list[float], list[float]]:
-    """Stream ``prompts`` concurrently (``ignore_eos``, as many tokens as the context allows),
-    and once every stream has its first token (all decode), read until each has ``tokens`` more,
-    then close them (vLLM aborts the requests). Returns the gaps between consecutive tokens of a stream
-    that lie while all of them decoded (from the last first token to the first close), and the
-    KV tokens of the step of each gap (Σ over the streams of prompt + tokens received so far)."""
-    import threading
-
-    d = len(prompts)
-    times: list[list[float]] = [[] for _ in range(d)]
-    first = [threading.Event() for _ in range(d)]
-    all_decoding = threading.Event()
-    closed: list[float] = []
-    errors: list[str] = []
-    # tokens read since every stream decodes; a stream closes only once each has `tokens` of them,
-    # so a stream whose backlog arrives in one burst (a busy client) cannot close the window early
-    extra = [0] * d
-
-    def stream(i: int) -> None:
-        body = {"model": probe.model_name, "prompt": prompts[i], "stream": True, "ignore_eos": True,
-                "temperature": 0, "max_tokens": (probe.context or 4096) - len(prompts[i])}
-        try:
-            with probe.client.stream("POST", "/v1/completions", json=body) as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise CalibrationError(f"HTTP {r.status_code}: {r.text[:200]}")
-                for chunk in sse_chunks(r):
-                    if chunk.get("choices"):
-                        times[i].append(time.perf_counter())
-                        first[i].set()
-                        if all_decoding.is_set():
-                            extra[i] += 1
-                            if min(extra) >= tokens:
-                                break
-            closed.append(time.perf_counter())     # list.append is atomic
-        except Exception as exc:      # reported below, after the other streams end
-            errors.append(str(exc))
-            extra[i] = tokens          # (the others must not wait for this one)
-            first[i].set()
-
-    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(d)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + START_WAIT_S
-    together = all(e.wait(max(deadline - time.monotonic(), 0.0)) for e in first)
-    all_decoding.set()           # (also releases streams that would otherwise never end)
-    for t in threads:
-        t.join()
-    if errors:
-        raise CalibrationError(f"--engine {probe.url}: step decode D={d}: {errors[0]}")
-    if not together:
-        raise CalibrationError(f"--step-decode: {d} sequences never all ran at once within "
-                               f"{START_WAIT_S:g} s (above vLLM's --max-num-seqs?)")
-    start = max(ts[0] for ts in times)
-    end = min(closed)
-    lengths = [len(p) for p in prompts]
-    gaps, kv = [], []
-
-    def context(a: float) -> int:
-        return sum(n + sum(1 for t in other if t <= a) for n, other in zip(lengths, times, strict=True))
-
-    for ts in times:
-        for a, b in itertools.pairwise(ts):
-            if a >= start and b <= end:
-                gaps.append(b - a)
-                kv.append(context(a))
-    return gaps, kv
+def fit_latency(latency: Latency, step: dict[str, Any]) -> dict[str, float]:
+    """``latency_s`` and ``latency_per_stream_s``: the latency outside the engine core as a
+    line in the streams decoding beside a request, fitted (non-negative least squares) to the
+    median of each stream count's samples, each less half the decode-only step of those
+    streams (the expected wait for the step in progress, which the simulation queues)."""
+    d = np.array(latency.streams, np.float64)
+    k = np.array(latency.context_tokens, np.float64)
+    wait = np.where(d > 0, 0.5 * (step["const_s"] + step["per_decode_seq_s"] * d
+                                  + step["per_context_token_s"] * k), 0.0)
+    outside = np.array(latency.http_s, np.float64) - wait
+    counts = np.unique(d)
+    med = np.array([np.median(outside[d == c]) for c in counts])
+    if len(counts) < 2:
+        return {"latency_s": max(float(np.median(outside)), 0.0)}
+    coef = nonneg_lstsq(np.stack([np.ones_like(counts), counts], axis=1), med)
+    return {"latency_s": float(coef[0]), "latency_per_stream_s": float(coef[1])}
 
 
 def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
               advance: Callable[[int], None] = lambda n: None) -> None:
     """Measure ``plan`` (:func:`measure_steps`) and add the fitted ``step`` section, the plan and
     what the fit does not hold (``calibration.step``) and a note to the calibration."""
-    points, info = measure_steps(probe, plan, seed, advance)
-    cal.doc["step"] = fit_steps(points)
-    if info["http_s"] is not None:   # outside the engine core: in a request's TTFT and e2e, not in a step
-        cal.doc["step"] = {**{k: v for k, v in cal.doc["step"].items() if k in STEP_KEYS},
-                           "latency_s": max(info["http_s"], 0.0),
-                           **{k: v for k, v in cal.doc["step"].items() if k not in STEP_KEYS}}
+    points, latency, server = measure_steps(probe, plan, seed, advance)
+    step = fit_steps(points)
+    outside = fit_latency(latency, step) if latency.http_s else {}
+    # outside the engine core: in a request's TTFT and e2e, not in a step
+    cal.doc["step"] = {**{k: v for k, v in step.items() if k in STEP_KEYS}, **outside,
+                       **{k: v for k, v in step.items() if k not in STEP_KEYS}}
+    idle = [h for h, d in zip(latency.http_s, latency.streams, strict=True) if not d]
+    info = {"http_s": float(np.median(idle)) if idle else None, "server_prefill_times": server}
     cal.doc["calibration"]["step"] = {
         "prefill_tokens": plan.prefill_tokens, "prefill_cached": plan.prefill_cached,
         "decode_seqs": plan.decode_seqs, "decode_lengths": plan.decode_lengths,
         "decode_tokens": plan.decode_tokens,
+        **({"mixed_seqs": plan.mixed_seqs, "mixed_length": plan.mixed_length} if plan.mixed_seqs else {}),
         "repeats": plan.repeats, "warmup": plan.warmup, "statistic": "median", **info}
     how = ("vLLM's own prefill time (/metrics: request_prefill_time_seconds, scheduled -> first token), "
            f"the client's TTFT being {info['http_s'] * 1e3:.2f} ms longer besides the queue (calibration."
@@ -297,6 +292,12 @@ def add_steps(cal: Calibration, probe: VLLMProbe, plan: StepPlan, seed: int = 0,
         f"engine step: {how}) and "
         "decode-only steps (D concurrent streams of fresh prompts, ignore_eos; the median gap between "
         "a stream's consecutive tokens while all D decode, K counted from the tokens received)"
-        + (f"; step.latency_s: the {info['http_s'] * 1e3:.2f} ms outside the engine core"
-           if info["http_s"] is not None else ""))
+        + ("; mixed steps: each prefill point again beside D decoding streams (vLLM's prefill time of "
+           "the request, the step that computed it)" if plan.mixed_seqs else "")
+        + (f"; step.latency_s: the {outside['latency_s'] * 1e3:.2f} ms outside the engine core"
+           if outside else "")
+        + (f" + {outside['latency_per_stream_s'] * 1e3:.3f} ms per stream decoding beside the request "
+           "(latency_per_stream_s: the client's TTFT less vLLM's queue and prefill times and less half "
+           "the decode step in progress, a line in the streams)" if "latency_per_stream_s" in outside
+           else ""))
     cal.doc["notes"] = "; ".join(cal.notes)
