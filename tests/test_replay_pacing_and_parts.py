@@ -112,6 +112,15 @@ def test_metrics_text_keeps_the_cache_counters_and_their_deltas() -> None:
         "simkv_prompt_tokens_by_source_total{source=\"gpu\"}": 32.0, "simkv_requests_total": 2.0,
         'vllm:prefix_cache_hits_total{model_name="m"}': 4.0}
     assert metric_deltas(None, after) is None
+    # vLLM's timings: their sums and counts (where a replay's TTFT goes), not their buckets
+    timings = parse_metrics('vllm:time_to_first_token_seconds_sum{model_name="m"} 1.5\n'
+                            'vllm:time_to_first_token_seconds_count{model_name="m"} 10\n'
+                            'vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 4\n'
+                            'vllm:request_prefill_time_seconds_sum{model_name="m"} 0.9\n'
+                            'vllm:num_requests_running{model_name="m"} 2\n')
+    assert timings == {'vllm:time_to_first_token_seconds_sum{model_name="m"}': 1.5,
+                       'vllm:time_to_first_token_seconds_count{model_name="m"}': 10.0,
+                       'vllm:request_prefill_time_seconds_sum{model_name="m"}': 0.9}
 
 
 def _row(rid: str) -> dict:
