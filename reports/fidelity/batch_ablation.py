@@ -11,11 +11,15 @@ repeat of that load's replay (per repeat, then the spread):
 * ``serial``: the batching engine with ``max_num_seqs: 1`` (decode modelled, no batching);
 * ``no chunking``: batching with a step budget no prompt exceeds (prefills never chunked);
 * ``batching``: the study's scheduler (``max_num_seqs``, ``max_num_batched_tokens``: chunked
-  prefill) with the calibrated step time, without its prefill-context term;
+  prefill) with the step time fitted to the prefill-only and decode-only steps, without its
+  prefill-context term;
 * ``+ prefill context``: and the step's cost per cached token of a prefill chunk
   (``step.prefill_context_attn_s``);
-* ``+ latency outside``: and the time outside the engine core (``step.latency_s``, the
-  client's TTFT of a prompt alone less vLLM's own prefill time): the full model.
+* ``+ latency outside``: and the time outside the engine core (``calibration.step.http_s``,
+  the client's TTFT of a prompt alone less vLLM's own prefill time);
+* where the profile has mixed steps (``simkv calibrate --step-mixed``): ``+ mixed steps``, the
+  step time fitted to them too (the profile's), and ``+ latency per stream``, the latency outside
+  the engine as the profile's line in the streams beside a token: the full model.
 
 Writes STUDY_DIR/ablation.json and ablation.md: TTFT p50 / p90, e2e p50 and the per-request
 median |TTFT error| of each model against each repeat, and the mean over repeats.
@@ -78,16 +82,33 @@ def models(scenario: dict[str, Any], profile: Path, budget: int) -> list[tuple[s
         path.write_text(yaml.safe_dump(d, sort_keys=False))
         return [f"hardware.profile={path}"]
 
-    plain = variant("plain", prefill_context_attn_s=0.0, latency_s=0.0)
-    context = variant("context", latency_s=0.0)
-    return [
+    points = step.get("points") or []
+    mixed = [p for p in points if p["prefill_tokens"] and p["decode_seqs"]]
+    alone: dict[str, float] = {}
+    if mixed:      # the step time without the mixed steps: fitted again to the others
+        from simkv_engine.calibrate import STEP_KEYS, StepPoint, fit_steps
+
+        fit = fit_steps([StepPoint(p["prefill_tokens"], p["decode_seqs"], p["context_tokens"],
+                                   p["attn_tokens"], p["seconds"], p.get("prefill_context_tokens", 0))
+                         for p in points if p not in mixed])
+        alone = {k: fit[k] for k in STEP_KEYS}
+    idle = (doc.get("calibration", {}).get("step") or {}).get("http_s") or step.get("latency_s", 0.0)
+    plain = variant("plain", **{**alone, "prefill_context_attn_s": 0.0}, latency_s=0.0,
+                    latency_per_stream_s=0.0)
+    context = variant("context", **alone, latency_s=0.0, latency_per_stream_s=0.0)
+    outside = variant("outside", **alone, latency_s=idle, latency_per_stream_s=0.0)
+    chain = [
         ("fifo", [f"hardware.profile={profile}", "hardware.scheduler=fifo"]),
         ("serial", [*plain, "hardware.max_num_seqs=1"]),
         ("no chunking", [*plain, f"hardware.max_num_batched_tokens={budget}"]),
         ("batching", plain),
         ("+ prefill context", context),
-        ("+ latency outside", [f"hardware.profile={profile}"]),
-    ] if scenario["hardware"].get("scheduler") == "vllm" and step else []
+        ("+ latency outside", outside if mixed else [f"hardware.profile={profile}"]),
+    ]
+    if mixed:
+        chain += [("+ mixed steps", variant("mixed", latency_s=idle, latency_per_stream_s=0.0)),
+                  ("+ latency per stream", [f"hardware.profile={profile}"])]
+    return chain if scenario["hardware"].get("scheduler") == "vllm" and step else []
 
 
 def main() -> None:
