@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from simkv.core.profiles import STEP_KEYS
+from simkv.core.profiles import STEP_KEYS, StepTime
 from simkv_engine.calibrate.document import Calibration
 from simkv_engine.calibrate.fits import nonneg_lstsq
 from simkv_engine.calibrate.plan import CalibrationError, FreshPrompts
@@ -170,7 +170,8 @@ def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
         nonlocal server
         for c, n0 in itertools.product(plan.prefill_cached, plan.prefill_tokens):
             n = plan.mixed_prefill(n0, d) if d else n0
-            probe.clear(["gpu"])
+            if d:           # once, before the streams start, not while they run
+                probe.clear(["gpu"])
             streams = DecodingStreams(probe, [fresh(plan.mixed_length) for _ in range(d)])
             try:
                 samples, kv = [], []
@@ -187,7 +188,9 @@ def measure_steps(probe: VLLMProbe, plan: StepPlan, seed: int = 0,
                     advance(1)
                     if r.hit_tokens["gpu"] != c:
                         raise CalibrationError(f"step prefill n={n} c={c}: vLLM served {r.hit_tokens['gpu']} "
-                                               f"cached tokens, not {c} (is another client using it?)")
+                                               f"cached tokens, not {c} (is another client using it, or "
+                                               "did decoding streams evict the prefix from a small KV "
+                                               "pool?)")
                     delta = {k: _delta(before, after, k) for k in (PREFILL_SUM, QUEUE_SUM, STEPS_COUNT)}
                     steps = delta[STEPS_COUNT]
                     if not d and steps is not None and round(steps) != 1:
@@ -250,8 +253,8 @@ def fit_latency(latency: Latency, step: dict[str, Any]) -> dict[str, float]:
     streams (the expected wait for the step in progress, which the simulation queues)."""
     d = np.array(latency.streams, np.float64)
     k = np.array(latency.context_tokens, np.float64)
-    wait = np.where(d > 0, 0.5 * (step["const_s"] + step["per_decode_seq_s"] * d
-                                  + step["per_context_token_s"] * k), 0.0)
+    step_s = StepTime(*(float(step.get(key, 0.0)) for key in STEP_KEYS))
+    wait = np.where(d > 0, 0.5 * step_s(0, d, k, 0), 0.0)
     outside = np.array(latency.http_s, np.float64) - wait
     counts = np.unique(d)
     med = np.array([np.median(outside[d == c]) for c in counts])

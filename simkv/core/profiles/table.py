@@ -79,17 +79,17 @@ class TableProfile(HardwareProfile):
         step = data.get("step")
         self.step = None if step is None else StepTime(*(float(step.get(k, 0.0)) for k in STEP_KEYS))
 
+    def _step_extra(self, key: str) -> float:
+        """An optional number of the ``step`` section (0 when absent or with zero service time)."""
+        return 0.0 if self.zero else float((self.data.get("step") or {}).get(key, 0.0))
+
     @property
     def step_latency_s(self) -> float:
-        if self.zero:
-            return 0.0
-        return float((self.data.get("step") or {}).get("latency_s", 0.0))
+        return self._step_extra("latency_s")
 
     @property
     def step_latency_per_stream_s(self) -> float:
-        if self.zero:
-            return 0.0
-        return float((self.data.get("step") or {}).get("latency_per_stream_s", 0.0))
+        return self._step_extra("latency_per_stream_s")
 
     def _step_time(self) -> StepTime:
         if self.step is None:
