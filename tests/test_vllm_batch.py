@@ -144,9 +144,12 @@ def test_steps_need_a_vllm_engine(tmp_path) -> None:
 @pytest.mark.vllm
 def test_calibrate_steps_measures_a_batching_vllm(tmp_path: Path) -> None:
     """The scenario's vLLM in batching mode (4 sequences, 256 tokens a step), a tiny step grid:
-    a step section with every point measured (> 0), its fit and the plan."""
+    a step section with every point measured (> 0), its fit and the plan. The pool is 1,024
+    blocks: the mixed steps' streams decode fast on the tiny model, and in the scenario's 128
+    blocks they would evict a cached prefix before the prefill after it is measured."""
     proc, url = start_vllm(tmp_path / "vllm", "--set", "hardware.scheduler=vllm", "--set",
-                           "hardware.max_num_seqs=4", "--set", "hardware.max_num_batched_tokens=256")
+                           "hardware.max_num_seqs=4", "--set", "hardware.max_num_batched_tokens=256",
+                           "--set", "tiers.gpu.capacity_blocks=1024")
     try:
         out = tmp_path / "p.yaml"
         res = simkv_cli("calibrate", "--engine", url, "-o", str(out), "--block-size", "64",
