@@ -81,6 +81,13 @@ SAMPLER=
 trap '[ -n "$SAMPLER" ] && kill $SAMPLER 2>/dev/null; stop_vllm' EXIT
 start_vllm --model cpu-512
 cp "$VDIR/serve.sh" "$OUT/serve.sh"
+# The engine's speed now (engine_drift.py: two reference steps by vLLM's clock, three samples back
+# to back), into drift.tsv: before and after the calibration (both tagged `calibrated`), before
+# every replay and after the last, so each replay's simulation can be read against the engine's
+# speed around it (batch_drift.py).
+drift() { run "$python" "$HERE/engine_drift.py" "$URL" --tag "$1" --count 3 >> "$OUT/drift.tsv"; }
+printf 'utc\ttag\tprefill512_ms\tdecode1_ms\n' > "$OUT/drift.tsv"
+drift calibrated
 
 # Calibrate over HTTP: the prefill grid (the table profile) and the step times (--steps: one
 # prefill of up to 512 tokens alone per step, after 0, 256 or 704 cached tokens; 1-16 sequences
@@ -99,10 +106,12 @@ fi
 (while sleep 10; do echo "$(date -u +%T) $(cut -d' ' -f1 /proc/loadavg)"; done > "$OUT/loadavg.txt") &
 SAMPLER=$!
 reset() { run curl -sf -X POST "$URL/reset_prefix_cache?reset_external=true" > /dev/null; }
+drift calibrated
 # One replay into $1 of trace $2 at speed $3 (concurrency far above vLLM's 16 sequences: no
 # client-side queue), its wall time in runs.tsv, its client timings in client.parquet.
 replay() {
   local dir=$1 trace=$2 speed=$3 concurrency=$4 t0
+  drift "${dir#"$OUT"/}"
   reset
   rm -rf "$dir"
   t0=$(date +%s.%N)
@@ -133,6 +142,7 @@ for rep in $(seq "$REPEATS"); do
     replay "$OUT/$name/rep$rep" "$OUT/$name/trace.parquet" 1 256
   done
 done
+drift end
 kill $SAMPLER
 SAMPLER=
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
