@@ -3,9 +3,9 @@
     python reports/fidelity/batch_drift.py STUDY_DIR [SCENARIO]
 
 STUDY_DIR is make-batch.sh's output with ``drift.tsv`` (engine_drift.py's samples: vLLM's own
-time of a 512-token prefill and of a decode step of one sequence, once after the calibration and
-before every replay and after the last). For each replay, the engine's speed around it relative
-to the calibration is
+time of a 512-token prefill and of a decode step of one sequence, three back to back before
+and after the calibration, before every replay and after the last). For each replay, the
+engine's speed around it relative to the calibration is
 
     s = mean over its two samples (before it, after it) of (prefill / prefill_cal + decode / decode_cal) / 2,
 
@@ -63,13 +63,16 @@ def main() -> None:
     scenario = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "reports" / "fidelity" / "cpu-batch.yaml"
     profile = (study / "profile.yaml").resolve()
     report: dict[str, Any] = {}
+    calibrated: dict[str, pd.DataFrame] = {}     # per load: its repeats share one simulation
     for tag, s in speeds(study).items():
-        trace = study / tag.split("/")[0] / "trace.parquet"
+        load = tag.split("/")[0]
+        trace = study / load / "trace.parquet"
         replay = measured(study / tag / "client.parquet")
-        calibrated = run(scenario, str(trace), overrides=[f"hardware.profile={profile}"]).requests
+        if load not in calibrated:
+            calibrated[load] = run(scenario, str(trace), overrides=[f"hardware.profile={profile}"]).requests
         path = scaled(profile, s, study / tag / "profile-drift.yaml")
         drifted = run(scenario, str(trace), overrides=[f"hardware.profile={path.resolve()}"]).requests
-        report[tag] = {"speed": s, "calibrated": errors(calibrated, replay),
+        report[tag] = {"speed": s, "calibrated": errors(calibrated[load], replay),
                        "drift_scaled": errors(drifted, replay)}
         print(f"{tag:12s} s={s:.3f}  " + "  ".join(
             f"{k} {100 * report[tag]['calibrated'][k]:+.1f}% -> {100 * report[tag]['drift_scaled'][k]:+.1f}%"

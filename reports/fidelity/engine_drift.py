@@ -5,10 +5,10 @@
 A sample empties the prefix cache and times, by vLLM's ``/metrics`` (the engine core's clock,
 not the client's), the prefill of 512 new tokens alone (``request_prefill_time_seconds``, the
 median of 3) and one sequence of a 512-token prompt decoding 32 tokens
-(``inter_token_latency_seconds``, their mean). The batching study (``make-batch.sh``) takes one
-after the calibration and one before every replay, so a replay's simulation can be read against
-the engine's speed at that time rather than at the calibration's. Needs an otherwise idle
-server. Prints ``utc  tag  prefill512_ms  decode1_ms``.
+(``inter_token_latency_seconds``, their mean). The batching study (``make-batch.sh``) takes three
+before and after the calibration, before every replay and after the last, so a replay's
+simulation can be read against the engine's speed at that time rather than at the
+calibration's. Needs an otherwise idle server. Prints ``utc  tag  prefill512_ms  decode1_ms``.
 """
 
 from __future__ import annotations
